@@ -1,0 +1,330 @@
+//! Custom conditions: evalexpr expressions compiled once at load time, read-only, with
+//! their regular expressions compiled up front.
+
+mod locate;
+
+use std::collections::HashMap;
+use std::fmt;
+
+use evalexpr::{EvalexprError, Node, Operator, Value};
+use regex::Regex;
+
+/// Longest accepted condition, in bytes. It also bounds evalexpr's recursive evaluation and
+/// its quadratic parsing of unary chains.
+pub const MAX_CONDITION_BYTES: usize = 4 * 1024;
+
+/// Name of the function whose regular expressions are compiled at load time.
+pub const REGEX_MATCHES: &str = "str::regex_matches";
+
+/// A compiled, read-only custom condition.
+///
+/// ```
+/// use policy_engine::Condition;
+/// let c = Condition::compile(r#"severity == "critical" && confidence > 0.9"#).unwrap();
+/// assert_eq!(c.variables(), ["confidence", "severity"]);
+/// let err = Condition::compile("attempts = 3").unwrap_err();
+/// assert_eq!(err.to_string(), "at column 10: conditions may only read, but this one assigns to `attempts`");
+/// ```
+#[derive(Clone)]
+pub struct Condition {
+    source: String,
+    tree: Node,
+    variables: Vec<String>,
+    regexes: HashMap<String, Regex>,
+}
+
+impl Condition {
+    /// Compiles `source`, rejecting anything over [`MAX_CONDITION_BYTES`], syntax errors,
+    /// assignments, `;` chains and invalid constant regular expressions.
+    pub fn compile(source: &str) -> Result<Self, ConditionError> {
+        if source.len() > MAX_CONDITION_BYTES {
+            return Err(ConditionError {
+                column: None,
+                message: format!(
+                    "condition is {} bytes, longer than the limit of {MAX_CONDITION_BYTES} bytes",
+                    source.len()
+                ),
+            });
+        }
+        if source.trim().is_empty() {
+            return Err(ConditionError {
+                column: None,
+                message: "condition is empty".to_owned(),
+            });
+        }
+        let tree = evalexpr::build_operator_tree(source).map_err(|err| ConditionError {
+            column: locate::error_offset(source, &err).map(|offset| column_of(source, offset)),
+            message: syntax_message(&err),
+        })?;
+        if let Some(target) = tree.iter_write_variable_identifiers().next() {
+            return Err(ConditionError {
+                column: locate::find_assignment(source).map(|offset| column_of(source, offset)),
+                message: format!("conditions may only read, but this one assigns to `{target}`"),
+            });
+        }
+        check_structure(source, &tree)?;
+        if tree
+            .iter()
+            .any(|node| matches!(node.operator(), Operator::Chain))
+        {
+            return Err(ConditionError {
+                column: source.find(';').map(|offset| column_of(source, offset)),
+                message: "conditions may not chain expressions with `;`".to_owned(),
+            });
+        }
+        let mut regexes = HashMap::new();
+        for pattern in constant_regex_patterns(&tree) {
+            if regexes.contains_key(&pattern) {
+                continue;
+            }
+            match Regex::new(&pattern) {
+                Ok(regex) => {
+                    regexes.insert(pattern, regex);
+                }
+                Err(err) => {
+                    let text = err.to_string();
+                    let last = text.lines().last().unwrap_or_default().trim();
+                    let detail = last.strip_prefix("error: ").unwrap_or(last).to_owned();
+                    let quoted = format!("\"{pattern}\"");
+                    return Err(ConditionError {
+                        column: source
+                            .find(&quoted)
+                            .map(|offset| column_of(source, offset + 1)),
+                        message: format!("invalid regular expression `{pattern}`: {detail}"),
+                    });
+                }
+            }
+        }
+        let mut variables: Vec<String> = tree
+            .iter_read_variable_identifiers()
+            .map(str::to_owned)
+            .collect();
+        variables.sort();
+        variables.dedup();
+        Ok(Self {
+            source: source.to_owned(),
+            tree,
+            variables,
+            regexes,
+        })
+    }
+
+    /// The expression as written in the policy.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The compiled operator tree.
+    pub fn tree(&self) -> &Node {
+        &self.tree
+    }
+
+    /// The variables the condition reads, sorted and without duplicates.
+    pub fn variables(&self) -> &[String] {
+        &self.variables
+    }
+
+    /// The compiled form of a constant pattern passed to `str::regex_matches`.
+    pub fn regex(&self, pattern: &str) -> Option<&Regex> {
+        self.regexes.get(pattern)
+    }
+}
+
+impl PartialEq for Condition {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl fmt::Debug for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Condition").field(&self.source).finish()
+    }
+}
+
+/// Why a condition did not compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", column.map(|c| format!("at column {c}: ")).unwrap_or_default())]
+pub struct ConditionError {
+    /// 1-based character column inside the expression, where it could be determined.
+    pub column: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn column_of(source: &str, byte_offset: usize) -> usize {
+    source.get(..byte_offset).map_or(0, |s| s.chars().count()) + 1
+}
+
+fn syntax_message(err: &EvalexprError) -> String {
+    match err {
+        EvalexprError::UnmatchedLBrace => "unclosed `(`".to_owned(),
+        EvalexprError::UnmatchedRBrace => "`)` without a matching `(`".to_owned(),
+        EvalexprError::UnmatchedDoubleQuote => "unterminated string".to_owned(),
+        EvalexprError::IllegalEscapeSequence(seq) => {
+            format!("illegal escape sequence `{seq}` in string")
+        }
+        EvalexprError::AppendedToLeafNode | EvalexprError::MissingOperatorOutsideOfBrace => {
+            "expected an operator between two values".to_owned()
+        }
+        EvalexprError::PrecedenceViolation => "operator in an unexpected place".to_owned(),
+        EvalexprError::UnmatchedPartialToken { first, second } => match second {
+            Some(second) => format!("unexpected `{first}` followed by `{second}`"),
+            None => format!("incomplete operator `{first}`"),
+        },
+        other => format!("invalid expression: {other}"),
+    }
+}
+
+/// Functions a condition may call: evalexpr's built-ins except `random`, which would make a
+/// replay disagree with the live run.
+pub const ALLOWED_FUNCTIONS: &[&str] = &[
+    "math::ln",
+    "math::log",
+    "math::exp",
+    "math::pow",
+    "math::cos",
+    "math::acos",
+    "math::cosh",
+    "math::acosh",
+    "math::sin",
+    "math::asin",
+    "math::sinh",
+    "math::asinh",
+    "math::tan",
+    "math::atan",
+    "math::tanh",
+    "math::atanh",
+    "math::sqrt",
+    "math::cbrt",
+    "math::hypot",
+    "floor",
+    "round",
+    "ceil",
+    "math::is_nan",
+    "math::is_finite",
+    "math::is_infinite",
+    "math::is_normal",
+    "math::abs",
+    "typeof",
+    "min",
+    "max",
+    "if",
+    "contains",
+    "contains_any",
+    "len",
+    "str::regex_matches",
+    "str::regex_replace",
+    "str::to_lowercase",
+    "str::to_uppercase",
+    "str::trim",
+    "str::from",
+    "str::substring",
+    "bitand",
+    "bitor",
+    "bitxor",
+    "bitnot",
+    "shl",
+    "shr",
+];
+
+/// Rejects what evalexpr's lenient parser accepts but can never evaluate: operators missing an
+/// operand and calls of unknown functions.
+fn check_structure(source: &str, tree: &Node) -> Result<(), ConditionError> {
+    for node in tree.iter() {
+        let operator = node.operator();
+        let arity = node.children().len();
+        let expected = match operator {
+            Operator::Add
+            | Operator::Sub
+            | Operator::Mul
+            | Operator::Div
+            | Operator::Mod
+            | Operator::Exp
+            | Operator::Eq
+            | Operator::Neq
+            | Operator::Gt
+            | Operator::Lt
+            | Operator::Geq
+            | Operator::Leq
+            | Operator::And
+            | Operator::Or => Some(2),
+            Operator::Neg | Operator::Not => Some(1),
+            _ => None,
+        };
+        if let Some(expected) = expected
+            && arity != expected
+        {
+            let symbol = operator.to_string();
+            return Err(ConditionError {
+                column: locate::dangling_operator(source, symbol.trim())
+                    .map(|offset| column_of(source, offset)),
+                message: format!("operator `{}` is missing an operand", symbol.trim()),
+            });
+        }
+        if matches!(operator, Operator::Tuple)
+            && node.children().iter().any(|child| {
+                matches!(child.operator(), Operator::RootNode) && child.children().is_empty()
+            })
+        {
+            return Err(ConditionError {
+                column: locate::empty_tuple_element(source).map(|offset| column_of(source, offset)),
+                message: "empty element in an argument list".to_owned(),
+            });
+        }
+        if let Operator::FunctionIdentifier { identifier } = operator
+            && !ALLOWED_FUNCTIONS.contains(&identifier.as_str())
+        {
+            return Err(ConditionError {
+                column: source
+                    .find(identifier.as_str())
+                    .map(|offset| column_of(source, offset)),
+                message: format!(
+                    "unknown function `{identifier}` (a name followed by a value is a call in this language)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn unwrap_root(mut node: &Node) -> &Node {
+    while matches!(node.operator(), Operator::RootNode) && node.children().len() == 1 {
+        match node.children().first() {
+            Some(child) => node = child,
+            None => break,
+        }
+    }
+    node
+}
+
+/// Patterns given as string literals to `str::regex_matches(subject, "pattern")`.
+fn constant_regex_patterns(tree: &Node) -> Vec<String> {
+    let mut patterns = Vec::new();
+    for node in tree.iter() {
+        let Operator::FunctionIdentifier { identifier } = node.operator() else {
+            continue;
+        };
+        if identifier != REGEX_MATCHES {
+            continue;
+        }
+        // The argument is a (possibly wrapped) tuple; its last element is the pattern.
+        let Some(arg) = node.children().first().map(unwrap_root) else {
+            continue;
+        };
+        if !matches!(arg.operator(), Operator::Tuple) {
+            continue;
+        }
+        if let Some(last) = arg.children().last().map(unwrap_root)
+            && let Operator::Const {
+                value: Value::String(pattern),
+            } = last.operator()
+        {
+            patterns.push(pattern.clone());
+        }
+    }
+    patterns
+}
+
+#[cfg(test)]
+mod tests;

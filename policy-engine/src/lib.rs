@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+#![deny(missing_docs)]
+
+pub mod action;
+pub mod condition;
+pub mod event;
+pub mod policy;
+pub mod severity;
+
+pub use action::{Action, ActionRecord};
+pub use condition::{Condition, ConditionError};
+pub use event::ThreatEvent;
+pub use policy::{
+    AlertThreshold, AutoRespond, BlockIp, CustomRule, DEFAULT_ORG, Policy, PolicyDuration,
+    PolicyError, PolicyVersion, ResponseAction, Rule, RuleKind, Scope, ValidationError,
+};
+pub use severity::Severity;

@@ -1,0 +1,289 @@
+//! Strict JSON reading: size, depth and string-length limits and duplicate-key rejection,
+//! enforced while parsing so that hostile documents cost no more than their limits.
+
+use std::cell::RefCell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use super::error::ValidationError;
+
+/// Limits applied while reading a JSON document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonLimits {
+    /// Largest accepted document, in bytes.
+    pub max_bytes: usize,
+    /// Deepest accepted nesting of arrays and objects (the root container is depth 1).
+    pub max_depth: usize,
+    /// Longest accepted string (keys and values), in bytes.
+    pub max_string_bytes: usize,
+}
+
+impl Default for JsonLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 1024 * 1024,
+            max_depth: 64,
+            max_string_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Parses `input` into a JSON value, enforcing `limits` and rejecting duplicate keys.
+///
+/// Errors carry the JSON path of the offending value and, for syntax errors, the line and
+/// column.
+pub fn parse_strict(input: &[u8], limits: JsonLimits) -> Result<Value, ValidationError> {
+    if input.len() > limits.max_bytes {
+        return Err(ValidationError::new(
+            "",
+            format!(
+                "document is {} bytes, larger than the limit of {} bytes",
+                input.len(),
+                limits.max_bytes
+            ),
+        ));
+    }
+    let failure = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(input);
+    // Our own depth limit (64) is far below serde_json's (128), which stays as a backstop.
+    let seed = StrictSeed {
+        depth: 0,
+        path: String::new(),
+        limits,
+        failure: &failure,
+    };
+    let result = seed.deserialize(&mut de).and_then(|value| {
+        de.end()?;
+        Ok(value)
+    });
+    match result {
+        Ok(value) => Ok(value),
+        Err(err) => {
+            if let Some(structured) = failure.into_inner() {
+                return Err(structured);
+            }
+            Err(syntax_error(&err))
+        }
+    }
+}
+
+fn syntax_error(err: &serde_json::Error) -> ValidationError {
+    let text = err.to_string();
+    // serde_json appends " at line L column C"; we state the location first instead.
+    let detail = match text.rfind(" at line ") {
+        Some(at) => text.get(..at).unwrap_or(&text),
+        None => &text,
+    };
+    ValidationError::new(
+        "",
+        format!(
+            "invalid JSON at line {} column {}: {}",
+            err.line(),
+            err.column(),
+            detail
+        ),
+    )
+}
+
+struct StrictSeed<'a> {
+    depth: usize,
+    path: String,
+    limits: JsonLimits,
+    failure: &'a RefCell<Option<ValidationError>>,
+}
+
+impl StrictSeed<'_> {
+    fn fail<E: de::Error>(&self, path: &str, message: String) -> E {
+        let mut slot = self.failure.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(ValidationError::new(path, message.clone()));
+        }
+        E::custom(message)
+    }
+
+    fn child(&self, path: String) -> StrictSeed<'_> {
+        StrictSeed {
+            depth: self.depth + 1,
+            path,
+            limits: self.limits,
+            failure: self.failure,
+        }
+    }
+
+    fn check_string<E: de::Error>(&self, s: &str) -> Result<(), E> {
+        if s.len() > self.limits.max_string_bytes {
+            return Err(self.fail(
+                &self.path,
+                format!(
+                    "string is {} bytes, longer than the limit of {} bytes",
+                    s.len(),
+                    self.limits.max_string_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn enter<E: de::Error>(&self) -> Result<(), E> {
+        if self.depth + 1 > self.limits.max_depth {
+            return Err(self.fail(
+                &self.path,
+                format!(
+                    "nesting is deeper than the limit of {} levels",
+                    self.limits.max_depth
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Appends an object key to a path: `rules[0].config` + `threshold`.
+pub(crate) fn join_key(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Appends an array index to a path: `rules` + 3.
+pub(crate) fn join_index(path: &str, index: usize) -> String {
+    format!("{path}[{index}]")
+}
+
+impl<'de> DeserializeSeed<'de> for StrictSeed<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictSeed<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        match serde_json::Number::from_f64(v) {
+            Some(n) => Ok(Value::Number(n)),
+            None => Err(self.fail(&self.path, format!("number `{v}` is not finite"))),
+        }
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        self.check_string(v)?;
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        self.check_string(&v)?;
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.enter()?;
+        let mut items = Vec::new();
+        loop {
+            let child = self.child(join_index(&self.path, items.len()));
+            match seq.next_element_seed(child)? {
+                Some(value) => items.push(value),
+                None => break,
+            }
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.enter()?;
+        let mut object = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = join_key(&self.path, &key);
+            if key.len() > self.limits.max_string_bytes {
+                return Err(self.fail(
+                    &self.path,
+                    format!(
+                        "object key is {} bytes, longer than the limit of {} bytes",
+                        key.len(),
+                        self.limits.max_string_bytes
+                    ),
+                ));
+            }
+            if object.contains_key(&key) {
+                return Err(self.fail(&path, format!("duplicate key `{key}`")));
+            }
+            let value = map.next_value_seed(self.child(path))?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(input: &str) -> String {
+        parse_strict(input.as_bytes(), JsonLimits::default())
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn duplicate_keys_are_rejected_with_their_path() {
+        assert_eq!(
+            err(r#"{"rules":[{"a":1,"a":2}]}"#),
+            "rules[0].a: duplicate key `a`"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_carry_line_and_column() {
+        assert_eq!(
+            err("{\n  \"name\": 1,\n  }"),
+            "invalid JSON at line 3 column 3: trailing comma"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_stops_at_the_limit() {
+        let deep = "[".repeat(100_000);
+        assert_eq!(
+            err(&deep),
+            "[0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0][0]: nesting is deeper than the limit of 64 levels"
+        );
+    }
+
+    #[test]
+    fn trailing_garbage_is_rejected() {
+        assert_eq!(
+            err("{} x"),
+            "invalid JSON at line 1 column 4: trailing characters"
+        );
+    }
+}
