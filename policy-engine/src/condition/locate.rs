@@ -26,6 +26,43 @@ pub(super) fn find_assignment(source: &str) -> Option<usize> {
     })
 }
 
+/// Byte offset where the nesting of `source` first exceeds `limit`.
+///
+/// Nesting counts open parentheses plus every unary operator seen so far: a conservative bound
+/// on the depth of the tree evalexpr builds, whose parsing, evaluation and drop all recurse.
+pub(super) fn nesting_beyond(source: &str, limit: usize) -> Option<usize> {
+    let spans = tokens(source)?;
+    let mut parens = 0usize;
+    let mut unary = 0usize;
+    let mut operand_before = false;
+    for &(start, end) in &spans {
+        let text = source.get(start..end)?;
+        match text {
+            "(" => {
+                parens += 1;
+                operand_before = false;
+            }
+            ")" => {
+                parens = parens.saturating_sub(1);
+                operand_before = true;
+            }
+            "!" | "-" if !operand_before => unary += 1,
+            _ => {
+                let first = text.bytes().next().unwrap_or(b' ');
+                operand_before = first == b'"'
+                    || first.is_ascii_alphanumeric()
+                    || first == b'_'
+                    || first == b'.'
+                    || first >= 0x80;
+            }
+        }
+        if parens + unary > limit {
+            return Some(start);
+        }
+    }
+    None
+}
+
 /// Byte offset of a binary operator `symbol` that has nothing on one of its sides.
 pub(super) fn dangling_operator(source: &str, symbol: &str) -> Option<usize> {
     let spans = tokens(source)?;

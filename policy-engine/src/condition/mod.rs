@@ -13,6 +13,11 @@ use regex::Regex;
 /// its quadratic parsing of unary chains.
 pub const MAX_CONDITION_BYTES: usize = 4 * 1024;
 
+/// Deepest accepted nesting of parentheses plus unary operators. evalexpr parses, evaluates
+/// and drops trees recursively; in a debug build 2,048 nested `!` already overflow a 2 MiB
+/// thread stack (a tokio worker's), so conditions stay far below that.
+pub const MAX_CONDITION_NESTING: usize = 256;
+
 /// Name of the function whose regular expressions are compiled at load time.
 pub const REGEX_MATCHES: &str = "str::regex_matches";
 
@@ -50,6 +55,14 @@ impl Condition {
             return Err(ConditionError {
                 column: None,
                 message: "condition is empty".to_owned(),
+            });
+        }
+        if let Some(offset) = locate::nesting_beyond(source, MAX_CONDITION_NESTING) {
+            return Err(ConditionError {
+                column: Some(column_of(source, offset)),
+                message: format!(
+                    "condition nests parentheses and unary operators deeper than the limit of {MAX_CONDITION_NESTING}"
+                ),
             });
         }
         let tree = evalexpr::build_operator_tree(source).map_err(|err| ConditionError {
