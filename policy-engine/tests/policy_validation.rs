@@ -1,0 +1,175 @@
+//! Data-driven policy validation: every file under `data/policies/valid` must validate and
+//! round-trip; every file under `data/policies/invalid` must fail with exactly the error lines
+//! of its `.errors` file. Hostile inputs are generated below.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use policy_engine::Policy;
+use serde_json::Value;
+
+fn data_dir(kind: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/policies")
+        .join(kind)
+}
+
+fn json_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no cases in {}", dir.display());
+    files
+}
+
+/// Parses `input` and returns its error lines, `PATH: message`, or `None` if it is valid.
+fn error_lines(input: &[u8]) -> Option<Vec<String>> {
+    Policy::from_json(input)
+        .err()
+        .map(|e| e.errors.iter().map(ToString::to_string).collect())
+}
+
+#[test]
+fn valid_policies_validate_and_round_trip() {
+    for file in json_files(&data_dir("valid")) {
+        let input = fs::read(&file).unwrap();
+        let policy = Policy::from_json(&input)
+            .unwrap_or_else(|e| panic!("{}: {:?}", file.display(), e.errors));
+        let serialized = serde_json::to_vec(&policy.to_document()).unwrap();
+        let again = Policy::from_json(&serialized).unwrap();
+        assert_eq!(policy, again, "{} does not round-trip", file.display());
+    }
+}
+
+#[test]
+fn invalid_policies_report_every_error_with_its_path() {
+    for file in json_files(&data_dir("invalid")) {
+        let input = fs::read(&file).unwrap();
+        let expected: Vec<String> = fs::read_to_string(file.with_extension("errors"))
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let actual = error_lines(&input)
+            .unwrap_or_else(|| panic!("{} was accepted", file.display()));
+        assert_eq!(actual, expected, "{}", file.display());
+    }
+}
+
+#[test]
+fn the_api_page_example_serializes_back_exactly() {
+    let input = fs::read(data_dir("valid").join("api-page-example.json")).unwrap();
+    let policy = Policy::from_json(&input).unwrap();
+    let original: Value = serde_json::from_slice(&input).unwrap();
+    assert_eq!(policy.to_json_value(), original);
+}
+
+#[test]
+fn defaults_are_filled_in_when_serializing() {
+    let policy = Policy::from_json(
+        br#"{"name":"d","rules":[{"type":"auto_respond","config":{"trigger":"malware","action":"kill_process","minConfidence":0.5}}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        policy.to_json_value(),
+        serde_json::json!({"name":"d","rules":[{"type":"auto_respond","config":{
+            "trigger":"malware","action":"kill_process","minConfidence":0.5,"requireApproval":false},
+            "enabled":true}]})
+    );
+}
+
+/// Runs `input` through the parser and requires a verdict within a moment.
+fn verdict_quickly(input: &[u8]) -> Option<Vec<String>> {
+    let started = Instant::now();
+    let verdict = error_lines(input);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    verdict
+}
+
+fn policy_with_condition(condition: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "name": "hostile",
+        "rules": [{"type": "custom", "config": {"condition": condition, "action": "alert"}}]
+    }))
+    .unwrap()
+}
+
+#[test]
+fn hostile_inputs_are_rejected_without_panic_or_overflow() {
+    let deep = "[".repeat(100_000);
+    let errors = verdict_quickly(deep.as_bytes()).unwrap();
+    assert!(
+        errors[0].ends_with("]: nesting is deeper than the limit of 64 levels"),
+        "{errors:?}"
+    );
+
+    let mut big = br#"{"name":"big","description":""#.to_vec();
+    big.extend(std::iter::repeat_n(b'x', 2 * 1024 * 1024));
+    big.extend(br#"","rules":[]}"#);
+    assert_eq!(
+        verdict_quickly(&big).unwrap(),
+        ["document is 2097194 bytes, larger than the limit of 1048576 bytes"]
+    );
+
+    let long_condition = "a".repeat(1024 * 1024 - 200);
+    assert_eq!(
+        verdict_quickly(&policy_with_condition(&long_condition)).unwrap(),
+        ["rules[0].config.condition: string is 1048376 bytes, longer than the limit of 65536 bytes"]
+    );
+
+    let condition_over_4k = format!("a == \"{}\"", "b".repeat(5000));
+    assert_eq!(
+        verdict_quickly(&policy_with_condition(&condition_over_4k)).unwrap(),
+        ["rules[0].config.condition: condition is 5007 bytes, longer than the limit of 4096 bytes"]
+    );
+
+    let bangs = format!("{}true", "!".repeat(50_000));
+    assert_eq!(
+        verdict_quickly(&policy_with_condition(&bangs)).unwrap(),
+        ["rules[0].config.condition: condition is 50004 bytes, longer than the limit of 4096 bytes"]
+    );
+
+    let nan_like = br#"{"name":"n","rules":[{"type":"auto_respond","config":{"trigger":"t","action":"block_ip","minConfidence":NaN}}]}"#;
+    assert_eq!(
+        verdict_quickly(nan_like).unwrap(),
+        ["invalid JSON at line 1 column 105: expected value"]
+    );
+
+    let duplicate_top = br#"{"name":"a","name":"b","rules":[]}"#;
+    assert_eq!(
+        verdict_quickly(duplicate_top).unwrap(),
+        ["name: duplicate key `name`"]
+    );
+
+    let many_rules = serde_json::to_vec(&serde_json::json!({
+        "name": "many",
+        "rules": vec![serde_json::json!({"type":"custom","config":{"condition":"true","action":"x"}}); 1001]
+    }))
+    .unwrap();
+    assert_eq!(
+        verdict_quickly(&many_rules).unwrap(),
+        ["rules: expected 1 to 1000 rules, found 1001"]
+    );
+
+    let long_name = serde_json::to_vec(&serde_json::json!({
+        "name": "é".repeat(201),
+        "rules": [{"type":"custom","config":{"condition":"true","action":"x"}}]
+    }))
+    .unwrap();
+    assert_eq!(
+        verdict_quickly(&long_name).unwrap(),
+        ["name: expected 1 to 200 characters, found 201"]
+    );
+
+    for garbage in [&b""[..], b"\xff\xfe", b"null", b"\"x\"", b"{\"name\":"] {
+        assert!(verdict_quickly(garbage).is_some());
+    }
+}
