@@ -1,1 +1,14 @@
-//! Shared helpers for the examples.
+//! Helpers shared by the examples and their tests.
+
+use std::path::PathBuf;
+
+/// Path of a built example binary (`cargo test` builds every example next to the test binaries,
+/// in `target/<profile>/examples/`), for tests that run an example as a user would.
+pub fn example_bin(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().unwrap_or_default();
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join("examples").join(name)
+}
