@@ -1,11 +1,16 @@
 //! Threat events: the engine's input, parsed from JSON objects and JSON Lines.
 
+mod json;
+mod lines;
+
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::severity::Severity;
+
+pub use lines::{EventLines, LineError, SliceLines, parse_lines};
 
 /// A threat reported by a detector (CONTRACT section 2).
 ///
@@ -39,6 +44,44 @@ pub struct ThreatEvent {
     pub host: Option<String>,
     /// Every other field, by name.
     pub extra: Map<String, Value>,
+}
+
+impl ThreatEvent {
+    /// Parses one event object (CONTRACT section 2).
+    ///
+    /// Known fields must have their documented types (`null` counts as absent); `srcIp` is
+    /// canonicalized; any other field is kept in `extra`. Duplicate fields are rejected.
+    ///
+    /// ```
+    /// use policy_engine::ThreatEvent;
+    /// let event = ThreatEvent::from_json(br#"{"type":"brute_force","srcIp":"::ffff:203.0.113.7","attempts":3}"#).unwrap();
+    /// assert_eq!(event.src_ip, Some("203.0.113.7".parse().unwrap()));
+    /// assert_eq!(event.extra["attempts"], 3);
+    /// let err = ThreatEvent::from_json(br#"{"severity":"urgent"}"#).unwrap_err();
+    /// assert_eq!(err.to_string(), "field `severity`: expected one of `info`, `low`, `medium`, `high`, `critical`, found `urgent` at line 1 column 20");
+    /// ```
+    pub fn from_json(bytes: &[u8]) -> Result<ThreatEvent, EventError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let event = serde::Deserialize::deserialize(&mut de).map_err(EventError::from_json)?;
+        de.end().map_err(EventError::from_json)?;
+        Ok(event)
+    }
+}
+
+/// Why a JSON text is not a valid threat event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct EventError {
+    /// What is wrong, with the position in the text where known.
+    pub message: String,
+}
+
+impl EventError {
+    fn from_json(err: serde_json::Error) -> Self {
+        Self {
+            message: err.to_string(),
+        }
+    }
 }
 
 /// Canonical form of an address: `::ffff:a.b.c.d` becomes `a.b.c.d`, so an attacker cannot

@@ -3,12 +3,14 @@
 
 pub mod action;
 pub mod condition;
+pub mod engine;
 pub mod event;
 pub mod policy;
 pub mod severity;
 
 pub use action::{Action, ActionRecord};
 pub use condition::{Condition, ConditionError};
+pub use engine::{Diagnostic, Engine, EngineConfig, EngineStats, Evaluation};
 pub use event::ThreatEvent;
 pub use policy::{
     AlertThreshold, AutoRespond, BlockIp, CustomRule, DEFAULT_ORG, Policy, PolicyDuration,

@@ -1,7 +1,10 @@
 //! Custom conditions: evalexpr expressions compiled once at load time, read-only, with
 //! their regular expressions compiled up front.
 
+mod context;
 mod locate;
+
+pub use context::Evaluator;
 
 use std::collections::HashMap;
 use std::fmt;
