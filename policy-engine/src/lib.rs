@@ -7,6 +7,8 @@ pub mod engine;
 pub mod event;
 pub mod policy;
 pub mod severity;
+#[cfg(feature = "sshd")]
+pub mod sshd;
 
 pub use action::{Action, ActionRecord};
 pub use condition::{Condition, ConditionError};
