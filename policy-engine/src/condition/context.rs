@@ -165,12 +165,24 @@ fn json_to_value(json: &serde_json::Value) -> Option<Value> {
     })
 }
 
+fn expected(what: &str, actual: &Value) -> String {
+    format!("type mismatch: expected {what}, found `{actual}`")
+}
+
 /// A readable message for an evaluation error.
 fn message(err: &EvalexprError) -> String {
     match err {
         EvalexprError::VariableIdentifierNotFound(name) => {
             format!("the event has no field `{name}`")
         }
+        EvalexprError::ExpectedString { actual } => expected("a string", actual),
+        EvalexprError::ExpectedInt { actual } => expected("an integer", actual),
+        EvalexprError::ExpectedFloat { actual } => expected("a float", actual),
+        EvalexprError::ExpectedNumber { actual } => expected("a number", actual),
+        EvalexprError::ExpectedNumberOrString { actual } => {
+            expected("a number or a string", actual)
+        }
+        EvalexprError::ExpectedBoolean { actual } => expected("a boolean", actual),
         other => {
             let text = other.to_string();
             let text = text.strip_suffix('.').unwrap_or(&text);
