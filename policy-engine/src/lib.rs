@@ -5,6 +5,8 @@ pub mod action;
 pub mod condition;
 pub mod engine;
 pub mod event;
+#[cfg(feature = "executor")]
+pub mod executor;
 pub mod policy;
 pub mod severity;
 #[cfg(feature = "sshd")]

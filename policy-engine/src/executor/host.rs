@@ -1,0 +1,217 @@
+//! `HostExecutor`: dispatches each action to the component that carries it out on this host.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::Executor;
+use super::cidr::{Allowlist, Cidr};
+use super::firewall::{Firewall, FirewallConfig, FirewallError};
+use super::isolation::{Isolation, IsolationConfig, IsolationError};
+use super::outcome::Outcome;
+use super::process::{KillConfig, ProcessKiller};
+use super::quarantine::{Quarantine, QuarantineConfig, QuarantineError};
+use crate::action::{Action, ActionRecord};
+
+/// Everything the host executor needs; [`HostConfig::new`] fills in consistent defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostConfig {
+    /// `block_ip`.
+    pub firewall: FirewallConfig,
+    /// `isolate_host`.
+    pub isolation: IsolationConfig,
+    /// `kill_process`.
+    pub kill: KillConfig,
+    /// `quarantine_file`.
+    pub quarantine: QuarantineConfig,
+}
+
+impl HostConfig {
+    /// Defaults for an agent whose state lives in `state_dir` and whose management servers are
+    /// `management`: those addresses are never blocked and stay reachable while isolated; the
+    /// quarantine is `state_dir/quarantine`.
+    pub fn new(state_dir: impl Into<PathBuf>, management: Vec<SocketAddr>) -> Self {
+        let state_dir: PathBuf = state_dir.into();
+        let mut firewall = FirewallConfig::new(state_dir.join("firewall"));
+        firewall.allowlist =
+            Allowlist::new(management.iter().map(SocketAddr::ip).collect(), vec![]);
+        Self {
+            firewall,
+            isolation: IsolationConfig::new(state_dir.join("isolation"), management),
+            kill: KillConfig::default(),
+            quarantine: QuarantineConfig {
+                dir: state_dir.join("quarantine"),
+            },
+        }
+    }
+
+    /// Never blocks addresses in `ranges` (besides loopback and the management servers).
+    pub fn with_allowlist(mut self, ranges: Vec<Cidr>) -> Self {
+        self.firewall.allowlist.ranges = ranges;
+        self
+    }
+
+    /// Runs `nft` as `command` (e.g. `["ip", "netns", "exec", "ns1", "nft"]`) for the
+    /// firewall and isolation alike.
+    pub fn with_nft_command(mut self, command: Vec<String>) -> Self {
+        self.firewall.command = command.clone();
+        self.isolation.command = command;
+        self
+    }
+}
+
+/// Why the host executor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The firewall could not be set up.
+    #[error("firewall: {0}")]
+    Firewall(#[from] FirewallError),
+    /// Isolation could not be set up.
+    #[error("isolation: {0}")]
+    Isolation(#[from] IsolationError),
+}
+
+/// Carries out a host-defined (`custom`) action.
+pub trait CustomHandler: Send {
+    /// Handles the custom action `name` with `params`.
+    fn handle(&mut self, name: &str, params: &Map<String, Value>, record: &ActionRecord)
+    -> Outcome;
+}
+
+impl<F> CustomHandler for F
+where
+    F: FnMut(&str, &Map<String, Value>, &ActionRecord) -> Outcome + Send,
+{
+    fn handle(
+        &mut self,
+        name: &str,
+        params: &Map<String, Value>,
+        record: &ActionRecord,
+    ) -> Outcome {
+        self(name, params, record)
+    }
+}
+
+/// The executor that acts on this host.
+///
+/// `block_ip` (both scopes: a fleet block also applies here; spreading it is the fleet loop's
+/// job) goes to the [`Firewall`], `kill_process` to the [`ProcessKiller`], `quarantine_file`
+/// to the [`Quarantine`], `isolate_host` to the [`Isolation`]. `alert` and `approval_request`
+/// are skipped with "sent to the server": the fleet loop delivers them. `custom` actions go to
+/// the handler registered under their name, or are skipped.
+pub struct HostExecutor {
+    firewall: Firewall,
+    killer: ProcessKiller,
+    quarantine: Quarantine,
+    isolation: Isolation,
+    custom: HashMap<String, Box<dyn CustomHandler>>,
+}
+
+impl HostExecutor {
+    /// Sets up the firewall (re-installing persisted blocks) and the other components.
+    pub fn open(config: HostConfig) -> Result<Self, HostError> {
+        let firewall = Firewall::open(config.firewall)?;
+        let mut isolation = Isolation::new(config.isolation)?;
+        isolation.reconcile()?;
+        Ok(Self {
+            firewall,
+            killer: ProcessKiller::new(config.kill),
+            quarantine: Quarantine::new(config.quarantine),
+            isolation,
+            custom: HashMap::new(),
+        })
+    }
+
+    /// Routes `custom` actions named `name` to `handler`.
+    pub fn register_custom(
+        &mut self,
+        name: impl Into<String>,
+        handler: impl CustomHandler + 'static,
+    ) {
+        self.custom.insert(name.into(), Box::new(handler));
+    }
+
+    /// Periodic upkeep, every few seconds: recreates nftables tables someone removed and
+    /// releases an isolation once the management server has been unreachable for the
+    /// configured time. `unreachable_for` is the time since the agent last reached the server
+    /// (zero while connected). Returns what it did.
+    pub fn maintain(&mut self, unreachable_for: Duration) -> Vec<Outcome> {
+        let mut done = Vec::new();
+        match self.firewall.reconcile() {
+            Ok(true) => done.push(Outcome::done(format!(
+                "recreated the firewall table with {} blocks",
+                self.firewall.active().len()
+            ))),
+            Ok(false) => {}
+            Err(e) => done.push(Outcome::failed(e.to_string())),
+        }
+        match self.isolation.reconcile() {
+            Ok(true) => done.push(Outcome::done("recreated the isolation table")),
+            Ok(false) => {}
+            Err(e) => done.push(Outcome::failed(e.to_string())),
+        }
+        match self.isolation.release_if_unreachable(unreachable_for) {
+            Ok(Some(outcome)) => done.push(outcome),
+            Ok(None) => {}
+            Err(e) => done.push(Outcome::failed(e.to_string())),
+        }
+        done
+    }
+
+    /// The firewall, for listing and lifting blocks.
+    pub fn firewall(&mut self) -> &mut Firewall {
+        &mut self.firewall
+    }
+
+    /// The isolation, for `release`.
+    pub fn isolation(&mut self) -> &mut Isolation {
+        &mut self.isolation
+    }
+
+    /// The quarantine, for `list` and `restore`.
+    pub fn quarantine(&mut self) -> &mut Quarantine {
+        &mut self.quarantine
+    }
+}
+
+impl Executor for HostExecutor {
+    fn execute(&mut self, record: &ActionRecord) -> Outcome {
+        match &record.action {
+            Action::BlockIp { ip, duration, .. } => self.firewall.block(*ip, *duration),
+            Action::KillProcess { pid, process } => self.killer.kill(*pid, process.as_deref()),
+            Action::QuarantineFile { path } => {
+                match self.quarantine.quarantine(Path::new(path), Some(record)) {
+                    Ok(entry) => Outcome::done(format!(
+                        "quarantined `{}` as `{}` (sha256 {})",
+                        entry.original_path.display(),
+                        entry.id,
+                        entry.sha256
+                    )),
+                    Err(QuarantineError::Refused(reason)) => Outcome::skipped(reason),
+                    Err(e) => Outcome::failed(e.to_string()),
+                }
+            }
+            Action::IsolateHost { .. } => self.isolation.isolate(),
+            Action::Alert { .. } | Action::ApprovalRequest { .. } => {
+                Outcome::skipped("sent to the server")
+            }
+            Action::Custom { name, params } => match self.custom.get_mut(name) {
+                Some(handler) => handler.handle(name, params, record),
+                None => Outcome::skipped(format!("no handler for the custom action `{name}`")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for HostExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostExecutor")
+            .field("firewall", &self.firewall)
+            .field("isolation", &self.isolation)
+            .field("custom", &self.custom.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
