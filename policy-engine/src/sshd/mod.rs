@@ -65,8 +65,8 @@ pub struct SshdConfig {
     /// Year for classic syslog timestamps, which carry none. A log that passes from December
     /// to January moves on to the next year.
     pub year: i32,
-    /// The envelope of the lines; `None` guesses from the first non-empty line (a syslog
-    /// timestamp means [`LineFormat::Syslog`], anything else [`LineFormat::Bare`]).
+    /// The envelope of the lines; `None` guesses: lines are read as bare until the first line
+    /// with a syslog envelope, and as syslog from then on.
     pub format: Option<LineFormat>,
     /// Most connections tracked at once; the oldest are dropped beyond it.
     pub max_connections: usize,
@@ -180,16 +180,13 @@ impl SshdTracker {
         self.lines += 1;
         let format = match self.format {
             Some(format) => format,
-            None if line.trim().is_empty() => return None,
-            None => {
-                let guess = if looks_like_syslog(line) {
-                    LineFormat::Syslog
-                } else {
-                    LineFormat::Bare
-                };
-                self.format = Some(guess);
-                guess
+            // Guessing: bare until the first line with a syslog envelope, syslog from then on
+            // (so a stray first line cannot turn a syslog file into a bare one).
+            None if looks_like_syslog(line) => {
+                self.format = Some(LineFormat::Syslog);
+                LineFormat::Syslog
             }
+            None => LineFormat::Bare,
         };
         let env = envelope(line, format)?;
         self.sshd_lines += 1;
