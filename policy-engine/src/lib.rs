@@ -11,6 +11,8 @@ pub mod policy;
 pub mod severity;
 #[cfg(feature = "sshd")]
 pub mod sshd;
+#[cfg(feature = "sync")]
+pub mod sync;
 
 pub use action::{Action, ActionRecord};
 pub use condition::{Condition, ConditionError};

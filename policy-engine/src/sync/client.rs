@@ -1,0 +1,261 @@
+//! The HTTP side of sync: a rustls client that trusts the server's CA, and the agent endpoints
+//! (enroll, heartbeat, event stream).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::{Client, RequestBuilder, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::SyncError;
+use crate::policy::PolicyVersion;
+
+/// Which certificates the agent accepts from the server.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TlsTrust {
+    /// The public web PKI (Mozilla's roots, built in).
+    #[default]
+    WebPki,
+    /// The CA certificates in this PEM file (for a self-signed server, its own certificate),
+    /// in addition to the built-in roots.
+    CaFile(PathBuf),
+    /// Any certificate, without checks: for lab setups only, the connection can be intercepted.
+    Insecure,
+}
+
+/// How long a plain request (enroll, heartbeat) may take in total.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long establishing a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client for one server.
+///
+/// ```
+/// use policy_engine::sync::{ApiClient, TlsTrust};
+/// let client = ApiClient::new("https://127.0.0.1:8443/", &TlsTrust::Insecure).unwrap();
+/// assert_eq!(client.url("/api/events"), "https://127.0.0.1:8443/api/events");
+/// let err = ApiClient::new("ftp://example.org", &TlsTrust::WebPki).unwrap_err();
+/// assert_eq!(err.to_string(), "invalid server URL `ftp://example.org`: expected `https://host:port` (or `http://` for tests)");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: Client,
+    base: String,
+}
+
+/// The answer to `POST /api/agents/enroll`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Enrollment {
+    /// The new agent's id.
+    pub agent_id: String,
+    /// Its bearer token, shown only once.
+    pub token: String,
+}
+
+/// The answer to `POST /api/agents/:id/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatReply {
+    /// The version the agent reported.
+    pub policy_version: Option<PolicyVersion>,
+    /// The org's latest version.
+    pub current_policy_version: Option<PolicyVersion>,
+    /// Whether the agent runs something other than the latest version.
+    pub outdated: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HeartbeatBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy_version: Option<PolicyVersion>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<&'a str>,
+}
+
+/// The response envelope of every endpoint.
+#[derive(Debug, Deserialize)]
+struct Envelope<T> {
+    data: T,
+}
+
+impl ApiClient {
+    /// A client for the server at `server` (`https://host:port`), trusting `trust`.
+    ///
+    /// No overall timeout is set on the client, since the event stream stays open for hours;
+    /// instead a read that stalls longer than `idle` (three keep-alive periods by default, see
+    /// [`ApiClient::with_idle_timeout`]) breaks the connection.
+    pub fn new(server: &str, trust: &TlsTrust) -> Result<Self, SyncError> {
+        Self::with_idle_timeout(server, trust, Duration::from_secs(45))
+    }
+
+    /// Like [`ApiClient::new`], with the longest silence tolerated on a connection.
+    pub fn with_idle_timeout(
+        server: &str,
+        trust: &TlsTrust,
+        idle: Duration,
+    ) -> Result<Self, SyncError> {
+        if !(server.starts_with("https://") || server.starts_with("http://")) {
+            return Err(SyncError::ServerUrl {
+                url: server.to_owned(),
+            });
+        }
+        let mut builder = Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(idle)
+            .user_agent(concat!("policy-engine-agent/", env!("CARGO_PKG_VERSION")));
+        match trust {
+            TlsTrust::WebPki => {}
+            TlsTrust::CaFile(path) => {
+                let pem = std::fs::read(path).map_err(|source| SyncError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                let certs =
+                    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SyncError::CaPem {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                if certs.is_empty() {
+                    return Err(SyncError::CaPem {
+                        path: path.clone(),
+                        message: "no PEM certificate found".to_owned(),
+                    });
+                }
+                for cert in certs {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            TlsTrust::Insecure => builder = builder.danger_accept_invalid_certs(true),
+        }
+        let http = builder
+            .build()
+            .map_err(|e| SyncError::Client(error_chain(&e)))?;
+        Ok(Self {
+            http,
+            base: server.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The full URL of `path` (which starts with `/`).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Enrolls a new agent with an admin token: `POST /api/agents/enroll`.
+    pub async fn enroll(
+        &self,
+        admin_token: &str,
+        hostname: &str,
+        org_id: Option<&str>,
+    ) -> Result<Enrollment, SyncError> {
+        let mut body = serde_json::json!({ "hostname": hostname });
+        if let (Some(org), Value::Object(map)) = (org_id, &mut body) {
+            map.insert("org_id".to_owned(), Value::String(org.to_owned()));
+        }
+        let url = self.url("/api/agents/enroll");
+        let request = self
+            .http
+            .post(&url)
+            .bearer_auth(admin_token)
+            .timeout(REQUEST_TIMEOUT)
+            .json(&body);
+        send(&url, request).await
+    }
+
+    /// Reports the running version and the last error: `POST /api/agents/:id/heartbeat`.
+    pub async fn heartbeat(
+        &self,
+        agent_id: &str,
+        token: &str,
+        version: Option<PolicyVersion>,
+        last_error: Option<&str>,
+    ) -> Result<HeartbeatReply, SyncError> {
+        let url = self.url(&format!("/api/agents/{agent_id}/heartbeat"));
+        let request = self
+            .http
+            .post(&url)
+            .bearer_auth(token)
+            .timeout(REQUEST_TIMEOUT)
+            .json(&HeartbeatBody {
+                policy_version: version,
+                last_error,
+            });
+        send(&url, request).await
+    }
+
+    /// The request that opens the event stream: `GET /api/events`.
+    pub fn events_request(&self, token: &str) -> RequestBuilder {
+        self.http.get(self.url("/api/events")).bearer_auth(token)
+    }
+}
+
+async fn send<T: serde::de::DeserializeOwned>(
+    url: &str,
+    request: RequestBuilder,
+) -> Result<T, SyncError> {
+    let response = request.send().await.map_err(|e| SyncError::Transport {
+        url: url.to_owned(),
+        message: error_chain(&e),
+    })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(status_error(url, status, response).await);
+    }
+    let bytes = response.bytes().await.map_err(|e| SyncError::Transport {
+        url: url.to_owned(),
+        message: error_chain(&e),
+    })?;
+    serde_json::from_slice::<Envelope<T>>(&bytes)
+        .map(|envelope| envelope.data)
+        .map_err(|e| SyncError::Response {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// The error for a non-2xx answer, with the message from the server's error envelope.
+pub(crate) async fn status_error(url: &str, status: StatusCode, response: Response) -> SyncError {
+    let body = response.bytes().await.unwrap_or_default();
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+    let url = url.to_owned();
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        SyncError::Unauthorized {
+            url,
+            status: status.as_u16(),
+            message,
+        }
+    } else {
+        SyncError::Status {
+            url,
+            status: status.as_u16(),
+            message,
+        }
+    }
+}
+
+/// An error with its sources, since reqwest's own message ("error sending request") hides the
+/// cause an operator needs (connection refused, unknown issuer, ...).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}

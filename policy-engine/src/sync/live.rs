@@ -1,0 +1,209 @@
+//! The running engine shared by the event loop and the sync task, swapped atomically on update.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+
+use super::{ApplyError, PolicyUpdate, StoredPolicy};
+use crate::engine::{Engine, EngineConfig, Evaluation};
+use crate::event::ThreatEvent;
+use crate::policy::{Policy, PolicyVersion};
+
+/// What the agent's sync side knows, published on every change (see [`LiveEngine::subscribe`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncStatus {
+    /// Version of the policy the engine runs; `None` before any policy arrived.
+    pub applied: Option<PolicyVersion>,
+    /// The last refusal or failure, reported in heartbeats until a policy is applied again.
+    pub last_error: Option<String>,
+    /// Whether the event stream is open.
+    pub connected: bool,
+    /// When the server last answered (stream event or heartbeat).
+    pub last_contact: Option<Instant>,
+}
+
+/// What [`LiveEngine::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The policy is now running; it replaced `previous` (if any), keeping the state of the
+    /// rules the two have in common.
+    Swapped {
+        /// The version that ran before.
+        previous: Option<PolicyVersion>,
+    },
+    /// The same version with the same rules is already running (a reconnect re-sends it).
+    Unchanged,
+}
+
+/// The engine of a running agent, shared between the thread that feeds it events and the task
+/// that receives policies.
+///
+/// Cloning is cheap and gives another handle to the same engine. The engine sits behind a mutex
+/// that [`LiveEngine::process`] holds for one event (or [`LiveEngine::with_engine`] for a batch)
+/// and [`LiveEngine::apply`] holds only for the swap itself: a policy is validated and its
+/// conditions compiled before the lock is taken, so an event sees either the old policy or the
+/// new one, never a mix, and never waits for a compile.
+///
+/// ```
+/// use chrono::Utc;
+/// use policy_engine::engine::EngineConfig;
+/// use policy_engine::sync::{Applied, LiveEngine};
+/// use policy_engine::{Policy, PolicyVersion, ThreatEvent};
+/// let live = LiveEngine::new(EngineConfig::default());
+/// let event = ThreatEvent::from_json(br#"{"type":"malware","pid":4242,"confidence":0.9}"#).unwrap();
+/// assert!(live.process(&event, Utc::now()).actions.is_empty());
+/// let policy = Policy::from_json(br#"{"name":"p","rules":[{"type":"auto_respond","config":
+///     {"trigger":"malware","action":"kill_process","minConfidence":0.8}}]}"#).unwrap();
+/// assert_eq!(live.apply(PolicyVersion::new(1), policy.clone()).unwrap(), Applied::Swapped { previous: None });
+/// assert_eq!(live.process(&event, Utc::now()).actions.len(), 1);
+/// let refused = live.apply(PolicyVersion::new(0), policy).unwrap_err();
+/// assert_eq!(refused.to_string(), "policy v0 refused: older than the applied v1");
+/// ```
+#[derive(Debug, Clone)]
+pub struct LiveEngine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: Mutex<Option<Engine>>,
+    /// The policy running, kept apart from the engine so that version checks and persistence
+    /// never take the hot lock.
+    applied: Mutex<Option<StoredPolicy>>,
+    config: EngineConfig,
+    status: watch::Sender<SyncStatus>,
+}
+
+impl LiveEngine {
+    /// An engine without a policy: it emits nothing until the first [`LiveEngine::apply`].
+    pub fn new(config: EngineConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engine: Mutex::new(None),
+                applied: Mutex::new(None),
+                config,
+                status: watch::Sender::new(SyncStatus::default()),
+            }),
+        }
+    }
+
+    /// Runs one event through the current policy at time `now`.
+    pub fn process(&self, event: &ThreatEvent, now: DateTime<Utc>) -> Evaluation {
+        match lock(&self.inner.engine).as_mut() {
+            Some(engine) => engine.process(event, now),
+            None => Evaluation::default(),
+        }
+    }
+
+    /// Runs `f` with the engine locked (`None` before the first policy), so that a batch of
+    /// events pays for one lock and sees one policy. Keep batches short: a policy swap waits.
+    pub fn with_engine<R>(&self, f: impl FnOnce(Option<&mut Engine>) -> R) -> R {
+        f(lock(&self.inner.engine).as_mut())
+    }
+
+    /// Version of the running policy.
+    pub fn version(&self) -> Option<PolicyVersion> {
+        lock(&self.inner.applied).as_ref().map(|p| p.version)
+    }
+
+    /// The running policy and its version.
+    pub fn applied(&self) -> Option<StoredPolicy> {
+        lock(&self.inner.applied).clone()
+    }
+
+    /// Makes `policy` the running policy, unless it is older than the running one.
+    ///
+    /// A newer version, or the same version with different rules (the server re-resolves an
+    /// agent's policy when its overrides change), is swapped in with
+    /// [`Engine::update_policy`], which keeps the counters of unchanged rules.
+    pub fn apply(&self, version: PolicyVersion, policy: Policy) -> Result<Applied, ApplyError> {
+        let mut applied = lock(&self.inner.applied);
+        let previous = applied.as_ref().map(|p| p.version);
+        if let Some(current) = applied.as_ref() {
+            if version < current.version {
+                return Err(ApplyError::Older {
+                    offered: version,
+                    applied: current.version,
+                });
+            }
+            if version == current.version && current.policy == policy {
+                return Ok(Applied::Unchanged);
+            }
+        }
+        {
+            let mut engine = lock(&self.inner.engine);
+            match engine.as_mut() {
+                Some(engine) => engine.update_policy(policy.clone(), version),
+                None => {
+                    *engine = Some(Engine::new(
+                        policy.clone(),
+                        version,
+                        self.inner.config.clone(),
+                    ));
+                }
+            }
+        }
+        *applied = Some(StoredPolicy { version, policy });
+        drop(applied);
+        self.inner.status.send_modify(|status| {
+            status.applied = Some(version);
+            status.last_error = None;
+        });
+        Ok(Applied::Swapped { previous })
+    }
+
+    /// Validates a pushed policy and applies it; a refusal is recorded as the last error (for
+    /// the next heartbeat) and returned.
+    pub fn apply_update(&self, update: &PolicyUpdate) -> Result<Applied, ApplyError> {
+        let result = self.check_version(update.version).and_then(|()| {
+            let policy =
+                Policy::from_value(&update.document).map_err(|error| ApplyError::Invalid {
+                    version: update.version,
+                    error,
+                })?;
+            self.apply(update.version, policy)
+        });
+        if let Err(err) = &result {
+            self.record_error(err.to_string());
+        }
+        result
+    }
+
+    /// Remembers `message` as the last error, to be reported in the next heartbeat.
+    pub fn record_error(&self, message: String) {
+        self.inner
+            .status
+            .send_modify(|status| status.last_error = Some(message));
+    }
+
+    /// The current status.
+    pub fn status(&self) -> SyncStatus {
+        self.inner.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change (applied version, last error, connection).
+    pub fn subscribe(&self) -> watch::Receiver<SyncStatus> {
+        self.inner.status.subscribe()
+    }
+
+    pub(crate) fn update_status(&self, f: impl FnOnce(&mut SyncStatus)) {
+        self.inner.status.send_modify(f);
+    }
+
+    fn check_version(&self, offered: PolicyVersion) -> Result<(), ApplyError> {
+        match self.version() {
+            Some(applied) if offered < applied => Err(ApplyError::Older { offered, applied }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Locks `mutex`, recovering the data if a thread panicked while holding it: the engine and the
+/// applied policy are replaced whole, never left half-written, so the data is still sound.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

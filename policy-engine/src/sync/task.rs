@@ -1,0 +1,373 @@
+//! The sync tasks: restore the last known good policy, follow the event stream with backoff,
+//! persist what is applied, and send heartbeats.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use reqwest_eventsource::{Error as StreamError, Event, EventSource, retry::Never};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::backoff::jitter;
+use super::client::{error_chain, status_error};
+use super::{
+    ApiClient, Applied, Backoff, BackoffConfig, LiveEngine, PolicyUpdate, StateStore, SyncError,
+    TlsTrust,
+};
+use crate::policy::PolicyVersion;
+
+/// Everything the sync tasks need to know.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Server base URL, `https://host:port`.
+    pub server: String,
+    /// This agent's id, from enrollment.
+    pub agent_id: String,
+    /// This agent's bearer token, from enrollment.
+    pub token: String,
+    /// Which server certificates to trust.
+    pub trust: TlsTrust,
+    /// Where the last known good policy is kept.
+    pub state_dir: PathBuf,
+    /// Time between heartbeats (one is also sent right after each applied or refused policy).
+    pub heartbeat_interval: Duration,
+    /// Reconnect delays of the event stream.
+    pub backoff: BackoffConfig,
+    /// Delay before retrying after the server rejected the token (401/403): long, since
+    /// retrying will not fix a revoked token and an operator has to act.
+    pub unauthorized_retry: Duration,
+    /// Longest silence on a connection before it counts as dead (the server sends a keep-alive
+    /// at least every 15 s).
+    pub idle_timeout: Duration,
+}
+
+impl SyncConfig {
+    /// A configuration with the defaults: heartbeat every 30 s, reconnects from 0.5 s up to
+    /// 30 s, 5 minutes after a rejected token, 45 s idle timeout, web PKI trust.
+    pub fn new(
+        server: impl Into<String>,
+        agent_id: impl Into<String>,
+        token: impl Into<String>,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            server: server.into(),
+            agent_id: agent_id.into(),
+            token: token.into(),
+            trust: TlsTrust::WebPki,
+            state_dir: state_dir.into(),
+            heartbeat_interval: Duration::from_secs(30),
+            backoff: BackoffConfig::default(),
+            unauthorized_retry: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+/// The running sync of one agent: it keeps a [`LiveEngine`] on the newest policy the server
+/// pushes, and keeps running on the last good one while the server is away.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), policy_engine::sync::SyncError> {
+/// use policy_engine::engine::EngineConfig;
+/// use policy_engine::sync::{LiveEngine, PolicySync, SyncConfig, TlsTrust};
+/// let mut config = SyncConfig::new("https://127.0.0.1:8443", "agent-1a2b", "agt_...", "/var/lib/agent");
+/// config.trust = TlsTrust::CaFile("/etc/agent/ca.pem".into());
+/// let live = LiveEngine::new(EngineConfig::default());
+/// let sync = PolicySync::start(config, live.clone()).await?;
+/// // ... feed events to `live.process(&event, chrono::Utc::now())` from any thread ...
+/// sync.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct PolicySync {
+    live: LiveEngine,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Context {
+    config: SyncConfig,
+    client: ApiClient,
+    store: StateStore,
+    live: LiveEngine,
+    heartbeat_now: Notify,
+}
+
+enum StreamEnd {
+    Shutdown,
+    Unauthorized(SyncError),
+    Failed(String),
+}
+
+impl PolicySync {
+    /// Loads the last known good policy from the state dir into `live` (a missing file is
+    /// normal on first start; an unreadable or corrupted one is logged, recorded as the last
+    /// error and ignored), then spawns the stream and heartbeat tasks on the current tokio
+    /// runtime. Fails only on a configuration error (bad URL, unreadable CA file).
+    pub async fn start(config: SyncConfig, live: LiveEngine) -> Result<PolicySync, SyncError> {
+        let client =
+            ApiClient::with_idle_timeout(&config.server, &config.trust, config.idle_timeout)?;
+        let store = StateStore::new(&config.state_dir);
+        restore(&store, &live).await;
+        let (shutdown, _) = watch::channel(false);
+        let context = Arc::new(Context {
+            config,
+            client,
+            store,
+            live: live.clone(),
+            heartbeat_now: Notify::new(),
+        });
+        let tasks = vec![
+            tokio::spawn(stream_loop(context.clone(), shutdown.subscribe())),
+            tokio::spawn(heartbeat_loop(context, shutdown.subscribe())),
+        ];
+        Ok(PolicySync {
+            live,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The engine this sync keeps up to date.
+    pub fn live(&self) -> &LiveEngine {
+        &self.live
+    }
+
+    /// Stops the tasks and closes the stream; the engine keeps its policy.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn restore(store: &StateStore, live: &LiveEngine) {
+    let loaded = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.load()).await
+    };
+    match loaded {
+        Ok(Ok(Some(stored))) => {
+            let version = stored.version;
+            match live.apply(stored.version, stored.policy) {
+                Ok(_) => tracing::info!(%version, "enforcing the last known good policy from disk"),
+                Err(err) => tracing::info!(%version, %err, "not using the policy on disk"),
+            }
+        }
+        Ok(Ok(None)) => tracing::warn!(
+            path = %store.policy_path().display(),
+            "no policy on disk yet: nothing is enforced until the server sends one"
+        ),
+        Ok(Err(err)) => {
+            tracing::warn!(%err, "ignoring the policy on disk");
+            live.record_error(err.to_string());
+        }
+        Err(join) => tracing::warn!(%join, "reading the policy on disk failed"),
+    }
+}
+
+async fn stream_loop(context: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(context.config.backoff);
+    loop {
+        let started = Instant::now();
+        let end = follow_stream(&context, &mut backoff, &mut shutdown).await;
+        context.live.update_status(|s| s.connected = false);
+        let wait = match end {
+            StreamEnd::Shutdown => return,
+            StreamEnd::Unauthorized(err) => {
+                let wait = jitter(context.config.unauthorized_retry);
+                tracing::error!(
+                    %err,
+                    retry_in = ?wait,
+                    "the server rejected this agent's token: check the agent id and token \
+                     (or enroll again); the current policy stays in force"
+                );
+                context.live.record_error(err.to_string());
+                wait
+            }
+            StreamEnd::Failed(message) => {
+                // A connection that stayed up a while was healthy: start the delays over.
+                if started.elapsed() > context.config.backoff.max {
+                    backoff.reset();
+                }
+                let wait = backoff.next_delay();
+                tracing::warn!(
+                    server = %context.config.server,
+                    error = %message,
+                    retry_in = ?wait,
+                    "event stream down; enforcing the current policy meanwhile"
+                );
+                wait
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn follow_stream(
+    context: &Context,
+    backoff: &mut Backoff,
+    shutdown: &mut watch::Receiver<bool>,
+) -> StreamEnd {
+    let mut source = match EventSource::new(context.client.events_request(&context.config.token)) {
+        Ok(source) => source,
+        Err(err) => return StreamEnd::Failed(err.to_string()),
+    };
+    source.set_retry_policy(Box::new(Never));
+    let url = context.client.url("/api/events");
+    loop {
+        let next = tokio::select! {
+            next = source.next() => next,
+            _ = shutdown.changed() => {
+                source.close();
+                return StreamEnd::Shutdown;
+            }
+        };
+        match next {
+            None => return StreamEnd::Failed("the stream closed".to_owned()),
+            Some(Ok(Event::Open)) => {
+                tracing::info!(server = %context.config.server, "event stream open");
+                context.live.update_status(|s| {
+                    s.connected = true;
+                    s.last_contact = Some(Instant::now());
+                });
+            }
+            Some(Ok(Event::Message(message))) => {
+                context
+                    .live
+                    .update_status(|s| s.last_contact = Some(Instant::now()));
+                if message.event == "policy" {
+                    if on_policy(context, &message.data, &message.id).await {
+                        backoff.reset();
+                    }
+                } else {
+                    tracing::debug!(event = %message.event, "ignoring an unknown stream event");
+                }
+            }
+            Some(Err(StreamError::InvalidStatusCode(status, response))) => {
+                source.close();
+                return match status_error(&url, status, response).await {
+                    err @ SyncError::Unauthorized { .. } => StreamEnd::Unauthorized(err),
+                    err => StreamEnd::Failed(err.to_string()),
+                };
+            }
+            Some(Err(StreamError::StreamEnded)) => {
+                return StreamEnd::Failed("the server ended the stream".to_owned());
+            }
+            Some(Err(StreamError::Transport(err))) => {
+                source.close();
+                return StreamEnd::Failed(error_chain(&err));
+            }
+            Some(Err(err)) => {
+                // Garbage on the stream (invalid UTF-8, not SSE): start over on a new connection.
+                source.close();
+                return StreamEnd::Failed(format!("unreadable event stream: {err}"));
+            }
+        }
+    }
+}
+
+/// Applies one pushed policy; true when it is running afterwards (applied or already running).
+async fn on_policy(context: &Context, data: &str, id: &str) -> bool {
+    let live = &context.live;
+    let applied = PolicyUpdate::from_event(data, id)
+        .inspect_err(|err| live.record_error(err.to_string()))
+        .and_then(|update| live.apply_update(&update));
+    match applied {
+        Ok(Applied::Unchanged) => {
+            tracing::debug!(version = ?live.version(), "policy already running");
+            true
+        }
+        Ok(Applied::Swapped { previous }) => {
+            let version = live.version();
+            tracing::info!(
+                version = %version_text(version),
+                previous = %version_text(previous),
+                "policy applied"
+            );
+            persist(context).await;
+            context.heartbeat_now.notify_one();
+            true
+        }
+        Err(err) => {
+            tracing::warn!(
+                %err,
+                running = %version_text(live.version()),
+                "policy refused; the running policy stays"
+            );
+            context.heartbeat_now.notify_one();
+            false
+        }
+    }
+}
+
+async fn persist(context: &Context) {
+    let Some(stored) = context.live.applied() else {
+        return;
+    };
+    let store = context.store.clone();
+    let saved = tokio::task::spawn_blocking(move || store.save(&stored)).await;
+    let error = match saved {
+        Ok(Ok(())) => return,
+        Ok(Err(err)) => err.to_string(),
+        Err(join) => format!("saving the policy failed: {join}"),
+    };
+    tracing::error!(%error, "the applied policy is not on disk; a restart would run an older one");
+    context.live.record_error(error);
+}
+
+async fn heartbeat_loop(context: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(context.config.heartbeat_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            () = context.heartbeat_now.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+        let status = context.live.status();
+        let sent = context
+            .client
+            .heartbeat(
+                &context.config.agent_id,
+                &context.config.token,
+                status.applied,
+                status.last_error.as_deref(),
+            )
+            .await;
+        match sent {
+            Ok(reply) => {
+                context
+                    .live
+                    .update_status(|s| s.last_contact = Some(Instant::now()));
+                if reply.outdated {
+                    tracing::debug!(
+                        running = %version_text(status.applied),
+                        current = %version_text(reply.current_policy_version),
+                        "the server has a newer policy than the one running"
+                    );
+                }
+            }
+            Err(err @ SyncError::Unauthorized { .. }) => {
+                let wait = jitter(context.config.unauthorized_retry);
+                tracing::error!(%err, retry_in = ?wait, "heartbeat rejected: check the agent id and token");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            Err(err) => tracing::warn!(%err, "heartbeat failed"),
+        }
+    }
+}
+
+fn version_text(version: Option<PolicyVersion>) -> String {
+    version.map_or_else(|| "none".to_owned(), |v| v.to_string())
+}
