@@ -1,1 +1,86 @@
-fn main() {}
+//! `reference-server`: the policy API over HTTPS with SSE broadcast, backed by SQLite.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use reference_server::{ServerConfig, TlsMode};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Reference policy server: stores versioned policies per org and pushes them to enrolled
+/// agents over server-sent events.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Directory for the SQLite database and the generated TLS certificate (created if missing).
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// PEM certificate chain for HTTPS (default: a self-signed certificate generated into the
+    /// data dir on first start). Needs --tls-key.
+    #[arg(long, requires = "tls_key", conflicts_with = "plain_http")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key matching --tls-cert.
+    #[arg(long, requires = "tls_cert", conflicts_with = "plain_http")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP instead of HTTPS (for loopback tests only).
+    #[arg(long)]
+    plain_http: bool,
+    /// Global admin token. When unset on a fresh data dir, one is generated and printed once.
+    #[arg(
+        long = "admin-token",
+        env = "POLICY_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+    /// Seconds of silence on an event stream before a keep-alive comment (at most 15).
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=15))]
+    keep_alive_secs: u64,
+    /// Events queued per event stream before a slow agent is disconnected.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    stream_queue: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let tls = match (args.plain_http, args.tls_cert, args.tls_key) {
+        (true, _, _) => TlsMode::Plain,
+        (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
+        _ => TlsMode::SelfSigned,
+    };
+    let config = ServerConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        tls,
+        admin_token: args.admin_token.filter(|t| !t.is_empty()),
+        keep_alive: std::time::Duration::from_secs(args.keep_alive_secs),
+        stream_queue: usize::try_from(args.stream_queue).unwrap_or(16),
+        ..ServerConfig::default()
+    };
+    let server = reference_server::start(config)
+        .await
+        .context("cannot start the server")?;
+    if let Some(token) = server.generated_admin_token() {
+        println!("admin token (shown once, keep it): {token}");
+    }
+    println!("listening on {}", server.base_url());
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot watch SIGINT")?,
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}

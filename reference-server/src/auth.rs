@@ -1,0 +1,210 @@
+//! Tokens and who they speak for: generation, SHA-256 hashing, constant-time lookup, roles
+//! and org scoping.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use policy_engine::DEFAULT_ORG;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::models::now_rfc3339;
+use crate::store::{Store, StoreError};
+
+/// Who a token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The bootstrap admin: every org.
+    GlobalAdmin,
+    /// An admin confined to one org.
+    OrgAdmin {
+        /// The org.
+        org_id: String,
+    },
+    /// One enrolled agent.
+    Agent {
+        /// The agent.
+        agent_id: String,
+        /// Its org.
+        org_id: String,
+    },
+}
+
+impl Principal {
+    /// `(role, org_id, agent_id)` as stored.
+    pub fn columns(&self) -> (&'static str, Option<String>, Option<String>) {
+        match self {
+            Self::GlobalAdmin => ("admin", None, None),
+            Self::OrgAdmin { org_id } => ("admin", Some(org_id.clone()), None),
+            Self::Agent { agent_id, org_id } => {
+                ("agent", Some(org_id.clone()), Some(agent_id.clone()))
+            }
+        }
+    }
+
+    /// The principal of a stored row.
+    pub fn from_columns(
+        role: &str,
+        org_id: Option<String>,
+        agent_id: Option<String>,
+    ) -> Option<Self> {
+        match (role, org_id, agent_id) {
+            ("admin", None, None) => Some(Self::GlobalAdmin),
+            ("admin", Some(org_id), None) => Some(Self::OrgAdmin { org_id }),
+            ("agent", Some(org_id), Some(agent_id)) => Some(Self::Agent { agent_id, org_id }),
+            _ => None,
+        }
+    }
+
+    /// Requires an admin (global or org).
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Self::GlobalAdmin | Self::OrgAdmin { .. } => Ok(()),
+            Self::Agent { .. } => Err(ApiError::forbidden("this endpoint needs an admin token")),
+        }
+    }
+
+    /// The org a read acts on: a global admin names it with `?org_id=` (default `default`);
+    /// org admins and agents are bound to theirs and may only name it.
+    pub fn read_org(&self, requested: Option<&str>) -> Result<String, ApiError> {
+        match self {
+            Self::GlobalAdmin => Ok(requested.unwrap_or(DEFAULT_ORG).to_owned()),
+            Self::OrgAdmin { org_id } | Self::Agent { org_id, .. } => match requested {
+                Some(other) if other != org_id => Err(outside_org(org_id, other)),
+                _ => Ok(org_id.clone()),
+            },
+        }
+    }
+
+    /// The org a write by an admin acts on, named in the body (default `default` for the global
+    /// admin, the admin's own org otherwise).
+    pub fn write_org(&self, requested: Option<&str>) -> Result<String, ApiError> {
+        self.require_admin()?;
+        self.read_org(requested)
+    }
+
+    /// Whether this principal may act on things of `org`.
+    pub fn check_org(&self, org: &str) -> Result<(), ApiError> {
+        match self {
+            Self::GlobalAdmin => Ok(()),
+            Self::OrgAdmin { org_id } | Self::Agent { org_id, .. } if org_id == org => Ok(()),
+            Self::OrgAdmin { org_id } | Self::Agent { org_id, .. } => Err(outside_org(org_id, org)),
+        }
+    }
+}
+
+fn outside_org(own: &str, other: &str) -> ApiError {
+    ApiError::forbidden(format!(
+        "this token belongs to org `{own}` and cannot act on org `{other}`"
+    ))
+}
+
+/// SHA-256 of a token: what is stored and looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    /// Hashes a token.
+    pub fn of(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// A stored hash.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        <[u8; 32]>::try_from(bytes).ok().map(Self)
+    }
+
+    /// The 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+/// A new random token: a role prefix and 256 random bits in hex.
+pub fn generate_token(prefix: &str) -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    format!("{prefix}_{}", hex::encode(bytes))
+}
+
+/// Random hex for ids.
+pub fn random_hex(bytes: usize) -> String {
+    let mut rng = rand::rng();
+    let raw: Vec<u8> = (0..bytes).map(|_| rng.random()).collect();
+    hex::encode(raw)
+}
+
+/// Every token hash in memory, so that authentication never waits for the database.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    by_hash: RwLock<HashMap<TokenHash, (TokenHash, Principal)>>,
+}
+
+impl TokenCache {
+    /// Loads all stored tokens.
+    pub async fn load(store: &Store) -> Result<Self, StoreError> {
+        let cache = Self::default();
+        for (hash, principal) in store.tokens().await? {
+            cache.insert(hash, principal);
+        }
+        Ok(cache)
+    }
+
+    /// Adds a token (after it is stored).
+    pub fn insert(&self, hash: TokenHash, principal: Principal) {
+        if let Ok(mut map) = self.by_hash.write() {
+            map.insert(hash, (hash, principal));
+        }
+    }
+
+    /// Who the `Authorization` header speaks for: 401 when it is missing, not a bearer token,
+    /// or unknown.
+    pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, ApiError> {
+        let header = header.ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized("expected an `Authorization: Bearer <token>` header")
+            })?;
+        let hash = TokenHash::of(token);
+        let map = self
+            .by_hash
+            .read()
+            .map_err(|_| ApiError::internal("token cache poisoned"))?;
+        // The map finds a candidate by hash; the stored hash is then compared in constant time,
+        // so no timing depends on how much of a guessed token is right.
+        match map.get(&hash) {
+            Some((stored, principal)) if bool::from(stored.0.ct_eq(&hash.0)) => {
+                Ok(principal.clone())
+            }
+            _ => Err(ApiError::unauthorized("unknown token")),
+        }
+    }
+}
+
+/// Makes sure a global admin token exists: `configured` (from `POLICY_ADMIN_TOKEN`) becomes the
+/// only global admin token; without it, a data dir with no global admin gets a generated one,
+/// returned so that it can be printed once.
+pub async fn bootstrap_admin(
+    store: &Store,
+    configured: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    if let Some(token) = configured {
+        store
+            .set_global_admin(TokenHash::of(token), now_rfc3339())
+            .await?;
+        return Ok(None);
+    }
+    if store.has_global_admin().await? {
+        return Ok(None);
+    }
+    let token = generate_token("adm");
+    store
+        .insert_token(TokenHash::of(&token), Principal::GlobalAdmin, now_rfc3339())
+        .await?;
+    Ok(Some(token))
+}

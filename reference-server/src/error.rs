@@ -1,0 +1,200 @@
+//! The JSON error envelope, the API's error type and the one `recover()` that maps every
+//! rejection to it.
+
+use std::convert::Infallible;
+
+use policy_engine::{PolicyError, ValidationError};
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Rejection, Reply};
+
+/// An error answered as `{"ok":false,"error":{"code","message","path"?,"errors"?}}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code, e.g. `validation_failed`.
+    pub code: &'static str,
+    /// Human-readable message, lowercase, without a trailing period.
+    pub message: String,
+    /// JSON path of the offending value, when the error concerns one.
+    pub path: Option<String>,
+    /// Every validation error of the document (422 only), the first being `message`/`path`.
+    pub errors: Vec<ValidationError>,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            path: None,
+            errors: Vec::new(),
+        }
+    }
+
+    /// 400 `malformed_json`.
+    pub fn malformed(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "malformed_json", message)
+    }
+
+    /// 400 `bad_request` (a bad query string).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 405 `method_not_allowed`.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this path",
+        )
+    }
+
+    /// 413 `payload_too_large`.
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    /// 503 `unavailable`: the server is shutting down.
+    pub fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server is shutting down",
+        )
+    }
+
+    /// 422 `validation_failed` at `path`.
+    pub fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+        let error = ValidationError::new(path, message);
+        Self::from_validation(vec![error])
+    }
+
+    /// 422 `validation_failed` with every error; the first one is the envelope's message.
+    pub fn from_validation(errors: Vec<ValidationError>) -> Self {
+        let (message, path) = match errors.first() {
+            Some(first) => (first.message.clone(), Some(first.path.clone())),
+            None => ("invalid document".to_owned(), None),
+        };
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "validation_failed",
+            message,
+            path: path.filter(|p| !p.is_empty()),
+            errors,
+        }
+    }
+
+    /// A document rejected by the policy library: syntax errors are 400, the rest 422.
+    pub fn from_policy(error: PolicyError) -> Self {
+        match error.first() {
+            Some(first) if is_syntax_error(first) => Self::malformed(first.message.clone()),
+            _ => Self::from_validation(error.errors),
+        }
+    }
+
+    /// 500 `internal`; the detail is logged, not shown.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(%detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal server error",
+        )
+    }
+
+    /// The error as an HTTP response.
+    pub fn to_response(&self) -> Response {
+        let body = ErrorEnvelope {
+            ok: false,
+            error: ErrorBody {
+                code: self.code,
+                message: &self.message,
+                path: self.path.as_deref(),
+                errors: self
+                    .errors
+                    .iter()
+                    .map(|e| ErrorItem {
+                        path: &e.path,
+                        message: &e.message,
+                    })
+                    .collect(),
+            },
+        };
+        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+    }
+}
+
+/// Whether a library error is a JSON syntax error (400) rather than a validation error (422).
+pub fn is_syntax_error(error: &ValidationError) -> bool {
+    error.path.is_empty() && error.message.starts_with("invalid JSON")
+}
+
+#[derive(Serialize)]
+struct ErrorEnvelope<'a> {
+    ok: bool,
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<ErrorItem<'a>>,
+}
+
+#[derive(Serialize)]
+struct ErrorItem<'a> {
+    path: &'a str,
+    message: &'a str,
+}
+
+/// Maps every rejection (unknown route, wrong method, bad query, our own errors) to the
+/// envelope. Handlers answer their own errors directly; what reaches here is routing.
+pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if let Some(error) = rejection.find::<ApiError>() {
+        error.clone()
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::method_not_allowed()
+    } else if rejection.is_not_found() {
+        ApiError::not_found("no such endpoint")
+    } else if let Some(err) = rejection.find::<warp::reject::InvalidQuery>() {
+        ApiError::bad_request(format!("invalid query string: {err}"))
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::too_large(crate::MAX_BODY_BYTES)
+    } else if let Some(err) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::bad_request(err.to_string())
+    } else {
+        ApiError::internal(format!("unhandled rejection: {rejection:?}"))
+    };
+    Ok(error.to_response())
+}

@@ -1,0 +1,462 @@
+//! SQLite persistence on a dedicated thread: schema migrations, policies with per-org versions,
+//! agents, hashed tokens, overrides and heartbeats.
+//!
+//! Invariant: rusqlite is only ever called on the store's own thread, never on an async worker.
+//! Every write commits (WAL, `synchronous=FULL`) before its future resolves, so a request is
+//! answered only once its change is durable.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use policy_engine::PolicyVersion;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde_json::Value;
+
+use crate::auth::{Principal, TokenHash};
+
+/// A store failure: the database failed or the store is closed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored document is not valid JSON (the file was edited by hand).
+    #[error("stored JSON is corrupt: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    /// The store thread is gone.
+    #[error("the database is closed")]
+    Closed,
+    /// The store thread could not be started.
+    #[error("cannot start the database thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// A stored policy version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPolicy {
+    /// `pol_...`
+    pub id: String,
+    /// Org the policy belongs to.
+    pub org_id: String,
+    /// Version within the org.
+    pub version: PolicyVersion,
+    /// The normalized policy document (`Policy::to_json_value`).
+    pub document: Value,
+    /// RFC 3339 with milliseconds, UTC.
+    pub created_at: String,
+}
+
+/// An enrolled agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// `agent-...`
+    pub id: String,
+    /// Org the agent belongs to.
+    pub org_id: String,
+    /// Hostname given at enrollment.
+    pub hostname: String,
+    /// When it was enrolled.
+    pub enrolled_at: String,
+    /// Last heartbeat, if any.
+    pub last_seen: Option<String>,
+    /// Version reported in the last heartbeat.
+    pub policy_version: Option<String>,
+    /// Error reported in the last heartbeat.
+    pub last_error: Option<String>,
+}
+
+/// The overrides of one agent, as last stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredOverrides {
+    /// The normalized override list.
+    pub list: Value,
+    /// When it was stored.
+    pub updated_at: String,
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Handle to the database thread.
+#[derive(Debug)]
+pub struct Store {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE policies (
+    org_id     TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    id         TEXT    NOT NULL UNIQUE,
+    document   TEXT    NOT NULL,
+    created_at TEXT    NOT NULL,
+    PRIMARY KEY (org_id, version)
+);
+CREATE TABLE agents (
+    id             TEXT PRIMARY KEY,
+    org_id         TEXT NOT NULL,
+    hostname       TEXT NOT NULL,
+    enrolled_at    TEXT NOT NULL,
+    last_seen      TEXT,
+    policy_version TEXT,
+    last_error     TEXT
+);
+CREATE INDEX agents_by_org ON agents (org_id, id);
+CREATE TABLE tokens (
+    hash       BLOB PRIMARY KEY,
+    role       TEXT NOT NULL CHECK (role IN ('admin', 'agent')),
+    org_id     TEXT,
+    agent_id   TEXT REFERENCES agents (id),
+    created_at TEXT NOT NULL
+);
+CREATE TABLE overrides (
+    agent_id   TEXT PRIMARY KEY REFERENCES agents (id),
+    list       TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+"#];
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, in WAL mode, and migrates it.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("policy-store".to_owned())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut conn);
+                }
+            })?;
+        Ok(Self {
+            jobs: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Runs `f` on the database thread and waits for its result.
+    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        });
+        {
+            let jobs = self.jobs.lock().map_err(|_| StoreError::Closed)?;
+            let sender = jobs.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(job).map_err(|_| StoreError::Closed)?;
+        }
+        result.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Finishes queued work, closes the connection and joins the thread.
+    pub async fn close(&self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// Stores a new policy version of `org`: the next number, in one immediate transaction, so
+    /// concurrent posts never share or skip a version.
+    pub async fn insert_policy(
+        &self,
+        org_id: String,
+        document: Value,
+        id: String,
+        created_at: String,
+    ) -> Result<StoredPolicy, StoreError> {
+        self.call(move |conn| {
+            let text = serde_json::to_string(&document)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let next: i64 = tx.query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM policies WHERE org_id = ?1",
+                params![org_id],
+                |row| row.get(0),
+            )?;
+            tx.execute(
+                "INSERT INTO policies (org_id, version, id, document, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![org_id, next, id, text, created_at],
+            )?;
+            tx.commit()?;
+            Ok(StoredPolicy {
+                id,
+                org_id,
+                version: PolicyVersion::new(u64::try_from(next).unwrap_or_default()),
+                document,
+                created_at,
+            })
+        })
+        .await
+    }
+
+    /// The latest policy of `org`.
+    pub async fn latest_policy(&self, org_id: String) -> Result<Option<StoredPolicy>, StoreError> {
+        self.call(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT id, version, document, created_at FROM policies
+                     WHERE org_id = ?1 ORDER BY version DESC LIMIT 1",
+                    params![org_id],
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, String>(2)?,
+                            row.get::<_, String>(3)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((id, version, document, created_at)) = row else {
+                return Ok(None);
+            };
+            Ok(Some(StoredPolicy {
+                id,
+                org_id,
+                version: PolicyVersion::new(u64::try_from(version).unwrap_or_default()),
+                document: serde_json::from_str(&document)?,
+                created_at,
+            }))
+        })
+        .await
+    }
+
+    /// Enrolls an agent and stores its token hash, in one transaction.
+    pub async fn insert_agent(
+        &self,
+        agent: AgentRecord,
+        token: TokenHash,
+    ) -> Result<AgentRecord, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO agents (id, org_id, hostname, enrolled_at) VALUES (?1, ?2, ?3, ?4)",
+                params![agent.id, agent.org_id, agent.hostname, agent.enrolled_at],
+            )?;
+            tx.execute(
+                "INSERT INTO tokens (hash, role, org_id, agent_id, created_at)
+                 VALUES (?1, 'agent', ?2, ?3, ?4)",
+                params![
+                    token.as_bytes().as_slice(),
+                    agent.org_id,
+                    agent.id,
+                    agent.enrolled_at
+                ],
+            )?;
+            tx.commit()?;
+            Ok(agent)
+        })
+        .await
+    }
+
+    /// One agent by id.
+    pub async fn agent(&self, id: String) -> Result<Option<AgentRecord>, StoreError> {
+        self.call(move |conn| {
+            Ok(conn
+                .query_row(
+                    &format!("{AGENT_COLUMNS} WHERE id = ?1"),
+                    params![id],
+                    agent_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// Every agent of `org`, by id.
+    pub async fn agents(&self, org_id: String) -> Result<Vec<AgentRecord>, StoreError> {
+        self.call(move |conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("{AGENT_COLUMNS} WHERE org_id = ?1 ORDER BY id"))?;
+            let rows = stmt.query_map(params![org_id], agent_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Records a heartbeat.
+    pub async fn heartbeat(
+        &self,
+        id: String,
+        policy_version: Option<String>,
+        last_error: Option<String>,
+        now: String,
+    ) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE agents SET last_seen = ?2, policy_version = ?3, last_error = ?4
+                 WHERE id = ?1",
+                params![id, now, policy_version, last_error],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stores a token hash for `principal` (an admin; agent tokens come with enrollment).
+    pub async fn insert_token(
+        &self,
+        token: TokenHash,
+        principal: Principal,
+        now: String,
+    ) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            let (role, org, agent) = principal.columns();
+            conn.execute(
+                "INSERT OR IGNORE INTO tokens (hash, role, org_id, agent_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![token.as_bytes().as_slice(), role, org, agent, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Makes `token` the only global admin token (the operator set `POLICY_ADMIN_TOKEN`):
+    /// earlier global admin tokens, generated or configured, stop working.
+    pub async fn set_global_admin(&self, token: TokenHash, now: String) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM tokens WHERE role = 'admin' AND org_id IS NULL AND hash != ?1",
+                params![token.as_bytes().as_slice()],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO tokens (hash, role, org_id, agent_id, created_at)
+                 VALUES (?1, 'admin', NULL, NULL, ?2)",
+                params![token.as_bytes().as_slice(), now],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every stored token hash with its principal.
+    pub async fn tokens(&self) -> Result<Vec<(TokenHash, Principal)>, StoreError> {
+        self.call(|conn| {
+            let mut stmt = conn.prepare("SELECT hash, role, org_id, agent_id FROM tokens")?;
+            let rows = stmt.query_map([], |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                ))
+            })?;
+            let mut tokens = Vec::new();
+            for row in rows {
+                let (hash, role, org, agent) = row?;
+                let (Some(hash), Some(principal)) = (
+                    TokenHash::from_slice(&hash),
+                    Principal::from_columns(&role, org, agent),
+                ) else {
+                    tracing::warn!("skipping a malformed token row");
+                    continue;
+                };
+                tokens.push((hash, principal));
+            }
+            Ok(tokens)
+        })
+        .await
+    }
+
+    /// Whether any global admin token exists (false on a fresh data dir).
+    pub async fn has_global_admin(&self) -> Result<bool, StoreError> {
+        self.call(|conn| {
+            Ok(conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM tokens WHERE role = 'admin' AND org_id IS NULL)",
+                [],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// The overrides of an agent.
+    pub async fn overrides(&self, agent_id: String) -> Result<Option<StoredOverrides>, StoreError> {
+        self.call(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT list, updated_at FROM overrides WHERE agent_id = ?1",
+                    params![agent_id],
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+                )
+                .optional()?;
+            match row {
+                Some((list, updated_at)) => Ok(Some(StoredOverrides {
+                    list: serde_json::from_str(&list)?,
+                    updated_at,
+                })),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Replaces the overrides of an agent.
+    pub async fn set_overrides(
+        &self,
+        agent_id: String,
+        overrides: StoredOverrides,
+    ) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            let text = serde_json::to_string(&overrides.list)?;
+            conn.execute(
+                "INSERT INTO overrides (agent_id, list, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (agent_id) DO UPDATE SET list = ?2, updated_at = ?3",
+                params![agent_id, text, overrides.updated_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+const AGENT_COLUMNS: &str = "SELECT id, org_id, hostname, enrolled_at, last_seen, policy_version, \
+                             last_error FROM agents";
+
+fn agent_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRecord> {
+    Ok(AgentRecord {
+        id: row.get(0)?,
+        org_id: row.get(1)?,
+        hostname: row.get(2)?,
+        enrolled_at: row.get(3)?,
+        last_seen: row.get(4)?,
+        policy_version: row.get(5)?,
+        last_error: row.get(6)?,
+    })
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let applied: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    let applied = usize::try_from(applied).unwrap_or_default();
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(index + 1).unwrap_or(i64::MAX),
+        )?;
+        tx.commit()?;
+        tracing::info!(migration = index + 1, "applied database migration");
+    }
+    Ok(())
+}
