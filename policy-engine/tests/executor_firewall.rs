@@ -332,3 +332,36 @@ fn isolation_without_a_management_server_is_refused() {
     );
     assert!(!executor.isolation().is_isolated());
 }
+
+#[test]
+fn configuration_and_nft_errors_say_what_and_where() {
+    let state = tempfile::tempdir().unwrap();
+    let mut config = policy_engine::executor::FirewallConfig::new(state.path());
+    config.table = "bad-name".into();
+    assert_eq!(
+        policy_engine::executor::Firewall::open(config.clone())
+            .unwrap_err()
+            .to_string(),
+        "invalid nftables table name `bad-name`: use up to 64 letters, digits and `_`, starting with a letter"
+    );
+    config.table = "policy_engine".into();
+    config.command = vec![
+        "sh".into(),
+        "-c".into(),
+        "cat >/dev/null; echo 'Error: boom' >&2; exit 1".into(),
+        "nft".into(),
+    ];
+    assert_eq!(
+        policy_engine::executor::Firewall::open(config.clone())
+            .unwrap_err()
+            .to_string(),
+        "`sh -c cat >/dev/null; echo 'Error: boom' >&2; exit 1 nft -f -` failed (exit status: 1): Error: boom"
+    );
+    config.command = vec!["/nonexistent/nft".into()];
+    assert_eq!(
+        policy_engine::executor::Firewall::open(config)
+            .unwrap_err()
+            .to_string(),
+        "cannot run `/nonexistent/nft -f -`: No such file or directory (os error 2)"
+    );
+}
