@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use bytes::Buf;
 use futures_util::Stream;
+use policy_engine::policy::wire::RuleDocument;
 use policy_engine::{Policy, PolicyVersion};
-use serde_json::Value;
 use warp::Reply;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
@@ -77,13 +77,12 @@ where
             let body = read_body(&headers, body).await?;
             let policy = Policy::from_json(&body).map_err(ApiError::from_policy)?;
             let org = principal.write_org(policy.org_id.as_deref().or(org_query(&query)))?;
-            let document = policy.to_json_value();
             let guard = state.publish.lock().await;
             let stored = state
                 .store
                 .insert_policy(
                     org,
-                    document,
+                    Arc::new(policy),
                     format!("pol_{}", random_hex(8)),
                     now_rfc3339(),
                 )
@@ -174,13 +173,10 @@ where
                         agent.org_id
                     ))
                 })?;
-            let rule_count = policy
-                .document
-                .get("rules")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len);
-            let list = overrides::parse(&value, rule_count)?;
-            let rules = overrides::apply(&policy.document, &list)?;
+            let list = overrides::parse(&value, policy.policy.rules.len())?;
+            let rules = overrides::apply(&policy.policy.to_json_value(), &list)?
+                .to_document()
+                .rules;
             let stored = StoredOverrides {
                 list: overrides::to_value(&list),
                 updated_at: now_rfc3339(),
@@ -535,10 +531,10 @@ fn stored_list(stored: Option<&StoredOverrides>) -> Vec<Override> {
         .unwrap_or_default()
 }
 
-fn resolve(policy: &StoredPolicy, agent_id: &str, list: &[Override]) -> Value {
+fn resolve(policy: &StoredPolicy, agent_id: &str, list: &[Override]) -> Vec<RuleDocument> {
     if !list.is_empty() {
-        match overrides::apply(&policy.document, list) {
-            Ok(rules) => return rules,
+        match overrides::apply(&policy.policy.to_json_value(), list) {
+            Ok(resolved) => return resolved.to_document().rules,
             Err(error) => tracing::warn!(
                 agent = agent_id,
                 %error,
@@ -546,7 +542,7 @@ fn resolve(policy: &StoredPolicy, agent_id: &str, list: &[Override]) -> Value {
             ),
         }
     }
-    policy.document.get("rules").cloned().unwrap_or(Value::Null)
+    policy.policy.to_document().rules
 }
 
 fn applied_at(policy: &StoredPolicy, overrides: Option<&StoredOverrides>) -> String {

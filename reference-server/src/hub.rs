@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
-use serde_json::Value;
+use policy_engine::policy::wire::RuleDocument;
 use tokio::sync::mpsc;
 use warp::sse::Event;
 
@@ -35,12 +35,11 @@ impl Frame {
     /// The frame of `policy` for an agent with `overrides` (none: the policy as stored).
     /// Overrides that no longer fit the policy are ignored, with a warning.
     pub fn for_agent(policy: &StoredPolicy, agent_id: &str, overrides: &[Override]) -> Self {
-        let base = policy.document.get("rules").unwrap_or(&Value::Null);
         if overrides.is_empty() {
-            return Self::encode(policy, base);
+            return Self::encode(policy, &policy.policy.to_document().rules);
         }
-        match overrides::apply(&policy.document, overrides) {
-            Ok(rules) => Self::encode(policy, &rules),
+        match overrides::apply(&policy.policy.to_json_value(), overrides) {
+            Ok(resolved) => Self::encode(policy, &resolved.to_document().rules),
             Err(error) => {
                 tracing::warn!(
                     agent = agent_id,
@@ -48,12 +47,12 @@ impl Frame {
                     %error,
                     "overrides do not fit this policy version; sending it unmodified"
                 );
-                Self::encode(policy, base)
+                Self::encode(policy, &policy.policy.to_document().rules)
             }
         }
     }
 
-    fn encode(policy: &StoredPolicy, rules: &Value) -> Self {
+    fn encode(policy: &StoredPolicy, rules: &[RuleDocument]) -> Self {
         let data = serde_json::to_string(&PolicyEventData::new(policy, rules))
             .unwrap_or_else(|_| "{}".to_owned());
         Self {

@@ -115,20 +115,37 @@ pub struct AppState {
     pub online_window: Duration,
 }
 
+impl AppState {
+    /// Opens the data dir and the database and sets up the admin token. Returns the state and
+    /// the admin token generated on this start, if any. [`start`] does this first; handler
+    /// tests use it with `warp::test` and [`filters::routes`].
+    pub async fn open(config: &ServerConfig) -> anyhow::Result<(Arc<Self>, Option<String>)> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir `{}`", config.data_dir.display()))?;
+        let store = store::Store::open(&config.data_dir.join("policy.db"))
+            .await
+            .context("cannot open the database")?;
+        let generated_admin_token = auth::bootstrap_admin(&store, config.admin_token.as_deref())
+            .await
+            .context("cannot set up the admin token")?;
+        let tokens = auth::TokenCache::load(&store)
+            .await
+            .context("cannot load tokens")?;
+        let state = Arc::new(AppState {
+            store,
+            hub: hub::Hub::new(config.stream_queue, config.keep_alive),
+            tokens,
+            publish: tokio::sync::Mutex::new(()),
+            online_window: config.online_window,
+        });
+        Ok((state, generated_admin_token))
+    }
+}
+
 /// Opens the data dir and the database, sets up the admin token and TLS, binds the listener and
 /// serves until [`RunningServer::shutdown`].
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir `{}`", config.data_dir.display()))?;
-    let store = store::Store::open(&config.data_dir.join("policy.db"))
-        .await
-        .context("cannot open the database")?;
-    let generated_admin_token = auth::bootstrap_admin(&store, config.admin_token.as_deref())
-        .await
-        .context("cannot set up the admin token")?;
-    let tokens = auth::TokenCache::load(&store)
-        .await
-        .context("cannot load tokens")?;
+    let (state, generated_admin_token) = AppState::open(&config).await?;
     let acceptor = match &config.tls {
         TlsMode::Plain => None,
         TlsMode::SelfSigned => Some(tls::acceptor(&tls::self_signed(&config.data_dir)?)?),
@@ -141,13 +158,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .admin_token
         .clone()
         .or_else(|| generated_admin_token.clone());
-    let state = Arc::new(AppState {
-        store,
-        hub: hub::Hub::new(config.stream_queue, config.keep_alive),
-        tokens,
-        publish: tokio::sync::Mutex::new(()),
-        online_window: config.online_window,
-    });
     serve::spawn(serve::ServeOptions {
         listen: config.listen,
         acceptor,

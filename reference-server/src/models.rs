@@ -1,7 +1,7 @@
 //! Response bodies, exactly in the API page's shapes, and the SSE `policy` event payload.
 
+use policy_engine::policy::wire::RuleDocument;
 use serde::Serialize;
-use serde_json::Value;
 use warp::Reply;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -35,11 +35,11 @@ pub struct PolicyView {
     pub name: String,
     /// Description, when the policy has one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<Value>,
+    pub description: Option<String>,
     /// `v1`, `v2`, ...
     pub version: String,
     /// The normalized rules.
-    pub rules: Value,
+    pub rules: Vec<RuleDocument>,
     /// Agents whose event stream received it (POST only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broadcasted_to: Option<usize>,
@@ -52,22 +52,14 @@ impl PolicyView {
     pub fn of(policy: &StoredPolicy, broadcasted_to: Option<usize>) -> Self {
         Self {
             id: policy.id.clone(),
-            name: document_name(&policy.document),
-            description: policy.document.get("description").cloned(),
+            name: policy.policy.name.clone(),
+            description: policy.policy.description.clone(),
             version: policy.version.to_string(),
-            rules: policy.document.get("rules").cloned().unwrap_or(Value::Null),
+            rules: policy.policy.to_document().rules,
             broadcasted_to,
             created_at: policy.created_at.clone(),
         }
     }
-}
-
-fn document_name(document: &Value) -> String {
-    document
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// `GET /api/policy/agent/:id`: the rules one agent runs, overrides applied.
@@ -79,13 +71,13 @@ pub struct AgentPolicyView {
     /// Version of the org policy the rules come from.
     pub policy_version: String,
     /// Resolved rules.
-    pub rules: Value,
+    pub rules: Vec<RuleDocument>,
     /// When these rules took effect for the agent: the later of the policy's creation and the
     /// agent's last override change.
     pub applied_at: String,
     /// The agent's overrides (`PUT .../overrides` only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub overrides: Option<Value>,
+    pub overrides: Option<serde_json::Value>,
     /// 1 when the agent's stream received the change, else 0 (`PUT .../overrides` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broadcasted_to: Option<usize>,
@@ -103,24 +95,24 @@ pub struct PolicyEventData<'a> {
     /// `v3`
     pub version: String,
     /// Policy name.
-    pub name: &'a Value,
+    pub name: &'a str,
     /// Description, when the policy has one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub description: Option<&'a Value>,
+    pub description: Option<&'a str>,
     /// Resolved rules.
-    pub rules: &'a Value,
+    pub rules: &'a [RuleDocument],
     /// When the policy version was created.
     pub created_at: &'a str,
 }
 
 impl<'a> PolicyEventData<'a> {
     /// The payload for `policy` with `rules` (resolved for one agent, or the policy's own).
-    pub fn new(policy: &'a StoredPolicy, rules: &'a Value) -> Self {
+    pub fn new(policy: &'a StoredPolicy, rules: &'a [RuleDocument]) -> Self {
         Self {
             policy_id: &policy.id,
             version: policy.version.to_string(),
-            name: policy.document.get("name").unwrap_or(&Value::Null),
-            description: policy.document.get("description"),
+            name: &policy.policy.name,
+            description: policy.policy.description.as_deref(),
             rules,
             created_at: &policy.created_at,
         }

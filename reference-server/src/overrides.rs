@@ -140,9 +140,9 @@ pub fn to_value(overrides: &[Override]) -> Value {
     )
 }
 
-/// Applies `overrides` to a stored policy document and validates the result; returns the
-/// resolved, normalized rules. Errors point into the override list.
-pub fn apply(document: &Value, overrides: &[Override]) -> Result<Value, ApiError> {
+/// Applies `overrides` to a policy document and validates the result into the agent's resolved
+/// policy. Errors point into the override list.
+pub fn apply(document: &Value, overrides: &[Override]) -> Result<Policy, ApiError> {
     let mut resolved = document.clone();
     let mut origin: HashMap<usize, usize> = HashMap::new();
     {
@@ -176,11 +176,7 @@ pub fn apply(document: &Value, overrides: &[Override]) -> Result<Value, ApiError
         }
     }
     match Policy::from_value(&resolved) {
-        Ok(policy) => Ok(policy
-            .to_json_value()
-            .get("rules")
-            .cloned()
-            .unwrap_or(Value::Null)),
+        Ok(policy) => Ok(policy),
         Err(error) => {
             let mut errors = error.errors;
             for e in &mut errors {
@@ -238,7 +234,7 @@ mod tests {
             2,
         )
         .unwrap();
-        let rules = apply(&document(), &list).unwrap();
+        let rules = apply(&document(), &list).unwrap().to_json_value()["rules"].clone();
         assert_eq!(rules[1]["config"]["threshold"], 10);
         assert_eq!(rules[1]["enabled"], false);
         assert_eq!(rules[0], document()["rules"][0]);

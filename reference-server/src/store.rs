@@ -5,12 +5,13 @@
 //! Every write commits (WAL, `synchronous=FULL`) before its future resolves, so a request is
 //! answered only once its change is durable.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use policy_engine::PolicyVersion;
+use policy_engine::{Policy, PolicyVersion};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 
@@ -25,6 +26,9 @@ pub enum StoreError {
     /// A stored document is not valid JSON (the file was edited by hand).
     #[error("stored JSON is corrupt: {0}")]
     Corrupt(#[from] serde_json::Error),
+    /// A stored policy no longer validates (the file was edited by hand).
+    #[error("stored policy is invalid: {0}")]
+    Invalid(#[from] policy_engine::PolicyError),
     /// The store thread is gone.
     #[error("the database is closed")]
     Closed,
@@ -42,8 +46,8 @@ pub struct StoredPolicy {
     pub org_id: String,
     /// Version within the org.
     pub version: PolicyVersion,
-    /// The normalized policy document (`Policy::to_json_value`).
-    pub document: Value,
+    /// The validated policy.
+    pub policy: Arc<Policy>,
     /// RFC 3339 with milliseconds, UTC.
     pub created_at: String,
 }
@@ -83,6 +87,9 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 pub struct Store {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The latest policy of each org read or written so far: reads of the active policy
+    /// (heartbeats, stream connects) need no database round trip or re-validation.
+    latest: Mutex<HashMap<String, StoredPolicy>>,
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
@@ -139,6 +146,7 @@ impl Store {
         Ok(Self {
             jobs: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            latest: Mutex::new(HashMap::new()),
         })
     }
 
@@ -176,65 +184,92 @@ impl Store {
     pub async fn insert_policy(
         &self,
         org_id: String,
-        document: Value,
+        policy: Arc<Policy>,
         id: String,
         created_at: String,
     ) -> Result<StoredPolicy, StoreError> {
-        self.call(move |conn| {
-            let text = serde_json::to_string(&document)?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let next: i64 = tx.query_row(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM policies WHERE org_id = ?1",
-                params![org_id],
-                |row| row.get(0),
-            )?;
-            tx.execute(
-                "INSERT INTO policies (org_id, version, id, document, created_at)
+        let stored = self
+            .call(move |conn| {
+                let text = serde_json::to_string(&policy.to_json_value())?;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let next: i64 = tx.query_row(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM policies WHERE org_id = ?1",
+                    params![org_id],
+                    |row| row.get(0),
+                )?;
+                tx.execute(
+                    "INSERT INTO policies (org_id, version, id, document, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![org_id, next, id, text, created_at],
-            )?;
-            tx.commit()?;
-            Ok(StoredPolicy {
-                id,
-                org_id,
-                version: PolicyVersion::new(u64::try_from(next).unwrap_or_default()),
-                document,
-                created_at,
+                    params![org_id, next, id, text, created_at],
+                )?;
+                tx.commit()?;
+                Ok(StoredPolicy {
+                    id,
+                    org_id,
+                    version: PolicyVersion::new(u64::try_from(next).unwrap_or_default()),
+                    policy,
+                    created_at,
+                })
             })
-        })
-        .await
+            .await?;
+        self.remember(&stored);
+        Ok(stored)
+    }
+
+    fn remember(&self, policy: &StoredPolicy) {
+        if let Ok(mut latest) = self.latest.lock() {
+            let newer = latest
+                .get(&policy.org_id)
+                .is_none_or(|known| known.version < policy.version);
+            if newer {
+                latest.insert(policy.org_id.clone(), policy.clone());
+            }
+        }
     }
 
     /// The latest policy of `org`.
     pub async fn latest_policy(&self, org_id: String) -> Result<Option<StoredPolicy>, StoreError> {
-        self.call(move |conn| {
-            let row = conn
-                .query_row(
-                    "SELECT id, version, document, created_at FROM policies
+        if let Some(known) = self
+            .latest
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&org_id).cloned())
+        {
+            return Ok(Some(known));
+        }
+        let found = self
+            .call(move |conn| {
+                let row = conn
+                    .query_row(
+                        "SELECT id, version, document, created_at FROM policies
                      WHERE org_id = ?1 ORDER BY version DESC LIMIT 1",
-                    params![org_id],
-                    |row| {
-                        Ok((
-                            row.get::<_, String>(0)?,
-                            row.get::<_, i64>(1)?,
-                            row.get::<_, String>(2)?,
-                            row.get::<_, String>(3)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            let Some((id, version, document, created_at)) = row else {
-                return Ok(None);
-            };
-            Ok(Some(StoredPolicy {
-                id,
-                org_id,
-                version: PolicyVersion::new(u64::try_from(version).unwrap_or_default()),
-                document: serde_json::from_str(&document)?,
-                created_at,
-            }))
-        })
-        .await
+                        params![org_id],
+                        |row| {
+                            Ok((
+                                row.get::<_, String>(0)?,
+                                row.get::<_, i64>(1)?,
+                                row.get::<_, String>(2)?,
+                                row.get::<_, String>(3)?,
+                            ))
+                        },
+                    )
+                    .optional()?;
+                let Some((id, version, document, created_at)) = row else {
+                    return Ok(None);
+                };
+                Ok(Some(StoredPolicy {
+                    id,
+                    org_id,
+                    version: PolicyVersion::new(u64::try_from(version).unwrap_or_default()),
+                    policy: Arc::new(Policy::from_value(&serde_json::from_str(&document)?)?),
+                    created_at,
+                }))
+            })
+            .await?;
+        if let Some(policy) = &found {
+            self.remember(policy);
+        }
+        Ok(found)
     }
 
     /// Enrolls an agent and stores its token hash, in one transaction.
