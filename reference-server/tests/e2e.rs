@@ -565,3 +565,36 @@ async fn shutdown_ends_event_streams() {
     );
     stream.close();
 }
+
+#[tokio::test]
+async fn idle_streams_get_keep_alive_comments() {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("policy-server-{}-", std::process::id()))
+        .tempdir()
+        .unwrap();
+    let t = TestServer::start_in(dir, |path| reference_server::ServerConfig {
+        keep_alive: std::time::Duration::from_millis(100),
+        ..config(path, false)
+    })
+    .await;
+    let (_a, a_token) = t.enroll(ADMIN, "host-a").await;
+    let mut response = t
+        .client
+        .get(format!("{}/api/events", t.base))
+        .bearer_auth(&a_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    // No policy yet, so the first bytes are a keep-alive comment.
+    let chunk = tokio::time::timeout(DEADLINE, response.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(chunk.starts_with(b":"), "{chunk:?}");
+}

@@ -1,6 +1,11 @@
 //! Shared helpers of the end-to-end tests: a real server on a loopback port with a temporary
 //! data dir, an HTTPS client that trusts its self-signed certificate, and an SSE reader.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
