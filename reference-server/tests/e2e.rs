@@ -1,6 +1,8 @@
 //! End-to-end tests over a real socket with real TLS (the self-signed certificate of the data
 //! dir, verified by the client), real SSE clients and a real SQLite file.
 
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
 mod common;
 
 use std::collections::BTreeSet;

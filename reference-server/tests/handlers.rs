@@ -1,5 +1,7 @@
 //! Handler tests through `warp::test` (no socket), and the hub's slow-agent policy.
 
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
