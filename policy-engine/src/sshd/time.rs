@@ -34,7 +34,8 @@ pub(crate) fn syslog_prefix(line: &str) -> Option<(SyslogStamp, &str)> {
     let mut day = 0u32;
     let day_start = i;
     while let Some(d) = b.get(i).filter(|c| c.is_ascii_digit()) {
-        day = day * 10 + u32::from(d - b'0');
+        // Saturating: a hostile line may carry any number of digits here (found by fuzzing).
+        day = day.saturating_mul(10).saturating_add(u32::from(d - b'0'));
         i += 1;
     }
     if i == day_start || i - day_start > 2 || !(1..=31).contains(&day) || b.get(i) != Some(&b' ') {
@@ -168,6 +169,13 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_day_with_many_digits_is_rejected_not_overflowed() {
+        // Regression: fuzzing (sshd_lines) found `day * 10` overflowing on a long digit run.
+        let line = format!("Mar  {} 12:00:03 host sshd[1]: x", "7".repeat(40));
+        assert!(syslog_prefix(&line).is_none());
+    }
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
