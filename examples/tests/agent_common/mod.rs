@@ -1,0 +1,241 @@
+//! Shared by the agent tests: an in-process reference server over TLS, an admin client that
+//! trusts its self-signed certificate, agents built on `policy_engine::sync`, and waiting for a
+//! condition with a deadline.
+
+// Each test file uses a different part; test helpers fail loudly like the tests themselves.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use policy_engine::sync::{BackoffConfig, LiveEngine, PolicySync, SyncConfig, TlsTrust};
+use policy_engine::{ActionRecord, EngineConfig, PolicyVersion, ThreatEvent};
+use reference_server::{RunningServer, ServerConfig, TlsMode};
+use serde_json::{Value, json};
+
+/// The global admin token of every test server.
+pub const ADMIN_TOKEN: &str = "admin-token-of-the-agent-tests";
+
+/// Starts the reference server over TLS (self-signed certificate in `data_dir/tls`).
+pub async fn start_server(data_dir: &Path, listen: SocketAddr) -> RunningServer {
+    reference_server::start(ServerConfig {
+        listen,
+        data_dir: data_dir.to_path_buf(),
+        tls: TlsMode::SelfSigned,
+        admin_token: Some(ADMIN_TOKEN.to_owned()),
+        shutdown_grace: Duration::from_millis(200),
+        ..ServerConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// The certificate agents must trust: the server's self-signed one.
+pub fn ca_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("tls").join("cert.pem")
+}
+
+/// An admin talking to the server the way an operator's script would.
+pub struct Admin {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Admin {
+    pub fn new(base: &str, data_dir: &Path) -> Self {
+        let pem = std::fs::read(ca_file(data_dir)).unwrap();
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .build()
+            .unwrap();
+        Self {
+            http,
+            base: base.to_owned(),
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Enrolls an agent: `(agentId, token)`.
+    pub async fn enroll(&self, hostname: &str) -> (String, String) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/agents/enroll",
+                Some(json!({ "hostname": hostname })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let data = &body["data"];
+        (
+            data["agentId"].as_str().unwrap().to_owned(),
+            data["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Posts a policy and returns its version.
+    pub async fn post_policy(&self, document: Value) -> PolicyVersion {
+        let (status, body) = self
+            .call(reqwest::Method::POST, "/api/policy", Some(document))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["data"]["version"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// `GET /api/agents`, the entry of `agent_id`.
+    pub async fn agent(&self, agent_id: &str) -> Value {
+        let (status, body) = self.call(reqwest::Method::GET, "/api/agents", None).await;
+        assert_eq!(status, 200, "{body}");
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["agentId"] == agent_id)
+            .cloned()
+            .unwrap_or_else(|| panic!("agent {agent_id} not listed: {body}"))
+    }
+
+    /// Waits until `GET /api/agents` shows `agent_id` with `check` true.
+    pub async fn wait_agent(
+        &self,
+        agent_id: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let agent = self.agent(agent_id).await;
+            if check(&agent) {
+                return agent;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {agent}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A policy whose version shows in the actions: `auto_respond` kills malware processes and a
+/// `block_ip` rule whose threshold is `n` (so that each `n` makes a distinct document).
+pub fn policy(n: u32) -> Value {
+    json!({
+        "name": format!("policy {n}"),
+        "rules": [
+            {"type": "auto_respond", "config": {"trigger": "malware", "action": "kill_process", "minConfidence": 0.5}},
+            {"type": "block_ip", "config": {"trigger": "brute_force", "threshold": n, "duration": "1h", "scope": "host"}}
+        ]
+    })
+}
+
+/// Sync settings for tests: quick heartbeats and reconnects.
+pub fn sync_config(
+    server: &str,
+    agent_id: &str,
+    token: &str,
+    state_dir: &Path,
+    ca: &Path,
+) -> SyncConfig {
+    let mut config = SyncConfig::new(server, agent_id, token, state_dir);
+    config.trust = TlsTrust::CaFile(ca.to_path_buf());
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.backoff = BackoffConfig {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(400),
+    };
+    config
+}
+
+/// Starts an agent's sync on a fresh engine.
+pub async fn start_agent(config: SyncConfig) -> PolicySync {
+    PolicySync::start(config, LiveEngine::new(EngineConfig::default()))
+        .await
+        .unwrap()
+}
+
+/// Runs a malware event through the engine: the `kill_process` action it causes, tagged with
+/// the version of the policy that decided it.
+pub fn enforce(live: &LiveEngine) -> Vec<ActionRecord> {
+    let event =
+        ThreatEvent::from_json(br#"{"id":"evt-1","type":"malware","confidence":0.9,"pid":4242}"#)
+            .unwrap();
+    live.process(&event, Utc::now()).actions
+}
+
+/// The version that enforced a malware event, or `None` when nothing happened.
+pub fn enforcing_version(live: &LiveEngine) -> Option<PolicyVersion> {
+    let actions = enforce(live);
+    assert!(actions.len() <= 1, "{actions:?}");
+    actions.first().map(|a| a.policy_version)
+}
+
+/// Waits until `live` runs `version`; returns how long it took.
+pub async fn wait_version(live: &LiveEngine, version: PolicyVersion) -> Duration {
+    let started = Instant::now();
+    let mut status = live.subscribe();
+    let reached = tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.applied == Some(version)),
+    )
+    .await;
+    assert!(
+        matches!(reached, Ok(Ok(_))),
+        "agent did not reach {version}: {:?}",
+        live.status()
+    );
+    started.elapsed()
+}
+
+/// Waits until the status satisfies `check`.
+pub async fn wait_status(
+    live: &LiveEngine,
+    what: &str,
+    check: impl Fn(&policy_engine::sync::SyncStatus) -> bool,
+) {
+    let mut status = live.subscribe();
+    let reached =
+        tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| check(s))).await;
+    assert!(
+        matches!(reached, Ok(Ok(_))),
+        "timed out waiting for {what}: {:?}",
+        live.status()
+    );
+}
+
+/// Waits until the state dir holds `version` (it is written right after the swap).
+pub async fn wait_stored(state_dir: &Path, version: PolicyVersion) {
+    let store = policy_engine::sync::StateStore::new(state_dir);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let loaded = store.load().ok().flatten().map(|p| p.version);
+        if loaded == Some(version) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "state dir holds {loaded:?}, not {version}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
