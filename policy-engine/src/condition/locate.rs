@@ -138,11 +138,8 @@ fn unmatched_brace(source: &str) -> Option<usize> {
         match c {
             '"' => in_string = true,
             '(' => stack.push(i),
-            ')' => {
-                if stack.pop().is_none() {
-                    return Some(i);
-                }
-            }
+            // The guard pops: a `)` that closes something falls through to `_`.
+            ')' if stack.pop().is_none() => return Some(i),
             _ => {}
         }
     }
