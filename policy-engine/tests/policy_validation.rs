@@ -55,8 +55,8 @@ fn invalid_policies_report_every_error_with_its_path() {
             .lines()
             .map(str::to_owned)
             .collect();
-        let actual = error_lines(&input)
-            .unwrap_or_else(|| panic!("{} was accepted", file.display()));
+        let actual =
+            error_lines(&input).unwrap_or_else(|| panic!("{} was accepted", file.display()));
         assert_eq!(actual, expected, "{}", file.display());
     }
 }
@@ -123,7 +123,9 @@ fn hostile_inputs_are_rejected_without_panic_or_overflow() {
     let long_condition = "a".repeat(1024 * 1024 - 200);
     assert_eq!(
         verdict_quickly(&policy_with_condition(&long_condition)).unwrap(),
-        ["rules[0].config.condition: string is 1048376 bytes, longer than the limit of 65536 bytes"]
+        [
+            "rules[0].config.condition: string is 1048376 bytes, longer than the limit of 65536 bytes"
+        ]
     );
 
     let condition_over_4k = format!("a == \"{}\"", "b".repeat(5000));
@@ -135,7 +137,9 @@ fn hostile_inputs_are_rejected_without_panic_or_overflow() {
     let bangs = format!("{}true", "!".repeat(50_000));
     assert_eq!(
         verdict_quickly(&policy_with_condition(&bangs)).unwrap(),
-        ["rules[0].config.condition: condition is 50004 bytes, longer than the limit of 4096 bytes"]
+        [
+            "rules[0].config.condition: condition is 50004 bytes, longer than the limit of 4096 bytes"
+        ]
     );
 
     let nan_like = br#"{"name":"n","rules":[{"type":"auto_respond","config":{"trigger":"t","action":"block_ip","minConfidence":NaN}}]}"#;

@@ -8,7 +8,10 @@ fn error(source: &str) -> String {
 fn compiles_read_only_expressions_and_lists_their_variables() {
     let condition = Condition::compile(r#"severity == "critical" && confidence > 0.9"#).unwrap();
     assert_eq!(condition.variables(), ["confidence", "severity"]);
-    assert_eq!(condition.source(), r#"severity == "critical" && confidence > 0.9"#);
+    assert_eq!(
+        condition.source(),
+        r#"severity == "critical" && confidence > 0.9"#
+    );
 }
 
 #[test]
@@ -24,12 +27,27 @@ fn syntax_errors_point_into_the_expression() {
         ("(a == b", "at column 1: unclosed `(`"),
         ("a == b)", "at column 7: `)` without a matching `(`"),
         (r#"a == "x"#, "at column 6: unterminated string"),
-        (r#""a\q""#, "at column 3: illegal escape sequence `\\q` in string"),
-        ("1 2", "at column 3: expected an operator between two values"),
-        ("a == == b", "at column 3: operator `==` is missing an operand"),
+        (
+            r#""a\q""#,
+            "at column 3: illegal escape sequence `\\q` in string",
+        ),
+        (
+            "1 2",
+            "at column 3: expected an operator between two values",
+        ),
+        (
+            "a == == b",
+            "at column 3: operator `==` is missing an operand",
+        ),
         ("a +", "at column 3: operator `+` is missing an operand"),
-        ("a && (b ||)", "at column 9: operator `||` is missing an operand"),
-        ("min(1,,2)", "at column 7: empty element in an argument list"),
+        (
+            "a && (b ||)",
+            "at column 9: operator `||` is missing an operand",
+        ),
+        (
+            "min(1,,2)",
+            "at column 7: empty element in an argument list",
+        ),
         (
             "a b == c",
             "at column 1: unknown function `a` (a name followed by a value is a call in this language)",
@@ -89,7 +107,10 @@ fn hostile_conditions_within_the_limit_compile_or_fail_quickly() {
     let unclosed = "(".repeat(MAX_CONDITION_BYTES);
     assert_eq!(error(&unclosed), nesting);
     let mixed = "!(".repeat(200) + "a" + &")".repeat(200);
-    assert_eq!(error(&mixed), "at column 257: condition nests parentheses and unary operators deeper than the limit of 256");
+    assert_eq!(
+        error(&mixed),
+        "at column 257: condition nests parentheses and unary operators deeper than the limit of 256"
+    );
     // At the limit everything still works, on a small stack and in a debug build.
     let deepest = format!("{}true", "!".repeat(MAX_CONDITION_NESTING));
     let handle = std::thread::Builder::new()
@@ -101,5 +122,11 @@ fn hostile_conditions_within_the_limit_compile_or_fail_quickly() {
         .unwrap();
     assert!(handle.join().unwrap());
     let long_chain = format!("true{}", " && true".repeat(500));
-    assert!(Condition::compile(&long_chain).unwrap().tree().eval_boolean().unwrap());
+    assert!(
+        Condition::compile(&long_chain)
+            .unwrap()
+            .tree()
+            .eval_boolean()
+            .unwrap()
+    );
 }
