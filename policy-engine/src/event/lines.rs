@@ -14,7 +14,7 @@ use super::ThreatEvent;
 /// assert_eq!(results.len(), 2);
 /// assert_eq!(
 ///     results[1].as_ref().unwrap_err().to_string(),
-///     "line 3: field `pid`: expected an integer from 0 to 4294967295, found `-1` at line 1 column 9"
+///     "line 3: field `pid`: expected an integer from 0 to 4294967295, found `-1` at column 9"
 /// );
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,9 +131,16 @@ fn parse_line(line: &[u8], number: usize) -> Option<Result<ThreatEvent, LineErro
     if line.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    Some(ThreatEvent::from_json(line).map_err(|err| LineError {
-        line: number,
-        message: err.message,
+    Some(ThreatEvent::from_json(line).map_err(|err| {
+        // The line number is ours: inside a line, only the column means something.
+        let message = match err.message.rsplit_once(" at line 1 column ") {
+            Some((text, column)) => format!("{text} at column {column}"),
+            None => err.message,
+        };
+        LineError {
+            line: number,
+            message,
+        }
     }))
 }
 
