@@ -1,5 +1,6 @@
 //! Threat events: the engine's input, parsed from JSON objects and JSON Lines.
 
+mod fast;
 mod json;
 mod lines;
 
@@ -61,6 +62,9 @@ impl ThreatEvent {
     /// assert_eq!(err.to_string(), "field `severity`: expected one of `info`, `low`, `medium`, `high`, `critical`, found `urgent` at line 1 column 20");
     /// ```
     pub fn from_json(bytes: &[u8]) -> Result<ThreatEvent, EventError> {
+        if let Some(event) = fast::parse(bytes) {
+            return Ok(event);
+        }
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let event = serde::Deserialize::deserialize(&mut de).map_err(EventError::from_json)?;
         de.end().map_err(EventError::from_json)?;
@@ -95,3 +99,6 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
         v4 => v4,
     }
 }
+
+#[cfg(test)]
+mod tests;

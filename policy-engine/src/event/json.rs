@@ -21,7 +21,7 @@ impl<'de> serde::Deserialize<'de> for ThreatEvent {
 
 /// The known fields, in the order of the contract.
 #[derive(Clone, Copy)]
-enum Known {
+pub(super) enum Known {
     Id,
     Timestamp,
     Type,
@@ -37,7 +37,7 @@ enum Known {
 }
 
 impl Known {
-    fn from_name(name: &str) -> Option<Self> {
+    pub(super) fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "id" => Self::Id,
             "timestamp" => Self::Timestamp,

@@ -145,5 +145,5 @@ fn parse_line(line: &[u8], number: usize) -> Option<Result<ThreatEvent, LineErro
 }
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', bytes)
 }
