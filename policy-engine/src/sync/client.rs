@@ -110,9 +110,9 @@ impl ApiClient {
         match trust {
             TlsTrust::WebPki => {}
             TlsTrust::CaFile(path) => {
-                let pem = std::fs::read(path).map_err(|source| SyncError::CaFile {
+                let pem = std::fs::read(path).map_err(|cause| SyncError::CaFile {
                     path: path.clone(),
-                    source,
+                    cause,
                 })?;
                 let certs =
                     reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| SyncError::CaPem {

@@ -8,12 +8,12 @@ use crate::policy::{PolicyError, PolicyVersion};
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     /// The CA file given for the server's certificate cannot be read.
-    #[error("cannot read CA certificate `{path}`: {source}")]
+    #[error("cannot read CA certificate `{path}`: {cause}")]
     CaFile {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (shown in the message, not chained as a source).
+        cause: std::io::Error,
     },
     /// The CA file holds no usable PEM certificate.
     #[error("CA certificate `{path}`: {message}")]

@@ -29,12 +29,12 @@ pub struct StoredPolicy {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The file exists but cannot be read.
-    #[error("cannot read `{path}`: {source}")]
+    #[error("cannot read `{path}`: {cause}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
+        /// The I/O error (shown in the message, not chained as a source).
+        cause: io::Error,
     },
     /// The file was read but is not a complete, intact policy file.
     #[error("`{path}` is corrupted: {message}")]
@@ -45,12 +45,12 @@ pub enum StateError {
         message: String,
     },
     /// Writing, syncing or renaming failed; the previous file, if any, is untouched.
-    #[error("cannot write `{path}`: {source}")]
+    #[error("cannot write `{path}`: {cause}")]
     Write {
         /// The file (or directory) being written.
         path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
+        /// The I/O error (shown in the message, not chained as a source).
+        cause: io::Error,
     },
 }
 
@@ -108,7 +108,7 @@ impl StateStore {
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StateError::Read { path, source }),
+            Err(cause) => return Err(StateError::Read { path, cause }),
         };
         let corrupted = |message: String| StateError::Corrupted {
             path: path.clone(),
@@ -142,7 +142,7 @@ impl StateStore {
     pub fn save(&self, stored: &StoredPolicy) -> Result<(), StateError> {
         let write_err = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| StateError::Write { path, source }
+            move |cause| StateError::Write { path, cause }
         };
         fs::create_dir_all(&self.dir).map_err(write_err(&self.dir))?;
         let policy = stored.policy.to_json_value();

@@ -1,0 +1,250 @@
+//! The `agent` example as a user runs it: enrollment by flag, events on stdin, actions on
+//! stdout, bad lines reported with their numbers, and enforcement from disk when the server is
+//! unreachable.
+
+// The process guard below is test code too: it fails loudly like the tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod agent_common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use agent_common::*;
+use examples::example_bin;
+use policy_engine::PolicyVersion;
+use policy_engine::sync::{StateStore, StoredPolicy};
+
+/// A running agent process; killed on drop so a failing test leaves nothing behind.
+struct AgentProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl AgentProcess {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(example_bin("agent"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("POLICY_ADMIN_TOKEN")
+            .env_remove("POLICY_AGENT_TOKEN")
+            .env_remove("POLICY_SERVER")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().unwrap();
+        let (tx, stdout) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
+        Self {
+            child,
+            stdin,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn send(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn next_line(&self) -> String {
+        self.stdout
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no action line from the agent within 10 s")
+    }
+
+    /// Closes stdin and waits for the agent to exit: `(exit code, stderr)`.
+    fn finish(mut self) -> (Option<i32>, String) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit at the end of stdin"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(self.stdout.try_recv().is_err(), "unexpected extra output");
+        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
+        (status.code(), stderr.join().unwrap())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const MALWARE: &str = r#"{"id":"evt-1","type":"malware","confidence":0.9,"pid":4242}"#;
+
+fn kill_line(version: &str) -> String {
+    format!(
+        r#"{{"action":"kill_process","pid":4242,"rule":0,"policyVersion":"{version}","eventId":"evt-1"}}"#
+    )
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolls_follows_policies_and_skips_bad_lines() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = start_server(data.path(), SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let base = server.base_url();
+    let admin = Admin::new(&base, data.path());
+    let ca = ca_file(data.path());
+    let mut agent = AgentProcess::spawn(&[
+        "--server",
+        &base,
+        "--ca-cert",
+        path(&ca),
+        "--state-dir",
+        path(state.path()),
+        "--enroll",
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--hostname",
+        "cli-host",
+        "--dry-run",
+        "--heartbeat-secs",
+        "0.2",
+    ]);
+
+    // Enrollment stored the credentials; the agent reports the policy once it runs it.
+    let credentials = state.path().join("agent.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !credentials.exists() {
+        assert!(Instant::now() < deadline, "no credentials file");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&credentials).unwrap()).unwrap();
+    let agent_id = stored["agentId"].as_str().unwrap().to_owned();
+    let listed = admin.agent(&agent_id).await;
+    assert_eq!(listed["hostname"], "cli-host");
+    admin.post_policy(policy(1)).await;
+    admin
+        .wait_agent(&agent_id, "v1 running", |a| a["policyVersion"] == "v1")
+        .await;
+
+    agent.send("not json\n\n");
+    agent.send(&format!("{MALWARE}\n"));
+    assert_eq!(agent.next_line(), kill_line("v1"));
+    agent.send("{\"type\":\"malware\",\"pid\":-1}\n");
+
+    admin.post_policy(policy(2)).await;
+    admin
+        .wait_agent(&agent_id, "v2 running", |a| a["policyVersion"] == "v2")
+        .await;
+    agent.send(&format!("{MALWARE}\n"));
+    assert_eq!(agent.next_line(), kill_line("v2"));
+
+    let (code, stderr) = agent.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("event line 1: expected ident at line 1 column 2; skipped"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "event line 4: field `pid`: expected an integer from 0 to 4294967295, found `-1` at line 1 column 26; skipped"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("event line 3"), "{stderr}");
+    server.shutdown().await;
+}
+
+#[test]
+fn unreachable_server_still_enforces_the_policy_on_disk() {
+    let state = tempfile::tempdir().unwrap();
+    let policy = policy_engine::Policy::from_value(&policy(3)).unwrap();
+    StateStore::new(state.path())
+        .save(&StoredPolicy {
+            version: PolicyVersion::new(7),
+            policy,
+        })
+        .unwrap();
+    // Port 1 on loopback: nothing listens, connections are refused.
+    let mut agent = AgentProcess::spawn(&[
+        "--server",
+        "https://127.0.0.1:1",
+        "--insecure",
+        "--agent-id",
+        "agent-offline",
+        "--token",
+        "agt_offline",
+        "--state-dir",
+        path(state.path()),
+        "--dry-run",
+        "--max-backoff-secs",
+        "0.2",
+    ]);
+    agent.send(&format!("{MALWARE}\n"));
+    assert_eq!(agent.next_line(), kill_line("v7"));
+    let (code, stderr) = agent.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("enforcing the last known good policy from disk version=v7"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unreadable_ca_file_is_a_clear_error() {
+    let state = tempfile::tempdir().unwrap();
+    let missing = state.path().join("missing-ca.pem");
+    let agent = AgentProcess::spawn(&[
+        "--server",
+        "https://127.0.0.1:1",
+        "--ca-cert",
+        path(&missing),
+        "--agent-id",
+        "a",
+        "--token",
+        "t",
+        "--state-dir",
+        path(state.path()),
+        "--dry-run",
+    ]);
+    let (code, stderr) = agent.finish();
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        stderr,
+        format!(
+            "agent: error: cannot read CA certificate `{}`: No such file or directory (os error 2)\n",
+            missing.display()
+        )
+    );
+}
