@@ -152,7 +152,7 @@ fn check(path: &Path) -> Result<(), String> {
 #[test]
 fn scenarios() {
     let files = scenario_files();
-    assert!(files.len() >= 9, "scenario files missing: {files:?}");
+    assert!(files.len() >= 10, "scenario files missing: {files:?}");
     let failures: Vec<String> = files.iter().filter_map(|f| check(f).err()).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

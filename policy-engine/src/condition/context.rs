@@ -183,6 +183,7 @@ fn message(err: &EvalexprError) -> String {
             expected("a number or a string", actual)
         }
         EvalexprError::ExpectedBoolean { actual } => expected("a boolean", actual),
+        EvalexprError::CustomMessage(message) => message.clone(),
         other => {
             let text = other.to_string();
             let text = text.strip_suffix('.').unwrap_or(&text);
@@ -215,15 +216,17 @@ impl EventContext<'_> {
             let built = RegexBuilder::new(pattern)
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
-                .map_err(|err| err.to_string());
+                .map_err(|err| {
+                    let text = err.to_string();
+                    let last = text.lines().last().unwrap_or_default().trim();
+                    let detail = last.strip_prefix("error: ").unwrap_or(last);
+                    format!("invalid regular expression `{pattern}`: {detail}")
+                });
             cache.insert(pattern.to_owned(), built);
         }
         match cache.get(pattern) {
             Some(Ok(regex)) => Ok(f(regex)),
-            Some(Err(err)) => Err(EvalexprError::invalid_regex(
-                pattern.to_owned(),
-                err.clone(),
-            )),
+            Some(Err(message)) => Err(EvalexprError::CustomMessage(message.clone())),
             None => Err(EvalexprError::CustomMessage(
                 "regex cache inconsistent".to_owned(),
             )),
