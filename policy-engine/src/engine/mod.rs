@@ -21,6 +21,12 @@ use keystore::IpKey;
 use rules::{CompiledRule, Sink};
 use targets::BlockDefaults;
 
+// Agents move the engine into their event task: it must stay `Send`.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<Engine>();
+};
+
 /// Default [`EngineConfig::max_keys_per_rule`].
 pub const DEFAULT_MAX_KEYS_PER_RULE: usize = 100_000;
 
