@@ -2,7 +2,8 @@
 //! persist what is applied, and send heartbeats.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -13,8 +14,8 @@ use tokio::task::JoinHandle;
 use super::backoff::jitter;
 use super::client::{error_chain, status_error};
 use super::{
-    ApiClient, Applied, Backoff, BackoffConfig, LiveEngine, PolicyUpdate, StateStore, SyncError,
-    TlsTrust,
+    ApiClient, Applied, ApplyError, Backoff, BackoffConfig, HeartbeatReply, LiveEngine,
+    PolicyUpdate, StateStore, SyncError, TlsTrust,
 };
 use crate::policy::PolicyVersion;
 
@@ -94,6 +95,12 @@ struct Context {
     store: StateStore,
     live: LiveEngine,
     heartbeat_now: Notify,
+    /// Wakes the stream task to drop its connection and reconnect (see `heartbeat_loop`).
+    resync: Notify,
+    /// Policy events received so far, to tell a quiet stream from a stuck one.
+    policy_events: AtomicU64,
+    /// The last version refused, which a reconnect would only bring back.
+    refused: Mutex<Option<PolicyVersion>>,
 }
 
 enum StreamEnd {
@@ -119,6 +126,9 @@ impl PolicySync {
             store,
             live: live.clone(),
             heartbeat_now: Notify::new(),
+            resync: Notify::new(),
+            policy_events: AtomicU64::new(0),
+            refused: Mutex::new(None),
         });
         let tasks = vec![
             tokio::spawn(stream_loop(context.clone(), shutdown.subscribe())),
@@ -229,6 +239,13 @@ async fn follow_stream(
                 source.close();
                 return StreamEnd::Shutdown;
             }
+            () = context.resync.notified() => {
+                source.close();
+                return StreamEnd::Failed(
+                    "no policy event although the server has a newer version; reconnecting"
+                        .to_owned(),
+                );
+            }
         };
         match next {
             None => return StreamEnd::Failed("the stream closed".to_owned()),
@@ -276,6 +293,7 @@ async fn follow_stream(
 
 /// Applies one pushed policy; true when it is running afterwards (applied or already running).
 async fn on_policy(context: &Context, data: &str, id: &str) -> bool {
+    context.policy_events.fetch_add(1, Ordering::Relaxed);
     let live = &context.live;
     let applied = PolicyUpdate::from_event(data, id)
         .inspect_err(|err| live.record_error(err.to_string()))
@@ -297,6 +315,14 @@ async fn on_policy(context: &Context, data: &str, id: &str) -> bool {
             true
         }
         Err(err) => {
+            let refused = match &err {
+                ApplyError::Invalid { version, .. } => Some(*version),
+                ApplyError::Older { offered, .. } => Some(*offered),
+                ApplyError::Malformed(_) => None,
+            };
+            if refused.is_some() {
+                *context.refused.lock().unwrap_or_else(|p| p.into_inner()) = refused;
+            }
             tracing::warn!(
                 %err,
                 running = %version_text(live.version()),
@@ -325,6 +351,7 @@ async fn persist(context: &Context) {
 
 async fn heartbeat_loop(context: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(context.config.heartbeat_interval);
+    let mut suspect = None;
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -347,13 +374,7 @@ async fn heartbeat_loop(context: Arc<Context>, mut shutdown: watch::Receiver<boo
                 context
                     .live
                     .update_status(|s| s.last_contact = Some(Instant::now()));
-                if reply.outdated {
-                    tracing::debug!(
-                        running = %version_text(status.applied),
-                        current = %version_text(reply.current_policy_version),
-                        "the server has a newer policy than the one running"
-                    );
-                }
+                suspect = watch_stream(&context, &reply, status.applied, suspect);
             }
             Err(err @ SyncError::Unauthorized { .. }) => {
                 let wait = jitter(context.config.unauthorized_retry);
@@ -370,4 +391,35 @@ async fn heartbeat_loop(context: Arc<Context>, mut shutdown: watch::Receiver<boo
 
 fn version_text(version: Option<PolicyVersion>) -> String {
     version.map_or_else(|| "none".to_owned(), |v| v.to_string())
+}
+
+/// The stream watchdog, run on every heartbeat reply. A stream can look alive (the connection
+/// is up, keep-alives arrive) and still deliver nothing: a proxy that holds back events, bytes
+/// the SSE parser cannot get past. When two heartbeats in a row report the same newer version
+/// and no policy event arrived in between, the stream is restarted; the server sends the
+/// current policy first on every new stream. A version this agent refused does not count: a
+/// reconnect would only bring it back.
+fn watch_stream(
+    context: &Context,
+    reply: &HeartbeatReply,
+    applied: Option<PolicyVersion>,
+    suspect: Option<(PolicyVersion, u64)>,
+) -> Option<(PolicyVersion, u64)> {
+    let current = reply.current_policy_version?;
+    let refused = *context.refused.lock().unwrap_or_else(|p| p.into_inner());
+    if !reply.outdated || applied >= Some(current) || refused == Some(current) {
+        return None;
+    }
+    let seen = (current, context.policy_events.load(Ordering::Relaxed));
+    if suspect == Some(seen) {
+        tracing::warn!(
+            running = %version_text(applied),
+            current = %current,
+            "the event stream delivered nothing while the server has a newer policy; reconnecting"
+        );
+        context.resync.notify_waiters();
+        return None;
+    }
+    tracing::debug!(running = %version_text(applied), current = %current, "the server has a newer policy");
+    Some(seen)
 }
