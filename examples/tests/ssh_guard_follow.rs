@@ -1,8 +1,8 @@
 //! `ssh-guard --follow --dry-run` on a log that grows, is rotated and is truncated, as
 //! logrotate does it (`create` and `copytruncate`).
 
-// Test helpers outside `#[test]` functions may unwrap too.
-#![allow(clippy::unwrap_used)]
+// Test helpers outside `#[test]` functions may unwrap and index too.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
