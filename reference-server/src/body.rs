@@ -1,21 +1,14 @@
-//! Request bodies: reading with the 1 MiB limit, and strict JSON (duplicate keys, nesting and
-//! string limits) for the bodies that are not policies.
-
-use std::cell::RefCell;
-use std::fmt;
+//! Request bodies: reading with the 1 MiB limit, strict JSON (duplicate keys, nesting and
+//! string limits) and field checks for the bodies that are not policies.
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
+pub use policy_engine::policy::json::{join_index, join_key};
 use policy_engine::ValidationError;
-use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use policy_engine::policy::json::{JsonError, JsonLimits, parse_strict};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
-
-/// Deepest nesting accepted in a JSON body.
-pub const MAX_DEPTH: usize = 64;
-/// Longest string accepted in a JSON body, in bytes.
-pub const MAX_STRING_BYTES: usize = 64 * 1024;
 
 /// Reads a whole body, answering 413 as soon as it grows past `limit` (whatever the
 /// `Content-Length` header says, so chunked bodies are bounded too).
@@ -49,181 +42,18 @@ where
     Ok(collected.freeze())
 }
 
-/// Parses a JSON body strictly: syntax errors are 400 with line and column, duplicate keys and
-/// limit violations are 422 with their path.
+/// Parses a JSON body strictly with the policy library's reader (one parser for the whole
+/// system): syntax errors are 400 with line and column, duplicate keys and limit violations are
+/// 422 with their path. The body size was already bounded by [`read_limited`].
 pub fn parse_json(input: &[u8]) -> Result<Value, ApiError> {
-    let failure = RefCell::new(None);
-    let mut de = serde_json::Deserializer::from_slice(input);
-    let seed = StrictSeed {
-        depth: 0,
-        path: String::new(),
-        failure: &failure,
+    let limits = JsonLimits {
+        max_bytes: usize::MAX,
+        ..JsonLimits::default()
     };
-    let result = seed.deserialize(&mut de).and_then(|value| {
-        de.end()?;
-        Ok(value)
-    });
-    result.map_err(|err| match failure.into_inner() {
-        Some(structured) => ApiError::from_validation(vec![structured]),
-        None => ApiError::malformed(syntax_message(&err)),
+    parse_strict(input, limits).map_err(|err| match err {
+        JsonError::Syntax(e) => ApiError::malformed(e.message),
+        JsonError::Rejected(e) => ApiError::from_validation(vec![e]),
     })
-}
-
-/// `rules[0]` + `config` -> `rules[0].config`.
-pub fn join_key(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-/// `rules` + 3 -> `rules[3]`.
-pub fn join_index(path: &str, index: usize) -> String {
-    format!("{path}[{index}]")
-}
-
-/// The same wording as the policy library: `invalid JSON at line L column C: detail`.
-fn syntax_message(err: &serde_json::Error) -> String {
-    let text = err.to_string();
-    let detail = match text.rfind(" at line ") {
-        Some(at) => text.get(..at).unwrap_or(&text),
-        None => &text,
-    };
-    format!(
-        "invalid JSON at line {} column {}: {}",
-        err.line(),
-        err.column(),
-        detail
-    )
-}
-
-struct StrictSeed<'a> {
-    depth: usize,
-    path: String,
-    failure: &'a RefCell<Option<ValidationError>>,
-}
-
-impl StrictSeed<'_> {
-    fn fail<E: de::Error>(&self, path: &str, message: String) -> E {
-        let mut slot = self.failure.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(ValidationError::new(path, message.clone()));
-        }
-        E::custom(message)
-    }
-
-    fn child(&self, path: String) -> StrictSeed<'_> {
-        StrictSeed {
-            depth: self.depth + 1,
-            path,
-            failure: self.failure,
-        }
-    }
-
-    fn check_string<E: de::Error>(&self, s: &str) -> Result<(), E> {
-        if s.len() > MAX_STRING_BYTES {
-            return Err(self.fail(
-                &self.path,
-                format!(
-                    "string is {} bytes, longer than the limit of {MAX_STRING_BYTES} bytes",
-                    s.len()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    fn enter<E: de::Error>(&self) -> Result<(), E> {
-        if self.depth + 1 > MAX_DEPTH {
-            return Err(self.fail(
-                &self.path,
-                format!("nesting is deeper than the limit of {MAX_DEPTH} levels"),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for StrictSeed<'_> {
-    type Value = Value;
-
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for StrictSeed<'_> {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        match serde_json::Number::from_f64(v) {
-            Some(n) => Ok(Value::Number(n)),
-            None => Err(self.fail(&self.path, format!("number `{v}` is not finite"))),
-        }
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
-        self.check_string(v)?;
-        Ok(Value::String(v.to_owned()))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
-        self.check_string(&v)?;
-        Ok(Value::String(v))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        self.enter()?;
-        let mut items = Vec::new();
-        loop {
-            let child = self.child(join_index(&self.path, items.len()));
-            match seq.next_element_seed(child)? {
-                Some(value) => items.push(value),
-                None => break,
-            }
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        self.enter()?;
-        let mut object = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            self.check_string(&key)?;
-            let path = join_key(&self.path, &key);
-            if object.contains_key(&key) {
-                return Err(self.fail(&path, format!("duplicate key `{key}`")));
-            }
-            let value = map.next_value_seed(self.child(path))?;
-            object.insert(key, value);
-        }
-        Ok(Value::Object(object))
-    }
 }
 
 /// Field-by-field reading of a JSON object with unknown-field rejection and every error

@@ -1,5 +1,6 @@
-//! Strict JSON reading: size, depth and string-length limits and duplicate-key rejection,
-//! enforced while parsing so that hostile documents cost no more than their limits.
+//! Strict JSON reading, shared by the policy parser and the server's request bodies: size,
+//! depth and string-length limits and duplicate-key rejection, enforced while parsing so that
+//! hostile documents cost no more than their limits.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -30,20 +31,48 @@ impl Default for JsonLimits {
     }
 }
 
+/// Why a document was refused by [`parse_strict`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonError {
+    /// Not JSON at all; the message gives line and column and the path is empty.
+    #[error("{0}")]
+    Syntax(ValidationError),
+    /// Well-formed JSON over a limit, or with a duplicate key; the path says where.
+    #[error("{0}")]
+    Rejected(ValidationError),
+}
+
+impl JsonError {
+    /// The underlying error, whichever kind it is.
+    pub fn into_validation_error(self) -> ValidationError {
+        match self {
+            Self::Syntax(e) | Self::Rejected(e) => e,
+        }
+    }
+}
+
 /// Parses `input` into a JSON value, enforcing `limits` and rejecting duplicate keys.
 ///
 /// Errors carry the JSON path of the offending value and, for syntax errors, the line and
-/// column.
-pub fn parse_strict(input: &[u8], limits: JsonLimits) -> Result<Value, ValidationError> {
+/// column. Servers use it for every request body, so that no two parsers in the system
+/// resolve a duplicate key differently.
+///
+/// ```
+/// use policy_engine::policy::json::{parse_strict, JsonError, JsonLimits};
+/// let err = parse_strict(br#"{"a":1,"a":2}"#, JsonLimits::default()).unwrap_err();
+/// assert!(matches!(err, JsonError::Rejected(_)));
+/// assert_eq!(err.to_string(), "a: duplicate key `a`");
+/// ```
+pub fn parse_strict(input: &[u8], limits: JsonLimits) -> Result<Value, JsonError> {
     if input.len() > limits.max_bytes {
-        return Err(ValidationError::new(
+        return Err(JsonError::Rejected(ValidationError::new(
             "",
             format!(
                 "document is {} bytes, larger than the limit of {} bytes",
                 input.len(),
                 limits.max_bytes
             ),
-        ));
+        )));
     }
     let failure = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(input);
@@ -62,9 +91,9 @@ pub fn parse_strict(input: &[u8], limits: JsonLimits) -> Result<Value, Validatio
         Ok(value) => Ok(value),
         Err(err) => {
             if let Some(structured) = failure.into_inner() {
-                return Err(structured);
+                return Err(JsonError::Rejected(structured));
             }
-            Err(syntax_error(&err))
+            Err(JsonError::Syntax(syntax_error(&err)))
         }
     }
 }
@@ -141,7 +170,7 @@ impl StrictSeed<'_> {
 }
 
 /// Appends an object key to a path: `rules[0].config` + `threshold`.
-pub(crate) fn join_key(path: &str, key: &str) -> String {
+pub fn join_key(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_owned()
     } else {
@@ -150,7 +179,7 @@ pub(crate) fn join_key(path: &str, key: &str) -> String {
 }
 
 /// Appends an array index to a path: `rules` + 3.
-pub(crate) fn join_index(path: &str, index: usize) -> String {
+pub fn join_index(path: &str, index: usize) -> String {
     format!("{path}[{index}]")
 }
 

@@ -4,7 +4,7 @@
 
 mod duration;
 mod error;
-pub(crate) mod json;
+pub mod json;
 mod validate;
 pub mod wire;
 
@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 
 pub use duration::{DurationError, DurationUnit, MAX_DURATION, PolicyDuration};
 pub use error::{PolicyError, ValidationError};
-pub use json::JsonLimits;
+pub use json::{JsonError, JsonLimits, parse_strict};
 
 use crate::condition::Condition;
 use crate::severity::Severity;
@@ -63,7 +63,8 @@ impl Policy {
 
     /// Parses and validates a policy document with explicit limits.
     pub fn from_json_with_limits(input: &[u8], limits: JsonLimits) -> Result<Self, PolicyError> {
-        let value = json::parse_strict(input, limits).map_err(PolicyError::single)?;
+        let value = json::parse_strict(input, limits)
+            .map_err(|e| PolicyError::single(e.into_validation_error()))?;
         Self::from_value(&value)
     }
 
