@@ -3,9 +3,9 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-pub use policy_engine::policy::json::{join_index, join_key};
 use policy_engine::ValidationError;
 use policy_engine::policy::json::{JsonError, JsonLimits, parse_strict};
+pub use policy_engine::policy::json::{join_index, join_key};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
