@@ -11,6 +11,7 @@ use warp::http::HeaderMap;
 use warp::reply::Response;
 
 use crate::AppState;
+use crate::fleet;
 use crate::handlers;
 use crate::serve::PeerAddr;
 
@@ -78,13 +79,55 @@ pub fn routes(
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<PeerAddr>())
         .then(handlers::events);
-    let s = state;
+    let s = state.clone();
     let tokens = warp::path!("api" / "tokens")
         .and(warp::post())
         .and(with_state(s))
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(handlers::create_token);
+    let s = state.clone();
+    let reports = warp::path!("api" / "agents" / String / "reports")
+        .and(warp::post())
+        .and(with_state(s))
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(fleet::post_report);
+    let s = state.clone();
+    let blocks = warp::path!("api" / "blocks")
+        .and(warp::get())
+        .and(with_state(s))
+        .and(warp::header::headers_cloned())
+        .and(query())
+        .then(fleet::list_blocks);
+    let s = state.clone();
+    let unblock = warp::path!("api" / "blocks" / String)
+        .and(warp::delete())
+        .and(with_state(s))
+        .and(warp::header::headers_cloned())
+        .and(query())
+        .then(fleet::delete_block);
+    let s = state.clone();
+    let approvals = warp::path!("api" / "approvals")
+        .and(warp::get())
+        .and(with_state(s))
+        .and(warp::header::headers_cloned())
+        .and(query())
+        .then(fleet::list_approvals);
+    let s = state.clone();
+    let decide = warp::path!("api" / "approvals" / String / String)
+        .and(warp::post())
+        .and(with_state(s))
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(fleet::decide);
+    let s = state;
+    let audit = warp::path!("api" / "audit")
+        .and(warp::get())
+        .and(with_state(s))
+        .and(warp::header::headers_cloned())
+        .and(query())
+        .then(fleet::get_audit);
 
     post_policy
         .or(active)
@@ -102,6 +145,18 @@ pub fn routes(
         .or(events)
         .unify()
         .or(tokens)
+        .unify()
+        .or(reports)
+        .unify()
+        .or(blocks)
+        .unify()
+        .or(unblock)
+        .unify()
+        .or(approvals)
+        .unify()
+        .or(decide)
+        .unify()
+        .or(audit)
         .unify()
         .recover(crate::error::recover)
         .unify()

@@ -11,21 +11,24 @@ use warp::Reply;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
+use crate::audit::{self, NewEntry};
 use crate::auth::{Principal, TokenHash, generate_token, random_hex};
 use crate::body::{Fields, join_key, org_field, parse_json, read_limited};
 use crate::error::ApiError;
 use crate::filters::{Query, authorization, content_length};
+use crate::fleet::actor;
 use crate::hub::Frame;
 use crate::models::{
     AgentPolicyView, AgentStatus, Enrolled, HeartbeatView, PolicyView, TokenCreated, now_rfc3339,
     ok_reply,
 };
+use crate::notify;
 use crate::overrides::{self, Override};
 use crate::serve::PeerAddr;
 use crate::store::{AgentRecord, StoreError, StoredOverrides, StoredPolicy};
 use crate::{AppState, MAX_BODY_BYTES};
 
-type Result<T, E = ApiError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 /// Longest accepted hostname at enrollment.
 const MAX_HOSTNAME_CHARS: usize = 255;
@@ -36,15 +39,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
-fn respond(result: Result<Response>) -> Response {
+pub(crate) fn respond(result: Result<Response>) -> Response {
     result.unwrap_or_else(|error| error.to_response())
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal> {
+pub(crate) fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal> {
     state.tokens.authenticate(authorization(headers))
 }
 
-async fn read_body<S, B>(headers: &HeaderMap, body: S) -> Result<bytes::Bytes>
+pub(crate) async fn read_body<S, B>(headers: &HeaderMap, body: S) -> Result<bytes::Bytes>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -52,7 +55,7 @@ where
     read_limited(content_length(headers), body, MAX_BODY_BYTES).await
 }
 
-fn org_query(query: &Query) -> Option<&str> {
+pub(crate) fn org_query(query: &Query) -> Option<&str> {
     query
         .get("org_id")
         .or_else(|| query.get("orgId"))
@@ -76,6 +79,10 @@ where
             principal.require_admin()?;
             let body = read_body(&headers, body).await?;
             let policy = Policy::from_json(&body).map_err(ApiError::from_policy)?;
+            let unknown_channels = notify::check_policy(state.notify.as_ref(), &policy);
+            if !unknown_channels.is_empty() {
+                return Err(ApiError::from_validation(unknown_channels));
+            }
             let org = principal.write_org(policy.org_id.as_deref().or(org_query(&query)))?;
             let guard = state.publish.lock().await;
             let stored = state
@@ -89,6 +96,23 @@ where
                 .await?;
             let delivery = state.hub.broadcast(&stored);
             drop(guard);
+            audit::record(
+                &state.store,
+                NewEntry {
+                    org_id: stored.org_id.clone(),
+                    actor: actor(&principal),
+                    policy_version: Some(stored.version.to_string()),
+                    action: "policy_created".to_owned(),
+                    outcome: "stored".to_owned(),
+                    detail: Some(serde_json::json!({
+                        "policyId": stored.id,
+                        "name": stored.policy.name,
+                        "broadcastedTo": delivery.queued,
+                    })),
+                    ..NewEntry::default()
+                },
+            )
+            .await;
             tracing::info!(
                 org = %stored.org_id,
                 version = %stored.version,
@@ -174,9 +198,12 @@ where
                     ))
                 })?;
             let list = overrides::parse(&value, policy.policy.rules.len())?;
-            let rules = overrides::apply(&policy.policy.to_json_value(), &list)?
-                .to_document()
-                .rules;
+            let resolved = overrides::apply(&policy.policy.to_json_value(), &list)?;
+            let unknown_channels = notify::check_policy(state.notify.as_ref(), &resolved);
+            if !unknown_channels.is_empty() {
+                return Err(ApiError::from_validation(unknown_channels));
+            }
+            let rules = resolved.to_document().rules;
             let stored = StoredOverrides {
                 list: overrides::to_value(&list),
                 updated_at: now_rfc3339(),
@@ -191,6 +218,20 @@ where
                     .hub
                     .update_agent(&agent.org_id, &agent.id, Arc::new(list), Some(frame));
             drop(guard);
+            audit::record(
+                &state.store,
+                NewEntry {
+                    org_id: agent.org_id.clone(),
+                    agent_id: Some(agent.id.clone()),
+                    actor: actor(&principal),
+                    policy_version: Some(policy.version.to_string()),
+                    action: "overrides_set".to_owned(),
+                    outcome: "stored".to_owned(),
+                    detail: Some(serde_json::json!({ "overrides": stored.list })),
+                    ..NewEntry::default()
+                },
+            )
+            .await;
             tracing::info!(
                 agent = %agent.id,
                 version = %policy.version,
@@ -412,9 +453,12 @@ pub async fn events(state: Arc<AppState>, headers: HeaderMap, peer: Option<PeerA
             let policy = state.store.latest_policy(org_id.clone()).await?;
             let stored = state.store.overrides(agent_id.clone()).await?;
             let list = stored_list(stored.as_ref());
-            let initial = policy
+            let mut initial: Vec<Frame> = policy
                 .as_ref()
-                .map(|p| Frame::for_agent(p, &agent_id, &list));
+                .map(|p| Frame::for_agent(p, &agent_id, &list))
+                .into_iter()
+                .collect();
+            initial.extend(crate::fleet::initial_frames(&state, &org_id, &agent_id).await?);
             let subscription = state
                 .hub
                 .subscribe(&org_id, &agent_id, Arc::new(list), initial)

@@ -1,4 +1,5 @@
-//! Open event streams and the broadcast of policies to them.
+//! Open event streams and the broadcast of policies (and the fleet events `block`, `unblock`,
+//! `approval`) to them.
 //!
 //! Each stream owns a bounded queue. A broadcast serializes the policy once into a shared
 //! `Arc<str>` and queues that to every stream of the org; only agents with overrides get a
@@ -22,16 +23,28 @@ use crate::models::PolicyEventData;
 use crate::overrides::{self, Override};
 use crate::store::StoredPolicy;
 
-/// One `policy` event, serialized: `data` is shared by every stream that gets the same payload.
+/// One event, serialized: `data` is shared by every stream that gets the same payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
-    /// Version number, sent as the SSE `id:`.
+    /// The SSE `event:` name: `policy`, `block`, `unblock` or `approval`.
+    pub event: &'static str,
+    /// Version number, sent as the SSE `id:` of `policy` events (fleet events carry no id, so
+    /// an agent's last event id stays its policy version).
     pub version: u64,
-    /// The JSON payload ([`PolicyEventData`]).
+    /// The JSON payload ([`PolicyEventData`] for `policy`).
     pub data: Arc<str>,
 }
 
 impl Frame {
+    /// A fleet event (`block`, `unblock`, `approval`) with `data` serialized.
+    pub fn fleet<T: serde::Serialize>(event: &'static str, data: &T) -> Self {
+        Self {
+            event,
+            version: 0,
+            data: Arc::from(serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned())),
+        }
+    }
+
     /// The frame of `policy` for an agent with `overrides` (none: the policy as stored).
     /// Overrides that no longer fit the policy are ignored, with a warning.
     pub fn for_agent(policy: &StoredPolicy, agent_id: &str, overrides: &[Override]) -> Self {
@@ -56,6 +69,7 @@ impl Frame {
         let data = serde_json::to_string(&PolicyEventData::new(policy, rules))
             .unwrap_or_else(|_| "{}".to_owned());
         Self {
+            event: "policy",
             version: policy.version.number(),
             data: Arc::from(data),
         }
@@ -110,16 +124,18 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Opens a stream for an agent; `initial` is queued first. `None` once the hub is closed.
+    /// Opens a stream for an agent; `initial` (its policy, then the fleet blocks and approvals
+    /// in force) is queued first, on top of the stream's queue. `None` once the hub is closed.
     pub fn subscribe(
         &self,
         org_id: &str,
         agent_id: &str,
         overrides: Arc<Vec<Override>>,
-        initial: Option<Frame>,
+        initial: impl IntoIterator<Item = Frame>,
     ) -> Option<Subscription> {
-        let (tx, rx) = mpsc::channel(self.queue);
-        if let Some(frame) = initial {
+        let initial: Vec<Frame> = initial.into_iter().collect();
+        let (tx, rx) = mpsc::channel(self.queue + initial.len());
+        for frame in initial {
             tx.try_send(frame).ok()?;
         }
         let mut inner = self.lock();
@@ -189,6 +205,37 @@ impl Hub {
         delivery
     }
 
+    /// Queues a fleet event to every stream of `org` except those of `except` (the agent that
+    /// reported it).
+    pub fn send_org(&self, org_id: &str, frame: &Frame, except: Option<&str>) -> Delivery {
+        let mut inner = self.lock();
+        let mut delivery = Delivery::default();
+        if let Some(conns) = inner.orgs.get_mut(org_id) {
+            conns.retain(|_, conn| {
+                if except == Some(conn.agent_id.as_str()) {
+                    return true;
+                }
+                deliver(conn, frame.clone(), &mut delivery)
+            });
+        }
+        delivery
+    }
+
+    /// Queues a fleet event to the open streams of one agent.
+    pub fn send_agent(&self, org_id: &str, agent_id: &str, frame: &Frame) -> Delivery {
+        let mut inner = self.lock();
+        let mut delivery = Delivery::default();
+        if let Some(conns) = inner.orgs.get_mut(org_id) {
+            conns.retain(|_, conn| {
+                if conn.agent_id != agent_id {
+                    return true;
+                }
+                deliver(conn, frame.clone(), &mut delivery)
+            });
+        }
+        delivery
+    }
+
     /// Agents of `org` with an open stream.
     pub fn online_agents(&self, org_id: &str) -> HashSet<String> {
         self.lock()
@@ -232,7 +279,7 @@ fn deliver(conn: &Conn, frame: Frame, delivery: &mut Delivery) -> bool {
     }
 }
 
-/// One open event stream: yields `policy` events until the hub drops it.
+/// One open event stream: yields `policy` and fleet events until the hub drops it.
 #[derive(Debug)]
 pub struct Subscription {
     id: u64,
@@ -247,10 +294,13 @@ impl Stream for Subscription {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.rx.poll_recv(cx).map(|frame| {
             frame.map(|frame| {
-                Ok(Event::default()
-                    .event("policy")
-                    .id(frame.version.to_string())
-                    .data(&*frame.data))
+                let event = Event::default().event(frame.event);
+                let event = if frame.event == "policy" {
+                    event.id(frame.version.to_string())
+                } else {
+                    event
+                };
+                Ok(event.data(&*frame.data))
             })
         })
     }

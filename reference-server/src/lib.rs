@@ -21,14 +21,20 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod approvals;
+pub mod audit;
 pub mod auth;
+pub mod blocks;
 pub mod body;
 pub mod error;
 pub mod filters;
+mod fleet;
 mod handlers;
 pub mod hub;
 pub mod models;
+pub mod notify;
 pub mod overrides;
+pub mod report;
 pub mod serve;
 pub mod store;
 pub mod tls;
@@ -82,6 +88,14 @@ pub struct ServerConfig {
     pub online_window: Duration,
     /// How long shutdown waits for open connections to finish before dropping them.
     pub shutdown_grace: Duration,
+    /// Notification channels (`--notify-config`); `None` accepts any channel name in policies
+    /// (with a warning) and delivers nothing.
+    pub notify: Option<notify::NotifyConfig>,
+    /// How long an approval request waits for a decision and the approved action for its
+    /// execution.
+    pub approval_ttl: Duration,
+    /// How often expired approval requests are marked expired (with their audit entry).
+    pub approval_sweep: Duration,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +109,9 @@ impl Default for ServerConfig {
             stream_queue: 16,
             online_window: Duration::from_secs(90),
             shutdown_grace: Duration::from_secs(5),
+            notify: None,
+            approval_ttl: Duration::from_secs(3600),
+            approval_sweep: Duration::from_secs(5),
         }
     }
 }
@@ -113,6 +130,12 @@ pub struct AppState {
     pub publish: tokio::sync::Mutex<()>,
     /// See [`ServerConfig::online_window`].
     pub online_window: Duration,
+    /// See [`ServerConfig::notify`].
+    pub notify: Option<notify::NotifyConfig>,
+    /// See [`ServerConfig::approval_ttl`].
+    pub approval_ttl: Duration,
+    /// HTTP client for webhook and Telegram deliveries.
+    pub http: reqwest::Client,
 }
 
 impl AppState {
@@ -137,6 +160,12 @@ impl AppState {
             tokens,
             publish: tokio::sync::Mutex::new(()),
             online_window: config.online_window,
+            notify: config.notify.clone(),
+            approval_ttl: config.approval_ttl,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .context("cannot build the notification HTTP client")?,
         });
         Ok((state, generated_admin_token))
     }
@@ -146,6 +175,7 @@ impl AppState {
 /// serves until [`RunningServer::shutdown`].
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (state, generated_admin_token) = AppState::open(&config).await?;
+    fleet::spawn_sweeper(Arc::downgrade(&state), config.approval_sweep);
     let acceptor = match &config.tls {
         TlsMode::Plain => None,
         TlsMode::SelfSigned => Some(tls::acceptor(&tls::self_signed(&config.data_dir)?)?),

@@ -42,6 +42,14 @@ struct Args {
     /// Events queued per event stream before a slow agent is disconnected.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     stream_queue: u64,
+    /// Notification channels for alerts (`webhook`, `email`, `telegram`): a JSON file, or TOML
+    /// when it ends in `.toml`. Without it, policies may name any channel and nothing is sent.
+    #[arg(long)]
+    notify_config: Option<PathBuf>,
+    /// Seconds an approval request waits for a decision (and the approved action for its
+    /// execution) before it expires.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    approval_ttl_secs: u64,
 }
 
 #[tokio::main]
@@ -59,7 +67,20 @@ async fn main() -> anyhow::Result<()> {
         (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
         _ => TlsMode::SelfSigned,
     };
+    let notify = args
+        .notify_config
+        .as_deref()
+        .map(reference_server::notify::NotifyConfig::load)
+        .transpose()?;
+    if let Some(notify) = &notify {
+        let names: Vec<&str> = notify.channels.keys().map(String::as_str).collect();
+        tracing::info!(channels = ?names, "notification channels configured");
+    } else {
+        tracing::warn!("no --notify-config: alerts are recorded but not delivered");
+    }
     let config = ServerConfig {
+        notify,
+        approval_ttl: std::time::Duration::from_secs(args.approval_ttl_secs),
         listen: args.listen,
         data_dir: args.data_dir,
         tls,

@@ -1,5 +1,7 @@
 //! SQLite persistence on a dedicated thread: schema migrations, policies with per-org versions,
-//! agents, hashed tokens, overrides and heartbeats.
+//! agents, hashed tokens, overrides and heartbeats. The fleet tables (blocks, approvals, audit)
+//! are created here; their queries live in [`crate::blocks`], [`crate::approvals`] and
+//! [`crate::audit`].
 //!
 //! Invariant: rusqlite is only ever called on the store's own thread, never on an async worker.
 //! Every write commits (WAL, `synchronous=FULL`) before its future resolves, so a request is
@@ -93,7 +95,8 @@ pub struct Store {
 }
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE policies (
     org_id     TEXT    NOT NULL,
     version    INTEGER NOT NULL,
@@ -124,7 +127,53 @@ CREATE TABLE overrides (
     list       TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
-"#];
+"#,
+    // 2: the fleet loop (fleet blocks, approvals, audit trail).
+    r#"
+CREATE TABLE blocks (
+    org_id         TEXT    NOT NULL,
+    ip             TEXT    NOT NULL,
+    duration       TEXT    NOT NULL,
+    expires_ms     INTEGER,
+    agent_id       TEXT    NOT NULL,
+    rule           INTEGER,
+    policy_version TEXT,
+    reports        INTEGER NOT NULL,
+    created_at     TEXT    NOT NULL,
+    updated_at     TEXT    NOT NULL,
+    PRIMARY KEY (org_id, ip)
+);
+CREATE TABLE approvals (
+    id             TEXT    PRIMARY KEY,
+    org_id         TEXT    NOT NULL,
+    agent_id       TEXT    NOT NULL,
+    request        TEXT    NOT NULL,
+    status         TEXT    NOT NULL,
+    created_ms     INTEGER NOT NULL,
+    expires_ms     INTEGER NOT NULL,
+    decided_ms     INTEGER,
+    decided_by     TEXT,
+    reason         TEXT
+);
+CREATE INDEX approvals_by_org ON approvals (org_id, status, created_ms);
+CREATE TABLE audit (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    time           TEXT    NOT NULL,
+    org_id         TEXT    NOT NULL,
+    agent_id       TEXT,
+    actor          TEXT    NOT NULL,
+    rule           INTEGER,
+    policy_version TEXT,
+    action         TEXT    NOT NULL,
+    ip             TEXT,
+    outcome        TEXT    NOT NULL,
+    detail         TEXT
+);
+CREATE INDEX audit_by_org ON audit (org_id, id);
+CREATE INDEX audit_by_ip ON audit (org_id, ip, id);
+CREATE INDEX audit_by_agent ON audit (org_id, agent_id, id);
+"#,
+];
 
 impl Store {
     /// Opens (creating if needed) the database at `path`, in WAL mode, and migrates it.

@@ -166,6 +166,13 @@ pub struct Stream {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct AnyEvent {
+    pub event: String,
+    pub id: String,
+    pub data: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct PolicyEvent {
     pub id: String,
     pub data: Value,
@@ -187,6 +194,26 @@ impl Stream {
                 }
                 Ok(Some(Ok(Event::Open))) => continue,
                 other => panic!("expected a policy event, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next event of any kind (`policy`, `block`, `unblock`, `approval`), within the
+    /// deadline.
+    pub async fn next_event(&mut self) -> AnyEvent {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.source.next()).await {
+                Ok(Some(Ok(Event::Message(m)))) => {
+                    return AnyEvent {
+                        event: m.event,
+                        id: m.id,
+                        data: serde_json::from_str(&m.data).unwrap(),
+                    };
+                }
+                Ok(Some(Ok(Event::Open))) => continue,
+                other => panic!("expected an event, got {other:?}"),
             }
         }
     }
