@@ -28,7 +28,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use policy_engine::EngineConfig;
 use policy_engine::executor::{HostConfig, HostExecutor, Outcome, RecordingExecutor};
-use policy_engine::sshd::LogFollower;
+use policy_engine::sshd::{LogFollower, SshdConfig, SshdTracker};
 use policy_engine::sync::{ApiClient, LiveEngine, PolicySync, SyncConfig, TlsTrust};
 use serde_json::json;
 
@@ -61,6 +61,10 @@ struct Args {
     /// stops at the end of stdin).
     #[arg(long, default_value = "-")]
     events: PathBuf,
+    /// Follow an OpenSSH log (syslog, RFC 3339 or `sshd -E` lines) as the event source instead
+    /// of JSON Lines: every failed SSH authentication attempt becomes a `brute_force` event.
+    #[arg(long, value_name = "FILE")]
+    sshd_log: Option<PathBuf>,
     /// When following a file, read the lines already in it too.
     #[arg(long)]
     from_start: bool,
@@ -148,7 +152,9 @@ fn run(args: Args) -> Result<()> {
 
     let out = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let mut pipeline = Pipeline::new(live, executor, out);
-    let result = if args.events == Path::new("-") {
+    let result = if let Some(log) = &args.sshd_log {
+        follow_sshd_log(&mut pipeline, log, args.from_start)
+    } else if args.events == Path::new("-") {
         read_stdin(&mut pipeline)
     } else {
         follow_file(&mut pipeline, &args)
@@ -263,13 +269,42 @@ fn follow_file<E: AgentExecutor, W: Write>(
     pipeline: &mut Pipeline<E, W>,
     args: &Args,
 ) -> Result<()> {
-    let mut follower = LogFollower::open(&args.events, args.from_start)?;
+    follow(pipeline, &args.events, args.from_start, |pipeline, line| {
+        pipeline.line(line)
+    })
+}
+
+/// The SSH guard as one more event source: sshd's log lines in, one `brute_force` event per
+/// failed authentication attempt into the same engine and executor.
+fn follow_sshd_log<E: AgentExecutor, W: Write>(
+    pipeline: &mut Pipeline<E, W>,
+    log: &Path,
+    from_start: bool,
+) -> Result<()> {
+    let mut tracker = SshdTracker::new(SshdConfig::default());
+    follow(pipeline, log, from_start, |pipeline, line| {
+        match tracker.feed_bytes(line) {
+            Some(attempt) => pipeline.event(&attempt.into_event()),
+            None => Ok(()),
+        }
+    })
+}
+
+/// Follows `path` like `tail -F`, handing each line to `handle`; only a failure to write the
+/// output ends it.
+fn follow<E: AgentExecutor, W: Write>(
+    pipeline: &mut Pipeline<E, W>,
+    path: &Path,
+    from_start: bool,
+    mut handle: impl FnMut(&mut Pipeline<E, W>, &[u8]) -> io::Result<()>,
+) -> Result<()> {
+    let mut follower = LogFollower::open(path, from_start)?;
     tracing::info!(path = %follower.path().display(), "following events");
     loop {
         let mut failure = None;
         let read = follower.poll(|line| {
             if failure.is_none() {
-                failure = pipeline.line(line).err();
+                failure = handle(pipeline, line).err();
             }
         })?;
         if let Some(err) = failure {

@@ -248,3 +248,59 @@ fn unreadable_ca_file_is_a_clear_error() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sshd_log_is_one_more_event_source() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = start_server(data.path(), SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let base = server.base_url();
+    let admin = Admin::new(&base, data.path());
+    let (agent_id, token) = admin.enroll("ssh-host").await;
+    admin.post_policy(policy(3)).await;
+    // The log does not exist yet: the agent waits for it, as `tail -F` does.
+    let log = state.path().join("auth.log");
+    let ca = ca_file(data.path());
+    let agent = AgentProcess::spawn(&[
+        "--server",
+        &base,
+        "--ca-cert",
+        path(&ca),
+        "--state-dir",
+        path(state.path()),
+        "--agent-id",
+        &agent_id,
+        "--token",
+        &token,
+        "--sshd-log",
+        path(&log),
+        "--from-start",
+        "--dry-run",
+    ]);
+    admin
+        .wait_agent(&agent_id, "v1 running", |a| a["policyVersion"] == "v1")
+        .await;
+    // Three failed attempts from one address (the first is one attempt over two lines, the
+    // last in IPv4-mapped notation), two from another: only the first reaches the threshold.
+    std::fs::write(
+        &log,
+        "Mar  7 12:00:01 web1 sshd[101]: Invalid user admin from 203.0.113.9 port 50001\n\
+         Mar  7 12:00:02 web1 sshd[101]: Failed password for invalid user admin from 203.0.113.9 port 50001 ssh2\n\
+         Mar  7 12:00:03 web1 sshd[101]: Failed password for invalid user admin from 203.0.113.9 port 50001 ssh2\n\
+         Mar  7 12:00:04 web1 sshd[102]: Failed password for root from 198.51.100.4 port 40000 ssh2\n\
+         Mar  7 12:00:05 web1 sshd[102]: Failed password for root from 198.51.100.4 port 40000 ssh2\n\
+         Mar  7 12:00:06 web1 sshd[103]: Failed password for root from ::ffff:203.0.113.9 port 50002 ssh2\n",
+    )
+    .unwrap();
+    let line = agent.next_line();
+    let action: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(action["action"], "block_ip", "{line}");
+    assert_eq!(action["ip"], "203.0.113.9", "{line}");
+    assert_eq!(action["policyVersion"], "v1", "{line}");
+    assert!(
+        agent.stdout.try_recv().is_err(),
+        "a second action, but 198.51.100.4 is below the threshold"
+    );
+    drop(agent);
+    server.shutdown().await;
+}

@@ -83,8 +83,14 @@ impl<E: AgentExecutor, W: Write> Pipeline<E, W> {
                 return Ok(());
             }
         };
+        self.event(&event)
+    }
+
+    /// Runs one event (from any source: JSON Lines, the sshd log source, ...) through the
+    /// engine at the clock's time and hands its actions to the executor.
+    pub fn event(&mut self, event: &ThreatEvent) -> io::Result<()> {
         self.stats.events += 1;
-        let evaluation = self.live.process(&event, Utc::now());
+        let evaluation = self.live.process(event, Utc::now());
         for diagnostic in &evaluation.diagnostics {
             tracing::debug!(line = self.stats.lines, %diagnostic, "rule diagnostic");
         }
