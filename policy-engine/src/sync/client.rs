@@ -187,6 +187,24 @@ impl ApiClient {
         send(&url, request).await
     }
 
+    /// Reports an action this agent took or requests (fleet block, approval request, alert,
+    /// outcome): `POST /api/agents/:id/reports`; returns the server's `data`.
+    pub async fn report(
+        &self,
+        agent_id: &str,
+        token: &str,
+        body: &Value,
+    ) -> Result<Value, SyncError> {
+        let url = self.url(&format!("/api/agents/{agent_id}/reports"));
+        let request = self
+            .http
+            .post(&url)
+            .bearer_auth(token)
+            .timeout(REQUEST_TIMEOUT)
+            .json(body);
+        send(&url, request).await
+    }
+
     /// The request that opens the event stream: `GET /api/events`.
     pub fn events_request(&self, token: &str) -> RequestBuilder {
         self.http.get(self.url("/api/events")).bearer_auth(token)

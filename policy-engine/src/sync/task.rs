@@ -42,6 +42,9 @@ pub struct SyncConfig {
     /// Longest silence on a connection before it counts as dead (the server sends a keep-alive
     /// at least every 15 s).
     pub idle_timeout: Duration,
+    /// Where `block`, `unblock` and `approval` events go (see [`super::fleet`]); `None`
+    /// ignores them.
+    pub fleet: Option<super::FleetEvents>,
 }
 
 impl SyncConfig {
@@ -63,6 +66,7 @@ impl SyncConfig {
             backoff: BackoffConfig::default(),
             unauthorized_retry: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(45),
+            fleet: None,
         }
     }
 }
@@ -263,6 +267,10 @@ async fn follow_stream(
                 if message.event == "policy" {
                     if on_policy(context, &message.data, &message.id).await {
                         backoff.reset();
+                    }
+                } else if let Some(fleet) = &context.config.fleet {
+                    if !fleet.dispatch(&message.event, &message.data) {
+                        tracing::debug!(event = %message.event, "ignoring an unknown stream event");
                     }
                 } else {
                     tracing::debug!(event = %message.event, "ignoring an unknown stream event");
