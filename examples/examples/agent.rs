@@ -15,6 +15,8 @@
 //! stderr (`RUST_LOG=debug` for more). Without `--dry-run` actions are carried out on the host
 //! by `HostExecutor` (nftables, signals, quarantine, isolation; needs root).
 
+#[path = "agent_support/fleet.rs"]
+mod fleet;
 #[path = "agent_support/pipeline.rs"]
 mod pipeline;
 
@@ -29,7 +31,9 @@ use clap::Parser;
 use policy_engine::EngineConfig;
 use policy_engine::executor::{HostConfig, HostExecutor, Outcome, RecordingExecutor};
 use policy_engine::sshd::{LogFollower, SshdConfig, SshdTracker};
-use policy_engine::sync::{ApiClient, LiveEngine, PolicySync, SyncConfig, TlsTrust};
+use policy_engine::sync::{
+    ApiClient, FleetEvents, LiveEngine, PolicySync, Reporter, SyncConfig, TlsTrust,
+};
 use serde_json::json;
 
 use pipeline::{AgentExecutor, Pipeline, Shared};
@@ -135,6 +139,14 @@ fn run(args: Args) -> Result<()> {
     config.trust = trust;
     config.heartbeat_interval = seconds("--heartbeat-secs", args.heartbeat_secs)?;
     config.backoff.max = seconds("--max-backoff-secs", args.max_backoff_secs)?;
+    // Fleet loop: server events to the executor, action reports to the server.
+    let (fleet_events, fleet_queue) = FleetEvents::channel(256);
+    config.fleet = Some(fleet_events);
+    let reporter = Reporter::new(
+        ApiClient::new(&args.server, &config.trust)?,
+        &agent_id,
+        &config.token,
+    );
     let live = LiveEngine::new(EngineConfig {
         max_keys_per_rule: args.max_keys_per_rule,
         ..EngineConfig::default()
@@ -149,6 +161,10 @@ fn run(args: Args) -> Result<()> {
     };
     let executor = Shared::new(executor);
     spawn_upkeep(executor.clone(), live.clone());
+    let executor = {
+        let _runtime = runtime.enter();
+        fleet::start(executor, &args.state_dir, reporter, fleet_queue)
+    };
 
     let out = BufWriter::with_capacity(64 * 1024, io::stdout().lock());
     let mut pipeline = Pipeline::new(live, executor, out);
@@ -180,11 +196,23 @@ impl AgentExecutor for Box<dyn AgentExecutor> {
     fn acts(&self) -> bool {
         (**self).acts()
     }
+
+    fn unblock(&mut self, ip: std::net::IpAddr) -> Outcome {
+        (**self).unblock(ip)
+    }
 }
 
 impl AgentExecutor for HostExecutor {
     fn maintain(&mut self, unreachable_for: Duration) -> Vec<Outcome> {
         HostExecutor::maintain(self, unreachable_for)
+    }
+
+    fn unblock(&mut self, ip: std::net::IpAddr) -> Outcome {
+        match self.firewall().unblock(ip) {
+            Ok(true) => Outcome::done(format!("unblocked `{ip}`")),
+            Ok(false) => Outcome::skipped(format!("`{ip}` was not blocked")),
+            Err(err) => Outcome::failed(err.to_string()),
+        }
     }
 
     fn acts(&self) -> bool {

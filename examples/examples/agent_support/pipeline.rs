@@ -17,6 +17,14 @@ pub trait AgentExecutor: Executor + Send {
     fn maintain(&mut self, unreachable_for: Duration) -> Vec<Outcome>;
     /// Whether outcomes are worth logging (a dry run's "would do" outcomes are not).
     fn acts(&self) -> bool;
+    /// Lifts the block on `ip` (a fleet `unblock` event); executors without a firewall skip it.
+    #[allow(
+        dead_code,
+        reason = "used by the agent's fleet handler, not by the benchmark"
+    )]
+    fn unblock(&mut self, ip: std::net::IpAddr) -> Outcome {
+        Outcome::skipped(format!("no firewall to unblock `{ip}`"))
+    }
 }
 
 impl AgentExecutor for RecordingExecutor {
@@ -152,5 +160,9 @@ impl<E: AgentExecutor> AgentExecutor for Shared<E> {
 
     fn acts(&self) -> bool {
         self.lock().acts()
+    }
+
+    fn unblock(&mut self, ip: std::net::IpAddr) -> Outcome {
+        self.lock().unblock(ip)
     }
 }
