@@ -575,6 +575,58 @@ mod tests {
         assert_eq!(waits, vec![100, 200, 350, 350]);
     }
 
+    #[test]
+    fn toml_and_json_files_load_and_bad_ones_say_where() {
+        let dir = std::env::temp_dir().join(format!("notify-config-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let toml_path = dir.join("notify.toml");
+        let written = std::fs::write(
+            &toml_path,
+            "[channels.ops]\ntype = \"webhook\"\nurl = \"https://hooks.example.test/x\"\n\n\
+             [channels.telegram]\ntype = \"telegram\"\nbotToken = \"1:SECRET\"\nchatId = \"7\"\n\n\
+             [retry]\nattempts = 2\ninitialBackoffMs = 10\nmaxBackoffMs = 20\ntimeoutMs = 1000\n",
+        );
+        assert!(written.is_ok());
+        let loaded = NotifyConfig::load(&toml_path).map_err(|e| e.to_string());
+        let names: Vec<String> = loaded
+            .as_ref()
+            .map(|c| c.channels.keys().cloned().collect())
+            .unwrap_or_default();
+        assert_eq!(
+            names,
+            vec!["ops".to_owned(), "telegram".to_owned()],
+            "{loaded:?}"
+        );
+
+        let json_path = dir.join("notify.json");
+        let cases = [
+            (
+                r#"{"channels":{"ops":{"type":"webhook","url":"ftp://x"}}}"#,
+                "channel `ops`: `url` must be http or https",
+            ),
+            (
+                r#"{"channels":{"m":{"type":"email","host":"h","from":"nope","to":["a@b.c"]}}}"#,
+                "channel `m`: `nope` is not an email address",
+            ),
+            (
+                r#"{"channels":{"p":{"type":"pager"}}}"#,
+                "unknown variant `pager`, expected one of `webhook`, `email`, `telegram` at line 1 column 32",
+            ),
+        ];
+        for (text, message) in cases {
+            assert!(std::fs::write(&json_path, text).is_ok());
+            let error = NotifyConfig::load(&json_path).err().map(|e| e.to_string());
+            assert_eq!(
+                error,
+                Some(format!(
+                    "invalid notification config `{}`: {message}",
+                    json_path.display()
+                ))
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     fn panic_free(message: String) -> NotifyConfig {
         assert!(message.is_empty(), "{message}");
         NotifyConfig {
