@@ -200,7 +200,7 @@ async fn a_fleet_block_reaches_the_other_agents_collapses_duplicates_and_can_be_
 #[tokio::test]
 async fn approvals_are_approved_once_denied_or_expired_and_replays_are_refused() {
     let t = fleet_server(|dir| ServerConfig {
-        approval_ttl: Duration::from_millis(700),
+        approval_ttl: Duration::from_millis(1500),
         approval_sweep: Duration::from_millis(50),
         ..config(dir, true)
     })
