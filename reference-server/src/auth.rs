@@ -66,6 +66,17 @@ impl Principal {
         }
     }
 
+    /// Requires the token of agent `id` itself; `what` names the thing only it may send, for
+    /// the message. Returns the agent's org.
+    pub fn require_agent(&self, id: &str, what: &str) -> Result<String, ApiError> {
+        match self {
+            Self::Agent { agent_id, org_id } if agent_id == id => Ok(org_id.clone()),
+            _ => Err(ApiError::forbidden(format!(
+                "only the token of agent `{id}` may send its {what}"
+            ))),
+        }
+    }
+
     /// The org a read acts on: a global admin names it with `?org_id=` (default `default`);
     /// org admins and agents are bound to theirs and may only name it.
     pub fn read_org(&self, requested: Option<&str>) -> Result<String, ApiError> {

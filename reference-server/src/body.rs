@@ -5,7 +5,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use policy_engine::ValidationError;
 use policy_engine::policy::json::{JsonError, JsonLimits, parse_strict};
-pub use policy_engine::policy::json::{join_index, join_key};
+pub use policy_engine::policy::json::{describe, join_index, join_key};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -151,23 +151,6 @@ impl Fields {
         } else {
             Err(ApiError::from_validation(self.errors))
         }
-    }
-}
-
-/// How a value is shown in messages, as in the policy library.
-pub fn describe(value: &Value) -> String {
-    const MAX_SHOWN: usize = 40;
-    match value {
-        Value::Null => "`null`".to_owned(),
-        Value::Bool(b) => format!("`{b}`"),
-        Value::Number(n) => format!("`{n}`"),
-        Value::String(s) => {
-            let shown: String = s.chars().take(MAX_SHOWN).collect();
-            let ellipsis = if shown.len() < s.len() { "..." } else { "" };
-            format!("the string `{shown}{ellipsis}`")
-        }
-        Value::Array(_) => "an array".to_owned(),
-        Value::Object(_) => "an object".to_owned(),
     }
 }
 

@@ -90,14 +90,7 @@ where
     respond(
         async {
             let principal = authenticate(&state, &headers)?;
-            let org = match &principal {
-                Principal::Agent { agent_id, org_id } if *agent_id == id => org_id.clone(),
-                _ => {
-                    return Err(ApiError::forbidden(format!(
-                        "only the token of agent `{id}` may send its reports"
-                    )));
-                }
-            };
+            let org = principal.require_agent(&id, "reports")?;
             let body = read_body(&headers, body).await?;
             let value = parse_json(&body)?;
             let report = report::parse(&value)?;

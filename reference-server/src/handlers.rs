@@ -344,14 +344,7 @@ where
     respond(
         async {
             let principal = authenticate(&state, &headers)?;
-            let org = match &principal {
-                Principal::Agent { agent_id, org_id } if *agent_id == id => org_id.clone(),
-                _ => {
-                    return Err(ApiError::forbidden(format!(
-                        "only the token of agent `{id}` may send its heartbeat"
-                    )));
-                }
-            };
+            let org = principal.require_agent(&id, "heartbeat")?;
             let body = read_body(&headers, body).await?;
             let value = parse_json(&body)?;
             let mut fields = Fields::default();

@@ -169,6 +169,31 @@ impl StrictSeed<'_> {
     }
 }
 
+/// How a JSON value is shown in error messages: scalars in backticks, strings cut at 40
+/// characters, containers by kind (`an array`), so that a message never echoes a huge input.
+///
+/// ```
+/// use policy_engine::policy::json::describe;
+/// assert_eq!(describe(&serde_json::json!("abc")), "the string `abc`");
+/// assert_eq!(describe(&serde_json::json!(1.5)), "`1.5`");
+/// assert_eq!(describe(&serde_json::json!([1])), "an array");
+/// ```
+pub fn describe(value: &Value) -> String {
+    const MAX_SHOWN: usize = 40;
+    match value {
+        Value::Null => "`null`".to_owned(),
+        Value::Bool(b) => format!("`{b}`"),
+        Value::Number(n) => format!("`{n}`"),
+        Value::String(s) => {
+            let shown: String = s.chars().take(MAX_SHOWN).collect();
+            let ellipsis = if shown.len() < s.len() { "..." } else { "" };
+            format!("the string `{shown}{ellipsis}`")
+        }
+        Value::Array(_) => "an array".to_owned(),
+        Value::Object(_) => "an object".to_owned(),
+    }
+}
+
 /// Appends an object key to a path: `rules[0].config` + `threshold`.
 pub fn join_key(path: &str, key: &str) -> String {
     if path.is_empty() {

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use super::json::{join_index, join_key};
+use super::json::{describe, join_index, join_key};
 use super::{
     AlertThreshold, AutoRespond, BlockIp, CustomRule, MAX_NAME_CHARS, MAX_RULES, MAX_THRESHOLD,
     Policy, PolicyDuration, PolicyError, ResponseAction, Rule, RuleKind, Scope, ValidationError,
@@ -470,23 +470,6 @@ impl Errors {
                 None
             }
         }
-    }
-}
-
-/// How a value is shown in messages: scalars in backticks, containers by kind.
-fn describe(value: &Value) -> String {
-    const MAX_SHOWN: usize = 40;
-    match value {
-        Value::Null => "`null`".to_owned(),
-        Value::Bool(b) => format!("`{b}`"),
-        Value::Number(n) => format!("`{n}`"),
-        Value::String(s) => {
-            let shown: String = s.chars().take(MAX_SHOWN).collect();
-            let ellipsis = if shown.len() < s.len() { "..." } else { "" };
-            format!("the string `{shown}{ellipsis}`")
-        }
-        Value::Array(_) => "an array".to_owned(),
-        Value::Object(_) => "an object".to_owned(),
     }
 }
 
