@@ -1,5 +1,6 @@
 //! The README's quick start as a newcomer runs it: start the binary on a fresh data dir, read
-//! the printed admin token, run the API page's `curl` examples with `-k`, stop with SIGTERM.
+//! the printed admin token, run the API page's `curl` examples with `-k`, stop with SIGTERM, then
+//! restart and stop with SIGINT.
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -46,11 +47,12 @@ impl Server {
         self.lines.recv_timeout(Duration::from_secs(20)).unwrap()
     }
 
-    fn terminate(mut self) -> std::process::ExitStatus {
+    /// Sends `signal` (`TERM` or `INT`, as a service manager or Ctrl-C would) and waits.
+    fn stop(mut self, signal: &str) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
-                .args(["-TERM", &pid])
+                .args([&format!("-{signal}"), &pid])
                 .status()
                 .unwrap()
                 .success()
@@ -174,7 +176,7 @@ fn quick_start_runs_the_api_page_examples() {
     assert_eq!(assigned["data"]["policyVersion"], "v1");
     assert_eq!(assigned["data"]["rules"], body["data"]["rules"]);
 
-    assert!(server.terminate().success());
+    assert!(server.stop("TERM").success());
 
     // Second start on the same data dir: no new token, the old one still works.
     let server = Server::start(dir.path());
@@ -186,7 +188,8 @@ fn quick_start_runs_the_api_page_examples() {
     let (status, active) = curl(&[&format!("{base}/api/policy/active"), "-H", &auth]);
     assert_eq!(status, 200, "{active}");
     assert_eq!(active["data"]["version"], "v1");
-    assert!(server.terminate().success());
+    // Ctrl-C stops it as cleanly.
+    assert!(server.stop("INT").success());
 }
 
 #[test]
