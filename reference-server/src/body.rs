@@ -1,6 +1,8 @@
 //! Request bodies: reading with the 1 MiB limit, strict JSON (duplicate keys, nesting and
 //! string limits) and field checks for the bodies that are not policies.
 
+use std::time::Duration;
+
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use policy_engine::ValidationError;
@@ -9,6 +11,16 @@ pub use policy_engine::policy::json::{describe, join_index, join_key};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+
+/// Most bytes of an oversized body read and thrown away before answering 413.
+///
+/// Over HTTP/2, answering while the client is still sending makes hyper reset the stream, and
+/// clients such as curl then report a framing error instead of the 413. Draining a bounded
+/// amount (in bounded time) lets ordinary oversized requests see their 413; anything larger or
+/// slower gets the reset.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+/// Longest time spent draining an oversized body.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// Reads a whole body, answering 413 as soon as it grows past `limit` (whatever the
 /// `Content-Length` header says, so chunked bodies are bounded too).
@@ -21,15 +33,19 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
+    let mut body = std::pin::pin!(body);
     if content_length.is_some_and(|n| n > limit as u64) {
+        if content_length.is_some_and(|n| n <= (limit + DRAIN_BYTES) as u64) {
+            drain(body).await;
+        }
         return Err(ApiError::too_large(limit));
     }
     let mut collected = BytesMut::new();
-    let mut body = std::pin::pin!(body);
     while let Some(chunk) = body.next().await {
         let mut chunk =
             chunk.map_err(|e| ApiError::malformed(format!("cannot read the body: {e}")))?;
         if collected.len() + chunk.remaining() > limit {
+            drain(body).await;
             return Err(ApiError::too_large(limit));
         }
         while chunk.has_remaining() {
@@ -40,6 +56,24 @@ where
         }
     }
     Ok(collected.freeze())
+}
+
+/// Reads and discards the rest of a body, up to [`DRAIN_BYTES`] and [`DRAIN_TIME`].
+async fn drain<S, B>(mut body: std::pin::Pin<&mut S>)
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let discard = async {
+        let mut seen = 0usize;
+        while let Some(Ok(chunk)) = body.next().await {
+            seen = seen.saturating_add(chunk.remaining());
+            if seen > DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
 /// Parses a JSON body strictly with the policy library's reader (one parser for the whole

@@ -213,3 +213,60 @@ fn help_documents_every_flag() {
         assert!(help.contains(flag), "`{flag}` missing from --help:\n{help}");
     }
 }
+
+/// Regression: over HTTP/2 (what curl negotiates over TLS) a 413 sent before the client had
+/// finished sending made hyper reset the stream, and curl reported a framing error instead of
+/// the 413.
+#[test]
+fn an_oversized_body_gets_413_over_http2_and_http1() {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("policy-oversized-{}-", std::process::id()))
+        .tempdir()
+        .unwrap();
+    let server = Server::start(dir.path());
+    let token = server
+        .line()
+        .strip_prefix("admin token (shown once, keep it): ")
+        .unwrap()
+        .to_owned();
+    let base = server
+        .line()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_owned();
+    let body = dir.path().join("big.json");
+    std::fs::write(
+        &body,
+        format!(
+            r#"{{"name":"{}","rules":[]}}"#,
+            "x".repeat(1024 * 1024 + 10)
+        ),
+    )
+    .unwrap();
+    let auth = format!("Authorization: Bearer {token}");
+    let data = format!("@{}", body.display());
+    for version in ["--http2", "--http1.1"] {
+        let (status, answer) = curl(&[
+            version,
+            "-X",
+            "POST",
+            &format!("{base}/api/policy"),
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &data,
+        ]);
+        assert_eq!(status, 413, "{version}: {answer}");
+        assert_eq!(answer["error"]["code"], "payload_too_large", "{version}");
+        assert_eq!(
+            answer["error"]["message"], "request body is larger than the limit of 1048576 bytes",
+            "{version}"
+        );
+    }
+    // Nothing was stored.
+    let (status, active) = curl(&[&format!("{base}/api/policy/active"), "-H", &auth]);
+    assert_eq!(status, 404, "{active}");
+    assert!(server.stop("TERM").success());
+}
