@@ -199,10 +199,7 @@ where
                 })?;
             let list = overrides::parse(&value, policy.policy.rules.len())?;
             let resolved = overrides::apply(&policy.policy.to_json_value(), &list)?;
-            let unknown_channels = notify::check_policy(state.notify.as_ref(), &resolved);
-            if !unknown_channels.is_empty() {
-                return Err(ApiError::from_validation(unknown_channels));
-            }
+            overrides::check_channels(state.notify.as_ref(), &resolved, &list)?;
             let rules = resolved.to_document().rules;
             let stored = StoredOverrides {
                 list: overrides::to_value(&list),

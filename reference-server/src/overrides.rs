@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 
 use crate::body::{Fields, describe, join_index, join_key};
 use crate::error::ApiError;
+use crate::notify::{self, NotifyConfig};
 
 /// Most overrides one agent may have.
 pub const MAX_OVERRIDES: usize = 1000;
@@ -187,6 +188,37 @@ pub fn apply(document: &Value, overrides: &[Override]) -> Result<Policy, ApiErro
     }
 }
 
+/// Checks the `notifyChannels` of the resolved policy against the configured channels
+/// ([`notify::check_policy`]). An unknown channel set by an override is reported inside the
+/// override body, like every other override error: `[0].config.notifyChannels[1]`. One the
+/// override did not set (inherited from the org's policy, its channel since removed from the
+/// config) keeps the policy's path, `rules[2].config.notifyChannels[1]`: the override is not
+/// where it can be fixed.
+pub fn check_channels(
+    config: Option<&NotifyConfig>,
+    resolved: &Policy,
+    overrides: &[Override],
+) -> Result<(), ApiError> {
+    let mut errors = notify::check_policy(config, resolved);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let origin: HashMap<usize, usize> = overrides
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| {
+            o.config
+                .as_ref()
+                .is_some_and(|c| c.contains_key("notifyChannels"))
+        })
+        .map(|(index, o)| (o.rule, index))
+        .collect();
+    for e in &mut errors {
+        e.path = override_path(&e.path, &origin);
+    }
+    Err(ApiError::from_validation(errors))
+}
+
 /// `rules[2].config.threshold` -> `[0].config.threshold` when override 0 targets rule 2.
 fn override_path(path: &str, origin: &HashMap<usize, usize>) -> String {
     let Some(rest) = path.strip_prefix("rules[") else {
@@ -254,6 +286,63 @@ mod tests {
             (
                 "unknown field `treshold`, expected one of `trigger`, `threshold`, `duration`, `scope`, `window`".to_owned(),
                 Some("[1].config.treshold".to_owned())
+            )
+        );
+    }
+
+    fn channels(names: &[&str]) -> NotifyConfig {
+        let channels: Map<String, Value> = names
+            .iter()
+            .map(|n| {
+                (
+                    (*n).to_owned(),
+                    json!({"type": "webhook", "url": "http://127.0.0.1:9/hook"}),
+                )
+            })
+            .collect();
+        serde_json::from_value(json!({ "channels": channels })).unwrap()
+    }
+
+    #[test]
+    fn unknown_channels_point_into_the_override_that_set_them() {
+        let list = parse(
+            &json!([{"rule": 1, "enabled": false}, {"rule": 0, "config": {"notifyChannels": ["ops", "pager"]}}]),
+            2,
+        )
+        .unwrap();
+        let resolved = apply(&document(), &list).unwrap();
+        let e = check_channels(Some(&channels(&["email", "ops"])), &resolved, &list).unwrap_err();
+        assert_eq!(
+            (
+                e.status.as_u16(),
+                e.code,
+                e.message.as_str(),
+                e.path.as_deref()
+            ),
+            (
+                422,
+                "validation_failed",
+                "unknown notification channel `pager`; configured channels: `email`, `ops`",
+                Some("[1].config.notifyChannels[1]")
+            )
+        );
+        assert_eq!(e.errors.len(), 1);
+        assert!(check_channels(None, &resolved, &list).is_ok());
+        assert!(check_channels(Some(&channels(&["ops", "pager"])), &resolved, &list).is_ok());
+    }
+
+    #[test]
+    fn inherited_unknown_channels_keep_the_policy_path() {
+        // The policy names `email`; the config no longer has it; the override only switches the
+        // rule, so the fix is in the policy, not in the override.
+        let list = parse(&json!([{"rule": 0, "enabled": true}]), 2).unwrap();
+        let resolved = apply(&document(), &list).unwrap();
+        let e = check_channels(Some(&channels(&["ops"])), &resolved, &list).unwrap_err();
+        assert_eq!(
+            (e.message.as_str(), e.path.as_deref()),
+            (
+                "unknown notification channel `email`; configured channels: `ops`",
+                Some("rules[0].config.notifyChannels[0]")
             )
         );
     }
