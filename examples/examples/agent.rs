@@ -101,6 +101,9 @@ struct Args {
 /// Credentials from enrollment, kept in the state dir (mode 0600).
 const CREDENTIALS_FILE: &str = "agent.json";
 
+/// Longest wait at exit for the last action reports to reach the server.
+const REPORT_DRAIN: Duration = Duration::from_secs(5);
+
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
@@ -161,7 +164,7 @@ fn run(args: Args) -> Result<()> {
     };
     let executor = Shared::new(executor);
     spawn_upkeep(executor.clone(), live.clone());
-    let executor = {
+    let (executor, reports) = {
         let _runtime = runtime.enter();
         fleet::start(executor, &args.state_dir, reporter, fleet_queue)
     };
@@ -184,6 +187,9 @@ fn run(args: Args) -> Result<()> {
         actions = stats.actions,
         "events done"
     );
+    // Dropping the pipeline closes the report queue; send what is in it before exiting.
+    drop(pipeline);
+    runtime.block_on(reports.finish(REPORT_DRAIN));
     runtime.block_on(sync.shutdown());
     result.and(flushed)
 }

@@ -335,9 +335,14 @@ async fn a_dry_run_agents_alert_reaches_the_webhook_and_the_audit() {
     let printed: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(printed, expected, "{line}");
 
-    // The server delivers it to the webhook named by the channel. (Stdin stays open until
-    // then: the agent reports from a background task, and reports still queued when it exits
-    // at the end of stdin are not waited for.)
+    // End of input right after the events: the agent exits, but only after its queued
+    // reports were sent (`ReportSender::finish`), so the alert still reaches the server.
+    let (code, stderr) = agent.finish().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("HOOK-SECRET"), "{stderr}");
+    assert!(!stderr.contains("cannot report"), "{stderr}");
+
+    // The server delivers it to the webhook named by the channel.
     let hook = receiver.first().await;
     assert_eq!(hook.method, "POST");
     assert_eq!(hook.path, "/hooks/ops?key=HOOK-SECRET");
@@ -398,10 +403,5 @@ async fn a_dry_run_agents_alert_reaches_the_webhook_and_the_audit() {
     );
     // One alert, one delivery: the rule stays quiet for the hour after it.
     assert_eq!(receiver.requests().len(), 1, "{:?}", receiver.requests());
-
-    let (code, stderr) = agent.finish().await;
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(!stderr.contains("HOOK-SECRET"), "{stderr}");
-    assert!(!stderr.contains("cannot report"), "{stderr}");
     server.shutdown().await;
 }

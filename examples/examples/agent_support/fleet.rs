@@ -74,19 +74,35 @@ impl<E: AgentExecutor> AgentExecutor for Reporting<E> {
     }
 }
 
+/// The background task that sends action reports.
+pub struct ReportSender(tokio::task::JoinHandle<()>);
+
+impl ReportSender {
+    /// Waits, at most `deadline`, for the queued reports to be sent. Call it after the
+    /// pipeline (and with it the queue's sender) is dropped, before the process exits:
+    /// otherwise the reports of the last actions, an alert among them, would be lost.
+    pub async fn finish(self, deadline: Duration) {
+        if tokio::time::timeout(deadline, self.0).await.is_err() {
+            tracing::warn!(
+                "action reports still queued after {deadline:?}; they are dropped (server unreachable?)"
+            );
+        }
+    }
+}
+
 /// Starts the fleet handler (events from `queue`) and the report sender on the current
-/// runtime; returns the executor for the pipeline.
+/// runtime; returns the executor for the pipeline and the sender to finish at exit.
 pub fn start<E: AgentExecutor + 'static>(
     executor: Shared<E>,
     state_dir: &Path,
     reporter: Reporter,
     queue: mpsc::Receiver<FleetEvent>,
-) -> Reporting<E> {
+) -> (Reporting<E>, ReportSender) {
     let shared: std::sync::Arc<std::sync::Mutex<dyn FleetExecutor>> =
         std::sync::Arc::new(std::sync::Mutex::new(FleetBridge(executor.clone())));
     FleetHandler::new(shared, state_dir, reporter.clone()).spawn(queue);
     let (reports, mut pending) = mpsc::channel::<Report>(REPORT_QUEUE);
-    tokio::spawn(async move {
+    let sender = tokio::spawn(async move {
         while let Some(report) = pending.recv().await {
             // A few tries with a short backoff; the audit is best effort, enforcement is not
             // waiting for it.
@@ -101,8 +117,11 @@ pub fn start<E: AgentExecutor + 'static>(
             }
         }
     });
-    Reporting {
-        inner: executor,
-        reports,
-    }
+    (
+        Reporting {
+            inner: executor,
+            reports,
+        },
+        ReportSender(sender),
+    )
 }
