@@ -81,6 +81,10 @@ struct Args {
     /// Longest reconnect delay, in seconds.
     #[arg(long, default_value_t = 30.0)]
     max_backoff_secs: f64,
+    /// With no policy on disk (a first start), how long to wait for the server's policy before
+    /// reading events, in seconds; events that arrive meanwhile wait in their pipe or file.
+    #[arg(long, default_value_t = 10.0)]
+    first_policy_wait_secs: f64,
     /// Per-rule cap on tracked keys (source IPs).
     #[arg(long, default_value_t = EngineConfig::default().max_keys_per_rule)]
     max_keys_per_rule: usize,
@@ -154,7 +158,21 @@ fn run(args: Args) -> Result<()> {
         max_keys_per_rule: args.max_keys_per_rule,
         ..EngineConfig::default()
     });
+    let first_policy_wait = seconds("--first-policy-wait-secs", args.first_policy_wait_secs)?;
     let sync = runtime.block_on(PolicySync::start(config, live.clone()))?;
+    if live.version().is_none() {
+        // A first start: events read now would meet no rules at all.
+        tracing::info!(wait = ?first_policy_wait, "no policy yet; waiting for the server's");
+        let mut status = live.subscribe();
+        let arrived = runtime.block_on(async {
+            tokio::time::timeout(first_policy_wait, status.wait_for(|s| s.applied.is_some())).await
+        });
+        if !matches!(arrived, Ok(Ok(_))) {
+            tracing::warn!(
+                "no policy after {first_policy_wait:?}; reading events anyway, nothing is enforced until one arrives"
+            );
+        }
+    }
     tracing::info!(agent = %agent_id, server = %args.server, policy = ?live.version(), "agent started");
 
     let executor: Box<dyn AgentExecutor> = if args.dry_run {

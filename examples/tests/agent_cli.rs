@@ -304,3 +304,36 @@ async fn an_sshd_log_is_one_more_event_source() {
     drop(agent);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_waits_for_the_policy_before_reading_events() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = start_server(data.path(), SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let base = server.base_url();
+    let admin = Admin::new(&base, data.path());
+    let (agent_id, token) = admin.enroll("first-start").await;
+    let ca = ca_file(data.path());
+    let mut agent = AgentProcess::spawn(&[
+        "--server",
+        &base,
+        "--ca-cert",
+        path(&ca),
+        "--state-dir",
+        path(state.path()),
+        "--agent-id",
+        &agent_id,
+        "--token",
+        &token,
+        "--dry-run",
+    ]);
+    // The events are all there, and the input ends, before the org has any policy.
+    agent.send(&format!("{MALWARE}\n"));
+    drop(agent.stdin.take());
+    admin.post_policy(policy(1)).await;
+    // Without the wait the agent would have read the event against no rules and exited.
+    assert_eq!(agent.next_line(), kill_line("v1"));
+    let (code, stderr) = agent.finish();
+    assert_eq!(code, Some(0), "{stderr}");
+    server.shutdown().await;
+}
