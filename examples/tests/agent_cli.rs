@@ -7,102 +7,13 @@
 
 mod agent_common;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use agent_common::*;
-use examples::example_bin;
 use policy_engine::PolicyVersion;
 use policy_engine::sync::{StateStore, StoredPolicy};
-
-/// A running agent process; killed on drop so a failing test leaves nothing behind.
-struct AgentProcess {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: mpsc::Receiver<String>,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-impl AgentProcess {
-    fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(example_bin("agent"))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env_remove("POLICY_ADMIN_TOKEN")
-            .env_remove("POLICY_AGENT_TOKEN")
-            .env_remove("POLICY_SERVER")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let out = child.stdout.take().unwrap();
-        let (tx, stdout) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            text
-        });
-        Self {
-            child,
-            stdin,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn send(&mut self, text: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(text.as_bytes()).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn next_line(&self) -> String {
-        self.stdout
-            .recv_timeout(Duration::from_secs(10))
-            .expect("no action line from the agent within 10 s")
-    }
-
-    /// Closes stdin and waits for the agent to exit: `(exit code, stderr)`.
-    fn finish(mut self) -> (Option<i32>, String) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not exit at the end of stdin"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        assert!(self.stdout.try_recv().is_err(), "unexpected extra output");
-        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
-        (status.code(), stderr.join().unwrap())
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const MALWARE: &str = r#"{"id":"evt-1","type":"malware","confidence":0.9,"pid":4242}"#;
 
@@ -160,7 +71,7 @@ async fn enrolls_follows_policies_and_skips_bad_lines() {
 
     agent.send("not json\n\n");
     agent.send(&format!("{MALWARE}\n"));
-    assert_eq!(agent.next_line(), kill_line("v1"));
+    assert_eq!(agent.next_line().await, kill_line("v1"));
     agent.send("{\"type\":\"malware\",\"pid\":-1}\n");
 
     admin.post_policy(policy(2)).await;
@@ -168,9 +79,9 @@ async fn enrolls_follows_policies_and_skips_bad_lines() {
         .wait_agent(&agent_id, "v2 running", |a| a["policyVersion"] == "v2")
         .await;
     agent.send(&format!("{MALWARE}\n"));
-    assert_eq!(agent.next_line(), kill_line("v2"));
+    assert_eq!(agent.next_line().await, kill_line("v2"));
 
-    let (code, stderr) = agent.finish();
+    let (code, stderr) = agent.finish().await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("event line 1: expected ident at line 1 column 2; skipped"),
@@ -186,8 +97,8 @@ async fn enrolls_follows_policies_and_skips_bad_lines() {
     server.shutdown().await;
 }
 
-#[test]
-fn unreachable_server_still_enforces_the_policy_on_disk() {
+#[tokio::test]
+async fn unreachable_server_still_enforces_the_policy_on_disk() {
     let state = tempfile::tempdir().unwrap();
     let policy = policy_engine::Policy::from_value(&policy(3)).unwrap();
     StateStore::new(state.path())
@@ -212,8 +123,8 @@ fn unreachable_server_still_enforces_the_policy_on_disk() {
         "0.2",
     ]);
     agent.send(&format!("{MALWARE}\n"));
-    assert_eq!(agent.next_line(), kill_line("v7"));
-    let (code, stderr) = agent.finish();
+    assert_eq!(agent.next_line().await, kill_line("v7"));
+    let (code, stderr) = agent.finish().await;
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("enforcing the last known good policy from disk version=v7"),
@@ -221,8 +132,8 @@ fn unreachable_server_still_enforces_the_policy_on_disk() {
     );
 }
 
-#[test]
-fn unreadable_ca_file_is_a_clear_error() {
+#[tokio::test]
+async fn unreadable_ca_file_is_a_clear_error() {
     let state = tempfile::tempdir().unwrap();
     let missing = state.path().join("missing-ca.pem");
     let agent = AgentProcess::spawn(&[
@@ -238,7 +149,7 @@ fn unreadable_ca_file_is_a_clear_error() {
         path(state.path()),
         "--dry-run",
     ]);
-    let (code, stderr) = agent.finish();
+    let (code, stderr) = agent.finish().await;
     assert_eq!(code, Some(1));
     assert_eq!(
         stderr,
@@ -292,7 +203,7 @@ async fn an_sshd_log_is_one_more_event_source() {
          Mar  7 12:00:06 web1 sshd[103]: Failed password for root from ::ffff:203.0.113.9 port 50002 ssh2\n",
     )
     .unwrap();
-    let line = agent.next_line();
+    let line = agent.next_line().await;
     let action: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(action["action"], "block_ip", "{line}");
     assert_eq!(action["ip"], "203.0.113.9", "{line}");
@@ -332,8 +243,8 @@ async fn a_first_start_waits_for_the_policy_before_reading_events() {
     drop(agent.stdin.take());
     admin.post_policy(policy(1)).await;
     // Without the wait the agent would have read the event against no rules and exited.
-    assert_eq!(agent.next_line(), kill_line("v1"));
-    let (code, stderr) = agent.finish();
+    assert_eq!(agent.next_line().await, kill_line("v1"));
+    let (code, stderr) = agent.finish().await;
     assert_eq!(code, Some(0), "{stderr}");
     server.shutdown().await;
 }

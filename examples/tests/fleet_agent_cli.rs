@@ -14,118 +14,18 @@
 
 mod agent_common;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_common::*;
-use examples::example_bin;
 use reference_server::notify::NotifyConfig;
 use reference_server::{RunningServer, ServerConfig, TlsMode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 const DEADLINE: Duration = Duration::from_secs(10);
-
-/// A running agent process; killed on drop so a failing test leaves nothing behind.
-struct AgentProcess {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: mpsc::Receiver<String>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
-
-impl AgentProcess {
-    fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(example_bin("agent"))
-            .args(args)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .env_remove("POLICY_ADMIN_TOKEN")
-            .env_remove("POLICY_AGENT_TOKEN")
-            .env_remove("POLICY_SERVER")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let out = child.stdout.take().unwrap();
-        let (tx, stdout) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            text
-        });
-        Self {
-            child,
-            stdin,
-            stdout,
-            stderr: Some(stderr),
-        }
-    }
-
-    fn send(&mut self, text: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(text.as_bytes()).unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// The next action line, polled without blocking the runtime the server runs on.
-    async fn next_line(&self) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            match self.stdout.try_recv() {
-                Ok(line) => return line,
-                Err(mpsc::TryRecvError::Empty) => {}
-                Err(mpsc::TryRecvError::Disconnected) => panic!("agent stdout closed"),
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no action line from the agent within {DEADLINE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Closes stdin and waits for the agent to exit: `(exit code, stderr)`.
-    async fn finish(mut self) -> (Option<i32>, String) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not exit at the end of stdin"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        assert!(self.stdout.try_recv().is_err(), "unexpected extra output");
-        let stderr = self.stderr.take().unwrap().join().unwrap();
-        (status.code(), stderr)
-    }
-}
-
-impl Drop for AgentProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]

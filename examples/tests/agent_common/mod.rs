@@ -11,9 +11,14 @@
     clippy::indexing_slicing
 )]
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use examples::example_bin;
 
 use chrono::Utc;
 use policy_engine::sync::{BackoffConfig, LiveEngine, PolicySync, SyncConfig, TlsTrust};
@@ -237,5 +242,109 @@ pub async fn wait_stored(state_dir: &Path, version: PolicyVersion) {
             "state dir holds {loaded:?}, not {version}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// How long a test waits for the agent binary to print or exit.
+pub const PROCESS_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A running agent process; killed on drop so a failing test leaves nothing behind.
+pub struct AgentProcess {
+    child: Child,
+    /// Its standard input; `None` once closed.
+    pub stdin: Option<ChildStdin>,
+    /// Its standard output, line by line.
+    pub stdout: mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl AgentProcess {
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(example_bin("agent"))
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .env_remove("POLICY_ADMIN_TOKEN")
+            .env_remove("POLICY_AGENT_TOKEN")
+            .env_remove("POLICY_SERVER")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let out = child.stdout.take().unwrap();
+        let (tx, stdout) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
+        Self {
+            child,
+            stdin,
+            stdout,
+            stderr: Some(stderr),
+        }
+    }
+
+    pub fn send(&mut self, text: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The next action line, polled without blocking the runtime the server runs on.
+    pub async fn next_line(&self) -> String {
+        let deadline = Instant::now() + PROCESS_DEADLINE;
+        loop {
+            match self.stdout.try_recv() {
+                Ok(line) => return line,
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    panic!("agent stdout closed before an action line")
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no action line from the agent within {PROCESS_DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Closes stdin and waits for the agent to exit: `(exit code, stderr)`.
+    pub async fn finish(mut self) -> (Option<i32>, String) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + PROCESS_DEADLINE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not exit at the end of stdin"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(self.stdout.try_recv().is_err(), "unexpected extra output");
+        let stderr = self.stderr.take().unwrap().join().unwrap();
+        (status.code(), stderr)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
