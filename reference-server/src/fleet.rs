@@ -21,7 +21,7 @@ use crate::blocks::{self, BlockEventData, BlockView, NewBlock, UnblockEventData}
 use crate::body::{Fields, parse_json};
 use crate::error::ApiError;
 use crate::filters::Query;
-use crate::handlers::{Result, authenticate, org_query, read_body, respond};
+use crate::handlers::{Result, authenticate, org_query, read_body, read_json, respond};
 use crate::hub::Frame;
 use crate::models::{now_rfc3339, ok_reply};
 use crate::notify::{self, Alert};
@@ -91,8 +91,7 @@ where
         async {
             let principal = authenticate(&state, &headers)?;
             let org = principal.require_agent(&id, "reports")?;
-            let body = read_body(&headers, body).await?;
-            let value = parse_json(&body)?;
+            let value = read_json(&headers, body).await?;
             let report = report::parse(&value)?;
             let answer = handle_report(&state, &org, &id, report).await?;
             Ok(ok_reply(StatusCode::CREATED, &answer))

@@ -55,6 +55,15 @@ where
     read_limited(content_length(headers), body, MAX_BODY_BYTES).await
 }
 
+/// Reads a body (1 MiB limit) and parses it as strict JSON.
+pub(crate) async fn read_json<S, B>(headers: &HeaderMap, body: S) -> Result<serde_json::Value>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    parse_json(&read_body(headers, body).await?)
+}
+
 pub(crate) fn org_query(query: &Query) -> Option<&str> {
     query
         .get("org_id")
@@ -184,8 +193,7 @@ where
             let principal = authenticate(&state, &headers)?;
             principal.require_admin()?;
             let agent = visible_agent(&state, &principal, &id).await?;
-            let body = read_body(&headers, body).await?;
-            let value = parse_json(&body)?;
+            let value = read_json(&headers, body).await?;
             let guard = state.publish.lock().await;
             let policy = state
                 .store
@@ -266,8 +274,7 @@ where
         async {
             let principal = authenticate(&state, &headers)?;
             principal.require_admin()?;
-            let body = read_body(&headers, body).await?;
-            let value = parse_json(&body)?;
+            let value = read_json(&headers, body).await?;
             let mut fields = Fields::default();
             let (hostname, org) = match fields.object(&value, "", &["hostname", "org_id", "orgId"]) {
                 Some(map) => {
@@ -342,8 +349,7 @@ where
         async {
             let principal = authenticate(&state, &headers)?;
             let org = principal.require_agent(&id, "heartbeat")?;
-            let body = read_body(&headers, body).await?;
-            let value = parse_json(&body)?;
+            let value = read_json(&headers, body).await?;
             let mut fields = Fields::default();
             let (version, last_error) =
                 match fields.object(&value, "", &["policyVersion", "lastError"]) {
@@ -484,8 +490,7 @@ where
                     "only the global admin token can create tokens",
                 ));
             }
-            let body = read_body(&headers, body).await?;
-            let value = parse_json(&body)?;
+            let value = read_json(&headers, body).await?;
             let mut fields = Fields::default();
             let org = match fields.object(&value, "", &["role", "org_id", "orgId"]) {
                 Some(map) => {
