@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use warp::Filter;
+use warp::filters::BoxedFilter;
 use warp::http::HeaderMap;
 use warp::reply::Response;
 
@@ -19,9 +20,7 @@ use crate::serve::PeerAddr;
 pub type Query = HashMap<String, String>;
 
 /// Every route of the API, errors included.
-pub fn routes(
-    state: Arc<AppState>,
-) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let s = state.clone();
     let post_policy = warp::path!("api" / "policy")
         .and(warp::post())
@@ -29,27 +28,31 @@ pub fn routes(
         .and(warp::header::headers_cloned())
         .and(query())
         .and(warp::body::stream())
-        .then(handlers::post_policy);
+        .then(handlers::post_policy)
+        .boxed();
     let s = state.clone();
     let active = warp::path!("api" / "policy" / "active")
         .and(warp::get())
         .and(with_state(s))
         .and(warp::header::headers_cloned())
         .and(query())
-        .then(handlers::active_policy);
+        .then(handlers::active_policy)
+        .boxed();
     let s = state.clone();
     let agent_policy = warp::path!("api" / "policy" / "agent" / String)
         .and(warp::get())
         .and(with_state(s))
         .and(warp::header::headers_cloned())
-        .then(handlers::agent_policy);
+        .then(handlers::agent_policy)
+        .boxed();
     let s = state.clone();
     let overrides = warp::path!("api" / "policy" / "agent" / String / "overrides")
         .and(warp::put())
         .and(with_state(s))
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(handlers::put_overrides);
+        .then(handlers::put_overrides)
+        .boxed();
     let s = state.clone();
     let enroll = warp::path!("api" / "agents" / "enroll")
         .and(warp::post())
@@ -57,109 +60,111 @@ pub fn routes(
         .and(warp::header::headers_cloned())
         .and(query())
         .and(warp::body::stream())
-        .then(handlers::enroll);
+        .then(handlers::enroll)
+        .boxed();
     let s = state.clone();
     let heartbeat = warp::path!("api" / "agents" / String / "heartbeat")
         .and(warp::post())
         .and(with_state(s))
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(handlers::heartbeat);
+        .then(handlers::heartbeat)
+        .boxed();
     let s = state.clone();
     let agents = warp::path!("api" / "agents")
         .and(warp::get())
         .and(with_state(s))
         .and(warp::header::headers_cloned())
         .and(query())
-        .then(handlers::list_agents);
+        .then(handlers::list_agents)
+        .boxed();
     let s = state.clone();
     let events = warp::path!("api" / "events")
         .and(warp::get())
         .and(with_state(s))
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<PeerAddr>())
-        .then(handlers::events);
+        .then(handlers::events)
+        .boxed();
     let s = state.clone();
     let tokens = warp::path!("api" / "tokens")
         .and(warp::post())
         .and(with_state(s))
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(handlers::create_token);
+        .then(handlers::create_token)
+        .boxed();
     let s = state.clone();
     let reports = warp::path!("api" / "agents" / String / "reports")
         .and(warp::post())
         .and(with_state(s))
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(fleet::post_report);
+        .then(fleet::post_report)
+        .boxed();
     let s = state.clone();
     let blocks = warp::path!("api" / "blocks")
         .and(warp::get())
         .and(with_state(s))
         .and(warp::header::headers_cloned())
         .and(query())
-        .then(fleet::list_blocks);
+        .then(fleet::list_blocks)
+        .boxed();
     let s = state.clone();
     let unblock = warp::path!("api" / "blocks" / String)
         .and(warp::delete())
         .and(with_state(s))
         .and(warp::header::headers_cloned())
         .and(query())
-        .then(fleet::delete_block);
+        .then(fleet::delete_block)
+        .boxed();
     let s = state.clone();
     let approvals = warp::path!("api" / "approvals")
         .and(warp::get())
         .and(with_state(s))
         .and(warp::header::headers_cloned())
         .and(query())
-        .then(fleet::list_approvals);
+        .then(fleet::list_approvals)
+        .boxed();
     let s = state.clone();
     let decide = warp::path!("api" / "approvals" / String / String)
         .and(warp::post())
         .and(with_state(s))
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
-        .then(fleet::decide);
+        .then(fleet::decide)
+        .boxed();
     let s = state;
     let audit = warp::path!("api" / "audit")
         .and(warp::get())
         .and(with_state(s))
         .and(warp::header::headers_cloned())
         .and(query())
-        .then(fleet::get_audit);
+        .then(fleet::get_audit)
+        .boxed();
 
-    post_policy
-        .or(active)
-        .unify()
-        .or(agent_policy)
-        .unify()
-        .or(overrides)
-        .unify()
-        .or(enroll)
-        .unify()
-        .or(heartbeat)
-        .unify()
-        .or(agents)
-        .unify()
-        .or(events)
-        .unify()
-        .or(tokens)
-        .unify()
-        .or(reports)
-        .unify()
-        .or(blocks)
-        .unify()
-        .or(unblock)
-        .unify()
-        .or(approvals)
-        .unify()
-        .or(decide)
-        .unify()
-        .or(audit)
-        .unify()
-        .recover(crate::error::recover)
-        .unify()
+    // Each route is boxed, and so is the tree: without the boxes the combined filter type nests
+    // every route inside the next, which overflows the trait solver in release builds (E0275)
+    // and makes the crate slow to compile.
+    let api = [
+        active,
+        agent_policy,
+        overrides,
+        enroll,
+        heartbeat,
+        agents,
+        events,
+        tokens,
+        reports,
+        blocks,
+        unblock,
+        approvals,
+        decide,
+        audit,
+    ]
+    .into_iter()
+    .fold(post_policy, |tree, route| tree.or(route).unify().boxed());
+    api.recover(crate::error::recover).unify().boxed()
 }
 
 fn with_state(
