@@ -124,6 +124,14 @@ fn run(args: &Args, data: &std::path::Path) -> Result<()> {
         ms(percentile(&latencies, 99)),
         ms(latencies.last().copied().unwrap_or_default()),
     );
+    examples::figure(
+        "policy POST -> live in the agent's engine (TLS)",
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms",
+            ms(percentile(&latencies, 50)),
+            ms(percentile(&latencies, 99))
+        ),
+    );
 
     // 2. JSON line in -> action out, on this thread, with the sync still running beside it.
     let input = event_lines(args.events);
@@ -150,6 +158,13 @@ fn run(args: &Args, data: &std::path::Path) -> Result<()> {
         stats.events as f64 / elapsed.as_secs_f64(),
         stats.actions,
         input.len() as f64 / elapsed.as_secs_f64() / 1e6,
+    );
+    examples::figure(
+        "agent path, JSON line -> action",
+        format!(
+            "{:.2} M events/s",
+            stats.events as f64 / elapsed.as_secs_f64() / 1e6
+        ),
     );
 
     runtime.block_on(sync.shutdown());

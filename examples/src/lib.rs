@@ -12,3 +12,10 @@ pub fn example_bin(name: &str) -> PathBuf {
     }
     dir.join("examples").join(name)
 }
+
+/// Prints one benchmark figure in the form `.ci/bench` collects into the README's table:
+/// `figure<TAB>what<TAB>result`. Benchmarks print their detailed lines as well; only these lines
+/// reach the table.
+pub fn figure(what: &str, result: impl std::fmt::Display) {
+    println!("figure\t{what}\t{result}");
+}
