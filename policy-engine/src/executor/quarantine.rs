@@ -1,17 +1,25 @@
 //! `quarantine_file`: move a file into a private directory with a manifest entry, and `restore`.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::sys::stat::{Mode, fstatat, major, minor};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::durable::{sync_dir, write_atomically};
 use super::firewall::create_private_dir;
+use super::procfs::MappedFile;
+use super::protect::Protection;
 use crate::action::ActionRecord;
 use crate::policy::PolicyVersion;
 
@@ -65,7 +73,8 @@ pub struct ManifestEntry {
 /// Why a file was not quarantined or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum QuarantineError {
-    /// The file must not be quarantined (a directory, a device, a symlink, under `/proc`...).
+    /// The file must not be quarantined (a directory, a device, a symlink, under `/proc`, a
+    /// protected path...).
     #[error("{0}")]
     Refused(String),
     /// A file operation failed.
@@ -111,6 +120,15 @@ pub enum QuarantineError {
 #[derive(Debug, Clone)]
 pub struct Quarantine {
     config: QuarantineConfig,
+    protection: Protection,
+}
+
+/// A file that passed the path checks: its directory (open, and checked to be the resolved
+/// one), its name in it, and its resolved path.
+struct Target {
+    dir: File,
+    name: OsString,
+    real: PathBuf,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -119,19 +137,73 @@ struct Manifest {
 }
 
 impl Quarantine {
-    /// A quarantine in `config.dir` (created on first use).
+    /// A quarantine in `config.dir` (created on first use) with the default protections
+    /// ([`Protection::default`]).
     pub fn new(config: QuarantineConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            protection: Protection::default(),
+        }
+    }
+
+    /// The same quarantine, refusing what `protection` protects instead.
+    pub fn with_protection(mut self, protection: Protection) -> Self {
+        self.protection = protection;
+        self
     }
 
     /// Moves `path` into the quarantine; `origin` names the rule and event in the manifest.
     ///
-    /// Refusals are [`QuarantineError::Refused`].
+    /// Refusals are [`QuarantineError::Refused`]: besides directories, symlinks and special
+    /// files, whatever the [`Protection`] protects, decided on the path with its symlinks
+    /// resolved, a file with other hard links, and a file a protected process has mapped. The
+    /// file is then moved through descriptors (its directory pinned and checked, the file
+    /// opened with `O_NOFOLLOW`), so nothing swapped in after the checks is moved.
     pub fn quarantine(
         &mut self,
         path: &Path,
         origin: Option<&ActionRecord>,
     ) -> Result<ManifestEntry, QuarantineError> {
+        let target = self.check(path)?;
+        let Target { dir, name, real } = &target;
+        let (file, meta) = self.open_checked(path, &target)?;
+
+        create_private_dir(&self.config.dir).map_err(|e| io_error(&self.config.dir, e))?;
+        let mut manifest = self.load()?;
+        let now = Utc::now();
+        let id = unique_id(&self.config.dir, now);
+        let stored = self.config.dir.join(&id);
+        let sha256 = self.move_pinned(path, dir, name, file, &meta, &id)?;
+        fs::set_permissions(&stored, fs::Permissions::from_mode(0o400))
+            .map_err(|e| io_error(&stored, e))?;
+        let entry = ManifestEntry {
+            id,
+            original_path: real.clone(),
+            sha256,
+            size: meta.len(),
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            modified: meta.modified().ok().map(DateTime::<Utc>::from),
+            quarantined_at: now,
+            rule: origin.map(|r| r.rule),
+            policy_version: origin.map(|r| r.policy_version),
+            event_id: origin.and_then(|r| r.event_id.clone()),
+        };
+        manifest.entries.push(entry.clone());
+        if let Err(e) = self.save(&manifest) {
+            // Without a manifest entry nobody could restore it: put it back.
+            let _ = move_file(&stored, real);
+            let _ = fs::set_permissions(real, fs::Permissions::from_mode(entry.mode));
+            return Err(e);
+        }
+        Ok(entry)
+    }
+
+    /// The checks on paths: absolute, not a kernel interface, not protected (as given, with
+    /// its directories resolved, and with every symlink resolved), not in the quarantine, a
+    /// regular file. Returns its directory, opened and checked to be the resolved one.
+    fn check(&self, path: &Path) -> Result<Target, QuarantineError> {
         let refuse = |why: &str| QuarantineError::Refused(format!("`{}` {why}", path.display()));
         if !path.is_absolute() {
             return Err(refuse("is not an absolute path"));
@@ -162,6 +234,14 @@ impl Quarantine {
                 return Err(refuse("is already in the quarantine directory"));
             }
         }
+        // What would be moved (`real`) and what the name leads to (`resolved`): a link in /tmp
+        // to /usr/bin/sudo is refused as /usr/bin/sudo.
+        let resolved = fs::canonicalize(path).ok();
+        for candidate in std::iter::once(&real).chain(resolved.as_ref()) {
+            if let Some(reason) = self.protection.path_refusal(path, candidate) {
+                return Err(QuarantineError::Refused(reason));
+            }
+        }
         let meta = match fs::symlink_metadata(&real) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -184,39 +264,120 @@ impl Quarantine {
         if !kind.is_file() {
             return Err(refuse("is not a regular file (a device, FIFO or socket)"));
         }
-
-        create_private_dir(&self.config.dir).map_err(|e| io_error(&self.config.dir, e))?;
-        let mut manifest = self.load()?;
-        let now = Utc::now();
-        let id = unique_id(&self.config.dir, now);
-        let stored = self.config.dir.join(&id);
-        let sha256 = move_file(&real, &stored)?;
-        fs::set_permissions(&stored, fs::Permissions::from_mode(0o400))
-            .map_err(|e| io_error(&stored, e))?;
-        let entry = ManifestEntry {
-            id,
-            original_path: real.clone(),
-            sha256,
-            size: meta.len(),
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            modified: meta.modified().ok().map(DateTime::<Utc>::from),
-            quarantined_at: now,
-            rule: origin.map(|r| r.rule),
-            policy_version: origin.map(|r| r.policy_version),
-            event_id: origin.and_then(|r| r.event_id.clone()),
-        };
-        manifest.entries.push(entry.clone());
-        if let Err(e) = self.save(&manifest) {
-            // Without a manifest entry nobody could restore it: put it back.
-            let _ = move_file(&stored, &real);
-            let _ = fs::set_permissions(&real, fs::Permissions::from_mode(entry.mode));
-            return Err(e);
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW).bits())
+            .open(&parent)
+            .map_err(|e| io_error(&parent, e))?;
+        // A directory on the way swapped for a symlink since `canonicalize` shows here.
+        let opened = fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+            .map_err(|e| io_error(&parent, e))?;
+        if opened != parent {
+            return Err(refuse("changed while it was checked: not quarantined"));
         }
-        Ok(entry)
+        Ok(Target {
+            dir,
+            name: name.to_owned(),
+            real,
+        })
     }
 
+    /// Opens the file in its pinned directory without following a link, and checks what is
+    /// open: a regular file, one name only, not mapped by a protected process.
+    fn open_checked(
+        &self,
+        path: &Path,
+        target: &Target,
+    ) -> Result<(File, fs::Metadata), QuarantineError> {
+        let refuse = |why: &str| QuarantineError::Refused(format!("`{}` {why}", path.display()));
+        let flags = OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC;
+        let file = match openat(&target.dir, target.name.as_os_str(), flags, Mode::empty()) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::ELOOP) => return Err(refuse("changed into a symlink: not quarantined")),
+            Err(Errno::ENOENT) => return Err(refuse("does not exist")),
+            Err(e) => return Err(io_error(&target.real, io::Error::from(e))),
+        };
+        let meta = file.metadata().map_err(|e| io_error(&target.real, e))?;
+        if !meta.is_file() {
+            return Err(refuse("is not a regular file (a device, FIFO or socket)"));
+        }
+        if meta.nlink() > 1 {
+            return Err(refuse(&format!(
+                "has {} hard links: quarantining one name would leave the others",
+                meta.nlink()
+            )));
+        }
+        let mapped = MappedFile {
+            major: major(meta.dev()),
+            minor: minor(meta.dev()),
+            inode: meta.ino(),
+            path: target.real.clone(),
+        };
+        if let Some(reason) = self.protection.mapped_refusal(&mapped) {
+            return Err(QuarantineError::Refused(reason));
+        }
+        Ok((file, meta))
+    }
+
+    /// Moves `name` in `dir`, which `file` has open, to `id` in the quarantine: a rename, or a
+    /// copy from `file` and an unlink across filesystems. Returns the content's SHA-256. If
+    /// what sits at `name` is no longer `file` (swapped after the checks), nothing is moved.
+    fn move_pinned(
+        &self,
+        path: &Path,
+        dir: &File,
+        name: &OsStr,
+        mut file: File,
+        meta: &fs::Metadata,
+        id: &str,
+    ) -> Result<String, QuarantineError> {
+        let qdir_path = &self.config.dir;
+        let qdir = File::open(qdir_path).map_err(|e| io_error(qdir_path, e))?;
+        let swapped = || {
+            QuarantineError::Refused(format!(
+                "`{}` was replaced while it was being quarantined: not quarantined",
+                path.display()
+            ))
+        };
+        let same = |at: &File, name: &OsStr| {
+            fstatat(at, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| (st.st_dev, st.st_ino) == (meta.dev(), meta.ino()))
+        };
+        match renameat(dir, name, &qdir, id) {
+            Ok(()) => {
+                if !same(&qdir, OsStr::new(id)) {
+                    renameat(&qdir, id, dir, name)
+                        .map_err(|e| io_error(&qdir_path.join(id), io::Error::from(e)))?;
+                    return Err(swapped());
+                }
+                qdir.sync_all().map_err(|e| io_error(qdir_path, e))?;
+                dir.sync_all().map_err(|e| io_error(path, e))?;
+                file.seek(SeekFrom::Start(0))
+                    .map_err(|e| io_error(path, e))?;
+                let mut hasher = Sha256::new();
+                io::copy(&mut file, &mut hasher).map_err(|e| io_error(path, e))?;
+                Ok(hex(&hasher.finalize()))
+            }
+            Err(Errno::EXDEV) => {
+                let stored = qdir_path.join(id);
+                let sha256 = copy_into(&mut file, path, &stored)?;
+                // The unlink is by name: the name must still be the file that was copied.
+                if !same(dir, name) {
+                    let _ = fs::remove_file(&stored);
+                    return Err(swapped());
+                }
+                unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)
+                    .map_err(|e| io_error(path, io::Error::from(e)))?;
+                dir.sync_all().map_err(|e| io_error(path, e))?;
+                Ok(sha256)
+            }
+            Err(e) => Err(io_error(path, io::Error::from(e))),
+        }
+    }
     /// Puts the file with `id` back where it was, with its mode, owner and modification time.
     pub fn restore(&mut self, id: &str) -> Result<ManifestEntry, QuarantineError> {
         let mut manifest = self.load()?;
@@ -329,9 +490,18 @@ pub(crate) fn move_file(from: &Path, to: &Path) -> Result<String, QuarantineErro
 pub(crate) fn copy_then_remove(from: &Path, to: &Path) -> Result<String, QuarantineError> {
     let mut source = OpenOptions::new()
         .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .custom_flags(OFlag::O_NOFOLLOW.bits())
         .open(from)
         .map_err(|e| io_error(from, e))?;
+    let copied = copy_into(&mut source, from, to)?;
+    fs::remove_file(from).map_err(|e| io_error(from, e))?;
+    sync_parent(from)?;
+    Ok(copied)
+}
+
+/// Copies what `source` (opened from `from`) holds to `to` durably: a temporary file beside
+/// it, fsync, rename into place. Returns the content's SHA-256.
+fn copy_into(source: &mut File, from: &Path, to: &Path) -> Result<String, QuarantineError> {
     let dir = to.parent().unwrap_or(Path::new("/"));
     let name = to
         .file_name()
@@ -362,10 +532,7 @@ pub(crate) fn copy_then_remove(from: &Path, to: &Path) -> Result<String, Quarant
     })();
     if copied.is_err() {
         let _ = fs::remove_file(&tmp);
-        return copied;
     }
-    fs::remove_file(from).map_err(|e| io_error(from, e))?;
-    sync_parent(from)?;
     copied
 }
 
