@@ -1,6 +1,7 @@
 //! `Protection`: the compiled [`SafetyConfig`], deciding whether a path may be quarantined and
 //! whether a process may be killed, from what the host looks like at that moment.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -185,6 +186,26 @@ impl Protection {
                 resolved.display(),
                 given.display()
             )
+        })
+    }
+
+    /// Why quarantining `path` would be refused for what it is (the path as given and with its
+    /// symlinks resolved, and who maps it); `None` when only the quarantine's own checks
+    /// (a regular file, one link...) remain. For operators asking before anything happens.
+    pub fn file_refusal(&self, path: &Path) -> Option<String> {
+        if let Some(reason) = self.path_refusal(path, path) {
+            return Some(reason);
+        }
+        let resolved = std::fs::canonicalize(path).ok()?;
+        if let Some(reason) = self.path_refusal(path, &resolved) {
+            return Some(reason);
+        }
+        let meta = std::fs::metadata(&resolved).ok()?;
+        self.mapped_refusal(&MappedFile {
+            major: nix::sys::stat::major(meta.dev()),
+            minor: nix::sys::stat::minor(meta.dev()),
+            inode: meta.ino(),
+            path: resolved,
         })
     }
 

@@ -207,6 +207,20 @@ impl SafetyConfig {
         Ok(config)
     }
 
+    /// What an agent's flags say: `file` (`--safety-config`) or the defaults, plus the
+    /// `--protect-path` and `--protect-process` entries ([`with_flags`](Self::with_flags)).
+    pub fn load(
+        file: Option<&Path>,
+        paths: &[PathBuf],
+        processes: &[String],
+    ) -> Result<Self, SafetyError> {
+        let config = match file {
+            Some(file) => Self::from_file(file)?,
+            None => Self::default(),
+        };
+        config.with_flags(paths, processes)
+    }
+
     /// Adds `--protect-path` prefixes and `--protect-process` entries: an entry with a `/` is
     /// an executable path, any other a process name.
     pub fn with_flags(
@@ -275,7 +289,11 @@ impl SafetyConfig {
                 check_name(&format!("{field}[{i}]"), name, &mut errors);
             }
         }
-        self.check_allowed("allowed_paths", &mut errors);
+        for (i, allowed) in self.allowed_paths.iter().enumerate() {
+            if let Some(problem) = self.allowed_problem(allowed) {
+                errors.push(format!("allowed_paths[{i}]: {problem}"));
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -301,8 +319,15 @@ impl SafetyConfig {
         };
         self.protected_paths
             .extend(paths("paths.protect", &file.paths.protect, errors));
-        self.allowed_paths
-            .extend(paths("paths.allow", &file.paths.allow, errors));
+        for (i, text) in file.paths.allow.iter().enumerate() {
+            let label = format!("paths.allow[{i}]");
+            if let Some(allowed) = check_path(&label, text, errors) {
+                match self.allowed_problem(&allowed) {
+                    Some(problem) => errors.push(format!("{label}: {problem}")),
+                    None => self.allowed_paths.push(allowed),
+                }
+            }
+        }
         self.protected_names
             .extend(names("processes.names", &file.processes.names, errors));
         self.protected_masters
@@ -333,37 +358,34 @@ impl SafetyConfig {
                 self.protected_masters.retain(|n| *n != name);
             }
         }
-        self.check_allowed("paths.allow", errors);
     }
 
-    /// Each allowed prefix must lie under a protected one (else it allows nothing), must not
-    /// be a protected prefix too, and must stay out of the floor.
-    fn check_allowed(&self, field: &str, errors: &mut Vec<String>) {
-        for (i, allowed) in self.allowed_paths.iter().enumerate() {
-            let label = format!("{field}[{i}]");
-            let shown = allowed.display();
-            if let Some(floor) = FLOOR_PREFIXES.iter().find(|f| allowed.starts_with(f)) {
-                errors.push(format!(
-                    "{label}: `{shown}` is under `{floor}`, which is never touched"
-                ));
-            } else if let Some(agent) = self
-                .agent_paths
-                .iter()
-                .find(|a| allowed.starts_with(a) || a.starts_with(allowed))
-            {
-                errors.push(format!(
-                    "{label}: `{shown}` overlaps the agent's own `{}`, which is never touched",
-                    agent.display()
-                ));
-            } else if self.protected_paths.contains(allowed) && !is_default_path(allowed) {
-                errors.push(format!(
-                    "{label}: `{shown}` is both protected and allowed; keep one of the two"
-                ));
-            } else if !self.protected_paths.iter().any(|p| allowed.starts_with(p)) {
-                errors.push(format!(
-                    "{label}: `{shown}` is not under a protected path; nothing to allow"
-                ));
-            }
+    /// What is wrong with allowing `allowed`: it must lie under a protected prefix (else it
+    /// allows nothing), must not be one the configuration adds itself, and must stay out of
+    /// the floor.
+    fn allowed_problem(&self, allowed: &Path) -> Option<String> {
+        let shown = allowed.display();
+        if let Some(floor) = FLOOR_PREFIXES.iter().find(|f| allowed.starts_with(f)) {
+            Some(format!(
+                "`{shown}` is under `{floor}`, which is never touched"
+            ))
+        } else if let Some(agent) =
+            (self.agent_paths.iter()).find(|a| allowed.starts_with(a) || a.starts_with(allowed))
+        {
+            Some(format!(
+                "`{shown}` overlaps the agent's own `{}`, which is never touched",
+                agent.display()
+            ))
+        } else if self.protected_paths.iter().any(|p| p == allowed) && !is_default_path(allowed) {
+            Some(format!(
+                "`{shown}` is both protected and allowed; keep one of the two"
+            ))
+        } else if !self.protected_paths.iter().any(|p| allowed.starts_with(p)) {
+            Some(format!(
+                "`{shown}` is not under a protected path; nothing to allow"
+            ))
+        } else {
+            None
         }
     }
 }
