@@ -221,3 +221,14 @@ fn with_safety_keeps_the_state_dir_protected() {
     );
     assert!(config.safety.protected_names.contains(&"postgres".into()));
 }
+
+#[test]
+fn relative_agent_paths_are_made_absolute() {
+    // `--state-dir ./state` must not make the agent refuse to start, nor leave it unprotected.
+    let config = SafetyConfig::default().with_agent_path("pe-relative-state");
+    assert_eq!(
+        config.agent_paths,
+        vec![std::env::current_dir().unwrap().join("pe-relative-state")]
+    );
+    assert!(config.validate().is_ok());
+}

@@ -135,10 +135,12 @@ impl HostExecutor {
     /// Checks the safety configuration, sets up the firewall (re-installing persisted blocks)
     /// and the other components.
     pub fn open(config: HostConfig) -> Result<Self, HostError> {
-        let protection = Protection::new(&config.safety)?;
+        config.safety.validate()?;
         let firewall = Firewall::open(config.firewall)?;
         let mut isolation = Isolation::new(config.isolation)?;
         isolation.reconcile()?;
+        // Compiled once the state dir exists, so its symlinks are resolved too.
+        let protection = Protection::new(&config.safety)?;
         Ok(Self {
             firewall,
             killer: ProcessKiller::new(config.kill).with_protection(protection.clone()),

@@ -197,7 +197,7 @@ impl SafetyConfig {
         let mut config = Self::default();
         let mut errors = Vec::new();
         config.apply(file, &mut errors);
-        config.agent_paths.push(path.to_owned());
+        config.agent_paths.push(absolute(path));
         if !errors.is_empty() {
             return Err(SafetyError::Invalid {
                 origin: format!("`{}`", path.display()),
@@ -255,9 +255,10 @@ impl SafetyConfig {
         Ok(self)
     }
 
-    /// Adds one of the agent's own files or directories (its state dir, a config file).
-    pub fn with_agent_path(mut self, path: impl Into<PathBuf>) -> Self {
-        self.agent_paths.push(path.into());
+    /// Adds one of the agent's own files or directories (its state dir, a config file),
+    /// made absolute (`--state-dir ./state` works).
+    pub fn with_agent_path(mut self, path: impl AsRef<Path>) -> Self {
+        self.agent_paths.push(absolute(path.as_ref()));
         self
     }
 
@@ -392,6 +393,14 @@ impl SafetyConfig {
 
 /// Kernel interfaces and devices: never quarantined, never allowed.
 pub(crate) const FLOOR_PREFIXES: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// `path` with its symlinks resolved if it exists, else made absolute against the working
+/// directory; as given if neither works (validation then says what is wrong).
+fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .unwrap_or_else(|_| path.to_owned())
+}
 
 fn is_default_path(path: &Path) -> bool {
     DEFAULT_PROTECTED_PATHS.iter().any(|d| path == Path::new(d))
