@@ -70,6 +70,8 @@ mod protect;
 #[cfg(target_os = "linux")]
 mod quarantine;
 #[cfg(target_os = "linux")]
+mod relocate;
+#[cfg(target_os = "linux")]
 mod safety;
 
 pub use cidr::{Allowlist, Cidr, CidrError};

@@ -1,8 +1,8 @@
 //! `quarantine_file`: move a file into a private directory with a manifest entry, and `restore`.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -10,23 +10,18 @@ use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat, renameat};
-use nix::sys::stat::{Mode, fstatat, major, minor};
-use nix::unistd::{UnlinkatFlags, unlinkat};
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{Mode, major, minor};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::durable::{sync_dir, write_atomically};
+use super::durable::write_atomically;
 use super::firewall::create_private_dir;
 use super::procfs::MappedFile;
 use super::protect::Protection;
+use super::relocate::{MoveError, Pinned, hash_file, move_file, move_pinned};
+use super::safety::FLOOR_PREFIXES;
 use crate::action::ActionRecord;
 use crate::policy::PolicyVersion;
-
-/// Paths never quarantined: kernel interfaces and devices.
-const FORBIDDEN: [&str; 3] = ["/proc", "/sys", "/dev"];
-/// `EXDEV`: rename across filesystems.
-const EXDEV: i32 = 18;
 
 /// Where quarantined files go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +168,14 @@ impl Quarantine {
         let now = Utc::now();
         let id = unique_id(&self.config.dir, now);
         let stored = self.config.dir.join(&id);
-        let sha256 = self.move_pinned(path, dir, name, file, &meta, &id)?;
+        let pinned = Pinned {
+            path: real,
+            dir,
+            name,
+            file,
+            meta: &meta,
+        };
+        let sha256 = move_pinned(pinned, &self.config.dir, &id).map_err(|e| moved(path, e))?;
         fs::set_permissions(&stored, fs::Permissions::from_mode(0o400))
             .map_err(|e| io_error(&stored, e))?;
         let entry = ManifestEntry {
@@ -323,61 +325,6 @@ impl Quarantine {
         Ok((file, meta))
     }
 
-    /// Moves `name` in `dir`, which `file` has open, to `id` in the quarantine: a rename, or a
-    /// copy from `file` and an unlink across filesystems. Returns the content's SHA-256. If
-    /// what sits at `name` is no longer `file` (swapped after the checks), nothing is moved.
-    fn move_pinned(
-        &self,
-        path: &Path,
-        dir: &File,
-        name: &OsStr,
-        mut file: File,
-        meta: &fs::Metadata,
-        id: &str,
-    ) -> Result<String, QuarantineError> {
-        let qdir_path = &self.config.dir;
-        let qdir = File::open(qdir_path).map_err(|e| io_error(qdir_path, e))?;
-        let swapped = || {
-            QuarantineError::Refused(format!(
-                "`{}` was replaced while it was being quarantined: not quarantined",
-                path.display()
-            ))
-        };
-        let same = |at: &File, name: &OsStr| {
-            fstatat(at, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-                .is_ok_and(|st| (st.st_dev, st.st_ino) == (meta.dev(), meta.ino()))
-        };
-        match renameat(dir, name, &qdir, id) {
-            Ok(()) => {
-                if !same(&qdir, OsStr::new(id)) {
-                    renameat(&qdir, id, dir, name)
-                        .map_err(|e| io_error(&qdir_path.join(id), io::Error::from(e)))?;
-                    return Err(swapped());
-                }
-                qdir.sync_all().map_err(|e| io_error(qdir_path, e))?;
-                dir.sync_all().map_err(|e| io_error(path, e))?;
-                file.seek(SeekFrom::Start(0))
-                    .map_err(|e| io_error(path, e))?;
-                let mut hasher = Sha256::new();
-                io::copy(&mut file, &mut hasher).map_err(|e| io_error(path, e))?;
-                Ok(hex(&hasher.finalize()))
-            }
-            Err(Errno::EXDEV) => {
-                let stored = qdir_path.join(id);
-                let sha256 = copy_into(&mut file, path, &stored)?;
-                // The unlink is by name: the name must still be the file that was copied.
-                if !same(dir, name) {
-                    let _ = fs::remove_file(&stored);
-                    return Err(swapped());
-                }
-                unlinkat(dir, name, UnlinkatFlags::NoRemoveDir)
-                    .map_err(|e| io_error(path, io::Error::from(e)))?;
-                dir.sync_all().map_err(|e| io_error(path, e))?;
-                Ok(sha256)
-            }
-            Err(e) => Err(io_error(path, io::Error::from(e))),
-        }
-    }
     /// Puts the file with `id` back where it was, with its mode, owner and modification time.
     pub fn restore(&mut self, id: &str) -> Result<ManifestEntry, QuarantineError> {
         let mut manifest = self.load()?;
@@ -395,7 +342,7 @@ impl Quarantine {
             });
         }
         let stored = self.config.dir.join(&entry.id);
-        let actual = hash_file(&stored)?;
+        let actual = hash_file(&stored).map_err(|e| moved(&stored, e))?;
         if actual != entry.sha256 {
             return Err(QuarantineError::Tampered {
                 id: id.to_owned(),
@@ -403,7 +350,7 @@ impl Quarantine {
                 actual,
             });
         }
-        move_file(&stored, target)?;
+        move_file(&stored, target).map_err(|e| moved(target, e))?;
         let put_back = (|| {
             if let Some(modified) = entry.modified {
                 let file = OpenOptions::new().write(true).open(target)?;
@@ -458,8 +405,19 @@ fn io_error(path: &Path, source: io::Error) -> QuarantineError {
     }
 }
 
+/// A failed move as the quarantine reports it.
+fn moved(path: &Path, error: MoveError) -> QuarantineError {
+    match error {
+        MoveError::Io { path, source } => QuarantineError::Io { path, source },
+        MoveError::Swapped => QuarantineError::Refused(format!(
+            "`{}` was replaced while it was being quarantined: not quarantined",
+            path.display()
+        )),
+    }
+}
+
 fn under_forbidden(path: &Path) -> bool {
-    FORBIDDEN.iter().any(|root| path.starts_with(root))
+    FLOOR_PREFIXES.iter().any(|root| path.starts_with(root))
 }
 
 fn unique_id(dir: &Path, now: DateTime<Utc>) -> String {
@@ -471,103 +429,4 @@ fn unique_id(dir: &Path, now: DateTime<Utc>) -> String {
         id = format!("{base}-{n}");
     }
     id
-}
-
-/// Moves `from` to `to` durably and returns the content's SHA-256: a rename on the same
-/// filesystem, else copy, fsync, rename into place and remove the source.
-pub(crate) fn move_file(from: &Path, to: &Path) -> Result<String, QuarantineError> {
-    match fs::rename(from, to) {
-        Ok(()) => {
-            sync_parent(to)?;
-            sync_parent(from)?;
-            hash_file(to)
-        }
-        Err(e) if e.raw_os_error() == Some(EXDEV) => copy_then_remove(from, to),
-        Err(e) => Err(io_error(from, e)),
-    }
-}
-
-pub(crate) fn copy_then_remove(from: &Path, to: &Path) -> Result<String, QuarantineError> {
-    let mut source = OpenOptions::new()
-        .read(true)
-        .custom_flags(OFlag::O_NOFOLLOW.bits())
-        .open(from)
-        .map_err(|e| io_error(from, e))?;
-    let copied = copy_into(&mut source, from, to)?;
-    fs::remove_file(from).map_err(|e| io_error(from, e))?;
-    sync_parent(from)?;
-    Ok(copied)
-}
-
-/// Copies what `source` (opened from `from`) holds to `to` durably: a temporary file beside
-/// it, fsync, rename into place. Returns the content's SHA-256.
-fn copy_into(source: &mut File, from: &Path, to: &Path) -> Result<String, QuarantineError> {
-    let dir = to.parent().unwrap_or(Path::new("/"));
-    let name = to
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.partial"));
-    let copied = (|| {
-        let mut dest = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io_error(&tmp, e))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = source.read(&mut buf).map_err(|e| io_error(from, e))?;
-            let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
-                break;
-            };
-            hasher.update(chunk);
-            dest.write_all(chunk).map_err(|e| io_error(&tmp, e))?;
-        }
-        dest.sync_all().map_err(|e| io_error(&tmp, e))?;
-        fs::rename(&tmp, to).map_err(|e| io_error(to, e))?;
-        sync_parent(to)?;
-        Ok(hex(&hasher.finalize()))
-    })();
-    if copied.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    copied
-}
-
-fn sync_parent(path: &Path) -> Result<(), QuarantineError> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    sync_dir(dir).map_err(|e| io_error(dir, e))
-}
-
-fn hash_file(path: &Path) -> Result<String, QuarantineError> {
-    let mut file = File::open(path).map_err(|e| io_error(path, e))?;
-    let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher).map_err(|e| io_error(path, e))?;
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_fallback_moves_content_and_hash() {
-        let dir = tempfile::tempdir().unwrap();
-        let from = dir.path().join("a");
-        let to = dir.path().join("b");
-        fs::write(&from, b"abc").unwrap();
-        let hash = copy_then_remove(&from, &to).unwrap();
-        assert_eq!(
-            hash,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert!(!from.exists());
-        assert_eq!(fs::read(&to).unwrap(), b"abc");
-    }
 }
