@@ -134,6 +134,13 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
+    // The host's own safety settings, checked before anything else (dry runs too).
+    let safety = SafetyConfig::load(
+        args.safety_config.as_deref(),
+        &args.protect_path,
+        &args.protect_process,
+    )?
+    .with_agent_path(&args.state_dir);
     let trust = match (&args.ca_cert, args.insecure) {
         (Some(path), _) => TlsTrust::CaFile(path.clone()),
         (None, true) => TlsTrust::Insecure,
@@ -188,7 +195,7 @@ fn run(args: Args) -> Result<()> {
     let executor: Box<dyn AgentExecutor> = if args.dry_run {
         Box::new(RecordingExecutor::new())
     } else {
-        Box::new(open_host_executor(&args)?)
+        Box::new(open_host_executor(&args, safety)?)
     };
     let executor = Shared::new(executor);
     spawn_upkeep(executor.clone(), live.clone());
@@ -254,15 +261,9 @@ impl AgentExecutor for HostExecutor {
     }
 }
 
-fn open_host_executor(args: &Args) -> Result<HostExecutor> {
+fn open_host_executor(args: &Args, safety: SafetyConfig) -> Result<HostExecutor> {
     // Isolation keeps the management server reachable: resolve its addresses now.
     let management = server_addrs(&args.server);
-    let safety = SafetyConfig::load(
-        args.safety_config.as_deref(),
-        &args.protect_path,
-        &args.protect_process,
-    )?
-    .with_agent_path(&args.state_dir);
     let config = HostConfig::new(args.state_dir.join("host"), management).with_safety(safety);
     HostExecutor::open(config).context(
         "cannot set up the host executor (it needs root and nftables); use --dry-run to only print actions",

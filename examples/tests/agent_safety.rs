@@ -360,3 +360,37 @@ async fn approved_actions_on_protected_targets_are_refused_on_the_host() {
     assert_eq!(code, Some(0), "{stderr}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_safety_file_stops_the_agent_before_it_connects() {
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("safety.toml");
+    std::fs::write(
+        &file,
+        "[paths]\nallow = [\"/tmp\"]\n[processes]\nnames = [\"a/b\"]\n",
+    )
+    .unwrap();
+    // Nothing listens on port 1: an agent that got past the file would keep retrying.
+    let agent = AgentProcess::spawn(&[
+        "--server",
+        "https://127.0.0.1:1",
+        "--insecure",
+        "--state-dir",
+        text(state.path()),
+        "--agent-id",
+        "agent-x",
+        "--token",
+        "t",
+        "--safety-config",
+        text(&file),
+    ]);
+    let (code, stderr) = agent.finish().await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "agent: error: invalid safety config `{}`: paths.allow[0]: `/tmp` is not under a protected path; nothing to allow; processes.names[0]: `a/b` contains `/` or a NUL byte",
+            file.display()
+        )
+    );
+}
