@@ -400,9 +400,11 @@ fn a_master_is_protected_and_its_per_connection_children_are_not() {
     config.protected_masters.push("pe-sshd".into());
     let mut executor = host(&dir.sub("state"), config);
     let mut command = Command::new(&daemon);
+    // The master reports its child's SIGTERM on stderr: not part of the test's output.
     command
         .arg("-c")
-        .arg(format!("{} -c 'read line'; :", daemon.display()));
+        .arg(format!("{} -c 'read line'; :", daemon.display()))
+        .stderr(Stdio::null());
     let mut master = spawn(command);
     let master_pid = master.pid();
     let mut child_pid = None;
