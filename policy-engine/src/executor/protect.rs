@@ -28,6 +28,22 @@ use super::safety::{FLOOR_PREFIXES, SafetyConfig, SafetyError};
 ///
 /// Files mapped by a protected process (`/proc/PID/maps`: its executable, libc, the loader)
 /// are never quarantined either.
+///
+/// ```
+/// use std::path::Path;
+/// use policy_engine::executor::{Protection, SafetyConfig};
+/// let mut config = SafetyConfig::default();
+/// config.allowed_paths.push("/usr/local/bin".into());
+/// let protection = Protection::new(&config).unwrap();
+/// let reason = |path: &str| protection.path_reason(Path::new(path));
+/// assert_eq!(reason("/usr/bin/sudo").as_deref(), Some("is under `/usr`"));
+/// assert_eq!(reason("/usr/local/bin/dropper"), None);
+/// assert_eq!(reason("/tmp/dropper"), None);
+/// assert_eq!(
+///     protection.process_refusal(std::process::id()).as_deref(),
+///     Some("it is the agent itself")
+/// );
+/// ```
 #[derive(Debug, Clone)]
 pub struct Protection {
     rules: Arc<Rules>,
