@@ -1,17 +1,18 @@
-//! Request bodies: reading with the 1 MiB limit, strict JSON (duplicate keys, nesting and
-//! string limits); the strict field reader of the protocol for the bodies that are not
-//! policies.
+//! Request bodies: reading with the 1 MiB limit (chunked bodies too) and strict JSON
+//! (duplicate keys, nesting and string limits) with the policy library's reader, the one
+//! parser of the whole system.
 
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use policy_engine::policy::json::{JsonError, JsonLimits, parse_strict};
-pub use policy_engine::policy::json::{describe, join_index, join_key};
-pub use policy_engine::protocol::fields::{Fields, check_org_id, org_field};
 use serde_json::Value;
 
 use crate::error::ApiError;
+
+/// Largest request body accepted, in bytes (1 MiB); larger bodies get 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Most bytes of an oversized body read and thrown away before answering 413.
 ///
