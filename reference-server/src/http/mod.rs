@@ -57,8 +57,23 @@ mod params {
 /// | `POST /api/approvals/:id/approve`, `/deny` | admin | `org_id` |
 /// | `GET /api/audit` | admin | `agent`, `ip`, `action`, `from`, `to`, `limit`, `cursor`, `org_id` |
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
-    let s = &state;
-    let post_policy = warp::path!("api" / "policy")
+    // Each route is boxed, and so is the tree: without the boxes the combined filter type nests
+    // every route inside the next, which overflows the trait solver in release builds (E0275)
+    // and makes the crate slow to compile.
+    let [first, policy_rest @ ..] = policy_routes(&state);
+    policy_rest
+        .into_iter()
+        .chain(agent_routes(&state))
+        .chain(fleet_routes(&state))
+        .fold(first, |tree, route| tree.or(route).unify().boxed())
+        .recover(recover)
+        .unify()
+        .boxed()
+}
+
+/// `/api/policy`: publish, the active policy, an agent's rules, its overrides.
+fn policy_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 4] {
+    let post = warp::path!("api" / "policy")
         .and(warp::post())
         .and(admin(s))
         .and(query(params::ORG))
@@ -71,7 +86,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(query(params::ORG))
         .and(with_state(s))
         .then(policies::active);
-    let agent_policy = warp::path!("api" / "policy" / "agent" / String)
+    let for_agent = warp::path!("api" / "policy" / "agent" / String)
         .and(warp::get())
         .and(principal(s))
         .and(query(params::ORG))
@@ -84,6 +99,16 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(json_body())
         .and(with_state(s))
         .then(policies::set_overrides);
+    [
+        boxed(post),
+        boxed(active),
+        boxed(for_agent),
+        boxed(overrides),
+    ]
+}
+
+/// `/api/agents`, `/api/events`, `/api/tokens`: what agents do, and enrolling them.
+fn agent_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 7] {
     let enroll = warp::path!("api" / "agents" / "enroll")
         .and(warp::post())
         .and(admin(s))
@@ -116,7 +141,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(json_body())
         .and(with_state(s))
         .then(reports::post);
-    let list_agents = warp::path!("api" / "agents")
+    let list = warp::path!("api" / "agents")
         .and(warp::get())
         .and(admin(s))
         .and(query(params::ORG))
@@ -136,7 +161,20 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(json_body())
         .and(with_state(s))
         .then(agents::create_token);
-    let list_blocks = warp::path!("api" / "blocks")
+    [
+        boxed(enroll),
+        boxed(me),
+        boxed(heartbeat),
+        boxed(reports),
+        boxed(list),
+        boxed(events),
+        boxed(tokens),
+    ]
+}
+
+/// `/api/blocks`, `/api/approvals`, `/api/audit`: the fleet loop's admin side.
+fn fleet_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 5] {
+    let blocks = warp::path!("api" / "blocks")
         .and(warp::get())
         .and(principal(s))
         .and(query(params::ORG))
@@ -148,23 +186,19 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(query(params::ORG))
         .and(with_state(s))
         .then(blocks::lift);
-    let list_approvals = warp::path!("api" / "approvals")
+    let approvals = warp::path!("api" / "approvals")
         .and(warp::get())
         .and(admin(s))
         .and(query(params::APPROVALS))
         .and(with_state(s))
         .then(approvals::list);
-    let approve = warp::path!("api" / "approvals" / String / "approve")
-        .and(warp::post())
-        .map(|id| (id, true))
-        .untuple_one();
-    let deny = warp::path!("api" / "approvals" / String / "deny")
-        .and(warp::post())
-        .map(|id| (id, false))
-        .untuple_one();
+    let approve = warp::path!("api" / "approvals" / String / "approve").map(|id| (id, true));
+    let deny = warp::path!("api" / "approvals" / String / "deny").map(|id| (id, false));
     let decide = approve
         .or(deny)
         .unify()
+        .untuple_one()
+        .and(warp::post())
         .and(admin(s))
         .and(query(params::ORG))
         .and(raw_body())
@@ -176,32 +210,13 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(query(params::AUDIT))
         .and(with_state(s))
         .then(audit::get);
-
-    // Each route is boxed, and so is the tree: without the boxes the combined filter type nests
-    // every route inside the next, which overflows the trait solver in release builds (E0275)
-    // and makes the crate slow to compile.
-    let api = [
-        boxed(active),
-        boxed(agent_policy),
-        boxed(overrides),
-        boxed(enroll),
-        boxed(me),
-        boxed(heartbeat),
-        boxed(reports),
-        boxed(list_agents),
-        boxed(events),
-        boxed(tokens),
-        boxed(list_blocks),
+    [
+        boxed(blocks),
         boxed(unblock),
-        boxed(list_approvals),
+        boxed(approvals),
         boxed(decide),
         boxed(audit),
     ]
-    .into_iter()
-    .fold(boxed(post_policy), |tree, route| {
-        tree.or(route).unify().boxed()
-    });
-    api.recover(recover).unify().boxed()
 }
 
 /// A route answering a reply (its own errors included), boxed.
