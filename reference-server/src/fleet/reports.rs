@@ -15,7 +15,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use policy_engine::protocol::{Report, ReportAnswer, ReportId, ReportKind, ReportOutcome};
+use policy_engine::protocol::{
+    ApprovalStatus, Report, ReportAnswer, ReportId, ReportKind, ReportOutcome, time,
+};
 use policy_engine::{Action, ActionRecord, Scope};
 use serde_json::{Value, json};
 
@@ -159,15 +161,20 @@ async fn act(
     let entry = audit_entry(reporter, &report, kind);
     let answer = ReportAnswer::of(kind, report.report_id.clone());
     match kind {
-        ReportKind::ApprovalOutcome => approval_outcome(ctx, reporter, &report, entry).await?,
-        ReportKind::FleetBlock => return fleet_block(ctx, reporter, &report, entry, answer).await,
+        ReportKind::FleetBlock => fleet_block(ctx, reporter, &report, entry, answer).await,
         ReportKind::ApprovalRequest => {
-            return approval_request(ctx, reporter, &report, entry, answer).await;
+            approval_request(ctx, reporter, &report, entry, answer).await
         }
-        ReportKind::Alert => return alert(ctx, reporter, &report, entry, answer).await,
-        ReportKind::Recorded => recorded(ctx, entry).await?,
+        ReportKind::ApprovalOutcome => {
+            approval_outcome(ctx, reporter, &report, entry).await?;
+            Ok(answer)
+        }
+        ReportKind::Alert => alert(ctx, reporter, &report, entry, answer).await,
+        ReportKind::Recorded => {
+            recorded(ctx, entry).await?;
+            Ok(answer)
+        }
     }
-    Ok(answer)
 }
 
 /// The report's audit entry: the action, the reported outcome, the record and detail.
@@ -197,7 +204,7 @@ fn audit_entry(reporter: Reporter<'_>, report: &Report, kind: ReportKind) -> New
 
 /// The outcome of an approved action: closes the approval (`executed` or `failed`) when it is
 /// the requester's report of an approved request.
-pub async fn approval_outcome(
+async fn approval_outcome(
     ctx: ReportContext<'_>,
     reporter: Reporter<'_>,
     report: &Report,
@@ -274,7 +281,7 @@ async fn approval_request(
             policy_version: report.record.policy_version,
             event_id: report.record.event_id.clone(),
         },
-        status: policy_engine::protocol::ApprovalStatus::Pending,
+        status: ApprovalStatus::Pending,
         created_ms: now,
         expires_ms: now.saturating_add(clock::millis(ctx.approval_ttl)),
         decided_ms: None,
@@ -318,7 +325,7 @@ async fn alert(
         hostname,
         record: serde_json::to_value(&report.record).unwrap_or(Value::Null),
         channels: channels.clone(),
-        received_at: policy_engine::protocol::time::format(&clock::now()),
+        received_at: time::format(&clock::now()),
     };
     let notified = ctx.notifier.dispatch(alert).await;
     Ok(ReportAnswer {
