@@ -1,11 +1,11 @@
 //! Agent reports (`POST /api/agents/:id/reports`): what an agent did or requests, and what the
 //! server does with it. One workflow per kind of report:
 //!
-//! - a fleet-scope `block_ip` executed -> [`fleet_block`]: a fleet block pushed to the others;
-//! - an `approval_request` -> [`approval_request`]: a stored request awaiting an admin;
-//! - a report with `approvalId` -> [`approval_outcome`]: the approval closed;
-//! - an `alert` -> [`alert`]: deliveries queued to its channels;
-//! - anything else -> [`recorded`]: the audit entry only.
+//! - a fleet-scope `block_ip` executed -> `fleet_block`: a fleet block pushed to the others;
+//! - an `approval_request` -> `approval_request`: a stored request awaiting an admin;
+//! - a report with `approvalId` -> `approval_outcome`: the approval closed;
+//! - an `alert` -> `alert`: deliveries queued to its channels;
+//! - anything else -> `recorded`: the audit entry only.
 //!
 //! Each writes the report's audit entry; with a `reportId` the entry carries the report's
 //! receipt, in the same transaction as the effect, so a repeated report (a retry, an outbox
