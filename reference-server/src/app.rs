@@ -7,12 +7,14 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::auth::TokenCache;
-use crate::config::ServerConfig;
+use crate::config::{Database, ServerConfig};
 use crate::fleet::agents::bootstrap_admin;
 use crate::fleet::notify::Notifier;
+use crate::fleet::replicas;
 use crate::fleet::reports::ReportContext;
 use crate::fleet::{EventHub, Publisher};
 use crate::store::Store;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 
 /// The state shared by all handlers.
@@ -22,10 +24,10 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Open event streams (the same hub as the publisher's).
     pub hub: EventHub,
-    /// The event streams with the publish lock, for writes whose changes are pushed.
-    pub publisher: Publisher,
+    /// Pushes the store's changes to the event streams, in order.
+    pub publisher: Arc<Publisher>,
     /// Tokens in memory, keyed by hash.
-    pub tokens: TokenCache,
+    pub tokens: Arc<TokenCache>,
     /// Alert delivery.
     pub notifier: Arc<Notifier>,
     /// See [`ServerConfig::online_window`].
@@ -42,20 +44,31 @@ impl AppState {
     pub async fn open(config: &ServerConfig) -> anyhow::Result<(Arc<Self>, Option<String>)> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir `{}`", config.data_dir.display()))?;
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&config.data_dir.join("policy.db"))
-                .await
-                .context("cannot open the database")?,
-        );
+        let store: Arc<dyn Store> = match &config.database {
+            Database::Sqlite => Arc::new(
+                SqliteStore::open(&config.data_dir.join("policy.db"))
+                    .await
+                    .context("cannot open the database")?,
+            ),
+            Database::Postgres(url) => Arc::new(
+                PgStore::open(url)
+                    .await
+                    .context("cannot open the database")?,
+            ),
+        };
         let generated_admin_token = bootstrap_admin(&*store, config.admin_token.as_deref())
             .await
             .context("cannot set up the admin token")?;
-        let tokens = TokenCache::new(store.tokens().await.context("cannot load tokens")?);
+        let tokens = Arc::new(TokenCache::new(
+            store.tokens().await.context("cannot load tokens")?,
+        ));
         let hub = EventHub::new(config.stream_queue, config.keep_alive);
+        let publisher = Arc::new(Publisher::new(hub.clone()));
+        replicas::follow(&store, &publisher, &tokens, config.resync);
         let notifier = Notifier::new(config.notify.clone(), store.clone())
             .context("cannot build the notification HTTP client")?;
         let state = Arc::new(AppState {
-            publisher: Publisher::new(hub.clone()),
+            publisher,
             hub,
             tokens,
             notifier: Arc::new(notifier),

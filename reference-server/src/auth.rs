@@ -160,6 +160,18 @@ impl TokenCache {
         }
     }
 
+    /// Replaces every token with `tokens` (all stored tokens, read again: some may have been
+    /// revoked by another server replica).
+    pub fn replace(&self, tokens: impl IntoIterator<Item = (TokenHash, Principal)>) {
+        let map: HashMap<TokenHash, (TokenHash, Principal)> = tokens
+            .into_iter()
+            .map(|(hash, principal)| (hash, (hash, principal)))
+            .collect();
+        if let Ok(mut current) = self.by_hash.write() {
+            *current = map;
+        }
+    }
+
     /// Who the `Authorization` header speaks for: 401 when it is missing, not a bearer token,
     /// or unknown.
     pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, ApiError> {

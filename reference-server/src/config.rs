@@ -1,5 +1,6 @@
-//! The server's configuration: where it listens, where it keeps its data, TLS, and the limits
-//! and timings of streams, approvals and shutdown.
+//! The server's configuration: where it listens, where it keeps its data (SQLite or a
+//! PostgreSQL shared by replicas), TLS, and the limits and timings of streams, approvals and
+//! shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,17 @@ pub enum TlsMode {
     },
     /// Plain HTTP, for loopback tests.
     Plain,
+}
+
+/// Where the server keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Database {
+    /// SQLite in the data dir (`policy.db`): one server.
+    #[default]
+    Sqlite,
+    /// PostgreSQL at this URL (`postgres://user:password@host:port/db`): several server
+    /// replicas may share it.
+    Postgres(String),
 }
 
 /// Everything [`start`](crate::start) needs.
@@ -54,6 +66,11 @@ pub struct ServerConfig {
     pub approval_ttl: Duration,
     /// How often expired approval requests are marked expired (with their audit entry).
     pub approval_sweep: Duration,
+    /// The database: SQLite in the data dir, or PostgreSQL shared by replicas.
+    pub database: Database,
+    /// With a shared database, how often a replica checks for changes of other replicas it has
+    /// no notice of (a notice lost with its connection is otherwise caught up on reconnect).
+    pub resync: Duration,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +87,8 @@ impl Default for ServerConfig {
             notify: None,
             approval_ttl: Duration::from_secs(3600),
             approval_sweep: Duration::from_secs(5),
+            database: Database::Sqlite,
+            resync: Duration::from_secs(5),
         }
     }
 }

@@ -47,7 +47,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use app::AppState;
-pub use config::{ServerConfig, TlsMode};
+pub use config::{Database, ServerConfig, TlsMode};
 /// The notification config of [`ServerConfig::notify`] (`--notify-config`).
 pub use fleet::notify;
 pub use http::body::MAX_BODY_BYTES;

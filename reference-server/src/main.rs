@@ -1,11 +1,12 @@
-//! `reference-server`: the policy API over HTTPS with SSE broadcast, backed by SQLite.
+//! `reference-server`: the policy API over HTTPS with SSE broadcast, backed by SQLite (one
+//! server) or PostgreSQL (several replicas).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use reference_server::{ServerConfig, TlsMode};
+use reference_server::{Database, ServerConfig, TlsMode};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Reference policy server: stores versioned policies per org and pushes them to enrolled
@@ -46,10 +47,29 @@ struct Args {
     /// when it ends in `.toml`. Without it, policies may name any channel and nothing is sent.
     #[arg(long)]
     notify_config: Option<PathBuf>,
+    /// PostgreSQL instead of SQLite in the data dir: `postgres://user:password@host:port/db`.
+    /// Several servers (replicas) may share one database; each pushes every change to its own
+    /// agents. The connection is not encrypted: keep the database on loopback, a unix socket
+    /// (`postgres://user@%2Fvar%2Frun%2Fpostgresql/db`) or a private network.
+    #[arg(long, env = "POLICY_DATABASE", hide_env_values = true, value_parser = database_url)]
+    database: Option<String>,
     /// Seconds an approval request waits for a decision (and the approved action for its
     /// execution) before it expires.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     approval_ttl_secs: u64,
+}
+
+/// A `--database` value: a `postgres://` or `postgresql://` URL.
+fn database_url(value: &str) -> Result<String, String> {
+    if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+        Ok(value.to_owned())
+    } else {
+        Err(
+            "expected a PostgreSQL URL, `postgres://user:password@host:port/db` (without \
+             --database the server keeps its data in SQLite in the data dir)"
+                .to_owned(),
+        )
+    }
 }
 
 #[tokio::main]
@@ -87,6 +107,7 @@ async fn main() -> anyhow::Result<()> {
         admin_token: args.admin_token.filter(|t| !t.is_empty()),
         keep_alive: std::time::Duration::from_secs(args.keep_alive_secs),
         stream_queue: usize::try_from(args.stream_queue).unwrap_or(16),
+        database: args.database.map_or(Database::Sqlite, Database::Postgres),
         ..ServerConfig::default()
     };
     let server = reference_server::start(config)

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use policy_engine::{Policy, PolicyVersion};
-use reference_server::fleet::EventHub as Hub;
+use reference_server::fleet::streams::policy_frame;
+use reference_server::fleet::{EventHub, EventHub as Hub, StreamView};
 use reference_server::http as filters;
 use reference_server::store::StoredPolicy;
+use reference_server::transport::Delivery;
 use reference_server::{AppState, ServerConfig, TlsMode};
 use serde_json::{Value, json};
 
@@ -148,14 +150,20 @@ fn stored(version: u64) -> StoredPolicy {
     }
 }
 
+/// Queues `policy` to every stream of its org, as a pushed policy change does.
+fn broadcast(hub: &EventHub, policy: &StoredPolicy) -> Delivery {
+    let frame = policy_frame(policy, "", &[]);
+    hub.visit_org(&policy.org_id, |_, _| Some(frame.clone()))
+}
+
 #[tokio::test]
 async fn a_slow_agent_is_dropped_instead_of_buffered() {
     let hub = Hub::new(2, Duration::from_secs(15));
-    let slow = hub.subscribe("default", "agent-slow", Arc::default(), None);
+    let slow = hub.subscribe("default", "agent-slow", StreamView::default(), None);
     assert_eq!(hub.stream_count("default"), 1);
-    assert_eq!(hub.broadcast(&stored(1)).queued, 1);
-    assert_eq!(hub.broadcast(&stored(2)).queued, 1);
-    let third = hub.broadcast(&stored(3));
+    assert_eq!(broadcast(&hub, &stored(1)).queued, 1);
+    assert_eq!(broadcast(&hub, &stored(2)).queued, 1);
+    let third = broadcast(&hub, &stored(3));
     assert_eq!((third.queued, third.dropped), (0, 1));
     assert_eq!(hub.stream_count("default"), 0);
     // What was queued is still delivered, then the stream ends.
@@ -167,12 +175,12 @@ async fn a_slow_agent_is_dropped_instead_of_buffered() {
 async fn streams_without_overrides_get_the_same_payload() {
     let hub = Hub::new(4, Duration::from_secs(15));
     let mut a = hub
-        .subscribe("default", "agent-a", Arc::default(), None)
+        .subscribe("default", "agent-a", StreamView::default(), None)
         .unwrap();
     let mut b = hub
-        .subscribe("default", "agent-b", Arc::default(), None)
+        .subscribe("default", "agent-b", StreamView::default(), None)
         .unwrap();
-    assert_eq!(hub.broadcast(&stored(1)).queued, 2);
+    assert_eq!(broadcast(&hub, &stored(1)).queued, 2);
     let first = futures_util::StreamExt::next(&mut a)
         .await
         .unwrap()

@@ -3,11 +3,11 @@
 //! outcome (see [`super::reports`]). Every transition writes its audit entry in the same
 //! transaction (the store's).
 
-use policy_engine::protocol::{ApprovalStatus, ApprovalView, FleetEvent};
+use policy_engine::protocol::{ApprovalStatus, ApprovalView};
 use serde::Serialize;
 
 use super::streams::Publisher;
-use super::views::{approval_event, approval_view};
+use super::views::approval_view;
 use crate::auth::Principal;
 use crate::clock;
 use crate::error::ApiError;
@@ -57,9 +57,8 @@ pub async fn decide(
         reason,
         now_ms: clock::now_ms(),
     };
-    let publishing = publisher.begin().await;
-    let approval = match store.decide_approval(decision).await? {
-        Ok(approval) => approval,
+    let pushed = match store.decide_approval(decision).await? {
+        Ok(pushed) => pushed,
         Err(DecideError::NotFound) => {
             return Err(ApiError::not_found(format!("unknown approval `{id}`")));
         }
@@ -76,14 +75,12 @@ pub async fn decide(
             )));
         }
     };
-    let delivery = approve.then(|| {
-        publishing.send_agent(
-            &approval.org_id,
-            &approval.agent_id,
-            &FleetEvent::Approval(approval_event(&approval)),
-        )
-    });
-    drop(publishing);
+    let approval = pushed.value;
+    let delivery = if approve {
+        Some(publisher.push(store, &approval.org_id, pushed.seq).await)
+    } else {
+        None
+    };
     tracing::info!(
         approval = %approval.id,
         agent = %approval.agent_id,

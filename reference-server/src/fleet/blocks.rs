@@ -4,11 +4,11 @@
 
 use std::net::IpAddr;
 
-use policy_engine::protocol::{BlockView, FleetEvent, UnblockEvent};
+use policy_engine::protocol::BlockView;
 use serde::Serialize;
 
 use super::streams::Publisher;
-use super::views::{block_event, block_view};
+use super::views::block_view;
 use crate::clock;
 use crate::error::ApiError;
 use crate::store::{NewBlock, NewEntry, Store, StoreError, Upserted};
@@ -44,16 +44,9 @@ pub async fn record(
 ) -> Result<Recorded, StoreError> {
     let org = new.org_id.clone();
     let reporter = new.agent_id.clone();
-    let publishing = publisher.begin().await;
-    let upserted = store.upsert_block(new, entry).await?;
-    let delivery = if upserted.changed {
-        block_event(&upserted.block, clock::now_ms())
-            .map(|event| publishing.send_org(&org, &FleetEvent::Block(event), Some(&reporter)))
-    } else {
-        None
-    };
-    drop(publishing);
-    let broadcasted_to = delivery.map_or(0, |d| d.queued);
+    let pushed = store.upsert_block(new, entry).await?;
+    let upserted = pushed.value;
+    let broadcasted_to = publisher.push(store, &org, pushed.seq).await.queued;
     tracing::info!(
         org,
         agent = reporter,
@@ -85,20 +78,19 @@ pub async fn lift(
 ) -> Result<Unblocked, ApiError> {
     let entry = NewEntry {
         org_id: org.clone(),
-        actor: by.clone(),
+        actor: by,
         action: "unblock".to_owned(),
         ip: Some(ip),
         outcome: "lifted".to_owned(),
         ..NewEntry::default()
     };
-    let publishing = publisher.begin().await;
-    let removed = store
+    let pushed = store
         .remove_block(org.clone(), ip, clock::now_ms(), entry)
-        .await?
+        .await?;
+    let removed = pushed
+        .value
         .ok_or_else(|| ApiError::not_found(format!("no fleet block on `{ip}` in org `{org}`")))?;
-    let event = FleetEvent::Unblock(UnblockEvent { ip, by });
-    let delivery = publishing.send_org(&org, &event, None);
-    drop(publishing);
+    let delivery = publisher.push(store, &org, pushed.seq).await;
     tracing::info!(org, %ip, broadcasted_to = delivery.queued, "fleet block lifted");
     Ok(Unblocked {
         ip,

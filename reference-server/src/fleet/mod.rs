@@ -6,7 +6,9 @@
 //! - [`policies`]: publishing versions, the active policy, an agent's resolved rules, overrides
 //!   ([`overrides`] holds their format and validation);
 //! - [`agents`]: enrollment, identity, heartbeats, the status list, tokens;
-//! - [`streams`]: the event streams, the publish lock, what a new stream gets first;
+//! - [`streams`]: the event streams, the publisher that pushes the store's numbered changes in
+//!   order, what a new stream gets first; [`changes`]: one change turned into frames;
+//!   [`replicas`]: the notices of other server replicas' commits (a shared database);
 //! - [`reports`]: what the server does with an agent's report, one workflow per kind, and
 //!   report-id idempotency;
 //! - [`blocks`], [`approvals`]: fleet blocks and approval requests;
@@ -17,12 +19,14 @@ pub mod agents;
 pub mod approvals;
 pub mod audit;
 pub mod blocks;
+pub mod changes;
 pub mod notify;
 pub mod overrides;
 pub mod policies;
+pub mod replicas;
 pub mod reports;
 pub mod streams;
 pub mod sweeper;
 pub mod views;
 
-pub use streams::{AgentOverrides, EventHub, Publisher};
+pub use streams::{AgentOverrides, EventHub, Publisher, StreamView};

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::audit;
 use super::notify::{self, NotifyConfig};
 use super::overrides;
-use super::streams::{Publisher, policy_frame};
+use super::streams::Publisher;
 use super::views::{applied_at, policy_view, resolved_rules};
 use crate::auth::{Principal, random_hex};
 use crate::clock;
@@ -34,8 +34,7 @@ pub async fn publish(
         return Err(ApiError::from_validation(unknown_channels));
     }
     let org = principal.write_org(policy.org_id.as_deref().or(org_query))?;
-    let publishing = publisher.begin().await;
-    let stored = store
+    let pushed = store
         .insert_policy(
             org,
             Arc::new(policy),
@@ -43,8 +42,8 @@ pub async fn publish(
             clock::now(),
         )
         .await?;
-    let delivery = publishing.broadcast(&stored);
-    drop(publishing);
+    let stored = pushed.value;
+    let delivery = publisher.push(store, &stored.org_id, pushed.seq).await;
     audit::record(
         store,
         NewEntry {
@@ -113,7 +112,6 @@ pub async fn set_overrides(
     agent: AgentRecord,
     body: &Value,
 ) -> Result<AgentPolicyView<RuleDocument>, ApiError> {
-    let publishing = publisher.begin().await;
     let policy = store
         .latest_policy(agent.org_id.clone())
         .await?
@@ -131,12 +129,10 @@ pub async fn set_overrides(
         list: overrides::to_value(&list),
         updated_at: clock::now(),
     };
-    store
-        .set_overrides(agent.id.clone(), stored.clone())
+    let pushed = store
+        .set_overrides(agent.org_id.clone(), agent.id.clone(), stored.clone())
         .await?;
-    let frame = policy_frame(&policy, &agent.id, &list);
-    let delivery = publishing.update_agent(&agent.org_id, &agent.id, Arc::new(list), frame);
-    drop(publishing);
+    let delivery = publisher.push(store, &agent.org_id, pushed.seq).await;
     audit::record(
         store,
         NewEntry {

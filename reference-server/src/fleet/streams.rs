@@ -1,65 +1,57 @@
-//! The agents' event streams as the fleet uses them: the hub with each stream's overrides, the
-//! publish lock that puts every write and its push in one order, and what a new stream gets
-//! first.
+//! The agents' event streams as the fleet uses them: the hub with each stream's view, the
+//! [`Publisher`] that pushes the store's numbered changes to them in order, and what a new
+//! stream gets first.
 //!
-//! Invariant: a write whose change is pushed to streams (a policy, overrides, a fleet block, an
-//! unblock, an approval) and its push happen under the publish lock, and so does opening a
-//! stream with its current state; so a stream never misses a change, sees one twice, or sees
-//! versions out of order.
+//! Invariant: every change whose effect goes to streams (a policy, overrides, a fleet block, an
+//! unblock, an approval) is recorded by the store with a number per org, in commit order,
+//! whichever server replica wrote it; the publisher pushes an org's changes in that order, each
+//! once, and a stream gets exactly the changes after the state it started from
+//! ([`StreamView::since`]). So a stream never misses a change, sees one twice, or sees versions
+//! out of order, with one server or several on one database.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use policy_engine::protocol::FleetEvent;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::Mutex;
 
-use super::overrides::Override;
-use super::views::{approval_event, block_event, policy_event, resolved_rules};
+use super::changes;
+pub use super::changes::{AgentOverrides, EventHub, StreamView, policy_frame};
+use super::views::{approval_event, block_event};
 use crate::clock;
 use crate::error::ApiError;
-use crate::store::{Store, StoredPolicy};
-use crate::transport::{Delivery, Frame, Hub, Subscription};
+use crate::store::{Store, StoreError, StoredPolicy, StreamSnapshot};
+use crate::transport::{Delivery, Frame, Subscription};
 
-/// The overrides of the agent of one stream (empty: the org's policy as is).
-pub type AgentOverrides = Arc<Vec<Override>>;
+/// How many recent deliveries an org remembers, for the writer of a change that another push
+/// delivered first.
+const RECENT: usize = 256;
 
-/// The hub of the agents' event streams.
-pub type EventHub = Hub<AgentOverrides>;
+/// Changes read from the store per query while catching up.
+const BATCH: u32 = 256;
 
-/// The `policy` frame of `policy` for an agent with `overrides`.
-pub fn policy_frame(policy: &StoredPolicy, agent_id: &str, overrides: &[Override]) -> Frame {
-    Frame::policy(&policy_event(
-        policy,
-        resolved_rules(policy, agent_id, overrides),
-    ))
-}
-
-impl EventHub {
-    /// Queues `policy` to every stream of its org: one shared payload for streams without
-    /// overrides, a resolved one for each agent with overrides.
-    pub fn broadcast(&self, policy: &StoredPolicy) -> Delivery {
-        let shared = policy_frame(policy, "", &[]);
-        self.send_org_each(&policy.org_id, |agent_id, overrides| {
-            if overrides.is_empty() {
-                shared.clone()
-            } else {
-                policy_frame(policy, agent_id, overrides)
-            }
-        })
-    }
-}
-
-/// The hub and the publish lock.
+/// The hub and the push order: the last change pushed per org, under one lock.
 #[derive(Debug)]
 pub struct Publisher {
     hub: EventHub,
-    lock: Mutex<()>,
+    pushed: Mutex<HashMap<String, OrgCursor>>,
 }
 
-/// Holding the publish lock: pushes made through it are in the order of the writes.
-#[derive(Debug)]
-pub struct Publishing<'a> {
-    hub: &'a EventHub,
-    _guard: MutexGuard<'a, ()>,
+/// Where the pushes of one org stand.
+#[derive(Debug, Default)]
+struct OrgCursor {
+    /// The last change pushed.
+    seq: u64,
+    /// Deliveries of the last changes pushed, by number.
+    recent: VecDeque<(u64, Delivery)>,
+}
+
+/// Why [`Publisher::subscribe`] did not open a stream.
+enum Refused {
+    /// The snapshot is older than changes already pushed: read it again.
+    Stale,
+    /// The server is stopping.
+    Closed,
 }
 
 impl Publisher {
@@ -67,7 +59,7 @@ impl Publisher {
     pub fn new(hub: EventHub) -> Self {
         Self {
             hub,
-            lock: Mutex::new(()),
+            pushed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -76,78 +68,176 @@ impl Publisher {
         &self.hub
     }
 
-    /// Takes the publish lock; do the write, then push through the guard.
-    pub async fn begin(&self) -> Publishing<'_> {
-        Publishing {
-            hub: &self.hub,
-            _guard: self.lock.lock().await,
+    /// Pushes the changes of `org_id` up to change `seq` (the one a write just recorded) and
+    /// returns its delivery (none when `seq` is `None`: the write pushed nothing).
+    pub async fn push(&self, store: &dyn Store, org_id: &str, seq: Option<u64>) -> Delivery {
+        let Some(seq) = seq else {
+            return Delivery::default();
+        };
+        let mut pushed = self.pushed.lock().await;
+        if let Err(error) = self.catch_up_locked(store, org_id, &mut pushed).await {
+            tracing::warn!(org = org_id, %error, "cannot push changes; the next change or resync will");
+        }
+        pushed
+            .get(org_id)
+            .and_then(|cursor| cursor.recent.iter().find(|(s, _)| *s == seq))
+            .map(|(_, delivery)| *delivery)
+            .unwrap_or_default()
+    }
+
+    /// Pushes the changes of `org_id` up to `seq`, unless they are already pushed (or the org
+    /// has no stream here): a notice of another replica's commit.
+    pub async fn notice(
+        &self,
+        store: &dyn Store,
+        org_id: &str,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        let mut pushed = self.pushed.lock().await;
+        if pushed.get(org_id).is_none_or(|cursor| cursor.seq >= seq) {
+            return Ok(());
+        }
+        self.catch_up_locked(store, org_id, &mut pushed).await
+    }
+
+    /// Pushes every change not yet pushed, for every org with a stream here: after notices
+    /// may have been lost.
+    pub async fn resync(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let mut pushed = self.pushed.lock().await;
+        let orgs: Vec<String> = pushed.keys().cloned().collect();
+        for org_id in orgs {
+            let last = store.change_seq(org_id.clone()).await?;
+            if pushed.get(&org_id).is_some_and(|cursor| cursor.seq < last) {
+                tracing::info!(org = %org_id, last, "catching up on changes");
+                self.catch_up_locked(store, &org_id, &mut pushed).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and pushes the changes of `org_id` after the last one pushed, in order. An org
+    /// without an open stream here is forgotten instead (a new stream starts from a snapshot).
+    async fn catch_up_locked(
+        &self,
+        store: &dyn Store,
+        org_id: &str,
+        pushed: &mut HashMap<String, OrgCursor>,
+    ) -> Result<(), StoreError> {
+        if self.hub.stream_count(org_id) == 0 {
+            pushed.remove(org_id);
+            return Ok(());
+        }
+        let Some(cursor) = pushed.get_mut(org_id) else {
+            return Ok(());
+        };
+        loop {
+            let batch = store.changes(org_id.to_owned(), cursor.seq, BATCH).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for change in &batch {
+                let delivery = changes::apply(store, &self.hub, change).await?;
+                if cursor.recent.len() == RECENT {
+                    cursor.recent.pop_front();
+                }
+                cursor.recent.push_back((change.seq, delivery));
+                cursor.seq = change.seq;
+            }
         }
     }
-}
 
-impl Publishing<'_> {
-    /// Queues a new policy version to every stream of its org.
-    pub fn broadcast(&self, policy: &StoredPolicy) -> Delivery {
-        self.hub.broadcast(policy)
-    }
-
-    /// Replaces an agent's overrides on its open streams and queues its resolved policy.
-    pub fn update_agent(
+    /// Opens a stream of `agent_id` whose initial frames `initial` are the state of `snapshot`.
+    /// Refused as stale when changes after the snapshot were already pushed (the stream would
+    /// miss them).
+    async fn subscribe(
         &self,
         org_id: &str,
         agent_id: &str,
-        overrides: AgentOverrides,
-        frame: Frame,
-    ) -> Delivery {
+        snapshot: &StreamSnapshot,
+        view: StreamView,
+        initial: Vec<Frame>,
+    ) -> Result<Subscription<StreamView>, Refused> {
+        let mut pushed = self.pushed.lock().await;
+        let first = self.hub.stream_count(org_id) == 0;
+        let cursor = pushed.entry(org_id.to_owned()).or_default();
+        if first {
+            // Nothing here followed the org: start from this snapshot.
+            cursor.seq = snapshot.seq;
+            cursor.recent.clear();
+        } else if cursor.seq > snapshot.seq {
+            return Err(Refused::Stale);
+        }
         self.hub
-            .update_agent(org_id, agent_id, overrides, Some(frame))
-    }
-
-    /// Queues a fleet event to every stream of `org_id` except those of `except`.
-    pub fn send_org(&self, org_id: &str, event: &FleetEvent, except: Option<&str>) -> Delivery {
-        self.hub.send_org(org_id, &Frame::fleet(event), except)
-    }
-
-    /// Queues a fleet event to the open streams of one agent.
-    pub fn send_agent(&self, org_id: &str, agent_id: &str, event: &FleetEvent) -> Delivery {
-        self.hub.send_agent(org_id, agent_id, &Frame::fleet(event))
+            .subscribe(org_id, agent_id, view, initial)
+            .ok_or(Refused::Closed)
     }
 }
 
-/// Opens the event stream of an agent. It gets, first, its current resolved policy (if any),
-/// then one `block` per fleet block of its org in force (reported by anyone, the agent itself
-/// included: a restarted reporter needs them too), then one `approval` per approved request of
-/// its own not yet executed; then every change as it happens. 503 once the server is stopping.
+/// Opens the event stream of an agent. It gets, first, its current resolved policy (if any, and
+/// unless `last_event_id` says the agent already runs that version and it has no overrides
+/// that could have changed it), then one `block` per fleet block of its org in force (reported
+/// by anyone, the agent itself included: a restarted reporter needs them too), then one
+/// `approval` per approved request of its own not yet executed; then every change as it
+/// happens. 503 once the server is stopping.
 pub async fn open(
     store: &dyn Store,
     publisher: &Publisher,
     org_id: &str,
     agent_id: &str,
-) -> Result<(Subscription<AgentOverrides>, Option<StoredPolicy>), ApiError> {
-    let publishing = publisher.begin().await;
-    let policy = store.latest_policy(org_id.to_owned()).await?;
-    let stored = store.overrides(agent_id.to_owned()).await?;
-    let list = super::overrides::stored_list(stored.as_ref());
-    let mut initial: Vec<Frame> = policy
-        .as_ref()
-        .map(|p| policy_frame(p, agent_id, &list))
-        .into_iter()
-        .collect();
-    let now = clock::now_ms();
-    for block in store.active_blocks(org_id.to_owned(), now).await? {
-        if let Some(event) = block_event(&block, now) {
+    last_event_id: Option<u64>,
+) -> Result<(Subscription<StreamView>, Option<StoredPolicy>), ApiError> {
+    // A change pushed between reading the snapshot and subscribing makes it stale; rare, so
+    // read again a few times.
+    for _ in 0..8 {
+        let now = clock::now_ms();
+        let snapshot = store
+            .stream_snapshot(org_id.to_owned(), agent_id.to_owned(), now)
+            .await?;
+        let (view, initial) = initial_state(&snapshot, agent_id, last_event_id, now);
+        match publisher
+            .subscribe(org_id, agent_id, &snapshot, view, initial)
+            .await
+        {
+            Ok(subscription) => return Ok((subscription, snapshot.policy)),
+            Err(Refused::Stale) => continue,
+            Err(Refused::Closed) => return Err(ApiError::unavailable()),
+        }
+    }
+    Err(ApiError::unavailable())
+}
+
+/// The view and first frames of a new stream.
+fn initial_state(
+    snapshot: &StreamSnapshot,
+    agent_id: &str,
+    last_event_id: Option<u64>,
+    now: i64,
+) -> (StreamView, Vec<Frame>) {
+    let list = super::overrides::stored_list(snapshot.overrides.as_ref());
+    let mut initial = Vec::new();
+    if let Some(policy) = &snapshot.policy {
+        // Without overrides a version is the same document for everyone: an agent that says it
+        // runs it does not need it again.
+        let runs_it =
+            last_event_id == Some(policy.version.number()) && snapshot.overrides.is_none();
+        if !runs_it {
+            initial.push(policy_frame(policy, agent_id, &list));
+        }
+    }
+    for block in &snapshot.blocks {
+        if let Some(event) = block_event(block, now) {
             initial.push(Frame::fleet(&FleetEvent::Block(event)));
         }
     }
-    for approval in store.approved_for(agent_id.to_owned(), now).await? {
+    for approval in &snapshot.approved {
         initial.push(Frame::fleet(&FleetEvent::Approval(approval_event(
-            &approval,
+            approval,
         ))));
     }
-    let subscription = publishing
-        .hub
-        .subscribe(org_id, agent_id, Arc::new(list), initial)
-        .ok_or_else(ApiError::unavailable)?;
-    drop(publishing);
-    Ok((subscription, policy))
+    let view = StreamView {
+        overrides: Arc::new(list),
+        version: snapshot.policy.as_ref().map(|p| p.version),
+        since: snapshot.seq,
+    };
+    (view, initial)
 }

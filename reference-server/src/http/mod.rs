@@ -151,6 +151,7 @@ fn agent_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 7] {
         .and(warp::get())
         .and(agent_token(s, "the event stream needs an agent token"))
         .and(query(params::NONE))
+        .and(warp::header::optional::<String>("last-event-id"))
         .and(warp::ext::optional::<PeerAddr>())
         .and(with_state(s))
         .then(events::open);

@@ -1,13 +1,18 @@
 //! Persistence behind one interface: [`Store`], an async trait over typed records
-//! ([`records`]), so that no backend type (no rusqlite connection, row or error) reaches the
-//! layers above. [`sqlite::SqliteStore`] is the backend today; a second one (PostgreSQL) only
-//! implements the trait.
+//! ([`records`]), so that no backend type (no rusqlite or tokio-postgres connection, row or
+//! error) reaches the layers above. Two backends: [`sqlite::SqliteStore`] (embedded, the
+//! default, one server) and [`postgres::PgStore`] (several server replicas on one database).
 //!
 //! Every method is one atomic operation: what must change together (a fleet block and its
-//! audit entry, a report's effect and its receipt) is one call, so a backend can make it one
-//! transaction. A method's future resolves only once its change is durable: a request is
-//! answered only after its write committed.
+//! audit entry, a report's effect and its receipt, a policy version and its [`Change`]) is one
+//! call, so a backend can make it one transaction. A method's future resolves only once its
+//! change is durable: a request is answered only after its write committed.
+//!
+//! Writes whose change goes to the agents' event streams record a numbered [`Change`] in the
+//! same transaction; [`Store::changes`] reads them back in order, and a backend shared by
+//! several servers tells each of them about the others' commits through [`Store::notices`].
 
+pub mod postgres;
 pub mod records;
 pub mod sqlite;
 
@@ -16,14 +21,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use policy_engine::Policy;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
+use policy_engine::{Policy, PolicyVersion};
 use serde_json::Value;
 
 pub use records::{
-    AgentRecord, Approval, AuditEntry, AuditFilter, AuditPage, DecideError, Decision, Finish,
-    FleetBlock, Heartbeat, NewBlock, NewEntry, ReportReceipt, StoredOverrides, StoredPolicy,
-    Upserted,
+    AgentRecord, Approval, AuditEntry, AuditFilter, AuditPage, Change, ChangeKind, DecideError,
+    Decision, Finish, FleetBlock, Heartbeat, NewBlock, NewEntry, Pushed, ReportReceipt,
+    StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
 };
 
 use crate::auth::{Principal, TokenHash};
@@ -54,6 +59,23 @@ pub enum StoreError {
     },
 }
 
+/// What a backend shared by several servers tells each of them about the others' commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// Change `seq` of `org_id` committed: push the org's changes up to it.
+    Change {
+        /// The org.
+        org_id: String,
+        /// The change's number.
+        seq: u64,
+    },
+    /// A token was stored (an enrolled agent, an org admin): load it.
+    Token(TokenHash),
+    /// Notices may have been lost (the connection that receives them was down, or they came
+    /// faster than they were read): read every org's changes and every token again.
+    Resync,
+}
+
 impl From<StoreError> for ApiError {
     /// A store failure is the server's problem: 500, logged, not shown.
     fn from(error: StoreError) -> Self {
@@ -66,17 +88,25 @@ impl From<StoreError> for ApiError {
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores a new policy version of `org_id`: the next number, atomically, so concurrent
-    /// writes never share or skip a version.
+    /// writes (on any server sharing the database) never share or skip a version. Records its
+    /// [`ChangeKind::Policy`].
     async fn insert_policy(
         &self,
         org_id: String,
         policy: Arc<Policy>,
         id: String,
         created_at: DateTime<Utc>,
-    ) -> Result<StoredPolicy, StoreError>;
+    ) -> Result<Pushed<StoredPolicy>, StoreError>;
 
     /// The latest policy version of `org_id`.
     async fn latest_policy(&self, org_id: String) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Version `version` of `org_id`'s policy.
+    async fn policy(
+        &self,
+        org_id: String,
+        version: PolicyVersion,
+    ) -> Result<Option<StoredPolicy>, StoreError>;
 
     /// Enrolls an agent and stores its token hash, together.
     async fn insert_agent(
@@ -112,23 +142,35 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Every stored token hash with its principal.
     async fn tokens(&self) -> Result<Vec<(TokenHash, Principal)>, StoreError>;
 
+    /// The principal of one stored token hash.
+    async fn token(&self, token: TokenHash) -> Result<Option<Principal>, StoreError>;
+
     /// Whether any global admin token exists (false on a fresh data dir).
     async fn has_global_admin(&self) -> Result<bool, StoreError>;
 
     /// The overrides of an agent.
     async fn overrides(&self, agent_id: String) -> Result<Option<StoredOverrides>, StoreError>;
 
-    /// Replaces the overrides of an agent.
+    /// Replaces the overrides of an agent of `org_id`; records its [`ChangeKind::Overrides`].
     async fn set_overrides(
         &self,
+        org_id: String,
         agent_id: String,
         overrides: StoredOverrides,
-    ) -> Result<(), StoreError>;
+    ) -> Result<Pushed<()>, StoreError>;
 
     /// Stores a reported fleet block merged into the one in force
     /// ([`records::merge_block`]), with `entry` (the report's audit entry, noting
-    /// `detail.fleet = stored | duplicate`), atomically.
-    async fn upsert_block(&self, new: NewBlock, entry: NewEntry) -> Result<Upserted, StoreError>;
+    /// `detail.fleet = stored | duplicate`), atomically; a new or later block records its
+    /// [`ChangeKind::Block`].
+    async fn upsert_block(
+        &self,
+        new: NewBlock,
+        entry: NewEntry,
+    ) -> Result<Pushed<Upserted>, StoreError>;
+
+    /// The block on `ip` of `org_id`, in force or not.
+    async fn block(&self, org_id: String, ip: IpAddr) -> Result<Option<FleetBlock>, StoreError>;
 
     /// Blocks of `org_id` in force at `now_ms`, by address; expired ones are deleted.
     async fn active_blocks(
@@ -137,21 +179,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now_ms: i64,
     ) -> Result<Vec<FleetBlock>, StoreError>;
 
-    /// Lifts the block on `ip` with its audit entry; `None` when none is in force.
+    /// Lifts the block on `ip` with its audit entry and its [`ChangeKind::Unblock`] (lifted
+    /// by `entry.actor`); `None` when none is in force.
     async fn remove_block(
         &self,
         org_id: String,
         ip: IpAddr,
         now_ms: i64,
         entry: NewEntry,
-    ) -> Result<Option<FleetBlock>, StoreError>;
+    ) -> Result<Pushed<Option<FleetBlock>>, StoreError>;
 
     /// Stores a new approval request with its audit entry.
     async fn insert_approval(&self, approval: Approval, entry: NewEntry) -> Result<(), StoreError>;
 
     /// Marks pending (and approved but never executed) requests past their expiry as expired,
-    /// with an audit entry each; returns how many.
+    /// with an audit entry each; returns how many. Servers sharing the database may sweep at
+    /// the same time: each request expires once, with one audit entry.
     async fn expire_approvals(&self, now_ms: i64) -> Result<usize, StoreError>;
+
+    /// One approval request by id.
+    async fn approval(&self, id: String) -> Result<Option<Approval>, StoreError>;
 
     /// Approvals of `org_id`, newest first, optionally only those with `status`.
     async fn approvals(
@@ -161,11 +208,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: u32,
     ) -> Result<Vec<Approval>, StoreError>;
 
-    /// Applies an admin's decision ([`records::decide`]) with its audit entry.
+    /// Applies an admin's decision ([`records::decide`]) with its audit entry; an approval
+    /// records its [`ChangeKind::Approved`].
     async fn decide_approval(
         &self,
         decision: Decision,
-    ) -> Result<Result<Approval, DecideError>, StoreError>;
+    ) -> Result<Result<Pushed<Approval>, DecideError>, StoreError>;
 
     /// Records the outcome of an approved action with the report's `entry`; returns whether
     /// it closed the approval (only the requester's report of an approved request does).
@@ -201,6 +249,29 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Forgets report receipts older than `before_ms`; returns how many.
     async fn prune_report_receipts(&self, before_ms: i64) -> Result<usize, StoreError>;
+
+    /// The changes of `org_id` after number `after`, in order, at most `limit`.
+    async fn changes(
+        &self,
+        org_id: String,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Change>, StoreError>;
+
+    /// The number of `org_id`'s last change (0 before the first).
+    async fn change_seq(&self, org_id: String) -> Result<u64, StoreError>;
+
+    /// What a new event stream of `agent_id` starts from, in one transaction.
+    async fn stream_snapshot(
+        &self,
+        org_id: String,
+        agent_id: String,
+        now_ms: i64,
+    ) -> Result<StreamSnapshot, StoreError>;
+
+    /// The notices of other servers' commits, for a backend shared by several servers; `None`
+    /// for an embedded one (and after the first call: there is one receiver).
+    fn notices(&self) -> Option<tokio::sync::mpsc::Receiver<Notice>>;
 
     /// Finishes queued work and closes the store.
     async fn close(&self);

@@ -390,6 +390,167 @@ pub struct ReportReceipt {
     pub answer: Option<Value>,
 }
 
+/// A change that goes to the event streams of an org. Changes are numbered per org from 1, in
+/// the order their transactions commit, without gaps (`seq`): a server replica that reads the
+/// changes after the last one it pushed pushes every change once and in order, whichever
+/// replica wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The org whose streams get it.
+    pub org_id: String,
+    /// Its number within the org.
+    pub seq: u64,
+    /// What changed (ids of the rows to read).
+    pub kind: ChangeKind,
+}
+
+/// What a [`Change`] is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// A new policy version.
+    Policy {
+        /// The version.
+        version: PolicyVersion,
+    },
+    /// The overrides of an agent were replaced.
+    Overrides {
+        /// The agent.
+        agent_id: String,
+    },
+    /// A fleet block was created or extended by an agent's report.
+    Block {
+        /// The address.
+        ip: IpAddr,
+        /// The reporting agent (its own streams do not get the block back).
+        reporter: String,
+    },
+    /// A fleet block was lifted.
+    Unblock {
+        /// The address.
+        ip: IpAddr,
+        /// Who lifted it.
+        by: String,
+    },
+    /// An approval request was approved: its agent executes it.
+    Approved {
+        /// The approval.
+        approval_id: String,
+        /// The requesting agent.
+        agent_id: String,
+    },
+}
+
+impl ChangeKind {
+    /// The name stored in the `changes` table.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Policy { .. } => "policy",
+            Self::Overrides { .. } => "overrides",
+            Self::Block { .. } => "block",
+            Self::Unblock { .. } => "unblock",
+            Self::Approved { .. } => "approved",
+        }
+    }
+
+    /// The stored columns: `(kind, agent_id, ip, ref, version)`; `ref` is the reporter, the
+    /// lifter or the approval id.
+    pub fn columns(&self) -> ChangeColumns {
+        let mut columns = ChangeColumns {
+            kind: self.name().to_owned(),
+            ..ChangeColumns::default()
+        };
+        match self {
+            Self::Policy { version } => {
+                columns.version = i64::try_from(version.number()).ok();
+            }
+            Self::Overrides { agent_id } => columns.agent_id = Some(agent_id.clone()),
+            Self::Block { ip, reporter } => {
+                columns.ip = Some(ip.to_string());
+                columns.reference = Some(reporter.clone());
+            }
+            Self::Unblock { ip, by } => {
+                columns.ip = Some(ip.to_string());
+                columns.reference = Some(by.clone());
+            }
+            Self::Approved {
+                approval_id,
+                agent_id,
+            } => {
+                columns.agent_id = Some(agent_id.clone());
+                columns.reference = Some(approval_id.clone());
+            }
+        }
+        columns
+    }
+
+    /// The change stored as `columns`; `None` when they do not make one (a row edited by hand).
+    pub fn from_columns(columns: ChangeColumns) -> Option<Self> {
+        let ip = || columns.ip.as_deref().and_then(|ip| ip.parse().ok());
+        Some(match columns.kind.as_str() {
+            "policy" => Self::Policy {
+                version: PolicyVersion::new(u64::try_from(columns.version?).ok()?),
+            },
+            "overrides" => Self::Overrides {
+                agent_id: columns.agent_id?,
+            },
+            "block" => Self::Block {
+                ip: ip()?,
+                reporter: columns.reference?,
+            },
+            "unblock" => Self::Unblock {
+                ip: ip()?,
+                by: columns.reference?,
+            },
+            "approved" => Self::Approved {
+                approval_id: columns.reference?,
+                agent_id: columns.agent_id?,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// A [`ChangeKind`] as the `changes` table stores it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeColumns {
+    /// [`ChangeKind::name`].
+    pub kind: String,
+    /// The agent concerned.
+    pub agent_id: Option<String>,
+    /// The address concerned.
+    pub ip: Option<String>,
+    /// The reporter, the lifter or the approval id.
+    pub reference: Option<String>,
+    /// The policy version.
+    pub version: Option<i64>,
+}
+
+/// The result of a write whose change may go to the event streams, with the number of that
+/// change (`None` when nothing is pushed: a duplicate block report, a denial, a missing block).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pushed<T> {
+    /// What the write returns.
+    pub value: T,
+    /// The [`Change::seq`] of the change it recorded.
+    pub seq: Option<u64>,
+}
+
+/// What a new event stream starts from: the state of its org and agent as of change `seq`,
+/// read in one transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSnapshot {
+    /// The org's last change included.
+    pub seq: u64,
+    /// The latest policy version.
+    pub policy: Option<StoredPolicy>,
+    /// The agent's overrides.
+    pub overrides: Option<StoredOverrides>,
+    /// Fleet blocks in force.
+    pub blocks: Vec<FleetBlock>,
+    /// The agent's approved requests not yet executed.
+    pub approved: Vec<Approval>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,81 +152,45 @@ impl<V> Hub<V> {
         })
     }
 
-    /// Queues to every stream of `org_id` the frame `frame_for` makes of its agent and view
-    /// (a broadcast tailored per stream).
-    pub fn send_org_each(
+    /// Visits every stream of `org_id`: `visit` gets its agent and view (which it may update)
+    /// and returns the frame to queue to it, if any (a broadcast tailored per stream).
+    pub fn visit_org(
         &self,
         org_id: &str,
-        mut frame_for: impl FnMut(&str, &V) -> Frame,
+        mut visit: impl FnMut(&str, &mut V) -> Option<Frame>,
     ) -> Delivery {
         let mut inner = self.lock();
         let mut delivery = Delivery::default();
         if let Some(conns) = inner.orgs.get_mut(org_id) {
-            conns.retain(|_, conn| {
-                let frame = frame_for(&conn.agent_id, &conn.view);
-                deliver(conn, frame, &mut delivery)
+            conns.retain(|_, conn| match visit(&conn.agent_id, &mut conn.view) {
+                Some(frame) => deliver(conn, frame, &mut delivery),
+                None => true,
             });
         }
         delivery
     }
 
-    /// Replaces the view of an agent's open streams and queues `frame` to them.
-    pub fn update_agent(
-        &self,
-        org_id: &str,
-        agent_id: &str,
-        view: V,
-        frame: Option<Frame>,
-    ) -> Delivery
+    /// The views of the open streams of one agent.
+    pub fn views_of(&self, org_id: &str, agent_id: &str) -> Vec<V>
     where
         V: Clone,
     {
-        let mut inner = self.lock();
-        let mut delivery = Delivery::default();
-        if let Some(conns) = inner.orgs.get_mut(org_id) {
-            conns.retain(|_, conn| {
-                if conn.agent_id != agent_id {
-                    return true;
-                }
-                conn.view = view.clone();
-                match &frame {
-                    Some(frame) => deliver(conn, frame.clone(), &mut delivery),
-                    None => true,
-                }
-            });
-        }
-        delivery
+        self.lock()
+            .orgs
+            .get(org_id)
+            .map(|conns| {
+                conns
+                    .values()
+                    .filter(|c| c.agent_id == agent_id)
+                    .map(|c| c.view.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
-    /// Queues a fleet event to every stream of `org` except those of `except` (the agent that
-    /// reported it).
-    pub fn send_org(&self, org_id: &str, frame: &Frame, except: Option<&str>) -> Delivery {
-        let mut inner = self.lock();
-        let mut delivery = Delivery::default();
-        if let Some(conns) = inner.orgs.get_mut(org_id) {
-            conns.retain(|_, conn| {
-                if except == Some(conn.agent_id.as_str()) {
-                    return true;
-                }
-                deliver(conn, frame.clone(), &mut delivery)
-            });
-        }
-        delivery
-    }
-
-    /// Queues a fleet event to the open streams of one agent.
-    pub fn send_agent(&self, org_id: &str, agent_id: &str, frame: &Frame) -> Delivery {
-        let mut inner = self.lock();
-        let mut delivery = Delivery::default();
-        if let Some(conns) = inner.orgs.get_mut(org_id) {
-            conns.retain(|_, conn| {
-                if conn.agent_id != agent_id {
-                    return true;
-                }
-                deliver(conn, frame.clone(), &mut delivery)
-            });
-        }
-        delivery
+    /// Orgs with at least one open stream.
+    pub fn orgs(&self) -> Vec<String> {
+        self.lock().orgs.keys().cloned().collect()
     }
 
     /// Agents of `org` with an open stream.

@@ -11,18 +11,22 @@ use crate::http::filters::{AgentToken, Query};
 use crate::transport::PeerAddr;
 
 /// Opens the stream: the agent's current state first, then every change; a keep-alive comment
-/// after each silence of the configured length.
+/// after each silence of the configured length. `Last-Event-ID` (the version the agent runs)
+/// spares it a policy it already has.
 pub async fn open(
     agent: AgentToken,
     _query: Query,
+    last_event_id: Option<String>,
     peer: Option<PeerAddr>,
     state: Arc<AppState>,
 ) -> Answer {
+    let last_event_id = last_event_id.and_then(|id| id.trim().parse::<u64>().ok());
     let (subscription, policy) = streams::open(
         &*state.store,
         &state.publisher,
         &agent.org_id,
         &agent.agent_id,
+        last_event_id,
     )
     .await?;
     tracing::info!(

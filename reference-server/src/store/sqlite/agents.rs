@@ -127,6 +127,30 @@ pub fn tokens(conn: &mut Connection) -> Result<Vec<(TokenHash, Principal)>> {
     Ok(tokens)
 }
 
+/// The principal of one token hash (`None` also for a malformed row, with a warning).
+pub fn token(conn: &Connection, token: &TokenHash) -> Result<Option<Principal>> {
+    let row = conn
+        .query_row(
+            "SELECT role, org_id, agent_id FROM tokens WHERE hash = ?1",
+            params![token.as_bytes().as_slice()],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Option<String>>(1)?,
+                    row.get::<_, Option<String>>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    Ok(row.and_then(|(role, org, agent)| {
+        let principal = from_columns(&role, org, agent);
+        if principal.is_none() {
+            tracing::warn!("skipping a malformed token row");
+        }
+        principal
+    }))
+}
+
 /// Whether any global admin token exists.
 pub fn has_global_admin(conn: &mut Connection) -> Result<bool> {
     Ok(conn.query_row(

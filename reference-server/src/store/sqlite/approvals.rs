@@ -7,9 +7,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::Result;
 use super::audit;
+use super::changes;
 use crate::clock;
 use crate::store::records::{Decided, decide as apply_decision};
-use crate::store::{Approval, DecideError, Decision, Finish, NewEntry};
+use crate::store::{Approval, ChangeKind, DecideError, Decision, Finish, NewEntry, Pushed};
 
 /// Stores a new request with its audit entry.
 pub fn insert(conn: &mut Connection, approval: &Approval, entry: &NewEntry) -> Result<()> {
@@ -85,11 +86,23 @@ pub fn list(
         .collect())
 }
 
-/// Applies an admin's decision with its audit entry.
+/// One request by id.
+pub fn one(conn: &Connection, id: &str) -> Result<Option<Approval>> {
+    Ok(conn
+        .query_row(
+            &format!("{APPROVAL_COLUMNS} WHERE id = ?1"),
+            params![id],
+            approval_row,
+        )
+        .optional()?
+        .flatten())
+}
+
+/// Applies an admin's decision with its audit entry (and, for an approval, its change).
 pub fn decide(
     conn: &mut Connection,
     decision: &Decision,
-) -> Result<std::result::Result<Approval, DecideError>> {
+) -> Result<std::result::Result<Pushed<Approval>, DecideError>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found = tx
         .query_row(
@@ -141,8 +154,25 @@ pub fn decide(
                 "reason": approval.reason,
             }));
             audit::insert(&tx, at, &entry)?;
+            let seq = if decision.approve {
+                let kind = ChangeKind::Approved {
+                    approval_id: approval.id.clone(),
+                    agent_id: approval.agent_id.clone(),
+                };
+                Some(changes::record(
+                    &tx,
+                    &approval.org_id,
+                    &kind,
+                    decision.now_ms,
+                )?)
+            } else {
+                None
+            };
             tx.commit()?;
-            Ok(Ok(approval))
+            Ok(Ok(Pushed {
+                value: approval,
+                seq,
+            }))
         }
     }
 }
@@ -167,7 +197,7 @@ pub fn finish(conn: &mut Connection, finish: &Finish, entry: &NewEntry) -> Resul
 }
 
 /// Approved requests of `agent_id` not yet executed and not expired.
-pub fn approved_for(conn: &mut Connection, agent_id: &str, now_ms: i64) -> Result<Vec<Approval>> {
+pub fn approved_for(conn: &Connection, agent_id: &str, now_ms: i64) -> Result<Vec<Approval>> {
     let mut stmt = conn.prepare_cached(&format!(
         "{APPROVAL_COLUMNS} WHERE agent_id = ?1 AND status = 'approved' AND expires_ms > ?2
          ORDER BY created_ms"

@@ -6,14 +6,19 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::Result;
 use super::audit;
+use super::changes;
 use super::rows::{parsed, parsed_opt, time_at, time_text, unsigned_opt};
 use crate::clock;
 use crate::store::records::merge_block;
-use crate::store::{FleetBlock, NewBlock, NewEntry, Upserted};
+use crate::store::{ChangeKind, FleetBlock, NewBlock, NewEntry, Pushed, Upserted};
 
 /// Merges a reported block into the one in force and writes the report's audit entry (noting
-/// `detail.fleet`), in one transaction.
-pub fn upsert(conn: &mut Connection, new: &NewBlock, mut entry: NewEntry) -> Result<Upserted> {
+/// `detail.fleet`), and its change when it is new or later, in one transaction.
+pub fn upsert(
+    conn: &mut Connection,
+    new: &NewBlock,
+    mut entry: NewEntry,
+) -> Result<Pushed<Upserted>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let ip = new.ip.to_string();
     let existing = tx
@@ -58,8 +63,31 @@ pub fn upsert(conn: &mut Connection, new: &NewBlock, mut entry: NewEntry) -> Res
         detail.insert("fleet".to_owned(), serde_json::json!(fleet));
     }
     audit::insert(&tx, clock::from_ms(new.now_ms), &entry)?;
+    let seq = if upserted.changed {
+        let kind = ChangeKind::Block {
+            ip: new.ip,
+            reporter: new.agent_id.clone(),
+        };
+        Some(changes::record(&tx, &new.org_id, &kind, new.now_ms)?)
+    } else {
+        None
+    };
     tx.commit()?;
-    Ok(upserted)
+    Ok(Pushed {
+        value: upserted,
+        seq,
+    })
+}
+
+/// The block on `ip` of `org_id`, in force or not.
+pub fn one(conn: &Connection, org_id: &str, ip: IpAddr) -> Result<Option<FleetBlock>> {
+    Ok(conn
+        .query_row(
+            &format!("{BLOCK_COLUMNS} WHERE org_id = ?1 AND ip = ?2"),
+            params![org_id, ip.to_string()],
+            block_row,
+        )
+        .optional()?)
 }
 
 /// Blocks of `org_id` in force at `now_ms`, by address; expired rows are deleted.
@@ -68,22 +96,29 @@ pub fn active(conn: &mut Connection, org_id: &str, now_ms: i64) -> Result<Vec<Fl
         "DELETE FROM blocks WHERE org_id = ?1 AND expires_ms IS NOT NULL AND expires_ms <= ?2",
         params![org_id, now_ms],
     )?;
-    let mut stmt =
-        conn.prepare_cached(&format!("{BLOCK_COLUMNS} WHERE org_id = ?1 ORDER BY ip"))?;
-    let rows = stmt.query_map(params![org_id], block_row)?;
+    in_force(conn, org_id, now_ms)
+}
+
+/// Blocks of `org_id` in force at `now_ms`, by address (a read: expired rows stay).
+pub fn in_force(conn: &Connection, org_id: &str, now_ms: i64) -> Result<Vec<FleetBlock>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{BLOCK_COLUMNS} WHERE org_id = ?1 AND (expires_ms IS NULL OR expires_ms > ?2) ORDER BY ip"
+    ))?;
+    let rows = stmt.query_map(params![org_id, now_ms], block_row)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Lifts a block; `None` when `org_id` has no block in force on `ip`. The audit entry is
-/// written in the same transaction.
+/// Lifts a block; `None` when `org_id` has no block in force on `ip`. The audit entry and the
+/// change (lifted by `entry.actor`) are written in the same transaction.
 pub fn remove(
     conn: &mut Connection,
     org_id: &str,
     ip: IpAddr,
     now_ms: i64,
     entry: &NewEntry,
-) -> Result<Option<FleetBlock>> {
+) -> Result<Pushed<Option<FleetBlock>>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let address = ip;
     let ip = ip.to_string();
     let existing = tx
         .query_row(
@@ -97,11 +132,17 @@ pub fn remove(
         params![org_id, ip],
     )?;
     let active = existing.filter(|b| b.in_force(now_ms));
+    let mut seq = None;
     if active.is_some() {
         audit::insert(&tx, clock::from_ms(now_ms), entry)?;
+        let kind = ChangeKind::Unblock {
+            ip: address,
+            by: entry.actor.clone(),
+        };
+        seq = Some(changes::record(&tx, org_id, &kind, now_ms)?);
     }
     tx.commit()?;
-    Ok(active)
+    Ok(Pushed { value: active, seq })
 }
 
 const BLOCK_COLUMNS: &str = "SELECT org_id, ip, duration, expires_ms, agent_id, rule, \

@@ -95,6 +95,24 @@ CREATE TABLE report_receipts (
 );
 CREATE INDEX report_receipts_by_time ON report_receipts (created_ms);
 "#,
+    // 4: numbered changes per org, what event streams are pushed (see `store::records::Change`).
+    r#"
+CREATE TABLE org_changes (
+    org_id TEXT    PRIMARY KEY,
+    seq    INTEGER NOT NULL
+);
+CREATE TABLE changes (
+    org_id     TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    kind       TEXT    NOT NULL,
+    agent_id   TEXT,
+    ip         TEXT,
+    reference  TEXT,
+    version    INTEGER,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (org_id, seq)
+);
+"#,
 ];
 
 /// Applies the migrations `conn` lacks, each in its own transaction.

@@ -8,6 +8,7 @@ mod agents;
 mod approvals;
 mod audit;
 mod blocks;
+mod changes;
 mod migrations;
 mod policies;
 mod receipts;
@@ -22,15 +23,15 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use policy_engine::Policy;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
+use policy_engine::{Policy, PolicyVersion};
 use rusqlite::Connection;
 use serde_json::Value;
 
 use super::{
-    AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
-    Heartbeat, NewBlock, NewEntry, ReportReceipt, Store, StoreError, StoredOverrides, StoredPolicy,
-    Upserted,
+    AgentRecord, Approval, AuditFilter, AuditPage, Change, DecideError, Decision, Finish,
+    FleetBlock, Heartbeat, NewBlock, NewEntry, Notice, Pushed, ReportReceipt, Store, StoreError,
+    StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -108,6 +109,26 @@ impl SqliteStore {
         result.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// The cached policy of `org_id` if it is `version`.
+    fn cached(&self, org_id: &str, version: PolicyVersion) -> Option<StoredPolicy> {
+        self.latest
+            .lock()
+            .ok()
+            .and_then(|l| l.get(org_id).filter(|p| p.version == version).cloned())
+    }
+
+    /// A row read on the store thread as a stored policy: the cached one when it is that
+    /// version, else validated (off the store thread) and remembered.
+    fn resolve(&self, row: Option<policies::PolicyRow>) -> Result<Option<StoredPolicy>> {
+        let Some(row) = row else { return Ok(None) };
+        if let Some(known) = self.cached(row.org_id(), row.version()) {
+            return Ok(Some(known));
+        }
+        let policy = row.validate()?;
+        self.remember(&policy);
+        Ok(Some(policy))
+    }
+
     fn remember(&self, policy: &StoredPolicy) {
         if let Ok(mut latest) = self.latest.lock() {
             let newer = latest
@@ -128,12 +149,22 @@ impl Store for SqliteStore {
         policy: Arc<Policy>,
         id: String,
         created_at: DateTime<Utc>,
-    ) -> Result<StoredPolicy> {
+    ) -> Result<Pushed<StoredPolicy>> {
         let stored = self
             .call(move |conn| policies::insert(conn, org_id, policy, id, created_at))
             .await?;
-        self.remember(&stored);
+        self.remember(&stored.value);
         Ok(stored)
+    }
+
+    async fn policy(&self, org_id: String, version: PolicyVersion) -> Result<Option<StoredPolicy>> {
+        if let Some(known) = self.cached(&org_id, version) {
+            return Ok(Some(known));
+        }
+        let row = self
+            .call(move |conn| policies::version_row(conn, &org_id, version))
+            .await?;
+        self.resolve(row)
     }
 
     async fn latest_policy(&self, org_id: String) -> Result<Option<StoredPolicy>> {
@@ -145,13 +176,10 @@ impl Store for SqliteStore {
         if let Some(known) = known {
             return Ok(Some(known));
         }
-        let found = self
-            .call(move |conn| policies::latest(conn, org_id))
+        let row = self
+            .call(move |conn| policies::latest_row(conn, &org_id))
             .await?;
-        if let Some(policy) = &found {
-            self.remember(policy);
-        }
-        Ok(found)
+        self.resolve(row)
     }
 
     async fn insert_agent(&self, agent: AgentRecord, token: TokenHash) -> Result<AgentRecord> {
@@ -191,6 +219,10 @@ impl Store for SqliteStore {
         self.call(agents::tokens).await
     }
 
+    async fn token(&self, token: TokenHash) -> Result<Option<Principal>> {
+        self.call(move |conn| agents::token(conn, &token)).await
+    }
+
     async fn has_global_admin(&self) -> Result<bool> {
         self.call(agents::has_global_admin).await
     }
@@ -200,14 +232,23 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn set_overrides(&self, agent_id: String, overrides: StoredOverrides) -> Result<()> {
-        self.call(move |conn| policies::set_overrides(conn, &agent_id, &overrides))
+    async fn set_overrides(
+        &self,
+        org_id: String,
+        agent_id: String,
+        overrides: StoredOverrides,
+    ) -> Result<Pushed<()>> {
+        self.call(move |conn| policies::set_overrides(conn, &org_id, &agent_id, &overrides))
             .await
     }
 
-    async fn upsert_block(&self, new: NewBlock, entry: NewEntry) -> Result<Upserted> {
+    async fn upsert_block(&self, new: NewBlock, entry: NewEntry) -> Result<Pushed<Upserted>> {
         self.call(move |conn| blocks::upsert(conn, &new, entry))
             .await
+    }
+
+    async fn block(&self, org_id: String, ip: IpAddr) -> Result<Option<FleetBlock>> {
+        self.call(move |conn| blocks::one(conn, &org_id, ip)).await
     }
 
     async fn active_blocks(&self, org_id: String, now_ms: i64) -> Result<Vec<FleetBlock>> {
@@ -221,7 +262,7 @@ impl Store for SqliteStore {
         ip: IpAddr,
         now_ms: i64,
         entry: NewEntry,
-    ) -> Result<Option<FleetBlock>> {
+    ) -> Result<Pushed<Option<FleetBlock>>> {
         self.call(move |conn| blocks::remove(conn, &org_id, ip, now_ms, &entry))
             .await
     }
@@ -233,6 +274,10 @@ impl Store for SqliteStore {
 
     async fn expire_approvals(&self, now_ms: i64) -> Result<usize> {
         self.call(move |conn| approvals::expire(conn, now_ms)).await
+    }
+
+    async fn approval(&self, id: String) -> Result<Option<Approval>> {
+        self.call(move |conn| approvals::one(conn, &id)).await
     }
 
     async fn approvals(
@@ -248,7 +293,7 @@ impl Store for SqliteStore {
     async fn decide_approval(
         &self,
         decision: Decision,
-    ) -> Result<std::result::Result<Approval, DecideError>> {
+    ) -> Result<std::result::Result<Pushed<Approval>, DecideError>> {
         self.call(move |conn| approvals::decide(conn, &decision))
             .await
     }
@@ -299,6 +344,47 @@ impl Store for SqliteStore {
     async fn prune_report_receipts(&self, before_ms: i64) -> Result<usize> {
         self.call(move |conn| receipts::prune(conn, before_ms))
             .await
+    }
+
+    async fn changes(&self, org_id: String, after: u64, limit: u32) -> Result<Vec<Change>> {
+        self.call(move |conn| changes::after(conn, &org_id, after, limit))
+            .await
+    }
+
+    async fn change_seq(&self, org_id: String) -> Result<u64> {
+        self.call(move |conn| changes::last(conn, &org_id)).await
+    }
+
+    async fn stream_snapshot(
+        &self,
+        org_id: String,
+        agent_id: String,
+        now_ms: i64,
+    ) -> Result<StreamSnapshot> {
+        let (seq, row, overrides, blocks, approved) = self
+            .call(move |conn| {
+                // One thread writes: these reads see one state without a transaction.
+                Ok((
+                    changes::last(conn, &org_id)?,
+                    policies::latest_row(conn, &org_id)?,
+                    policies::overrides(conn, &agent_id)?,
+                    blocks::in_force(conn, &org_id, now_ms)?,
+                    approvals::approved_for(conn, &agent_id, now_ms)?,
+                ))
+            })
+            .await?;
+        Ok(StreamSnapshot {
+            seq,
+            policy: self.resolve(row)?,
+            overrides,
+            blocks,
+            approved,
+        })
+    }
+
+    fn notices(&self) -> Option<tokio::sync::mpsc::Receiver<Notice>> {
+        // The only writer of its file: nobody else commits.
+        None
     }
 
     async fn close(&self) {

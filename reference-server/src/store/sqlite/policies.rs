@@ -7,17 +7,18 @@ use policy_engine::{Policy, PolicyVersion};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::Result;
+use super::changes;
 use super::rows::{time_at, time_text};
-use crate::store::{StoreError, StoredOverrides, StoredPolicy};
+use crate::store::{ChangeKind, Pushed, StoreError, StoredOverrides, StoredPolicy};
 
-/// Stores the next version of `org_id` in one immediate transaction.
+/// Stores the next version of `org_id` with its change in one immediate transaction.
 pub fn insert(
     conn: &mut Connection,
     org_id: String,
     policy: Arc<Policy>,
     id: String,
     created_at: DateTime<Utc>,
-) -> Result<StoredPolicy> {
+) -> Result<Pushed<StoredPolicy>> {
     let text = serde_json::to_string(&policy.to_json_value())?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let next: i64 = tx.query_row(
@@ -30,49 +31,103 @@ pub fn insert(
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![org_id, next, id, text, time_text(&created_at)],
     )?;
+    let version = PolicyVersion::new(u64::try_from(next).unwrap_or_default());
+    let seq = changes::record(
+        &tx,
+        &org_id,
+        &ChangeKind::Policy { version },
+        created_at.timestamp_millis(),
+    )?;
     tx.commit()?;
-    Ok(StoredPolicy {
-        id,
-        org_id,
-        version: PolicyVersion::new(u64::try_from(next).unwrap_or_default()),
-        policy,
-        created_at,
+    Ok(Pushed {
+        value: StoredPolicy {
+            id,
+            org_id,
+            version,
+            policy,
+            created_at,
+        },
+        seq: Some(seq),
     })
 }
 
-/// The latest version of `org_id`, validated again (the document is stored normalized).
-pub fn latest(conn: &mut Connection, org_id: String) -> Result<Option<StoredPolicy>> {
-    let row = conn
+/// A stored version as read, before its document is validated again.
+#[derive(Debug)]
+pub struct PolicyRow {
+    id: String,
+    org_id: String,
+    version: i64,
+    document: String,
+    created_at: DateTime<Utc>,
+}
+
+impl PolicyRow {
+    /// The org.
+    pub fn org_id(&self) -> &str {
+        &self.org_id
+    }
+
+    /// The version number.
+    pub fn version(&self) -> PolicyVersion {
+        PolicyVersion::new(u64::try_from(self.version).unwrap_or_default())
+    }
+
+    /// The stored policy, validated again (the document is stored normalized).
+    pub fn validate(self) -> Result<StoredPolicy> {
+        let policy = Policy::from_value(&serde_json::from_str(&self.document)?)
+            .map_err(|e| StoreError::Corrupt(format!("stored policy `{}`: {e}", self.id)))?;
+        Ok(StoredPolicy {
+            version: self.version(),
+            id: self.id,
+            org_id: self.org_id,
+            policy: Arc::new(policy),
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// The latest version of `org_id`, not yet validated.
+pub fn latest_row(conn: &Connection, org_id: &str) -> Result<Option<PolicyRow>> {
+    row(
+        conn,
+        "WHERE org_id = ?1 ORDER BY version DESC LIMIT 1",
+        params![org_id],
+    )
+}
+
+/// Version `version` of `org_id`, not yet validated.
+pub fn version_row(
+    conn: &Connection,
+    org_id: &str,
+    version: PolicyVersion,
+) -> Result<Option<PolicyRow>> {
+    row(
+        conn,
+        "WHERE org_id = ?1 AND version = ?2",
+        params![org_id, i64::try_from(version.number()).unwrap_or(i64::MAX)],
+    )
+}
+
+fn row(conn: &Connection, filter: &str, args: impl rusqlite::Params) -> Result<Option<PolicyRow>> {
+    Ok(conn
         .query_row(
-            "SELECT id, version, document, created_at FROM policies
-             WHERE org_id = ?1 ORDER BY version DESC LIMIT 1",
-            params![org_id],
+            &format!("SELECT id, org_id, version, document, created_at FROM policies {filter}"),
+            args,
             |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, String>(2)?,
-                    time_at(row, 3)?,
-                ))
+                Ok(PolicyRow {
+                    id: row.get(0)?,
+                    org_id: row.get(1)?,
+                    version: row.get(2)?,
+                    document: row.get(3)?,
+                    created_at: time_at(row, 4)?,
+                })
             },
         )
-        .optional()?;
-    let Some((id, version, document, created_at)) = row else {
-        return Ok(None);
-    };
-    let policy = Policy::from_value(&serde_json::from_str(&document)?)
-        .map_err(|e| StoreError::Corrupt(format!("stored policy `{id}`: {e}")))?;
-    Ok(Some(StoredPolicy {
-        id,
-        org_id,
-        version: PolicyVersion::new(u64::try_from(version).unwrap_or_default()),
-        policy: Arc::new(policy),
-        created_at,
-    }))
+        .optional()?)
 }
 
 /// The overrides of `agent_id`.
-pub fn overrides(conn: &mut Connection, agent_id: &str) -> Result<Option<StoredOverrides>> {
+pub fn overrides(conn: &Connection, agent_id: &str) -> Result<Option<StoredOverrides>> {
     let row = conn
         .query_row(
             "SELECT list, updated_at FROM overrides WHERE agent_id = ?1",
@@ -89,17 +144,31 @@ pub fn overrides(conn: &mut Connection, agent_id: &str) -> Result<Option<StoredO
     .transpose()
 }
 
-/// Replaces the overrides of `agent_id`.
+/// Replaces the overrides of `agent_id` of `org_id`, with their change.
 pub fn set_overrides(
     conn: &mut Connection,
+    org_id: &str,
     agent_id: &str,
     overrides: &StoredOverrides,
-) -> Result<()> {
+) -> Result<Pushed<()>> {
     let text = serde_json::to_string(&overrides.list)?;
-    conn.execute(
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
         "INSERT INTO overrides (agent_id, list, updated_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (agent_id) DO UPDATE SET list = ?2, updated_at = ?3",
         params![agent_id, text, time_text(&overrides.updated_at)],
     )?;
-    Ok(())
+    let seq = changes::record(
+        &tx,
+        org_id,
+        &ChangeKind::Overrides {
+            agent_id: agent_id.to_owned(),
+        },
+        overrides.updated_at.timestamp_millis(),
+    )?;
+    tx.commit()?;
+    Ok(Pushed {
+        value: (),
+        seq: Some(seq),
+    })
 }

@@ -1,0 +1,141 @@
+//! One numbered change of the store pushed to the open streams of its org: the rows it names
+//! are read (a policy version, an agent's overrides, a block, an approval) and turned into the
+//! frames each stream gets. Streams whose initial state already included the change
+//! ([`StreamView::since`]) are skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use policy_engine::PolicyVersion;
+use policy_engine::protocol::{ApprovalStatus, FleetEvent, UnblockEvent};
+
+use super::overrides::{Override, stored_list};
+use super::views::{approval_event, block_event, policy_event, resolved_rules};
+use crate::clock;
+use crate::store::{Change, ChangeKind, Store, StoreError, StoredPolicy};
+use crate::transport::{Delivery, Frame, Hub};
+
+/// The overrides of the agent of one stream (empty: the org's policy as is).
+pub type AgentOverrides = Arc<Vec<Override>>;
+
+/// What the fleet keeps with each open stream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamView {
+    /// The agent's overrides.
+    pub overrides: AgentOverrides,
+    /// The policy version last queued to the stream (its overrides resolve against it).
+    pub version: Option<PolicyVersion>,
+    /// The org's last change the stream's initial state included: it gets the later ones.
+    pub since: u64,
+}
+
+/// The hub of the agents' event streams.
+pub type EventHub = Hub<StreamView>;
+
+/// The `policy` frame of `policy` for an agent with `overrides`.
+pub fn policy_frame(policy: &StoredPolicy, agent_id: &str, overrides: &[Override]) -> Frame {
+    Frame::policy(&policy_event(
+        policy,
+        resolved_rules(policy, agent_id, overrides),
+    ))
+}
+
+/// Queues change `change` to the streams that do not have it yet.
+pub async fn apply(
+    store: &dyn Store,
+    hub: &EventHub,
+    change: &Change,
+) -> Result<Delivery, StoreError> {
+    let org_id = change.org_id.as_str();
+    let seq = change.seq;
+    let fresh = move |view: &StreamView| view.since < seq;
+    Ok(match &change.kind {
+        ChangeKind::Policy { version } => {
+            let Some(policy) = store.policy(org_id.to_owned(), *version).await? else {
+                tracing::warn!(org = org_id, %version, "a pushed policy version is gone");
+                return Ok(Delivery::default());
+            };
+            let shared = policy_frame(&policy, "", &[]);
+            hub.visit_org(org_id, |agent_id, view| {
+                if !fresh(view) || view.version.is_some_and(|v| v >= policy.version) {
+                    return None;
+                }
+                view.version = Some(policy.version);
+                Some(if view.overrides.is_empty() {
+                    shared.clone()
+                } else {
+                    policy_frame(&policy, agent_id, &view.overrides)
+                })
+            })
+        }
+        ChangeKind::Overrides { agent_id } => overrides(store, hub, change, agent_id).await?,
+        ChangeKind::Block { ip, reporter } => {
+            let block = store.block(org_id.to_owned(), *ip).await?;
+            let Some(event) = block.and_then(|b| block_event(&b, clock::now_ms())) else {
+                // Lifted or expired meanwhile: nothing to push.
+                return Ok(Delivery::default());
+            };
+            let frame = Frame::fleet(&FleetEvent::Block(event));
+            hub.visit_org(org_id, |agent_id, view| {
+                (fresh(view) && agent_id != reporter).then(|| frame.clone())
+            })
+        }
+        ChangeKind::Unblock { ip, by } => {
+            let frame = Frame::fleet(&FleetEvent::Unblock(UnblockEvent {
+                ip: *ip,
+                by: by.clone(),
+            }));
+            hub.visit_org(org_id, |_, view| fresh(view).then(|| frame.clone()))
+        }
+        ChangeKind::Approved {
+            approval_id,
+            agent_id,
+        } => {
+            let approval = store.approval(approval_id.clone()).await?;
+            let Some(approval) = approval
+                .filter(|a| a.status == ApprovalStatus::Approved && a.expires_ms > clock::now_ms())
+            else {
+                // Executed, expired or gone meanwhile: nothing to execute.
+                return Ok(Delivery::default());
+            };
+            let frame = Frame::fleet(&FleetEvent::Approval(approval_event(&approval)));
+            hub.visit_org(org_id, |agent, view| {
+                (fresh(view) && agent == agent_id).then(|| frame.clone())
+            })
+        }
+    })
+}
+
+/// New overrides of `agent_id`: each of its streams gets them as its view and the policy
+/// version it runs, resolved again.
+async fn overrides(
+    store: &dyn Store,
+    hub: &EventHub,
+    change: &Change,
+    agent_id: &str,
+) -> Result<Delivery, StoreError> {
+    let org_id = change.org_id.as_str();
+    let views = hub.views_of(org_id, agent_id);
+    if views.iter().all(|view| view.since >= change.seq) {
+        return Ok(Delivery::default());
+    }
+    let stored = store.overrides(agent_id.to_owned()).await?;
+    let list = Arc::new(stored_list(stored.as_ref()));
+    let mut policies: HashMap<PolicyVersion, StoredPolicy> = HashMap::new();
+    for version in views.iter().filter_map(|view| view.version) {
+        if policies.contains_key(&version) {
+            continue;
+        }
+        if let Some(policy) = store.policy(org_id.to_owned(), version).await? {
+            policies.insert(version, policy);
+        }
+    }
+    Ok(hub.visit_org(org_id, |agent, view| {
+        if agent != agent_id || view.since >= change.seq {
+            return None;
+        }
+        view.overrides = list.clone();
+        let policy = view.version.and_then(|v| policies.get(&v))?;
+        Some(policy_frame(policy, agent_id, &list))
+    }))
+}

@@ -1,0 +1,502 @@
+//! The PostgreSQL backend of [`Store`]: several server replicas on one database. A deadpool
+//! pool of tokio-postgres connections, the same migrations as SQLite in PostgreSQL types
+//! (`schema.rs`), queries by table in the submodules, and a listening connection that turns
+//! other replicas' commits into [`Notice`]s (`listen.rs`).
+//!
+//! Guarantees, whichever replica writes: policy versions and change numbers per org are
+//! assigned under the org's advisory lock, so they are unique, gap-free and in commit order;
+//! every write commits before its future resolves; a report's receipt is written in the
+//! transaction of its effect, so a report resent to another replica is acted on once; each
+//! expired approval is swept once (`FOR UPDATE SKIP LOCKED`).
+//!
+//! The connection to PostgreSQL is not encrypted (no second TLS stack in the server): run the
+//! database on the same host (loopback or a unix socket, `host=/var/run/postgresql`) or on a
+//! private network. A URL asking for `sslmode=require` is refused rather than ignored.
+
+mod agents;
+mod audit;
+mod fleet;
+mod listen;
+mod policies;
+mod rows;
+mod schema;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use policy_engine::protocol::{ApprovalStatus, ReportId};
+use policy_engine::{Policy, PolicyVersion};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::{IsolationLevel, NoTls};
+
+use super::{
+    AgentRecord, Approval, AuditFilter, AuditPage, Change, DecideError, Decision, Finish,
+    FleetBlock, Heartbeat, NewBlock, NewEntry, Notice, Pushed, ReportReceipt, Store, StoreError,
+    StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
+};
+use crate::auth::{Principal, TokenHash};
+
+/// What a query returns.
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Connections in the pool of one replica.
+pub const POOL_SIZE: usize = 16;
+
+/// Notices queued before the server reads them (beyond, one resync replaces them).
+const NOTICE_QUEUE: usize = 4096;
+
+/// Handle to the database of a replica.
+#[derive(Debug)]
+pub struct PgStore {
+    pool: Pool,
+    /// The latest policy of each org read so far, validated. Another replica may have stored a
+    /// newer version: every read checks the latest version number first (one index lookup) and
+    /// only reads and validates the document again when it changed.
+    latest: Mutex<HashMap<String, StoredPolicy>>,
+    notices: Mutex<Option<mpsc::Receiver<Notice>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        if error.is_closed() {
+            return Self::Backend("the connection to PostgreSQL closed".to_owned());
+        }
+        Self::Backend(describe(&error))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        match error {
+            deadpool_postgres::PoolError::Closed => Self::Closed,
+            deadpool_postgres::PoolError::Backend(error) => error.into(),
+            other => Self::Backend(format!("no database connection: {other}")),
+        }
+    }
+}
+
+/// A tokio-postgres error with the server's message, when it sent one.
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
+
+/// Connects once (for the listener); the connection must be polled by the caller.
+async fn connect(
+    config: &tokio_postgres::Config,
+) -> Result<(
+    tokio_postgres::Client,
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+)> {
+    Ok(config.connect(NoTls).await?)
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/db`, or
+    /// key-value form), migrates it (once, whichever replica gets there first) and starts
+    /// listening to the other replicas' changes.
+    pub async fn open(url: &str) -> Result<Self> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Open(format!("invalid PostgreSQL URL: {e}")))?;
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(StoreError::Open(
+                "sslmode=require: the server speaks to PostgreSQL without TLS; use a unix socket, \
+                 loopback or a private network, and sslmode=disable"
+                    .to_owned(),
+            ));
+        }
+        config.ssl_mode(SslMode::Disable);
+        if config.get_application_name().is_none() {
+            config.application_name("policy-server");
+        }
+        config.connect_timeout(Duration::from_secs(10));
+        let target = target(&config);
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StoreError::Open(e.to_string()))?;
+        let opened = async {
+            let mut client = pool.get().await?;
+            schema::migrate(&mut client).await
+        };
+        opened
+            .await
+            .map_err(|e| StoreError::Open(format!("PostgreSQL at {target}: {e}")))?;
+        let (queue, notices) = mpsc::channel(NOTICE_QUEUE);
+        let (stop, stopped) = watch::channel(false);
+        let mut listen_config = config;
+        listen_config
+            .application_name("policy-server-listen")
+            .keepalives_idle(Duration::from_secs(10));
+        listen::spawn(listen_config, listen::Notices::new(queue), stopped)
+            .await
+            .map_err(|e| StoreError::Open(format!("PostgreSQL at {target}: cannot listen: {e}")))?;
+        tracing::info!(database = %target, "PostgreSQL store open");
+        Ok(Self {
+            pool,
+            latest: Mutex::new(HashMap::new()),
+            notices: Mutex::new(Some(notices)),
+            stop,
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        Ok(self.pool.get().await?)
+    }
+
+    fn cached(&self, org_id: &str, version: PolicyVersion) -> Option<StoredPolicy> {
+        self.latest
+            .lock()
+            .ok()
+            .and_then(|l| l.get(org_id).filter(|p| p.version == version).cloned())
+    }
+
+    fn remember(&self, policy: &StoredPolicy) {
+        if let Ok(mut latest) = self.latest.lock() {
+            let newer = latest
+                .get(&policy.org_id)
+                .is_none_or(|known| known.version < policy.version);
+            if newer {
+                latest.insert(policy.org_id.clone(), policy.clone());
+            }
+        }
+    }
+
+    /// Version `version` of `org_id`: the cached one, else read, validated and remembered.
+    async fn resolve(
+        &self,
+        org_id: &str,
+        version: Option<PolicyVersion>,
+    ) -> Result<Option<StoredPolicy>> {
+        let Some(version) = version else {
+            return Ok(None);
+        };
+        if let Some(known) = self.cached(org_id, version) {
+            return Ok(Some(known));
+        }
+        let client = self.client().await?;
+        let found = policies::version(&client, org_id, version).await?;
+        if let Some(policy) = &found {
+            self.remember(policy);
+        }
+        Ok(found)
+    }
+}
+
+/// `host:port/db` of a config, without user or password, for messages.
+fn target(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".to_owned());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or("(default)");
+    format!("{host}:{port}/{db}")
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn insert_policy(
+        &self,
+        org_id: String,
+        policy: Arc<Policy>,
+        id: String,
+        created_at: DateTime<Utc>,
+    ) -> Result<Pushed<StoredPolicy>> {
+        let document = serde_json::to_string(&policy.to_json_value())?;
+        let created_at = rows::stored(&created_at);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let (version, seq) = policies::insert(&tx, &org_id, &document, &id, created_at).await?;
+        tx.commit().await?;
+        let stored = StoredPolicy {
+            id,
+            org_id,
+            version,
+            policy,
+            created_at,
+        };
+        self.remember(&stored);
+        Ok(Pushed {
+            value: stored,
+            seq: Some(seq),
+        })
+    }
+
+    async fn latest_policy(&self, org_id: String) -> Result<Option<StoredPolicy>> {
+        let version = {
+            let client = self.client().await?;
+            policies::latest_version(&client, &org_id).await?
+        };
+        self.resolve(&org_id, version).await
+    }
+
+    async fn policy(&self, org_id: String, version: PolicyVersion) -> Result<Option<StoredPolicy>> {
+        self.resolve(&org_id, Some(version)).await
+    }
+
+    async fn insert_agent(&self, agent: AgentRecord, token: TokenHash) -> Result<AgentRecord> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        agents::insert(&tx, &agent, &token).await?;
+        tx.commit().await?;
+        Ok(agent)
+    }
+
+    async fn agent(&self, id: String) -> Result<Option<AgentRecord>> {
+        agents::one(&self.client().await?, &id).await
+    }
+
+    async fn agents(&self, org_id: String) -> Result<Vec<AgentRecord>> {
+        agents::of_org(&self.client().await?, &org_id).await
+    }
+
+    async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<()> {
+        agents::heartbeat(&self.client().await?, &heartbeat).await
+    }
+
+    async fn insert_token(
+        &self,
+        token: TokenHash,
+        principal: Principal,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        agents::insert_token(&tx, &token, &principal, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn set_global_admin(&self, token: TokenHash, now: DateTime<Utc>) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        agents::set_global_admin(&tx, &token, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn tokens(&self) -> Result<Vec<(TokenHash, Principal)>> {
+        agents::tokens(&self.client().await?).await
+    }
+
+    async fn token(&self, token: TokenHash) -> Result<Option<Principal>> {
+        agents::token(&self.client().await?, &token).await
+    }
+
+    async fn has_global_admin(&self) -> Result<bool> {
+        agents::has_global_admin(&self.client().await?).await
+    }
+
+    async fn overrides(&self, agent_id: String) -> Result<Option<StoredOverrides>> {
+        policies::overrides(&self.client().await?, &agent_id).await
+    }
+
+    async fn set_overrides(
+        &self,
+        org_id: String,
+        agent_id: String,
+        overrides: StoredOverrides,
+    ) -> Result<Pushed<()>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let seq = policies::set_overrides(&tx, &org_id, &agent_id, &overrides).await?;
+        tx.commit().await?;
+        Ok(Pushed {
+            value: (),
+            seq: Some(seq),
+        })
+    }
+
+    async fn upsert_block(&self, new: NewBlock, entry: NewEntry) -> Result<Pushed<Upserted>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let (value, seq) = fleet::upsert_block(&tx, &new, entry).await?;
+        tx.commit().await?;
+        Ok(Pushed { value, seq })
+    }
+
+    async fn block(&self, org_id: String, ip: IpAddr) -> Result<Option<FleetBlock>> {
+        fleet::block(&self.client().await?, &org_id, ip).await
+    }
+
+    async fn active_blocks(&self, org_id: String, now_ms: i64) -> Result<Vec<FleetBlock>> {
+        let client = self.client().await?;
+        fleet::delete_expired_blocks(&client, &org_id, now_ms).await?;
+        fleet::blocks_in_force(&client, &org_id, now_ms).await
+    }
+
+    async fn remove_block(
+        &self,
+        org_id: String,
+        ip: IpAddr,
+        now_ms: i64,
+        entry: NewEntry,
+    ) -> Result<Pushed<Option<FleetBlock>>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let (value, seq) = fleet::remove_block(&tx, &org_id, ip, now_ms, &entry).await?;
+        tx.commit().await?;
+        Ok(Pushed { value, seq })
+    }
+
+    async fn insert_approval(&self, approval: Approval, entry: NewEntry) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        fleet::insert_approval(&tx, &approval, &entry).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn expire_approvals(&self, now_ms: i64) -> Result<usize> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let expired = fleet::expire(&tx, now_ms).await?;
+        tx.commit().await?;
+        Ok(expired)
+    }
+
+    async fn approval(&self, id: String) -> Result<Option<Approval>> {
+        fleet::approval(&self.client().await?, &id).await
+    }
+
+    async fn approvals(
+        &self,
+        org_id: String,
+        status: Option<ApprovalStatus>,
+        limit: u32,
+    ) -> Result<Vec<Approval>> {
+        fleet::approvals(&self.client().await?, &org_id, status, limit).await
+    }
+
+    async fn decide_approval(
+        &self,
+        decision: Decision,
+    ) -> Result<std::result::Result<Pushed<Approval>, DecideError>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let decided = fleet::decide(&tx, &decision).await?;
+        // A refusal may still have recorded an expiry: commit whatever was written.
+        tx.commit().await?;
+        Ok(decided.map(|(value, seq)| Pushed { value, seq }))
+    }
+
+    async fn finish_approval(&self, finish: Finish, entry: NewEntry) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let closed = fleet::finish(&tx, &finish, &entry).await?;
+        tx.commit().await?;
+        Ok(closed)
+    }
+
+    async fn approved_for(&self, agent_id: String, now_ms: i64) -> Result<Vec<Approval>> {
+        fleet::approved_for(&self.client().await?, &agent_id, now_ms).await
+    }
+
+    async fn append_audit(&self, entry: NewEntry, at: DateTime<Utc>) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        audit::insert(&tx, at, &entry).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit(&self, filter: AuditFilter) -> Result<AuditPage> {
+        audit::query(&self.client().await?, &filter).await
+    }
+
+    async fn report_receipt(
+        &self,
+        agent_id: String,
+        report_id: ReportId,
+    ) -> Result<Option<ReportReceipt>> {
+        audit::receipt(&self.client().await?, agent_id, report_id).await
+    }
+
+    async fn set_report_answer(
+        &self,
+        agent_id: String,
+        report_id: ReportId,
+        answer: Value,
+    ) -> Result<()> {
+        audit::set_answer(&self.client().await?, &agent_id, &report_id, &answer).await
+    }
+
+    async fn prune_report_receipts(&self, before_ms: i64) -> Result<usize> {
+        audit::prune(&self.client().await?, before_ms).await
+    }
+
+    async fn changes(&self, org_id: String, after: u64, limit: u32) -> Result<Vec<Change>> {
+        policies::changes_after(&self.client().await?, &org_id, after, limit).await
+    }
+
+    async fn change_seq(&self, org_id: String) -> Result<u64> {
+        policies::last_change(&self.client().await?, &org_id).await
+    }
+
+    async fn stream_snapshot(
+        &self,
+        org_id: String,
+        agent_id: String,
+        now_ms: i64,
+    ) -> Result<StreamSnapshot> {
+        let (seq, version, overrides, blocks, approved) = {
+            let mut client = self.client().await?;
+            let tx = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let read = (
+                policies::last_change(&tx, &org_id).await?,
+                policies::latest_version(&tx, &org_id).await?,
+                policies::overrides(&tx, &agent_id).await?,
+                fleet::blocks_in_force(&tx, &org_id, now_ms).await?,
+                fleet::approved_for(&tx, &agent_id, now_ms).await?,
+            );
+            tx.commit().await?;
+            read
+        };
+        // Versions never change once stored: reading the document after the transaction reads
+        // the one it saw.
+        Ok(StreamSnapshot {
+            seq,
+            policy: self.resolve(&org_id, version).await?,
+            overrides,
+            blocks,
+            approved,
+        })
+    }
+
+    fn notices(&self) -> Option<mpsc::Receiver<Notice>> {
+        self.notices.lock().ok().and_then(|mut n| n.take())
+    }
+
+    async fn close(&self) {
+        let _ = self.stop.send(true);
+        self.pool.close();
+    }
+}

@@ -1,0 +1,156 @@
+//! The schema: the same tables as the SQLite backend in PostgreSQL types, migrations applied in
+//! order under an advisory lock (replicas starting together migrate once), `schema_migrations`
+//! counting those applied.
+
+use deadpool_postgres::Client;
+
+use super::Result;
+
+/// The lock every replica takes to migrate (an arbitrary constant, "policy" in ASCII).
+const MIGRATION_LOCK: i64 = 0x706f_6c69_6379;
+
+/// Schema migrations, applied in order; the SQLite backend's, numbered alike.
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE policies (
+    org_id     text        NOT NULL,
+    version    bigint      NOT NULL,
+    id         text        NOT NULL UNIQUE,
+    document   text        NOT NULL,
+    created_at timestamptz NOT NULL,
+    PRIMARY KEY (org_id, version)
+);
+CREATE TABLE agents (
+    id             text PRIMARY KEY,
+    org_id         text        NOT NULL,
+    hostname       text        NOT NULL,
+    enrolled_at    timestamptz NOT NULL,
+    last_seen      timestamptz,
+    policy_version text,
+    last_error     text
+);
+CREATE INDEX agents_by_org ON agents (org_id, id);
+CREATE TABLE tokens (
+    hash       bytea PRIMARY KEY,
+    role       text        NOT NULL CHECK (role IN ('admin', 'agent')),
+    org_id     text,
+    agent_id   text REFERENCES agents (id),
+    created_at timestamptz NOT NULL
+);
+CREATE TABLE overrides (
+    agent_id   text PRIMARY KEY REFERENCES agents (id),
+    list       text        NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+"#,
+    // 2: the fleet loop (fleet blocks, approvals, audit trail).
+    r#"
+CREATE TABLE blocks (
+    org_id         text        NOT NULL,
+    ip             text        NOT NULL,
+    duration       text        NOT NULL,
+    expires_ms     bigint,
+    agent_id       text        NOT NULL,
+    rule           bigint,
+    policy_version text,
+    reports        bigint      NOT NULL,
+    created_at     timestamptz NOT NULL,
+    updated_at     timestamptz NOT NULL,
+    PRIMARY KEY (org_id, ip)
+);
+CREATE TABLE approvals (
+    id             text PRIMARY KEY,
+    org_id         text   NOT NULL,
+    agent_id       text   NOT NULL,
+    request        text   NOT NULL,
+    status         text   NOT NULL,
+    created_ms     bigint NOT NULL,
+    expires_ms     bigint NOT NULL,
+    decided_ms     bigint,
+    decided_by     text,
+    reason         text
+);
+CREATE INDEX approvals_by_org ON approvals (org_id, status, created_ms);
+CREATE INDEX approvals_by_expiry ON approvals (expires_ms) WHERE status IN ('pending', 'approved');
+CREATE TABLE audit (
+    id             bigserial PRIMARY KEY,
+    time           timestamptz NOT NULL,
+    org_id         text        NOT NULL,
+    agent_id       text,
+    actor          text        NOT NULL,
+    rule           bigint,
+    policy_version text,
+    action         text        NOT NULL,
+    ip             text,
+    outcome        text        NOT NULL,
+    detail         text
+);
+CREATE INDEX audit_by_org ON audit (org_id, id);
+CREATE INDEX audit_by_ip ON audit (org_id, ip, id);
+CREATE INDEX audit_by_agent ON audit (org_id, agent_id, id);
+"#,
+    // 3: report ids, so that a repeated report is answered instead of acted on twice.
+    r#"
+CREATE TABLE report_receipts (
+    agent_id   text   NOT NULL,
+    report_id  text   NOT NULL,
+    kind       text   NOT NULL,
+    answer     text,
+    created_ms bigint NOT NULL,
+    PRIMARY KEY (agent_id, report_id)
+);
+CREATE INDEX report_receipts_by_time ON report_receipts (created_ms);
+"#,
+    // 4: numbered changes per org, what event streams are pushed (see `store::records::Change`).
+    r#"
+CREATE TABLE org_changes (
+    org_id text   PRIMARY KEY,
+    seq    bigint NOT NULL
+);
+CREATE TABLE changes (
+    org_id     text   NOT NULL,
+    seq        bigint NOT NULL,
+    kind       text   NOT NULL,
+    agent_id   text,
+    ip         text,
+    reference  text,
+    version    bigint,
+    created_ms bigint NOT NULL,
+    PRIMARY KEY (org_id, seq)
+);
+"#,
+];
+
+/// Applies the migrations the database lacks, in one transaction, holding the migration lock.
+pub async fn migrate(client: &mut Client) -> Result<()> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    integer     PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
+    let applied: i32 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    let applied = usize::try_from(applied).unwrap_or_default();
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        tx.batch_execute(sql).await?;
+        let version = i32::try_from(index + 1).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[&version],
+        )
+        .await?;
+        tracing::info!(migration = index + 1, "applied database migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}
