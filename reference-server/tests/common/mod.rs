@@ -7,6 +7,8 @@
     clippy::indexing_slicing
 )]
 
+pub mod postgres;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

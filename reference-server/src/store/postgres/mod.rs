@@ -83,12 +83,18 @@ impl From<deadpool_postgres::PoolError> for StoreError {
     }
 }
 
-/// A tokio-postgres error with the server's message, when it sent one.
+/// A tokio-postgres error with the server's message, when it sent one, or with its causes.
 fn describe(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => error.to_string(),
+    if let Some(db) = error.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
     }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// Connects once (for the listener); the connection must be polled by the caller.
@@ -108,7 +114,7 @@ impl PgStore {
     pub async fn open(url: &str) -> Result<Self> {
         let mut config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| StoreError::Open(format!("invalid PostgreSQL URL: {e}")))?;
+            .map_err(|e| StoreError::Open(format!("invalid PostgreSQL URL: {}", describe(&e))))?;
         if config.get_ssl_mode() == SslMode::Require {
             return Err(StoreError::Open(
                 "sslmode=require: the server speaks to PostgreSQL without TLS; use a unix socket, \
@@ -137,9 +143,13 @@ impl PgStore {
             let mut client = pool.get().await?;
             schema::migrate(&mut client).await
         };
-        opened
-            .await
-            .map_err(|e| StoreError::Open(format!("PostgreSQL at {target}: {e}")))?;
+        opened.await.map_err(|e| {
+            let detail = match e {
+                StoreError::Backend(detail) => detail,
+                other => other.to_string(),
+            };
+            StoreError::Open(format!("PostgreSQL at {target}: {detail}"))
+        })?;
         let (queue, notices) = mpsc::channel(NOTICE_QUEUE);
         let (stop, stopped) = watch::channel(false);
         let mut listen_config = config;

@@ -1,0 +1,606 @@
+//! The two store backends decide alike: the same checks run on SQLite (one server) and on
+//! PostgreSQL with two stores on one database (two replicas writing at once). Versions and
+//! change numbers stay gap-free and unique under concurrent writers, every pushed write records
+//! its change, a report is acted on once whichever replica gets it, an expired approval expires
+//! once however many replicas sweep, and a replica hears of the other's commits.
+
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use common::postgres::TestDatabase;
+use policy_engine::protocol::{ApprovalStatus, ReportId, ReportKind};
+use policy_engine::{Action, ActionRecord, Policy, PolicyVersion};
+use reference_server::auth::{Principal, TokenHash};
+use reference_server::store::postgres::PgStore;
+use reference_server::store::sqlite::SqliteStore;
+use reference_server::store::{
+    AgentRecord, Approval, AuditFilter, ChangeKind, Decision, NewBlock, NewEntry, Notice,
+    ReportReceipt, Store, StoreError, StoredOverrides,
+};
+use serde_json::json;
+
+/// Two handles on one database: the same SQLite store twice (it has one writer), or two
+/// PostgreSQL stores (two replicas).
+struct Pair {
+    a: Arc<dyn Store>,
+    b: Arc<dyn Store>,
+    _keep: Box<dyn std::any::Any + Send>,
+}
+
+async fn sqlite() -> Pair {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("store-backends-{}-", std::process::id()))
+        .tempdir()
+        .unwrap();
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&dir.path().join("policy.db"))
+            .await
+            .unwrap(),
+    );
+    Pair {
+        a: store.clone(),
+        b: store,
+        _keep: Box::new(dir),
+    }
+}
+
+async fn postgres() -> Pair {
+    let db = TestDatabase::create().await;
+    let a: Arc<dyn Store> = Arc::new(PgStore::open(&db.url).await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(PgStore::open(&db.url).await.unwrap());
+    Pair {
+        a,
+        b,
+        _keep: Box::new(db),
+    }
+}
+
+fn policy(name: &str) -> Arc<Policy> {
+    Arc::new(
+        Policy::from_json(
+            json!({"name": name, "rules": [{"type": "custom",
+                "config": {"condition": "severityLevel >= 3", "action": "alert"}}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap(),
+    )
+}
+
+fn agent(id: &str, org: &str) -> AgentRecord {
+    AgentRecord {
+        id: id.to_owned(),
+        org_id: org.to_owned(),
+        hostname: format!("host-{id}"),
+        enrolled_at: Utc::now(),
+        last_seen: None,
+        policy_version: None,
+        last_error: None,
+    }
+}
+
+fn entry(org: &str, actor: &str, action: &str) -> NewEntry {
+    NewEntry {
+        org_id: org.to_owned(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        outcome: "stored".to_owned(),
+        detail: Some(json!({})),
+        ..NewEntry::default()
+    }
+}
+
+fn approval(id: &str, org: &str, agent: &str, expires_ms: i64) -> Approval {
+    Approval {
+        id: id.to_owned(),
+        org_id: org.to_owned(),
+        agent_id: agent.to_owned(),
+        request: ActionRecord {
+            action: Action::IsolateHost { host: None },
+            rule: 0,
+            policy_version: PolicyVersion::new(1),
+            event_id: None,
+        },
+        status: ApprovalStatus::Pending,
+        created_ms: expires_ms - 1000,
+        expires_ms,
+        decided_ms: None,
+        decided_by: None,
+        reason: None,
+    }
+}
+
+/// 20 versions written at once, half through each handle: numbers 1..=20, each once, and
+/// their changes 1..=20 in the same order; both handles then read the latest.
+async fn versions_are_gap_free_under_concurrent_writers(pair: Pair) {
+    let writes = (0..20).map(|i| {
+        let store = if i % 2 == 0 {
+            pair.a.clone()
+        } else {
+            pair.b.clone()
+        };
+        tokio::spawn(async move {
+            store
+                .insert_policy(
+                    "acme".to_owned(),
+                    policy(&format!("p{i}")),
+                    format!("pol_{i}"),
+                    Utc::now(),
+                )
+                .await
+                .unwrap()
+        })
+    });
+    let mut written: Vec<(u64, u64)> = Vec::new();
+    for write in writes {
+        let pushed = write.await.unwrap();
+        written.push((pushed.value.version.number(), pushed.seq.unwrap()));
+    }
+    written.sort_unstable();
+    let expected: Vec<(u64, u64)> = (1..=20).map(|n| (n, n)).collect();
+    assert_eq!(written, expected);
+    let changes = pair.a.changes("acme".to_owned(), 0, 100).await.unwrap();
+    let read: Vec<(u64, ChangeKind)> = changes.into_iter().map(|c| (c.seq, c.kind)).collect();
+    let expected: Vec<(u64, ChangeKind)> = (1..=20)
+        .map(|n| {
+            (
+                n,
+                ChangeKind::Policy {
+                    version: PolicyVersion::new(n),
+                },
+            )
+        })
+        .collect();
+    assert_eq!(read, expected);
+    assert_eq!(pair.b.change_seq("acme".to_owned()).await.unwrap(), 20);
+    assert_eq!(pair.b.change_seq("other".to_owned()).await.unwrap(), 0);
+    let paged = pair.b.changes("acme".to_owned(), 15, 3).await.unwrap();
+    assert_eq!(
+        paged.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        [16, 17, 18]
+    );
+    for store in [&pair.a, &pair.b] {
+        let latest = store
+            .latest_policy("acme".to_owned())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(latest.version, PolicyVersion::new(20));
+    }
+    // A newer version written through one handle is read at once through the other (each
+    // caches the latest it validated).
+    for (writer, reader) in [(&pair.a, &pair.b), (&pair.b, &pair.a)] {
+        let pushed = writer
+            .insert_policy(
+                "acme".to_owned(),
+                policy("next"),
+                format!("pol_next_{}", Utc::now().timestamp_micros()),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        let latest = reader
+            .latest_policy("acme".to_owned())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (latest.version, latest.policy.name.as_str()),
+            (pushed.value.version, "next")
+        );
+        let old = reader
+            .policy("acme".to_owned(), PolicyVersion::new(3))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((old.policy.name.as_str(), old.id.as_str()), ("p2", "pol_2"));
+    }
+}
+
+/// Every write whose effect goes to streams records the change that names it; writes that push
+/// nothing record none; a stream's snapshot is the state as of its last change.
+async fn pushed_writes_record_their_changes(pair: Pair) {
+    let (a, b) = (&pair.a, &pair.b);
+    a.insert_agent(agent("agent-1", "acme"), TokenHash::of("t1"))
+        .await
+        .unwrap();
+    a.insert_agent(agent("agent-2", "acme"), TokenHash::of("t2"))
+        .await
+        .unwrap();
+    let first = a
+        .insert_policy(
+            "acme".to_owned(),
+            policy("p"),
+            "pol_1".to_owned(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let overrides = StoredOverrides {
+        list: json!([{"rule": 0, "enabled": false}]),
+        updated_at: Utc::now(),
+    };
+    let set = b
+        .set_overrides("acme".to_owned(), "agent-1".to_owned(), overrides.clone())
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp_millis();
+    let new_block = |agent: &str, duration: &str, now_ms: i64| NewBlock {
+        org_id: "acme".to_owned(),
+        ip: "203.0.113.7".parse().unwrap(),
+        duration: duration.parse().unwrap(),
+        agent_id: agent.to_owned(),
+        rule: 0,
+        policy_version: PolicyVersion::new(1),
+        now_ms,
+    };
+    let block = a
+        .upsert_block(
+            new_block("agent-2", "1h", now),
+            entry("acme", "agent-2", "block_ip"),
+        )
+        .await
+        .unwrap();
+    assert!(block.value.changed);
+    let duplicate = b
+        .upsert_block(
+            new_block("agent-1", "10m", now + 1),
+            entry("acme", "agent-1", "block_ip"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            duplicate.value.changed,
+            duplicate.seq,
+            duplicate.value.block.reports
+        ),
+        (false, None, 2)
+    );
+    a.insert_approval(
+        approval("apr_1", "acme", "agent-2", now + 60_000),
+        entry("acme", "agent-2", "approval_request"),
+    )
+    .await
+    .unwrap();
+    a.insert_approval(
+        approval("apr_2", "acme", "agent-2", now + 60_000),
+        entry("acme", "agent-2", "approval_request"),
+    )
+    .await
+    .unwrap();
+    let decide = |id: &str, approve: bool| Decision {
+        id: id.to_owned(),
+        org: None,
+        approve,
+        by: "admin".to_owned(),
+        reason: None,
+        now_ms: now + 10,
+    };
+    let approved = b
+        .decide_approval(decide("apr_1", true))
+        .await
+        .unwrap()
+        .unwrap();
+    let denied = a
+        .decide_approval(decide("apr_2", false))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(denied.seq, None);
+    let snapshot = b
+        .stream_snapshot("acme".to_owned(), "agent-2".to_owned(), now + 20)
+        .await
+        .unwrap();
+    assert_eq!(snapshot.seq, 4);
+    assert_eq!(snapshot.policy.map(|p| p.version.number()), Some(1));
+    assert_eq!(snapshot.overrides, None);
+    assert_eq!(snapshot.blocks.len(), 1);
+    assert_eq!(
+        snapshot
+            .approved
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>(),
+        ["apr_1"]
+    );
+    let of_agent_1 = a
+        .stream_snapshot("acme".to_owned(), "agent-1".to_owned(), now + 20)
+        .await
+        .unwrap();
+    assert_eq!(of_agent_1.overrides.map(|o| o.list), Some(overrides.list));
+    assert!(of_agent_1.approved.is_empty());
+    let mut lift = entry("acme", "admin:acme", "unblock");
+    lift.ip = Some("203.0.113.7".parse().unwrap());
+    let lifted = b
+        .remove_block(
+            "acme".to_owned(),
+            "203.0.113.7".parse().unwrap(),
+            now + 30,
+            lift.clone(),
+        )
+        .await
+        .unwrap();
+    assert!(lifted.value.is_some());
+    let again = a
+        .remove_block(
+            "acme".to_owned(),
+            "203.0.113.7".parse().unwrap(),
+            now + 40,
+            lift,
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.value, again.seq), (None, None));
+    let seqs = [first.seq, set.seq, block.seq, approved.seq, lifted.seq];
+    assert_eq!(seqs, [Some(1), Some(2), Some(3), Some(4), Some(5)]);
+    let kinds: Vec<ChangeKind> = a
+        .changes("acme".to_owned(), 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.kind)
+        .collect();
+    let ip = "203.0.113.7".parse().unwrap();
+    assert_eq!(
+        kinds,
+        [
+            ChangeKind::Policy {
+                version: PolicyVersion::new(1)
+            },
+            ChangeKind::Overrides {
+                agent_id: "agent-1".to_owned()
+            },
+            ChangeKind::Block {
+                ip,
+                reporter: "agent-2".to_owned()
+            },
+            ChangeKind::Approved {
+                approval_id: "apr_1".to_owned(),
+                agent_id: "agent-2".to_owned()
+            },
+            ChangeKind::Unblock {
+                ip,
+                by: "admin:acme".to_owned()
+            },
+        ]
+    );
+    let block = b.block("acme".to_owned(), ip).await.unwrap();
+    assert_eq!(block, None);
+    let read = b.approval("apr_1".to_owned()).await.unwrap().unwrap();
+    assert_eq!(read.status, ApprovalStatus::Approved);
+    assert_eq!(
+        b.token(TokenHash::of("t2")).await.unwrap(),
+        Some(Principal::Agent {
+            agent_id: "agent-2".to_owned(),
+            org_id: "acme".to_owned()
+        })
+    );
+    assert_eq!(b.token(TokenHash::of("nope")).await.unwrap(), None);
+}
+
+/// The same report sent to both replicas at once: one acts on it, the other is told it is a
+/// duplicate; both read the receipt.
+async fn a_report_is_acted_on_once(pair: Pair) {
+    pair.a
+        .insert_agent(agent("agent-1", "acme"), TokenHash::of("t1"))
+        .await
+        .unwrap();
+    let report_id: ReportId = "rep-1".parse().unwrap();
+    let with_receipt = || {
+        let mut entry = entry("acme", "agent-1", "alert");
+        entry.receipt = Some(ReportReceipt {
+            agent_id: "agent-1".to_owned(),
+            report_id: report_id.clone(),
+            kind: ReportKind::Alert,
+            answer: None,
+        });
+        entry
+    };
+    let (first, second) = tokio::join!(
+        pair.a.append_audit(with_receipt(), Utc::now()),
+        pair.b.append_audit(with_receipt(), Utc::now()),
+    );
+    let outcomes = [first, second];
+    let acted = outcomes.iter().filter(|r| r.is_ok()).count();
+    let duplicates: Vec<String> = outcomes
+        .iter()
+        .filter_map(|r| match r {
+            Err(e @ StoreError::DuplicateReport { .. }) => Some(e.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acted, 1, "{outcomes:?}");
+    assert_eq!(
+        duplicates,
+        ["report `rep-1` of agent `agent-1` was already received"]
+    );
+    pair.b
+        .set_report_answer(
+            "agent-1".to_owned(),
+            report_id.clone(),
+            json!({"kind": "alert"}),
+        )
+        .await
+        .unwrap();
+    let receipt = pair
+        .a
+        .report_receipt("agent-1".to_owned(), report_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (receipt.kind, receipt.answer),
+        (ReportKind::Alert, Some(json!({"kind": "alert"})))
+    );
+    let page = pair
+        .b
+        .audit(AuditFilter {
+            org_id: "acme".to_owned(),
+            action: Some("alert".to_owned()),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.entries.len(), 1);
+}
+
+/// Both replicas sweep at the same time: each expired request expires once, with one audit
+/// entry.
+async fn expired_approvals_expire_once(pair: Pair) {
+    let now = Utc::now().timestamp_millis();
+    for i in 0..30 {
+        pair.a
+            .insert_approval(
+                approval(&format!("apr_{i}"), "acme", "agent-1", now - 10),
+                entry("acme", "agent-1", "approval_request"),
+            )
+            .await
+            .unwrap();
+    }
+    pair.a
+        .insert_approval(
+            approval("apr_live", "acme", "agent-1", now + 600_000),
+            entry("acme", "agent-1", "approval_request"),
+        )
+        .await
+        .unwrap();
+    let (a, b) = tokio::join!(pair.a.expire_approvals(now), pair.b.expire_approvals(now));
+    assert_eq!(a.unwrap() + b.unwrap(), 30);
+    assert_eq!(pair.b.expire_approvals(now).await.unwrap(), 0);
+    let page = pair
+        .a
+        .audit(AuditFilter {
+            org_id: "acme".to_owned(),
+            action: Some("approval_expired".to_owned()),
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.entries.len(), 30);
+    let pending = pair
+        .b
+        .approvals("acme".to_owned(), Some(ApprovalStatus::Pending), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["apr_live"]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_versions_are_gap_free() {
+    versions_are_gap_free_under_concurrent_writers(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_versions_are_gap_free_under_two_replicas() {
+    versions_are_gap_free_under_concurrent_writers(postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_pushed_writes_record_their_changes() {
+    pushed_writes_record_their_changes(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_pushed_writes_record_their_changes() {
+    pushed_writes_record_their_changes(postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_report_is_acted_on_once() {
+    a_report_is_acted_on_once(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_a_report_is_acted_on_once_across_replicas() {
+    a_report_is_acted_on_once(postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_expired_approvals_expire_once() {
+    expired_approvals_expire_once(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_expired_approvals_expire_once_across_replicas() {
+    expired_approvals_expire_once(postgres().await).await;
+}
+
+/// A replica hears of the other's commits: a change with its org and number, a token by hash.
+#[tokio::test]
+async fn postgres_a_replica_hears_of_the_others_commits() {
+    let pair = postgres().await;
+    let mut notices = pair.b.notices().unwrap();
+    assert!(pair.b.notices().is_none(), "one receiver");
+    pair.a
+        .insert_agent(agent("agent-1", "acme"), TokenHash::of("t1"))
+        .await
+        .unwrap();
+    pair.a
+        .insert_policy(
+            "acme".to_owned(),
+            policy("p"),
+            "pol_1".to_owned(),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let mut heard = Vec::new();
+    while heard.len() < 2 {
+        let notice = tokio::time::timeout(Duration::from_secs(10), notices.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        heard.push(notice);
+    }
+    assert_eq!(
+        heard,
+        [
+            Notice::Token(TokenHash::of("t1")),
+            Notice::Change {
+                org_id: "acme".to_owned(),
+                seq: 1
+            },
+        ]
+    );
+}
+
+#[tokio::test]
+async fn postgres_urls_that_cannot_work_are_refused_with_the_reason() {
+    let db = TestDatabase::create().await;
+    let require = format!("{}?sslmode=require", db.url);
+    let error = PgStore::open(&require).await.unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "cannot open the database: sslmode=require: the server speaks to PostgreSQL without TLS; \
+         use a unix socket, loopback or a private network, and sslmode=disable"
+    );
+    let error = PgStore::open("postgres://x@127.0.0.1:1/nothing")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        "cannot open the database: PostgreSQL at 127.0.0.1:1/nothing: error connecting to server: \
+         Connection refused (os error 111)"
+    );
+    let error = PgStore::open("postgres://x@127.0.0.1:port/db")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        "cannot open the database: invalid PostgreSQL URL: invalid connection string: \
+         invalid value for option `port`"
+    );
+}
