@@ -1,0 +1,405 @@
+//! Several server replicas on one PostgreSQL database: a policy, overrides, a fleet block, an
+//! unblock or an approval written on one replica reaches the event streams of the other, each
+//! once and in order; a notice lost while a replica's listening connection is down is caught
+//! up when it reconnects; a replica killed (SIGKILL) during a broadcast loses no version for its
+//! agents once they reconnect to another replica.
+
+#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::postgres::{TestDatabase, admin_sql, with_database};
+use common::*;
+use reference_server::{Database, ServerConfig};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// A replica on `url` (plain HTTP on loopback: TLS is tested elsewhere).
+async fn replica(url: &str, resync: Duration) -> TestServer {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("policy-replica-{}-", std::process::id()))
+        .tempdir()
+        .unwrap();
+    let url = url.to_owned();
+    TestServer::start_in(dir, move |dir| ServerConfig {
+        database: Database::Postgres(url.clone()),
+        resync,
+        ..config(dir, false)
+    })
+    .await
+}
+
+/// Waits until `t` knows `token` (tokens created on another replica arrive with a notice).
+async fn knows(t: &TestServer, token: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, _) = t.get("/api/agents/me", token).await;
+        if status == StatusCode::OK {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never learned the token"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn fleet_block(ip: &str) -> Value {
+    json!({"action": "block_ip", "ip": ip, "duration": "1h", "scope": "fleet",
+           "rule": 0, "policyVersion": "v1", "eventId": "e-1"})
+}
+
+/// `(event, id, data["version"] or data["ip"] or data["approvalId"])` of the next event.
+async fn next(stream: &mut Stream) -> (String, String, Value) {
+    let event = stream.next_event().await;
+    let key = match event.event.as_str() {
+        "policy" => event.data["version"].clone(),
+        "approval" => event.data["approvalId"].clone(),
+        _ => event.data["ip"].clone(),
+    };
+    (event.event, event.id, key)
+}
+
+#[tokio::test]
+async fn every_change_on_one_replica_reaches_the_streams_of_the_other_once_in_order() {
+    let db = TestDatabase::create().await;
+    let a = replica(&db.url, Duration::from_secs(5)).await;
+    let b = replica(&db.url, Duration::from_secs(5)).await;
+    a.post_policy(ADMIN, block_ip_policy("v1", 5)).await;
+    let (one, one_token) = a.enroll(ADMIN, "host-1").await;
+    let (two, two_token) = b.enroll(ADMIN, "host-2").await;
+    knows(&b, &one_token).await;
+    knows(&a, &two_token).await;
+    // Agent one streams from B, agent two from A.
+    let mut on_b = b.stream(&one_token, "default").await;
+    let mut on_a = a.stream(&two_token, "default").await;
+    assert_eq!(
+        next(&mut on_b).await,
+        ("policy".into(), "1".into(), json!("v1"))
+    );
+    assert_eq!(
+        next(&mut on_a).await,
+        ("policy".into(), "1".into(), json!("v1"))
+    );
+
+    // A policy posted to A; overrides of agent one set on A.
+    let posted = a.post_policy(ADMIN, block_ip_policy("v2", 7)).await;
+    assert_eq!(posted["version"], "v2");
+    let (status, body) = a
+        .put(
+            &format!("/api/policy/agent/{one}/overrides"),
+            ADMIN,
+            json!([{"rule": 0, "config": {"threshold": 3}}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Agent two reports a fleet block to B; the admin lifts it on A.
+    let (status, body) = b
+        .post(
+            &format!("/api/agents/{two}/reports"),
+            &two_token,
+            fleet_block("203.0.113.7"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = a
+        .call(
+            reqwest::Method::DELETE,
+            "/api/blocks/203.0.113.7",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Agent one asks B for approval; the admin approves on A.
+    let (status, body) = b
+        .post(
+            &format!("/api/agents/{one}/reports"),
+            &one_token,
+            json!({"action": "approval_request", "request": {"action": "kill_process", "pid": 42},
+                   "rule": 2, "policyVersion": "v2", "eventId": "e-42"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let approval = body["data"]["approval"]["id"].as_str().unwrap().to_owned();
+    let (status, body) = a
+        .post(
+            &format!("/api/approvals/{approval}/approve"),
+            ADMIN,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A last version as a fence: nothing else arrives before it.
+    a.post_policy(ADMIN, block_ip_policy("v3", 9)).await;
+
+    let mut seen_on_b = Vec::new();
+    while seen_on_b
+        .last()
+        .is_none_or(|(_, _, key)| *key != json!("v3"))
+    {
+        seen_on_b.push(next(&mut on_b).await);
+    }
+    assert_eq!(
+        seen_on_b,
+        [
+            ("policy".into(), "2".into(), json!("v2")),
+            ("policy".into(), "2".into(), json!("v2")),
+            // Fleet events carry no id: the stream's last event id stays the version.
+            ("block".into(), "2".into(), json!("203.0.113.7")),
+            ("unblock".into(), "2".into(), json!("203.0.113.7")),
+            ("approval".into(), "2".into(), json!(approval)),
+            ("policy".into(), "3".into(), json!("v3")),
+        ]
+    );
+    let mut seen_on_a = Vec::new();
+    while seen_on_a
+        .last()
+        .is_none_or(|(_, _, key)| *key != json!("v3"))
+    {
+        seen_on_a.push(next(&mut on_a).await);
+    }
+    // The reporter does not get its own block back; the overrides and the approval are agent
+    // one's.
+    assert_eq!(
+        seen_on_a,
+        [
+            ("policy".into(), "2".into(), json!("v2")),
+            ("unblock".into(), "2".into(), json!("203.0.113.7")),
+            ("policy".into(), "3".into(), json!("v3")),
+        ]
+    );
+    // The resolved policy of agent one on B carries the override made on A.
+    let (status, rules) = b.get(&format!("/api/policy/agent/{one}"), ADMIN).await;
+    assert_eq!(status, StatusCode::OK, "{rules}");
+    assert_eq!(rules["data"]["rules"][0]["config"]["threshold"], 3);
+    assert_eq!(rules["data"]["policyVersion"], "v3");
+}
+
+/// Changes B has no notice of (its listening connection is down and cannot come back while
+/// they are written) reach B's streams once it listens again: it reads what it missed.
+#[tokio::test]
+async fn changes_made_while_a_replica_cannot_listen_reach_it_when_it_reconnects() {
+    let db = TestDatabase::create().await;
+    // B connects as a role of its own, so that the test can keep B's listener out.
+    let role = format!("replica_b_{}", std::process::id());
+    admin_sql(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} SUPERUSER LOGIN"
+    ))
+    .await;
+    let b_url = with_database(
+        &db.url.replacen("postgres@", &format!("{role}@"), 1),
+        &db.name,
+    );
+    let a = replica(&db.url, Duration::from_secs(5)).await;
+    // No periodic resync on B: only the reconnect can catch up.
+    let b = replica(&b_url, Duration::from_secs(3600)).await;
+    a.post_policy(ADMIN, block_ip_policy("v1", 5)).await;
+    let (_, token) = a.enroll(ADMIN, "host-1").await;
+    knows(&b, &token).await;
+    let mut on_b = b.stream(&token, "default").await;
+    assert_eq!(next(&mut on_b).await.2, json!("v1"));
+
+    admin_sql(&format!(
+        "ALTER ROLE {role} NOLOGIN;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE usename = '{role}' AND application_name = 'policy-server-listen'"
+    ))
+    .await;
+    a.post_policy(ADMIN, block_ip_policy("v2", 6)).await;
+    a.post_policy(ADMIN, block_ip_policy("v3", 7)).await;
+    admin_sql(&format!("ALTER ROLE {role} LOGIN")).await;
+    // B missed both notices; it reads the changes and pushes them in order.
+    assert_eq!(
+        next(&mut on_b).await,
+        ("policy".into(), "2".into(), json!("v2"))
+    );
+    assert_eq!(
+        next(&mut on_b).await,
+        ("policy".into(), "3".into(), json!("v3"))
+    );
+    drop(a);
+    drop(b);
+    admin_sql(&format!("DROP ROLE IF EXISTS {role}")).await;
+}
+
+/// A replica as a process of its own (the real binary), to be killed with SIGKILL.
+struct ReplicaProcess {
+    child: tokio::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn replica_process(url: &str) -> ReplicaProcess {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("policy-replica-proc-{}-", std::process::id()))
+        .tempdir()
+        .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_reference-server"))
+        .args(["--listen", "127.0.0.1:0", "--plain-http", "--database", url])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("POLICY_ADMIN_TOKEN", ADMIN)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(base) = line.strip_prefix("listening on ") {
+                return base.to_owned();
+            }
+        }
+        panic!("the replica exited before listening");
+    })
+    .await
+    .unwrap();
+    ReplicaProcess {
+        child,
+        base,
+        _dir: dir,
+    }
+}
+
+/// Waits until the replica at `base` knows `token`.
+async fn wait_until_known(client: &reqwest::Client, base: &str, token: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let response = client
+            .get(format!("{base}/api/agents/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::OK {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica never learned the token"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What one simulated agent saw: the versions of the `policy` events it got, in order, over
+/// all its connections.
+type Seen = Arc<Mutex<HashMap<usize, Vec<u64>>>>;
+
+/// An agent following its stream on the first of `bases` that answers, reconnecting (with
+/// `Last-Event-ID`, the version it runs) to the next one when a connection fails.
+fn follow(
+    index: usize,
+    token: String,
+    bases: Vec<String>,
+    seen: Seen,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut last: Option<u64> = None;
+        for attempt in 0.. {
+            let base = &bases[attempt % bases.len()];
+            let mut request = client.get(format!("{base}/api/events")).bearer_auth(&token);
+            if let Some(version) = last {
+                request = request.header("Last-Event-ID", version.to_string());
+            }
+            let Ok(mut response) = request.send().await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            if !response.status().is_success() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            let mut pending = String::new();
+            while let Ok(Some(chunk)) = response.chunk().await {
+                pending.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = pending.find("\n\n") {
+                    let frame: String = pending.drain(..end + 2).collect();
+                    if !frame.lines().any(|l| l == "event:policy") {
+                        continue;
+                    }
+                    let id = frame.lines().find_map(|l| l.strip_prefix("id:"));
+                    let version: u64 = id.unwrap().trim().parse().unwrap();
+                    last = Some(version);
+                    seen.lock().unwrap().entry(index).or_default().push(version);
+                }
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_replica_killed_during_a_broadcast_loses_no_version_for_its_agents() {
+    const AGENTS: usize = 40;
+    const VERSIONS: u64 = 12;
+    let db = TestDatabase::create().await;
+    let a = replica(&db.url, Duration::from_secs(5)).await;
+    let mut b = replica_process(&db.url).await;
+    a.post_policy(ADMIN, block_ip_policy("v1", 1)).await;
+    let mut tokens = Vec::new();
+    for index in 0..AGENTS {
+        tokens.push(a.enroll(ADMIN, &format!("host-{index}")).await.1);
+    }
+    let on_b = reqwest::Client::new();
+    for token in &tokens {
+        wait_until_known(&on_b, &b.base, token).await;
+    }
+    let seen: Seen = Arc::default();
+    let mut agents = Vec::new();
+    for (index, token) in tokens.into_iter().enumerate() {
+        // Every agent prefers B and fails over to A.
+        let bases = vec![b.base.clone(), a.base.clone()];
+        agents.push(follow(index, token, bases, seen.clone()));
+    }
+    let everyone_has = |version: u64| {
+        let seen = seen.lock().unwrap();
+        seen.len() == AGENTS && seen.values().all(|v| v.last() == Some(&version))
+    };
+    wait_for(|| everyone_has(1)).await;
+    assert_eq!(
+        a.server().state().hub.stream_count("default"),
+        0,
+        "all on B"
+    );
+
+    const KILLED_AT: u64 = 6;
+    for version in 2..=VERSIONS {
+        a.post_policy(
+            ADMIN,
+            block_ip_policy(&format!("v{version}"), version as u32),
+        )
+        .await;
+        if version == KILLED_AT {
+            // B is pushing this version to its streams right now.
+            b.child.start_kill().unwrap();
+            b.child.wait().await.unwrap();
+            // Every agent reconnects to A with the version it runs: those that got the last
+            // one from B do not get it again, the others get it now.
+            wait_for(|| a.server().state().hub.stream_count("default") == AGENTS).await;
+            wait_for(|| everyone_has(KILLED_AT)).await;
+        }
+    }
+    wait_for(|| everyone_has(VERSIONS)).await;
+    for agent in &agents {
+        agent.abort();
+    }
+    let seen = seen.lock().unwrap();
+    for (agent, versions) in seen.iter() {
+        // Never the same version twice, never an older one after a newer.
+        assert!(
+            versions.windows(2).all(|w| w[0] < w[1]),
+            "agent {agent} saw {versions:?}"
+        );
+        assert_eq!(versions.last(), Some(&VERSIONS), "agent {agent}");
+    }
+    assert_eq!(a.server().state().hub.stream_count("default"), AGENTS);
+}
