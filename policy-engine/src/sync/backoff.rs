@@ -66,6 +66,23 @@ impl Backoff {
         jitter(ceiling)
     }
 
+    /// The delay before reconnecting after a connection that was up ended (the server
+    /// restarted, or the replica it was on died): a random time between zero and
+    /// `min(max, RECONNECT_SPREAD)` ("full jitter"), so that the agents that lost their streams
+    /// at the same moment come back spread over seconds instead of in one burst. Starts a new
+    /// series, as its first failure.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use policy_engine::sync::{Backoff, BackoffConfig};
+    /// let mut backoff = Backoff::new(BackoffConfig::default());
+    /// assert!(backoff.after_disconnect() <= Duration::from_secs(5));
+    /// ```
+    pub fn after_disconnect(&mut self) -> Duration {
+        self.failures = 1;
+        full_jitter(self.config.max.min(RECONNECT_SPREAD))
+    }
+
     /// Starts over after a success.
     pub fn reset(&mut self) {
         self.failures = 0;
@@ -79,6 +96,15 @@ impl Backoff {
             .unwrap_or(self.config.max)
             .min(self.config.max)
     }
+}
+
+/// The longest wait of [`Backoff::after_disconnect`].
+pub const RECONNECT_SPREAD: Duration = Duration::from_secs(5);
+
+/// A random duration between zero and `ceiling`.
+fn full_jitter(ceiling: Duration) -> Duration {
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rand::rng().random_range(0..=nanos))
 }
 
 /// A random duration between half of `ceiling` and `ceiling`.
@@ -120,6 +146,37 @@ mod tests {
             assert!(backoff.next_delay() <= Duration::from_secs(30));
         }
         assert!(backoff.next_delay() >= Duration::from_secs(15));
+    }
+
+    #[test]
+    fn reconnects_after_a_disconnect_spread_over_the_window_and_start_a_new_series() {
+        let config = BackoffConfig {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        };
+        let mut backoff = Backoff::new(config);
+        for _ in 0..10 {
+            backoff.next_delay();
+        }
+        let delays: Vec<Duration> = (0..200).map(|_| backoff.after_disconnect()).collect();
+        assert!(delays.iter().all(|d| *d <= RECONNECT_SPREAD));
+        // Spread over the whole window: some in its first fifth, some in its last.
+        assert!(
+            delays.iter().any(|d| *d < RECONNECT_SPREAD / 5),
+            "{delays:?}"
+        );
+        assert!(
+            delays.iter().any(|d| *d > RECONNECT_SPREAD * 4 / 5),
+            "{delays:?}"
+        );
+        // The next failure continues from the first step of a new series.
+        assert_eq!(backoff.ceiling(), Duration::from_millis(200));
+        let short = Backoff::new(BackoffConfig {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+        })
+        .after_disconnect();
+        assert!(short <= Duration::from_millis(50), "{short:?}");
     }
 
     #[test]

@@ -111,6 +111,8 @@ enum StreamEnd {
     Shutdown,
     Unauthorized(SyncError),
     Failed(String),
+    /// 503 with `Retry-After`: the server sheds new streams (a reconnect storm).
+    Busy(String, Duration),
 }
 
 impl PolicySync {
@@ -189,6 +191,7 @@ async fn stream_loop(context: Arc<Context>, mut shutdown: watch::Receiver<bool>)
     loop {
         let started = Instant::now();
         let end = follow_stream(&context, &mut backoff, &mut shutdown).await;
+        let was_open = context.live.status().connected;
         context.live.update_status(|s| s.connected = false);
         let wait = match end {
             StreamEnd::Shutdown => return,
@@ -208,12 +211,29 @@ async fn stream_loop(context: Arc<Context>, mut shutdown: watch::Receiver<bool>)
                 if started.elapsed() > context.config.backoff.max {
                     backoff.reset();
                 }
-                let wait = backoff.next_delay();
+                // An open stream that ends usually ends for every agent of its server at once
+                // (a restart, a replica gone): come back at a random moment, not in a burst.
+                let wait = if was_open {
+                    backoff.after_disconnect()
+                } else {
+                    backoff.next_delay()
+                };
                 tracing::warn!(
                     server = %context.config.server,
                     error = %message,
                     retry_in = ?wait,
                     "event stream down; enforcing the current policy meanwhile"
+                );
+                wait
+            }
+            StreamEnd::Busy(message, retry_after) => {
+                // Not before the server asked, spread over as long again; at least the backoff.
+                let wait = jitter(retry_after.saturating_mul(2)).max(backoff.next_delay());
+                tracing::warn!(
+                    server = %context.config.server,
+                    error = %message,
+                    retry_in = ?wait,
+                    "the server is busy; enforcing the current policy meanwhile"
                 );
                 wait
             }
@@ -230,7 +250,12 @@ async fn follow_stream(
     backoff: &mut Backoff,
     shutdown: &mut watch::Receiver<bool>,
 ) -> StreamEnd {
-    let mut source = match EventSource::new(context.client.events_request(&context.config.token)) {
+    let mut request = context.client.events_request(&context.config.token);
+    if let Some(version) = context.live.version() {
+        // The version this agent runs: the server skips sending it again.
+        request = request.header("Last-Event-ID", version.number().to_string());
+    }
+    let mut source = match EventSource::new(request) {
         Ok(source) => source,
         Err(err) => return StreamEnd::Failed(err.to_string()),
     };
@@ -278,9 +303,11 @@ async fn follow_stream(
             }
             Some(Err(StreamError::InvalidStatusCode(status, response))) => {
                 source.close();
-                return match status_error(&url, status, response).await {
-                    err @ SyncError::Unauthorized { .. } => StreamEnd::Unauthorized(err),
-                    err => StreamEnd::Failed(err.to_string()),
+                let retry_after = retry_after(status, &response, context.config.backoff.max);
+                return match (status_error(&url, status, response).await, retry_after) {
+                    (err @ SyncError::Unauthorized { .. }, _) => StreamEnd::Unauthorized(err),
+                    (err, Some(wait)) => StreamEnd::Busy(err.to_string(), wait),
+                    (err, None) => StreamEnd::Failed(err.to_string()),
                 };
             }
             Some(Err(StreamError::StreamEnded)) => {
@@ -297,6 +324,26 @@ async fn follow_stream(
             }
         }
     }
+}
+
+/// The wait a 503 asks for in `Retry-After` (seconds; at most `cap`).
+fn retry_after(
+    status: reqwest::StatusCode,
+    response: &reqwest::Response,
+    cap: Duration,
+) -> Option<Duration> {
+    if status != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    let seconds: u64 = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(seconds).min(cap))
 }
 
 /// Applies one pushed policy; true when it is running afterwards (applied or already running).
