@@ -16,6 +16,7 @@ use crate::fleet::{EventHub, Publisher};
 use crate::store::Store;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
+use crate::transport::Admission;
 
 /// The state shared by all handlers.
 #[derive(Debug)]
@@ -34,6 +35,8 @@ pub struct AppState {
     pub online_window: Duration,
     /// See [`ServerConfig::approval_ttl`].
     pub approval_ttl: Duration,
+    /// The gate of new event streams ([`ServerConfig::admission`]).
+    pub admission: Admission,
 }
 
 impl AppState {
@@ -74,6 +77,7 @@ impl AppState {
             notifier: Arc::new(notifier),
             online_window: config.online_window,
             approval_ttl: config.approval_ttl,
+            admission: Admission::new(config.admission),
             store,
         });
         Ok((state, generated_admin_token))

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::fleet::notify::NotifyConfig;
+use crate::transport::AdmissionConfig;
 
 /// How the server secures its listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +72,9 @@ pub struct ServerConfig {
     /// With a shared database, how often a replica checks for changes of other replicas it has
     /// no notice of (a notice lost with its connection is otherwise caught up on reconnect).
     pub resync: Duration,
+    /// How many new event streams may open at once and per second (beyond: 503 with
+    /// `Retry-After`).
+    pub admission: AdmissionConfig,
 }
 
 impl Default for ServerConfig {
@@ -89,6 +93,7 @@ impl Default for ServerConfig {
             approval_sweep: Duration::from_secs(5),
             database: Database::Sqlite,
             resync: Duration::from_secs(5),
+            admission: AdmissionConfig::default(),
         }
     }
 }

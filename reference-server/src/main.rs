@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use reference_server::transport::AdmissionConfig;
 use reference_server::{Database, ServerConfig, TlsMode};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -47,6 +48,13 @@ struct Args {
     /// when it ends in `.toml`. Without it, policies may name any channel and nothing is sent.
     #[arg(long)]
     notify_config: Option<PathBuf>,
+    /// New event streams admitted per second (bursts up to as many); beyond, agents are
+    /// answered 503 with `Retry-After` and come back spread out (a reconnect storm).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    stream_opens_per_sec: u32,
+    /// Event streams reading their initial state at once; beyond, 503 with `Retry-After`.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    streams_opening: u64,
     /// PostgreSQL instead of SQLite in the data dir: `postgres://user:password@host:port/db`.
     /// Several servers (replicas) may share one database; each pushes every change to its own
     /// agents. The connection is not encrypted: keep the database on loopback, a unix socket
@@ -108,6 +116,10 @@ async fn main() -> anyhow::Result<()> {
         keep_alive: std::time::Duration::from_secs(args.keep_alive_secs),
         stream_queue: usize::try_from(args.stream_queue).unwrap_or(16),
         database: args.database.map_or(Database::Sqlite, Database::Postgres),
+        admission: AdmissionConfig {
+            opening: usize::try_from(args.streams_opening).unwrap_or(256),
+            per_second: args.stream_opens_per_sec,
+        },
         ..ServerConfig::default()
     };
     let server = reference_server::start(config)

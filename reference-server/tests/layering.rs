@@ -39,7 +39,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "clock",
         ],
     ),
-    ("config", &["fleet"]),
+    ("config", &["fleet", "transport"]),
     ("fleet", &["store", "transport", "auth", "error", "clock"]),
     ("store", &["auth", "error", "clock"]),
     ("transport", &[]),

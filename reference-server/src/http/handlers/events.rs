@@ -2,17 +2,23 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use warp::Reply;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::Response;
 
 use super::Answer;
 use crate::app::AppState;
+use crate::error::ApiError;
 use crate::fleet::streams;
 use crate::http::filters::{AgentToken, Query};
 use crate::transport::PeerAddr;
 
 /// Opens the stream: the agent's current state first, then every change; a keep-alive comment
 /// after each silence of the configured length. `Last-Event-ID` (the version the agent runs)
-/// spares it a policy it already has.
+/// spares it a policy it already has. Beyond the admission limits (a reconnect storm): 503
+/// `busy` with `Retry-After`, before any work.
 pub async fn open(
     agent: AgentToken,
     _query: Query,
@@ -21,6 +27,10 @@ pub async fn open(
     state: Arc<AppState>,
 ) -> Answer {
     let last_event_id = last_event_id.and_then(|id| id.trim().parse::<u64>().ok());
+    let admitted = match state.admission.admit() {
+        Ok(admitted) => admitted,
+        Err(wait) => return Ok(busy(wait)),
+    };
     let (subscription, policy) = streams::open(
         &*state.store,
         &state.publisher,
@@ -29,6 +39,7 @@ pub async fn open(
         last_event_id,
     )
     .await?;
+    drop(admitted);
     tracing::info!(
         agent = %agent.agent_id,
         org = %agent.org_id,
@@ -40,4 +51,21 @@ pub async fn open(
         .interval(state.hub.keep_alive())
         .stream(subscription);
     Ok(warp::sse::reply(stream).into_response())
+}
+
+/// 503 `busy` with `Retry-After`: too many streams opening (a fleet reconnecting at once).
+fn busy(wait: Duration) -> Response {
+    let seconds = wait.as_secs().max(1);
+    let mut response = ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "busy",
+        message: format!("too many event streams opening; retry in {seconds} s"),
+        path: None,
+        errors: Vec::new(),
+    }
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
 }
