@@ -1,0 +1,558 @@
+//! `fleet_sim`: a fleet of simulated agents against one or several reference servers, each agent
+//! on its own TLS connection with its SSE stream, heartbeats and reports, as the real agent
+//! behaves (reconnects with `Last-Event-ID`, honours `Retry-After`, spreads its reconnects).
+//!
+//! It prints the broadcast latency to the last agent (p50/p99; with several replicas also from
+//! a POST to replica A to the last agent on the others), heartbeat and report round trips,
+//! errors, and the server's resident memory per connection when the servers are local (spawned
+//! here, or named with `--server-pid`). Optionally it kills and restarts a replica and times the
+//! reconnect storm.
+//!
+//! ```text
+//! cargo run --release -p examples --example fleet_sim -- --agents 10000
+//! cargo run --release -p examples --example fleet_sim -- --agents 10000 --replicas 2 \
+//!     --database postgres://postgres@127.0.0.1:5432/policy
+//! cargo run --release -p examples --example fleet_sim -- --server https://host:8443 \
+//!     --admin-token ... --ca ca.pem --agents 500
+//! ```
+
+mod agent;
+mod replicas;
+mod stats;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use examples::figure;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+
+use agent::{Fleet, Identity, Load, Seen};
+use replicas::{ServeArgs, Spawned};
+use stats::{Samples, ms, rss_bytes};
+
+/// A simulated fleet against reference servers.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Simulated agents.
+    #[arg(long, default_value_t = 1000)]
+    agents: usize,
+    /// Local server replicas to start (several need --database).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// PostgreSQL URL for the local replicas (default: SQLite, one replica).
+    #[arg(long)]
+    database: Option<String>,
+    /// Servers running elsewhere instead of local replicas (repeat for several).
+    #[arg(long = "server")]
+    servers: Vec<String>,
+    /// Admin token of --server.
+    #[arg(long, env = "POLICY_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// CA certificate (PEM) the --server certificates chain to.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Pid of a --server on this machine, for its memory per connection (repeat per server).
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
+    /// Policies posted (to the first server) for the broadcast latency.
+    #[arg(long, default_value_t = 20)]
+    posts: u64,
+    /// The broadcasts are spread over at least this many seconds, heartbeats and reports
+    /// running meanwhile.
+    #[arg(long, default_value_t = 10.0)]
+    load_secs: f64,
+    /// Seconds between heartbeats of one agent.
+    #[arg(long, default_value_t = 30.0)]
+    heartbeat_secs: f64,
+    /// Seconds between reports of one agent.
+    #[arg(long, default_value_t = 60.0)]
+    report_secs: f64,
+    /// Longest random wait before an agent reconnects after its stream ended.
+    #[arg(long, default_value_t = 5.0)]
+    spread_secs: f64,
+    /// New streams started per second while the fleet connects.
+    #[arg(long, default_value_t = 2000)]
+    connect_rate: u32,
+    /// Streams a local replica admits per second (its --stream-opens-per-sec).
+    #[arg(long, default_value_t = 2000)]
+    opens_per_sec: u32,
+    /// After the broadcasts, kill (SIGKILL) and restart the first local replica and time its
+    /// agents' return.
+    #[arg(long)]
+    restart: bool,
+    /// Internal: run one replica (what the simulator starts).
+    #[arg(long, hide = true)]
+    serve: bool,
+    /// Internal (--serve): listen address.
+    #[arg(long, hide = true, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// Internal (--serve): data dir.
+    #[arg(long, hide = true)]
+    data_dir: Option<PathBuf>,
+}
+
+const ADMIN: &str = "fleet-sim-admin";
+
+/// Raises the open-file limit to the hard limit: 10,000 agents are 10,000 sockets on each side.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+            eprintln!("cannot raise RLIMIT_NOFILE from {soft} to {hard}");
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.serve {
+        let data_dir = args.data_dir.clone().context("--serve needs --data-dir")?;
+        return replicas::serve(&ServeArgs {
+            listen: args.listen,
+            data_dir,
+            database: args.database.clone(),
+            admin_token: args.admin_token.clone().unwrap_or_else(|| ADMIN.to_owned()),
+            opens_per_sec: args.opens_per_sec,
+        });
+    }
+    if args.replicas > 1 && args.database.is_none() && args.servers.is_empty() {
+        bail!(
+            "--replicas {} needs --database postgres://... (replicas share PostgreSQL)",
+            args.replicas
+        );
+    }
+    raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+/// The servers of a run.
+struct Servers {
+    bases: Vec<String>,
+    pids: Vec<u32>,
+    spawned: Vec<Spawned>,
+    admin: String,
+    client: reqwest::Client,
+    _data: Option<tempfile::TempDir>,
+}
+
+impl Servers {
+    /// The first server: where policies are posted (replica A).
+    fn first(&self) -> Result<&str> {
+        self.bases.first().map(String::as_str).context("no server")
+    }
+}
+
+async fn servers(args: &Args) -> Result<Servers> {
+    let builder = || {
+        reqwest::Client::builder()
+            .http1_only()
+            .pool_max_idle_per_host(256)
+            .timeout(Duration::from_secs(60))
+    };
+    if !args.servers.is_empty() {
+        let mut client = builder();
+        if let Some(ca) = &args.ca {
+            let pem =
+                std::fs::read(ca).with_context(|| format!("cannot read `{}`", ca.display()))?;
+            client = client.add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        return Ok(Servers {
+            bases: args.servers.clone(),
+            pids: args.server_pids.clone(),
+            spawned: Vec::new(),
+            admin: args
+                .admin_token
+                .clone()
+                .context("--server needs --admin-token")?,
+            client: client.build()?,
+            _data: None,
+        });
+    }
+    let data = tempfile::Builder::new()
+        .prefix(&format!("fleet-sim-{}-", std::process::id()))
+        .tempdir()?;
+    let mut spawned = Vec::new();
+    for _ in 0..args.replicas.max(1) {
+        // One data dir: one self-signed certificate, made by the first replica.
+        spawned.push(
+            Spawned::start(ServeArgs {
+                listen: "127.0.0.1:0".parse()?,
+                data_dir: data.path().to_path_buf(),
+                database: args.database.clone(),
+                admin_token: ADMIN.to_owned(),
+                opens_per_sec: args.opens_per_sec,
+            })
+            .await?,
+        );
+    }
+    let client = builder()
+        .add_root_certificate(replicas::certificate(data.path())?)
+        .build()?;
+    Ok(Servers {
+        bases: spawned.iter().map(|s| s.base.clone()).collect(),
+        pids: spawned.iter().map(|s| s.pid).collect(),
+        spawned,
+        admin: ADMIN.to_owned(),
+        client,
+        _data: Some(data),
+    })
+}
+
+fn policy(n: u64) -> Value {
+    json!({"name": format!("fleet sim {n}"), "rules": [
+        {"type": "block_ip", "config": {"trigger": "brute_force", "threshold": n,
+         "duration": "24h", "scope": "host"}},
+        {"type": "alert_threshold", "config": {"severity": "critical", "countPerHour": 5,
+         "notifyChannels": ["telegram", "email"]}}
+    ]})
+}
+
+/// Posts policy `n` to the first server; returns the version number it stored.
+async fn post_policy(servers: &Servers, n: u64) -> Result<u64> {
+    let response: Value = servers
+        .client
+        .post(format!("{}/api/policy", servers.first()?))
+        .bearer_auth(&servers.admin)
+        .json(&policy(n))
+        .send()
+        .await?
+        .json()
+        .await?;
+    if response.get("ok") != Some(&Value::Bool(true)) {
+        bail!("POST /api/policy failed: {response}");
+    }
+    response
+        .pointer("/data/version")
+        .and_then(Value::as_str)
+        .and_then(|v| v.strip_prefix('v'))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("POST /api/policy: no version in {response}"))
+}
+
+/// Enrolls `count` agents, agent i on server i mod the number of servers (its token is known
+/// there at once), 32 at a time.
+async fn enroll(servers: &Servers, count: usize) -> Result<Vec<Identity>> {
+    let mut identities = Vec::with_capacity(count);
+    let mut index = 0;
+    while index < count {
+        let batch: Vec<usize> = (index..count.min(index + 32)).collect();
+        let requests = batch.iter().map(|&i| {
+            let base = servers
+                .bases
+                .get(i % servers.bases.len())
+                .cloned()
+                .unwrap_or_default();
+            let request = servers
+                .client
+                .post(format!("{base}/api/agents/enroll"))
+                .bearer_auth(&servers.admin)
+                .json(&json!({"hostname": format!("sim-{i}")}))
+                .send();
+            async move {
+                let body: Value = request.await?.json().await?;
+                let field = |name: &str| {
+                    body.pointer(&format!("/data/{name}"))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                        .with_context(|| format!("enroll: no {name} in {body}"))
+                };
+                let id = field("agentId")?;
+                let token = field("token")?;
+                anyhow::Ok(Identity {
+                    index: i,
+                    id,
+                    token,
+                    base,
+                })
+            }
+        });
+        for identity in futures_util::future::join_all(requests).await {
+            identities.push(identity?);
+        }
+        index += batch.len();
+    }
+    Ok(identities)
+}
+
+fn rss_total(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|&pid| rss_bytes(pid)).sum()
+}
+
+async fn run(args: Args) -> Result<()> {
+    let mut servers = servers(&args).await?;
+    let n = args.agents;
+    let replicas = servers.bases.len();
+    println!(
+        "fleet_sim: {n} agents, {replicas} server(s), {} cores",
+        std::thread::available_parallelism().map_or(0, |c| c.get())
+    );
+    // The servers may hold policies already (a PostgreSQL database, remote servers): versions
+    // are expected from the one this post stored on.
+    let first = post_policy(&servers, 1).await?;
+    let started = Instant::now();
+    let identities = enroll(&servers, n).await?;
+    println!(
+        "enrolled {n} agents in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let baseline = rss_total(&servers.pids);
+    let (seen_tx, mut seen) = mpsc::unbounded_channel::<Seen>();
+    let (load_on, busy_phase) = watch::channel(false);
+    let load = Arc::new(Mutex::new(Load::default()));
+    let fleet = Fleet {
+        client: servers.client.clone(),
+        seen: seen_tx,
+        load: load.clone(),
+        busy_phase,
+        heartbeat: Duration::from_secs_f64(args.heartbeat_secs),
+        report: Duration::from_secs_f64(args.report_secs),
+        spread: Duration::from_secs_f64(args.spread_secs),
+    };
+    let replica_of: Vec<usize> = (0..n).map(|i| i % replicas).collect();
+
+    // Connect at --connect-rate, then wait for every agent's first policy.
+    let started = Instant::now();
+    let per_tick = (args.connect_rate as usize / 100).max(1);
+    for chunk in identities.chunks(per_tick) {
+        for identity in chunk {
+            agent::spawn(identity.clone(), fleet.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut versions: HashMap<usize, u64> = HashMap::new();
+    let deadline =
+        Instant::now() + Duration::from_secs(120) + Duration::from_secs((n / 100) as u64);
+    while versions.values().filter(|&&v| v >= first).count() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, seen.recv()).await {
+            Ok(Some(Seen::Policy { agent, version, .. })) => {
+                versions.insert(agent, version);
+            }
+            Ok(Some(Seen::Opened { .. })) => {}
+            _ => bail!(
+                "only {} of {n} agents got their first policy",
+                versions.len()
+            ),
+        }
+    }
+    println!(
+        "connected {n} TLS SSE agents in {:.1} s ({} busy answers while connecting)",
+        started.elapsed().as_secs_f64(),
+        load.lock().map(|l| l.busy).unwrap_or_default()
+    );
+    // Idle streams: let the allocator settle, then the memory they cost.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let connected = rss_total(&servers.pids);
+    if let (Some(before), Some(after)) = (baseline, connected) {
+        let per = after.saturating_sub(before) as f64 / n as f64 / 1024.0;
+        println!(
+            "server RSS: {:.1} MiB before the streams, {:.1} MiB with {n} idle streams: {per:.1} KiB per connection",
+            before as f64 / 1048576.0,
+            after as f64 / 1048576.0,
+        );
+        figure(
+            &format!("server memory per idle TLS SSE connection ({n} agents)"),
+            format!("{per:.1} KiB"),
+        );
+    }
+    if let Some(own) = rss_bytes(std::process::id()) {
+        println!("simulator RSS: {:.1} MiB", own as f64 / 1048576.0);
+    }
+
+    // Broadcasts, with heartbeats and reports running.
+    let _ = load_on.send(true);
+    let mut to_last = Samples::default();
+    let mut to_other = Samples::default();
+    let mut responses = Samples::default();
+    let pace = Duration::from_secs_f64(args.load_secs / args.posts.max(1) as f64);
+    for post in 1..=args.posts {
+        let sent = Instant::now();
+        let version = post_policy(&servers, post + 1).await?;
+        responses.push(sent.elapsed());
+        if version != first + post {
+            bail!("expected v{}, the server stored v{version}", first + post);
+        }
+        let (last, last_other) = wait_for_version(&mut seen, &replica_of, version, sent, n).await?;
+        to_last.push(last);
+        if let Some(other) = last_other {
+            to_other.push(other);
+        }
+        // Pacing, not waiting for a condition: the load phase lasts --load-secs.
+        tokio::time::sleep_until((sent + pace).into()).await;
+    }
+    let steady = load
+        .lock()
+        .map(|l| (l.errors, l.busy, l.reconnects))
+        .unwrap_or_default();
+    println!("POST /api/policy response: {}", responses.detail());
+    println!("POST -> last of {n} agents: {}", to_last.detail());
+    figure(
+        &format!(
+            "policy broadcast to {n} TLS SSE agents, {replicas} replica{} (POST -> last agent)",
+            if replicas == 1 { "" } else { "s" }
+        ),
+        to_last.summary(),
+    );
+    if replicas > 1 {
+        let others = replica_of.iter().filter(|&&r| r != 0).count();
+        println!(
+            "POST to replica A -> last of {others} agents on the other replicas: {}",
+            to_other.detail()
+        );
+        figure(
+            &format!(
+                "cross-replica push, {replicas} replicas on PostgreSQL (POST to A -> last of {others} agents on B)"
+            ),
+            to_other.summary(),
+        );
+    }
+
+    let heartbeats = load
+        .lock()
+        .map(|l| l.heartbeats.clone())
+        .unwrap_or_default();
+    let reports = load.lock().map(|l| l.reports.clone()).unwrap_or_default();
+    println!("heartbeats: {}", heartbeats.detail());
+    println!("reports: {}", reports.detail());
+    println!(
+        "errors: {}, busy answers: {}, reconnects: {}",
+        steady.0, steady.1, steady.2
+    );
+    figure(
+        &format!("errors with {n} agents streaming (connect, broadcasts, heartbeats, reports)"),
+        steady.0,
+    );
+    if heartbeats.len() > 0 {
+        figure(
+            &format!("heartbeat round trip with {n} agents streaming"),
+            heartbeats.summary(),
+        );
+    }
+
+    if args.restart && !servers.spawned.is_empty() {
+        restart_storm(
+            &mut servers,
+            &mut seen,
+            &replica_of,
+            &load,
+            first + args.posts + 1,
+            n,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Waits until every agent got `version`; returns the time from `sent` to the last of them,
+/// and to the last of those on replicas other than the first.
+async fn wait_for_version(
+    seen: &mut mpsc::UnboundedReceiver<Seen>,
+    replica_of: &[usize],
+    version: u64,
+    sent: Instant,
+    n: usize,
+) -> Result<(Duration, Option<Duration>)> {
+    let mut got: HashSet<usize> = HashSet::new();
+    let mut last = sent;
+    let mut last_other: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, seen.recv()).await {
+            Ok(Some(Seen::Policy {
+                agent,
+                version: v,
+                at,
+            })) if v == version => {
+                if got.insert(agent) {
+                    last = last.max(at);
+                    if replica_of.get(agent).is_some_and(|&r| r != 0) {
+                        last_other = Some(last_other.map_or(at, |l| l.max(at)));
+                    }
+                }
+            }
+            Ok(Some(_)) => {}
+            _ => bail!("v{version} reached {} of {n} agents within 60 s", got.len()),
+        }
+    }
+    Ok((last - sent, last_other.map(|l| l - sent)))
+}
+
+/// Kills the first replica, restarts it, and times its agents' return; then a new version must
+/// reach every agent.
+async fn restart_storm(
+    servers: &mut Servers,
+    seen: &mut mpsc::UnboundedReceiver<Seen>,
+    replica_of: &[usize],
+    load: &Arc<Mutex<Load>>,
+    version: u64,
+    n: usize,
+) -> Result<()> {
+    let on_first: HashSet<usize> = (0..n).filter(|&i| replica_of.get(i) == Some(&0)).collect();
+    let before = load.lock().map(|l| (l.busy, l.errors)).unwrap_or_default();
+    let killed = Instant::now();
+    servers
+        .spawned
+        .first_mut()
+        .context("no local replica")?
+        .restart()
+        .await?;
+    servers.pids = servers.spawned.iter().map(|s| s.pid).collect();
+    let restarted = killed.elapsed();
+    let mut back: HashSet<usize> = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while back.len() < on_first.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, seen.recv()).await {
+            Ok(Some(Seen::Opened { agent })) if on_first.contains(&agent) => {
+                back.insert(agent);
+            }
+            Ok(Some(_)) => {}
+            _ => bail!(
+                "{} of {} agents came back within 120 s",
+                back.len(),
+                on_first.len()
+            ),
+        }
+    }
+    let all_back = killed.elapsed();
+    let (busy, errors) = load
+        .lock()
+        .map(|l| (l.busy - before.0, l.errors - before.1))
+        .unwrap_or_default();
+    println!(
+        "restart: replica up again after {:.2} s; its {} agents all back after {:.2} s; \
+         {busy} busy answers, {errors} refused requests while it was down",
+        restarted.as_secs_f64(),
+        on_first.len(),
+        all_back.as_secs_f64()
+    );
+    figure(
+        &format!(
+            "reconnect storm: {} agents back on a killed and restarted replica",
+            on_first.len()
+        ),
+        format!("{:.1} s, {busy} busy answers", all_back.as_secs_f64()),
+    );
+    let sent = Instant::now();
+    let stored = post_policy(servers, version).await?;
+    if stored != version {
+        bail!("expected v{version} after the restart, the server stored v{stored}");
+    }
+    let (last, _) = wait_for_version(seen, replica_of, version, sent, n).await?;
+    println!(
+        "after the storm, v{version} reached all {n} agents in {:.1} ms",
+        ms(last)
+    );
+    Ok(())
+}

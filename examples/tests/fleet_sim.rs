@@ -1,0 +1,147 @@
+//! The `fleet_sim` example run as an operator runs it, with a handful of agents: against one
+//! SQLite server it spawns, and against two replicas on PostgreSQL (through
+//! `.ci/with-postgres`); each run kills and restarts a replica, and the figures it prints are
+//! read back and checked.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+#[path = "../../reference-server/tests/common/postgres.rs"]
+mod postgres;
+
+use std::process::Command;
+
+use examples::example_bin;
+
+/// Runs the simulator with `extra` arguments; returns its stdout after checking it succeeded.
+fn run(extra: &[&str]) -> String {
+    let output = Command::new(example_bin("fleet_sim"))
+        .args([
+            "--agents",
+            "8",
+            "--posts",
+            "3",
+            "--load-secs",
+            "1",
+            "--heartbeat-secs",
+            "0.1",
+            "--report-secs",
+            "0.2",
+            "--spread-secs",
+            "0.5",
+            "--restart",
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    stdout
+}
+
+/// The result of the `figure` line whose description is `what`.
+fn figure<'a>(stdout: &'a str, what: &str) -> &'a str {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("figure\t"))
+        .find_map(|l| l.strip_prefix(what).and_then(|r| r.strip_prefix('\t')))
+        .unwrap_or_else(|| panic!("no figure {what:?} in\n{stdout}"))
+}
+
+/// The rest of the line that starts with `prefix`.
+fn line<'a>(stdout: &'a str, prefix: &str) -> &'a str {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no line {prefix:?} in\n{stdout}"))
+}
+
+/// `p50 X ms, p99 Y ms` as (X, Y), checked to be positive and ordered.
+fn percentiles(summary: &str) -> (f64, f64) {
+    let numbers: Vec<f64> = summary
+        .split([' ', ','])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 2, "{summary:?}");
+    let (p50, p99) = (numbers[0], numbers[1]);
+    assert!(p50 > 0.0 && p50 <= p99 && p99 < 10_000.0, "{summary:?}");
+    (p50, p99)
+}
+
+/// `... over N` of a detail line: the sample count.
+fn samples(detail: &str) -> usize {
+    detail.rsplit(" over ").next().unwrap().parse().unwrap()
+}
+
+/// What every run prints, whatever its servers.
+fn check_common(stdout: &str, replicas: &str) {
+    percentiles(figure(
+        stdout,
+        &format!("policy broadcast to 8 TLS SSE agents, {replicas} (POST -> last agent)"),
+    ));
+    assert_eq!(samples(line(stdout, "POST -> last of 8 agents: ")), 3);
+    percentiles(figure(
+        stdout,
+        "heartbeat round trip with 8 agents streaming",
+    ));
+    // 8 agents with a heartbeat every 0.1 s and a report every 0.2 s for at least a second.
+    assert!(samples(line(stdout, "heartbeats: ")) >= 40, "{stdout}");
+    assert!(samples(line(stdout, "reports: ")) >= 20, "{stdout}");
+    assert_eq!(
+        figure(
+            stdout,
+            "errors with 8 agents streaming (connect, broadcasts, heartbeats, reports)"
+        ),
+        "0"
+    );
+    let memory = figure(
+        stdout,
+        "server memory per idle TLS SSE connection (8 agents)",
+    );
+    let kib: f64 = memory.strip_suffix(" KiB").unwrap().parse().unwrap();
+    assert!(kib >= 0.0, "{memory}");
+    // The storm: every agent of the killed replica back, then a new version reaches all.
+    let storm = line(stdout, "restart: replica up again after ");
+    let back = if replicas == "1 replica" { 8 } else { 4 };
+    assert!(
+        storm.contains(&format!("its {back} agents all back after")),
+        "{storm}"
+    );
+    line(stdout, "after the storm, v");
+    assert!(stdout.contains("reached all 8 agents in"), "{stdout}");
+}
+
+#[test]
+fn one_sqlite_server_with_a_restart() {
+    let stdout = run(&[]);
+    assert!(
+        stdout.starts_with("fleet_sim: 8 agents, 1 server(s), "),
+        "{stdout}"
+    );
+    check_common(&stdout, "1 replica");
+    assert!(!stdout.contains("cross-replica"), "{stdout}");
+}
+
+#[tokio::test]
+async fn two_replicas_on_postgresql_with_a_restart() {
+    let database = postgres::TestDatabase::create().await;
+    let url = database.url.clone();
+    let stdout = tokio::task::spawn_blocking(move || run(&["--replicas", "2", "--database", &url]))
+        .await
+        .unwrap();
+    assert!(
+        stdout.starts_with("fleet_sim: 8 agents, 2 server(s), "),
+        "{stdout}"
+    );
+    check_common(&stdout, "2 replicas");
+    percentiles(figure(
+        &stdout,
+        "cross-replica push, 2 replicas on PostgreSQL (POST to A -> last of 4 agents on B)",
+    ));
+    assert_eq!(
+        samples(line(
+            &stdout,
+            "POST to replica A -> last of 4 agents on the other replicas: "
+        )),
+        3
+    );
+}
