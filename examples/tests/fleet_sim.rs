@@ -61,8 +61,9 @@ fn percentiles(summary: &str) -> (f64, f64) {
         .split([' ', ','])
         .filter_map(|w| w.parse().ok())
         .collect();
-    assert_eq!(numbers.len(), 2, "{summary:?}");
-    let (p50, p99) = (numbers[0], numbers[1]);
+    let [p50, p99] = numbers[..] else {
+        panic!("not `p50 X ms, p99 Y ms`: {summary:?}");
+    };
     assert!(p50 > 0.0 && p50 <= p99 && p99 < 10_000.0, "{summary:?}");
     (p50, p99)
 }
