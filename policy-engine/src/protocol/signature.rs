@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::policy::json::{describe, join_key};
+use crate::policy::json::{JsonLimits, describe, join_key, parse_strict};
 use crate::policy::{PolicyVersion, ValidationError};
 use crate::protocol::fields::{Fields, check_org_id};
 
@@ -68,6 +68,14 @@ impl SignedPolicy {
     /// `signature` field, which a policy document never has.
     pub fn is_signed_document(body: &Value) -> bool {
         body.get("signature").is_some()
+    }
+
+    /// Parses a signed policy file with the strict JSON reader (size, depth and duplicate-key
+    /// limits of policy documents), then [`SignedPolicy::from_value`].
+    pub fn from_json(input: &[u8]) -> Result<Self, Vec<ValidationError>> {
+        let value = parse_strict(input, JsonLimits::default())
+            .map_err(|e| vec![e.into_validation_error()])?;
+        Self::from_value(&value)
     }
 
     /// Reads a signed policy strictly (unknown fields refused), every error with its path. The
