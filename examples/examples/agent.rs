@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use policy_engine::EngineConfig;
-use policy_engine::executor::{HostConfig, HostExecutor, Outcome, RecordingExecutor};
+use policy_engine::executor::{HostConfig, HostExecutor, Outcome, RecordingExecutor, SafetyConfig};
 use policy_engine::sshd::{LogFollower, SshdConfig, SshdTracker};
 use policy_engine::sync::{
     ApiClient, FleetEvents, LiveEngine, PolicySync, Reporter, SyncConfig, TlsTrust,
@@ -75,6 +75,16 @@ struct Args {
     /// Print actions without carrying them out.
     #[arg(long)]
     dry_run: bool,
+    /// The host's safety file (TOML, or JSON): paths and processes no action may touch, added
+    /// to the built-in defaults (README, "What actions never touch").
+    #[arg(long, value_name = "FILE")]
+    safety_config: Option<PathBuf>,
+    /// A path prefix no file is quarantined under (repeatable).
+    #[arg(long, value_name = "PATH")]
+    protect_path: Vec<PathBuf>,
+    /// A process never killed: its executable's path, or a name (repeatable).
+    #[arg(long, value_name = "EXE|NAME")]
+    protect_process: Vec<String>,
     /// Seconds between heartbeats.
     #[arg(long, default_value_t = 30.0)]
     heartbeat_secs: f64,
@@ -124,6 +134,13 @@ fn main() {
 }
 
 fn run(args: Args) -> Result<()> {
+    // The host's own safety settings, checked before anything else (dry runs too).
+    let safety = SafetyConfig::load(
+        args.safety_config.as_deref(),
+        &args.protect_path,
+        &args.protect_process,
+    )?
+    .with_agent_path(&args.state_dir);
     let trust = match (&args.ca_cert, args.insecure) {
         (Some(path), _) => TlsTrust::CaFile(path.clone()),
         (None, true) => TlsTrust::Insecure,
@@ -178,7 +195,7 @@ fn run(args: Args) -> Result<()> {
     let executor: Box<dyn AgentExecutor> = if args.dry_run {
         Box::new(RecordingExecutor::new())
     } else {
-        Box::new(open_host_executor(&args)?)
+        Box::new(open_host_executor(&args, safety)?)
     };
     let executor = Shared::new(executor);
     spawn_upkeep(executor.clone(), live.clone());
@@ -244,10 +261,10 @@ impl AgentExecutor for HostExecutor {
     }
 }
 
-fn open_host_executor(args: &Args) -> Result<HostExecutor> {
+fn open_host_executor(args: &Args, safety: SafetyConfig) -> Result<HostExecutor> {
     // Isolation keeps the management server reachable: resolve its addresses now.
     let management = server_addrs(&args.server);
-    let config = HostConfig::new(args.state_dir.join("host"), management);
+    let config = HostConfig::new(args.state_dir.join("host"), management).with_safety(safety);
     HostExecutor::open(config).context(
         "cannot set up the host executor (it needs root and nftables); use --dry-run to only print actions",
     )

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Datelike, Utc};
 use clap::{Parser, ValueEnum};
-use policy_engine::executor::{Cidr, Executor, HostConfig, HostExecutor, describe};
+use policy_engine::executor::{Cidr, Executor, HostConfig, HostExecutor, SafetyConfig, describe};
 use policy_engine::sshd::{
     DEFAULT_MAX_CONNECTIONS, LineFormat, LogFollower, SshdConfig, SshdTracker,
 };
@@ -97,6 +97,16 @@ struct Args {
     /// With --follow on a file: how often to look for new lines, in milliseconds.
     #[arg(long, default_value_t = 200)]
     poll_ms: u64,
+    /// The host's safety file (TOML, or JSON): what a policy's `kill_process` and
+    /// `quarantine_file` may never touch, added to the built-in defaults.
+    #[arg(long, value_name = "FILE")]
+    safety_config: Option<PathBuf>,
+    /// A path prefix no file is quarantined under (repeatable).
+    #[arg(long, value_name = "PATH")]
+    protect_path: Vec<PathBuf>,
+    /// A process never killed: its executable's path, or a name (repeatable).
+    #[arg(long, value_name = "EXE|NAME")]
+    protect_process: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -164,8 +174,14 @@ fn main() -> Result<()> {
 }
 
 fn open_executor(args: &Args) -> Result<HostExecutor> {
-    let mut config =
-        HostConfig::new(&args.state_dir, Vec::new()).with_allowlist(args.allow.clone());
+    let safety = SafetyConfig::load(
+        args.safety_config.as_deref(),
+        &args.protect_path,
+        &args.protect_process,
+    )?;
+    let mut config = HostConfig::new(&args.state_dir, Vec::new())
+        .with_allowlist(args.allow.clone())
+        .with_safety(safety);
     if let Some(command) = &args.nft_command {
         config = config.with_nft_command(command.split_whitespace().map(str::to_owned).collect());
     }

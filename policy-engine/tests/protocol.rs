@@ -204,10 +204,11 @@ fn bad_requests_say_what_and_where() {
         ),
         (
             json!({"action": "kill_process", "pid": 1, "rule": 0, "policyVersion": "v1",
-                   "outcome": "done", "reportId": "has space", "extra": 1}),
+                   "outcome": "done", "reportId": "has space", "approvalId": "", "extra": 1}),
             |v| errors(Report::from_value(v)),
             &[
                 "outcome: unknown outcome `done`, expected one of `executed`, `failed`, `refused`, `skipped`, `requested`",
+                "approvalId: expected 1 to 64 letters, digits, `-`, `_`, `.` or `:`, found ``",
                 "reportId: expected 1 to 64 letters, digits, `-`, `_`, `.` or `:`, found `has space`",
                 "extra: unknown field `extra`",
             ],

@@ -260,8 +260,15 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with extra environment variables (e.g. a `PATH` with a stand-in
+    /// `nft` first).
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let mut child = Command::new(example_bin("agent"))
             .args(args)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .env_remove("POLICY_ADMIN_TOKEN")

@@ -13,7 +13,9 @@ use super::firewall::{Firewall, FirewallConfig, FirewallError};
 use super::isolation::{Isolation, IsolationConfig, IsolationError};
 use super::outcome::Outcome;
 use super::process::{KillConfig, ProcessKiller};
+use super::protect::Protection;
 use super::quarantine::{Quarantine, QuarantineConfig, QuarantineError};
+use super::safety::{SafetyConfig, SafetyError};
 use crate::action::{Action, ActionRecord};
 
 /// Everything the host executor needs; [`HostConfig::new`] fills in consistent defaults.
@@ -27,12 +29,14 @@ pub struct HostConfig {
     pub kill: KillConfig,
     /// `quarantine_file`.
     pub quarantine: QuarantineConfig,
+    /// What `kill_process` and `quarantine_file` never touch.
+    pub safety: SafetyConfig,
 }
 
 impl HostConfig {
     /// Defaults for an agent whose state lives in `state_dir` and whose management servers are
     /// `management`: those addresses are never blocked and stay reachable while isolated; the
-    /// quarantine is `state_dir/quarantine`.
+    /// quarantine is `state_dir/quarantine`; the safety defaults protect `state_dir` too.
     pub fn new(state_dir: impl Into<PathBuf>, management: Vec<SocketAddr>) -> Self {
         let state_dir: PathBuf = state_dir.into();
         let mut firewall = FirewallConfig::new(state_dir.join("firewall"));
@@ -45,7 +49,20 @@ impl HostConfig {
             quarantine: QuarantineConfig {
                 dir: state_dir.join("quarantine"),
             },
+            safety: SafetyConfig::default().with_agent_path(state_dir),
         }
+    }
+
+    /// Protects what `safety` lists (e.g. from [`SafetyConfig::from_file`]), keeping the agent
+    /// paths already known (the state dir).
+    pub fn with_safety(mut self, mut safety: SafetyConfig) -> Self {
+        for path in std::mem::take(&mut self.safety.agent_paths) {
+            if !safety.agent_paths.contains(&path) {
+                safety.agent_paths.push(path);
+            }
+        }
+        self.safety = safety;
+        self
     }
 
     /// Never blocks addresses in `ranges` (besides loopback and the management servers).
@@ -72,6 +89,9 @@ pub enum HostError {
     /// Isolation could not be set up.
     #[error("isolation: {0}")]
     Isolation(#[from] IsolationError),
+    /// The safety configuration is invalid.
+    #[error("{0}")]
+    Safety(#[from] SafetyError),
 }
 
 /// Carries out a host-defined (`custom`) action.
@@ -107,22 +127,33 @@ pub struct HostExecutor {
     killer: ProcessKiller,
     quarantine: Quarantine,
     isolation: Isolation,
+    protection: Protection,
     custom: HashMap<String, Box<dyn CustomHandler>>,
 }
 
 impl HostExecutor {
-    /// Sets up the firewall (re-installing persisted blocks) and the other components.
+    /// Checks the safety configuration, sets up the firewall (re-installing persisted blocks)
+    /// and the other components.
     pub fn open(config: HostConfig) -> Result<Self, HostError> {
+        config.safety.validate()?;
         let firewall = Firewall::open(config.firewall)?;
         let mut isolation = Isolation::new(config.isolation)?;
         isolation.reconcile()?;
+        // Compiled once the state dir exists, so its symlinks are resolved too.
+        let protection = Protection::new(&config.safety)?;
         Ok(Self {
             firewall,
-            killer: ProcessKiller::new(config.kill),
-            quarantine: Quarantine::new(config.quarantine),
+            killer: ProcessKiller::new(config.kill).with_protection(protection.clone()),
+            quarantine: Quarantine::new(config.quarantine).with_protection(protection.clone()),
             isolation,
+            protection,
             custom: HashMap::new(),
         })
+    }
+
+    /// What `kill_process` and `quarantine_file` refuse to touch.
+    pub fn protection(&self) -> &Protection {
+        &self.protection
     }
 
     /// Routes `custom` actions named `name` to `handler`.

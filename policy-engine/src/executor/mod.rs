@@ -14,6 +14,15 @@
 //! Refusals (an allowlisted address, PID 1, a path under `/proc`) come back as
 //! [`Outcome::Skipped`] with the reason; nothing is silently dropped.
 //!
+//! # What the host protects
+//!
+//! `kill_process` and `quarantine_file` act on whatever an event names, and a detector or a
+//! policy can be wrong. `SafetyConfig` is the host's own list of what no action may touch
+//! (system paths, the agent's files, `sshd`'s listener, systemd, container runtimes...), with
+//! safe defaults and a file only the host reads; `Protection` is its compiled form, which the
+//! killer and the quarantine consult at the moment they act. Nothing from the server reaches
+//! it: an approved action for a protected target is refused on the host like any other.
+//!
 //! # Plugging it into an agent
 //!
 //! `execute` is synchronous and may block (it runs `nft`, waits for a process to die, copies a
@@ -55,7 +64,15 @@ mod nft;
 #[cfg(target_os = "linux")]
 mod process;
 #[cfg(target_os = "linux")]
+mod procfs;
+#[cfg(target_os = "linux")]
+mod protect;
+#[cfg(target_os = "linux")]
 mod quarantine;
+#[cfg(target_os = "linux")]
+mod relocate;
+#[cfg(target_os = "linux")]
+mod safety;
 
 pub use cidr::{Allowlist, Cidr, CidrError};
 pub use outcome::Outcome;
@@ -72,7 +89,14 @@ pub use nft::{Nft, NftError};
 #[cfg(target_os = "linux")]
 pub use process::{KillConfig, ProcessKiller};
 #[cfg(target_os = "linux")]
+pub use protect::Protection;
+#[cfg(target_os = "linux")]
 pub use quarantine::{ManifestEntry, Quarantine, QuarantineConfig, QuarantineError};
+#[cfg(target_os = "linux")]
+pub use safety::{
+    DEFAULT_PROTECTED_MASTERS, DEFAULT_PROTECTED_NAMES, DEFAULT_PROTECTED_PATHS, SafetyConfig,
+    SafetyError,
+};
 
 use crate::action::{Action, ActionRecord};
 

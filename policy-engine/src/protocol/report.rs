@@ -123,16 +123,23 @@ impl FromStr for ReportId {
     type Err = ReportIdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let valid = !s.is_empty()
-            && s.chars().count() <= MAX_REPORT_ID_CHARS
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
-        if valid {
-            Ok(Self(s.to_owned()))
-        } else {
-            let shown: String = s.chars().take(MAX_REPORT_ID_CHARS + 1).collect();
-            Err(ReportIdError(shown))
-        }
+        check_id(s).map(|()| Self(s.to_owned()))
+    }
+}
+
+/// An id an agent sends (a report id, an approval id): 1 to [`MAX_REPORT_ID_CHARS`] ASCII
+/// letters, digits, `-`, `_`, `.` or `:`.
+fn check_id(s: &str) -> Result<(), ReportIdError> {
+    let valid = !s.is_empty()
+        && s.chars().count() <= MAX_REPORT_ID_CHARS
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ReportIdError(
+            s.chars().take(MAX_REPORT_ID_CHARS + 1).collect(),
+        ))
     }
 }
 
@@ -179,7 +186,8 @@ pub struct Report {
     /// Free text (the executor's message), at most [`MAX_DETAIL_CHARS`] kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// The approval this action was executed under (the report closes it).
+    /// The approval this action was executed under (the report closes it); an id as the
+    /// server gave it (`apr_...`, checked like a report id).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
     /// Idempotency key: a repeated report with the same id is answered, not acted on again.
@@ -237,7 +245,16 @@ impl Report {
         let detail = fields
             .opt_string(map, "", "detail")
             .map(|d| d.chars().take(MAX_DETAIL_CHARS).collect());
-        let approval_id = fields.opt_string(map, "", "approvalId");
+        let approval_id =
+            fields
+                .opt_string(map, "", "approvalId")
+                .and_then(|id| match check_id(&id) {
+                    Ok(()) => Some(id),
+                    Err(error) => {
+                        fields.push("approvalId", error.to_string());
+                        None
+                    }
+                });
         let report_id =
             fields
                 .opt_string(map, "", "reportId")
@@ -316,6 +333,33 @@ pub enum ReportKind {
     ApprovalOutcome,
     /// Anything else: recorded in the audit.
     Recorded,
+}
+
+impl ReportKind {
+    /// Every kind.
+    pub const ALL: [Self; 5] = [
+        Self::FleetBlock,
+        Self::ApprovalRequest,
+        Self::Alert,
+        Self::ApprovalOutcome,
+        Self::Recorded,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FleetBlock => "fleet_block",
+            Self::ApprovalRequest => "approval_request",
+            Self::Alert => "alert",
+            Self::ApprovalOutcome => "approval_outcome",
+            Self::Recorded => "recorded",
+        }
+    }
+
+    /// The kind of a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
 }
 
 /// The answer to a report (201).

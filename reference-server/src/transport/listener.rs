@@ -1,8 +1,10 @@
 //! The listener: TCP accept, optional TLS handshake, HTTP/1.1 and HTTP/2 through hyper-util's
 //! connection builder serving `warp::service(routes)`, one log line per request, and graceful
-//! shutdown.
+//! shutdown. It serves whatever routes it is given.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,13 +17,22 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
-
-use crate::AppState;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
 
 /// The peer address of a request, put into its extensions by the listener (warp's own
 /// `warp::addr::remote()` is empty behind `warp::service`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
+
+/// Work done when the server stops.
+pub struct Shutdown {
+    /// Run once the listener stopped accepting, before waiting for open connections: ends the
+    /// long-lived ones (event streams), which would otherwise hold the wait to its limit.
+    pub close_streams: Box<dyn FnOnce() + Send>,
+    /// Run last, after connections ended (or the grace period passed): closes the store.
+    pub finally: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
 
 /// What [`spawn`] needs.
 pub struct ServeOptions {
@@ -29,38 +40,27 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// TLS, or `None` for plain HTTP.
     pub acceptor: Option<TlsAcceptor>,
-    /// Shared state.
-    pub state: Arc<AppState>,
-    /// The admin token in effect, when known.
-    pub admin_token: Option<String>,
-    /// The admin token generated on this start, if any.
-    pub generated_admin_token: Option<String>,
+    /// The routes to serve.
+    pub routes: BoxedFilter<(Response,)>,
     /// Longest wait for open connections at shutdown.
     pub shutdown_grace: Duration,
+    /// What to do when stopping.
+    pub shutdown: Shutdown,
 }
 
-/// A started server. Dropping it also stops the server (without waiting).
+/// A bound listener serving on its own task. Dropping it also stops it (without waiting).
 #[derive(Debug)]
-pub struct RunningServer {
+pub struct Listening {
     local_addr: SocketAddr,
     tls: bool,
-    admin_token: Option<String>,
-    generated_admin_token: Option<String>,
-    state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
-impl RunningServer {
-    /// The bound address (the real port when the config asked for port 0).
+impl Listening {
+    /// The bound address (the real port when port 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
-    }
-
-    /// `https://127.0.0.1:PORT` or `http://...`.
-    pub fn base_url(&self) -> String {
-        let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{}", self.local_addr)
     }
 
     /// Whether the listener speaks TLS.
@@ -68,25 +68,9 @@ impl RunningServer {
         self.tls
     }
 
-    /// The global admin token: the configured one, or the one generated on this start. `None`
-    /// when the data dir already had a generated token (it was printed on its first start).
-    pub fn admin_token(&self) -> Option<&str> {
-        self.admin_token.as_deref()
-    }
-
-    /// The admin token generated on this start (fresh data dir, no configured token): print it.
-    pub fn generated_admin_token(&self) -> Option<&str> {
-        self.generated_admin_token.as_deref()
-    }
-
-    /// The shared state (for tests and benchmarks: open streams, the store).
-    pub fn state(&self) -> &Arc<AppState> {
-        &self.state
-    }
-
-    /// Stops accepting, ends every event stream, waits for open requests (up to the grace
-    /// period) and closes the database.
-    pub async fn shutdown(mut self) {
+    /// Stops accepting, runs the shutdown work, waits for open requests (up to the grace
+    /// period).
+    pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -97,26 +81,23 @@ impl RunningServer {
 }
 
 /// Binds the listener and serves on a new task.
-pub async fn spawn(options: ServeOptions) -> anyhow::Result<RunningServer> {
+pub async fn spawn(options: ServeOptions) -> anyhow::Result<Listening> {
     let listener = TcpListener::bind(options.listen).await?;
     let local_addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel();
     let tls = options.acceptor.is_some();
-    let state = options.state.clone();
     let task = tokio::spawn(run(
         listener,
         options.acceptor,
-        options.state,
+        options.routes,
         stopped,
         options.shutdown_grace,
+        options.shutdown,
     ));
     tracing::info!(%local_addr, tls, "policy server listening");
-    Ok(RunningServer {
+    Ok(Listening {
         local_addr,
         tls,
-        admin_token: options.admin_token,
-        generated_admin_token: options.generated_admin_token,
-        state,
         stop: Some(stop),
         task: Some(task),
     })
@@ -125,11 +106,12 @@ pub async fn spawn(options: ServeOptions) -> anyhow::Result<RunningServer> {
 async fn run(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
-    state: Arc<AppState>,
+    routes: BoxedFilter<(Response,)>,
     mut stopped: oneshot::Receiver<()>,
     grace: Duration,
+    shutdown: Shutdown,
 ) {
-    let routes = warp::service(crate::filters::routes(state.clone()));
+    let routes = warp::service(routes);
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     let graceful = GracefulShutdown::new();
     loop {
@@ -178,14 +160,14 @@ async fn run(
         });
     }
     drop(listener);
-    state.hub.close();
+    (shutdown.close_streams)();
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!("connections still open after the grace period; dropping them");
         }
     }
-    state.store.close().await;
+    shutdown.finally.await;
     tracing::info!("policy server stopped");
 }
 

@@ -1,11 +1,10 @@
-//! Open event streams and the broadcast of policies (and the fleet events `block`, `unblock`,
-//! `approval`) to them.
+//! The SSE hub: open event streams by org, each with a bounded queue of serialized frames.
 //!
-//! Each stream owns a bounded queue. A broadcast serializes the policy once into a shared
-//! `Arc<str>` and queues that to every stream of the org; only agents with overrides get a
-//! payload of their own. A full queue means the agent does not keep up: its stream is dropped
-//! (it reconnects and gets the current policy first), so no agent delays the others and no queue
-//! grows without bound.
+//! A frame is serialized once into a shared `Arc<str>` and queued to every stream that gets
+//! the same payload. A full queue means the agent does not keep up: its stream is dropped (it
+//! reconnects and gets the current state first), so no agent delays the others and no queue
+//! grows without bound. What goes out (policies, fleet events) is the fleet's business; the
+//! hub only knows frames and a per-stream view `V` its owner uses to tailor broadcasts.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -15,87 +14,75 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
-use policy_engine::policy::wire::RuleDocument;
+use policy_engine::protocol::{FleetEvent, POLICY_EVENT, PolicyEvent};
+use serde::Serialize;
 use tokio::sync::mpsc;
 use warp::sse::Event;
-
-use crate::models::PolicyEventData;
-use crate::overrides::{self, Override};
-use crate::store::StoredPolicy;
 
 /// One event, serialized: `data` is shared by every stream that gets the same payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     /// The SSE `event:` name: `policy`, `block`, `unblock` or `approval`.
     pub event: &'static str,
-    /// Version number, sent as the SSE `id:` of `policy` events (fleet events carry no id, so
-    /// an agent's last event id stays its policy version).
-    pub version: u64,
-    /// The JSON payload ([`PolicyEventData`] for `policy`).
+    /// The SSE `id:`: the version number of `policy` events; fleet events carry none, so an
+    /// agent's last event id stays its policy version.
+    pub id: Option<u64>,
+    /// The JSON payload.
     pub data: Arc<str>,
 }
 
 impl Frame {
-    /// A fleet event (`block`, `unblock`, `approval`) with `data` serialized.
-    pub fn fleet<T: serde::Serialize>(event: &'static str, data: &T) -> Self {
+    /// A `policy` event.
+    pub fn policy<R: Serialize>(event: &PolicyEvent<R>) -> Self {
+        let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
         Self {
-            event,
-            version: 0,
-            data: Arc::from(serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned())),
-        }
-    }
-
-    /// The frame of `policy` for an agent with `overrides` (none: the policy as stored).
-    /// Overrides that no longer fit the policy are ignored, with a warning.
-    pub fn for_agent(policy: &StoredPolicy, agent_id: &str, overrides: &[Override]) -> Self {
-        if overrides.is_empty() {
-            return Self::encode(policy, &policy.policy.to_document().rules);
-        }
-        match overrides::apply(&policy.policy.to_json_value(), overrides) {
-            Ok(resolved) => Self::encode(policy, &resolved.to_document().rules),
-            Err(error) => {
-                tracing::warn!(
-                    agent = agent_id,
-                    version = %policy.version,
-                    %error,
-                    "overrides do not fit this policy version; sending it unmodified"
-                );
-                Self::encode(policy, &policy.policy.to_document().rules)
-            }
-        }
-    }
-
-    fn encode(policy: &StoredPolicy, rules: &[RuleDocument]) -> Self {
-        let data = serde_json::to_string(&PolicyEventData::new(policy, rules))
-            .unwrap_or_else(|_| "{}".to_owned());
-        Self {
-            event: "policy",
-            version: policy.version.number(),
+            event: POLICY_EVENT,
+            id: Some(event.version.number()),
             data: Arc::from(data),
+        }
+    }
+
+    /// A fleet event (`block`, `unblock`, `approval`).
+    pub fn fleet(event: &FleetEvent) -> Self {
+        Self {
+            event: event.name(),
+            id: None,
+            data: Arc::from(event.data()),
         }
     }
 }
 
-/// The registry of open event streams, by org.
-#[derive(Debug, Clone)]
-pub struct Hub {
-    inner: Arc<Mutex<Inner>>,
+/// The registry of open event streams, by org. Each stream carries a `V` its owner chose
+/// (what it needs to tailor a broadcast to that stream, e.g. the agent's overrides).
+#[derive(Debug)]
+pub struct Hub<V> {
+    inner: Arc<Mutex<Inner<V>>>,
     queue: usize,
     keep_alive: Duration,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    next_id: u64,
-    closed: bool,
-    orgs: HashMap<String, HashMap<u64, Conn>>,
+impl<V> Clone for Hub<V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            queue: self.queue,
+            keep_alive: self.keep_alive,
+        }
+    }
 }
 
 #[derive(Debug)]
-struct Conn {
+struct Inner<V> {
+    next_id: u64,
+    closed: bool,
+    orgs: HashMap<String, HashMap<u64, Conn<V>>>,
+}
+
+#[derive(Debug)]
+struct Conn<V> {
     agent_id: String,
     tx: mpsc::Sender<Frame>,
-    overrides: Arc<Vec<Override>>,
+    view: V,
 }
 
 /// What happened to one broadcast.
@@ -107,32 +94,37 @@ pub struct Delivery {
     pub dropped: usize,
 }
 
-impl Hub {
+impl<V> Hub<V> {
     /// A hub whose streams queue at most `queue` events and send a keep-alive comment after
     /// `keep_alive` of silence.
     pub fn new(queue: usize, keep_alive: Duration) -> Self {
         Self {
-            inner: Arc::new(Mutex::new(Inner::default())),
+            inner: Arc::new(Mutex::new(Inner {
+                next_id: 0,
+                closed: false,
+                orgs: HashMap::new(),
+            })),
             queue: queue.max(1),
             keep_alive,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner<V>> {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Opens a stream for an agent; `initial` (its policy, then the fleet blocks and approvals
-    /// in force) is queued first, on top of the stream's queue. `None` once the hub is closed.
+    /// Opens a stream for an agent with its `view`; `initial` (its policy, then the fleet
+    /// blocks and approvals in force) is queued first, on top of the stream's queue. `None`
+    /// once the hub is closed.
     pub fn subscribe(
         &self,
         org_id: &str,
         agent_id: &str,
-        overrides: Arc<Vec<Override>>,
+        view: V,
         initial: impl IntoIterator<Item = Frame>,
-    ) -> Option<Subscription> {
+    ) -> Option<Subscription<V>> {
         let initial: Vec<Frame> = initial.into_iter().collect();
         let (tx, rx) = mpsc::channel(self.queue + initial.len());
         for frame in initial {
@@ -149,7 +141,7 @@ impl Hub {
             Conn {
                 agent_id: agent_id.to_owned(),
                 tx,
-                overrides,
+                view,
             },
         );
         Some(Subscription {
@@ -160,34 +152,35 @@ impl Hub {
         })
     }
 
-    /// Queues `policy` to every stream of its org (each agent's overrides applied).
-    pub fn broadcast(&self, policy: &StoredPolicy) -> Delivery {
-        let shared = Frame::for_agent(policy, "", &[]);
+    /// Queues to every stream of `org_id` the frame `frame_for` makes of its agent and view
+    /// (a broadcast tailored per stream).
+    pub fn send_org_each(
+        &self,
+        org_id: &str,
+        mut frame_for: impl FnMut(&str, &V) -> Frame,
+    ) -> Delivery {
         let mut inner = self.lock();
-        let Some(conns) = inner.orgs.get_mut(&policy.org_id) else {
-            return Delivery::default();
-        };
         let mut delivery = Delivery::default();
-        conns.retain(|_, conn| {
-            let frame = if conn.overrides.is_empty() {
-                shared.clone()
-            } else {
-                Frame::for_agent(policy, &conn.agent_id, &conn.overrides)
-            };
-            deliver(conn, frame, &mut delivery)
-        });
+        if let Some(conns) = inner.orgs.get_mut(org_id) {
+            conns.retain(|_, conn| {
+                let frame = frame_for(&conn.agent_id, &conn.view);
+                deliver(conn, frame, &mut delivery)
+            });
+        }
         delivery
     }
 
-    /// Replaces the overrides of an agent's open streams and queues `frame` (its newly
-    /// resolved policy) to them.
+    /// Replaces the view of an agent's open streams and queues `frame` to them.
     pub fn update_agent(
         &self,
         org_id: &str,
         agent_id: &str,
-        overrides: Arc<Vec<Override>>,
+        view: V,
         frame: Option<Frame>,
-    ) -> Delivery {
+    ) -> Delivery
+    where
+        V: Clone,
+    {
         let mut inner = self.lock();
         let mut delivery = Delivery::default();
         if let Some(conns) = inner.orgs.get_mut(org_id) {
@@ -195,7 +188,7 @@ impl Hub {
                 if conn.agent_id != agent_id {
                     return true;
                 }
-                conn.overrides = overrides.clone();
+                conn.view = view.clone();
                 match &frame {
                     Some(frame) => deliver(conn, frame.clone(), &mut delivery),
                     None => true,
@@ -257,14 +250,14 @@ impl Hub {
         inner.orgs.clear();
     }
 
-    /// See [`crate::ServerConfig::keep_alive`].
+    /// Longest silence on a stream before a keep-alive comment.
     pub fn keep_alive(&self) -> Duration {
         self.keep_alive
     }
 }
 
 /// Queues `frame`; `false` (remove the stream) when the queue is full or the stream is gone.
-fn deliver(conn: &Conn, frame: Frame, delivery: &mut Delivery) -> bool {
+fn deliver<V>(conn: &Conn<V>, frame: Frame, delivery: &mut Delivery) -> bool {
     match conn.tx.try_send(frame) {
         Ok(()) => {
             delivery.queued += 1;
@@ -281,24 +274,23 @@ fn deliver(conn: &Conn, frame: Frame, delivery: &mut Delivery) -> bool {
 
 /// One open event stream: yields `policy` and fleet events until the hub drops it.
 #[derive(Debug)]
-pub struct Subscription {
+pub struct Subscription<V> {
     id: u64,
     org_id: String,
-    hub: Arc<Mutex<Inner>>,
+    hub: Arc<Mutex<Inner<V>>>,
     rx: mpsc::Receiver<Frame>,
 }
 
-impl Stream for Subscription {
+impl<V> Stream for Subscription<V> {
     type Item = Result<Event, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.rx.poll_recv(cx).map(|frame| {
             frame.map(|frame| {
                 let event = Event::default().event(frame.event);
-                let event = if frame.event == "policy" {
-                    event.id(frame.version.to_string())
-                } else {
-                    event
+                let event = match frame.id {
+                    Some(id) => event.id(id.to_string()),
+                    None => event,
                 };
                 Ok(event.data(&*frame.data))
             })
@@ -306,7 +298,7 @@ impl Stream for Subscription {
     }
 }
 
-impl Drop for Subscription {
+impl<V> Drop for Subscription<V> {
     fn drop(&mut self) {
         let mut inner = self.hub.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(conns) = inner.orgs.get_mut(&self.org_id) {

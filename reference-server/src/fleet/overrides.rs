@@ -11,9 +11,12 @@ use std::collections::HashMap;
 use policy_engine::Policy;
 use serde_json::{Map, Value, json};
 
-use crate::body::{Fields, describe, join_index, join_key};
+use policy_engine::policy::json::{describe, join_index, join_key};
+use policy_engine::protocol::fields::Fields;
+
+use super::notify::{self, NotifyConfig};
 use crate::error::ApiError;
-use crate::notify::{self, NotifyConfig};
+use crate::store::StoredOverrides;
 
 /// Most overrides one agent may have.
 pub const MAX_OVERRIDES: usize = 1000;
@@ -119,6 +122,18 @@ pub fn parse(value: &Value, rule_count: usize) -> Result<Vec<Override>, ApiError
     }
     fields.finish()?;
     Ok(list)
+}
+
+/// The list of an agent as stored (none: empty). A stored list always parsed when it was
+/// written; one that no longer does (the file was edited by hand) counts as none, logged.
+pub fn stored_list(stored: Option<&StoredOverrides>) -> Vec<Override> {
+    let Some(stored) = stored else {
+        return Vec::new();
+    };
+    parse(&stored.list, usize::MAX).unwrap_or_else(|error| {
+        tracing::warn!(%error, "ignoring stored overrides that no longer parse");
+        Vec::new()
+    })
 }
 
 /// The normalized list as stored and shown.

@@ -16,8 +16,8 @@ use policy_engine::{Policy, ValidationError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::AppState;
-use crate::audit::{self, NewEntry};
+use super::audit;
+use crate::store::{NewEntry, Store};
 
 /// A configuration value that must not be shown.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -324,133 +324,165 @@ impl Alert {
     }
 }
 
-/// Queues deliveries of `alert` to each of its channels in background tasks and returns the
-/// names queued; unknown names are recorded in the audit and skipped. Never waits for delivery.
-pub async fn dispatch(state: &Arc<AppState>, alert: Alert) -> Vec<String> {
-    let mut queued = Vec::new();
-    for name in &alert.channels {
-        let channel = state
-            .notify
-            .as_ref()
-            .and_then(|c| c.channels.get(name).cloned());
-        let Some(channel) = channel else {
-            let outcome = if state.notify.is_some() {
-                "unknown_channel"
-            } else {
-                "not_configured"
+/// Delivers alerts to the configured channels and records each delivery in the audit.
+#[derive(Debug)]
+pub struct Notifier {
+    config: Option<NotifyConfig>,
+    http: reqwest::Client,
+    store: Arc<dyn Store>,
+}
+
+impl Notifier {
+    /// A notifier for `config` (`None`: nothing is delivered, every alert is recorded as
+    /// `not_configured`), recording deliveries in `store`.
+    pub fn new(
+        config: Option<NotifyConfig>,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Self {
+            config,
+            http,
+            store,
+        })
+    }
+
+    /// The channels configured, if any.
+    pub fn config(&self) -> Option<&NotifyConfig> {
+        self.config.as_ref()
+    }
+
+    /// Queues deliveries of `alert` to each of its channels in background tasks and returns the
+    /// names queued; unknown names are recorded in the audit and skipped. Never waits for
+    /// delivery.
+    pub async fn dispatch(self: &Arc<Self>, alert: Alert) -> Vec<String> {
+        let mut queued = Vec::new();
+        for name in &alert.channels {
+            let channel = self
+                .config
+                .as_ref()
+                .and_then(|c| c.channels.get(name).cloned());
+            let Some(channel) = channel else {
+                let outcome = if self.config.is_some() {
+                    "unknown_channel"
+                } else {
+                    "not_configured"
+                };
+                tracing::warn!(channel = %name, outcome, "alert not delivered");
+                audit::record(&*self.store, delivery_entry(&alert, name, outcome, None, 0)).await;
+                continue;
             };
-            tracing::warn!(channel = %name, outcome, "alert not delivered");
-            audit::record(&state.store, delivery_entry(&alert, name, outcome, None, 0)).await;
-            continue;
-        };
-        queued.push(name.clone());
-        let state = state.clone();
-        let alert = alert.clone();
-        let name = name.clone();
-        tokio::spawn(async move {
-            let retry = state.notify.as_ref().map(|c| c.retry).unwrap_or_default();
-            let (outcome, error, attempts) =
-                deliver_with_retry(&state, &channel, &name, &alert, retry).await;
-            audit::record(
-                &state.store,
-                delivery_entry(&alert, &name, outcome, error, attempts),
-            )
-            .await;
-        });
+            queued.push(name.clone());
+            let notifier = self.clone();
+            let alert = alert.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let retry = notifier
+                    .config
+                    .as_ref()
+                    .map(|c| c.retry)
+                    .unwrap_or_default();
+                let (outcome, error, attempts) = notifier
+                    .deliver_with_retry(&channel, &name, &alert, retry)
+                    .await;
+                audit::record(
+                    &*notifier.store,
+                    delivery_entry(&alert, &name, outcome, error, attempts),
+                )
+                .await;
+            });
+        }
+        queued
     }
-    queued
-}
 
-async fn deliver_with_retry(
-    state: &AppState,
-    channel: &Channel,
-    name: &str,
-    alert: &Alert,
-    retry: Retry,
-) -> (&'static str, Option<String>, u32) {
-    let mut last_error = String::new();
-    for attempt in 1..=retry.attempts.max(1) {
-        let timeout = Duration::from_millis(retry.timeout_ms);
-        let result = match tokio::time::timeout(timeout, deliver(state, channel, name, alert)).await
-        {
-            Ok(result) => result,
-            Err(_) => Err(format!("timed out after {} ms", retry.timeout_ms)),
-        };
-        match result {
-            Ok(()) => {
-                tracing::info!(channel = %name, attempt, "alert delivered");
-                return ("delivered", None, attempt);
+    async fn deliver_with_retry(
+        &self,
+        channel: &Channel,
+        name: &str,
+        alert: &Alert,
+        retry: Retry,
+    ) -> (&'static str, Option<String>, u32) {
+        let mut last_error = String::new();
+        for attempt in 1..=retry.attempts.max(1) {
+            let timeout = Duration::from_millis(retry.timeout_ms);
+            let result =
+                match tokio::time::timeout(timeout, self.deliver(channel, name, alert)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("timed out after {} ms", retry.timeout_ms)),
+                };
+            match result {
+                Ok(()) => {
+                    tracing::info!(channel = %name, attempt, "alert delivered");
+                    return ("delivered", None, attempt);
+                }
+                Err(error) => {
+                    tracing::warn!(channel = %name, attempt, %error, "alert delivery failed");
+                    last_error = error;
+                }
             }
-            Err(error) => {
-                tracing::warn!(channel = %name, attempt, %error, "alert delivery failed");
-                last_error = error;
+            if attempt < retry.attempts {
+                tokio::time::sleep(retry.backoff(attempt)).await;
             }
         }
-        if attempt < retry.attempts {
-            tokio::time::sleep(retry.backoff(attempt)).await;
-        }
+        ("failed", Some(last_error), retry.attempts)
     }
-    ("failed", Some(last_error), retry.attempts)
-}
 
-/// One try. Error texts never carry a URL or a secret.
-async fn deliver(
-    state: &AppState,
-    channel: &Channel,
-    name: &str,
-    alert: &Alert,
-) -> Result<(), String> {
-    match channel {
-        Channel::Webhook { url } => {
-            let response = state
-                .http
-                .post(url.expose())
-                .json(&alert.webhook_body(name))
-                .send()
-                .await
-                .map_err(|e| e.without_url().to_string())?;
-            check_status(response.status())
-        }
-        Channel::Telegram {
-            bot_token,
-            chat_id,
-            base_url,
-        } => {
-            let base = base_url.as_deref().unwrap_or("https://api.telegram.org");
-            let url = format!(
-                "{}/bot{}/sendMessage",
-                base.trim_end_matches('/'),
-                bot_token.expose()
-            );
-            let response = state
-                .http
-                .post(url)
-                .json(&json!({"chat_id": chat_id, "text": alert.text()}))
-                .send()
-                .await
-                .map_err(|e| e.without_url().to_string())?;
-            check_status(response.status())
-        }
-        Channel::Email {
-            host,
-            port,
-            tls,
-            from,
-            to,
-            username,
-            password,
-        } => {
-            send_email(
+    /// One try. Error texts never carry a URL or a secret.
+    async fn deliver(&self, channel: &Channel, name: &str, alert: &Alert) -> Result<(), String> {
+        match channel {
+            Channel::Webhook { url } => {
+                let response = self
+                    .http
+                    .post(url.expose())
+                    .json(&alert.webhook_body(name))
+                    .send()
+                    .await
+                    .map_err(|e| e.without_url().to_string())?;
+                check_status(response.status())
+            }
+            Channel::Telegram {
+                bot_token,
+                chat_id,
+                base_url,
+            } => {
+                let base = base_url.as_deref().unwrap_or("https://api.telegram.org");
+                let url = format!(
+                    "{}/bot{}/sendMessage",
+                    base.trim_end_matches('/'),
+                    bot_token.expose()
+                );
+                let response = self
+                    .http
+                    .post(url)
+                    .json(&json!({"chat_id": chat_id, "text": alert.text()}))
+                    .send()
+                    .await
+                    .map_err(|e| e.without_url().to_string())?;
+                check_status(response.status())
+            }
+            Channel::Email {
                 host,
-                *port,
-                *tls,
+                port,
+                tls,
                 from,
                 to,
-                username.as_deref(),
-                password.as_ref(),
-                alert,
-            )
-            .await
+                username,
+                password,
+            } => {
+                send_email(
+                    host,
+                    *port,
+                    *tls,
+                    from,
+                    to,
+                    username.as_deref(),
+                    password.as_ref(),
+                    alert,
+                )
+                .await
+            }
         }
     }
 }
@@ -536,11 +568,12 @@ fn delivery_entry(
             .record
             .get("policyVersion")
             .and_then(Value::as_str)
-            .map(str::to_owned),
+            .and_then(|v| v.parse().ok()),
         action: "notify".to_owned(),
         ip: None,
         outcome: outcome.to_owned(),
         detail: Some(json!({"channel": channel, "attempts": attempts, "error": error})),
+        receipt: None,
     }
 }
 
