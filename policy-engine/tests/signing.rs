@@ -283,3 +283,33 @@ fn signed_policy_files_are_read_strictly_with_paths() {
         ]
     );
 }
+
+#[test]
+fn the_protocol_golden_files_carry_a_real_signature() {
+    // policy_event_signed.json and signed_policy.json were signed with the OpenSSL test key;
+    // what the agent verifies (the signed rules with name and description) is what was signed.
+    let public = PublicKey::from_pem(
+        include_str!("data/signing/openssl-operator.pub"),
+        "openssl-operator.pub",
+    )
+    .unwrap();
+    let ring = KeyRing::new(vec![public]);
+    let file: SignedPolicy =
+        SignedPolicy::from_json(include_bytes!("data/protocol/signed_policy.json")).unwrap();
+    let policy = Policy::from_value(&file.policy).unwrap();
+    ring.verify(&file.org_id, file.version, &policy, &file.signature)
+        .unwrap();
+
+    let event: policy_engine::protocol::PolicyEvent =
+        serde_json::from_str(include_str!("data/protocol/policy_event_signed.json")).unwrap();
+    let signed = event.signed.clone().unwrap();
+    let document = serde_json::json!({
+        "name": event.name,
+        "description": event.description,
+        "rules": signed.rules,
+    });
+    let base = Policy::from_value(&document).unwrap();
+    assert_eq!(base, policy);
+    ring.verify("acme", event.version, &base, &signed.signature)
+        .unwrap();
+}

@@ -64,6 +64,6 @@ pub use report::{Report, ReportAnswer, ReportId, ReportIdError, ReportKind, Repo
 pub use signature::{PolicySignature, SignatureAlgorithm, SignedPolicy};
 pub use stream::{
     APPROVAL_EVENT, ApprovalEvent, BLOCK_EVENT, BlockEvent, FleetEvent, FleetEventError,
-    POLICY_EVENT, PolicyEvent, UNBLOCK_EVENT, UnblockEvent,
+    POLICY_EVENT, PolicyEvent, SignedRules, UNBLOCK_EVENT, UnblockEvent,
 };
 pub use views::{AgentPolicyView, ApprovalStatus, ApprovalView, BlockView, PolicyView};
