@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use policy_engine::protocol::SignedPolicy;
+use policy_engine::protocol::{RolloutTerms, SignedPolicy};
 use policy_engine::signing::{KeyRing, PublicKey, SigningKey};
 use policy_engine::{Policy, PolicyVersion};
 
@@ -49,6 +49,10 @@ enum Command {
         /// other.
         #[arg(long)]
         version: PolicyVersion,
+        /// The version agents may fall back to from this one when its rollout is rolled back
+        /// (signed with it; without it, agents never go back to an older version).
+        #[arg(long)]
+        fallback: Option<PolicyVersion>,
         /// Write the signed file here instead of standard output.
         #[arg(long, short)]
         out: Option<PathBuf>,
@@ -86,9 +90,10 @@ fn main() -> ExitCode {
             key,
             org,
             version,
+            fallback,
             out,
             policy,
-        } => sign(&key, &org, version, out.as_deref(), &policy),
+        } => sign(&key, &org, version, fallback, out.as_deref(), &policy),
         Command::Verify { keys, signed } => verify(&keys, &signed),
     };
     match result {
@@ -130,11 +135,22 @@ fn sign(
     key: &Path,
     org: &str,
     version: PolicyVersion,
+    fallback: Option<PolicyVersion>,
     out: Option<&Path>,
     policy_path: &Path,
 ) -> Result<String, Failure> {
     if version.number() == 0 {
         return Err(Failure(2, "error: versions start at v1".into()));
+    }
+    if let Some(fallback) = fallback {
+        if fallback.number() == 0 || fallback >= version {
+            return Err(Failure(
+                2,
+                format!(
+                    "error: --fallback must be an earlier version than {version}, found {fallback}"
+                ),
+            ));
+        }
     }
     let key = SigningKey::from_pem(&read_text(key)?, &key.display().to_string())
         .map_err(|e| Failure(2, format!("error: {e}")))?;
@@ -163,7 +179,12 @@ fn sign(
         version,
         policy: serde_json::from_slice(&bytes)
             .map_err(|e| Failure(1, format!("{}: {e}", policy_path.display())))?,
-        signature: key.sign(org, version, &policy),
+        signature: key.sign_with_rollout(
+            org,
+            version,
+            &policy,
+            fallback.map(|v| RolloutTerms { fallback: Some(v) }),
+        ),
     };
     let mut text = serde_json::to_string_pretty(&signed)
         .map_err(|e| Failure(2, format!("error: cannot write the signed file: {e}")))?;
@@ -213,8 +234,15 @@ fn verify(keys: &[PathBuf], signed_path: &Path) -> Result<String, Failure> {
     let key_id = KeyRing::new(pinned)
         .verify(&signed.org_id, signed.version, &policy, &signed.signature)
         .map_err(|e| Failure(1, format!("{}: {e}", signed_path.display())))?;
+    let fallback = signed
+        .signature
+        .rollout
+        .as_ref()
+        .and_then(|terms| terms.fallback)
+        .map(|v| format!(", fallback {v}"))
+        .unwrap_or_default();
     Ok(format!(
-        "valid: `{}` for org `{}` as {}, signed by key {key_id}",
+        "valid: `{}` for org `{}` as {}{fallback}, signed by key {key_id}",
         policy.name, signed.org_id, signed.version
     ))
 }

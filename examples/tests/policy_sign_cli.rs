@@ -145,6 +145,47 @@ fn another_key_is_refused_and_rotation_accepts_either() {
         &signed,
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+
+    // A version signed with the version its rollout may fall back to.
+    let output = run(&[
+        "sign",
+        "--key",
+        &path(dir.path(), "new.key"),
+        "--org",
+        "default",
+        "--version",
+        "v4",
+        "--fallback",
+        "v3",
+        "--out",
+        &signed,
+        POLICY,
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let output = run(&["verify", "--key", &path(dir.path(), "new.pub"), &signed]);
+    assert_eq!(
+        text(&output.stdout),
+        format!(
+            "valid: `Block Brute Force Sources` for org `default` as v4, fallback v3, signed by key {new}\n"
+        )
+    );
+    let output = run(&[
+        "sign",
+        "--key",
+        &path(dir.path(), "new.key"),
+        "--org",
+        "default",
+        "--version",
+        "v4",
+        "--fallback",
+        "v4",
+        POLICY,
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(
+        text(&output.stderr),
+        "error: --fallback must be an earlier version than v4, found v4\n"
+    );
 }
 
 #[test]

@@ -21,7 +21,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(policy) = Policy::from_value(&signed.policy) else {
         return;
     };
-    let signature = key.sign(&signed.org_id, signed.version, &policy);
+    let signature = key.sign_with_rollout(
+        &signed.org_id,
+        signed.version,
+        &policy,
+        signed.signature.rollout.clone(),
+    );
     // Ed25519 signatures are deterministic and verified strictly: the only signature that
     // verifies is the one the key itself makes (the seeds are genuinely signed; any mutation
     // of document, org, version or signature must fail).

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
-use policy_engine::protocol::{PolicySignature, SignedPolicy};
+use policy_engine::protocol::{PolicySignature, RolloutTerms, SignedPolicy};
 use policy_engine::signing::{self, KeyRing, PublicKey, SignatureError, SigningKey};
 use policy_engine::{Policy, PolicyVersion};
 
@@ -74,8 +74,8 @@ fn formatting_and_defaults_do_not_change_what_is_signed() {
         ], "name": "Block Brute Force Sources" }"#,
     );
     assert_eq!(
-        signing::payload("acme", v(1), &compact),
-        signing::payload("acme", v(1), &spelled_out)
+        signing::payload("acme", v(1), &compact, None),
+        signing::payload("acme", v(1), &spelled_out, None)
     );
     let signature = key.sign("acme", v(1), &compact);
     KeyRing::new(vec![key.public_key()])
@@ -86,7 +86,7 @@ fn formatting_and_defaults_do_not_change_what_is_signed() {
 #[test]
 fn the_payload_is_pinned() {
     // A golden payload: changing the canonical form breaks every signature in the field.
-    let payload = signing::payload("acme", v(7), &policy(POLICY));
+    let payload = signing::payload("acme", v(7), &policy(POLICY), None);
     assert_eq!(
         String::from_utf8(payload).unwrap(),
         "policy-engine signed policy v1\n{\"orgId\":\"acme\",\"policy\":{\"name\":\"Block Brute Force Sources\",\"rules\":[{\"config\":{\"duration\":\"24h\",\"scope\":\"host\",\"threshold\":50,\"trigger\":\"brute_force\"},\"enabled\":true,\"type\":\"block_ip\"},{\"config\":{\"action\":\"kill_process\",\"minConfidence\":0.9,\"requireApproval\":false,\"trigger\":\"malware\"},\"enabled\":true,\"type\":\"auto_respond\"}]},\"version\":\"v7\"}"
@@ -260,7 +260,7 @@ fn signed_policy_files_are_read_strictly_with_paths() {
             "orgId: expected 1 to 64 letters, digits, `-`, `_` or `.`, found `ac me`",
             "version: expected a version such as `v7`, found `7`",
             "policy: expected a policy document, found an array",
-            "signature.extra: unknown field `extra`, expected one of `keyId`, `algorithm`, `value`",
+            "signature.extra: unknown field `extra`, expected one of `keyId`, `algorithm`, `value`, `rollout`",
             "signature.keyId: expected 1 to 64 letters, digits, `-` or `_`, found `x y`",
             "signature.algorithm: unknown algorithm `rsa`, expected `ed25519`",
             "signature.value: expected a string, found `5`",
@@ -312,4 +312,45 @@ fn the_protocol_golden_files_carry_a_real_signature() {
     assert_eq!(base, policy);
     ring.verify("acme", event.version, &base, &signed.signature)
         .unwrap();
+}
+
+#[test]
+fn rollout_terms_are_signed_with_the_version() {
+    let key = SigningKey::generate().unwrap();
+    let ring = KeyRing::new(vec![key.public_key()]);
+    let p = policy(POLICY);
+    let terms = RolloutTerms {
+        fallback: Some(v(6)),
+    };
+    let signature = key.sign_with_rollout("acme", v(7), &p, Some(terms.clone()));
+    assert_eq!(signature.rollout, Some(terms));
+    ring.verify("acme", v(7), &p, &signature).unwrap();
+    // The payload carries the terms; without terms it is the same as before.
+    let with = String::from_utf8(signing::payload(
+        "acme",
+        v(7),
+        &p,
+        signature.rollout.as_ref(),
+    ))
+    .unwrap();
+    assert!(
+        with.ends_with(r#""rollout":{"fallback":"v6"},"version":"v7"}"#),
+        "{with}"
+    );
+    // A server that changes or strips the terms breaks the signature.
+    for rollout in [
+        None,
+        Some(RolloutTerms {
+            fallback: Some(v(1)),
+        }),
+    ] {
+        let changed = PolicySignature {
+            rollout,
+            ..signature.clone()
+        };
+        assert!(matches!(
+            ring.verify("acme", v(7), &p, &changed),
+            Err(SignatureError::BadSignature { .. })
+        ));
+    }
 }

@@ -61,7 +61,7 @@ pub use agent::{AgentIdentity, EnrollAnswer, EnrollRequest, HeartbeatAnswer, Hea
 pub use envelope::{Envelope, ErrorBody, ErrorEnvelope, ErrorItem};
 pub use outcome::Outcome;
 pub use report::{Report, ReportAnswer, ReportId, ReportIdError, ReportKind, ReportOutcome};
-pub use signature::{PolicySignature, SignatureAlgorithm, SignedPolicy};
+pub use signature::{PolicySignature, RolloutTerms, SignatureAlgorithm, SignedPolicy};
 pub use stream::{
     APPROVAL_EVENT, ApprovalEvent, BLOCK_EVENT, BlockEvent, FleetEvent, FleetEventError,
     POLICY_EVENT, PolicyEvent, SignedRules, UNBLOCK_EVENT, UnblockEvent,

@@ -35,6 +35,21 @@ pub struct PolicySignature {
     pub algorithm: SignatureAlgorithm,
     /// The signature, standard base64 with padding.
     pub value: String,
+    /// Rollout terms the operator signed with the version, when any: they are part of what
+    /// is signed, so a server cannot add or change them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutTerms>,
+}
+
+/// What the operator allows a rollout of this version to do: `{"fallback": "v6"}` lets agents
+/// pinned to the key go back from this version to v6 (and only to v6) when the rollout is
+/// rolled back. Without terms, agents never accept an older version than one they applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutTerms {
+    /// The version agents may return to from this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<PolicyVersion>,
 }
 
 /// Signature algorithms.
@@ -142,7 +157,7 @@ impl SignedPolicy {
 impl PolicySignature {
     /// Reads a signature object strictly at `path`, pushing errors into `fields`.
     pub fn read(fields: &mut Fields, value: &Value, path: &str) -> Option<Self> {
-        let map = fields.object(value, path, &["keyId", "algorithm", "value"])?;
+        let map = fields.object(value, path, &["keyId", "algorithm", "value", "rollout"])?;
         let key_id = fields.req_string(map, path, "keyId").and_then(|id| {
             let ok = id.chars().count() <= MAX_KEY_ID_CHARS
                 && id
@@ -188,10 +203,39 @@ impl PolicySignature {
                 None
             }
         });
+        let rollout = match map.get("rollout") {
+            None | Some(Value::Null) => Some(None),
+            Some(terms) => RolloutTerms::read(fields, terms, &join_key(path, "rollout")).map(Some),
+        };
         Some(Self {
             key_id: key_id?,
             algorithm: algorithm?,
             value: signature?,
+            rollout: rollout?,
         })
+    }
+}
+
+impl RolloutTerms {
+    /// Reads rollout terms strictly at `path`, pushing errors into `fields`.
+    pub fn read(fields: &mut Fields, value: &Value, path: &str) -> Option<Self> {
+        let map = fields.object(value, path, &["fallback"])?;
+        let fallback = match fields.opt_string(map, path, "fallback") {
+            None => None,
+            Some(text) => match text.parse::<PolicyVersion>() {
+                Ok(version) if version.number() >= 1 => Some(version),
+                _ => {
+                    fields.push(
+                        &join_key(path, "fallback"),
+                        format!(
+                            "expected a version such as `v6`, found `{}`",
+                            text.chars().take(32).collect::<String>()
+                        ),
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(Self { fallback })
     }
 }

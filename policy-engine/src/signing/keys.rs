@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::{SignatureError, payload};
 use crate::policy::{Policy, PolicyVersion};
-use crate::protocol::{PolicySignature, SignatureAlgorithm};
+use crate::protocol::{PolicySignature, RolloutTerms, SignatureAlgorithm};
 
 /// A key's id: the first 8 bytes of the SHA-256 of its 32-byte public key, as 16 hex digits.
 /// Signatures name the key that made them, so an agent with several pinned keys (rotation)
@@ -104,11 +104,26 @@ impl SigningKey {
 
     /// Signs `policy` as version `version` of org `org_id`.
     pub fn sign(&self, org_id: &str, version: PolicyVersion, policy: &Policy) -> PolicySignature {
-        let signature = self.key.sign(&payload(org_id, version, policy));
+        self.sign_with_rollout(org_id, version, policy, None)
+    }
+
+    /// Signs `policy` as version `version` of org `org_id` under rollout terms (e.g. the
+    /// version agents may fall back to); the terms travel inside the signature.
+    pub fn sign_with_rollout(
+        &self,
+        org_id: &str,
+        version: PolicyVersion,
+        policy: &Policy,
+        rollout: Option<RolloutTerms>,
+    ) -> PolicySignature {
+        let signature = self
+            .key
+            .sign(&payload(org_id, version, policy, rollout.as_ref()));
         PolicySignature {
             key_id: self.id.to_string(),
             algorithm: SignatureAlgorithm::Ed25519,
             value: BASE64.encode(signature.to_bytes()),
+            rollout,
         }
     }
 
@@ -162,7 +177,8 @@ impl PublicKey {
         &self.id
     }
 
-    /// Whether `signature` is this key's signature over `policy` as `version` of `org_id`.
+    /// Whether `signature` is this key's signature over `policy` as `version` of `org_id`
+    /// (under the rollout terms the signature carries).
     pub fn verify(
         &self,
         org_id: &str,
@@ -173,7 +189,10 @@ impl PublicKey {
         let bytes = decode_signature(version, signature)?;
         let signature_value = ed25519_dalek::Signature::from_bytes(&bytes);
         self.key
-            .verify_strict(&payload(org_id, version, policy), &signature_value)
+            .verify_strict(
+                &payload(org_id, version, policy, signature.rollout.as_ref()),
+                &signature_value,
+            )
             .map_err(|_| SignatureError::BadSignature {
                 version,
                 org_id: org_id.to_owned(),

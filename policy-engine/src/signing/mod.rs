@@ -32,20 +32,34 @@ pub use error::SignatureError;
 pub use keys::{KeyId, KeyRing, PublicKey, SigningKey};
 
 use crate::policy::{Policy, PolicyVersion};
+use crate::protocol::RolloutTerms;
 
 /// The first line of every signed payload: keeps these signatures from being valid for any
 /// other message an operator's key might sign.
 pub const DOMAIN: &[u8] = b"policy-engine signed policy v1\n";
 
-/// The exact bytes signed for `policy` as version `version` of org `org_id`.
-pub fn payload(org_id: &str, version: PolicyVersion, policy: &Policy) -> Vec<u8> {
+/// The exact bytes signed for `policy` as version `version` of org `org_id`, under `rollout`
+/// terms when there are any (`"rollout"` is absent from the payload otherwise, so signatures
+/// without terms keep their bytes).
+pub fn payload(
+    org_id: &str,
+    version: PolicyVersion,
+    policy: &Policy,
+    rollout: Option<&RolloutTerms>,
+) -> Vec<u8> {
     let mut document = policy.to_document();
     document.org_id = None;
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "orgId": org_id,
         "policy": document,
         "version": version,
     });
+    if let (Some(terms), Some(map)) = (rollout, body.as_object_mut()) {
+        map.insert(
+            "rollout".to_owned(),
+            serde_json::to_value(terms).unwrap_or_default(),
+        );
+    }
     let mut bytes = DOMAIN.to_vec();
     canonical::write(&body, &mut bytes);
     bytes
