@@ -51,7 +51,7 @@ pub struct Reporting<E> {
 }
 
 impl<E: AgentExecutor> Executor for Reporting<E> {
-    fn execute(&mut self, record: &ActionRecord) -> Outcome {
+    fn execute(&self, record: &ActionRecord) -> Outcome {
         let outcome = self.inner.execute(record);
         let report = Report::local(
             record.clone(),

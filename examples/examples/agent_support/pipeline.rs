@@ -148,7 +148,7 @@ impl<E> Shared<E> {
 }
 
 impl<E: AgentExecutor> Executor for Shared<E> {
-    fn execute(&mut self, record: &policy_engine::ActionRecord) -> Outcome {
+    fn execute(&self, record: &policy_engine::ActionRecord) -> Outcome {
         self.lock().execute(record)
     }
 }
