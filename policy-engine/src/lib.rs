@@ -8,6 +8,7 @@ pub mod event;
 #[cfg(feature = "executor")]
 pub mod executor;
 pub mod policy;
+pub mod protocol;
 pub mod severity;
 #[cfg(feature = "sshd")]
 pub mod sshd;

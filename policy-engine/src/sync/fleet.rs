@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -21,82 +20,14 @@ use tokio::task::JoinHandle;
 use super::{ApiClient, SyncError};
 use crate::action::{Action, ActionRecord};
 use crate::policy::Scope;
+use crate::protocol::ReportOutcome;
 
 /// File of executed approval ids in the state dir.
 pub const APPROVALS_FILE: &str = "approvals.json";
 
-/// One fleet event from the server.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FleetEvent {
-    /// Block an address another agent reported (`event: block`).
-    Block(BlockEvent),
-    /// Lift a fleet block (`event: unblock`).
-    Unblock(UnblockEvent),
-    /// Execute an approved action once (`event: approval`).
-    Approval(ApprovalEvent),
-}
-
-/// `event: block`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BlockEvent {
-    /// The address.
-    pub ip: IpAddr,
-    /// When the fleet block ends; `None` is permanent.
-    pub expires_at: Option<DateTime<Utc>>,
-    /// The agent that reported it.
-    pub source_agent: String,
-    /// A host-scope `block_ip` for the time left, ready for the executor.
-    pub action: ActionRecord,
-}
-
-/// `event: unblock`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UnblockEvent {
-    /// The address.
-    pub ip: IpAddr,
-    /// Who lifted it.
-    pub by: String,
-}
-
-/// `event: approval`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApprovalEvent {
-    /// `apr_...`
-    pub approval_id: String,
-    /// Not executed after this.
-    pub expires_at: DateTime<Utc>,
-    /// The approved action.
-    pub action: ActionRecord,
-}
-
-impl FleetEvent {
-    /// Reads a fleet event; `Ok(None)` for event names this agent does not know.
-    pub fn parse(event: &str, data: &str) -> Result<Option<Self>, FleetEventError> {
-        let malformed = |e: serde_json::Error| FleetEventError {
-            event: event.to_owned(),
-            message: e.to_string(),
-        };
-        Ok(Some(match event {
-            "block" => Self::Block(serde_json::from_str(data).map_err(malformed)?),
-            "unblock" => Self::Unblock(serde_json::from_str(data).map_err(malformed)?),
-            "approval" => Self::Approval(serde_json::from_str(data).map_err(malformed)?),
-            _ => return Ok(None),
-        }))
-    }
-}
-
-/// A fleet event whose payload does not fit its type.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed `{event}` event: {message}")]
-pub struct FleetEventError {
-    /// The event name.
-    pub event: String,
-    /// The parser's message.
-    pub message: String,
-}
+pub use crate::protocol::{
+    ApprovalEvent, BlockEvent, FleetEvent, FleetEventError, Report, UnblockEvent,
+};
 
 /// Where the stream task queues fleet events (bounded: when the handler falls behind, events
 /// are dropped with a warning; the server re-sends blocks in force and pending approvals on the
@@ -147,6 +78,15 @@ impl FleetOutcome {
             Self::Executed(_) => "executed",
             Self::Skipped(_) => "skipped",
             Self::Failed(_) => "failed",
+        }
+    }
+
+    /// The report's `outcome`.
+    pub fn report_outcome(&self) -> ReportOutcome {
+        match self {
+            Self::Executed(_) => ReportOutcome::Executed,
+            Self::Skipped(_) => ReportOutcome::Skipped,
+            Self::Failed(_) => ReportOutcome::Failed,
         }
     }
 
@@ -232,23 +172,7 @@ pub struct Reporter {
     token: String,
 }
 
-/// One report: an action record and what became of it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Report {
-    /// The action.
-    #[serde(flatten)]
-    pub record: ActionRecord,
-    /// `executed`, `failed`, `refused`, `skipped` or `requested`.
-    pub outcome: &'static str,
-    /// Executor message.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// The approval it was executed under.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub approval_id: Option<String>,
-}
-
+/// A report of an engine action this agent handled itself.
 impl Report {
     /// The report of an engine action this agent handled locally: an `approval_request` is
     /// `requested` (never executed before approval); others carry the executor's outcome.
@@ -256,13 +180,14 @@ impl Report {
         let requested = matches!(record.action, Action::ApprovalRequest { .. });
         Self {
             record,
-            outcome: if requested {
-                "requested"
+            outcome: Some(if requested {
+                ReportOutcome::Requested
             } else {
-                outcome.name()
-            },
+                outcome.report_outcome()
+            }),
             detail: (!requested).then(|| outcome.detail().to_owned()),
             approval_id: None,
+            report_id: None,
         }
     }
 }
@@ -386,9 +311,10 @@ impl FleetHandler {
     ) {
         let report = Report {
             record,
-            outcome: outcome.name(),
+            outcome: Some(outcome.report_outcome()),
             detail: Some(outcome.detail().to_owned()),
             approval_id,
+            report_id: None,
         };
         if let Err(err) = self.reporter.send(&report).await {
             tracing::warn!(%err, "cannot report a fleet action");

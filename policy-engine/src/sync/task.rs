@@ -265,7 +265,7 @@ async fn follow_stream(
                     .live
                     .update_status(|s| s.last_contact = Some(Instant::now()));
                 if message.event == "policy" {
-                    if on_policy(context, &message.data, &message.id).await {
+                    if on_policy(context, &message.data).await {
                         backoff.reset();
                     }
                 } else if let Some(fleet) = &context.config.fleet {
@@ -300,10 +300,10 @@ async fn follow_stream(
 }
 
 /// Applies one pushed policy; true when it is running afterwards (applied or already running).
-async fn on_policy(context: &Context, data: &str, id: &str) -> bool {
+async fn on_policy(context: &Context, data: &str) -> bool {
     context.policy_events.fetch_add(1, Ordering::Relaxed);
     let live = &context.live;
-    let applied = PolicyUpdate::from_event(data, id)
+    let applied = PolicyUpdate::from_event(data)
         .inspect_err(|err| live.record_error(err.to_string()))
         .and_then(|update| live.apply_update(&update));
     match applied {
