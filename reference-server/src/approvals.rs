@@ -2,59 +2,17 @@
 //! the clock, and marked executed when the agent reports the outcome. Every transition writes
 //! its audit entry in the same transaction.
 
+use chrono::{DateTime, Utc};
 use policy_engine::ActionRecord;
+use policy_engine::protocol::{ApprovalEvent, ApprovalStatus, ApprovalView, time};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
 
 use crate::audit::{self, NewEntry};
 use crate::blocks::ms_to_rfc3339;
 use crate::store::{Store, StoreError};
 
-/// Where an approval request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Waiting for an admin.
-    Pending,
-    /// Approved; pushed to the agent, not yet reported executed.
-    Approved,
-    /// Denied by an admin.
-    Denied,
-    /// Nobody decided (or the agent did not execute it) before the expiry.
-    Expired,
-    /// The agent reported the approved action executed.
-    Executed,
-    /// The agent reported the approved action failed.
-    Failed,
-}
-
-impl Status {
-    /// The stored and shown name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Approved => "approved",
-            Self::Denied => "denied",
-            Self::Expired => "expired",
-            Self::Executed => "executed",
-            Self::Failed => "failed",
-        }
-    }
-
-    /// The status of a stored name.
-    pub fn parse(name: &str) -> Option<Self> {
-        [
-            Self::Pending,
-            Self::Approved,
-            Self::Denied,
-            Self::Expired,
-            Self::Executed,
-            Self::Failed,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == name)
-    }
-}
+/// Where an approval request stands (the protocol's [`ApprovalStatus`]).
+pub type Status = ApprovalStatus;
 
 /// A stored approval request.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,68 +39,33 @@ pub struct Approval {
     pub reason: Option<String>,
 }
 
-/// An approval as `GET /api/approvals` and the decision endpoints show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApprovalView {
-    /// `apr_...`
-    pub id: String,
-    /// The requesting agent.
-    pub agent_id: String,
-    /// Status.
-    pub status: Status,
-    /// The action awaiting approval.
-    pub action: ActionRecord,
-    /// Received.
-    pub created_at: String,
-    /// Deadline to approve and execute.
-    pub expires_at: String,
-    /// When it was decided, expired or executed.
-    pub decided_at: Option<String>,
-    /// Who decided.
-    pub decided_by: Option<String>,
-    /// Reason given with the decision.
-    pub reason: Option<String>,
-}
-
-impl ApprovalView {
-    /// The view of a stored approval.
-    pub fn of(approval: &Approval) -> Self {
-        Self {
-            id: approval.id.clone(),
-            agent_id: approval.agent_id.clone(),
-            status: approval.status,
-            action: approval.request.clone(),
-            created_at: ms_to_rfc3339(approval.created_ms),
-            expires_at: ms_to_rfc3339(approval.expires_ms),
-            decided_at: approval.decided_ms.map(ms_to_rfc3339),
-            decided_by: approval.decided_by.clone(),
-            reason: approval.reason.clone(),
-        }
+/// The view of a stored approval (`GET /api/approvals`, the decision endpoints, a report's
+/// answer).
+pub fn view(approval: &Approval) -> ApprovalView {
+    ApprovalView {
+        id: approval.id.clone(),
+        agent_id: approval.agent_id.clone(),
+        status: approval.status,
+        action: approval.request.clone(),
+        created_at: at(approval.created_ms),
+        expires_at: at(approval.expires_ms),
+        decided_at: approval.decided_ms.map(at),
+        decided_by: approval.decided_by.clone(),
+        reason: approval.reason.clone(),
     }
 }
 
-/// The `data` of an SSE `approval` event: execute `action` once, before `expiresAt`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApprovalEventData {
-    /// `apr_...`; the agent remembers executed ids and ignores replays.
-    pub approval_id: String,
-    /// After this the agent must not execute it.
-    pub expires_at: String,
-    /// The approved action.
-    pub action: ActionRecord,
+/// The `approval` event of an approved request: execute it once, before its expiry.
+pub fn event(approval: &Approval) -> ApprovalEvent {
+    ApprovalEvent {
+        approval_id: approval.id.clone(),
+        expires_at: at(approval.expires_ms),
+        action: approval.request.clone(),
+    }
 }
 
-impl ApprovalEventData {
-    /// The payload for an approved request.
-    pub fn of(approval: &Approval) -> Self {
-        Self {
-            approval_id: approval.id.clone(),
-            expires_at: ms_to_rfc3339(approval.expires_ms),
-            action: approval.request.clone(),
-        }
-    }
+fn at(ms: i64) -> DateTime<Utc> {
+    time::from_millis(ms).unwrap_or_default()
 }
 
 /// Why a decision was refused.
@@ -323,14 +246,16 @@ pub async fn decide(
         .await
 }
 
-/// Records the agent's outcome of an approved action: `executed` or `failed`. Only the
-/// requesting agent's report of an `approved` request counts; returns whether it did.
+/// Records the agent's outcome of an approved action: `executed` or `failed`, with the report's
+/// audit entry in the same transaction. Only the requesting agent's report of an `approved`
+/// request changes the approval; returns whether it did.
 pub async fn finish(
     store: &Store,
     id: String,
     agent_id: String,
     executed: bool,
     now_ms: i64,
+    entry: NewEntry,
 ) -> Result<bool, StoreError> {
     store
         .call(move |conn| {
@@ -339,11 +264,14 @@ pub async fn finish(
             } else {
                 Status::Failed
             };
-            let changed = conn.execute(
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let changed = tx.execute(
                 "UPDATE approvals SET status = ?3, decided_ms = ?4
                  WHERE id = ?1 AND agent_id = ?2 AND status = 'approved'",
                 params![id, agent_id, status.as_str(), now_ms],
             )?;
+            audit::insert(&tx, &ms_to_rfc3339(now_ms), &entry)?;
+            tx.commit()?;
             Ok(changed == 1)
         })
         .await
@@ -383,6 +311,7 @@ fn entry_for(approval: &Approval, actor: &str, action: &str, outcome: &str) -> N
         ip: target_ip(&approval.request),
         outcome: outcome.to_owned(),
         detail: Some(serde_json::json!({ "approvalId": approval.id })),
+        receipt: None,
     }
 }
 

@@ -6,7 +6,7 @@ use rusqlite::{Connection, params_from_iter};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::store::{Store, StoreError};
+use crate::store::{ReportReceipt, Store, StoreError, insert_receipt};
 
 /// One audit entry as written.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -31,6 +31,9 @@ pub struct NewEntry {
     pub outcome: String,
     /// Anything else worth keeping (the action JSON, an error message, a channel name).
     pub detail: Option<Value>,
+    /// For the entry of a report with a `reportId`: its receipt, written in the same
+    /// transaction (a report already received fails it, see [`crate::store::insert_receipt`]).
+    pub receipt: Option<ReportReceipt>,
 }
 
 /// One audit entry as `GET /api/audit` shows it.
@@ -94,6 +97,9 @@ pub struct Page {
 
 /// Writes one entry on the store thread's connection (inside a caller's transaction).
 pub fn insert(conn: &Connection, time: &str, entry: &NewEntry) -> Result<i64, StoreError> {
+    if let Some(receipt) = &entry.receipt {
+        insert_receipt(conn, receipt)?;
+    }
     let detail = entry
         .detail
         .as_ref()
@@ -122,11 +128,23 @@ pub fn insert(conn: &Connection, time: &str, entry: &NewEntry) -> Result<i64, St
 /// Records one entry; a failure is logged, never returned: the audit must not fail the request
 /// whose effect already happened.
 pub async fn record(store: &Store, entry: NewEntry) {
-    let time = crate::models::now_rfc3339();
     let action = entry.action.clone();
-    if let Err(error) = store.call(move |conn| insert(conn, &time, &entry)).await {
+    if let Err(error) = write(store, entry).await {
         tracing::error!(%error, action, "cannot write the audit entry");
     }
+}
+
+/// Writes one entry (in a transaction of its own, with its report receipt if it has one).
+pub async fn write(store: &Store, entry: NewEntry) -> Result<(), StoreError> {
+    let time = crate::models::now_rfc3339();
+    store
+        .call(move |conn| {
+            let tx = conn.transaction()?;
+            insert(&tx, &time, &entry)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
 }
 
 /// One page of entries matching `filter`, newest first.

@@ -3,9 +3,10 @@
 
 use std::net::IpAddr;
 
+use chrono::{DateTime, Utc};
+use policy_engine::protocol::{BlockEvent, BlockView, time};
 use policy_engine::{Action, ActionRecord, PolicyDuration, PolicyVersion, Scope};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
 
 use crate::audit::{self, NewEntry};
 use crate::store::{Store, StoreError};
@@ -15,10 +16,10 @@ use crate::store::{Store, StoreError};
 pub struct FleetBlock {
     /// Org.
     pub org_id: String,
-    /// Address, normalized.
-    pub ip: String,
+    /// Address.
+    pub ip: IpAddr,
     /// Duration as reported by the agent whose report set the expiry.
-    pub duration: String,
+    pub duration: PolicyDuration,
     /// Expiry in milliseconds since the epoch; `None` is permanent.
     pub expires_ms: Option<i64>,
     /// The agent whose report set the expiry.
@@ -26,13 +27,13 @@ pub struct FleetBlock {
     /// That report's rule index.
     pub rule: Option<u64>,
     /// That report's policy version.
-    pub policy_version: Option<String>,
+    pub policy_version: Option<PolicyVersion>,
     /// Reports collapsed into this block.
     pub reports: u32,
     /// First report.
-    pub created_at: String,
+    pub created_at: DateTime<Utc>,
     /// Last change of the expiry.
-    pub updated_at: String,
+    pub updated_at: DateTime<Utc>,
 }
 
 /// A fleet block reported by an agent.
@@ -64,114 +65,51 @@ pub struct Upserted {
     pub changed: bool,
 }
 
-/// `GET /api/blocks` entry and the `block` of a report's answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BlockView {
-    /// Address.
-    pub ip: String,
-    /// Duration of the report that set the expiry.
-    pub duration: String,
-    /// Expiry (RFC 3339, UTC); `null` when permanent.
-    pub expires_at: Option<String>,
-    /// Never expires.
-    pub permanent: bool,
-    /// Agent whose report set the expiry.
-    pub agent_id: String,
-    /// Its rule index.
-    pub rule: Option<u64>,
-    /// Its policy version.
-    pub policy_version: Option<String>,
-    /// Reports collapsed into this block.
-    pub reports: u32,
-    /// First report.
-    pub created_at: String,
-    /// Last extension.
-    pub updated_at: String,
+/// The view of a stored block (`GET /api/blocks`, the `block` of a report's answer).
+pub fn view(block: &FleetBlock) -> BlockView {
+    BlockView {
+        ip: block.ip,
+        duration: block.duration,
+        expires_at: block.expires_ms.and_then(time::from_millis),
+        permanent: block.expires_ms.is_none(),
+        agent_id: block.agent_id.clone(),
+        rule: block.rule,
+        policy_version: block.policy_version,
+        reports: block.reports,
+        created_at: block.created_at,
+        updated_at: block.updated_at,
+    }
 }
 
-impl BlockView {
-    /// The view of a stored block.
-    pub fn of(block: &FleetBlock) -> Self {
-        Self {
-            ip: block.ip.clone(),
-            duration: block.duration.clone(),
-            expires_at: block.expires_ms.map(ms_to_rfc3339),
-            permanent: block.expires_ms.is_none(),
-            agent_id: block.agent_id.clone(),
-            rule: block.rule,
-            policy_version: block.policy_version.clone(),
-            reports: block.reports,
-            created_at: block.created_at.clone(),
-            updated_at: block.updated_at.clone(),
+/// The `block` event for `block` at `now_ms`: a host-scope `block_ip` for the time left (whole
+/// seconds, rounded up); `None` when it has expired.
+pub fn event(block: &FleetBlock, now_ms: i64) -> Option<BlockEvent> {
+    let duration = match block.expires_ms {
+        None => PolicyDuration::Permanent,
+        Some(expires) if expires > now_ms => {
+            let left_ms = u64::try_from(expires - now_ms).ok()?;
+            PolicyDuration::from_secs(left_ms.div_ceil(1000))
         }
-    }
-}
-
-/// The `data` of an SSE `block` event.
-///
-/// `action` is ready for the agent's executor: a host-scope `block_ip` for the time left
-/// (whole seconds, rounded up), so every agent's block ends when the fleet block does, whatever
-/// its clock says; `expiresAt` is the absolute expiry for display.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BlockEventData {
-    /// Address.
-    pub ip: String,
-    /// Expiry, `null` when permanent.
-    pub expires_at: Option<String>,
-    /// The agent that reported it.
-    pub source_agent: String,
-    /// The action to execute.
-    pub action: ActionRecord,
-}
-
-impl BlockEventData {
-    /// The payload for `block` at `now_ms`; `None` when it has expired or is malformed.
-    pub fn of(block: &FleetBlock, now_ms: i64) -> Option<Self> {
-        let ip: IpAddr = block.ip.parse().ok()?;
-        let duration = match block.expires_ms {
-            None => PolicyDuration::Permanent,
-            Some(expires) if expires > now_ms => {
-                let left_ms = u64::try_from(expires - now_ms).ok()?;
-                PolicyDuration::from_secs(left_ms.div_ceil(1000))
-            }
-            Some(_) => return None,
-        };
-        let version = block
-            .policy_version
-            .as_deref()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default();
-        Some(Self {
-            ip: block.ip.clone(),
-            expires_at: block.expires_ms.map(ms_to_rfc3339),
-            source_agent: block.agent_id.clone(),
-            action: ActionRecord {
-                action: Action::BlockIp {
-                    ip,
-                    duration,
-                    scope: Scope::Host,
-                },
-                rule: block
-                    .rule
-                    .and_then(|r| usize::try_from(r).ok())
-                    .unwrap_or_default(),
-                policy_version: version,
-                event_id: None,
+        Some(_) => return None,
+    };
+    Some(BlockEvent {
+        ip: block.ip,
+        expires_at: block.expires_ms.and_then(time::from_millis),
+        source_agent: block.agent_id.clone(),
+        action: ActionRecord {
+            action: Action::BlockIp {
+                ip: block.ip,
+                duration,
+                scope: Scope::Host,
             },
-        })
-    }
-}
-
-/// The `data` of an SSE `unblock` event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UnblockEventData {
-    /// Address to unblock.
-    pub ip: String,
-    /// Who lifted it (`admin` or `admin:<org>`).
-    pub by: String,
+            rule: block
+                .rule
+                .and_then(|r| usize::try_from(r).ok())
+                .unwrap_or_default(),
+            policy_version: block.policy_version.unwrap_or_default(),
+            event_id: None,
+        },
+    })
 }
 
 /// Milliseconds since the epoch as RFC 3339 with milliseconds, UTC.
@@ -209,7 +147,7 @@ pub async fn upsert(
                 new.now_ms
                     .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             });
-            let now = ms_to_rfc3339(new.now_ms);
+            let now = time::from_millis(new.now_ms).unwrap_or_default();
             let later = |old: Option<i64>| match (old, expires_ms) {
                 (None, _) => false,
                 (Some(_), None) => true,
@@ -230,17 +168,15 @@ pub async fn upsert(
                 existing => {
                     let block = FleetBlock {
                         org_id: new.org_id.clone(),
-                        ip: ip.clone(),
-                        duration: new.duration.to_string(),
+                        ip: new.ip,
+                        duration: new.duration,
                         expires_ms,
                         agent_id: new.agent_id.clone(),
                         rule: Some(new.rule),
-                        policy_version: Some(new.policy_version.to_string()),
+                        policy_version: Some(new.policy_version),
                         reports: existing.as_ref().map_or(1, |b| b.reports.saturating_add(1)),
-                        created_at: existing
-                            .as_ref()
-                            .map_or_else(|| now.clone(), |b| b.created_at.clone()),
-                        updated_at: now.clone(),
+                        created_at: existing.as_ref().map_or(now, |b| b.created_at),
+                        updated_at: now,
                     };
                     tx.execute(
                         "INSERT OR REPLACE INTO blocks (org_id, ip, duration, expires_ms,
@@ -248,15 +184,15 @@ pub async fn upsert(
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                         params![
                             block.org_id,
-                            block.ip,
-                            block.duration,
+                            ip,
+                            block.duration.to_string(),
                             block.expires_ms,
                             block.agent_id,
                             block.rule.and_then(|r| i64::try_from(r).ok()),
-                            block.policy_version,
+                            block.policy_version.map(|v| v.to_string()),
                             block.reports,
-                            block.created_at,
-                            block.updated_at
+                            time::format(&block.created_at),
+                            time::format(&block.updated_at)
                         ],
                     )?;
                     Upserted {
@@ -276,7 +212,7 @@ pub async fn upsert(
                     }),
                 );
             }
-            audit::insert(&tx, &now, &entry)?;
+            audit::insert(&tx, &time::format(&now), &entry)?;
             tx.commit()?;
             Ok(upserted)
         })
@@ -343,16 +279,45 @@ const BLOCK_COLUMNS: &str = "SELECT org_id, ip, duration, expires_ms, agent_id, 
 fn block_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FleetBlock> {
     Ok(FleetBlock {
         org_id: row.get(0)?,
-        ip: row.get(1)?,
-        duration: row.get(2)?,
+        ip: parsed(row, 1)?,
+        duration: parsed(row, 2)?,
         expires_ms: row.get(3)?,
         agent_id: row.get(4)?,
         rule: row
             .get::<_, Option<i64>>(5)?
             .and_then(|r| u64::try_from(r).ok()),
-        policy_version: row.get(6)?,
+        policy_version: row
+            .get::<_, Option<String>>(6)?
+            .map(|v| v.parse().map_err(|e| conversion(6, e)))
+            .transpose()?,
         reports: row.get(7)?,
-        created_at: row.get(8)?,
-        updated_at: row.get(9)?,
+        created_at: time_column(row, 8)?,
+        updated_at: time_column(row, 9)?,
     })
+}
+
+/// A text column parsed with `FromStr`; a value that does not parse is a conversion error.
+fn parsed<T>(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    row.get::<_, String>(index)?
+        .parse()
+        .map_err(|e| conversion(index, e))
+}
+
+/// A stored RFC 3339 time.
+pub(crate) fn time_column(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+) -> rusqlite::Result<DateTime<Utc>> {
+    time::parse(&row.get::<_, String>(index)?).map_err(|e| conversion(index, e))
+}
+
+fn conversion(
+    index: usize,
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(error))
 }

@@ -1,14 +1,15 @@
 //! Request bodies: reading with the 1 MiB limit, strict JSON (duplicate keys, nesting and
-//! string limits) and field checks for the bodies that are not policies.
+//! string limits); the strict field reader of the protocol for the bodies that are not
+//! policies.
 
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use policy_engine::ValidationError;
 use policy_engine::policy::json::{JsonError, JsonLimits, parse_strict};
 pub use policy_engine::policy::json::{describe, join_index, join_key};
-use serde_json::{Map, Value};
+pub use policy_engine::protocol::fields::{Fields, check_org_id, org_field};
+use serde_json::Value;
 
 use crate::error::ApiError;
 
@@ -88,135 +89,4 @@ pub fn parse_json(input: &[u8]) -> Result<Value, ApiError> {
         JsonError::Syntax(e) => ApiError::malformed(e.message),
         JsonError::Rejected(e) => ApiError::from_validation(vec![e]),
     })
-}
-
-/// Field-by-field reading of a JSON object with unknown-field rejection and every error
-/// collected, for the small request bodies (enroll, heartbeat, tokens, overrides).
-#[derive(Debug, Default)]
-pub struct Fields {
-    /// Errors found so far.
-    pub errors: Vec<ValidationError>,
-}
-
-impl Fields {
-    /// The value as an object whose keys are all in `allowed`; errors otherwise.
-    pub fn object<'v>(
-        &mut self,
-        value: &'v Value,
-        path: &str,
-        allowed: &[&str],
-    ) -> Option<&'v Map<String, Value>> {
-        let Value::Object(map) = value else {
-            self.push(
-                path,
-                format!("expected an object, found {}", describe(value)),
-            );
-            return None;
-        };
-        for key in map.keys() {
-            if !allowed.contains(&key.as_str()) {
-                let names: Vec<String> = allowed.iter().map(|n| format!("`{n}`")).collect();
-                self.push(
-                    &join_key(path, key),
-                    format!(
-                        "unknown field `{key}`, expected one of {}",
-                        names.join(", ")
-                    ),
-                );
-            }
-        }
-        Some(map)
-    }
-
-    /// Records an error.
-    pub fn push(&mut self, path: &str, message: impl Into<String>) {
-        self.errors.push(ValidationError::new(path, message));
-    }
-
-    /// An optional string field (absent or `null` is `None`).
-    pub fn opt_string(
-        &mut self,
-        map: &Map<String, Value>,
-        path: &str,
-        key: &str,
-    ) -> Option<String> {
-        match map.get(key) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => {
-                self.push(
-                    &join_key(path, key),
-                    format!("expected a string, found {}", describe(other)),
-                );
-                None
-            }
-        }
-    }
-
-    /// A required non-empty string field.
-    pub fn req_string(
-        &mut self,
-        map: &Map<String, Value>,
-        path: &str,
-        key: &str,
-    ) -> Option<String> {
-        if matches!(map.get(key), None | Some(Value::Null)) {
-            self.push(
-                &join_key(path, key),
-                format!("missing required field `{key}`"),
-            );
-            return None;
-        }
-        let s = self.opt_string(map, path, key)?;
-        if s.trim().is_empty() {
-            self.push(
-                &join_key(path, key),
-                "expected a non-empty string, found an empty one",
-            );
-            return None;
-        }
-        Some(s)
-    }
-
-    /// The collected errors as a 422, or `Ok` when there are none.
-    pub fn finish(self) -> Result<(), ApiError> {
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::from_validation(self.errors))
-        }
-    }
-}
-
-/// An org id as the policy library accepts it: 1 to 64 letters, digits, `-`, `_` or `.`.
-pub fn check_org_id(fields: &mut Fields, path: &str, id: &str) -> bool {
-    let valid_chars = id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if id.is_empty() || id.chars().count() > 64 || !valid_chars {
-        fields.push(
-            path,
-            format!("expected 1 to 64 letters, digits, `-`, `_` or `.`, found `{id}`"),
-        );
-        return false;
-    }
-    true
-}
-
-/// Reads `org_id` (or its alias `orgId`) from an object, validated.
-pub fn org_field(fields: &mut Fields, map: &Map<String, Value>, path: &str) -> Option<String> {
-    let snake = fields.opt_string(map, path, "org_id");
-    let camel = fields.opt_string(map, path, "orgId");
-    match (snake, camel) {
-        (Some(_), Some(_)) => {
-            fields.push(
-                &join_key(path, "orgId"),
-                "`org_id` and its alias `orgId` are both given; use one",
-            );
-            None
-        }
-        (Some(id), None) => check_org_id(fields, &join_key(path, "org_id"), &id).then_some(id),
-        (None, Some(id)) => check_org_id(fields, &join_key(path, "orgId"), &id).then_some(id),
-        (None, None) => None,
-    }
 }

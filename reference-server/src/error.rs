@@ -3,8 +3,8 @@
 
 use std::convert::Infallible;
 
+use policy_engine::protocol::{ErrorBody, ErrorEnvelope, ErrorItem};
 use policy_engine::{PolicyError, ValidationError};
-use serde::Serialize;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Rejection, Reply};
@@ -135,53 +135,35 @@ impl ApiError {
         )
     }
 
-    /// The error as an HTTP response.
+    /// The error as an HTTP response, in the protocol's [`ErrorEnvelope`].
     pub fn to_response(&self) -> Response {
-        let body = ErrorEnvelope {
-            ok: false,
-            error: ErrorBody {
-                code: self.code,
-                message: &self.message,
-                path: self.path.as_deref(),
-                errors: self
-                    .errors
-                    .iter()
-                    .map(|e| ErrorItem {
-                        path: &e.path,
-                        message: &e.message,
-                    })
-                    .collect(),
-            },
-        };
+        let body = ErrorEnvelope::new(ErrorBody {
+            code: self.code.to_owned(),
+            message: self.message.clone(),
+            path: self.path.clone(),
+            errors: self
+                .errors
+                .iter()
+                .map(|e| ErrorItem {
+                    path: e.path.clone(),
+                    message: e.message.clone(),
+                })
+                .collect(),
+        });
         warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+    }
+}
+
+impl From<Vec<ValidationError>> for ApiError {
+    /// 422 with every error (a strict reader's result).
+    fn from(errors: Vec<ValidationError>) -> Self {
+        Self::from_validation(errors)
     }
 }
 
 /// Whether a library error is a JSON syntax error (400) rather than a validation error (422).
 pub fn is_syntax_error(error: &ValidationError) -> bool {
     error.path.is_empty() && error.message.starts_with("invalid JSON")
-}
-
-#[derive(Serialize)]
-struct ErrorEnvelope<'a> {
-    ok: bool,
-    error: ErrorBody<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: &'static str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<&'a str>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    errors: Vec<ErrorItem<'a>>,
-}
-
-#[derive(Serialize)]
-struct ErrorItem<'a> {
-    path: &'a str,
-    message: &'a str,
 }
 
 /// Maps every rejection (unknown route, wrong method, bad query, our own errors) to the

@@ -71,6 +71,13 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .then(handlers::heartbeat)
         .boxed();
     let s = state.clone();
+    let me = warp::path!("api" / "agents" / "me")
+        .and(warp::get())
+        .and(with_state(s))
+        .and(warp::header::headers_cloned())
+        .then(handlers::me)
+        .boxed();
+    let s = state.clone();
     let agents = warp::path!("api" / "agents")
         .and(warp::get())
         .and(with_state(s))
@@ -152,6 +159,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         overrides,
         enroll,
         heartbeat,
+        me,
         agents,
         events,
         tokens,

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use bytes::Buf;
 use futures_util::Stream;
+use policy_engine::protocol::{
+    ApprovalView, BlockView, FleetEvent, Report, ReportAnswer, ReportId, ReportKind, ReportOutcome,
+    UnblockEvent,
+};
 use policy_engine::{Action, ActionRecord, Scope};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -14,10 +18,10 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
 use crate::AppState;
-use crate::approvals::{self, Approval, ApprovalEventData, ApprovalView, DecideError, Status};
+use crate::approvals::{self, Approval, DecideError, Status};
 use crate::audit::{self, NewEntry};
 use crate::auth::{Principal, random_hex};
-use crate::blocks::{self, BlockEventData, BlockView, NewBlock, UnblockEventData};
+use crate::blocks::{self, NewBlock};
 use crate::body::{Fields, parse_json};
 use crate::error::ApiError;
 use crate::filters::Query;
@@ -25,47 +29,14 @@ use crate::handlers::{Result, authenticate, org_query, read_body, read_json, res
 use crate::hub::Frame;
 use crate::models::{now_rfc3339, ok_reply};
 use crate::notify::{self, Alert};
-use crate::report::{self, Outcome, Report};
+use crate::store::{ReportReceipt, StoreError};
 
 /// Default and largest page of `GET /api/audit` and `GET /api/approvals`.
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 
-/// The answer to `POST /api/agents/:id/reports`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReportAnswer {
-    /// `fleet_block`, `approval_request`, `alert`, `approval_outcome` or `recorded`.
-    kind: &'static str,
-    /// The fleet block now in force.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    block: Option<BlockView>,
-    /// Whether the report created or extended the block (else a duplicate).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    changed: Option<bool>,
-    /// Streams the `block` event was queued to.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    broadcasted_to: Option<usize>,
-    /// The stored approval request.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    approval: Option<ApprovalView>,
-    /// Channels a delivery was queued to.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    notified: Option<Vec<String>>,
-}
-
-impl ReportAnswer {
-    fn of(kind: &'static str) -> Self {
-        Self {
-            kind,
-            block: None,
-            changed: None,
-            broadcasted_to: None,
-            approval: None,
-            notified: None,
-        }
-    }
-}
+/// How long the server remembers report ids (a report resent later is acted on again).
+pub const REPORT_RECEIPT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The name shown as `actor` in the audit and `decidedBy`/`by` in fleet answers.
 pub(crate) fn actor(principal: &Principal) -> String {
@@ -92,12 +63,105 @@ where
             let principal = authenticate(&state, &headers)?;
             let org = principal.require_agent(&id, "reports")?;
             let value = read_json(&headers, body).await?;
-            let report = report::parse(&value)?;
-            let answer = handle_report(&state, &org, &id, report).await?;
+            let report = Report::from_value(&value)?;
+            let answer = match &report.report_id {
+                Some(report_id) => {
+                    match replayed(&state, &id, report_id).await? {
+                        Some(answer) => answer,
+                        None => {
+                            let report_id = report_id.clone();
+                            match handle_report(&state, &org, &id, report).await {
+                                Ok(answer) => {
+                                    let json = serde_json::to_value(&answer)
+                                        .map_err(ApiError::internal)?;
+                                    state
+                                        .store
+                                        .set_report_answer(id.clone(), report_id, json.clone())
+                                        .await?;
+                                    json
+                                }
+                                // Received meanwhile (the agent resent while the first was
+                                // being handled): this one changed nothing.
+                                Err(Handled::Duplicate) => {
+                                    replayed(&state, &id, &report_id).await?.ok_or_else(|| {
+                                        ApiError::internal("a duplicate report has no receipt")
+                                    })?
+                                }
+                                Err(Handled::Failed(error)) => return Err(error),
+                            }
+                        }
+                    }
+                }
+                None => match handle_report(&state, &org, &id, report).await {
+                    Ok(answer) => serde_json::to_value(&answer).map_err(ApiError::internal)?,
+                    Err(Handled::Failed(error)) => return Err(error),
+                    Err(Handled::Duplicate) => {
+                        return Err(ApiError::internal("a report without id was a duplicate"));
+                    }
+                },
+            };
             Ok(ok_reply(StatusCode::CREATED, &answer))
         }
         .await,
     )
+}
+
+/// The answer to a report this agent already sent, if it did: the stored one, or (when the
+/// server stopped between the report's effect and its answer) what was done.
+async fn replayed(state: &AppState, agent_id: &str, report_id: &ReportId) -> Result<Option<Value>> {
+    let receipt = state
+        .store
+        .report_receipt(agent_id.to_owned(), report_id.clone())
+        .await?;
+    Ok(receipt.map(|receipt| {
+        tracing::info!(agent = agent_id, report = %report_id, kind = receipt.kind.as_str(), "repeated report answered again");
+        receipt.answer.unwrap_or_else(|| {
+            serde_json::to_value(ReportAnswer::of(receipt.kind, Some(receipt.report_id)))
+                .unwrap_or(Value::Null)
+        })
+    }))
+}
+
+/// Why a report was not handled.
+enum Handled {
+    /// The report id was received meanwhile; nothing was done.
+    Duplicate,
+    /// Any other failure.
+    Failed(ApiError),
+}
+
+impl From<StoreError> for Handled {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::DuplicateReport { .. } => Self::Duplicate,
+            other => Self::Failed(other.into()),
+        }
+    }
+}
+
+impl From<ApiError> for Handled {
+    fn from(error: ApiError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+/// The kind of answer a report gets, decided before acting (its receipt records it).
+fn report_kind(report: &Report) -> ReportKind {
+    if report.approval_id.is_some() {
+        return ReportKind::ApprovalOutcome;
+    }
+    match (&report.record.action, report.outcome()) {
+        (
+            Action::BlockIp {
+                scope: Scope::Fleet,
+                ..
+            },
+            ReportOutcome::Executed,
+        ) => ReportKind::FleetBlock,
+        (Action::ApprovalRequest { .. }, ReportOutcome::Requested) => ReportKind::ApprovalRequest,
+        (Action::Alert { .. }, _) => ReportKind::Alert,
+        _ => ReportKind::Recorded,
+    }
 }
 
 async fn handle_report(
@@ -105,8 +169,11 @@ async fn handle_report(
     org: &str,
     agent_id: &str,
     report: Report,
-) -> Result<ReportAnswer> {
+) -> std::result::Result<ReportAnswer, Handled> {
+    let kind = report_kind(&report);
+    let outcome = report.outcome();
     let record_json = serde_json::to_value(&report.record).unwrap_or(Value::Null);
+    let report_id = report.report_id.clone();
     let entry = NewEntry {
         org_id: org.to_owned(),
         agent_id: Some(agent_id.to_owned()),
@@ -115,38 +182,38 @@ async fn handle_report(
         policy_version: Some(report.record.policy_version.to_string()),
         action: report.record.action.name().to_owned(),
         ip: approvals::target_ip(&report.record),
-        outcome: report.outcome.as_str().to_owned(),
+        outcome: outcome.as_str().to_owned(),
         detail: Some(json!({
             "record": record_json,
             "detail": report.detail,
             "approvalId": report.approval_id,
         })),
+        receipt: report_id.clone().map(|report_id| ReportReceipt {
+            agent_id: agent_id.to_owned(),
+            report_id,
+            kind,
+            answer: None,
+        }),
     };
+    let answer = ReportAnswer::of(kind, report_id);
     let now = blocks::now_ms();
     if let Some(approval_id) = &report.approval_id {
         let counted = approvals::finish(
             &state.store,
             approval_id.clone(),
             agent_id.to_owned(),
-            report.outcome == Outcome::Executed,
+            outcome == ReportOutcome::Executed,
             now,
+            entry,
         )
         .await?;
         if !counted {
             tracing::warn!(agent = agent_id, approval = %approval_id, "outcome of an approval that is not approved for this agent");
         }
-        audit::record(&state.store, entry).await;
-        return Ok(ReportAnswer::of("approval_outcome"));
+        return Ok(answer);
     }
-    match (&report.record.action, report.outcome) {
-        (
-            Action::BlockIp {
-                ip,
-                duration,
-                scope: Scope::Fleet,
-            },
-            Outcome::Executed,
-        ) => {
+    match (kind, &report.record.action) {
+        (ReportKind::FleetBlock, Action::BlockIp { ip, duration, .. }) => {
             let new = NewBlock {
                 org_id: org.to_owned(),
                 ip: *ip,
@@ -159,10 +226,12 @@ async fn handle_report(
             let guard = state.publish.lock().await;
             let upserted = blocks::upsert(&state.store, new, entry).await?;
             let delivery = if upserted.changed {
-                BlockEventData::of(&upserted.block, blocks::now_ms()).map(|data| {
-                    state
-                        .hub
-                        .send_org(org, &Frame::fleet("block", &data), Some(agent_id))
+                blocks::event(&upserted.block, blocks::now_ms()).map(|event| {
+                    state.hub.send_org(
+                        org,
+                        &Frame::fleet(&FleetEvent::Block(event)),
+                        Some(agent_id),
+                    )
                 })
             } else {
                 None
@@ -177,13 +246,13 @@ async fn handle_report(
                 "fleet block"
             );
             Ok(ReportAnswer {
-                block: Some(BlockView::of(&upserted.block)),
+                block: Some(blocks::view(&upserted.block)),
                 changed: Some(upserted.changed),
                 broadcasted_to: Some(delivery.map_or(0, |d| d.queued)),
-                ..ReportAnswer::of("fleet_block")
+                ..answer
             })
         }
-        (Action::ApprovalRequest { request }, Outcome::Requested) => {
+        (ReportKind::ApprovalRequest, Action::ApprovalRequest { request }) => {
             let ttl = i64::try_from(state.approval_ttl.as_millis()).unwrap_or(i64::MAX);
             let approval = Approval {
                 id: format!("apr_{}", random_hex(8)),
@@ -209,13 +278,13 @@ async fn handle_report(
             approvals::insert(&state.store, approval.clone(), entry).await?;
             tracing::info!(org, agent = agent_id, approval = %approval.id, "approval requested");
             Ok(ReportAnswer {
-                approval: Some(ApprovalView::of(&approval)),
-                ..ReportAnswer::of("approval_request")
+                approval: Some(approvals::view(&approval)),
+                ..answer
             })
         }
-        (Action::Alert { channels, .. }, _) => {
+        (ReportKind::Alert, Action::Alert { channels, .. }) => {
             let channels = channels.clone();
-            audit::record(&state.store, entry).await;
+            record_report_entry(state, entry).await?;
             let hostname = state
                 .store
                 .agent(agent_id.to_owned())
@@ -233,14 +302,29 @@ async fn handle_report(
             let notified = notify::dispatch(state, alert).await;
             Ok(ReportAnswer {
                 notified: Some(notified),
-                ..ReportAnswer::of("alert")
+                ..answer
             })
         }
         _ => {
-            audit::record(&state.store, entry).await;
-            Ok(ReportAnswer::of("recorded"))
+            record_report_entry(state, entry).await?;
+            Ok(answer)
         }
     }
+}
+
+/// Writes the audit entry of a report. Without a report id a failure is only logged (the
+/// audit never fails a request); with one the entry carries the receipt, which must be stored
+/// before the report is acknowledged.
+async fn record_report_entry(
+    state: &AppState,
+    entry: NewEntry,
+) -> std::result::Result<(), Handled> {
+    if entry.receipt.is_some() {
+        audit::write(&state.store, entry).await?;
+    } else {
+        audit::record(&state.store, entry).await;
+    }
+    Ok(())
 }
 
 /// `GET /api/blocks`
@@ -250,7 +334,7 @@ pub async fn list_blocks(state: Arc<AppState>, headers: HeaderMap, query: Query)
             let principal = authenticate(&state, &headers)?;
             let org = principal.read_org(org_query(&query))?;
             let list = blocks::active(&state.store, org, blocks::now_ms()).await?;
-            let views: Vec<BlockView> = list.iter().map(BlockView::of).collect();
+            let views: Vec<BlockView> = list.iter().map(blocks::view).collect();
             Ok(ok_reply(StatusCode::OK, &views))
         }
         .await,
@@ -261,7 +345,7 @@ pub async fn list_blocks(state: Arc<AppState>, headers: HeaderMap, query: Query)
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Unblocked {
-    ip: String,
+    ip: IpAddr,
     block: BlockView,
     broadcasted_to: usize,
 }
@@ -298,20 +382,15 @@ pub async fn delete_block(
                 .ok_or_else(|| {
                     ApiError::not_found(format!("no fleet block on `{addr}` in org `{org}`"))
                 })?;
-            let data = UnblockEventData {
-                ip: addr.to_string(),
-                by,
-            };
-            let delivery = state
-                .hub
-                .send_org(&org, &Frame::fleet("unblock", &data), None);
+            let event = FleetEvent::Unblock(UnblockEvent { ip: addr, by });
+            let delivery = state.hub.send_org(&org, &Frame::fleet(&event), None);
             drop(guard);
             tracing::info!(org, ip = %addr, broadcasted_to = delivery.queued, "fleet block lifted");
             Ok(ok_reply(
                 StatusCode::OK,
                 &Unblocked {
-                    ip: addr.to_string(),
-                    block: BlockView::of(&removed),
+                    ip: addr,
+                    block: blocks::view(&removed),
                     broadcasted_to: delivery.queued,
                 },
             ))
@@ -339,7 +418,7 @@ pub async fn list_approvals(state: Arc<AppState>, headers: HeaderMap, query: Que
             let limit = page_limit(&query)?;
             approvals::expire(&state.store, blocks::now_ms()).await?;
             let list = approvals::list(&state.store, org, status, limit).await?;
-            let views: Vec<ApprovalView> = list.iter().map(ApprovalView::of).collect();
+            let views: Vec<ApprovalView> = list.iter().map(approvals::view).collect();
             Ok(ok_reply(StatusCode::OK, &views))
         }
         .await,
@@ -428,7 +507,7 @@ where
                 state.hub.send_agent(
                     &approval.org_id,
                     &approval.agent_id,
-                    &Frame::fleet("approval", &ApprovalEventData::of(&approval)),
+                    &Frame::fleet(&FleetEvent::Approval(approvals::event(&approval))),
                 )
             });
             drop(guard);
@@ -441,7 +520,7 @@ where
             Ok(ok_reply(
                 StatusCode::OK,
                 &Decided {
-                    approval: ApprovalView::of(&approval),
+                    approval: approvals::view(&approval),
                     broadcasted_to: delivery.map(|d| d.queued),
                 },
             ))
@@ -563,12 +642,14 @@ pub async fn initial_frames(state: &AppState, org_id: &str, agent_id: &str) -> R
     let now = blocks::now_ms();
     let mut frames = Vec::new();
     for block in blocks::active(&state.store, org_id.to_owned(), now).await? {
-        if let Some(data) = BlockEventData::of(&block, now) {
-            frames.push(Frame::fleet("block", &data));
+        if let Some(event) = blocks::event(&block, now) {
+            frames.push(Frame::fleet(&FleetEvent::Block(event)));
         }
     }
     for approval in approvals::approved_for(&state.store, agent_id.to_owned(), now).await? {
-        frames.push(Frame::fleet("approval", &ApprovalEventData::of(&approval)));
+        frames.push(Frame::fleet(&FleetEvent::Approval(approvals::event(
+            &approval,
+        ))));
     }
     Ok(frames)
 }
@@ -583,8 +664,16 @@ pub fn spawn_sweeper(state: Weak<AppState>, every: Duration) {
             match approvals::expire(&state.store, blocks::now_ms()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(expired = n, "approval requests expired"),
-                Err(crate::store::StoreError::Closed) => break,
+                Err(StoreError::Closed) => break,
                 Err(error) => tracing::warn!(%error, "cannot expire approval requests"),
+            }
+            let ttl = i64::try_from(REPORT_RECEIPT_TTL.as_millis()).unwrap_or(i64::MAX);
+            let before = blocks::now_ms().saturating_sub(ttl);
+            match state.store.prune_report_receipts(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(forgotten = n, "old report ids forgotten"),
+                Err(StoreError::Closed) => break,
+                Err(error) => tracing::warn!(%error, "cannot forget old report ids"),
             }
         }
     });

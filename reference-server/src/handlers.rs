@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use bytes::Buf;
 use futures_util::Stream;
+use policy_engine::Policy;
 use policy_engine::policy::wire::RuleDocument;
-use policy_engine::{Policy, PolicyVersion};
 use warp::Reply;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
@@ -18,20 +18,18 @@ use crate::error::ApiError;
 use crate::filters::{Query, authorization, content_length};
 use crate::fleet::actor;
 use crate::hub::Frame;
-use crate::models::{
-    AgentPolicyView, AgentStatus, Enrolled, HeartbeatView, PolicyView, TokenCreated, now_rfc3339,
-    ok_reply,
-};
+use crate::models::{AgentStatus, TokenCreated, now_rfc3339, ok_reply, policy_view};
 use crate::notify;
 use crate::overrides::{self, Override};
 use crate::serve::PeerAddr;
 use crate::store::{AgentRecord, StoreError, StoredOverrides, StoredPolicy};
 use crate::{AppState, MAX_BODY_BYTES};
+use chrono::{DateTime, Utc};
+use policy_engine::protocol::{
+    AgentIdentity, AgentPolicyView, EnrollAnswer, EnrollRequest, HeartbeatAnswer, HeartbeatRequest,
+};
 
 pub(crate) type Result<T, E = ApiError> = std::result::Result<T, E>;
-
-/// Longest accepted hostname at enrollment.
-const MAX_HOSTNAME_CHARS: usize = 255;
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
@@ -100,7 +98,7 @@ where
                     org,
                     Arc::new(policy),
                     format!("pol_{}", random_hex(8)),
-                    now_rfc3339(),
+                    Utc::now(),
                 )
                 .await?;
             let delivery = state.hub.broadcast(&stored);
@@ -131,7 +129,7 @@ where
             );
             Ok(ok_reply(
                 StatusCode::CREATED,
-                &PolicyView::of(&stored, Some(delivery.queued)),
+                &policy_view(&stored, Some(delivery.queued)),
             ))
         }
         .await,
@@ -145,7 +143,7 @@ pub async fn active_policy(state: Arc<AppState>, headers: HeaderMap, query: Quer
             let principal = authenticate(&state, &headers)?;
             let org = principal.read_org(org_query(&query))?;
             let policy = latest(&state, &org).await?;
-            Ok(ok_reply(StatusCode::OK, &PolicyView::of(&policy, None)))
+            Ok(ok_reply(StatusCode::OK, &policy_view(&policy, None)))
         }
         .await,
     )
@@ -165,7 +163,7 @@ pub async fn agent_policy(id: String, state: Arc<AppState>, headers: HeaderMap) 
                 StatusCode::OK,
                 &AgentPolicyView {
                     agent_id: agent.id,
-                    policy_version: policy.version.to_string(),
+                    policy_version: policy.version,
                     rules: frame_rules,
                     applied_at: applied_at(&policy, stored.as_ref()),
                     overrides: None,
@@ -211,7 +209,7 @@ where
             let rules = resolved.to_document().rules;
             let stored = StoredOverrides {
                 list: overrides::to_value(&list),
-                updated_at: now_rfc3339(),
+                updated_at: Utc::now(),
             };
             state
                 .store
@@ -247,7 +245,7 @@ where
                 StatusCode::OK,
                 &AgentPolicyView {
                     agent_id: agent.id,
-                    policy_version: policy.version.to_string(),
+                    policy_version: policy.version,
                     rules,
                     applied_at: applied_at(&policy, Some(&stored)),
                     overrides: Some(stored.list),
@@ -274,27 +272,9 @@ where
         async {
             let principal = authenticate(&state, &headers)?;
             principal.require_admin()?;
-            let value = read_json(&headers, body).await?;
-            let mut fields = Fields::default();
-            let (hostname, org) = match fields.object(&value, "", &["hostname", "org_id", "orgId"]) {
-                Some(map) => {
-                    let hostname = fields.req_string(map, "", "hostname");
-                    if let Some(name) = &hostname {
-                        let chars = name.chars().count();
-                        if chars > MAX_HOSTNAME_CHARS {
-                            fields.push(
-                                "hostname",
-                                format!("expected 1 to {MAX_HOSTNAME_CHARS} characters, found {chars}"),
-                            );
-                        }
-                    }
-                    (hostname, org_field(&mut fields, map, ""))
-                }
-                None => (None, None),
-            };
-            fields.finish()?;
-            let hostname = hostname.unwrap_or_default();
-            let org = principal.write_org(org.as_deref().or(org_query(&query)))?;
+            let request = EnrollRequest::from_value(&read_json(&headers, body).await?)?;
+            let org = principal.write_org(request.org_id.as_deref().or(org_query(&query)))?;
+            let hostname = request.hostname;
             let token = generate_token("agt");
             let hash = TokenHash::of(&token);
             let agent = state
@@ -322,7 +302,7 @@ where
             tracing::info!(agent = %agent.id, org = %agent.org_id, hostname = %agent.hostname, "enrolled agent");
             Ok(ok_reply(
                 StatusCode::CREATED,
-                &Enrolled {
+                &EnrollAnswer {
                     agent_id: agent.id,
                     token,
                     org_id: agent.org_id,
@@ -349,25 +329,8 @@ where
         async {
             let principal = authenticate(&state, &headers)?;
             let org = principal.require_agent(&id, "heartbeat")?;
-            let value = read_json(&headers, body).await?;
-            let mut fields = Fields::default();
-            let (version, last_error) =
-                match fields.object(&value, "", &["policyVersion", "lastError"]) {
-                    Some(map) => {
-                        let version = fields.opt_string(map, "", "policyVersion").and_then(|v| {
-                            match v.parse::<PolicyVersion>() {
-                                Ok(parsed) => Some(parsed),
-                                Err(error) => {
-                                    fields.push("policyVersion", error.to_string());
-                                    None
-                                }
-                            }
-                        });
-                        (version, fields.opt_string(map, "", "lastError"))
-                    }
-                    None => (None, None),
-                };
-            fields.finish()?;
+            let request = HeartbeatRequest::from_value(&read_json(&headers, body).await?)?;
+            let (version, last_error) = (request.policy_version, request.last_error);
             let current = state.store.latest_policy(org).await?.map(|p| p.version);
             state
                 .store
@@ -380,11 +343,39 @@ where
                 .await?;
             Ok(ok_reply(
                 StatusCode::OK,
-                &HeartbeatView {
+                &HeartbeatAnswer {
                     agent_id: id,
-                    policy_version: version.map(|v| v.to_string()),
-                    current_policy_version: current.map(|v| v.to_string()),
+                    policy_version: version,
+                    current_policy_version: current,
                     outdated: current.is_some() && version != current,
+                },
+            ))
+        }
+        .await,
+    )
+}
+
+/// `GET /api/agents/me`: who an agent token is.
+pub async fn me(state: Arc<AppState>, headers: HeaderMap) -> Response {
+    respond(
+        async {
+            let principal = authenticate(&state, &headers)?;
+            let Principal::Agent { agent_id, .. } = principal else {
+                return Err(ApiError::forbidden(
+                    "this endpoint needs an agent token (it says which agent the token is)",
+                ));
+            };
+            let agent = state
+                .store
+                .agent(agent_id.clone())
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("unknown agent `{agent_id}`")))?;
+            Ok(ok_reply(
+                StatusCode::OK,
+                &AgentIdentity {
+                    agent_id: agent.id,
+                    org_id: agent.org_id,
+                    hostname: agent.hostname,
                 },
             ))
         }
@@ -584,9 +575,9 @@ fn resolve(policy: &StoredPolicy, agent_id: &str, list: &[Override]) -> Vec<Rule
     policy.policy.to_document().rules
 }
 
-fn applied_at(policy: &StoredPolicy, overrides: Option<&StoredOverrides>) -> String {
+fn applied_at(policy: &StoredPolicy, overrides: Option<&StoredOverrides>) -> DateTime<Utc> {
     match overrides {
-        Some(o) if o.updated_at > policy.created_at => o.updated_at.clone(),
-        _ => policy.created_at.clone(),
+        Some(o) if o.updated_at > policy.created_at => o.updated_at,
+        _ => policy.created_at,
     }
 }

@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use policy_engine::policy::wire::RuleDocument;
+use policy_engine::protocol::{FleetEvent, POLICY_EVENT};
 use tokio::sync::mpsc;
 use warp::sse::Event;
 
-use crate::models::PolicyEventData;
+use crate::models::policy_event;
 use crate::overrides::{self, Override};
 use crate::store::StoredPolicy;
 
@@ -31,17 +32,17 @@ pub struct Frame {
     /// Version number, sent as the SSE `id:` of `policy` events (fleet events carry no id, so
     /// an agent's last event id stays its policy version).
     pub version: u64,
-    /// The JSON payload ([`PolicyEventData`] for `policy`).
+    /// The JSON payload (a protocol `PolicyEvent` for `policy`).
     pub data: Arc<str>,
 }
 
 impl Frame {
-    /// A fleet event (`block`, `unblock`, `approval`) with `data` serialized.
-    pub fn fleet<T: serde::Serialize>(event: &'static str, data: &T) -> Self {
+    /// A fleet event (`block`, `unblock`, `approval`), serialized.
+    pub fn fleet(event: &FleetEvent) -> Self {
         Self {
-            event,
+            event: event.name(),
             version: 0,
-            data: Arc::from(serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned())),
+            data: Arc::from(event.data()),
         }
     }
 
@@ -49,10 +50,10 @@ impl Frame {
     /// Overrides that no longer fit the policy are ignored, with a warning.
     pub fn for_agent(policy: &StoredPolicy, agent_id: &str, overrides: &[Override]) -> Self {
         if overrides.is_empty() {
-            return Self::encode(policy, &policy.policy.to_document().rules);
+            return Self::encode(policy, policy.policy.to_document().rules);
         }
         match overrides::apply(&policy.policy.to_json_value(), overrides) {
-            Ok(resolved) => Self::encode(policy, &resolved.to_document().rules),
+            Ok(resolved) => Self::encode(policy, resolved.to_document().rules),
             Err(error) => {
                 tracing::warn!(
                     agent = agent_id,
@@ -60,16 +61,16 @@ impl Frame {
                     %error,
                     "overrides do not fit this policy version; sending it unmodified"
                 );
-                Self::encode(policy, &policy.policy.to_document().rules)
+                Self::encode(policy, policy.policy.to_document().rules)
             }
         }
     }
 
-    fn encode(policy: &StoredPolicy, rules: &[RuleDocument]) -> Self {
-        let data = serde_json::to_string(&PolicyEventData::new(policy, rules))
-            .unwrap_or_else(|_| "{}".to_owned());
+    fn encode(policy: &StoredPolicy, rules: Vec<RuleDocument>) -> Self {
+        let data =
+            serde_json::to_string(&policy_event(policy, rules)).unwrap_or_else(|_| "{}".to_owned());
         Self {
-            event: "policy",
+            event: POLICY_EVENT,
             version: policy.version.number(),
             data: Arc::from(data),
         }
@@ -295,7 +296,7 @@ impl Stream for Subscription {
         self.rx.poll_recv(cx).map(|frame| {
             frame.map(|frame| {
                 let event = Event::default().event(frame.event);
-                let event = if frame.event == "policy" {
+                let event = if frame.event == POLICY_EVENT {
                     event.id(frame.version.to_string())
                 } else {
                     event

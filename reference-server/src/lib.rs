@@ -34,7 +34,6 @@ pub mod hub;
 pub mod models;
 pub mod notify;
 pub mod overrides;
-pub mod report;
 pub mod serve;
 pub mod store;
 pub mod tls;

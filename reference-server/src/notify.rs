@@ -541,6 +541,7 @@ fn delivery_entry(
         ip: None,
         outcome: outcome.to_owned(),
         detail: Some(json!({"channel": channel, "attempts": attempts, "error": error})),
+        receipt: None,
     }
 }
 

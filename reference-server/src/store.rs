@@ -13,6 +13,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use chrono::{DateTime, Utc};
+use policy_engine::protocol::time::{self, TimeError};
+use policy_engine::protocol::{ReportId, ReportKind};
 use policy_engine::{Policy, PolicyVersion};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
@@ -37,6 +40,17 @@ pub enum StoreError {
     /// The store thread could not be started.
     #[error("cannot start the database thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// A stored time is not RFC 3339 (the file was edited by hand).
+    #[error("stored time is corrupt: {0}")]
+    Time(#[from] TimeError),
+    /// The agent already sent a report with this id (it was acted on once; its answer stands).
+    #[error("report `{report_id}` of agent `{agent_id}` was already received")]
+    DuplicateReport {
+        /// The reporting agent.
+        agent_id: String,
+        /// The report's id.
+        report_id: String,
+    },
 }
 
 /// A stored policy version.
@@ -50,8 +64,8 @@ pub struct StoredPolicy {
     pub version: PolicyVersion,
     /// The validated policy.
     pub policy: Arc<Policy>,
-    /// RFC 3339 with milliseconds, UTC.
-    pub created_at: String,
+    /// When the version was created.
+    pub created_at: DateTime<Utc>,
 }
 
 /// An enrolled agent.
@@ -79,7 +93,22 @@ pub struct StoredOverrides {
     /// The normalized override list.
     pub list: Value,
     /// When it was stored.
-    pub updated_at: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What the server remembers of a report with a `reportId`: what it did, and its answer once
+/// sent (a report answered again gets it instead of being acted on twice).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportReceipt {
+    /// The reporting agent.
+    pub agent_id: String,
+    /// The report's id.
+    pub report_id: ReportId,
+    /// What the server did with it.
+    pub kind: ReportKind,
+    /// The answer, stored after the report's effect (absent only if the server stopped in
+    /// between).
+    pub answer: Option<Value>,
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -173,6 +202,18 @@ CREATE INDEX audit_by_org ON audit (org_id, id);
 CREATE INDEX audit_by_ip ON audit (org_id, ip, id);
 CREATE INDEX audit_by_agent ON audit (org_id, agent_id, id);
 "#,
+    // 3: report ids, so that a repeated report is answered instead of acted on twice.
+    r#"
+CREATE TABLE report_receipts (
+    agent_id   TEXT    NOT NULL,
+    report_id  TEXT    NOT NULL,
+    kind       TEXT    NOT NULL,
+    answer     TEXT,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, report_id)
+);
+CREATE INDEX report_receipts_by_time ON report_receipts (created_ms);
+"#,
 ];
 
 impl Store {
@@ -235,11 +276,12 @@ impl Store {
         org_id: String,
         policy: Arc<Policy>,
         id: String,
-        created_at: String,
+        created_at: DateTime<Utc>,
     ) -> Result<StoredPolicy, StoreError> {
         let stored = self
             .call(move |conn| {
                 let text = serde_json::to_string(&policy.to_json_value())?;
+                let created = time::format(&created_at);
                 let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let next: i64 = tx.query_row(
                     "SELECT COALESCE(MAX(version), 0) + 1 FROM policies WHERE org_id = ?1",
@@ -249,7 +291,7 @@ impl Store {
                 tx.execute(
                     "INSERT INTO policies (org_id, version, id, document, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![org_id, next, id, text, created_at],
+                    params![org_id, next, id, text, created],
                 )?;
                 tx.commit()?;
                 Ok(StoredPolicy {
@@ -311,7 +353,7 @@ impl Store {
                     org_id,
                     version: PolicyVersion::new(u64::try_from(version).unwrap_or_default()),
                     policy: Arc::new(Policy::from_value(&serde_json::from_str(&document)?)?),
-                    created_at,
+                    created_at: time::parse(&created_at)?,
                 }))
             })
             .await?;
@@ -486,7 +528,7 @@ impl Store {
             match row {
                 Some((list, updated_at)) => Ok(Some(StoredOverrides {
                     list: serde_json::from_str(&list)?,
-                    updated_at,
+                    updated_at: time::parse(&updated_at)?,
                 })),
                 None => Ok(None),
             }
@@ -505,12 +547,99 @@ impl Store {
             conn.execute(
                 "INSERT INTO overrides (agent_id, list, updated_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (agent_id) DO UPDATE SET list = ?2, updated_at = ?3",
-                params![agent_id, text, overrides.updated_at],
+                params![agent_id, text, time::format(&overrides.updated_at)],
             )?;
             Ok(())
         })
         .await
     }
+
+    /// The receipt of report `report_id` of `agent_id`, if the server acted on it.
+    pub async fn report_receipt(
+        &self,
+        agent_id: String,
+        report_id: ReportId,
+    ) -> Result<Option<ReportReceipt>, StoreError> {
+        self.call(move |conn| {
+            let row = conn
+                .query_row(
+                    "SELECT kind, answer FROM report_receipts WHERE agent_id = ?1 AND report_id = ?2",
+                    params![agent_id, report_id.as_str()],
+                    |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?)),
+                )
+                .optional()?;
+            let Some((kind, answer)) = row else {
+                return Ok(None);
+            };
+            let Some(kind) = ReportKind::parse(&kind) else {
+                tracing::warn!(agent = %agent_id, report = %report_id, "malformed report receipt");
+                return Ok(None);
+            };
+            Ok(Some(ReportReceipt {
+                agent_id,
+                report_id,
+                kind,
+                answer: answer.map(|a| serde_json::from_str(&a)).transpose()?,
+            }))
+        })
+        .await
+    }
+
+    /// Stores the answer of a report whose receipt was written with its effect.
+    pub async fn set_report_answer(
+        &self,
+        agent_id: String,
+        report_id: ReportId,
+        answer: Value,
+    ) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            conn.execute(
+                "UPDATE report_receipts SET answer = ?3 WHERE agent_id = ?1 AND report_id = ?2",
+                params![
+                    agent_id,
+                    report_id.as_str(),
+                    serde_json::to_string(&answer)?
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets report receipts older than `before_ms`; returns how many.
+    pub async fn prune_report_receipts(&self, before_ms: i64) -> Result<usize, StoreError> {
+        self.call(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM report_receipts WHERE created_ms < ?1",
+                params![before_ms],
+            )?)
+        })
+        .await
+    }
+}
+
+/// Writes the receipt of a report inside the transaction of its effect: a report already
+/// received (the same agent and id) makes the insert, and with it the whole transaction, fail
+/// with [`StoreError::DuplicateReport`], so the effect never happens twice.
+pub(crate) fn insert_receipt(conn: &Connection, receipt: &ReportReceipt) -> Result<(), StoreError> {
+    let now_ms = Utc::now().timestamp_millis();
+    let inserted = conn.execute(
+        "INSERT OR IGNORE INTO report_receipts (agent_id, report_id, kind, created_ms)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![
+            receipt.agent_id,
+            receipt.report_id.as_str(),
+            receipt.kind.as_str(),
+            now_ms
+        ],
+    )?;
+    if inserted == 0 {
+        return Err(StoreError::DuplicateReport {
+            agent_id: receipt.agent_id.clone(),
+            report_id: receipt.report_id.to_string(),
+        });
+    }
+    Ok(())
 }
 
 const AGENT_COLUMNS: &str = "SELECT id, org_id, hostname, enrolled_at, last_seen, policy_version, \

@@ -143,7 +143,7 @@ fn stored(version: u64) -> StoredPolicy {
         org_id: "default".into(),
         version: PolicyVersion::new(version),
         policy: Arc::new(policy),
-        created_at: "2026-03-07T12:00:00.000Z".into(),
+        created_at: "2026-03-07T12:00:00.000Z".parse().unwrap(),
     }
 }
 

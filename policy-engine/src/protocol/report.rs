@@ -318,6 +318,33 @@ pub enum ReportKind {
     Recorded,
 }
 
+impl ReportKind {
+    /// Every kind.
+    pub const ALL: [Self; 5] = [
+        Self::FleetBlock,
+        Self::ApprovalRequest,
+        Self::Alert,
+        Self::ApprovalOutcome,
+        Self::Recorded,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FleetBlock => "fleet_block",
+            Self::ApprovalRequest => "approval_request",
+            Self::Alert => "alert",
+            Self::ApprovalOutcome => "approval_outcome",
+            Self::Recorded => "recorded",
+        }
+    }
+
+    /// The kind of a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
 /// The answer to a report (201).
 ///
 /// ```

@@ -51,9 +51,14 @@ pub const APPROVAL_EVENT: &str = "approval";
 /// assert_eq!(event.version, PolicyVersion::new(3));
 /// assert_eq!(event.into_document(), serde_json::json!({"name": "p", "rules": []}));
 /// ```
+///
+/// `R` is how the rules are held: JSON values when read (so the agent's strict validation
+/// reports every problem with its path), the policy library's
+/// [`RuleDocument`](crate::policy::wire::RuleDocument) when written (rules in the API page's
+/// field order).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PolicyEvent {
+pub struct PolicyEvent<R = Value> {
     /// `pol_...`: the stored policy version this comes from. Always sent by the server;
     /// agents do not need it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,9 +70,8 @@ pub struct PolicyEvent {
     /// Document: description, when the policy has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Document: the rules, normalized (defaults filled in), overrides applied. Kept as JSON
-    /// so that the agent's strict validation reports every problem with its path.
-    pub rules: Vec<Value>,
+    /// Document: the rules, normalized (defaults filled in), overrides applied.
+    pub rules: Vec<R>,
     /// When the version was created. Always sent by the server; agents do not need it.
     #[serde(
         default,

@@ -12,10 +12,11 @@ use crate::action::ActionRecord;
 use crate::policy::{PolicyDuration, PolicyVersion};
 
 /// A stored policy version: `GET /api/policy/active`, and `POST /api/policy` with
-/// `broadcastedTo`.
+/// `broadcastedTo`. `R` is how the rules are held, as in
+/// [`PolicyEvent`](super::PolicyEvent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PolicyView {
+pub struct PolicyView<R = Value> {
     /// `pol_...`
     pub id: String,
     /// Policy name.
@@ -26,7 +27,7 @@ pub struct PolicyView {
     /// `v1`, `v2`, ...
     pub version: PolicyVersion,
     /// The normalized rules.
-    pub rules: Vec<Value>,
+    pub rules: Vec<R>,
     /// Agents whose event stream received it (`POST` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcasted_to: Option<usize>,
@@ -36,16 +37,17 @@ pub struct PolicyView {
 }
 
 /// `GET /api/policy/agent/:id`: the rules one agent runs, its overrides applied; `PUT
-/// .../overrides` adds `overrides` and `broadcastedTo`.
+/// .../overrides` adds `overrides` and `broadcastedTo`. `R` is how the rules are held, as in
+/// [`PolicyEvent`](super::PolicyEvent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AgentPolicyView {
+pub struct AgentPolicyView<R = Value> {
     /// The agent.
     pub agent_id: String,
     /// Version of the org policy the rules come from.
     pub policy_version: PolicyVersion,
     /// Resolved rules.
-    pub rules: Vec<Value>,
+    pub rules: Vec<R>,
     /// When these rules took effect for the agent: the later of the policy's creation and the
     /// agent's last override change.
     #[serde(with = "time::millis")]
