@@ -47,7 +47,7 @@ mod outcome;
 mod recording;
 
 #[cfg(target_os = "linux")]
-mod durable;
+pub(crate) mod durable;
 #[cfg(target_os = "linux")]
 mod firewall;
 #[cfg(target_os = "linux")]
