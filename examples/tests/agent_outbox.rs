@@ -200,3 +200,179 @@ async fn an_outages_actions_reach_the_audit_once_and_its_fleet_block_the_fleet()
     drop(agent_b);
     server.shutdown().await;
 }
+
+/// A `kill -9` while the agent files a burst of reports leaves only whole reports: every file
+/// in the outbox is a complete report, and a restart finds them all.
+#[tokio::test]
+async fn a_kill_during_a_burst_of_reports_leaves_only_whole_reports() {
+    let state = tempfile::tempdir().unwrap();
+    let policy = policy_engine::Policy::from_value(&json!({
+        "name": "kills",
+        "rules": [{"type": "auto_respond", "config": {"trigger": "malware",
+                   "action": "kill_process", "minConfidence": 0.5}}]
+    }))
+    .unwrap();
+    policy_engine::sync::StateStore::new(state.path())
+        .save(&policy_engine::sync::StoredPolicy {
+            version: policy_engine::PolicyVersion::new(1),
+            policy,
+        })
+        .unwrap();
+    // Nothing listens on port 1: every report stays in the outbox. A dry run files them fast.
+    let mut agent = AgentProcess::spawn(&[
+        "--server",
+        "https://127.0.0.1:1",
+        "--insecure",
+        "--token",
+        "agt_offline",
+        "--state-dir",
+        path(state.path()),
+        "--dry-run",
+    ]);
+    let burst: String = (0..5000)
+        .map(|n| {
+            format!(
+                "{{\"id\":\"m-{n}\",\"type\":\"malware\",\"confidence\":0.9,\"pid\":{}}}\n",
+                100_000 + n
+            )
+        })
+        .collect();
+    agent.send(&burst);
+    wait_for("the filing to be under way", DEADLINE, || {
+        outbox(state.path()).len() >= 50
+    })
+    .await;
+    agent.kill_hard();
+    let files = outbox(state.path());
+    assert!(files.len() >= 50 && files.len() < 5000, "{}", files.len());
+    for file in &files {
+        let report: Value = serde_json::from_slice(&std::fs::read(file).unwrap())
+            .unwrap_or_else(|err| panic!("{}: {err}", file.display()));
+        let report = policy_engine::protocol::Report::from_value(&report).unwrap();
+        assert_eq!(report.record.action.name(), "kill_process");
+    }
+    let reopened = policy_engine::agent::Outbox::open(
+        &state.path().join("outbox"),
+        policy_engine::agent::OutboxLimits::default(),
+    )
+    .unwrap();
+    assert_eq!(reopened.len(), files.len());
+    let names: Vec<String> = std::fs::read_dir(state.path().join("outbox"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.ends_with(".json") && !n.starts_with('.')),
+        "temp files of interrupted writes are cleaned up on open: {names:?}"
+    );
+}
+
+/// While the server is away a full outbox drops its oldest reports; once the server is back,
+/// the heartbeat says how many were dropped, and the newest reports reach the audit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_drops_the_oldest_and_the_heartbeat_says_so() {
+    use policy_engine::agent::{Agent, OutboxLimits, Settings};
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = start_server(data.path(), SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let addr = server.local_addr();
+    let base = server.base_url();
+    let admin = Admin::new(&base, data.path());
+    let (agent_id, token) = admin.enroll("small-outbox").await;
+    admin
+        .post_policy(json!({
+            "name": "kills",
+            "rules": [{"type": "auto_respond", "config": {"trigger": "malware",
+                       "action": "kill_process", "minConfidence": 0.5}}]
+        }))
+        .await;
+    let mut settings = Settings {
+        heartbeat_interval: Duration::from_millis(100),
+        upkeep_interval: Duration::from_millis(100),
+        ..Settings::default()
+    };
+    settings.backoff.max = Duration::from_millis(200);
+    let agent = Agent::builder(&base, state.path())
+        .token(&token)
+        .trust(policy_engine::sync::TlsTrust::CaFile(ca_file(data.path())))
+        .settings(settings)
+        .outbox_limits(OutboxLimits {
+            max_reports: 3,
+            max_bytes: 1 << 20,
+        })
+        .dry_run(true)
+        .start()
+        .await
+        .unwrap();
+    let handle = agent.handle();
+    let run = tokio::spawn(agent.run());
+    admin
+        .wait_agent(&agent_id, "v1 running", |a| a["policyVersion"] == "v1")
+        .await;
+    server.shutdown().await;
+    for n in 0..5 {
+        let event = policy_engine::ThreatEvent::from_json(
+            format!(
+                "{{\"id\":\"m-{n}\",\"type\":\"malware\",\"confidence\":0.9,\"pid\":{}}}",
+                200_000 + n
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(handle.process(&event).len(), 1);
+    }
+    assert!(handle.settled(DEADLINE).await);
+    assert_eq!(handle.pending_reports(), 3);
+    assert_eq!(handle.dropped_reports().count, 2);
+    // Kills run side by side, so which three are the newest is the filing order: the files.
+    let mut kept: Vec<String> = outbox(state.path())
+        .iter()
+        .map(|file| {
+            let report: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+            report["eventId"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    kept.sort_unstable();
+
+    let server = start_server(data.path(), addr).await;
+    let seen = admin
+        .wait_agent(&agent_id, "the drops in lastError", |a| {
+            a["lastError"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("outbox: 2 action reports dropped, the last at "))
+        })
+        .await;
+    let error = seen["lastError"].as_str().unwrap();
+    assert!(
+        error.ends_with(
+            "(the outbox keeps at most 3 reports and 1048576 bytes while the server is \
+             unreachable); the audit misses them"
+        ),
+        "{error}"
+    );
+    wait_for("an empty outbox", DEADLINE, || {
+        handle.pending_reports() == 0
+    })
+    .await;
+    let kills = audit_of(&admin, &agent_id, "kill_process").await;
+    let mut events: Vec<String> = kills
+        .iter()
+        .map(|e| {
+            e["detail"]["record"]["eventId"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    events.sort_unstable();
+    assert_eq!(
+        events, kept,
+        "the three reports kept are the ones that arrive"
+    );
+    handle.shutdown();
+    let summary = run.await.unwrap().unwrap();
+    assert_eq!(summary.reports_left, 0);
+    server.shutdown().await;
+}
