@@ -119,3 +119,62 @@ fn the_host_executor_takes_the_timeout_from_its_config() {
             .is_skipped()
     );
 }
+
+#[test]
+fn a_batch_of_blocks_is_one_nft_transaction_and_fails_together_behind_a_hung_nft() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hang, pid) = (dir.path().join("hang"), dir.path().join("pid"));
+    let runs = dir.path().join("runs");
+    // Counts its runs, then behaves like `hanging_nft`.
+    let mut command = hanging_nft(&hang, &pid);
+    command[2] = format!("echo run >> '{}'; {}", runs.display(), command[2]);
+    let config = HostConfig::new(dir.path(), vec![])
+        .with_nft_command(command)
+        .with_command_timeout(Duration::from_millis(300));
+    let executor = HostExecutor::open(config).unwrap();
+    let count = || {
+        std::fs::read_to_string(&runs)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let records: Vec<_> = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
+        .iter()
+        .map(|ip| {
+            executor_common::record(Action::BlockIp {
+                ip: ip.parse().unwrap(),
+                duration: "1h".parse().unwrap(),
+                scope: policy_engine::Scope::Host,
+            })
+        })
+        .collect();
+    let before = count();
+    let outcomes = executor.execute_batch(&records);
+    assert!(outcomes.iter().all(|o| o.is_done()), "{outcomes:?}");
+    // One look at the table and one transaction, for three addresses.
+    assert_eq!(count() - before, 2);
+    std::fs::write(&hang, "").unwrap();
+    let started = Instant::now();
+    let more: Vec<_> = records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if let Action::BlockIp { duration, .. } = &mut r.action {
+                *duration = PolicyDuration::Permanent;
+            }
+            r
+        })
+        .collect();
+    let outcomes = executor.execute_batch(&more);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the timeouts of one batch, not of three blocks"
+    );
+    assert_eq!(outcomes.len(), 3);
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.is_failed() && o.message().ends_with("did not finish within 300ms: killed")),
+        "{outcomes:?}"
+    );
+}

@@ -4,9 +4,10 @@
 //!
 //! Actions go into lanes by the part of the host they touch. A lane runs its actions one at a
 //! time in the order they came (a fleet `block` before the `unblock` that follows it), and lanes
-//! run side by side, so a hung `nft` holds up only other firewall changes. `kill_process`
-//! actions do not wait for each other: each waits out its own grace period, up to
-//! [`MAX_PARALLEL_KILLS`] at once.
+//! run side by side, so a hung `nft` holds up only other firewall changes. Blocks queued back to
+//! back go to the executor as one batch (one `nft` transaction), so a flood of sources costs a
+//! few transactions, not one each. `kill_process` actions do not wait for each other: each waits
+//! out its own grace period, up to [`MAX_PARALLEL_KILLS`] at once.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -26,6 +27,10 @@ pub const LANE_CAPACITY: usize = 1024;
 
 /// Most `kill_process` actions running at once.
 pub const MAX_PARALLEL_KILLS: usize = 64;
+
+/// Most `block_ip` actions handed to the executor in one call
+/// ([`Executor::execute_batch`], one `nft` transaction for the host executor).
+pub const MAX_BATCH: usize = 1024;
 
 /// The part of the host an action touches: one queue each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,10 +234,19 @@ fn finish(inner: &Inner) {
 }
 
 async fn lane_loop(inner: std::sync::Weak<Inner>, lane: Lane, mut jobs: mpsc::Receiver<Job>) {
-    // A call that overran its deadline and still runs: the next job waits for it (the executor
+    // A call that overran its deadline and still runs: the next one waits for it (the executor
     // would make it wait anyway) instead of piling up blocked threads.
-    let mut overrun: Option<JoinHandle<Outcome>> = None;
-    while let Some(job) = jobs.recv().await {
+    let mut overrun: Option<JoinHandle<Vec<Outcome>>> = None;
+    // A job taken off the queue that ends a batch, first in line for the next one.
+    let mut held: Option<Job> = None;
+    loop {
+        let job = match held.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
         let Some(inner) = inner.upgrade() else {
             return;
         };
@@ -242,13 +256,28 @@ async fn lane_loop(inner: std::sync::Weak<Inner>, lane: Lane, mut jobs: mpsc::Re
             };
             let inner = inner.clone();
             tokio::spawn(async move {
-                let outcome = match call(&inner, &job, slot).await {
-                    Ok(outcome) | Err((outcome, _)) => outcome,
+                let batch = vec![job];
+                let outcomes = match call(&inner, &batch, slot).await {
+                    Ok(outcomes) | Err((outcomes, _)) => outcomes,
                 };
-                settle(&inner, job, outcome).await;
-                finish(&inner);
+                settle_all(&inner, batch, outcomes).await;
             });
             continue;
+        }
+        // Blocks queued back to back go to the executor together (one `nft` transaction for
+        // the host executor); an unblock ends the batch, so the order holds.
+        let mut batch = vec![job];
+        if lane == Lane::Firewall && matches!(batch.first(), Some(Job::Execute { .. })) {
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(next @ Job::Execute { .. }) => batch.push(next),
+                    Ok(other) => {
+                        held = Some(other);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
         }
         if let Some(previous) = overrun.as_mut() {
             if tokio::time::timeout(inner.config.deadline, previous)
@@ -260,61 +289,78 @@ async fn lane_loop(inner: std::sync::Weak<Inner>, lane: Lane, mut jobs: mpsc::Re
                      than {:?}",
                     inner.config.deadline * 2
                 ));
-                settle(&inner, job, outcome).await;
-                finish(&inner);
+                let outcomes = vec![outcome; batch.len()];
+                settle_all(&inner, batch, outcomes).await;
                 continue;
             }
             overrun = None;
         }
         let slot = None::<tokio::sync::OwnedSemaphorePermit>;
-        let outcome = match call(&inner, &job, slot).await {
-            Ok(outcome) => outcome,
-            Err((outcome, running)) => {
+        let outcomes = match call(&inner, &batch, slot).await {
+            Ok(outcomes) => outcomes,
+            Err((outcomes, running)) => {
                 overrun = running;
-                outcome
+                outcomes
             }
         };
-        settle(&inner, job, outcome).await;
-        finish(&inner);
+        settle_all(&inner, batch, outcomes).await;
     }
 }
 
-/// Runs `job` on the blocking pool with the deadline. On overrun, the outcome says so and the
-/// still running call is handed back.
+/// Runs `batch` (one unblock, or actions) on the blocking pool with the deadline: one outcome
+/// per job. On overrun, the outcomes say so and the still running call is handed back.
 async fn call(
     inner: &Inner,
-    job: &Job,
+    batch: &[Job],
     slot: impl Send + 'static,
-) -> Result<Outcome, (Outcome, Option<JoinHandle<Outcome>>)> {
+) -> Result<Vec<Outcome>, (Vec<Outcome>, Option<JoinHandle<Vec<Outcome>>>)> {
     let executor = inner.executor.clone();
-    let work: Box<dyn FnOnce() -> Outcome + Send> = match job {
-        Job::Execute { record, .. } => {
-            let record = record.clone();
-            Box::new(move || executor.execute(&record))
-        }
-        Job::Unblock { ip, .. } => {
+    let work: Box<dyn FnOnce() -> Vec<Outcome> + Send> = match batch {
+        [Job::Unblock { ip, .. }] => {
             let ip = *ip;
-            Box::new(move || executor.unblock(ip))
+            Box::new(move || vec![executor.unblock(ip)])
+        }
+        _ => {
+            let records: Vec<ActionRecord> = batch
+                .iter()
+                .filter_map(|job| match job {
+                    Job::Execute { record, .. } => Some(record.clone()),
+                    Job::Unblock { .. } => None,
+                })
+                .collect();
+            Box::new(move || executor.execute_batch(&records))
         }
     };
     let mut running = tokio::task::spawn_blocking(move || {
-        let outcome = work();
+        let outcomes = work();
         drop(slot);
-        outcome
+        outcomes
     });
+    let fail = |message: String| vec![Outcome::failed(message); batch.len()];
     match tokio::time::timeout(inner.config.deadline, &mut running).await {
-        Ok(Ok(outcome)) => Ok(outcome),
-        Ok(Err(join)) => Err((
-            Outcome::failed(format!("the executor failed: {join}")),
-            None,
-        )),
+        Ok(Ok(mut outcomes)) => {
+            // An executor that answers fewer outcomes than actions: the rest failed.
+            outcomes.resize_with(batch.len(), || {
+                Outcome::failed("the executor gave no outcome for this action")
+            });
+            Ok(outcomes)
+        }
+        Ok(Err(join)) => Err((fail(format!("the executor failed: {join}")), None)),
         Err(_) => Err((
-            Outcome::failed(format!(
+            fail(format!(
                 "no outcome within {:?}; the action may still complete",
                 inner.config.deadline
             )),
             Some(running),
         )),
+    }
+}
+
+/// Settles each job of a batch with its outcome and marks it finished.
+async fn settle_all(inner: &Inner, batch: Vec<Job>, outcomes: Vec<Outcome>) {
+    for (job, outcome) in batch.into_iter().zip(outcomes) {
+        settle(inner, job, outcome).await;
+        finish(inner);
     }
 }
 
@@ -411,6 +457,11 @@ mod tests {
             outcome
         }
 
+        fn execute_batch(&self, records: &[ActionRecord]) -> Vec<Outcome> {
+            self.note(format!("batch of {}", records.len()));
+            records.iter().map(|r| self.execute(r)).collect()
+        }
+
         fn unblock(&self, ip: IpAddr) -> Outcome {
             self.note(format!("unblock {ip}"));
             Outcome::done("unblocked")
@@ -488,6 +539,15 @@ mod tests {
 
         fn log(&self) -> Vec<String> {
             self.executor.log.lock().unwrap().clone()
+        }
+
+        /// Waits (at most 10 s) until the executor logged `n` lines.
+        async fn wait_log(&self, n: usize) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while self.log().len() < n {
+                assert!(tokio::time::Instant::now() < deadline, "{:?}", self.log());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
     }
 
@@ -572,9 +632,11 @@ mod tests {
         assert_eq!(
             h.log(),
             [
+                "batch of 1",
                 "start block_ip 198.51.100.4 for 1h (host)",
                 "end block_ip 198.51.100.4 for 1h (host)",
                 "unblock 198.51.100.4",
+                "batch of 1",
                 "start block_ip 198.51.100.5 for 1h (host)",
                 "end block_ip 198.51.100.5 for 1h (host)",
             ]
@@ -586,9 +648,30 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocks_queued_behind_a_busy_firewall_go_in_one_batch() {
+        let h = harness(Scripted::default(), Duration::from_secs(30));
+        h.dispatcher.execute(block("192.0.2.1"), Origin::Local);
+        h.wait_log(2).await;
+        for last in 2..=4 {
+            h.dispatcher
+                .execute(block(&format!("192.0.2.{last}")), Origin::Local);
+        }
+        h.executor.gate.open();
+        let reports = h.reports(4).await;
+        assert_eq!(reports.len(), 4);
+        let batches: Vec<String> = h
+            .log()
+            .into_iter()
+            .filter(|line| line.starts_with("batch"))
+            .collect();
+        assert_eq!(batches, ["batch of 1", "batch of 3"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_action_past_its_deadline_fails_and_the_next_waits_for_it() {
         let h = harness(Scripted::default(), Duration::from_millis(50));
         h.dispatcher.execute(block("192.0.2.1"), Origin::Local);
+        h.wait_log(1).await;
         h.dispatcher.execute(block("192.0.2.2"), Origin::Local);
         let reports = h.reports(2).await;
         assert_eq!(
@@ -607,7 +690,10 @@ mod tests {
             ]
         );
         // Only the first call ever reached the executor: no pile of blocked threads.
-        assert_eq!(h.log(), ["start block_ip 192.0.2.1 for 1h (host)"]);
+        assert_eq!(
+            h.log(),
+            ["batch of 1", "start block_ip 192.0.2.1 for 1h (host)"]
+        );
         h.executor.gate.open();
         h.dispatcher.execute(block("192.0.2.3"), Origin::Local);
         let after = h.reports(1).await;

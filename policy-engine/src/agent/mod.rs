@@ -67,7 +67,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use credentials::{CREDENTIALS_FILE, Credentials, Enrollment, enroll};
-pub use dispatch::{LANE_CAPACITY, MAX_PARALLEL_KILLS};
+pub use dispatch::{LANE_CAPACITY, MAX_BATCH, MAX_PARALLEL_KILLS};
 pub use error::AgentError;
 pub use fleet::{APPROVALS_FILE, ApprovalDecision, ApprovalLedger};
 pub use outbox::{Dropped, Outbox, OutboxError, OutboxLimits, Pending};

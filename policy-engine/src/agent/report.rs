@@ -137,7 +137,13 @@ impl ReportSender {
         let mut status = self.live.subscribe();
         loop {
             let wake = self.queue.wake.notified();
-            let wait = match self.attempt(&mut backoff).await {
+            // A request in flight is dropped at shutdown: the report stays in the outbox, and
+            // if the server got it after all, the resend is answered without a second effect.
+            let attempt = tokio::select! {
+                attempt = self.attempt(&mut backoff) => attempt,
+                _ = shutdown.changed() => return,
+            };
+            let wait = match attempt {
                 Attempt::Done => continue,
                 Attempt::Empty => None,
                 Attempt::Retry(wait) => Some(wait),

@@ -223,6 +223,25 @@ impl Executor for HostExecutor {
         }
     }
 
+    /// Blocks in one `nft` transaction when every record is a `block_ip`; anything else one
+    /// by one.
+    fn execute_batch(&self, records: &[ActionRecord]) -> Vec<Outcome> {
+        let blocks: Option<Vec<_>> = records
+            .iter()
+            .map(|record| match &record.action {
+                Action::BlockIp { ip, duration, .. } => Some((*ip, *duration)),
+                _ => None,
+            })
+            .collect();
+        match blocks {
+            Some(blocks) if blocks.len() > 1 => match lock(&self.firewall).block_many(&blocks) {
+                Ok(outcomes) => outcomes,
+                Err(err) => vec![Outcome::failed(err.to_string()); blocks.len()],
+            },
+            _ => records.iter().map(|record| self.execute(record)).collect(),
+        }
+    }
+
     fn unblock(&self, ip: IpAddr) -> Outcome {
         match lock(&self.firewall).unblock(ip) {
             Ok(true) => Outcome::done(format!("unblocked `{ip}`")),

@@ -119,6 +119,13 @@ pub trait Executor: Send + Sync {
     /// Carries out `record.action` and says what came of it.
     fn execute(&self, record: &ActionRecord) -> Outcome;
 
+    /// Carries out several actions; one outcome per record, in order. Callers batch actions of
+    /// one kind queued back to back (blocks during a flood); the default runs them one by one,
+    /// `HostExecutor` blocks them in one `nft` transaction.
+    fn execute_batch(&self, records: &[ActionRecord]) -> Vec<Outcome> {
+        records.iter().map(|record| self.execute(record)).collect()
+    }
+
     /// Lifts the block on `ip` (a fleet `unblock`). Executors without a block list skip it.
     fn unblock(&self, ip: IpAddr) -> Outcome {
         Outcome::skipped(format!("no block list here to lift `{ip}` from"))
@@ -136,6 +143,9 @@ impl<E: Executor + ?Sized> Executor for Box<E> {
     fn execute(&self, record: &ActionRecord) -> Outcome {
         (**self).execute(record)
     }
+    fn execute_batch(&self, records: &[ActionRecord]) -> Vec<Outcome> {
+        (**self).execute_batch(records)
+    }
     fn unblock(&self, ip: IpAddr) -> Outcome {
         (**self).unblock(ip)
     }
@@ -148,6 +158,9 @@ impl<E: Executor + ?Sized> Executor for std::sync::Arc<E> {
     fn execute(&self, record: &ActionRecord) -> Outcome {
         (**self).execute(record)
     }
+    fn execute_batch(&self, records: &[ActionRecord]) -> Vec<Outcome> {
+        (**self).execute_batch(records)
+    }
     fn unblock(&self, ip: IpAddr) -> Outcome {
         (**self).unblock(ip)
     }
@@ -159,6 +172,9 @@ impl<E: Executor + ?Sized> Executor for std::sync::Arc<E> {
 impl<E: Executor + ?Sized> Executor for &E {
     fn execute(&self, record: &ActionRecord) -> Outcome {
         (**self).execute(record)
+    }
+    fn execute_batch(&self, records: &[ActionRecord]) -> Vec<Outcome> {
+        (**self).execute_batch(records)
     }
     fn unblock(&self, ip: IpAddr) -> Outcome {
         (**self).unblock(ip)
