@@ -469,8 +469,16 @@ impl Agent {
         };
         tokio::pin!(stop, requested);
         let live = self.handle.live.clone();
-        if live.version().is_none() && !self.sources.is_empty() {
-            self.wait_first_policy(&mut stop, &mut requested).await;
+        if live.version().is_none()
+            && !self.sources.is_empty()
+            && self.wait_first_policy(&mut stop, &mut requested).await
+        {
+            // Stopped before any event was read.
+            let reports_left = self.shut_down().await;
+            return Ok(RunSummary {
+                events: PipelineStats::default(),
+                reports_left,
+            });
         }
         tracing::info!(
             agent = ?live.status().agent_id,
@@ -530,12 +538,12 @@ impl Agent {
     }
 
     /// A first start: events read now would meet no rules at all, so wait (bounded) for the
-    /// server's policy.
+    /// server's policy. True if the agent was stopped meanwhile.
     async fn wait_first_policy(
         &self,
         stop: &mut (impl Future<Output = ()> + Unpin),
         requested: &mut (impl Future<Output = ()> + Unpin),
-    ) {
+    ) -> bool {
         let wait = self.settings.first_policy_wait;
         tracing::info!(?wait, "no policy yet; waiting for the server's");
         let mut status = self.handle.live.subscribe();
@@ -543,14 +551,15 @@ impl Agent {
             arrived = tokio::time::timeout(wait, status.wait_for(|s| s.applied.is_some())) => {
                 matches!(arrived, Ok(Ok(_)))
             }
-            () = stop => true,
-            () = requested => true,
+            () = stop => return true,
+            () = requested => return true,
         };
         if !arrived {
             tracing::warn!(
                 "no policy after {wait:?}; reading events anyway, nothing is enforced until one arrives"
             );
         }
+        false
     }
 
     async fn shut_down(self) -> usize {

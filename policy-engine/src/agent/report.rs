@@ -137,18 +137,17 @@ impl ReportSender {
         let mut status = self.live.subscribe();
         loop {
             let wake = self.queue.wake.notified();
-            // A request in flight is dropped at shutdown: the report stays in the outbox, and
-            // if the server got it after all, the resend is answered without a second effect.
-            let attempt = tokio::select! {
-                attempt = self.attempt(&mut backoff) => attempt,
-                _ = shutdown.changed() => return,
-            };
-            let wait = match attempt {
+            // A request in flight is finished, not dropped, at shutdown (it takes at most the
+            // request timeout): a server may act on a report it is still answering.
+            let wait = match self.attempt(&mut backoff).await {
                 Attempt::Done => continue,
                 Attempt::Empty => None,
                 Attempt::Retry(wait) => Some(wait),
             };
-            let was_connected = status.borrow_and_update().connected;
+            let (was_connected, had_id) = {
+                let now = status.borrow_and_update();
+                (now.connected, now.agent_id.is_some())
+            };
             let sleep = async {
                 match wait {
                     Some(wait) => tokio::time::sleep(wait).await,
@@ -158,8 +157,10 @@ impl ReportSender {
             tokio::select! {
                 () = sleep => {}
                 () = wake, if wait.is_none() => {}
-                // The stream came back: the server is there, try now.
-                _ = status.wait_for(|s| s.connected && !was_connected) => backoff.reset(),
+                // The stream came back, or the server said who we are: try now.
+                _ = status.wait_for(|s| {
+                    (s.connected && !was_connected) || (s.agent_id.is_some() && !had_id)
+                }) => backoff.reset(),
                 _ = shutdown.changed() => return,
             }
         }
