@@ -30,7 +30,7 @@ impl FleetEvents {
 
     /// A handle that queues events while the stream task runs, without keeping the queue open
     /// after it ended.
-    pub(crate) fn downgrade(&self) -> mpsc::WeakSender<FleetEvent> {
+    pub fn downgrade(&self) -> mpsc::WeakSender<FleetEvent> {
         self.0.downgrade()
     }
 
