@@ -84,6 +84,12 @@ pub struct PolicyEvent<R = Value> {
     /// verifies and runs instead of `rules`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed: Option<SignedRules<R>>,
+    /// Set when this older version replaces `rollbackFrom` because a rollout was rolled back:
+    /// an agent running exactly `rollbackFrom` accepts going back to this version (an agent
+    /// pinned to a key only when `rollbackFrom`'s signature names this version as its
+    /// fallback). Any other older version is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_from: Option<PolicyVersion>,
 }
 
 /// The signed part of a [`PolicyEvent`]: the rules exactly as the operator signed them (no

@@ -64,6 +64,18 @@ pub enum SignatureError {
         /// The newest version applied so far.
         applied: PolicyVersion,
     },
+    /// A rollback to a version the running version's signature does not name as its fallback.
+    #[error(
+        "policy {offered} refused: rolling back from {applied} to {offered} is not what {applied}'s signature allows ({allowed})"
+    )]
+    RollbackNotAllowed {
+        /// The version offered.
+        offered: PolicyVersion,
+        /// The version running.
+        applied: PolicyVersion,
+        /// What the running version's signature allows, in words.
+        allowed: String,
+    },
     /// A key file that could not be read as an Ed25519 key.
     #[error("{what}: {reason}")]
     Key {

@@ -162,6 +162,16 @@ impl PublicKey {
         })
     }
 
+    /// Reads a public key file (PEM), naming the file in any error.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, SignatureError> {
+        let what = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| SignatureError::Key {
+            what: what.clone(),
+            reason: format!("cannot read it: {e}"),
+        })?;
+        Self::from_pem(&text, &what)
+    }
+
     /// The key as PEM.
     pub fn to_pem(&self) -> Result<String, SignatureError> {
         self.key

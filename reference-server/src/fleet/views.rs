@@ -50,6 +50,7 @@ pub fn policy_event(
         rules: resolved_rules(policy, agent_id, list),
         created_at: Some(policy.created_at),
         signed,
+        rollback_from: None,
     }
 }
 
