@@ -10,6 +10,7 @@ use crate::auth::TokenCache;
 use crate::config::{Database, ServerConfig};
 use crate::fleet::agents::bootstrap_admin;
 use crate::fleet::notify::Notifier;
+use crate::fleet::policies::SignedOrgs;
 use crate::fleet::replicas;
 use crate::fleet::reports::ReportContext;
 use crate::fleet::{EventHub, Publisher};
@@ -37,6 +38,8 @@ pub struct AppState {
     pub approval_ttl: Duration,
     /// The gate of new event streams ([`ServerConfig::admission`]).
     pub admission: Admission,
+    /// See [`ServerConfig::signed_orgs`].
+    pub signed_orgs: SignedOrgs,
 }
 
 impl AppState {
@@ -78,6 +81,7 @@ impl AppState {
             online_window: config.online_window,
             approval_ttl: config.approval_ttl,
             admission: Admission::new(config.admission),
+            signed_orgs: config.signed_orgs.clone(),
             store,
         });
         Ok((state, generated_admin_token))

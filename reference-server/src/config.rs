@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::fleet::notify::NotifyConfig;
+use crate::fleet::policies::SignedOrgs;
 use crate::transport::AdmissionConfig;
 
 /// How the server secures its listener.
@@ -75,6 +76,8 @@ pub struct ServerConfig {
     /// How many new event streams may open at once and per second (beyond: 503 with
     /// `Retry-After`).
     pub admission: AdmissionConfig,
+    /// Orgs that accept only policies signed by an operator key (`--require-signatures`).
+    pub signed_orgs: SignedOrgs,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +97,7 @@ impl Default for ServerConfig {
             database: Database::Sqlite,
             resync: Duration::from_secs(5),
             admission: AdmissionConfig::default(),
+            signed_orgs: SignedOrgs::default(),
         }
     }
 }

@@ -13,14 +13,16 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::postgres::TestDatabase;
-use policy_engine::protocol::{ApprovalStatus, ReportId, ReportKind};
+use policy_engine::protocol::{
+    ApprovalStatus, PolicySignature, ReportId, ReportKind, RolloutTerms, SignatureAlgorithm,
+};
 use policy_engine::{Action, ActionRecord, Policy, PolicyVersion};
 use reference_server::auth::{Principal, TokenHash};
 use reference_server::store::postgres::PgStore;
 use reference_server::store::sqlite::SqliteStore;
 use reference_server::store::{
-    AgentRecord, Approval, AuditFilter, ChangeKind, Decision, NewBlock, NewEntry, Notice,
-    ReportReceipt, Store, StoreError, StoredOverrides,
+    AgentRecord, Approval, AuditFilter, ChangeKind, Decision, NewBlock, NewEntry, NewPolicy,
+    Notice, ReportReceipt, Store, StoreError, StoredOverrides,
 };
 use serde_json::json;
 
@@ -70,6 +72,30 @@ fn policy(name: &str) -> Arc<Policy> {
         )
         .unwrap(),
     )
+}
+
+/// An unsigned policy version of `acme` to store.
+fn unsigned(policy: Arc<Policy>, id: String) -> NewPolicy {
+    NewPolicy {
+        org_id: "acme".to_owned(),
+        policy,
+        id,
+        created_at: Utc::now(),
+        signed: None,
+    }
+}
+
+/// A signature as the server stores it (the store does not verify it; the server checks the
+/// file's shape and agents verify).
+fn signature(key_id: &str) -> PolicySignature {
+    PolicySignature {
+        key_id: key_id.to_owned(),
+        algorithm: SignatureAlgorithm::Ed25519,
+        value: "c2lnbmF0dXJl".to_owned(),
+        rollout: Some(RolloutTerms {
+            fallback: Some(PolicyVersion::new(1)),
+        }),
+    }
 }
 
 fn agent(id: &str, org: &str) -> AgentRecord {
@@ -126,12 +152,7 @@ async fn versions_are_gap_free_under_concurrent_writers(pair: Pair) {
         };
         tokio::spawn(async move {
             store
-                .insert_policy(
-                    "acme".to_owned(),
-                    policy(&format!("p{i}")),
-                    format!("pol_{i}"),
-                    Utc::now(),
-                )
+                .insert_policy(unsigned(policy(&format!("p{i}")), format!("pol_{i}")))
                 .await
                 .unwrap()
         })
@@ -176,12 +197,10 @@ async fn versions_are_gap_free_under_concurrent_writers(pair: Pair) {
     // caches the latest it validated).
     for (writer, reader) in [(&pair.a, &pair.b), (&pair.b, &pair.a)] {
         let pushed = writer
-            .insert_policy(
-                "acme".to_owned(),
+            .insert_policy(unsigned(
                 policy("next"),
                 format!("pol_next_{}", Utc::now().timestamp_micros()),
-                Utc::now(),
-            )
+            ))
             .await
             .unwrap();
         let latest = reader
@@ -213,12 +232,7 @@ async fn pushed_writes_record_their_changes(pair: Pair) {
         .await
         .unwrap();
     let first = a
-        .insert_policy(
-            "acme".to_owned(),
-            policy("p"),
-            "pol_1".to_owned(),
-            Utc::now(),
-        )
+        .insert_policy(unsigned(policy("p"), "pol_1".to_owned()))
         .await
         .unwrap();
     let overrides = StoredOverrides {
@@ -496,6 +510,80 @@ async fn expired_approvals_expire_once(pair: Pair) {
     );
 }
 
+/// A signed version is stored only as the version it was signed for, with its signature, read
+/// back alike through either handle; two replicas racing with a signature for the same next
+/// version store it once, and the other is told which version is next; a refused one records
+/// no change.
+async fn signed_versions_are_taken_once(pair: Pair) {
+    let v1 = pair
+        .a
+        .insert_policy(unsigned(policy("p1"), "pol_1".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(v1.value.signature, None);
+    let signed = |id: &str, version: u64, key: &str| NewPolicy {
+        signed: Some((PolicyVersion::new(version), signature(key))),
+        ..unsigned(policy(id), id.to_owned())
+    };
+    let (first, second) = tokio::join!(
+        pair.a.insert_policy(signed("pol_a", 2, "aaaaaaaaaaaaaaaa")),
+        pair.b.insert_policy(signed("pol_b", 2, "bbbbbbbbbbbbbbbb"))
+    );
+    let (stored, refused) = match (first, second) {
+        (Ok(stored), Err(refused)) | (Err(refused), Ok(stored)) => (stored, refused),
+        other => panic!("one of two writes signed for v2 must be stored: {other:?}"),
+    };
+    assert_eq!(
+        (stored.value.version, stored.seq),
+        (PolicyVersion::new(2), Some(2))
+    );
+    assert_eq!(
+        refused.to_string(),
+        "the policy is signed for v2, but the next version of org `acme` is v3"
+    );
+    assert!(
+        matches!(refused, StoreError::VersionTaken { .. }),
+        "{refused:?}"
+    );
+    let key = stored.value.signature.clone().unwrap().key_id;
+    for store in [&pair.a, &pair.b] {
+        let latest = store
+            .latest_policy("acme".to_owned())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(latest.version, PolicyVersion::new(2));
+        assert_eq!(latest.signature, Some(signature(&key)));
+        let old = store
+            .policy("acme".to_owned(), PolicyVersion::new(1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(old.signature, None);
+    }
+    // Nothing of the refused write remains: the next unsigned version is v3, change 3.
+    let next = pair
+        .b
+        .insert_policy(unsigned(policy("p3"), "pol_3".to_owned()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (next.value.version, next.seq),
+        (PolicyVersion::new(3), Some(3))
+    );
+    assert_eq!(pair.a.change_seq("acme".to_owned()).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn sqlite_signed_versions_are_taken_once() {
+    signed_versions_are_taken_once(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_signed_versions_are_taken_once_across_replicas() {
+    signed_versions_are_taken_once(postgres().await).await;
+}
+
 #[tokio::test]
 async fn sqlite_versions_are_gap_free() {
     versions_are_gap_free_under_concurrent_writers(sqlite().await).await;
@@ -547,12 +635,7 @@ async fn postgres_a_replica_hears_of_the_others_commits() {
         .await
         .unwrap();
     pair.a
-        .insert_policy(
-            "acme".to_owned(),
-            policy("p"),
-            "pol_1".to_owned(),
-            Utc::now(),
-        )
+        .insert_policy(unsigned(policy("p"), "pol_1".to_owned()))
         .await
         .unwrap();
     let mut heard = Vec::new();

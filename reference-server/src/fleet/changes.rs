@@ -10,7 +10,7 @@ use policy_engine::PolicyVersion;
 use policy_engine::protocol::{ApprovalStatus, FleetEvent, UnblockEvent};
 
 use super::overrides::{Override, stored_list};
-use super::views::{approval_event, block_event, policy_event, resolved_rules};
+use super::views::{approval_event, block_event, policy_event};
 use crate::clock;
 use crate::store::{Change, ChangeKind, Store, StoreError, StoredPolicy};
 use crate::transport::{Delivery, Frame, Hub};
@@ -34,10 +34,7 @@ pub type EventHub = Hub<StreamView>;
 
 /// The `policy` frame of `policy` for an agent with `overrides`.
 pub fn policy_frame(policy: &StoredPolicy, agent_id: &str, overrides: &[Override]) -> Frame {
-    Frame::policy(&policy_event(
-        policy,
-        resolved_rules(policy, agent_id, overrides),
-    ))
+    Frame::policy(&policy_event(policy, agent_id, overrides))
 }
 
 /// Queues change `change` to the streams that do not have it yet.

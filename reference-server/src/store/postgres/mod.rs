@@ -23,14 +23,14 @@ mod schema;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use policy_engine::PolicyVersion;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
-use policy_engine::{Policy, PolicyVersion};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::config::SslMode;
@@ -38,8 +38,8 @@ use tokio_postgres::{IsolationLevel, NoTls};
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, Change, DecideError, Decision, Finish,
-    FleetBlock, Heartbeat, NewBlock, NewEntry, Notice, Pushed, ReportReceipt, Store, StoreError,
-    StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
+    FleetBlock, Heartbeat, NewBlock, NewEntry, NewPolicy, Notice, Pushed, ReportReceipt, Store,
+    StoreError, StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -228,18 +228,30 @@ fn target(config: &tokio_postgres::Config) -> String {
 
 #[async_trait]
 impl Store for PgStore {
-    async fn insert_policy(
-        &self,
-        org_id: String,
-        policy: Arc<Policy>,
-        id: String,
-        created_at: DateTime<Utc>,
-    ) -> Result<Pushed<StoredPolicy>> {
+    async fn insert_policy(&self, new: NewPolicy) -> Result<Pushed<StoredPolicy>> {
+        let NewPolicy {
+            org_id,
+            policy,
+            id,
+            created_at,
+            signed,
+        } = new;
         let document = serde_json::to_string(&policy.to_json_value())?;
         let created_at = rows::stored(&created_at);
+        let signed_text = signed
+            .as_ref()
+            .map(|(version, signature)| serde_json::to_string(signature).map(|t| (*version, t)))
+            .transpose()?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let (version, seq) = policies::insert(&tx, &org_id, &document, &id, created_at).await?;
+        let row = policies::NewRow {
+            org_id: &org_id,
+            document: &document,
+            id: &id,
+            created_at,
+            signed: signed_text,
+        };
+        let (version, seq) = policies::insert(&tx, &row).await?;
         tx.commit().await?;
         let stored = StoredPolicy {
             id,
@@ -247,6 +259,7 @@ impl Store for PgStore {
             version,
             policy,
             created_at,
+            signature: signed.map(|(_, signature)| signature),
         };
         self.remember(&stored);
         Ok(Pushed {

@@ -69,33 +69,67 @@ pub async fn record_change(
     u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("change number {seq}")))
 }
 
-/// Stores the next version of `org_id` with its change, in the caller's transaction.
-pub async fn insert(
-    tx: &impl GenericClient,
-    org_id: &str,
-    document: &str,
-    id: &str,
-    created_at: DateTime<Utc>,
-) -> Result<(PolicyVersion, u64)> {
+/// A policy version to insert, as stored.
+#[derive(Debug)]
+pub struct NewRow<'a> {
+    /// The org.
+    pub org_id: &'a str,
+    /// The normalized document (JSON).
+    pub document: &'a str,
+    /// `pol_...`
+    pub id: &'a str,
+    /// When it was posted.
+    pub created_at: DateTime<Utc>,
+    /// The version a signature was made for, and the signature (JSON).
+    pub signed: Option<(PolicyVersion, String)>,
+}
+
+/// Stores the next version of its org with its change, in the caller's transaction; a signed
+/// one only if it was signed for that version ([`StoreError::VersionTaken`]).
+pub async fn insert(tx: &impl GenericClient, new: &NewRow<'_>) -> Result<(PolicyVersion, u64)> {
+    let NewRow {
+        org_id,
+        document,
+        id,
+        created_at,
+        ref signed,
+    } = *new;
     lock_org(tx, org_id).await?;
     let next = tx
         .prepare_cached(
             "SELECT COALESCE(MAX(version), 0) + 1 AS next FROM policies WHERE org_id = $1",
         )
         .await?;
-    let version: i64 = get(&tx.query_one(&next, &[&org_id]).await?, "next")?;
+    let number: i64 = get(&tx.query_one(&next, &[&org_id]).await?, "next")?;
+    let version = PolicyVersion::new(u64::try_from(number).unwrap_or_default());
+    if let Some((signed_version, _)) = signed {
+        if *signed_version != version {
+            return Err(StoreError::VersionTaken {
+                org_id: org_id.to_owned(),
+                signed: *signed_version,
+                next: version,
+            });
+        }
+    }
+    let signature = signed.as_ref().map(|(_, text)| text.as_str());
     let insert = tx
         .prepare_cached(
-            "INSERT INTO policies (org_id, version, id, document, created_at)
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO policies (org_id, version, id, document, created_at, signature)
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .await?;
     tx.execute(
         &insert,
-        &[&org_id, &version, &id, &document, &stored(&created_at)],
+        &[
+            &org_id,
+            &number,
+            &id,
+            &document,
+            &stored(&created_at),
+            &signature,
+        ],
     )
     .await?;
-    let version = PolicyVersion::new(u64::try_from(version).unwrap_or_default());
     let seq = record_change(
         tx,
         org_id,
@@ -128,7 +162,7 @@ pub async fn version(
 ) -> Result<Option<StoredPolicy>> {
     let statement = client
         .prepare_cached(
-            "SELECT id, org_id, version, document, created_at FROM policies
+            "SELECT id, org_id, version, document, created_at, signature FROM policies
              WHERE org_id = $1 AND version = $2",
         )
         .await?;
@@ -144,7 +178,13 @@ fn policy_row(row: &Row) -> Result<StoredPolicy> {
     let version: i64 = get(row, "version")?;
     let policy = Policy::from_value(&serde_json::from_str(&document)?)
         .map_err(|e| StoreError::Corrupt(format!("stored policy `{id}`: {e}")))?;
+    let signature: Option<String> = get(row, "signature")?;
+    let signature = signature
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("signature of stored policy `{id}`: {e}")))?;
     Ok(StoredPolicy {
+        signature,
         id,
         org_id: get(row, "org_id")?,
         version: PolicyVersion::new(u64::try_from(version).unwrap_or_default()),

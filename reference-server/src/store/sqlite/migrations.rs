@@ -95,7 +95,11 @@ CREATE TABLE report_receipts (
 );
 CREATE INDEX report_receipts_by_time ON report_receipts (created_ms);
 "#,
-    // 4: numbered changes per org, what event streams are pushed (see `store::records::Change`).
+    // 4: the operator's signature of a signed policy version (JSON), NULL when unsigned.
+    r#"
+ALTER TABLE policies ADD COLUMN signature TEXT;
+"#,
+    // 5: numbered changes per org, what event streams are pushed (see `store::records::Change`).
     r#"
 CREATE TABLE org_changes (
     org_id TEXT    PRIMARY KEY,

@@ -17,21 +17,21 @@ mod rows;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use policy_engine::PolicyVersion;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
-use policy_engine::{Policy, PolicyVersion};
 use rusqlite::Connection;
 use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, Change, DecideError, Decision, Finish,
-    FleetBlock, Heartbeat, NewBlock, NewEntry, Notice, Pushed, ReportReceipt, Store, StoreError,
-    StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
+    FleetBlock, Heartbeat, NewBlock, NewEntry, NewPolicy, Notice, Pushed, ReportReceipt, Store,
+    StoreError, StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -143,16 +143,8 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert_policy(
-        &self,
-        org_id: String,
-        policy: Arc<Policy>,
-        id: String,
-        created_at: DateTime<Utc>,
-    ) -> Result<Pushed<StoredPolicy>> {
-        let stored = self
-            .call(move |conn| policies::insert(conn, org_id, policy, id, created_at))
-            .await?;
+    async fn insert_policy(&self, new: NewPolicy) -> Result<Pushed<StoredPolicy>> {
+        let stored = self.call(move |conn| policies::insert(conn, new)).await?;
         self.remember(&stored.value);
         Ok(stored)
     }

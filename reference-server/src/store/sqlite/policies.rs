@@ -9,29 +9,51 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::Result;
 use super::changes;
 use super::rows::{time_at, time_text};
-use crate::store::{ChangeKind, Pushed, StoreError, StoredOverrides, StoredPolicy};
+use crate::store::{ChangeKind, NewPolicy, Pushed, StoreError, StoredOverrides, StoredPolicy};
 
-/// Stores the next version of `org_id` with its change in one immediate transaction.
-pub fn insert(
-    conn: &mut Connection,
-    org_id: String,
-    policy: Arc<Policy>,
-    id: String,
-    created_at: DateTime<Utc>,
-) -> Result<Pushed<StoredPolicy>> {
+/// Stores the next version of its org (a signed policy only as the version it was signed for)
+/// with its change in one immediate transaction.
+pub fn insert(conn: &mut Connection, new: NewPolicy) -> Result<Pushed<StoredPolicy>> {
+    let NewPolicy {
+        org_id,
+        policy,
+        id,
+        created_at,
+        signed,
+    } = new;
     let text = serde_json::to_string(&policy.to_json_value())?;
+    let signature_text = signed
+        .as_ref()
+        .map(|(_, signature)| serde_json::to_string(signature))
+        .transpose()?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let next: i64 = tx.query_row(
         "SELECT COALESCE(MAX(version), 0) + 1 FROM policies WHERE org_id = ?1",
         params![org_id],
         |row| row.get(0),
     )?;
-    tx.execute(
-        "INSERT INTO policies (org_id, version, id, document, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![org_id, next, id, text, time_text(&created_at)],
-    )?;
     let version = PolicyVersion::new(u64::try_from(next).unwrap_or_default());
+    if let Some((signed_version, _)) = &signed {
+        if *signed_version != version {
+            return Err(StoreError::VersionTaken {
+                org_id,
+                signed: *signed_version,
+                next: version,
+            });
+        }
+    }
+    tx.execute(
+        "INSERT INTO policies (org_id, version, id, document, created_at, signature)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            org_id,
+            next,
+            id,
+            text,
+            time_text(&created_at),
+            signature_text
+        ],
+    )?;
     let seq = changes::record(
         &tx,
         &org_id,
@@ -46,6 +68,7 @@ pub fn insert(
             version,
             policy,
             created_at,
+            signature: signed.map(|(_, signature)| signature),
         },
         seq: Some(seq),
     })
@@ -59,6 +82,7 @@ pub struct PolicyRow {
     version: i64,
     document: String,
     created_at: DateTime<Utc>,
+    signature: Option<String>,
 }
 
 impl PolicyRow {
@@ -76,12 +100,21 @@ impl PolicyRow {
     pub fn validate(self) -> Result<StoredPolicy> {
         let policy = Policy::from_value(&serde_json::from_str(&self.document)?)
             .map_err(|e| StoreError::Corrupt(format!("stored policy `{}`: {e}", self.id)))?;
+        let version = self.version();
+        let signature = self
+            .signature
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| {
+                StoreError::Corrupt(format!("signature of stored policy `{}`: {e}", self.id))
+            })?;
         Ok(StoredPolicy {
-            version: self.version(),
+            version,
             id: self.id,
             org_id: self.org_id,
             policy: Arc::new(policy),
             created_at: self.created_at,
+            signature,
         })
     }
 }
@@ -111,7 +144,9 @@ pub fn version_row(
 fn row(conn: &Connection, filter: &str, args: impl rusqlite::Params) -> Result<Option<PolicyRow>> {
     Ok(conn
         .query_row(
-            &format!("SELECT id, org_id, version, document, created_at FROM policies {filter}"),
+            &format!(
+                "SELECT id, org_id, version, document, created_at, signature FROM policies {filter}"
+            ),
             args,
             |row| {
                 Ok(PolicyRow {
@@ -120,6 +155,7 @@ fn row(conn: &Connection, filter: &str, args: impl rusqlite::Params) -> Result<O
                     version: row.get(2)?,
                     document: row.get(3)?,
                     created_at: time_at(row, 4)?,
+                    signature: row.get(5)?,
                 })
             },
         )
