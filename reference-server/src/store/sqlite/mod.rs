@@ -2,7 +2,8 @@
 //! `synchronous=FULL`, migrations by `user_version`), queries by table in the submodules.
 //!
 //! Invariant: rusqlite is only ever called on the store's own thread, never on an async worker.
-//! Every write commits before its future resolves.
+//! Every write commits before its future resolves, durably (fsynced) except heartbeats (soft
+//! state, see `agents::heartbeat`).
 
 mod agents;
 mod approvals;
