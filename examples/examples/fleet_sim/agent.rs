@@ -221,7 +221,11 @@ async fn requests(agent: Identity, fleet: Fleet, version: Arc<AtomicU64>) {
             };
             (fleet.client.post(&report_url).json(&report), false)
         };
-        let answer = sent.bearer_auth(&agent.token).send().await;
+        let answer = sent
+            .bearer_auth(&agent.token)
+            .timeout(super::REQUEST_TIMEOUT)
+            .send()
+            .await;
         let elapsed = started.elapsed();
         match answer {
             Ok(response) if response.status().is_success() => {

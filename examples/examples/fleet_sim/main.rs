@@ -69,8 +69,8 @@ struct Args {
     /// Seconds between heartbeats of one agent.
     #[arg(long, default_value_t = 30.0)]
     heartbeat_secs: f64,
-    /// Seconds between reports of one agent.
-    #[arg(long, default_value_t = 60.0)]
+    /// Seconds between reports of one agent (an executed action each: a busy fleet).
+    #[arg(long, default_value_t = 600.0)]
     report_secs: f64,
     /// Longest random wait before an agent reconnects after its stream ended.
     #[arg(long, default_value_t = 5.0)]
@@ -97,6 +97,9 @@ struct Args {
 }
 
 const ADMIN: &str = "fleet-sim-admin";
+
+/// How long a request other than an event stream may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Raises the open-file limit to the hard limit: 10,000 agents are 10,000 sockets on each side.
 fn raise_fd_limit() {
@@ -156,7 +159,8 @@ async fn servers(args: &Args) -> Result<Servers> {
         reqwest::Client::builder()
             .http1_only()
             .pool_max_idle_per_host(256)
-            .timeout(Duration::from_secs(60))
+            // No overall timeout: it would cut the event streams; requests set their own.
+            .connect_timeout(Duration::from_secs(30))
     };
     if !args.servers.is_empty() {
         let mut client = builder();
@@ -223,6 +227,7 @@ async fn post_policy(servers: &Servers, n: u64) -> Result<u64> {
         .post(format!("{}/api/policy", servers.first()?))
         .bearer_auth(&servers.admin)
         .json(&policy(n))
+        .timeout(REQUEST_TIMEOUT)
         .send()
         .await?
         .json()
@@ -256,6 +261,7 @@ async fn enroll(servers: &Servers, count: usize) -> Result<Vec<Identity>> {
                 .post(format!("{base}/api/agents/enroll"))
                 .bearer_auth(&servers.admin)
                 .json(&json!({"hostname": format!("sim-{i}")}))
+                .timeout(REQUEST_TIMEOUT)
                 .send();
             async move {
                 let body: Value = request.await?.json().await?;
@@ -518,11 +524,17 @@ async fn restart_storm(
                 back.insert(agent);
             }
             Ok(Some(_)) => {}
-            _ => bail!(
-                "{} of {} agents came back within 120 s",
-                back.len(),
-                on_first.len()
-            ),
+            _ => {
+                let (busy, errors) = load
+                    .lock()
+                    .map(|l| (l.busy - before.0, l.errors - before.1))
+                    .unwrap_or_default();
+                bail!(
+                    "{} of {} agents came back within 120 s ({busy} busy answers, {errors} errors)",
+                    back.len(),
+                    on_first.len()
+                )
+            }
         }
     }
     let all_back = killed.elapsed();
