@@ -12,6 +12,8 @@
 //! cargo run --release -p examples --example fleet_sim -- --agents 10000
 //! cargo run --release -p examples --example fleet_sim -- --agents 10000 --replicas 2 \
 //!     --database postgres://postgres@127.0.0.1:5432/policy
+//! .ci/with-postgres cargo run --release -p examples --example fleet_sim -- --agents 10000 \
+//!     --replicas 2 --database-env POLICY_TEST_POSTGRES
 //! cargo run --release -p examples --example fleet_sim -- --server https://host:8443 \
 //!     --admin-token ... --ca ca.pem --agents 500
 //! ```
@@ -37,6 +39,8 @@ use stats::{Samples, ms, rss_bytes};
 
 /// A simulated fleet against reference servers.
 #[derive(Debug, Parser)]
+// A flag given twice takes its last value (`.ci/bench --smoke` appends smaller sizes).
+#[command(args_override_self = true)]
 struct Args {
     /// Simulated agents.
     #[arg(long, default_value_t = 1000)]
@@ -47,6 +51,10 @@ struct Args {
     /// PostgreSQL URL for the local replicas (default: SQLite, one replica).
     #[arg(long)]
     database: Option<String>,
+    /// Take --database from this environment variable (`.ci/with-postgres` sets
+    /// POLICY_TEST_POSTGRES), so that a URL with a password is not on the command line.
+    #[arg(long, conflicts_with = "database")]
+    database_env: Option<String>,
     /// Servers running elsewhere instead of local replicas (repeat for several).
     #[arg(long = "server")]
     servers: Vec<String>,
@@ -112,7 +120,12 @@ fn raise_fd_limit() {
 }
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(name) = &args.database_env {
+        let url =
+            std::env::var(name).with_context(|| format!("--database-env: `{name}` is not set"))?;
+        args.database = Some(url);
+    }
     if args.serve {
         let data_dir = args.data_dir.clone().context("--serve needs --data-dir")?;
         return replicas::serve(&ServeArgs {
