@@ -149,6 +149,71 @@ pub fn condition(src: &mut Source<'_>, depth: u32) -> String {
     }
 }
 
+const OPERANDS: &[&str] = &[
+    "type",
+    "severity",
+    "severityLevel",
+    "confidence",
+    "srcIp",
+    "dstPort",
+    "pid",
+    "process",
+    "filePath",
+    "user",
+    "host",
+    "id",
+    "timestamp",
+    "attempts",
+    "other",
+    r#""a""#,
+    r#""sshd""#,
+    r#""critical""#,
+    r#""10.0.0.1""#,
+    r#""""#,
+    "0",
+    "1",
+    "3",
+    "22",
+    "4242",
+    "9223372036854775807",
+    "0.5",
+    "1.0",
+    "0.0",
+    "true",
+    "false",
+];
+const BINARY: &[&str] = &[
+    "==", "!=", ">", "<", ">=", "<=", "&&", "||", "+", "-", "*", "/", "%", "^",
+];
+
+/// A random expression over every field, literals of every type and most operators, up to
+/// `depth` levels: most do not type-check for every event, which is the point.
+pub fn expression(src: &mut Source<'_>, depth: u32) -> String {
+    if depth == 0 || src.chance(5) {
+        return src.pick(OPERANDS).to_owned();
+    }
+    let a = expression(src, depth - 1);
+    match src.below(12) {
+        0..=4 => format!("{a} {} {}", src.pick(BINARY), expression(src, depth - 1)),
+        5 | 6 => format!(
+            "({a}) {} ({})",
+            src.pick(BINARY),
+            expression(src, depth - 1)
+        ),
+        7 => format!("!({a})"),
+        8 => format!("-{a}"),
+        9 => format!(
+            r#"str::regex_matches({a}, "{}")"#,
+            src.pick(&["^ss", "a", "^(nc|ncat)$", "[0-9]+", ""])
+        ),
+        10 => format!("str::regex_matches({a}, {})", expression(src, depth - 1)),
+        _ => format!(
+            "{}({a})",
+            src.pick(&["len", "str::to_lowercase", "floor", "typeof"])
+        ),
+    }
+}
+
 fn rule(src: &mut Source<'_>) -> Value {
     let mut rule = match src.below(4) {
         0 => json!({"type": "block_ip", "config": {
@@ -246,7 +311,8 @@ fn updated(src: &mut Source<'_>, rules: &[Value], max_rules: usize) -> (Policy, 
     (policy(rules.clone()), rules)
 }
 
-fn event(src: &mut Source<'_>, i: usize) -> ThreatEvent {
+/// A random event; `i` numbers its `id`.
+pub fn event(src: &mut Source<'_>, i: usize) -> ThreatEvent {
     let mut event = ThreatEvent {
         id: src.pick(&[None, Some("e1".to_owned()), Some(format!("evt-{i}"))]),
         threat_type: src.pick(TYPES).map(str::to_owned),
