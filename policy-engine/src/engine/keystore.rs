@@ -157,6 +157,22 @@ impl KeyStore {
         }
     }
 
+    /// The earliest time at which [`KeyStore::sweep`] can drop a key: when the last bucket of
+    /// the least recently counted key leaves the window, or when the oldest block expires
+    /// (`i64::MAX`: no key). Until then a sweep changes nothing, so callers may skip it.
+    pub(crate) fn next_sweep_ms(&self) -> i64 {
+        let tail = self.counting.tail;
+        let counting = self.entry(tail).map_or(i64::MAX, |entry| {
+            self.slots_of(tail, entry).last().map_or(i64::MIN, |&s| {
+                self.geometry.end_ms(entry.base + slot::offset(s))
+            })
+        });
+        let blocked = self
+            .entry(self.blocked.head)
+            .map_or(i64::MAX, |entry| entry.base);
+        counting.min(blocked)
+    }
+
     /// Offers one event of `key` at `now_ms`.
     pub(crate) fn hit(&mut self, key: IpKey, now_ms: i64) -> Hit {
         let now_bucket = self.geometry.bucket(now_ms);

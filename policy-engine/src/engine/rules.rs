@@ -1,23 +1,20 @@
-//! The four rule types at run time: each rule's state and what one event does to it
-//! (CONTRACT section 4).
-
-use std::time::Duration;
+//! The four rule types at run time: each rule's state and what one event does to it once the
+//! index has found that the event concerns the rule (CONTRACT section 4).
 
 use super::keystore::{Hit, IpKey, KeyStore};
 use super::report::{Diagnostic, EngineStats};
 use super::targets::{self, BlockDefaults, MissingField};
-use super::window::{Buckets, SlidingCounter};
+use super::window::Buckets;
 use super::{EngineConfig, Evaluation};
 use crate::action::{Action, ActionRecord};
-use crate::condition::Evaluator;
+use crate::condition::{Evaluator, EventView};
 use crate::event::ThreatEvent;
 use crate::policy::{AlertThreshold, AutoRespond, BlockIp, CustomRule, PolicyVersion, RuleKind};
 
-/// The `alert_threshold` window.
-const HOUR: Duration = Duration::from_secs(3600);
+/// The `alert_threshold` quiet period after an alert.
 const HOUR_MS: i64 = 3_600_000;
 
-/// A rule ready to process events.
+/// A rule ready to process events: the unit whose state `update_policy` carries over.
 #[derive(Debug)]
 pub(crate) struct CompiledRule {
     pub(crate) enabled: bool,
@@ -35,23 +32,25 @@ pub(crate) enum RuleState {
 
 #[derive(Debug)]
 pub(crate) struct BlockIpState {
-    config: BlockIp,
+    pub(crate) config: BlockIp,
     block_ms: Option<i64>,
     pub(crate) store: KeyStore,
 }
 
+/// An `alert_threshold` rule; its hourly count lives in a counter shared with the rules of the
+/// same severity that have counted the same events (see `alerts`).
 #[derive(Debug)]
 pub(crate) struct AlertState {
-    config: AlertThreshold,
-    geometry: Buckets,
-    counter: SlidingCounter,
-    quiet_until: i64,
+    pub(crate) config: AlertThreshold,
+    pub(crate) quiet_until: i64,
+    /// The engine's counter this rule reads, `None` for a rule that has counted nothing yet.
+    pub(crate) counter: Option<usize>,
 }
 
 #[derive(Debug)]
 pub(crate) struct CustomState {
-    rule: CustomRule,
-    evaluator: Evaluator,
+    pub(crate) rule: CustomRule,
+    pub(crate) evaluator: Evaluator,
 }
 
 /// Where one rule's results for one event go.
@@ -105,9 +104,8 @@ impl CompiledRule {
             }),
             RuleKind::AlertThreshold(alert) => RuleState::Alert(AlertState {
                 config: alert.clone(),
-                geometry: Buckets::new(HOUR),
-                counter: SlidingCounter::default(),
                 quiet_until: i64::MIN,
+                counter: None,
             }),
             RuleKind::AutoRespond(respond) => RuleState::AutoRespond(respond.clone()),
             RuleKind::Custom(custom) => RuleState::Custom(CustomState {
@@ -144,28 +142,15 @@ impl CompiledRule {
             _ => (0, 0),
         }
     }
-
-    /// Runs one event through the rule.
-    pub(crate) fn process(&mut self, key: Option<IpKey>, now_ms: i64, sink: &mut Sink<'_>) {
-        match &mut self.state {
-            RuleState::BlockIp(state) => state.process(key, now_ms, sink),
-            RuleState::Alert(state) => state.process(now_ms, sink),
-            RuleState::AutoRespond(config) => auto_respond(config, sink),
-            RuleState::Custom(state) => state.process(sink),
-        }
-    }
 }
 
 impl BlockIpState {
-    fn process(&mut self, key: Option<IpKey>, now_ms: i64, sink: &mut Sink<'_>) {
-        self.store.sweep(now_ms, 2);
-        let event = sink.event;
-        let (Some(key), Some(ip)) = (key, event.src_ip) else {
+    /// Counts an event of the rule's trigger from `key` (the event's `srcIp`) and blocks the
+    /// address at the threshold.
+    pub(crate) fn hit(&mut self, key: IpKey, now_ms: i64, sink: &mut Sink<'_>) {
+        let Some(ip) = sink.event.src_ip else {
             return;
         };
-        if event.threat_type.as_deref() != Some(self.config.trigger.as_str()) {
-            return;
-        }
         let Hit::Counted(count) = self.store.hit(key, now_ms) else {
             return;
         };
@@ -182,16 +167,9 @@ impl BlockIpState {
 }
 
 impl AlertState {
-    fn process(&mut self, now_ms: i64, sink: &mut Sink<'_>) {
-        let Some(severity) = sink.event.severity else {
-            return;
-        };
-        if severity < self.config.severity {
-            return;
-        }
-        let count = self
-            .counter
-            .add(self.geometry, self.geometry.bucket(now_ms));
+    /// Alerts if `count` (events of at least the rule's severity in the last hour, this one
+    /// included) is over the rule's limit and the rule is not in its quiet hour.
+    pub(crate) fn offer(&mut self, count: u64, now_ms: i64, sink: &mut Sink<'_>) {
         if count > self.config.count_per_hour && now_ms >= self.quiet_until {
             self.quiet_until = now_ms.saturating_add(HOUR_MS);
             sink.emit(Action::Alert {
@@ -203,11 +181,10 @@ impl AlertState {
     }
 }
 
-fn auto_respond(config: &AutoRespond, sink: &mut Sink<'_>) {
+/// An `auto_respond` rule for an event of its trigger.
+pub(crate) fn auto_respond(config: &AutoRespond, sink: &mut Sink<'_>) {
     let event = sink.event;
-    if event.threat_type.as_deref() != Some(config.trigger.as_str())
-        || event.confidence < config.min_confidence
-    {
+    if event.confidence < config.min_confidence {
         return;
     }
     let action = targets::response(config.action, event, sink.block).map(|action| {
@@ -223,8 +200,8 @@ fn auto_respond(config: &AutoRespond, sink: &mut Sink<'_>) {
 }
 
 impl CustomState {
-    fn process(&mut self, sink: &mut Sink<'_>) {
-        match self.evaluator.eval(&self.rule.condition, sink.event) {
+    pub(crate) fn process(&mut self, view: &EventView<'_>, sink: &mut Sink<'_>) {
+        match self.evaluator.eval_view(&self.rule.condition, view) {
             Ok(true) => {}
             Ok(false) => return,
             Err(message) => {
