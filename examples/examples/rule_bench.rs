@@ -1,0 +1,253 @@
+//! Rule-scale figures: `cargo build --release --examples && target/release/examples/rule_bench`.
+//!
+//! Events per second for policies of 4, 100 and 1,000 rules (`block_ip`, `auto_respond`,
+//! `alert_threshold`), and of 100 and 1,000 rules of which 30 % are `custom` conditions of
+//! realistic shapes, each with its ratio to the 4-rule rate measured in the same run:
+//! engine-only (parsed events through `Engine::process`, one thread) and end to end (the
+//! `simulate` example replaying a JSON Lines file, actions written to /dev/null). Each figure
+//! is the best of `--runs` runs. Policies and events are those of
+//! `policy-engine/benches/workload`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use policy_engine::condition::Evaluator;
+use policy_engine::{Engine, EngineConfig, Policy, PolicyVersion, RuleKind, ThreatEvent};
+
+#[path = "../../policy-engine/benches/workload/mod.rs"]
+mod workload;
+
+/// Measure engine throughput as policies grow from 4 to 1,000 rules.
+#[derive(Parser)]
+#[command(about, long_about = None)]
+struct Args {
+    /// Events per engine-only run.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Events in the file replayed by `simulate`.
+    #[arg(long, default_value_t = 1_000_000)]
+    e2e_events: usize,
+    /// Runs per figure; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The `simulate` binary (default: next to this one).
+    #[arg(long)]
+    simulate: Option<PathBuf>,
+    /// Skip the end-to-end runs.
+    #[arg(long)]
+    engine_only: bool,
+    /// Only the case of this name (for profiling).
+    #[arg(long)]
+    only: Option<String>,
+}
+
+struct Case {
+    name: &'static str,
+    policy: Policy,
+    json: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cases = workload::SCALES
+        .iter()
+        .filter(|(name, _, _)| args.only.as_ref().is_none_or(|only| name == only))
+        .map(|&(name, rules, custom)| {
+            let json = workload::scale_case(rules, custom);
+            let policy = Policy::from_json(json.as_bytes())
+                .map_err(|err| anyhow::anyhow!("{name}: {err:?}"))?;
+            Ok(Case { name, policy, json })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    println!(
+        "rule scale: {cores} cores, engine on one thread, best of {} runs",
+        args.runs
+    );
+    for case in &cases {
+        describe(case);
+    }
+
+    let lines = workload::event_lines(args.events);
+    let events = policy_engine::event::parse_lines(lines.join("\n").as_bytes())
+        .collect::<Result<Vec<ThreatEvent>, _>>()?;
+    drop(lines);
+    println!("\nengine only ({} parsed events)", events.len());
+    println!(
+        "{:<28} {:>14} {:>10} {:>10} {:>12}",
+        "policy", "events/s", "vs 4 rules", "actions", "cond. errors"
+    );
+    let mut baseline = None;
+    for case in &cases {
+        let mut best = 0.0f64;
+        let mut outcome = (0, 0);
+        for _ in 0..args.runs.max(1) {
+            let (rate, actions, errors) = engine_run(&case.policy, &events);
+            best = best.max(rate);
+            outcome = (actions, errors);
+        }
+        let base = *baseline.get_or_insert(best);
+        println!(
+            "{:<28} {:>14.0} {:>10.3} {:>10} {:>12}",
+            case.name,
+            best,
+            best / base,
+            outcome.0,
+            outcome.1
+        );
+    }
+    drop(events);
+
+    if !args.engine_only {
+        end_to_end(&args, &cases)?;
+    }
+    Ok(())
+}
+
+/// One line on what a policy holds.
+fn describe(case: &Case) {
+    let rules = &case.policy.rules;
+    let count = |name: &str| rules.iter().filter(|r| r.kind.type_name() == name).count();
+    let conditions: Vec<_> = rules
+        .iter()
+        .filter_map(|r| match &r.kind {
+            RuleKind::Custom(custom) => Some(&custom.condition),
+            _ => None,
+        })
+        .collect();
+    let compiled = conditions
+        .iter()
+        .filter(|c| Evaluator::new(c).is_compiled())
+        .count();
+    let regexes = conditions
+        .iter()
+        .filter(|c| c.source().contains("str::regex_matches"))
+        .count();
+    let no_type = conditions
+        .iter()
+        .filter(|c| !c.variables().iter().any(|v| v == "type"))
+        .count();
+    let reach: Vec<String> = ["brute_force", "port_scan", "malware"]
+        .iter()
+        .map(|t| {
+            let n = rules
+                .iter()
+                .filter(|r| r.enabled)
+                .filter(|r| match &r.kind {
+                    RuleKind::BlockIp(b) => b.trigger == *t,
+                    RuleKind::AutoRespond(a) => a.trigger == *t,
+                    _ => false,
+                })
+                .count();
+            format!("{t} {n}")
+        })
+        .collect();
+    println!(
+        "  {:<26} {} rules: {} block_ip, {} auto_respond, {} alert_threshold, {} custom ({} compiled, {} without `type`, {} regex), {} disabled; enabled block_ip/auto_respond rules by event type: {}",
+        case.name,
+        rules.len(),
+        count("block_ip"),
+        count("auto_respond"),
+        count("alert_threshold"),
+        conditions.len(),
+        compiled,
+        no_type,
+        regexes,
+        rules.iter().filter(|r| !r.enabled).count(),
+        reach.join(", ")
+    );
+}
+
+/// Events per second through a fresh engine (after a warm-up on a tenth of the events),
+/// actions and condition errors of the timed pass.
+fn engine_run(policy: &Policy, events: &[ThreatEvent]) -> (f64, usize, u64) {
+    let mut engine = Engine::new(
+        policy.clone(),
+        PolicyVersion::new(1),
+        EngineConfig::default(),
+    );
+    let warm = events.get(..events.len() / 10).unwrap_or_default();
+    for event in warm {
+        engine.process(event, event.timestamp.unwrap_or_default());
+    }
+    let errors_before = engine.stats().condition_errors;
+    let mut actions = 0usize;
+    let started = Instant::now();
+    for event in events {
+        actions += engine
+            .process(event, event.timestamp.unwrap_or_default())
+            .actions
+            .len();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    (
+        events.len() as f64 / secs,
+        actions,
+        engine.stats().condition_errors - errors_before,
+    )
+}
+
+/// Replays an event file through `simulate` for every case.
+fn end_to_end(args: &Args, cases: &[Case]) -> anyhow::Result<()> {
+    let simulate = match &args.simulate {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("simulate"),
+    };
+    if !simulate.exists() {
+        bail!(
+            "`{}` not found: build it with `cargo build --release --examples`",
+            simulate.display()
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("rule_bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = replay_all(args, cases, &simulate, &dir);
+    std::fs::remove_dir_all(&dir)?;
+    result
+}
+
+fn replay_all(args: &Args, cases: &[Case], simulate: &Path, dir: &Path) -> anyhow::Result<()> {
+    let events_path = dir.join("events.jsonl");
+    let mut text = workload::event_lines(args.e2e_events).join("\n");
+    text.push('\n');
+    std::fs::write(&events_path, &text)?;
+    println!(
+        "\nend to end: `{}` on {} events ({} MB of JSON Lines), actions to /dev/null",
+        simulate.display(),
+        args.e2e_events,
+        text.len() / 1_000_000
+    );
+    drop(text);
+    println!("{:<28} {:>14} {:>10}", "policy", "events/s", "vs 4 rules");
+    let mut baseline = None;
+    for (i, case) in cases.iter().enumerate() {
+        let policy_path = dir.join(format!("policy-{i}.json"));
+        std::fs::write(&policy_path, &case.json)?;
+        let mut best = 0.0f64;
+        for _ in 0..args.runs.max(1) {
+            let started = Instant::now();
+            let output = Command::new(simulate)
+                .arg("--policy")
+                .arg(&policy_path)
+                .arg("--events")
+                .arg(&events_path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+                .with_context(|| format!("cannot run `{}`", simulate.display()))?;
+            let secs = started.elapsed().as_secs_f64();
+            let summary = String::from_utf8_lossy(&output.stderr);
+            let expected = format!("events read: {}", args.e2e_events);
+            if !output.status.success() || !summary.lines().any(|l| l == expected) {
+                bail!("`simulate` failed on {}: {summary}", case.name);
+            }
+            best = best.max(args.e2e_events as f64 / secs);
+        }
+        let base = *baseline.get_or_insert(best);
+        println!("{:<28} {:>14.0} {:>10.3}", case.name, best, best / base);
+    }
+    Ok(())
+}
