@@ -81,7 +81,7 @@ enum Bool {
     Text(Text, Cmp, Text),
     Int(Int, Cmp, Int),
     Float(Float, Cmp, Float),
-    BoolEq(Box<Bool>, Box<Bool>, bool),
+    Truth(Box<Bool>, Box<Bool>, bool),
     Regex(Text, Regex),
 }
 
@@ -244,7 +244,7 @@ impl Compiler<'_> {
                 Bool::Float(a, cmp, Float::FromInt(b))
             }
             (Operand::Bool(a), Operand::Bool(b)) if equality => {
-                Bool::BoolEq(Box::new(a), Box::new(b), cmp == Cmp::Eq)
+                Bool::Truth(Box::new(a), Box::new(b), cmp == Cmp::Eq)
             }
             // Values of different types are never equal; the operands cannot fail.
             _ if equality => Bool::Const(cmp == Cmp::Ne),
@@ -291,7 +291,7 @@ impl Bool {
             Self::Text(a, cmp, b) => cmp.apply(a.eval(view), b.eval(view)),
             Self::Int(a, cmp, b) => cmp.apply(&a.eval(view), &b.eval(view)),
             Self::Float(a, cmp, b) => cmp.apply(&a.eval(view), &b.eval(view)),
-            Self::BoolEq(a, b, equal) => (a.eval(view) == b.eval(view)) == *equal,
+            Self::Truth(a, b, equal) => (a.eval(view) == b.eval(view)) == *equal,
             Self::Regex(subject, regex) => regex.is_match(subject.eval(view)),
         }
     }

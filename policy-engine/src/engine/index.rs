@@ -11,6 +11,7 @@
 //! - `alert_threshold` rules through their shared counters (`alerts`);
 //! - `block_ip` stores by when their next stale key or expired block can be swept.
 
+use super::blocks::{BlockStores, Place};
 use super::rules::{CompiledRule, RuleState};
 use crate::condition::{EventView, Field, FieldSet, Guard};
 
@@ -30,12 +31,20 @@ const GUARD_FIELDS: [Field; 7] = [
 /// The enabled rules reached by events of one threat type.
 #[derive(Debug, Default)]
 pub(crate) struct TypeRules {
-    /// `block_ip` rules with this trigger: `(rule index, position in the sweep schedule)`.
-    pub(crate) block_ip: Vec<(usize, usize)>,
+    /// `block_ip` rules with this trigger, by key store.
+    pub(crate) block_ip: Vec<StoreRules>,
     /// `auto_respond` rules with this trigger.
     pub(crate) auto_respond: Vec<usize>,
     /// `custom` rules guarded by `type` having this value.
     pub(crate) custom: Vec<usize>,
+}
+
+/// The enabled `block_ip` rules of one trigger in one key store.
+#[derive(Debug)]
+pub(crate) struct StoreRules {
+    pub(crate) store: usize,
+    /// `(member, rule index, position in the sweep schedule)`.
+    pub(crate) members: Vec<(usize, usize, usize)>,
 }
 
 /// The index of a policy's enabled rules; see the module documentation.
@@ -54,7 +63,10 @@ pub(crate) struct RuleIndex {
 
 impl RuleIndex {
     /// The index of `rules`, and the sweep schedule of their `block_ip` stores.
-    pub(crate) fn build(rules: &[CompiledRule]) -> (RuleIndex, SweepSchedule) {
+    pub(crate) fn build(
+        rules: &[CompiledRule],
+        blocks: &BlockStores,
+    ) -> (RuleIndex, SweepSchedule) {
         let mut index = RuleIndex::default();
         let mut schedule = SweepSchedule::default();
         for (i, rule) in rules.iter().enumerate() {
@@ -63,11 +75,22 @@ impl RuleIndex {
             }
             match &rule.state {
                 RuleState::BlockIp(state) => {
-                    let slot = schedule.add(i, state.store.next_sweep_ms());
-                    index
-                        .type_rules(&state.config.trigger)
-                        .block_ip
-                        .push((i, slot));
+                    let Some(place) = state.place else {
+                        continue;
+                    };
+                    let due = blocks
+                        .get(place.store)
+                        .map_or(i64::MAX, |store| store.next_sweep_ms(place.member));
+                    let slot = schedule.add(place, due);
+                    let stores = &mut index.type_rules(&state.config.trigger).block_ip;
+                    let member = (place.member, i, slot);
+                    match stores.iter_mut().find(|s| s.store == place.store) {
+                        Some(store) => store.members.push(member),
+                        None => stores.push(StoreRules {
+                            store: place.store,
+                            members: vec![member],
+                        }),
+                    }
                 }
                 RuleState::AutoRespond(config) => {
                     index.type_rules(&config.trigger).auto_respond.push(i);
@@ -191,8 +214,8 @@ fn best_guard(guards: Vec<Guard>) -> Option<Guard> {
 /// lag behind when a store's due time moves later), so nothing due is ever skipped.
 #[derive(Debug)]
 pub(crate) struct SweepSchedule {
-    /// `(rule index, due time in ms)`.
-    pub(crate) stores: Vec<(usize, i64)>,
+    /// `(where the rule's keys are, due time in ms)`.
+    pub(crate) stores: Vec<(Place, i64)>,
     pub(crate) earliest: i64,
 }
 
@@ -206,8 +229,8 @@ impl Default for SweepSchedule {
 }
 
 impl SweepSchedule {
-    fn add(&mut self, rule: usize, due: i64) -> usize {
-        self.stores.push((rule, due));
+    fn add(&mut self, place: Place, due: i64) -> usize {
+        self.stores.push((place, due));
         self.earliest = self.earliest.min(due);
         self.stores.len() - 1
     }

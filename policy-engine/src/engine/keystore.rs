@@ -1,6 +1,11 @@
-//! Per-source-IP state of a `block_ip` rule with a hard key cap: a slab of 64-byte entries, an
-//! index of slab positions, and two intrusive lists (counting keys by last event, blocked keys
-//! by block time) for eviction and stale-key sweeping.
+//! Per-source-IP state of `block_ip` rules with a hard key cap per rule. The rules of one
+//! trigger share a store: one hash lookup per event finds a record holding the address and,
+//! side by side, each rule's state for it (its list links, its window or block expiry).
+//!
+//! Each rule ("member") keeps its own two intrusive lists (counting keys by last event, blocked
+//! keys by block time), key count, cap and evictions, exactly as if it had a store of its own;
+//! sharing only saves lookups and the repeated address. A record lives while any member tracks
+//! its address.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -8,13 +13,31 @@ use std::net::IpAddr;
 
 use hashbrown::HashTable;
 
-use super::window::{self, Buckets, slot};
+use super::window::{self, Buckets, MAX_SPAN, slot};
 
+/// End of a list.
 const NIL: u32 = u32::MAX;
-/// Slots kept inside an entry; a key needing more distinct live buckets spills to the heap.
-const INLINE_SLOTS: usize = 7;
+/// `prev` of a member that does not track the record's address.
+const ABSENT: u32 = u32::MAX - 1;
+/// `base` of a blocked key (its expiry is in the two slot words).
+const BLOCKED: u32 = u32::MAX;
+/// First slot word of a key whose slots live in `spilled`: offset 63 and count 0, which no
+/// real slot has (counts start at one).
+const SPILLED: u32 = 0xfc00_0000;
 /// Block expiry of a permanent block.
 const NEVER: i64 = i64::MAX;
+/// Words of the address at the start of a record.
+const KEY_WORDS: usize = 4;
+/// Words of one member's state: prev, next, base, two slots.
+const SUB_WORDS: usize = 5;
+/// Slots kept inside a record; a key needing more distinct live buckets spills to the heap.
+const INLINE_SLOTS: usize = 2;
+/// Most members of one store: a record holds every member's state, so the memory a store may
+/// need grows with the square of its members (each member can hold `cap` addresses the others
+/// dropped).
+pub(crate) const MAX_MEMBERS: usize = 8;
+/// Bucket distance from a member's epoch after which bases are rebased (they are `u32`).
+const REBASE_AFTER: i64 = 1 << 31;
 
 /// A source address as a 128-bit number: IPv4 `a.b.c.d` is stored as `::ffff:a.b.c.d`, so both
 /// notations land on the same key.
@@ -27,6 +50,18 @@ impl From<IpAddr> for IpKey {
             IpAddr::V4(v4) => Self(u128::from(v4.to_ipv6_mapped())),
             IpAddr::V6(v6) => Self(u128::from(v6)),
         }
+    }
+}
+
+impl IpKey {
+    fn words(self) -> [u32; KEY_WORDS] {
+        let v = self.0;
+        [
+            (v >> 96) as u32,
+            (v >> 64) as u32,
+            (v >> 32) as u32,
+            v as u32,
+        ]
     }
 }
 
@@ -45,33 +80,6 @@ enum List {
     Blocked,
 }
 
-/// One tracked key. 64 bytes: the key, list links, the window base bucket (or, while blocked,
-/// the block expiry in milliseconds), seven packed slots and their length.
-#[derive(Debug, Clone)]
-struct Entry {
-    key: u128,
-    base: i64,
-    prev: u32,
-    next: u32,
-    slots: [u32; INLINE_SLOTS],
-    len: u8,
-    flags: u8,
-}
-
-const FLAG_BLOCKED: u8 = 1;
-const FLAG_SPILLED: u8 = 2;
-const FLAG_FREE: u8 = 4;
-
-impl Entry {
-    fn list(&self) -> List {
-        if self.flags & FLAG_BLOCKED != 0 {
-            List::Blocked
-        } else {
-            List::Counting
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Ends {
     head: u32,
@@ -87,382 +95,690 @@ impl Default for Ends {
     }
 }
 
-/// Counts events per key over a sliding window, remembers blocks, and holds at most `cap` keys.
-///
-/// Invariants: every live entry is in exactly one list and in the index; `counting` is ordered
-/// by last counted event (head = most recent); `blocked` by block time, which for a rule's single
-/// duration is also expiry order (head = oldest).
+/// One member's state for one address.
+#[derive(Debug, Clone, Copy)]
+struct Sub {
+    prev: u32,
+    next: u32,
+    /// Window base bucket, relative to the member's epoch; [`BLOCKED`] while blocked.
+    base: u32,
+    slots: [u32; INLINE_SLOTS],
+}
+
+impl Sub {
+    fn absent() -> Self {
+        Self {
+            prev: ABSENT,
+            next: NIL,
+            base: 0,
+            slots: [0; INLINE_SLOTS],
+        }
+    }
+
+    fn is_absent(&self) -> bool {
+        self.prev == ABSENT
+    }
+
+    fn list(&self) -> List {
+        if self.base == BLOCKED {
+            List::Blocked
+        } else {
+            List::Counting
+        }
+    }
+
+    fn spilled(&self) -> bool {
+        self.slots[0] == SPILLED
+    }
+
+    fn expiry(&self) -> i64 {
+        (i64::from(self.slots[1]) << 32) | i64::from(self.slots[0])
+    }
+
+    fn block_until(&mut self, expiry: i64) {
+        self.base = BLOCKED;
+        self.slots = [expiry as u32, (expiry >> 32) as u32];
+    }
+
+    /// Inline slots in use (unused ones are zero).
+    fn inline_len(&self) -> usize {
+        self.slots.iter().take_while(|&&s| s != 0).count()
+    }
+}
+
+/// One member's lists and totals.
 #[derive(Debug, Clone)]
-pub(crate) struct KeyStore {
+struct Member {
     geometry: Buckets,
     cap: usize,
-    entries: Vec<Entry>,
-    spilled: HashMap<u32, Vec<u32>>,
-    index: HashTable<u32>,
-    hasher: foldhash::fast::RandomState,
-    free: u32,
+    /// Bucket that relative bases count from; `None` until the first event.
+    epoch: Option<i64>,
     len: usize,
     counting: Ends,
     blocked: Ends,
     evictions: u64,
 }
 
+/// Counts events per address over each member's sliding window, remembers each member's
+/// blocks, and holds at most `cap` addresses per member.
+///
+/// Invariants: every address a member tracks is in exactly one of its lists; `counting` is
+/// ordered by last counted event (head = most recent), `blocked` by block time, which for a
+/// rule's single duration is also expiry order (head = oldest); a record is in the index and
+/// off the free list exactly while some member tracks it. Times passed in never decrease.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyStore {
+    members: Vec<Member>,
+    /// Records of `stride` words: the address, then each member's [`Sub`].
+    words: Vec<u32>,
+    stride: usize,
+    spilled: HashMap<u64, Vec<u32>, foldhash::fast::RandomState>,
+    index: HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+    /// Free records, linked through their first word.
+    free: u32,
+    records: usize,
+}
+
 impl KeyStore {
-    /// An empty store for a window of `geometry`, holding at most `cap` keys (at least one).
-    pub(crate) fn new(geometry: Buckets, cap: usize) -> Self {
+    /// An empty store for members with these windows and caps (each at least one key), at
+    /// most [`MAX_MEMBERS`] of them.
+    pub(crate) fn new(members: &[(Buckets, usize)]) -> Self {
+        let members: Vec<Member> = members
+            .iter()
+            .take(MAX_MEMBERS)
+            .map(|&(geometry, cap)| Member {
+                geometry,
+                cap: cap.clamp(1, (ABSENT - 1) as usize / MAX_MEMBERS),
+                epoch: None,
+                len: 0,
+                counting: Ends::default(),
+                blocked: Ends::default(),
+                evictions: 0,
+            })
+            .collect();
         Self {
-            geometry,
-            cap: cap.clamp(1, NIL as usize - 1),
-            entries: Vec::new(),
-            spilled: HashMap::new(),
+            stride: KEY_WORDS + SUB_WORDS * members.len(),
+            members,
+            words: Vec::new(),
+            spilled: HashMap::default(),
             index: HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
             free: NIL,
-            len: 0,
-            counting: Ends::default(),
-            blocked: Ends::default(),
-            evictions: 0,
+            records: 0,
         }
     }
 
-    /// Keys tracked now.
-    pub(crate) fn len(&self) -> usize {
-        self.len
+    /// Members of the store.
+    pub(crate) fn members(&self) -> usize {
+        self.members.len()
     }
 
-    /// Keys evicted at the cap so far.
-    pub(crate) fn evictions(&self) -> u64 {
-        self.evictions
+    /// Addresses `member` tracks now.
+    pub(crate) fn len(&self, member: usize) -> usize {
+        self.members.get(member).map_or(0, |m| m.len)
     }
 
-    /// Drops up to `budget` keys whose window is empty or whose block has expired at `now_ms`.
-    pub(crate) fn sweep(&mut self, now_ms: i64, budget: usize) {
-        let now_bucket = self.geometry.bucket(now_ms);
+    /// Addresses evicted at `member`'s cap so far.
+    pub(crate) fn evictions(&self, member: usize) -> u64 {
+        self.members.get(member).map_or(0, |m| m.evictions)
+    }
+
+    /// The record of `key`, if some member tracks it.
+    pub(crate) fn find(&self, key: IpKey) -> Option<u32> {
+        let words = key.words();
+        self.index
+            .find(self.hasher.hash_one(key.0), |&r| self.key_of(r) == words)
+            .copied()
+    }
+
+    /// Drops up to `budget` of `member`'s addresses whose window is empty or whose block has
+    /// expired at `now_ms`.
+    pub(crate) fn sweep(&mut self, member: usize, now_ms: i64, budget: usize) {
+        let Some(m) = self.members.get(member) else {
+            return;
+        };
+        let (geometry, epoch) = (m.geometry, m.epoch.unwrap_or_default());
+        let now_bucket = geometry.bucket(now_ms);
         for _ in 0..budget {
-            let tail = self.counting.tail;
-            if let Some(entry) = self.entry(tail)
-                && !self.has_live_events(tail, entry, now_bucket)
-            {
-                self.remove(tail);
+            let Some(m) = self.members.get(member) else {
+                return;
+            };
+            let (tail, head) = (m.counting.tail, m.blocked.head);
+            if tail != NIL && !self.has_live_events(tail, member, geometry, epoch, now_bucket) {
+                self.remove(tail, member);
                 continue;
             }
-            let head = self.blocked.head;
-            if let Some(entry) = self.entry(head)
-                && entry.base <= now_ms
-            {
-                self.remove(head);
+            if head != NIL && self.sub(head, member).expiry() <= now_ms {
+                self.remove(head, member);
                 continue;
             }
             break;
         }
     }
 
-    /// The earliest time at which [`KeyStore::sweep`] can drop a key: when the last bucket of
-    /// the least recently counted key leaves the window, or when the oldest block expires
-    /// (`i64::MAX`: no key). Until then a sweep changes nothing, so callers may skip it.
-    pub(crate) fn next_sweep_ms(&self) -> i64 {
-        let tail = self.counting.tail;
-        let counting = self.entry(tail).map_or(i64::MAX, |entry| {
-            self.slots_of(tail, entry).last().map_or(i64::MIN, |&s| {
-                self.geometry.end_ms(entry.base + slot::offset(s))
-            })
-        });
-        let blocked = self
-            .entry(self.blocked.head)
-            .map_or(i64::MAX, |entry| entry.base);
+    /// The earliest time at which [`KeyStore::sweep`] can drop one of `member`'s addresses:
+    /// when the last bucket of its least recently counted address leaves the window, or when
+    /// its oldest block expires (`i64::MAX`: no address). Until then a sweep changes nothing.
+    pub(crate) fn next_sweep_ms(&self, member: usize) -> i64 {
+        let Some(m) = self.members.get(member) else {
+            return i64::MAX;
+        };
+        let counting = if m.counting.tail == NIL {
+            i64::MAX
+        } else {
+            let tail = m.counting.tail;
+            let sub = self.sub(tail, member);
+            let base = m.epoch.unwrap_or_default() + i64::from(sub.base);
+            match self.last_slot(tail, member, &sub) {
+                Some(s) => m.geometry.end_ms(base + slot::offset(s)),
+                None => i64::MIN,
+            }
+        };
+        let blocked = if m.blocked.head == NIL {
+            i64::MAX
+        } else {
+            self.sub(m.blocked.head, member).expiry()
+        };
         counting.min(blocked)
     }
 
-    /// Offers one event of `key` at `now_ms`.
-    pub(crate) fn hit(&mut self, key: IpKey, now_ms: i64) -> Hit {
-        let now_bucket = self.geometry.bucket(now_ms);
-        let hash = self.hasher.hash_one(key.0);
-        let entries = &self.entries;
-        let found = self
-            .index
-            .find(hash, |&i| {
-                entries.get(i as usize).is_some_and(|e| e.key == key.0)
-            })
-            .copied();
-        let idx = match found {
-            Some(idx) => {
-                let Some(entry) = self.entries.get(idx as usize) else {
-                    return Hit::Counted(0);
-                };
-                if entry.list() == List::Blocked {
-                    if entry.base > now_ms {
-                        return Hit::Blocked;
+    /// Offers one event of `key` at `now_ms` to `member`; `record` is the key's record if the
+    /// caller already looked it up (`None`: look it up). Returns what happened and the record,
+    /// for the next member.
+    pub(crate) fn hit(
+        &mut self,
+        member: usize,
+        key: IpKey,
+        record: Option<u32>,
+        now_ms: i64,
+    ) -> (Hit, u32) {
+        let Some(m) = self.members.get(member) else {
+            return (Hit::Counted(0), NIL);
+        };
+        let now_bucket = m.geometry.bucket(now_ms);
+        self.set_epoch(member, now_bucket);
+        let record = record.or_else(|| self.find(key));
+        let tracked = record.filter(|&r| !self.sub(r, member).is_absent());
+        let record = match tracked {
+            Some(r) => {
+                let mut sub = self.sub(r, member);
+                if sub.list() == List::Blocked {
+                    if sub.expiry() > now_ms {
+                        return (Hit::Blocked, r);
                     }
                     // The block expired: start counting afresh.
-                    self.unlink(idx);
-                    if let Some(entry) = self.entries.get_mut(idx as usize) {
-                        entry.flags &= !FLAG_BLOCKED;
-                        entry.len = 0;
-                        entry.base = now_bucket;
-                    }
-                    self.push_front(idx, List::Counting);
+                    self.unlink(r, member);
+                    sub = self.sub(r, member);
+                    sub.base = self.relative(member, now_bucket);
+                    sub.slots = [0; INLINE_SLOTS];
+                    self.set_sub(r, member, sub);
                 } else {
-                    self.unlink(idx);
-                    self.push_front(idx, List::Counting);
+                    self.unlink(r, member);
                 }
-                idx
+                self.push_front(r, member, List::Counting);
+                r
             }
-            None => self.insert(key, hash, now_bucket),
+            None => self.insert(member, key, record, now_bucket),
         };
-        Hit::Counted(self.count_event(idx, now_bucket))
+        (
+            Hit::Counted(self.count_event(record, member, now_bucket)),
+            record,
+        )
     }
 
-    /// Marks `key` (just counted) as blocked until `until_ms` (`None`: forever) and clears its
-    /// count.
-    pub(crate) fn block(&mut self, key: IpKey, until_ms: Option<i64>) {
-        let hash = self.hasher.hash_one(key.0);
-        let entries = &self.entries;
-        let Some(idx) = self
-            .index
-            .find(hash, |&i| {
-                entries.get(i as usize).is_some_and(|e| e.key == key.0)
-            })
-            .copied()
-        else {
+    /// Marks `member`'s state of `record` (just counted) as blocked until `until_ms` (`None`:
+    /// forever) and clears its count.
+    pub(crate) fn block(&mut self, member: usize, record: u32, until_ms: Option<i64>) {
+        if self.sub(record, member).is_absent() {
             return;
-        };
-        self.unlink(idx);
-        self.spilled.remove(&idx);
-        if let Some(entry) = self.entries.get_mut(idx as usize) {
-            entry.flags = FLAG_BLOCKED;
-            entry.len = 0;
-            entry.base = until_ms.unwrap_or(NEVER);
         }
-        self.push_back(idx, List::Blocked);
+        self.unlink(record, member);
+        self.spilled.remove(&spill_key(record, member));
+        let mut sub = self.sub(record, member);
+        sub.block_until(until_ms.unwrap_or(NEVER));
+        self.set_sub(record, member, sub);
+        self.push_back(record, member, List::Blocked);
     }
 
-    /// Events counted for `key` in the window at `now_ms` (0 for unknown or blocked keys).
+    /// Drops every address of `member` (a rule that left the policy) and returns its
+    /// evictions, which it forgets.
+    pub(crate) fn retire_member(&mut self, member: usize) -> u64 {
+        while let Some(m) = self.members.get(member) {
+            let victim = if m.counting.head != NIL {
+                m.counting.head
+            } else {
+                m.blocked.head
+            };
+            if victim == NIL {
+                break;
+            }
+            self.remove(victim, member);
+        }
+        self.members
+            .get_mut(member)
+            .map_or(0, |m| std::mem::take(&mut m.evictions))
+    }
+
+    /// Gives a retired member (see [`KeyStore::retire_member`]) to a new rule.
+    pub(crate) fn reset_member(&mut self, member: usize, geometry: Buckets, cap: usize) {
+        if let Some(m) = self.members.get_mut(member) {
+            *m = Member {
+                geometry,
+                cap: cap.clamp(1, (ABSENT - 1) as usize / MAX_MEMBERS),
+                epoch: None,
+                len: 0,
+                counting: Ends::default(),
+                blocked: Ends::default(),
+                evictions: 0,
+            };
+        }
+    }
+
+    /// Events counted for `key` by `member` in the window at `now_ms` (0 for unknown or
+    /// blocked keys).
     #[cfg(test)]
-    pub(crate) fn count(&self, key: IpKey, now_ms: i64) -> u64 {
-        let now_bucket = self.geometry.bucket(now_ms);
-        let hash = self.hasher.hash_one(key.0);
-        let entries = &self.entries;
-        let Some(&idx) = self.index.find(hash, |&i| {
-            entries.get(i as usize).is_some_and(|e| e.key == key.0)
-        }) else {
+    pub(crate) fn count(&self, member: usize, key: IpKey, now_ms: i64) -> u64 {
+        let (Some(m), Some(record)) = (self.members.get(member), self.find(key)) else {
             return 0;
         };
-        let Some(entry) = self.entries.get(idx as usize) else {
-            return 0;
-        };
-        if entry.list() == List::Blocked {
+        let sub = self.sub(record, member);
+        if sub.is_absent() || sub.list() == List::Blocked {
             return 0;
         }
-        self.slots_of(idx, entry)
+        let base = m.epoch.unwrap_or_default() + i64::from(sub.base);
+        let now_bucket = m.geometry.bucket(now_ms);
+        self.slots(record, member, &sub)
             .iter()
-            .filter(|&&s| self.geometry.live(entry.base + slot::offset(s), now_bucket))
+            .filter(|&&s| m.geometry.live(base + slot::offset(s), now_bucket))
             .map(|&s| u64::from(slot::count(s)))
             .sum()
     }
 
-    fn entry(&self, idx: u32) -> Option<&Entry> {
-        self.entries.get(idx as usize)
+    /// Records held now (addresses tracked by at least one member).
+    #[cfg(test)]
+    pub(crate) fn records(&self) -> usize {
+        self.records
     }
 
-    fn slots_of<'a>(&'a self, idx: u32, entry: &'a Entry) -> &'a [u32] {
-        if entry.flags & FLAG_SPILLED != 0 {
-            self.spilled.get(&idx).map_or(&[], Vec::as_slice)
-        } else {
-            entry
-                .slots
-                .get(..usize::from(entry.len))
-                .unwrap_or_default()
+    fn key_of(&self, record: u32) -> [u32; KEY_WORDS] {
+        let start = record as usize * self.stride;
+        let mut key = [0; KEY_WORDS];
+        if let Some(words) = self.words.get(start..start + KEY_WORDS) {
+            key.copy_from_slice(words);
+        }
+        key
+    }
+
+    fn hash_of(&self, record: u32) -> u64 {
+        let [a, b, c, d] = self.key_of(record);
+        let key = (u128::from(a) << 96) | (u128::from(b) << 64) | (u128::from(c) << 32);
+        self.hasher.hash_one(key | u128::from(d))
+    }
+
+    fn sub_start(&self, record: u32, member: usize) -> usize {
+        record as usize * self.stride + KEY_WORDS + member * SUB_WORDS
+    }
+
+    fn sub(&self, record: u32, member: usize) -> Sub {
+        let start = self.sub_start(record, member);
+        match self.words.get(start..start + SUB_WORDS) {
+            Some(&[prev, next, base, s0, s1]) => Sub {
+                prev,
+                next,
+                base,
+                slots: [s0, s1],
+            },
+            _ => Sub::absent(),
         }
     }
 
-    fn has_live_events(&self, idx: u32, entry: &Entry, now_bucket: i64) -> bool {
-        self.slots_of(idx, entry)
-            .last()
-            .is_some_and(|&s| self.geometry.live(entry.base + slot::offset(s), now_bucket))
+    fn set_sub(&mut self, record: u32, member: usize, sub: Sub) {
+        let start = self.sub_start(record, member);
+        if let Some(words) = self.words.get_mut(start..start + SUB_WORDS) {
+            words.copy_from_slice(&[sub.prev, sub.next, sub.base, sub.slots[0], sub.slots[1]]);
+        }
     }
 
-    fn count_event(&mut self, idx: u32, now_bucket: i64) -> u64 {
-        let geometry = self.geometry;
-        let Some(entry) = self.entries.get_mut(idx as usize) else {
+    fn set_links(&mut self, record: u32, member: usize, prev: Option<u32>, next: Option<u32>) {
+        let start = self.sub_start(record, member);
+        if let Some(p) = prev
+            && let Some(word) = self.words.get_mut(start)
+        {
+            *word = p;
+        }
+        if let Some(n) = next
+            && let Some(word) = self.words.get_mut(start + 1)
+        {
+            *word = n;
+        }
+    }
+
+    /// The member's live slots of `record`, inline or spilled.
+    fn slots<'a>(&'a self, record: u32, member: usize, sub: &'a Sub) -> &'a [u32] {
+        if sub.spilled() {
+            self.spilled
+                .get(&spill_key(record, member))
+                .map_or(&[], Vec::as_slice)
+        } else {
+            sub.slots.get(..sub.inline_len()).unwrap_or_default()
+        }
+    }
+
+    fn last_slot(&self, record: u32, member: usize, sub: &Sub) -> Option<u32> {
+        self.slots(record, member, sub).last().copied()
+    }
+
+    fn has_live_events(
+        &self,
+        record: u32,
+        member: usize,
+        geometry: Buckets,
+        epoch: i64,
+        now_bucket: i64,
+    ) -> bool {
+        let sub = self.sub(record, member);
+        let base = epoch + i64::from(sub.base);
+        self.last_slot(record, member, &sub)
+            .is_some_and(|s| geometry.live(base + slot::offset(s), now_bucket))
+    }
+
+    /// `bucket` relative to the member's epoch.
+    fn relative(&self, member: usize, bucket: i64) -> u32 {
+        let epoch = self
+            .members
+            .get(member)
+            .and_then(|m| m.epoch)
+            .unwrap_or(bucket);
+        u32::try_from(bucket - epoch).unwrap_or(0).min(BLOCKED - 1)
+    }
+
+    /// Sets the member's epoch on its first event, and moves it forward (rebasing every
+    /// counting key) long before relative bases could overflow.
+    fn set_epoch(&mut self, member: usize, now_bucket: i64) {
+        let Some(m) = self.members.get_mut(member) else {
+            return;
+        };
+        // Keys are never based more than MAX_SPAN buckets before the current one.
+        let fresh = now_bucket - 2 * MAX_SPAN;
+        let old = match m.epoch {
+            None => {
+                m.epoch = Some(fresh);
+                return;
+            }
+            Some(old) if now_bucket - old >= REBASE_AFTER => old,
+            Some(_) => return,
+        };
+        m.epoch = Some(fresh);
+        let mut record = m.counting.head;
+        while record != NIL {
+            let mut sub = self.sub(record, member);
+            let base = old + i64::from(sub.base);
+            if base < fresh {
+                // Every slot is older than 2 * MAX_SPAN buckets, so none is live: an empty
+                // window counts the same.
+                self.spilled.remove(&spill_key(record, member));
+                sub.slots = [0; INLINE_SLOTS];
+                sub.base = 0;
+            } else {
+                sub.base = u32::try_from(base - fresh).unwrap_or(0);
+            }
+            self.set_sub(record, member, sub);
+            record = sub.next;
+        }
+    }
+
+    fn count_event(&mut self, record: u32, member: usize, now_bucket: i64) -> u64 {
+        let Some(m) = self.members.get(member) else {
             return 0;
         };
-        if entry.flags & FLAG_SPILLED != 0 {
-            let Some(slots) = self.spilled.get_mut(&idx) else {
+        let (geometry, epoch) = (m.geometry, m.epoch.unwrap_or_default());
+        let mut sub = self.sub(record, member);
+        let mut base = epoch + i64::from(sub.base);
+        let total = if sub.spilled() {
+            let key = spill_key(record, member);
+            let Some(slots) = self.spilled.get_mut(&key) else {
                 return 0;
             };
-            let (len, total) = window::expire_slots(geometry, &mut entry.base, slots, now_bucket);
+            let (len, total) = window::expire_slots(geometry, &mut base, slots, now_bucket);
             slots.truncate(len);
-            let offset = now_bucket - entry.base;
+            let offset = now_bucket - base;
             match slots.last_mut() {
                 Some(last) if slot::offset(*last) == offset => *last = slot::increment(*last),
                 _ => slots.push(slot::pack(offset, 1)),
             }
-            if let Some(inline) = entry.slots.get_mut(..slots.len()) {
-                inline.copy_from_slice(slots);
-                entry.len = slots.len() as u8;
-                entry.flags &= !FLAG_SPILLED;
-                self.spilled.remove(&idx);
-            }
-            return total + 1;
-        }
-        let len = usize::from(entry.len);
-        let (len, total) = window::expire_slots(
-            geometry,
-            &mut entry.base,
-            entry.slots.get_mut(..len).unwrap_or_default(),
-            now_bucket,
-        );
-        let offset = now_bucket - entry.base;
-        let last = len.checked_sub(1).and_then(|i| entry.slots.get_mut(i));
-        match last {
-            Some(last) if slot::offset(*last) == offset => {
-                *last = slot::increment(*last);
-                entry.len = len as u8;
-            }
-            _ => {
-                if let Some(free) = entry.slots.get_mut(len) {
-                    *free = slot::pack(offset, 1);
-                    entry.len = (len + 1) as u8;
-                } else {
-                    let mut heap = Vec::with_capacity(INLINE_SLOTS * 2);
-                    heap.extend_from_slice(&entry.slots);
-                    heap.push(slot::pack(offset, 1));
-                    entry.len = 0;
-                    entry.flags |= FLAG_SPILLED;
-                    self.spilled.insert(idx, heap);
+            if slots.len() <= INLINE_SLOTS {
+                let mut inline = [0; INLINE_SLOTS];
+                for (to, from) in inline.iter_mut().zip(slots.iter()) {
+                    *to = *from;
                 }
+                sub.slots = inline;
+                self.spilled.remove(&key);
             }
-        }
+            total
+        } else {
+            let mut inline = sub.slots;
+            let len = sub.inline_len();
+            let (len, total) = window::expire_slots(
+                geometry,
+                &mut base,
+                inline.get_mut(..len).unwrap_or_default(),
+                now_bucket,
+            );
+            let offset = now_bucket - base;
+            let last = len.checked_sub(1).and_then(|i| inline.get_mut(i));
+            let len = match last {
+                Some(last) if slot::offset(*last) == offset => {
+                    *last = slot::increment(*last);
+                    len
+                }
+                _ => {
+                    if let Some(free) = inline.get_mut(len) {
+                        *free = slot::pack(offset, 1);
+                    } else {
+                        let mut heap = Vec::with_capacity(INLINE_SLOTS * 4);
+                        heap.extend_from_slice(&inline);
+                        heap.push(slot::pack(offset, 1));
+                        self.spilled.insert(spill_key(record, member), heap);
+                        inline = [SPILLED, 0];
+                    }
+                    len + 1
+                }
+            };
+            for unused in inline.iter_mut().skip(len) {
+                *unused = 0;
+            }
+            sub.slots = inline;
+            total
+        };
+        // Bases only move forward, never before the epoch.
+        sub.base = u32::try_from(base - epoch).unwrap_or(0).min(BLOCKED - 1);
+        self.set_sub(record, member, sub);
         total + 1
     }
 
-    fn insert(&mut self, key: IpKey, hash: u64, now_bucket: i64) -> u32 {
-        while self.len >= self.cap {
-            self.evict_one();
+    /// Starts tracking `key` for `member`, in `record` if some other member tracks it.
+    fn insert(&mut self, member: usize, key: IpKey, record: Option<u32>, now_bucket: i64) -> u32 {
+        while let Some(m) = self.members.get(member)
+            && m.len >= m.cap
+        {
+            if !self.evict_one(member) {
+                break;
+            }
         }
-        let entry = Entry {
-            key: key.0,
-            base: now_bucket,
+        // Evictions only free records that `member` tracks, so `record` (which it does not
+        // track, and another member does) is still live.
+        let record = match record {
+            Some(r) => r,
+            None => self.new_record(key),
+        };
+        let sub = Sub {
             prev: NIL,
             next: NIL,
+            base: self.relative(member, now_bucket),
             slots: [0; INLINE_SLOTS],
-            len: 0,
-            flags: 0,
         };
-        let idx = if self.free != NIL {
-            let idx = self.free;
-            let next_free = self.entry(idx).map_or(NIL, |e| e.next);
-            self.free = next_free;
-            if let Some(slot) = self.entries.get_mut(idx as usize) {
-                *slot = entry;
-            }
-            idx
-        } else {
-            if self.entries.len() == self.entries.capacity() {
-                // Grow towards the cap, never past it, so memory at the cap is exact.
-                let room = self.cap.saturating_sub(self.entries.len()).max(1);
-                self.entries
-                    .reserve_exact(self.entries.len().max(16).min(room));
-            }
-            self.entries.push(entry);
-            (self.entries.len() - 1) as u32
-        };
-        let entries = &self.entries;
-        let hasher = &self.hasher;
-        self.index.insert_unique(hash, idx, |&i| {
-            entries
-                .get(i as usize)
-                .map_or(0, |e| hasher.hash_one(e.key))
-        });
-        self.len += 1;
-        self.push_front(idx, List::Counting);
-        idx
+        self.set_sub(record, member, sub);
+        if let Some(m) = self.members.get_mut(member) {
+            m.len += 1;
+        }
+        self.push_front(record, member, List::Counting);
+        record
     }
 
-    fn evict_one(&mut self) {
-        let victim = if self.counting.tail != NIL {
-            self.counting.tail
+    fn new_record(&mut self, key: IpKey) -> u32 {
+        let record = if self.free != NIL {
+            let record = self.free;
+            self.free = self.key_of(record)[0];
+            record
         } else {
-            self.blocked.head
+            if self.words.len() == self.words.capacity() {
+                // Grow towards the most records the caps allow, never past it, so memory at
+                // the cap is exact.
+                let most: usize = self.members.iter().map(|m| m.cap).sum();
+                let records = self.words.len() / self.stride.max(1);
+                let room = most.saturating_sub(records).max(1);
+                self.words
+                    .reserve_exact(records.max(16).min(room) * self.stride);
+            }
+            let record = (self.words.len() / self.stride.max(1)) as u32;
+            self.words.resize(self.words.len() + self.stride, 0);
+            record
+        };
+        let start = record as usize * self.stride;
+        if let Some(words) = self.words.get_mut(start..start + KEY_WORDS) {
+            words.copy_from_slice(&key.words());
+        }
+        for member in 0..self.members.len() {
+            self.set_sub(record, member, Sub::absent());
+        }
+        let hash = self.hasher.hash_one(key.0);
+        let (words, stride, hasher) = (&self.words, self.stride, &self.hasher);
+        self.index.insert_unique(hash, record, |&r| {
+            let start = r as usize * stride;
+            let mut k = [0u32; KEY_WORDS];
+            if let Some(w) = words.get(start..start + KEY_WORDS) {
+                k.copy_from_slice(w);
+            }
+            let [a, b, c, d] = k;
+            let key = (u128::from(a) << 96) | (u128::from(b) << 64) | (u128::from(c) << 32);
+            hasher.hash_one(key | u128::from(d))
+        });
+        self.records += 1;
+        record
+    }
+
+    /// Evicts `member`'s least recently counted address, or its oldest block when none is
+    /// counting. Returns whether it evicted one.
+    fn evict_one(&mut self, member: usize) -> bool {
+        let Some(m) = self.members.get(member) else {
+            return false;
+        };
+        let victim = if m.counting.tail != NIL {
+            m.counting.tail
+        } else {
+            m.blocked.head
         };
         if victim == NIL {
-            return;
+            return false;
         }
-        self.remove(victim);
-        self.evictions += 1;
+        self.remove(victim, member);
+        if let Some(m) = self.members.get_mut(member) {
+            m.evictions += 1;
+        }
+        true
     }
 
-    fn remove(&mut self, idx: u32) {
-        let Some(key) = self.entry(idx).map(|e| e.key) else {
+    /// Stops tracking `record` for `member`; frees the record when no member tracks it.
+    fn remove(&mut self, record: u32, member: usize) {
+        if self.sub(record, member).is_absent() {
+            return;
+        }
+        self.unlink(record, member);
+        self.spilled.remove(&spill_key(record, member));
+        self.set_sub(record, member, Sub::absent());
+        if let Some(m) = self.members.get_mut(member) {
+            m.len -= 1;
+        }
+        if (0..self.members.len()).all(|other| self.sub(record, other).is_absent()) {
+            let hash = self.hash_of(record);
+            if let Ok(found) = self.index.find_entry(hash, |&r| r == record) {
+                found.remove();
+            }
+            let start = record as usize * self.stride;
+            if let Some(word) = self.words.get_mut(start) {
+                *word = self.free;
+            }
+            self.free = record;
+            self.records -= 1;
+        }
+    }
+
+    fn ends(&mut self, member: usize, list: List) -> Option<&mut Ends> {
+        let m = self.members.get_mut(member)?;
+        Some(match list {
+            List::Counting => &mut m.counting,
+            List::Blocked => &mut m.blocked,
+        })
+    }
+
+    fn unlink(&mut self, record: u32, member: usize) {
+        let sub = self.sub(record, member);
+        let list = sub.list();
+        if sub.prev == NIL {
+            if let Some(ends) = self.ends(member, list) {
+                ends.head = sub.next;
+            }
+        } else {
+            self.set_links(sub.prev, member, None, Some(sub.next));
+        }
+        if sub.next == NIL {
+            if let Some(ends) = self.ends(member, list) {
+                ends.tail = sub.prev;
+            }
+        } else {
+            self.set_links(sub.next, member, Some(sub.prev), None);
+        }
+        self.set_links(record, member, Some(NIL), Some(NIL));
+    }
+
+    fn push_front(&mut self, record: u32, member: usize, list: List) {
+        let Some(head) = self.ends(member, list).map(|e| e.head) else {
             return;
         };
-        self.unlink(idx);
-        let hash = self.hasher.hash_one(key);
-        if let Ok(found) = self.index.find_entry(hash, |&i| i == idx) {
-            found.remove();
+        self.set_links(record, member, Some(NIL), Some(head));
+        if head == NIL {
+            if let Some(ends) = self.ends(member, list) {
+                ends.tail = record;
+            }
+        } else {
+            self.set_links(head, member, Some(record), None);
         }
-        self.spilled.remove(&idx);
-        let free = self.free;
-        if let Some(entry) = self.entries.get_mut(idx as usize) {
-            entry.flags = FLAG_FREE;
-            entry.len = 0;
-            entry.prev = NIL;
-            entry.next = free;
-        }
-        self.free = idx;
-        self.len -= 1;
-    }
-
-    fn ends(&mut self, list: List) -> &mut Ends {
-        match list {
-            List::Counting => &mut self.counting,
-            List::Blocked => &mut self.blocked,
+        if let Some(ends) = self.ends(member, list) {
+            ends.head = record;
         }
     }
 
-    fn unlink(&mut self, idx: u32) {
-        let Some((prev, next, list)) = self.entry(idx).map(|e| (e.prev, e.next, e.list())) else {
+    fn push_back(&mut self, record: u32, member: usize, list: List) {
+        let Some(tail) = self.ends(member, list).map(|e| e.tail) else {
             return;
         };
-        match self.entries.get_mut(prev as usize) {
-            Some(p) => p.next = next,
-            None => self.ends(list).head = next,
+        self.set_links(record, member, Some(tail), Some(NIL));
+        if tail == NIL {
+            if let Some(ends) = self.ends(member, list) {
+                ends.head = record;
+            }
+        } else {
+            self.set_links(tail, member, None, Some(record));
         }
-        match self.entries.get_mut(next as usize) {
-            Some(n) => n.prev = prev,
-            None => self.ends(list).tail = prev,
-        }
-        if let Some(entry) = self.entries.get_mut(idx as usize) {
-            entry.prev = NIL;
-            entry.next = NIL;
+        if let Some(ends) = self.ends(member, list) {
+            ends.tail = record;
         }
     }
+}
 
-    fn push_front(&mut self, idx: u32, list: List) {
-        let head = self.ends(list).head;
-        if let Some(entry) = self.entries.get_mut(idx as usize) {
-            entry.prev = NIL;
-            entry.next = head;
-        }
-        match self.entries.get_mut(head as usize) {
-            Some(h) => h.prev = idx,
-            None => self.ends(list).tail = idx,
-        }
-        self.ends(list).head = idx;
-    }
-
-    fn push_back(&mut self, idx: u32, list: List) {
-        let tail = self.ends(list).tail;
-        if let Some(entry) = self.entries.get_mut(idx as usize) {
-            entry.prev = tail;
-            entry.next = NIL;
-        }
-        match self.entries.get_mut(tail as usize) {
-            Some(t) => t.next = idx,
-            None => self.ends(list).head = idx,
-        }
-        self.ends(list).tail = idx;
-    }
+fn spill_key(record: u32, member: usize) -> u64 {
+    (u64::from(record) << 8) | member as u64
 }
 
 #[cfg(test)]

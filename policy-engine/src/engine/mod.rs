@@ -8,6 +8,7 @@
 //! Invariant: per-rule key state never exceeds [`EngineConfig::max_keys_per_rule`] keys.
 
 mod alerts;
+mod blocks;
 mod index;
 mod keystore;
 mod report;
@@ -25,6 +26,7 @@ use crate::policy::{Policy, PolicyDuration, PolicyVersion, Scope};
 pub use report::{ActionCounts, Diagnostic, EngineStats};
 
 use alerts::AlertCounters;
+use blocks::BlockStores;
 use index::{RuleIndex, SweepSchedule};
 use keystore::IpKey;
 use rules::{CompiledRule, RuleState, Sink};
@@ -106,6 +108,7 @@ pub struct Engine {
     /// How an event finds the enabled rules it concerns.
     index: RuleIndex,
     sweeps: SweepSchedule,
+    blocks: BlockStores,
     alerts: AlertCounters,
     stats: EngineStats,
     /// Latest time seen, in milliseconds: time never goes backwards inside the engine.
@@ -122,10 +125,16 @@ impl Engine {
         let mut rules: Vec<CompiledRule> = policy
             .rules
             .iter()
-            .map(|rule| CompiledRule::new(rule.enabled, &rule.kind, &config))
+            .map(|rule| CompiledRule::new(rule.enabled, &rule.kind))
             .collect();
+        let (blocks, _) = BlockStores::rebuild(
+            BlockStores::default(),
+            &[],
+            &mut rules,
+            config.max_keys_per_rule,
+        );
         let alerts = AlertCounters::rebuild(&AlertCounters::default(), &mut rules);
-        let (index, sweeps) = RuleIndex::build(&rules);
+        let (index, sweeps) = RuleIndex::build(&rules, &blocks);
         Engine {
             policy,
             version,
@@ -133,6 +142,7 @@ impl Engine {
             rules,
             index,
             sweeps,
+            blocks,
             alerts,
             stats: EngineStats::default(),
             now_ms: i64::MIN,
@@ -172,17 +182,24 @@ impl Engine {
         if let Some(by_type) = by_type {
             if let Some(ip) = event.src_ip {
                 let key = IpKey::from(ip);
-                for &(index, slot) in &by_type.block_ip {
-                    let Some(RuleState::BlockIp(state)) =
-                        self.rules.get_mut(index).map(|r| &mut r.state)
-                    else {
+                for group in &by_type.block_ip {
+                    let Some(store) = self.blocks.get_mut(group.store) else {
                         continue;
                     };
-                    let before = (state.store.len(), state.store.evictions());
-                    sink.rule = index;
-                    state.hit(key, now_ms, &mut sink);
-                    self.sweeps.set(slot, state.store.next_sweep_ms());
-                    count_keys(sink.stats, before, &state.store);
+                    // One lookup for every rule of the store.
+                    let mut record = None;
+                    for &(member, index, slot) in &group.members {
+                        let Some(RuleState::BlockIp(state)) =
+                            self.rules.get(index).map(|r| &r.state)
+                        else {
+                            continue;
+                        };
+                        let before = (store.len(member), store.evictions(member));
+                        sink.rule = index;
+                        record = Some(state.hit(store, member, key, record, now_ms, &mut sink));
+                        self.sweeps.set(slot, store.next_sweep_ms(member));
+                        count_keys(sink.stats, before, store, member);
+                    }
                 }
             }
             for &index in &by_type.auto_respond {
@@ -246,13 +263,25 @@ impl Engine {
                     compiled.enabled = rule.enabled;
                     compiled
                 }
-                None => CompiledRule::new(rule.enabled, &rule.kind, &self.config),
+                None => CompiledRule::new(rule.enabled, &rule.kind),
             };
             rules.push(compiled);
         }
-        self.retired_evictions += old.iter().flatten().map(|r| r.keys().1).sum::<u64>();
+        let retired: Vec<_> = old
+            .iter()
+            .flatten()
+            .filter_map(CompiledRule::place)
+            .collect();
+        let (blocks, evictions) = BlockStores::rebuild(
+            std::mem::take(&mut self.blocks),
+            &retired,
+            &mut rules,
+            self.config.max_keys_per_rule,
+        );
+        self.blocks = blocks;
+        self.retired_evictions += evictions;
         self.alerts = AlertCounters::rebuild(&self.alerts, &mut rules);
-        (self.index, self.sweeps) = RuleIndex::build(&rules);
+        (self.index, self.sweeps) = RuleIndex::build(&rules, &self.blocks);
         self.rules = rules;
         self.policy = policy;
         self.version = version;
@@ -282,15 +311,15 @@ impl Engine {
     /// Sweeps the `block_ip` stores that are due at `now_ms`.
     fn sweep(&mut self, now_ms: i64) {
         let mut earliest = i64::MAX;
-        for (index, due) in &mut self.sweeps.stores {
+        for (place, due) in &mut self.sweeps.stores {
             if *due <= now_ms
-                && let Some(RuleState::BlockIp(state)) =
-                    self.rules.get_mut(*index).map(|r| &mut r.state)
+                && let Some(store) = self.blocks.get_mut(place.store)
             {
-                let before = (state.store.len(), state.store.evictions());
-                state.store.sweep(now_ms, SWEEP_BUDGET);
-                *due = state.store.next_sweep_ms();
-                count_keys(&mut self.stats, before, &state.store);
+                let member = place.member;
+                let before = (store.len(member), store.evictions(member));
+                store.sweep(member, now_ms, SWEEP_BUDGET);
+                *due = store.next_sweep_ms(member);
+                count_keys(&mut self.stats, before, store, member);
             }
             earliest = earliest.min(*due);
         }
@@ -298,11 +327,7 @@ impl Engine {
     }
 
     fn refresh_key_stats(&mut self) {
-        let (keys, evictions) = self
-            .rules
-            .iter()
-            .map(CompiledRule::keys)
-            .fold((0u64, 0u64), |(k, e), (rk, re)| (k + rk as u64, e + re));
+        let (keys, evictions) = self.blocks.totals();
         self.stats.tracked_keys = keys;
         self.stats.evictions = self.retired_evictions + evictions;
     }
@@ -311,8 +336,15 @@ impl Engine {
 /// Keys a `block_ip` store drops per event when stale keys or expired blocks are due.
 const SWEEP_BUDGET: usize = 2;
 
-/// Updates the key totals after a store went from `before` (keys, evictions) to its state now.
-fn count_keys(stats: &mut EngineStats, before: (usize, u64), store: &keystore::KeyStore) {
-    stats.tracked_keys = (stats.tracked_keys + store.len() as u64).saturating_sub(before.0 as u64);
-    stats.evictions += store.evictions().saturating_sub(before.1);
+/// Updates the key totals after `member` of `store` went from `before` (keys, evictions) to its
+/// state now.
+fn count_keys(
+    stats: &mut EngineStats,
+    before: (usize, u64),
+    store: &keystore::KeyStore,
+    member: usize,
+) {
+    stats.tracked_keys =
+        (stats.tracked_keys + store.len(member) as u64).saturating_sub(before.0 as u64);
+    stats.evictions += store.evictions(member).saturating_sub(before.1);
 }

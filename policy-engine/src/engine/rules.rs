@@ -1,11 +1,11 @@
 //! The four rule types at run time: each rule's state and what one event does to it once the
 //! index has found that the event concerns the rule (CONTRACT section 4).
 
+use super::Evaluation;
+use super::blocks::Place;
 use super::keystore::{Hit, IpKey, KeyStore};
 use super::report::{Diagnostic, EngineStats};
 use super::targets::{self, BlockDefaults, MissingField};
-use super::window::Buckets;
-use super::{EngineConfig, Evaluation};
 use crate::action::{Action, ActionRecord};
 use crate::condition::{Evaluator, EventView};
 use crate::event::ThreatEvent;
@@ -27,14 +27,17 @@ pub(crate) enum RuleState {
     BlockIp(BlockIpState),
     Alert(AlertState),
     AutoRespond(AutoRespond),
-    Custom(CustomState),
+    Custom(Box<CustomState>),
 }
 
+/// A `block_ip` rule; its per-address state is a member of a key store shared with the rules
+/// of the same trigger (see `blocks`).
 #[derive(Debug)]
 pub(crate) struct BlockIpState {
     pub(crate) config: BlockIp,
     block_ms: Option<i64>,
-    pub(crate) store: KeyStore,
+    /// Where its state lives, `None` for a rule that has none yet.
+    pub(crate) place: Option<Place>,
 }
 
 /// An `alert_threshold` rule; its hourly count lives in a counter shared with the rules of the
@@ -92,14 +95,14 @@ impl Sink<'_> {
 
 impl CompiledRule {
     /// Compiles `kind` with fresh state.
-    pub(crate) fn new(enabled: bool, kind: &RuleKind, config: &EngineConfig) -> Self {
+    pub(crate) fn new(enabled: bool, kind: &RuleKind) -> Self {
         let state = match kind {
             RuleKind::BlockIp(block) => RuleState::BlockIp(BlockIpState {
                 block_ms: block
                     .duration
                     .as_duration()
                     .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-                store: KeyStore::new(Buckets::new(block.window()), config.max_keys_per_rule),
+                place: None,
                 config: block.clone(),
             }),
             RuleKind::AlertThreshold(alert) => RuleState::Alert(AlertState {
@@ -108,10 +111,10 @@ impl CompiledRule {
                 counter: None,
             }),
             RuleKind::AutoRespond(respond) => RuleState::AutoRespond(respond.clone()),
-            RuleKind::Custom(custom) => RuleState::Custom(CustomState {
+            RuleKind::Custom(custom) => RuleState::Custom(Box::new(CustomState {
                 evaluator: Evaluator::new(&custom.condition),
                 rule: custom.clone(),
-            }),
+            })),
         };
         Self { enabled, state }
     }
@@ -135,34 +138,41 @@ impl CompiledRule {
         }
     }
 
-    /// Keys tracked and evictions so far.
-    pub(crate) fn keys(&self) -> (usize, u64) {
+    /// Where its per-address state lives, for a `block_ip` rule.
+    pub(crate) fn place(&self) -> Option<Place> {
         match &self.state {
-            RuleState::BlockIp(state) => (state.store.len(), state.store.evictions()),
-            _ => (0, 0),
+            RuleState::BlockIp(state) => state.place,
+            _ => None,
         }
     }
 }
 
 impl BlockIpState {
-    /// Counts an event of the rule's trigger from `key` (the event's `srcIp`) and blocks the
-    /// address at the threshold.
-    pub(crate) fn hit(&mut self, key: IpKey, now_ms: i64, sink: &mut Sink<'_>) {
-        let Some(ip) = sink.event.src_ip else {
-            return;
-        };
-        let Hit::Counted(count) = self.store.hit(key, now_ms) else {
-            return;
-        };
-        if count >= u64::from(self.config.threshold) {
+    /// Counts an event of the rule's trigger from `key` (the event's `srcIp`) as `member` of
+    /// `store`, and blocks the address at the threshold. `record` is the address's record if
+    /// known; returns it for the next member.
+    pub(crate) fn hit(
+        &self,
+        store: &mut KeyStore,
+        member: usize,
+        key: IpKey,
+        record: Option<u32>,
+        now_ms: i64,
+        sink: &mut Sink<'_>,
+    ) -> u32 {
+        let (hit, record) = store.hit(member, key, record, now_ms);
+        if let (Hit::Counted(count), Some(ip)) = (hit, sink.event.src_ip)
+            && count >= u64::from(self.config.threshold)
+        {
             let until = self.block_ms.map(|ms| now_ms.saturating_add(ms));
-            self.store.block(key, until);
+            store.block(member, record, until);
             sink.emit(Action::BlockIp {
                 ip,
                 duration: self.config.duration,
                 scope: self.config.scope,
             });
         }
+        record
     }
 }
 
