@@ -7,7 +7,7 @@
 //! sharing only saves lookups and the repeated address. A record lives while any member tracks
 //! its address.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 
@@ -21,8 +21,8 @@ const NIL: u32 = u32::MAX;
 const ABSENT: u32 = u32::MAX - 1;
 /// `base` of a blocked key (its expiry is in the two slot words).
 const BLOCKED: u32 = u32::MAX;
-/// First slot word of a key whose slots live in `spilled`: offset 63 and count 0, which no
-/// real slot has (counts start at one).
+/// First slot word of a key whose slots live in `spills` (the second word is the spill's id):
+/// offset 63 and count 0, which no real slot has (counts start at one).
 const SPILLED: u32 = 0xfc00_0000;
 /// Block expiry of a permanent block.
 const NEVER: i64 = i64::MAX;
@@ -172,7 +172,7 @@ pub(crate) struct KeyStore {
     /// Records of `stride` words: the address, then each member's [`Sub`].
     words: Vec<u32>,
     stride: usize,
-    spilled: HashMap<u64, Vec<u32>, foldhash::fast::RandomState>,
+    spills: Spills,
     index: HashTable<u32>,
     hasher: foldhash::fast::RandomState,
     /// Free records, linked through their first word.
@@ -201,7 +201,7 @@ impl KeyStore {
             stride: KEY_WORDS + SUB_WORDS * members.len(),
             members,
             words: Vec::new(),
-            spilled: HashMap::default(),
+            spills: Spills::default(),
             index: HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
             free: NIL,
@@ -270,7 +270,7 @@ impl KeyStore {
             let tail = m.counting.tail;
             let sub = self.sub(tail, member);
             let base = m.epoch.unwrap_or_default() + i64::from(sub.base);
-            match self.last_slot(tail, member, &sub) {
+            match self.last_slot(&sub) {
                 Some(s) => m.geometry.end_ms(base + slot::offset(s)),
                 None => i64::MIN,
             }
@@ -334,8 +334,8 @@ impl KeyStore {
             return;
         }
         self.unlink(record, member);
-        self.spilled.remove(&spill_key(record, member));
         let mut sub = self.sub(record, member);
+        self.spills.release(&sub);
         sub.block_until(until_ms.unwrap_or(NEVER));
         self.set_sub(record, member, sub);
         self.push_back(record, member, List::Blocked);
@@ -388,7 +388,15 @@ impl KeyStore {
         }
         let base = m.epoch.unwrap_or_default() + i64::from(sub.base);
         let now_bucket = m.geometry.bucket(now_ms);
-        self.slots(record, member, &sub)
+        let slots: Vec<u32> = match self.spills.get(&sub) {
+            Some(spill) => spill.slots.iter().copied().collect(),
+            None => sub
+                .slots
+                .get(..sub.inline_len())
+                .unwrap_or_default()
+                .to_vec(),
+        };
+        slots
             .iter()
             .filter(|&&s| m.geometry.live(base + slot::offset(s), now_bucket))
             .map(|&s| u64::from(slot::count(s)))
@@ -454,19 +462,16 @@ impl KeyStore {
         }
     }
 
-    /// The member's live slots of `record`, inline or spilled.
-    fn slots<'a>(&'a self, record: u32, member: usize, sub: &'a Sub) -> &'a [u32] {
-        if sub.spilled() {
-            self.spilled
-                .get(&spill_key(record, member))
-                .map_or(&[], Vec::as_slice)
-        } else {
-            sub.slots.get(..sub.inline_len()).unwrap_or_default()
+    /// The newest slot of a key, inline or spilled.
+    fn last_slot(&self, sub: &Sub) -> Option<u32> {
+        match self.spills.get(sub) {
+            Some(spill) => spill.slots.back().copied(),
+            None => sub
+                .slots
+                .get(..sub.inline_len())
+                .and_then(|s| s.last())
+                .copied(),
         }
-    }
-
-    fn last_slot(&self, record: u32, member: usize, sub: &Sub) -> Option<u32> {
-        self.slots(record, member, sub).last().copied()
     }
 
     fn has_live_events(
@@ -479,7 +484,7 @@ impl KeyStore {
     ) -> bool {
         let sub = self.sub(record, member);
         let base = epoch + i64::from(sub.base);
-        self.last_slot(record, member, &sub)
+        self.last_slot(&sub)
             .is_some_and(|s| geometry.live(base + slot::offset(s), now_bucket))
     }
 
@@ -517,7 +522,7 @@ impl KeyStore {
             if base < fresh {
                 // Every slot is older than 2 * MAX_SPAN buckets, so none is live: an empty
                 // window counts the same.
-                self.spilled.remove(&spill_key(record, member));
+                self.spills.release(&sub);
                 sub.slots = [0; INLINE_SLOTS];
                 sub.base = 0;
             } else {
@@ -535,25 +540,15 @@ impl KeyStore {
         let (geometry, epoch) = (m.geometry, m.epoch.unwrap_or_default());
         let mut sub = self.sub(record, member);
         let mut base = epoch + i64::from(sub.base);
-        let total = if sub.spilled() {
-            let key = spill_key(record, member);
-            let Some(slots) = self.spilled.get_mut(&key) else {
-                return 0;
-            };
-            let (len, total) = window::expire_slots(geometry, &mut base, slots, now_bucket);
-            slots.truncate(len);
-            let offset = now_bucket - base;
-            match slots.last_mut() {
-                Some(last) if slot::offset(*last) == offset => *last = slot::increment(*last),
-                _ => slots.push(slot::pack(offset, 1)),
-            }
-            if slots.len() <= INLINE_SLOTS {
+        let total = if let Some(spill) = self.spills.get_mut(&sub) {
+            let total = spill.count(geometry, &mut base, now_bucket);
+            if spill.slots.len() <= INLINE_SLOTS {
                 let mut inline = [0; INLINE_SLOTS];
-                for (to, from) in inline.iter_mut().zip(slots.iter()) {
+                for (to, from) in inline.iter_mut().zip(spill.slots.iter()) {
                     *to = *from;
                 }
+                self.spills.release(&sub);
                 sub.slots = inline;
-                self.spilled.remove(&key);
             }
             total
         } else {
@@ -576,11 +571,8 @@ impl KeyStore {
                     if let Some(free) = inline.get_mut(len) {
                         *free = slot::pack(offset, 1);
                     } else {
-                        let mut heap = Vec::with_capacity(INLINE_SLOTS * 4);
-                        heap.extend_from_slice(&inline);
-                        heap.push(slot::pack(offset, 1));
-                        self.spilled.insert(spill_key(record, member), heap);
-                        inline = [SPILLED, 0];
+                        let id = self.spills.spill(&inline, slot::pack(offset, 1), total + 1);
+                        inline = [SPILLED, id];
                     }
                     len + 1
                 }
@@ -695,7 +687,7 @@ impl KeyStore {
             return;
         }
         self.unlink(record, member);
-        self.spilled.remove(&spill_key(record, member));
+        self.spills.release(&self.sub(record, member));
         self.set_sub(record, member, Sub::absent());
         if let Some(m) = self.members.get_mut(member) {
             m.len -= 1;
@@ -777,8 +769,108 @@ impl KeyStore {
     }
 }
 
-fn spill_key(record: u32, member: usize) -> u64 {
-    (u64::from(record) << 8) | member as u64
+/// The slots of one spilled key: oldest first, with their total, so that an event only
+/// touches the slots that leave the window and the newest one.
+#[derive(Debug, Clone, Default)]
+struct Spill {
+    slots: VecDeque<u32>,
+    total: u64,
+}
+
+impl Spill {
+    /// Counts one event in `now_bucket` and returns the window's count before it; rebases the
+    /// offsets (relative to `base`) as the window moves.
+    fn count(&mut self, geometry: Buckets, base: &mut i64, now_bucket: i64) -> u64 {
+        while let Some(&first) = self.slots.front() {
+            if geometry.live(*base + slot::offset(first), now_bucket) {
+                break;
+            }
+            self.total -= u64::from(slot::count(first));
+            self.slots.pop_front();
+        }
+        match self.slots.front() {
+            None => *base = now_bucket,
+            Some(&first) if now_bucket - *base >= MAX_SPAN => {
+                let shift = slot::offset(first);
+                for s in self.slots.iter_mut() {
+                    *s = slot::pack(slot::offset(*s) - shift, slot::count(*s));
+                }
+                *base += shift;
+            }
+            Some(_) => {}
+        }
+        let before = self.total;
+        let offset = now_bucket - *base;
+        match self.slots.back_mut() {
+            Some(last) if slot::offset(*last) == offset => {
+                let counted = slot::increment(*last);
+                self.total += u64::from(slot::count(counted) - slot::count(*last));
+                *last = counted;
+            }
+            _ => {
+                self.slots.push_back(slot::pack(offset, 1));
+                self.total += 1;
+            }
+        }
+        before
+    }
+}
+
+/// A slab of [`Spill`]s; freed ones keep their buffers for the next key that spills.
+#[derive(Debug, Clone, Default)]
+struct Spills {
+    spills: Vec<Spill>,
+    free: Vec<u32>,
+}
+
+impl Spills {
+    /// A new spill holding `inline` and then `newest`, whose counts total `total`; its id.
+    fn spill(&mut self, inline: &[u32], newest: u32, total: u64) -> u32 {
+        let id = match self.free.pop() {
+            Some(id) => id,
+            None => {
+                self.spills.push(Spill::default());
+                (self.spills.len() - 1) as u32
+            }
+        };
+        if let Some(spill) = self.spills.get_mut(id as usize) {
+            spill.slots.clear();
+            spill.slots.extend(inline.iter().copied());
+            spill.slots.push_back(newest);
+            spill.total = total;
+        }
+        id
+    }
+
+    /// The spill of a key, if it has one.
+    fn get(&self, sub: &Sub) -> Option<&Spill> {
+        if sub.spilled() {
+            self.spills.get(sub.slots[1] as usize)
+        } else {
+            None
+        }
+    }
+
+    fn get_mut(&mut self, sub: &Sub) -> Option<&mut Spill> {
+        if sub.spilled() {
+            self.spills.get_mut(sub.slots[1] as usize)
+        } else {
+            None
+        }
+    }
+
+    /// Frees the spill of a key, if it has one.
+    fn release(&mut self, sub: &Sub) {
+        if sub.spilled() {
+            self.free.push(sub.slots[1]);
+        }
+    }
+
+    /// Spills in use.
+    #[cfg(test)]
+    fn live(&self) -> usize {
+        self.spills.len() - self.free.len()
+    }
 }
 
 #[cfg(test)]

@@ -55,10 +55,10 @@ fn a_key_with_more_live_buckets_than_inline_slots_spills_and_comes_back() {
             "second {s}"
         );
     }
-    assert_eq!(store.spilled.len(), 1);
+    assert_eq!(store.spills.live(), 1);
     // Quiet for 59 s: one bucket remains, and the hit makes two, back inline.
     assert_eq!(hit(&mut store, 0, k, 148_000), Hit::Counted(2));
-    assert!(store.spilled.is_empty());
+    assert_eq!(store.spills.live(), 0);
     assert_eq!(store.count(0, k, 148_000), 2);
     block(&mut store, 0, k, Some(200_000));
     assert_eq!(hit(&mut store, 0, k, 199_999), Hit::Blocked);
