@@ -7,7 +7,6 @@
 //! sharing only saves lookups and the repeated address. A record lives while any member tracks
 //! its address.
 
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 
@@ -267,11 +266,9 @@ impl KeyStore {
         let counting = if m.counting.tail == NIL {
             i64::MAX
         } else {
-            let tail = m.counting.tail;
-            let sub = self.sub(tail, member);
-            let base = m.epoch.unwrap_or_default() + i64::from(sub.base);
-            match self.last_slot(&sub) {
-                Some(s) => m.geometry.end_ms(base + slot::offset(s)),
+            let sub = self.sub(m.counting.tail, member);
+            match self.newest_bucket(&sub, m.epoch.unwrap_or_default()) {
+                Some(bucket) => m.geometry.end_ms(bucket),
                 None => i64::MIN,
             }
         };
@@ -388,18 +385,19 @@ impl KeyStore {
         }
         let base = m.epoch.unwrap_or_default() + i64::from(sub.base);
         let now_bucket = m.geometry.bucket(now_ms);
-        let slots: Vec<u32> = match self.spills.get(&sub) {
-            Some(spill) => spill.slots.iter().copied().collect(),
+        let counts: Vec<(i64, u32)> = match self.spills.get(&sub) {
+            Some(spill) => spill.buckets(m.geometry).collect(),
             None => sub
                 .slots
-                .get(..sub.inline_len())
-                .unwrap_or_default()
-                .to_vec(),
+                .iter()
+                .take(sub.inline_len())
+                .map(|&s| (base + slot::offset(s), slot::count(s)))
+                .collect(),
         };
-        slots
+        counts
             .iter()
-            .filter(|&&s| m.geometry.live(base + slot::offset(s), now_bucket))
-            .map(|&s| u64::from(slot::count(s)))
+            .filter(|&&(bucket, _)| m.geometry.live(bucket, now_bucket))
+            .map(|&(_, count)| u64::from(count))
             .sum()
     }
 
@@ -462,15 +460,14 @@ impl KeyStore {
         }
     }
 
-    /// The newest slot of a key, inline or spilled.
-    fn last_slot(&self, sub: &Sub) -> Option<u32> {
+    /// The newest bucket with events of a counting key (`epoch`: its member's).
+    fn newest_bucket(&self, sub: &Sub, epoch: i64) -> Option<i64> {
         match self.spills.get(sub) {
-            Some(spill) => spill.slots.back().copied(),
-            None => sub
-                .slots
-                .get(..sub.inline_len())
-                .and_then(|s| s.last())
-                .copied(),
+            Some(spill) => Some(spill.last),
+            None => {
+                let last = sub.slots.get(..sub.inline_len())?.last()?;
+                Some(epoch + i64::from(sub.base) + slot::offset(*last))
+            }
         }
     }
 
@@ -483,9 +480,8 @@ impl KeyStore {
         now_bucket: i64,
     ) -> bool {
         let sub = self.sub(record, member);
-        let base = epoch + i64::from(sub.base);
-        self.last_slot(&sub)
-            .is_some_and(|s| geometry.live(base + slot::offset(s), now_bucket))
+        self.newest_bucket(&sub, epoch)
+            .is_some_and(|bucket| geometry.live(bucket, now_bucket))
     }
 
     /// `bucket` relative to the member's epoch.
@@ -519,7 +515,14 @@ impl KeyStore {
         while record != NIL {
             let mut sub = self.sub(record, member);
             let base = old + i64::from(sub.base);
-            if base < fresh {
+            if let Some(spill) = self.spills.get(&sub) {
+                // A spilled key's buckets are absolute; drop the spill if all are dead.
+                if spill.last < fresh {
+                    self.spills.release(&sub);
+                    sub.slots = [0; INLINE_SLOTS];
+                }
+                sub.base = 0;
+            } else if base < fresh {
                 // Every slot is older than 2 * MAX_SPAN buckets, so none is live: an empty
                 // window counts the same.
                 self.spills.release(&sub);
@@ -541,11 +544,14 @@ impl KeyStore {
         let mut sub = self.sub(record, member);
         let mut base = epoch + i64::from(sub.base);
         let total = if let Some(spill) = self.spills.get_mut(&sub) {
-            let total = spill.count(geometry, &mut base, now_bucket);
-            if spill.slots.len() <= INLINE_SLOTS {
+            let total = spill.count(geometry, now_bucket);
+            if usize::from(spill.used) <= INLINE_SLOTS {
+                // Back inline, based at the oldest live bucket.
+                let live: Vec<(i64, u32)> = spill.buckets(geometry).collect();
+                base = live.first().map_or(now_bucket, |&(bucket, _)| bucket);
                 let mut inline = [0; INLINE_SLOTS];
-                for (to, from) in inline.iter_mut().zip(spill.slots.iter()) {
-                    *to = *from;
+                for (to, &(bucket, count)) in inline.iter_mut().zip(live.iter()) {
+                    *to = slot::pack(bucket - base, count);
                 }
                 self.spills.release(&sub);
                 sub.slots = inline;
@@ -571,7 +577,8 @@ impl KeyStore {
                     if let Some(free) = inline.get_mut(len) {
                         *free = slot::pack(offset, 1);
                     } else {
-                        let id = self.spills.spill(&inline, slot::pack(offset, 1), total + 1);
+                        let live = inline.map(|s| (base + slot::offset(s), slot::count(s)));
+                        let id = self.spills.spill(&live, now_bucket);
                         inline = [SPILLED, id];
                     }
                     len + 1
@@ -769,54 +776,84 @@ impl KeyStore {
     }
 }
 
-/// The slots of one spilled key: oldest first, with their total, so that an event only
-/// touches the slots that leave the window and the newest one.
-#[derive(Debug, Clone, Default)]
+/// Buckets a spill holds: a ring indexed by bucket number, at least [`MAX_SPAN`].
+const RING: usize = 64;
+
+/// The window of a key with more live buckets than a record holds: its count per bucket in a
+/// ring indexed by bucket number, with their total, so that an event only touches the buckets
+/// that left the window and its own.
+///
+/// Invariant: only the buckets of the window ending at `last` have non-zero counts, `used` of
+/// them.
+#[derive(Debug, Clone)]
 struct Spill {
-    slots: VecDeque<u32>,
+    counts: [u32; RING],
+    /// The newest bucket with events.
+    last: i64,
     total: u64,
+    used: u8,
 }
 
-impl Spill {
-    /// Counts one event in `now_bucket` and returns the window's count before it; rebases the
-    /// offsets (relative to `base`) as the window moves.
-    fn count(&mut self, geometry: Buckets, base: &mut i64, now_bucket: i64) -> u64 {
-        while let Some(&first) = self.slots.front() {
-            if geometry.live(*base + slot::offset(first), now_bucket) {
-                break;
-            }
-            self.total -= u64::from(slot::count(first));
-            self.slots.pop_front();
+impl Default for Spill {
+    fn default() -> Self {
+        Self {
+            counts: [0; RING],
+            last: 0,
+            total: 0,
+            used: 0,
         }
-        match self.slots.front() {
-            None => *base = now_bucket,
-            Some(&first) if now_bucket - *base >= MAX_SPAN => {
-                let shift = slot::offset(first);
-                for s in self.slots.iter_mut() {
-                    *s = slot::pack(slot::offset(*s) - shift, slot::count(*s));
-                }
-                *base += shift;
-            }
-            Some(_) => {}
-        }
-        let before = self.total;
-        let offset = now_bucket - *base;
-        match self.slots.back_mut() {
-            Some(last) if slot::offset(*last) == offset => {
-                let counted = slot::increment(*last);
-                self.total += u64::from(slot::count(counted) - slot::count(*last));
-                *last = counted;
-            }
-            _ => {
-                self.slots.push_back(slot::pack(offset, 1));
-                self.total += 1;
-            }
-        }
-        before
     }
 }
 
-/// A slab of [`Spill`]s; freed ones keep their buffers for the next key that spills.
+impl Spill {
+    fn at(&mut self, bucket: i64) -> Option<&mut u32> {
+        self.counts.get_mut(bucket.rem_euclid(RING as i64) as usize)
+    }
+
+    /// Counts one event in `now_bucket` (not before `last`) and returns the window's count
+    /// before it.
+    fn count(&mut self, geometry: Buckets, now_bucket: i64) -> u64 {
+        let span = geometry.span();
+        // Buckets up to `now_bucket - span` leave the window.
+        let oldest = self.last - span + 1;
+        let dead = self.last.min(now_bucket - span);
+        if dead - oldest >= RING as i64 {
+            *self = Self::default();
+        } else {
+            for bucket in oldest..=dead {
+                if let Some(count) = self.at(bucket)
+                    && *count > 0
+                {
+                    let gone = std::mem::take(count);
+                    self.total -= u64::from(gone);
+                    self.used -= 1;
+                }
+            }
+        }
+        let before = self.total;
+        let index = now_bucket.rem_euclid(RING as i64) as usize;
+        if let Some(count) = self.counts.get_mut(index) {
+            if *count == 0 {
+                self.used += 1;
+            }
+            *count += 1;
+        }
+        self.total += 1;
+        self.last = now_bucket;
+        before
+    }
+
+    /// `(bucket, count)` of the buckets with events, oldest first.
+    fn buckets(&self, geometry: Buckets) -> impl Iterator<Item = (i64, u32)> + '_ {
+        let first = self.last - geometry.span() + 1;
+        (first..=self.last).filter_map(move |bucket| {
+            let count = *self.counts.get(bucket.rem_euclid(RING as i64) as usize)?;
+            (count > 0).then_some((bucket, count))
+        })
+    }
+}
+
+/// A slab of [`Spill`]s, reused through a free list.
 #[derive(Debug, Clone, Default)]
 struct Spills {
     spills: Vec<Spill>,
@@ -824,8 +861,9 @@ struct Spills {
 }
 
 impl Spills {
-    /// A new spill holding `inline` and then `newest`, whose counts total `total`; its id.
-    fn spill(&mut self, inline: &[u32], newest: u32, total: u64) -> u32 {
+    /// A new spill holding `live` `(bucket, count)` pairs and one event in `now_bucket`; its
+    /// id.
+    fn spill(&mut self, live: &[(i64, u32)], now_bucket: i64) -> u32 {
         let id = match self.free.pop() {
             Some(id) => id,
             None => {
@@ -834,10 +872,20 @@ impl Spills {
             }
         };
         if let Some(spill) = self.spills.get_mut(id as usize) {
-            spill.slots.clear();
-            spill.slots.extend(inline.iter().copied());
-            spill.slots.push_back(newest);
-            spill.total = total;
+            *spill = Spill::default();
+            for &(bucket, count) in live {
+                if let Some(at) = spill.at(bucket) {
+                    *at = count;
+                }
+                spill.total += u64::from(count);
+                spill.used += 1;
+            }
+            if let Some(at) = spill.at(now_bucket) {
+                *at += 1;
+            }
+            spill.total += 1;
+            spill.used += 1;
+            spill.last = now_bucket;
         }
         id
     }

@@ -39,6 +39,11 @@ impl Buckets {
         t_ms.div_euclid(self.width_ms)
     }
 
+    /// Buckets in a window.
+    pub(crate) fn span(self) -> i64 {
+        self.span
+    }
+
     /// The first millisecond at which an event of bucket `event_bucket` no longer counts.
     pub(crate) fn end_ms(self, event_bucket: i64) -> i64 {
         event_bucket
