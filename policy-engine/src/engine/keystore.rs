@@ -280,6 +280,15 @@ impl KeyStore {
         counting.min(blocked)
     }
 
+    /// The addresses [`KeyStore::next_sweep_ms`] depends on: `member`'s least recently counted
+    /// address and its oldest block. While neither changes nor is counted or blocked again, the
+    /// time stays the same.
+    pub(crate) fn sweep_ends(&self, member: usize) -> (u32, u32) {
+        self.members
+            .get(member)
+            .map_or((NIL, NIL), |m| (m.counting.tail, m.blocked.head))
+    }
+
     /// Offers one event of `key` at `now_ms` to `member`; `record` is the key's record if the
     /// caller already looked it up (`None`: look it up). Returns what happened and the record,
     /// for the next member.

@@ -195,9 +195,14 @@ impl Engine {
                             continue;
                         };
                         let before = (store.len(member), store.evictions(member));
+                        let ends = store.sweep_ends(member);
                         sink.rule = index;
-                        record = Some(state.hit(store, member, key, record, now_ms, &mut sink));
-                        self.sweeps.set(slot, store.next_sweep_ms(member));
+                        let hit = state.hit(store, member, key, record, now_ms, &mut sink);
+                        record = Some(hit);
+                        let (tail, head) = store.sweep_ends(member);
+                        if (tail, head) != ends || hit == tail || hit == head {
+                            self.sweeps.set(slot, store.next_sweep_ms(member));
+                        }
                         count_keys(sink.stats, before, store, member);
                     }
                 }
