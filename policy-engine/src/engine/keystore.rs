@@ -14,29 +14,34 @@ use hashbrown::HashTable;
 
 use super::window::{self, Buckets, MAX_SPAN, slot};
 
+mod spill;
+
+use spill::Rings;
+
 /// End of a list.
 const NIL: u32 = u32::MAX;
 /// `prev` of a member that does not track the record's address.
 const ABSENT: u32 = u32::MAX - 1;
 /// `base` of a blocked key (its expiry is in the two slot words).
 const BLOCKED: u32 = u32::MAX;
-/// First slot word of a key whose slots live in `spills` (the second word is the spill's id):
-/// offset 63 and count 0, which no real slot has (counts start at one).
-const SPILLED: u32 = 0xfc00_0000;
+/// `base` bit of a key whose window lives in a ring (`spill`): the rest of `base` is its
+/// newest bucket, the first slot word its total and the second the ring's id. Relative buckets
+/// stay below `REBASE_AFTER + 2 * MAX_SPAN`, far from this bit.
+const SPILLED: u32 = 1 << 31;
 /// Block expiry of a permanent block.
 const NEVER: i64 = i64::MAX;
 /// Words of the address at the start of a record.
 const KEY_WORDS: usize = 4;
 /// Words of one member's state: prev, next, base, two slots.
 const SUB_WORDS: usize = 5;
-/// Slots kept inside a record; a key needing more distinct live buckets spills to the heap.
+/// Slots kept inside a record; a key with more distinct live buckets moves to a ring.
 const INLINE_SLOTS: usize = 2;
 /// Most members of one store: a record holds every member's state, so the memory a store may
 /// need grows with the square of its members (each member can hold `cap` addresses the others
 /// dropped).
 pub(crate) const MAX_MEMBERS: usize = 8;
-/// Bucket distance from a member's epoch after which bases are rebased (they are `u32`).
-const REBASE_AFTER: i64 = 1 << 31;
+/// Bucket distance from a member's epoch after which bases are rebased (they are 31 bits).
+const REBASE_AFTER: i64 = 1 << 30;
 
 /// A source address as a 128-bit number: IPv4 `a.b.c.d` is stored as `::ffff:a.b.c.d`, so both
 /// notations land on the same key.
@@ -99,7 +104,8 @@ impl Default for Ends {
 struct Sub {
     prev: u32,
     next: u32,
-    /// Window base bucket, relative to the member's epoch; [`BLOCKED`] while blocked.
+    /// Window base bucket, relative to the member's epoch; [`BLOCKED`] while blocked;
+    /// [`SPILLED`] and the newest bucket while the window is in a ring.
     base: u32,
     slots: [u32; INLINE_SLOTS],
 }
@@ -126,8 +132,9 @@ impl Sub {
         }
     }
 
-    fn spilled(&self) -> bool {
-        self.slots[0] == SPILLED
+    /// The ring of a spilled key.
+    fn ring(&self) -> Option<u32> {
+        (self.base != BLOCKED && self.base & SPILLED != 0).then_some(self.slots[1])
     }
 
     fn expiry(&self) -> i64 {
@@ -171,7 +178,7 @@ pub(crate) struct KeyStore {
     /// Records of `stride` words: the address, then each member's [`Sub`].
     words: Vec<u32>,
     stride: usize,
-    spills: Spills,
+    rings: Rings,
     index: HashTable<u32>,
     hasher: foldhash::fast::RandomState,
     /// Free records, linked through their first word.
@@ -200,7 +207,7 @@ impl KeyStore {
             stride: KEY_WORDS + SUB_WORDS * members.len(),
             members,
             words: Vec::new(),
-            spills: Spills::default(),
+            rings: Rings::default(),
             index: HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
             free: NIL,
@@ -341,7 +348,7 @@ impl KeyStore {
         }
         self.unlink(record, member);
         let mut sub = self.sub(record, member);
-        self.spills.release(&sub);
+        self.release_ring(&sub);
         sub.block_until(until_ms.unwrap_or(NEVER));
         self.set_sub(record, member, sub);
         self.push_back(record, member, List::Blocked);
@@ -394,8 +401,11 @@ impl KeyStore {
         }
         let base = m.epoch.unwrap_or_default() + i64::from(sub.base);
         let now_bucket = m.geometry.bucket(now_ms);
-        let counts: Vec<(i64, u32)> = match self.spills.get(&sub) {
-            Some(spill) => spill.buckets(m.geometry).collect(),
+        let counts: Vec<(i64, u32)> = match sub.ring() {
+            Some(ring) => {
+                let last = m.epoch.unwrap_or_default() + i64::from(sub.base & !SPILLED);
+                self.rings.live(ring, m.geometry.span(), last)
+            }
             None => sub
                 .slots
                 .iter()
@@ -471,8 +481,8 @@ impl KeyStore {
 
     /// The newest bucket with events of a counting key (`epoch`: its member's).
     fn newest_bucket(&self, sub: &Sub, epoch: i64) -> Option<i64> {
-        match self.spills.get(sub) {
-            Some(spill) => Some(spill.last),
+        match sub.ring() {
+            Some(_) => Some(epoch + i64::from(sub.base & !SPILLED)),
             None => {
                 let last = sub.slots.get(..sub.inline_len())?.last()?;
                 Some(epoch + i64::from(sub.base) + slot::offset(*last))
@@ -493,6 +503,12 @@ impl KeyStore {
             .is_some_and(|bucket| geometry.live(bucket, now_bucket))
     }
 
+    fn release_ring(&mut self, sub: &Sub) {
+        if let Some(ring) = sub.ring() {
+            self.rings.release(ring);
+        }
+    }
+
     /// `bucket` relative to the member's epoch.
     fn relative(&self, member: usize, bucket: i64) -> u32 {
         let epoch = self
@@ -500,7 +516,7 @@ impl KeyStore {
             .get(member)
             .and_then(|m| m.epoch)
             .unwrap_or(bucket);
-        u32::try_from(bucket - epoch).unwrap_or(0).min(BLOCKED - 1)
+        u32::try_from(bucket - epoch).unwrap_or(0).min(SPILLED - 1)
     }
 
     /// Sets the member's epoch on its first event, and moves it forward (rebasing every
@@ -524,17 +540,19 @@ impl KeyStore {
         while record != NIL {
             let mut sub = self.sub(record, member);
             let base = old + i64::from(sub.base);
-            if let Some(spill) = self.spills.get(&sub) {
-                // A spilled key's buckets are absolute; drop the spill if all are dead.
-                if spill.last < fresh {
-                    self.spills.release(&sub);
+            if sub.ring().is_some() {
+                let last = old + i64::from(sub.base & !SPILLED);
+                if last < fresh {
+                    // All buckets are dead (see below).
+                    self.release_ring(&sub);
                     sub.slots = [0; INLINE_SLOTS];
+                    sub.base = 0;
+                } else {
+                    sub.base = SPILLED | u32::try_from(last - fresh).unwrap_or(0);
                 }
-                sub.base = 0;
             } else if base < fresh {
                 // Every slot is older than 2 * MAX_SPAN buckets, so none is live: an empty
                 // window counts the same.
-                self.spills.release(&sub);
                 sub.slots = [0; INLINE_SLOTS];
                 sub.base = 0;
             } else {
@@ -545,64 +563,97 @@ impl KeyStore {
         }
     }
 
+    /// Counts one event of `record` for `member` in `now_bucket`; returns the window's count,
+    /// this event included.
     fn count_event(&mut self, record: u32, member: usize, now_bucket: i64) -> u64 {
         let Some(m) = self.members.get(member) else {
             return 0;
         };
         let (geometry, epoch) = (m.geometry, m.epoch.unwrap_or_default());
-        let mut sub = self.sub(record, member);
-        let mut base = epoch + i64::from(sub.base);
-        let total = if let Some(spill) = self.spills.get_mut(&sub) {
-            let total = spill.count(geometry, now_bucket);
-            if usize::from(spill.used) <= INLINE_SLOTS {
-                // Back inline, based at the oldest live bucket.
-                let live: Vec<(i64, u32)> = spill.buckets(geometry).collect();
-                base = live.first().map_or(now_bucket, |&(bucket, _)| bucket);
-                let mut inline = [0; INLINE_SLOTS];
-                for (to, &(bucket, count)) in inline.iter_mut().zip(live.iter()) {
-                    *to = slot::pack(bucket - base, count);
-                }
-                self.spills.release(&sub);
-                sub.slots = inline;
+        let sub = self.sub(record, member);
+        let sub = match sub.ring() {
+            Some(ring) => self.count_in_ring(member, sub, ring, geometry, epoch, now_bucket),
+            None => self.count_inline(member, sub, geometry, epoch, now_bucket),
+        };
+        self.set_sub(record, member, sub.0);
+        sub.1
+    }
+
+    fn count_in_ring(
+        &mut self,
+        member: usize,
+        mut sub: Sub,
+        ring: u32,
+        geometry: Buckets,
+        epoch: i64,
+        now_bucket: i64,
+    ) -> (Sub, u64) {
+        let last = epoch + i64::from(sub.base & !SPILLED);
+        let span = geometry.span();
+        let counted = self.rings.count(ring, span, last, sub.slots[0], now_bucket);
+        if counted.used <= INLINE_SLOTS {
+            // Back inline, based at the oldest live bucket.
+            let live = self.rings.live(counted.id, span, now_bucket);
+            self.rings.release(counted.id);
+            let base = live.first().map_or(now_bucket, |&(bucket, _)| bucket);
+            let mut inline = [0; INLINE_SLOTS];
+            for (to, &(bucket, count)) in inline.iter_mut().zip(live.iter()) {
+                *to = slot::pack(bucket - base, count);
             }
-            total
+            sub.base = self.relative(member, base);
+            sub.slots = inline;
         } else {
-            let mut inline = sub.slots;
-            let len = sub.inline_len();
-            let (len, total) = window::expire_slots(
-                geometry,
-                &mut base,
-                inline.get_mut(..len).unwrap_or_default(),
-                now_bucket,
-            );
-            let offset = now_bucket - base;
-            let last = len.checked_sub(1).and_then(|i| inline.get_mut(i));
-            let len = match last {
-                Some(last) if slot::offset(*last) == offset => {
-                    *last = slot::increment(*last);
-                    len
-                }
-                _ => {
-                    if let Some(free) = inline.get_mut(len) {
-                        *free = slot::pack(offset, 1);
-                    } else {
-                        let live = inline.map(|s| (base + slot::offset(s), slot::count(s)));
-                        let id = self.spills.spill(&live, now_bucket);
-                        inline = [SPILLED, id];
-                    }
+            sub.base = SPILLED | self.relative(member, now_bucket);
+            sub.slots = [counted.before + 1, counted.id];
+        }
+        (sub, u64::from(counted.before) + 1)
+    }
+
+    fn count_inline(
+        &mut self,
+        member: usize,
+        mut sub: Sub,
+        geometry: Buckets,
+        epoch: i64,
+        now_bucket: i64,
+    ) -> (Sub, u64) {
+        let mut base = epoch + i64::from(sub.base);
+        let mut inline = sub.slots;
+        let (len, total) = window::expire_slots(
+            geometry,
+            &mut base,
+            inline.get_mut(..sub.inline_len()).unwrap_or_default(),
+            now_bucket,
+        );
+        let offset = now_bucket - base;
+        let last = len.checked_sub(1).and_then(|i| inline.get_mut(i));
+        let len = match last {
+            Some(last) if slot::offset(*last) == offset => {
+                *last = slot::increment(*last);
+                len
+            }
+            _ => match inline.get_mut(len) {
+                Some(free) => {
+                    *free = slot::pack(offset, 1);
                     len + 1
                 }
-            };
-            for unused in inline.iter_mut().skip(len) {
-                *unused = 0;
-            }
-            sub.slots = inline;
-            total
+                None => {
+                    // A third live bucket: the window moves to a ring.
+                    let [a, b] = inline.map(|s| (base + slot::offset(s), slot::count(s)));
+                    let ring = self.rings.create(&[a, b, (now_bucket, 1)]);
+                    let total = u32::try_from(total + 1).unwrap_or(u32::MAX);
+                    sub.base = SPILLED | self.relative(member, now_bucket);
+                    sub.slots = [total, ring];
+                    return (sub, total.into());
+                }
+            },
         };
-        // Bases only move forward, never before the epoch.
-        sub.base = u32::try_from(base - epoch).unwrap_or(0).min(BLOCKED - 1);
-        self.set_sub(record, member, sub);
-        total + 1
+        for unused in inline.iter_mut().skip(len) {
+            *unused = 0;
+        }
+        sub.slots = inline;
+        sub.base = self.relative(member, base);
+        (sub, total + 1)
     }
 
     /// Starts tracking `key` for `member`, in `record` if some other member tracks it.
@@ -703,7 +754,7 @@ impl KeyStore {
             return;
         }
         self.unlink(record, member);
-        self.spills.release(&self.sub(record, member));
+        self.release_ring(&self.sub(record, member));
         self.set_sub(record, member, Sub::absent());
         if let Some(m) = self.members.get_mut(member) {
             m.len -= 1;
@@ -782,151 +833,6 @@ impl KeyStore {
         if let Some(ends) = self.ends(member, list) {
             ends.tail = record;
         }
-    }
-}
-
-/// Buckets a spill holds: a ring indexed by bucket number, at least [`MAX_SPAN`].
-const RING: usize = 64;
-
-/// The window of a key with more live buckets than a record holds: its count per bucket in a
-/// ring indexed by bucket number, with their total, so that an event only touches the buckets
-/// that left the window and its own.
-///
-/// Invariant: only the buckets of the window ending at `last` have non-zero counts, `used` of
-/// them.
-#[derive(Debug, Clone)]
-struct Spill {
-    counts: [u32; RING],
-    /// The newest bucket with events.
-    last: i64,
-    total: u64,
-    used: u8,
-}
-
-impl Default for Spill {
-    fn default() -> Self {
-        Self {
-            counts: [0; RING],
-            last: 0,
-            total: 0,
-            used: 0,
-        }
-    }
-}
-
-impl Spill {
-    fn at(&mut self, bucket: i64) -> Option<&mut u32> {
-        self.counts.get_mut(bucket.rem_euclid(RING as i64) as usize)
-    }
-
-    /// Counts one event in `now_bucket` (not before `last`) and returns the window's count
-    /// before it.
-    fn count(&mut self, geometry: Buckets, now_bucket: i64) -> u64 {
-        let span = geometry.span();
-        // Buckets up to `now_bucket - span` leave the window.
-        let oldest = self.last - span + 1;
-        let dead = self.last.min(now_bucket - span);
-        if dead - oldest >= RING as i64 {
-            *self = Self::default();
-        } else {
-            for bucket in oldest..=dead {
-                if let Some(count) = self.at(bucket)
-                    && *count > 0
-                {
-                    let gone = std::mem::take(count);
-                    self.total -= u64::from(gone);
-                    self.used -= 1;
-                }
-            }
-        }
-        let before = self.total;
-        let index = now_bucket.rem_euclid(RING as i64) as usize;
-        if let Some(count) = self.counts.get_mut(index) {
-            if *count == 0 {
-                self.used += 1;
-            }
-            *count += 1;
-        }
-        self.total += 1;
-        self.last = now_bucket;
-        before
-    }
-
-    /// `(bucket, count)` of the buckets with events, oldest first.
-    fn buckets(&self, geometry: Buckets) -> impl Iterator<Item = (i64, u32)> + '_ {
-        let first = self.last - geometry.span() + 1;
-        (first..=self.last).filter_map(move |bucket| {
-            let count = *self.counts.get(bucket.rem_euclid(RING as i64) as usize)?;
-            (count > 0).then_some((bucket, count))
-        })
-    }
-}
-
-/// A slab of [`Spill`]s, reused through a free list.
-#[derive(Debug, Clone, Default)]
-struct Spills {
-    spills: Vec<Spill>,
-    free: Vec<u32>,
-}
-
-impl Spills {
-    /// A new spill holding `live` `(bucket, count)` pairs and one event in `now_bucket`; its
-    /// id.
-    fn spill(&mut self, live: &[(i64, u32)], now_bucket: i64) -> u32 {
-        let id = match self.free.pop() {
-            Some(id) => id,
-            None => {
-                self.spills.push(Spill::default());
-                (self.spills.len() - 1) as u32
-            }
-        };
-        if let Some(spill) = self.spills.get_mut(id as usize) {
-            *spill = Spill::default();
-            for &(bucket, count) in live {
-                if let Some(at) = spill.at(bucket) {
-                    *at = count;
-                }
-                spill.total += u64::from(count);
-                spill.used += 1;
-            }
-            if let Some(at) = spill.at(now_bucket) {
-                *at += 1;
-            }
-            spill.total += 1;
-            spill.used += 1;
-            spill.last = now_bucket;
-        }
-        id
-    }
-
-    /// The spill of a key, if it has one.
-    fn get(&self, sub: &Sub) -> Option<&Spill> {
-        if sub.spilled() {
-            self.spills.get(sub.slots[1] as usize)
-        } else {
-            None
-        }
-    }
-
-    fn get_mut(&mut self, sub: &Sub) -> Option<&mut Spill> {
-        if sub.spilled() {
-            self.spills.get_mut(sub.slots[1] as usize)
-        } else {
-            None
-        }
-    }
-
-    /// Frees the spill of a key, if it has one.
-    fn release(&mut self, sub: &Sub) {
-        if sub.spilled() {
-            self.free.push(sub.slots[1]);
-        }
-    }
-
-    /// Spills in use.
-    #[cfg(test)]
-    fn live(&self) -> usize {
-        self.spills.len() - self.free.len()
     }
 }
 

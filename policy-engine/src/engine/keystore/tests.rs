@@ -55,14 +55,30 @@ fn a_key_with_more_live_buckets_than_inline_slots_spills_and_comes_back() {
             "second {s}"
         );
     }
-    assert_eq!(store.spills.live(), 1);
+    assert_eq!(store.rings.in_use(), 1);
     // Quiet for 59 s: one bucket remains, and the hit makes two, back inline.
     assert_eq!(hit(&mut store, 0, k, 148_000), Hit::Counted(2));
-    assert_eq!(store.spills.live(), 0);
+    assert_eq!(store.rings.in_use(), 0);
     assert_eq!(store.count(0, k, 148_000), 2);
     block(&mut store, 0, k, Some(200_000));
     assert_eq!(hit(&mut store, 0, k, 199_999), Hit::Blocked);
     assert_eq!(hit(&mut store, 0, k, 200_000), Hit::Counted(1));
+}
+
+#[test]
+fn a_ring_grows_to_wide_counts_past_255_events_in_a_bucket() {
+    let mut store = single(Duration::from_secs(60), 10);
+    let k = key(3);
+    hit(&mut store, 0, k, 0);
+    hit(&mut store, 0, k, 1_000);
+    for n in 0..300u64 {
+        assert_eq!(hit(&mut store, 0, k, 2_000), Hit::Counted(3 + n));
+    }
+    assert_eq!(store.rings.in_use(), 1);
+    assert_eq!(hit(&mut store, 0, k, 3_000), Hit::Counted(303));
+    // The first two seconds leave the window; 301 events remain.
+    assert_eq!(hit(&mut store, 0, k, 61_500), Hit::Counted(302));
+    assert_eq!(store.count(0, k, 61_500), 302);
 }
 
 #[test]
