@@ -13,6 +13,7 @@ use regex::Regex;
 
 use super::view::{EventView, Field, FieldSet, Kind};
 use super::{Condition, REGEX_MATCHES, unwrap_root};
+use crate::severity::Severity;
 
 /// A condition compiled to a typed tree; see the module documentation.
 #[derive(Debug)]
@@ -37,10 +38,13 @@ impl Program {
             required: FieldSet::default(),
         };
         match compiler.operand(condition.tree())? {
-            Operand::Bool(root) => Some(Program {
-                root,
-                required: compiler.required,
-            }),
+            Operand::Bool(mut root) => {
+                root.cheap_first();
+                Some(Program {
+                    root,
+                    required: compiler.required,
+                })
+            }
             _ => None,
         }
     }
@@ -296,6 +300,38 @@ impl Bool {
         }
     }
 
+    /// A rough cost of evaluating the tree.
+    fn cost(&self) -> u32 {
+        match self {
+            Self::Const(_) => 0,
+            Self::Int(..) | Self::Float(..) => 1,
+            Self::TextIs { .. } | Self::Text(..) => 2,
+            Self::Regex(..) => 50,
+            Self::Not(b) => b.cost(),
+            Self::And(a, b) | Self::Or(a, b) | Self::Truth(a, b, _) => a.cost() + b.cost(),
+        }
+    }
+
+    /// Puts the cheaper operand of every `&&` and `||` first. The trees cannot fail and have
+    /// no effects, so the order only changes how soon the answer is known.
+    fn cheap_first(&mut self) {
+        match self {
+            Self::And(a, b) | Self::Or(a, b) => {
+                a.cheap_first();
+                b.cheap_first();
+                if b.cost() < a.cost() {
+                    std::mem::swap(a, b);
+                }
+            }
+            Self::Not(b) => b.cheap_first(),
+            Self::Truth(a, b, _) => {
+                a.cheap_first();
+                b.cheap_first();
+            }
+            _ => {}
+        }
+    }
+
     fn guards(&self) -> Vec<Guard> {
         match self {
             Self::TextIs {
@@ -306,6 +342,21 @@ impl Bool {
                 field: *field,
                 values: vec![value.clone()],
             }],
+            // `severityLevel` against a number: the severities whose level passes.
+            Self::Int(a, cmp, b) => severity_guard(|level| match (a, b) {
+                (Int::Field(Field::SeverityLevel), Int::Const(k)) => Some(cmp.apply(&level, k)),
+                (Int::Const(k), Int::Field(Field::SeverityLevel)) => Some(cmp.apply(k, &level)),
+                _ => None,
+            }),
+            Self::Float(a, cmp, b) => severity_guard(|level| match (a, b) {
+                (Float::FromInt(Int::Field(Field::SeverityLevel)), Float::Const(f)) => {
+                    Some(cmp.apply(&(level as f64), f))
+                }
+                (Float::Const(f), Float::FromInt(Int::Field(Field::SeverityLevel))) => {
+                    Some(cmp.apply(f, &(level as f64)))
+                }
+                _ => None,
+            }),
             // Either side false makes the conjunction false.
             Self::And(a, b) => {
                 let mut guards = a.guards();
@@ -333,6 +384,27 @@ impl Bool {
             _ => Vec::new(),
         }
     }
+}
+
+/// The guard on `severity` equivalent to a test of `severityLevel` (`passes` gives, for each
+/// level, whether the test holds, or `None` if the test is not of that form): none when every
+/// severity passes.
+fn severity_guard(passes: impl Fn(i64) -> Option<bool>) -> Vec<Guard> {
+    let mut values = Vec::new();
+    for severity in Severity::ALL {
+        match passes(i64::from(severity.level())) {
+            None => return Vec::new(),
+            Some(true) => values.push(severity.as_str().into()),
+            Some(false) => {}
+        }
+    }
+    if values.len() == Severity::ALL.len() {
+        return Vec::new();
+    }
+    vec![Guard {
+        field: Field::Severity,
+        values,
+    }]
 }
 
 impl Text {
