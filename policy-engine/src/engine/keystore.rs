@@ -238,6 +238,18 @@ impl KeyStore {
             .copied()
     }
 
+    /// Loads the window rings of `members` for `record` ahead of their hits, so that their
+    /// cache misses overlap instead of following one another.
+    pub(crate) fn prefetch(&self, record: u32, members: impl Iterator<Item = usize>) {
+        let mut sum = 0u32;
+        for member in members {
+            if let Some(ring) = self.sub(record, member).ring() {
+                sum = sum.wrapping_add(self.rings.first(ring));
+            }
+        }
+        std::hint::black_box(sum);
+    }
+
     /// Drops up to `budget` of `member`'s addresses whose window is empty or whose block has
     /// expired at `now_ms`.
     pub(crate) fn sweep(&mut self, member: usize, now_ms: i64, budget: usize) {

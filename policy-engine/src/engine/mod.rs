@@ -187,7 +187,10 @@ impl Engine {
                         continue;
                     };
                     // One lookup for every rule of the store.
-                    let mut record = None;
+                    let mut record = store.find(key);
+                    if let Some(record) = record {
+                        store.prefetch(record, group.members.iter().map(|m| m.0));
+                    }
                     for &(member, index, slot) in &group.members {
                         let Some(RuleState::BlockIp(state)) =
                             self.rules.get(index).map(|r| &r.state)

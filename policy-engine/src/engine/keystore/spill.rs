@@ -100,6 +100,11 @@ impl Rings {
             .collect()
     }
 
+    /// The first count of ring `id` (reading it loads the ring's first cache line).
+    pub(super) fn first(&self, id: u32) -> u32 {
+        self.get(id, 0)
+    }
+
     /// Frees ring `id`.
     pub(super) fn release(&mut self, id: u32) {
         if id & LARGE == 0 {
