@@ -19,8 +19,12 @@ use clap::Parser;
 use policy_engine::condition::Evaluator;
 use policy_engine::{Engine, EngineConfig, Policy, PolicyVersion, RuleKind, ThreatEvent};
 
+#[path = "bench_support/cpu.rs"]
+mod cpu;
 #[path = "../../policy-engine/benches/workload/mod.rs"]
 mod workload;
+
+use cpu::Rate;
 
 /// Measure engine throughput as policies grow from 4 to 1,000 rules.
 #[derive(Parser)]
@@ -54,7 +58,7 @@ struct Case {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cores = cpu::cores();
     let cases = workload::SCALES
         .iter()
         .filter(|(name, _, _)| args.only.as_ref().is_none_or(|only| name == only))
@@ -164,54 +168,6 @@ fn describe(case: &Case) {
     );
 }
 
-/// CPU time of the calling thread, in seconds (`/proc/thread-self/schedstat`, nanoseconds).
-fn thread_cpu_secs() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0.0, |ns| ns as f64 / 1e9)
-}
-
-/// CPU time of the waited-for children, in seconds (`/proc/self/stat`, in 1/100 s).
-fn children_cpu_secs() -> f64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name, which may hold spaces: cutime and cstime are the
-            // 14th and 15th.
-            let rest = s.get(s.rfind(')')? + 2..)?.to_owned();
-            let fields: Vec<u64> = rest
-                .split_whitespace()
-                .map(|f| f.parse().unwrap_or(0))
-                .collect();
-            Some(fields.get(13)? + fields.get(14)?)
-        })
-        .map_or(0.0, |ticks| ticks as f64 / 100.0)
-}
-
-/// A rate measured both ways.
-#[derive(Clone, Copy, Default)]
-struct Rate {
-    wall: f64,
-    cpu: f64,
-}
-
-impl Rate {
-    fn of(events: usize, wall_secs: f64, cpu_secs: f64) -> Rate {
-        Rate {
-            wall: events as f64 / wall_secs.max(1e-9),
-            cpu: events as f64 / cpu_secs.max(1e-9),
-        }
-    }
-
-    fn best(self, other: Rate) -> Rate {
-        Rate {
-            wall: self.wall.max(other.wall),
-            cpu: self.cpu.max(other.cpu),
-        }
-    }
-}
-
 /// Rates through a fresh engine (after a warm-up on a tenth of the events), actions and
 /// condition errors of the timed pass.
 fn engine_run(policy: &Policy, events: &[ThreatEvent]) -> (Rate, usize, u64) {
@@ -227,7 +183,7 @@ fn engine_run(policy: &Policy, events: &[ThreatEvent]) -> (Rate, usize, u64) {
     let errors_before = engine.stats().condition_errors;
     let mut actions = 0usize;
     let started = Instant::now();
-    let cpu = thread_cpu_secs();
+    let cpu = cpu::thread_secs();
     for event in events {
         actions += engine
             .process(event, event.timestamp.unwrap_or_default())
@@ -237,7 +193,7 @@ fn engine_run(policy: &Policy, events: &[ThreatEvent]) -> (Rate, usize, u64) {
     let rate = Rate::of(
         events.len(),
         started.elapsed().as_secs_f64(),
-        thread_cpu_secs() - cpu,
+        cpu::thread_secs() - cpu,
     );
     (
         rate,
@@ -288,7 +244,7 @@ fn replay_all(args: &Args, cases: &[Case], simulate: &Path, dir: &Path) -> anyho
         let mut best = Rate::default();
         for _ in 0..args.runs.max(1) {
             let started = Instant::now();
-            let cpu = children_cpu_secs();
+            let cpu = cpu::children_secs();
             let output = Command::new(simulate)
                 .arg("--policy")
                 .arg(&policy_path)
@@ -301,7 +257,7 @@ fn replay_all(args: &Args, cases: &[Case], simulate: &Path, dir: &Path) -> anyho
             let rate = Rate::of(
                 args.e2e_events,
                 started.elapsed().as_secs_f64(),
-                children_cpu_secs() - cpu,
+                cpu::children_secs() - cpu,
             );
             let summary = String::from_utf8_lossy(&output.stderr);
             let expected = format!("events read: {}", args.e2e_events);
