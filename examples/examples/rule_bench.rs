@@ -61,8 +61,8 @@ fn main() -> anyhow::Result<()> {
     let cores = cpu::cores();
     let cases = workload::SCALES
         .iter()
-        .filter(|(name, _, _)| args.only.as_ref().is_none_or(|only| name == only))
-        .map(|&(name, rules, custom)| {
+        .filter(|(name, _, _, _)| args.only.as_ref().is_none_or(|only| name == only))
+        .map(|&(name, _, rules, custom)| {
             let json = workload::scale_case(rules, custom);
             let policy = Policy::from_json(json.as_bytes())
                 .map_err(|err| anyhow::anyhow!("{name}: {err:?}"))?;

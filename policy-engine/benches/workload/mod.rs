@@ -236,13 +236,18 @@ pub fn scale_policy(rules: usize, custom_percent: usize) -> String {
     json
 }
 
-/// The rule-scale cases: `(name, rules, custom percent)`.
-pub const SCALES: [(&str, usize, usize); 5] = [
-    ("4 rules", 4, 0),
-    ("100 rules", 100, 0),
-    ("1,000 rules", 1000, 0),
-    ("100 rules, 30 % custom", 100, 30),
-    ("1,000 rules, 30 % custom", 1000, 30),
+/// The rule-scale cases: `(name, benchmark id, rules, custom percent)`.
+pub const SCALES: [(&str, &str, usize, usize); 5] = [
+    ("4 rules", "4_rules", 4, 0),
+    ("100 rules", "100_rules", 100, 0),
+    ("1,000 rules", "1000_rules", 1000, 0),
+    ("100 rules, 30 % custom", "100_rules_30pct_custom", 100, 30),
+    (
+        "1,000 rules, 30 % custom",
+        "1000_rules_30pct_custom",
+        1000,
+        30,
+    ),
 ];
 
 /// The policy document of a [`SCALES`] case.
