@@ -1,7 +1,8 @@
 //! Differential test of the rule engine: for random policies (all four rule types, disabled
 //! rules, windows, thresholds, custom conditions), random event streams and policy updates,
-//! `Engine` emits exactly what the linear reference model in `tests/differential/model/` emits (actions with
-//! their event, rule, target and order; diagnostics; stats), event by event.
+//! `Engine` emits exactly what the linear reference model in `tests/differential/model/`
+//! emits (actions with their event, rule, target and order; diagnostics; stats), event by
+//! event.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(
@@ -15,39 +16,10 @@ mod differential;
 
 use proptest::prelude::*;
 
-use differential::cases::{self, Case, Step};
-use differential::model::LinearEngine;
-use policy_engine::{Engine, PolicyVersion};
+use differential::{cases, compare_engines};
 
-/// Runs `steps` through both engines and compares every evaluation and the stats after it.
-fn check(case: &Case) -> Result<(), TestCaseError> {
-    let mut version = 1;
-    let mut engine = Engine::new(
-        case.policy.clone(),
-        PolicyVersion::new(version),
-        case.config.clone(),
-    );
-    let mut reference = LinearEngine::new(
-        &case.policy,
-        PolicyVersion::new(version),
-        case.config.clone(),
-    );
-    for (i, step) in case.steps.iter().enumerate() {
-        match step {
-            Step::Event(event, now) => {
-                let got = engine.process(event, *now);
-                let want = reference.process(event, *now);
-                prop_assert_eq!(got, want, "step {}: {:?}", i, event);
-            }
-            Step::Update(policy) => {
-                version += 1;
-                engine.update_policy(policy.clone(), PolicyVersion::new(version));
-                reference.update_policy(policy, PolicyVersion::new(version));
-            }
-        }
-        prop_assert_eq!(engine.stats(), reference.stats(), "stats after step {}", i);
-    }
-    Ok(())
+fn check(case: &cases::Case) -> Result<(), TestCaseError> {
+    compare_engines(case).map_err(TestCaseError::fail)
 }
 
 proptest! {
