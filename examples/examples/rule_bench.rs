@@ -48,6 +48,10 @@ struct Args {
     /// Only the case of this name (for profiling).
     #[arg(long)]
     only: Option<String>,
+    /// Write the policies (`policy-<id>.json`) and the end-to-end events (`events.jsonl`) to
+    /// this directory and exit, to run `simulate` on them by hand.
+    #[arg(long)]
+    write_files: Option<PathBuf>,
 }
 
 struct Case {
@@ -69,6 +73,9 @@ fn main() -> anyhow::Result<()> {
             Ok(Case { name, policy, json })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(dir) = &args.write_files {
+        return write_files(&args, dir);
+    }
     println!(
         "rule scale: {cores} cores, engine on one thread, best of {} runs",
         args.runs
@@ -111,6 +118,22 @@ fn main() -> anyhow::Result<()> {
     if !args.engine_only {
         end_to_end(&args, &cases)?;
     }
+    Ok(())
+}
+
+/// Writes every case's policy and the end-to-end event file to `dir`.
+fn write_files(args: &Args, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (_, id, rules, custom) in workload::SCALES {
+        let path = dir.join(format!("policy-{id}.json"));
+        std::fs::write(&path, workload::scale_case(rules, custom))?;
+        println!("{}", path.display());
+    }
+    let path = dir.join("events.jsonl");
+    let mut text = workload::event_lines(args.e2e_events).join("\n");
+    text.push('\n');
+    std::fs::write(&path, text)?;
+    println!("{}", path.display());
     Ok(())
 }
 

@@ -17,8 +17,10 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// Invariant: the rules reading one counter (`AlertState::counter`) would each have counted
 /// exactly the events it counted, so one counter stands for all of them: they have the same
 /// severity and have been enabled, and so counted, since the same moment.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct AlertCounters {
+    /// Buckets of the hour.
+    geometry: Buckets,
     counters: Vec<Counter>,
     /// Counters with enabled rules, lowest severity first.
     active: Vec<usize>,
@@ -34,6 +36,16 @@ struct Counter {
     /// while the count reaches no further rule and the time is earlier.
     scanned: usize,
     quiet_until: i64,
+}
+
+impl Default for AlertCounters {
+    fn default() -> Self {
+        Self {
+            geometry: Buckets::new(HOUR),
+            counters: Vec::new(),
+            active: Vec::new(),
+        }
+    }
 }
 
 /// Where a rule's counter comes from when counters are rebuilt.
@@ -95,7 +107,11 @@ impl AlertCounters {
             .filter(|&id| counters.get(id).is_some_and(|c| !c.rules.is_empty()))
             .collect();
         active.sort_by_key(|&id| counters.get(id).map(|c| c.severity));
-        AlertCounters { counters, active }
+        AlertCounters {
+            geometry: old.geometry,
+            counters,
+            active,
+        }
     }
 
     /// Counts an event of `severity` at `now_ms` in every counter of that severity or lower and
@@ -107,7 +123,7 @@ impl AlertCounters {
         rules: &mut [CompiledRule],
         sink: &mut Sink<'_>,
     ) {
-        let geometry = Buckets::new(HOUR);
+        let geometry = self.geometry;
         let bucket = geometry.bucket(now_ms);
         for &id in &self.active {
             let Some(counter) = self.counters.get_mut(id) else {

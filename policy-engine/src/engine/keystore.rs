@@ -40,6 +40,9 @@ const INLINE_SLOTS: usize = 2;
 /// need grows with the square of its members (each member can hold `cap` addresses the others
 /// dropped).
 pub(crate) const MAX_MEMBERS: usize = 8;
+/// Largest cap of a member: every member of a full store at its cap still numbers its records
+/// below [`ABSENT`].
+const MAX_CAP: usize = (ABSENT - 1) as usize / MAX_MEMBERS;
 /// Bucket distance from a member's epoch after which bases are rebased (they are 31 bits).
 const REBASE_AFTER: i64 = 1 << 30;
 
@@ -187,15 +190,15 @@ pub(crate) struct KeyStore {
 }
 
 impl KeyStore {
-    /// An empty store for members with these windows and caps (each at least one key), at
-    /// most [`MAX_MEMBERS`] of them.
+    /// An empty store for members with these windows and caps, at most [`MAX_MEMBERS`] of
+    /// them. Caps are clamped to [`MAX_CAP`] (record numbers stay clear of the list markers).
     pub(crate) fn new(members: &[(Buckets, usize)]) -> Self {
         let members: Vec<Member> = members
             .iter()
             .take(MAX_MEMBERS)
             .map(|&(geometry, cap)| Member {
                 geometry,
-                cap: cap.clamp(1, (ABSENT - 1) as usize / MAX_MEMBERS),
+                cap: cap.clamp(1, MAX_CAP),
                 epoch: None,
                 len: 0,
                 counting: Ends::default(),
@@ -390,7 +393,7 @@ impl KeyStore {
         if let Some(m) = self.members.get_mut(member) {
             *m = Member {
                 geometry,
-                cap: cap.clamp(1, (ABSENT - 1) as usize / MAX_MEMBERS),
+                cap: cap.clamp(1, MAX_CAP),
                 epoch: None,
                 len: 0,
                 counting: Ends::default(),

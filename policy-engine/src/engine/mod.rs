@@ -52,6 +52,7 @@ pub const DEFAULT_MAX_KEYS_PER_RULE: usize = 100_000;
 pub struct EngineConfig {
     /// Most source IPs a `block_ip` rule tracks (counting or blocked); at the cap the least
     /// recently seen counting key is evicted (blocked keys only when no counting key is left).
+    /// Values above 536,870,911 count as that.
     pub max_keys_per_rule: usize,
     /// Block duration of `block_ip` actions from `auto_respond` rules and `custom` rules without
     /// a `duration` param (those rule types state none).
