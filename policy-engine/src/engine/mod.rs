@@ -27,7 +27,7 @@ pub use report::{ActionCounts, Diagnostic, EngineStats};
 
 use alerts::AlertCounters;
 use blocks::BlockStores;
-use index::{RuleIndex, SweepSchedule};
+use index::{RuleIndex, StoreRules, SweepSchedule};
 use keystore::IpKey;
 use rules::{CompiledRule, RuleState, Sink};
 use targets::BlockDefaults;
@@ -182,34 +182,17 @@ impl Engine {
             .and_then(|t| self.index.by_type(t));
         if let Some(by_type) = by_type {
             if let Some(ip) = event.src_ip {
-                let key = IpKey::from(ip);
-                for group in &by_type.block_ip {
-                    let Some(store) = self.blocks.get_mut(group.store) else {
-                        continue;
-                    };
-                    // One lookup for every rule of the store.
-                    let mut record = store.find(key);
-                    if let Some(record) = record {
-                        store.prefetch(record, group.members.iter().map(|m| m.0));
-                    }
-                    for &(member, index, slot) in &group.members {
-                        let Some(RuleState::BlockIp(state)) =
-                            self.rules.get(index).map(|r| &r.state)
-                        else {
-                            continue;
-                        };
-                        let before = (store.len(member), store.evictions(member));
-                        let ends = store.sweep_ends(member);
-                        sink.rule = index;
-                        let hit = state.hit(store, member, key, record, now_ms, &mut sink);
-                        record = Some(hit);
-                        let (tail, head) = store.sweep_ends(member);
-                        if (tail, head) != ends || hit == tail || hit == head {
-                            self.sweeps.set(slot, store.next_sweep_ms(member));
-                        }
-                        count_keys(sink.stats, before, store, member);
-                    }
-                }
+                let stores = Stores {
+                    blocks: &mut self.blocks,
+                    sweeps: &mut self.sweeps,
+                };
+                stores.count(
+                    &by_type.block_ip,
+                    &self.rules,
+                    IpKey::from(ip),
+                    now_ms,
+                    &mut sink,
+                );
             }
             for &index in &by_type.auto_respond {
                 if let Some(RuleState::AutoRespond(config)) =
@@ -339,6 +322,50 @@ impl Engine {
         let (keys, evictions) = self.blocks.totals();
         self.stats.tracked_keys = keys;
         self.stats.evictions = self.retired_evictions + evictions;
+    }
+}
+
+/// The key stores and their sweep schedule, borrowed together for one event.
+struct Stores<'a> {
+    blocks: &'a mut BlockStores,
+    sweeps: &'a mut SweepSchedule,
+}
+
+impl Stores<'_> {
+    /// Counts an event from `key` for the `block_ip` rules of `groups` (those of its type).
+    fn count(
+        self,
+        groups: &[StoreRules],
+        rules: &[CompiledRule],
+        key: IpKey,
+        now_ms: i64,
+        sink: &mut Sink<'_>,
+    ) {
+        for group in groups {
+            let Some(store) = self.blocks.get_mut(group.store) else {
+                continue;
+            };
+            // One lookup for every rule of the store.
+            let mut record = store.find(key);
+            if let Some(record) = record {
+                store.prefetch(record, group.members.iter().map(|m| m.0));
+            }
+            for &(member, index, slot) in &group.members {
+                let Some(RuleState::BlockIp(state)) = rules.get(index).map(|r| &r.state) else {
+                    continue;
+                };
+                let before = (store.len(member), store.evictions(member));
+                let ends = store.sweep_ends(member);
+                sink.rule = index;
+                let hit = state.hit(store, member, key, record, now_ms, sink);
+                record = Some(hit);
+                let (tail, head) = store.sweep_ends(member);
+                if (tail, head) != ends || hit == tail || hit == head {
+                    self.sweeps.set(slot, store.next_sweep_ms(member));
+                }
+                count_keys(sink.stats, before, store, member);
+            }
+        }
     }
 }
 
