@@ -12,10 +12,13 @@ use std::net::IpAddr;
 
 use hashbrown::HashTable;
 
-use super::window::{self, Buckets, MAX_SPAN, slot};
+use super::window::Buckets;
 
+mod counting;
+mod record;
 mod spill;
 
+use record::{Ends, List, Sub};
 use spill::Rings;
 
 /// End of a list.
@@ -79,80 +82,6 @@ pub(crate) enum Hit {
     Counted(u64),
     /// The key is blocked; the event was ignored.
     Blocked,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum List {
-    Counting,
-    Blocked,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Ends {
-    head: u32,
-    tail: u32,
-}
-
-impl Default for Ends {
-    fn default() -> Self {
-        Self {
-            head: NIL,
-            tail: NIL,
-        }
-    }
-}
-
-/// One member's state for one address.
-#[derive(Debug, Clone, Copy)]
-struct Sub {
-    prev: u32,
-    next: u32,
-    /// Window base bucket, relative to the member's epoch; [`BLOCKED`] while blocked;
-    /// [`SPILLED`] and the newest bucket while the window is in a ring.
-    base: u32,
-    slots: [u32; INLINE_SLOTS],
-}
-
-impl Sub {
-    fn absent() -> Self {
-        Self {
-            prev: ABSENT,
-            next: NIL,
-            base: 0,
-            slots: [0; INLINE_SLOTS],
-        }
-    }
-
-    fn is_absent(&self) -> bool {
-        self.prev == ABSENT
-    }
-
-    fn list(&self) -> List {
-        if self.base == BLOCKED {
-            List::Blocked
-        } else {
-            List::Counting
-        }
-    }
-
-    /// The ring of a spilled key.
-    fn ring(&self) -> Option<u32> {
-        (self.base != BLOCKED && self.base & SPILLED != 0).then_some(self.slots[1])
-    }
-
-    fn expiry(&self) -> i64 {
-        (i64::from(self.slots[1]) << 32) | i64::from(self.slots[0])
-    }
-
-    fn block_until(&mut self, expiry: i64) {
-        self.base = BLOCKED;
-        self.slots = [expiry as u32, (expiry >> 32) as u32];
-    }
-
-    /// Inline slots in use (unused ones are zero).
-    fn inline_len(&self) -> usize {
-        self.slots.iter().take_while(|&&s| s != 0).count()
-    }
 }
 
 /// One member's lists and totals.
@@ -407,6 +336,7 @@ impl KeyStore {
     /// blocked keys).
     #[cfg(test)]
     pub(crate) fn count(&self, member: usize, key: IpKey, now_ms: i64) -> u64 {
+        use super::window::slot;
         let (Some(m), Some(record)) = (self.members.get(member), self.find(key)) else {
             return 0;
         };
@@ -454,221 +384,6 @@ impl KeyStore {
         let [a, b, c, d] = self.key_of(record);
         let key = (u128::from(a) << 96) | (u128::from(b) << 64) | (u128::from(c) << 32);
         self.hasher.hash_one(key | u128::from(d))
-    }
-
-    fn sub_start(&self, record: u32, member: usize) -> usize {
-        record as usize * self.stride + KEY_WORDS + member * SUB_WORDS
-    }
-
-    fn sub(&self, record: u32, member: usize) -> Sub {
-        let start = self.sub_start(record, member);
-        match self.words.get(start..start + SUB_WORDS) {
-            Some(&[prev, next, base, s0, s1]) => Sub {
-                prev,
-                next,
-                base,
-                slots: [s0, s1],
-            },
-            _ => Sub::absent(),
-        }
-    }
-
-    fn set_sub(&mut self, record: u32, member: usize, sub: Sub) {
-        let start = self.sub_start(record, member);
-        if let Some(words) = self.words.get_mut(start..start + SUB_WORDS) {
-            words.copy_from_slice(&[sub.prev, sub.next, sub.base, sub.slots[0], sub.slots[1]]);
-        }
-    }
-
-    fn set_links(&mut self, record: u32, member: usize, prev: Option<u32>, next: Option<u32>) {
-        let start = self.sub_start(record, member);
-        if let Some(p) = prev
-            && let Some(word) = self.words.get_mut(start)
-        {
-            *word = p;
-        }
-        if let Some(n) = next
-            && let Some(word) = self.words.get_mut(start + 1)
-        {
-            *word = n;
-        }
-    }
-
-    /// The newest bucket with events of a counting key (`epoch`: its member's).
-    fn newest_bucket(&self, sub: &Sub, epoch: i64) -> Option<i64> {
-        match sub.ring() {
-            Some(_) => Some(epoch + i64::from(sub.base & !SPILLED)),
-            None => {
-                let last = sub.slots.get(..sub.inline_len())?.last()?;
-                Some(epoch + i64::from(sub.base) + slot::offset(*last))
-            }
-        }
-    }
-
-    fn has_live_events(
-        &self,
-        record: u32,
-        member: usize,
-        geometry: Buckets,
-        epoch: i64,
-        now_bucket: i64,
-    ) -> bool {
-        let sub = self.sub(record, member);
-        self.newest_bucket(&sub, epoch)
-            .is_some_and(|bucket| geometry.live(bucket, now_bucket))
-    }
-
-    fn release_ring(&mut self, sub: &Sub) {
-        if let Some(ring) = sub.ring() {
-            self.rings.release(ring);
-        }
-    }
-
-    /// `bucket` relative to the member's epoch.
-    fn relative(&self, member: usize, bucket: i64) -> u32 {
-        let epoch = self
-            .members
-            .get(member)
-            .and_then(|m| m.epoch)
-            .unwrap_or(bucket);
-        u32::try_from(bucket - epoch).unwrap_or(0).min(SPILLED - 1)
-    }
-
-    /// Sets the member's epoch on its first event, and moves it forward (rebasing every
-    /// counting key) long before relative bases could overflow.
-    fn set_epoch(&mut self, member: usize, now_bucket: i64) {
-        let Some(m) = self.members.get_mut(member) else {
-            return;
-        };
-        // Keys are never based more than MAX_SPAN buckets before the current one.
-        let fresh = now_bucket - 2 * MAX_SPAN;
-        let old = match m.epoch {
-            None => {
-                m.epoch = Some(fresh);
-                return;
-            }
-            Some(old) if now_bucket - old >= REBASE_AFTER => old,
-            Some(_) => return,
-        };
-        m.epoch = Some(fresh);
-        let mut record = m.counting.head;
-        while record != NIL {
-            let mut sub = self.sub(record, member);
-            let base = old + i64::from(sub.base);
-            if sub.ring().is_some() {
-                let last = old + i64::from(sub.base & !SPILLED);
-                if last < fresh {
-                    // All buckets are dead (see below).
-                    self.release_ring(&sub);
-                    sub.slots = [0; INLINE_SLOTS];
-                    sub.base = 0;
-                } else {
-                    sub.base = SPILLED | u32::try_from(last - fresh).unwrap_or(0);
-                }
-            } else if base < fresh {
-                // Every slot is older than 2 * MAX_SPAN buckets, so none is live: an empty
-                // window counts the same.
-                sub.slots = [0; INLINE_SLOTS];
-                sub.base = 0;
-            } else {
-                sub.base = u32::try_from(base - fresh).unwrap_or(0);
-            }
-            self.set_sub(record, member, sub);
-            record = sub.next;
-        }
-    }
-
-    /// Counts one event of `record` for `member` in `now_bucket`; returns the window's count,
-    /// this event included.
-    fn count_event(&mut self, record: u32, member: usize, now_bucket: i64) -> u64 {
-        let Some(m) = self.members.get(member) else {
-            return 0;
-        };
-        let (geometry, epoch) = (m.geometry, m.epoch.unwrap_or_default());
-        let sub = self.sub(record, member);
-        let sub = match sub.ring() {
-            Some(ring) => self.count_in_ring(member, sub, ring, geometry, epoch, now_bucket),
-            None => self.count_inline(member, sub, geometry, epoch, now_bucket),
-        };
-        self.set_sub(record, member, sub.0);
-        sub.1
-    }
-
-    fn count_in_ring(
-        &mut self,
-        member: usize,
-        mut sub: Sub,
-        ring: u32,
-        geometry: Buckets,
-        epoch: i64,
-        now_bucket: i64,
-    ) -> (Sub, u64) {
-        let last = epoch + i64::from(sub.base & !SPILLED);
-        let span = geometry.span();
-        let counted = self.rings.count(ring, span, last, sub.slots[0], now_bucket);
-        if counted.used <= INLINE_SLOTS {
-            // Back inline, based at the oldest live bucket.
-            let live = self.rings.live(counted.id, span, now_bucket);
-            self.rings.release(counted.id);
-            let base = live.first().map_or(now_bucket, |&(bucket, _)| bucket);
-            let mut inline = [0; INLINE_SLOTS];
-            for (to, &(bucket, count)) in inline.iter_mut().zip(live.iter()) {
-                *to = slot::pack(bucket - base, count);
-            }
-            sub.base = self.relative(member, base);
-            sub.slots = inline;
-        } else {
-            sub.base = SPILLED | self.relative(member, now_bucket);
-            sub.slots = [counted.before + 1, counted.id];
-        }
-        (sub, u64::from(counted.before) + 1)
-    }
-
-    fn count_inline(
-        &mut self,
-        member: usize,
-        mut sub: Sub,
-        geometry: Buckets,
-        epoch: i64,
-        now_bucket: i64,
-    ) -> (Sub, u64) {
-        let mut base = epoch + i64::from(sub.base);
-        let mut inline = sub.slots;
-        let (len, total) = window::expire_slots(
-            geometry,
-            &mut base,
-            inline.get_mut(..sub.inline_len()).unwrap_or_default(),
-            now_bucket,
-        );
-        let offset = now_bucket - base;
-        let last = len.checked_sub(1).and_then(|i| inline.get_mut(i));
-        let len = match last {
-            Some(last) if slot::offset(*last) == offset => {
-                *last = slot::increment(*last);
-                len
-            }
-            _ => match inline.get_mut(len) {
-                Some(free) => {
-                    *free = slot::pack(offset, 1);
-                    len + 1
-                }
-                None => {
-                    // A third live bucket: the window moves to a ring.
-                    let [a, b] = inline.map(|s| (base + slot::offset(s), slot::count(s)));
-                    let ring = self.rings.create(&[a, b, (now_bucket, 1)]);
-                    let total = u32::try_from(total + 1).unwrap_or(u32::MAX);
-                    sub.base = SPILLED | self.relative(member, now_bucket);
-                    sub.slots = [total, ring];
-                    return (sub, total.into());
-                }
-            },
-        };
-        for unused in inline.iter_mut().skip(len) {
-            *unused = 0;
-        }
-        sub.slots = inline;
-        sub.base = self.relative(member, base);
-        (sub, total + 1)
     }
 
     /// Starts tracking `key` for `member`, in `record` if some other member tracks it.
@@ -785,68 +500,6 @@ impl KeyStore {
             }
             self.free = record;
             self.records -= 1;
-        }
-    }
-
-    fn ends(&mut self, member: usize, list: List) -> Option<&mut Ends> {
-        let m = self.members.get_mut(member)?;
-        Some(match list {
-            List::Counting => &mut m.counting,
-            List::Blocked => &mut m.blocked,
-        })
-    }
-
-    fn unlink(&mut self, record: u32, member: usize) {
-        let sub = self.sub(record, member);
-        let list = sub.list();
-        if sub.prev == NIL {
-            if let Some(ends) = self.ends(member, list) {
-                ends.head = sub.next;
-            }
-        } else {
-            self.set_links(sub.prev, member, None, Some(sub.next));
-        }
-        if sub.next == NIL {
-            if let Some(ends) = self.ends(member, list) {
-                ends.tail = sub.prev;
-            }
-        } else {
-            self.set_links(sub.next, member, Some(sub.prev), None);
-        }
-        self.set_links(record, member, Some(NIL), Some(NIL));
-    }
-
-    fn push_front(&mut self, record: u32, member: usize, list: List) {
-        let Some(head) = self.ends(member, list).map(|e| e.head) else {
-            return;
-        };
-        self.set_links(record, member, Some(NIL), Some(head));
-        if head == NIL {
-            if let Some(ends) = self.ends(member, list) {
-                ends.tail = record;
-            }
-        } else {
-            self.set_links(head, member, Some(record), None);
-        }
-        if let Some(ends) = self.ends(member, list) {
-            ends.head = record;
-        }
-    }
-
-    fn push_back(&mut self, record: u32, member: usize, list: List) {
-        let Some(tail) = self.ends(member, list).map(|e| e.tail) else {
-            return;
-        };
-        self.set_links(record, member, Some(tail), Some(NIL));
-        if tail == NIL {
-            if let Some(ends) = self.ends(member, list) {
-                ends.head = record;
-            }
-        } else {
-            self.set_links(tail, member, None, Some(record));
-        }
-        if let Some(ends) = self.ends(member, list) {
-            ends.tail = record;
         }
     }
 }
