@@ -93,16 +93,20 @@ fn main() -> anyhow::Result<()> {
         "{:<28} {:>14} {:>14} {:>10} {:>10} {:>12}",
         "policy", "events/s", "events/CPU-s", "vs 4 rules", "actions", "cond. errors"
     );
-    let mut baseline = None;
-    for case in &cases {
-        let mut best = Rate::default();
-        let mut outcome = (0, 0);
-        for _ in 0..args.runs.max(1) {
+    // Runs go round the cases, so that every case sees the same spread of machine load.
+    let mut best = vec![Rate::default(); cases.len()];
+    let mut outcomes = vec![(0, 0); cases.len()];
+    for _ in 0..args.runs.max(1) {
+        for (i, case) in cases.iter().enumerate() {
             let (rate, actions, errors) = engine_run(&case.policy, &events);
-            best = best.best(rate);
-            outcome = (actions, errors);
+            if let (Some(best), Some(outcome)) = (best.get_mut(i), outcomes.get_mut(i)) {
+                *best = best.best(rate);
+                *outcome = (actions, errors);
+            }
         }
-        let base: Rate = *baseline.get_or_insert(best);
+    }
+    let base = best.first().copied().unwrap_or_default();
+    for ((case, best), outcome) in cases.iter().zip(&best).zip(&outcomes) {
         println!(
             "{:<28} {:>14.0} {:>14.0} {:>10.3} {:>10} {:>12}",
             case.name,
@@ -260,17 +264,21 @@ fn replay_all(args: &Args, cases: &[Case], simulate: &Path, dir: &Path) -> anyho
         "{:<28} {:>14} {:>14} {:>10}",
         "policy", "events/s", "events/CPU-s", "vs 4 rules"
     );
-    let mut baseline = None;
+    let mut paths = Vec::new();
     for (i, case) in cases.iter().enumerate() {
-        let policy_path = dir.join(format!("policy-{i}.json"));
-        std::fs::write(&policy_path, &case.json)?;
-        let mut best = Rate::default();
-        for _ in 0..args.runs.max(1) {
+        let path = dir.join(format!("policy-{i}.json"));
+        std::fs::write(&path, &case.json)?;
+        paths.push(path);
+    }
+    // Runs go round the cases, so that every case sees the same spread of machine load.
+    let mut best = vec![Rate::default(); cases.len()];
+    for _ in 0..args.runs.max(1) {
+        for ((case, policy_path), best) in cases.iter().zip(&paths).zip(best.iter_mut()) {
             let started = Instant::now();
             let cpu = cpu::children_secs();
             let output = Command::new(simulate)
                 .arg("--policy")
-                .arg(&policy_path)
+                .arg(policy_path)
                 .arg("--events")
                 .arg(&events_path)
                 .stdout(Stdio::null())
@@ -287,9 +295,11 @@ fn replay_all(args: &Args, cases: &[Case], simulate: &Path, dir: &Path) -> anyho
             if !output.status.success() || !summary.lines().any(|l| l == expected) {
                 bail!("`simulate` failed on {}: {summary}", case.name);
             }
-            best = best.best(rate);
+            *best = best.best(rate);
         }
-        let base: Rate = *baseline.get_or_insert(best);
+    }
+    let base = best.first().copied().unwrap_or_default();
+    for (case, best) in cases.iter().zip(&best) {
         println!(
             "{:<28} {:>14.0} {:>14.0} {:>10.3}",
             case.name,
