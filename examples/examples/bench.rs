@@ -82,6 +82,14 @@ fn throughput(name: &str, policy: &Policy, events: &[ThreatEvent], runs: usize) 
         outcome.0,
         outcome.1
     );
+    examples::figure(
+        &format!("engine, {name}"),
+        format!(
+            "{:.2} M events/s ({:.2} M per CPU-second)",
+            best.wall / 1e6,
+            best.cpu / 1e6
+        ),
+    );
 }
 
 fn rss_bytes() -> u64 {
@@ -137,6 +145,7 @@ fn main() -> anyhow::Result<()> {
         engine.stats().tracked_keys,
         after / 1_000_000
     );
+    let per_key = after.saturating_sub(before) as f64 / engine.stats().tracked_keys.max(1) as f64;
     drop(engine);
 
     // Spray: RSS must stay flat once the cap is reached.
@@ -175,6 +184,17 @@ fn main() -> anyhow::Result<()> {
         engine.stats().evictions,
         f64::from(args.spray) / secs
     );
+    examples::figure(
+        "tracked-key memory (block_ip)",
+        format!(
+            "{per_key:.1} bytes/key at {} keys; RSS growth {:.1} % from {} to {} distinct IPs (cap {})",
+            args.cap,
+            (max / at_cap.max(1.0) - 1.0) * 100.0,
+            args.cap,
+            args.spray,
+            args.cap
+        ),
+    );
     drop(engine);
 
     let lines = workload::event_lines(args.events);
@@ -197,6 +217,7 @@ fn main() -> anyhow::Result<()> {
         "JSON Lines parsing",
         text.len() / lines.len().max(1)
     );
+    examples::figure("JSON Lines -> `ThreatEvent`", format!("{best:.0} MB/s"));
     let parsed =
         policy_engine::event::parse_lines(text.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     drop(text);

@@ -1,17 +1,19 @@
 //! Operator commands for what the executors left on a host: list and restore quarantined
-//! files, list and lift firewall blocks, release an isolation.
+//! files, list and lift firewall blocks, release an isolation; and `protected`, which says
+//! what `kill_process` and `quarantine_file` would refuse on this host.
 //!
 //! `cargo run -p examples --example executor_ctl -- --help`. Point `--state-dir` at the agent's
 //! state directory (the layout of `HostConfig::new`: `firewall/`, `isolation/`, `quarantine/`).
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use policy_engine::PolicyDuration;
 use policy_engine::executor::{
-    Firewall, FirewallConfig, Isolation, IsolationConfig, Quarantine, QuarantineConfig,
+    Firewall, FirewallConfig, Isolation, IsolationConfig, Protection, Quarantine, QuarantineConfig,
+    SafetyConfig,
 };
 
 #[derive(Parser)]
@@ -55,6 +57,21 @@ enum Cmd {
     Isolated,
     /// End an isolation.
     Release,
+    /// Say whether the agent would refuse to kill each PID or quarantine each path given, and
+    /// why; with none, list what is protected.
+    Protected {
+        /// The host's safety file, as given to the agent.
+        #[arg(long, value_name = "FILE")]
+        safety_config: Option<PathBuf>,
+        /// A protected path prefix, as given to the agent (repeatable).
+        #[arg(long, value_name = "PATH")]
+        protect_path: Vec<PathBuf>,
+        /// A protected process, as given to the agent (repeatable).
+        #[arg(long, value_name = "EXE|NAME")]
+        protect_process: Vec<String>,
+        /// PIDs and absolute paths.
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -118,6 +135,51 @@ fn main() -> Result<()> {
                 println!("the host was not isolated");
             }
         }
+        Cmd::Protected {
+            safety_config,
+            protect_path,
+            protect_process,
+            targets,
+        } => {
+            let config =
+                SafetyConfig::load(safety_config.as_deref(), &protect_path, &protect_process)?
+                    .with_agent_path(&args.state_dir);
+            let protection = Protection::new(&config)?;
+            if targets.is_empty() {
+                print_protected(&config);
+            }
+            for target in targets {
+                let refusal = match target.parse::<u32>() {
+                    Ok(pid) => protection.process_refusal(pid),
+                    Err(_) => protection.file_refusal(Path::new(&target)),
+                };
+                match refusal {
+                    Some(why) => println!("{target}: refused: {why}"),
+                    None => println!("{target}: not protected"),
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// The protections in force besides the floor, one `kind value` per line.
+fn print_protected(config: &SafetyConfig) {
+    let lists: [(&str, Vec<String>); 6] = [
+        ("path", shown(&config.protected_paths)),
+        ("allowed-path", shown(&config.allowed_paths)),
+        ("agent-path", shown(&config.agent_paths)),
+        ("executable", shown(&config.protected_executables)),
+        ("name", config.protected_names.clone()),
+        ("master", config.protected_masters.clone()),
+    ];
+    for (kind, values) in lists {
+        for value in values {
+            println!("{kind} {value}");
+        }
+    }
+}
+
+fn shown(paths: &[PathBuf]) -> Vec<String> {
+    paths.iter().map(|p| p.display().to_string()).collect()
 }

@@ -224,6 +224,11 @@ fn addresses(n: usize, offset: usize) -> Vec<IpAddr> {
         .collect()
 }
 
+/// The median of sorted latencies.
+fn median(v: &[f64]) -> f64 {
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 fn summary(label: &str, v: &[f64]) {
     let pick = |q: f64| {
         let index = ((v.len() as f64 - 1.0) * q).round() as usize;
@@ -271,6 +276,10 @@ fn bench(args: &Args) -> Result<()> {
         elapsed.as_secs_f64(),
         rate
     );
+    examples::figure(
+        &format!("nftables blocks, batches of {}", args.batch),
+        format!("{rate:.0} IPs/s"),
+    );
 
     // Re-blocking every address (extension path: add, delete, add) in one batch.
     let start = Instant::now();
@@ -289,6 +298,15 @@ fn bench(args: &Args) -> Result<()> {
     println!("\nTCP connect latency from a non-blocked address (SYN and ACK traverse the chain):");
     summary("set with 10 addresses", &with_10);
     summary(&format!("set with {} addresses", all.len() + 10), &with_all);
+    examples::figure(
+        "nftables set lookup (TCP connect p50)",
+        format!(
+            "{:.1} us with 10 elements, {:.1} us with {}",
+            median(&with_10),
+            median(&with_all),
+            all.len() + 10
+        ),
+    );
 
     if args.rules > 0 {
         firewall.remove_table()?;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Datelike, Utc};
 use clap::{Parser, ValueEnum};
+use examples::SafetyArgs;
 use policy_engine::executor::{Cidr, Executor, HostConfig, HostExecutor, describe};
 use policy_engine::sshd::{
     DEFAULT_MAX_CONNECTIONS, LineFormat, LogFollower, SshdConfig, SshdTracker,
@@ -97,6 +98,8 @@ struct Args {
     /// With --follow on a file: how often to look for new lines, in milliseconds.
     #[arg(long, default_value_t = 200)]
     poll_ms: u64,
+    #[command(flatten)]
+    safety: SafetyArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -164,8 +167,10 @@ fn main() -> Result<()> {
 }
 
 fn open_executor(args: &Args) -> Result<HostExecutor> {
-    let mut config =
-        HostConfig::new(&args.state_dir, Vec::new()).with_allowlist(args.allow.clone());
+    let safety = args.safety.load()?;
+    let mut config = HostConfig::new(&args.state_dir, Vec::new())
+        .with_allowlist(args.allow.clone())
+        .with_safety(safety);
     if let Some(command) = &args.nft_command {
         config = config.with_nft_command(command.split_whitespace().map(str::to_owned).collect());
     }

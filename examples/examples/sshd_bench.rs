@@ -113,6 +113,18 @@ fn run(path: &Path, total: u64) -> Result<()> {
         rss_start / 1024,
         peak_kib() / 1024
     );
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    examples::figure(
+        &format!("SSH guard, log line -> action ({name})"),
+        format!(
+            "{:.2} M lines/s, peak RSS {} MiB",
+            n as f64 / elapsed / 1e6,
+            peak_kib() / 1024
+        ),
+    );
     Ok(())
 }
 

@@ -305,7 +305,7 @@ fn real_sshd_brute_force_is_blocked_and_the_right_password_still_works() {
             .unwrap();
         assert!(
             found.status.success(),
-            "`{tool}` is missing: apt-get install openssh-server sshpass nftables iproute2"
+            "`{tool}` is missing: run `.ci/test` as root (it installs what the tests need), or apt-get install openssh-server sshpass nftables iproute2 passwd"
         );
     }
     let id = std::process::id();

@@ -183,10 +183,16 @@ fn refuses_directories_devices_symlinks_and_kernel_paths() {
         format!("`{d}/sub` is a directory")
     );
     fs::write(dir.0.join("target"), b"x").unwrap();
-    std::os::unix::fs::symlink("/etc/hostname", dir.0.join("link")).unwrap();
+    std::os::unix::fs::symlink(dir.0.join("target"), dir.0.join("link")).unwrap();
     assert_eq!(
         refusal(&mut quarantine, &dir.0.join("link")),
-        format!("`{d}/link` is a symlink to `/etc/hostname`: quarantine the target itself")
+        format!("`{d}/link` is a symlink to `{d}/target`: quarantine the target itself")
+    );
+    // A link to a protected file is refused as that file.
+    std::os::unix::fs::symlink("/etc/hostname", dir.0.join("etc-link")).unwrap();
+    assert_eq!(
+        refusal(&mut quarantine, &dir.0.join("etc-link")),
+        format!("protected path `/etc/hostname` (resolved from `{d}/etc-link`) is under `/etc`")
     );
     assert_eq!(
         refusal(&mut quarantine, Path::new("/dev/null")),

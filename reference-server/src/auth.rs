@@ -1,5 +1,5 @@
-//! Tokens and who they speak for: generation, SHA-256 hashing, constant-time lookup, roles
-//! and org scoping.
+//! Tokens and who they speak for: generation, SHA-256 hashing, constant-time lookup in memory,
+//! roles and org scoping. Storing tokens is the store's; this module only knows principals.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -10,8 +10,6 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
-use crate::models::now_rfc3339;
-use crate::store::{Store, StoreError};
 
 /// Who a token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,28 +31,21 @@ pub enum Principal {
 }
 
 impl Principal {
-    /// `(role, org_id, agent_id)` as stored.
-    pub fn columns(&self) -> (&'static str, Option<String>, Option<String>) {
+    /// The name shown as `actor` in the audit and `by`/`decidedBy` in answers: the agent id,
+    /// `admin` (global) or `admin:<org>`.
+    pub fn actor(&self) -> String {
         match self {
-            Self::GlobalAdmin => ("admin", None, None),
-            Self::OrgAdmin { org_id } => ("admin", Some(org_id.clone()), None),
-            Self::Agent { agent_id, org_id } => {
-                ("agent", Some(org_id.clone()), Some(agent_id.clone()))
-            }
+            Self::GlobalAdmin => "admin".to_owned(),
+            Self::OrgAdmin { org_id } => format!("admin:{org_id}"),
+            Self::Agent { agent_id, .. } => agent_id.clone(),
         }
     }
 
-    /// The principal of a stored row.
-    pub fn from_columns(
-        role: &str,
-        org_id: Option<String>,
-        agent_id: Option<String>,
-    ) -> Option<Self> {
-        match (role, org_id, agent_id) {
-            ("admin", None, None) => Some(Self::GlobalAdmin),
-            ("admin", Some(org_id), None) => Some(Self::OrgAdmin { org_id }),
-            ("agent", Some(org_id), Some(agent_id)) => Some(Self::Agent { agent_id, org_id }),
-            _ => None,
+    /// The org an admin is confined to; `None` for the global admin (every org).
+    pub fn confined_org(&self) -> Option<&str> {
+        match self {
+            Self::GlobalAdmin => None,
+            Self::OrgAdmin { org_id } | Self::Agent { org_id, .. } => Some(org_id),
         }
     }
 
@@ -153,13 +144,13 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// Loads all stored tokens.
-    pub async fn load(store: &Store) -> Result<Self, StoreError> {
+    /// A cache of `tokens` (every stored token, at start).
+    pub fn new(tokens: impl IntoIterator<Item = (TokenHash, Principal)>) -> Self {
         let cache = Self::default();
-        for (hash, principal) in store.tokens().await? {
+        for (hash, principal) in tokens {
             cache.insert(hash, principal);
         }
-        Ok(cache)
+        cache
     }
 
     /// Adds a token (after it is stored).
@@ -195,27 +186,4 @@ impl TokenCache {
             _ => Err(ApiError::unauthorized("unknown token")),
         }
     }
-}
-
-/// Makes sure a global admin token exists: `configured` (from `POLICY_ADMIN_TOKEN`) becomes the
-/// only global admin token; without it, a data dir with no global admin gets a generated one,
-/// returned so that it can be printed once.
-pub async fn bootstrap_admin(
-    store: &Store,
-    configured: Option<&str>,
-) -> Result<Option<String>, StoreError> {
-    if let Some(token) = configured {
-        store
-            .set_global_admin(TokenHash::of(token), now_rfc3339())
-            .await?;
-        return Ok(None);
-    }
-    if store.has_global_admin().await? {
-        return Ok(None);
-    }
-    let token = generate_token("adm");
-    store
-        .insert_token(TokenHash::of(&token), Principal::GlobalAdmin, now_rfc3339())
-        .await?;
-    Ok(Some(token))
 }

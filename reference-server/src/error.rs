@@ -1,13 +1,12 @@
-//! The JSON error envelope, the API's error type and the one `recover()` that maps every
-//! rejection to it.
+//! The API's error type: a status, a stable code, a message (and the path of the offending
+//! value), answered in the protocol's error envelope. Every layer returns it; the HTTP layer's
+//! one `recover()` maps warp's own rejections to it too.
 
-use std::convert::Infallible;
-
+use policy_engine::protocol::{ErrorBody, ErrorEnvelope, ErrorItem};
 use policy_engine::{PolicyError, ValidationError};
-use serde::Serialize;
+use warp::Reply;
 use warp::http::StatusCode;
 use warp::reply::Response;
-use warp::{Rejection, Reply};
 
 /// An error answered as `{"ok":false,"error":{"code","message","path"?,"errors"?}}`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +25,12 @@ pub struct ApiError {
 }
 
 impl warp::reject::Reject for ApiError {}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        self.to_response()
+    }
+}
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -67,6 +72,12 @@ impl ApiError {
     /// approval already decided or expired).
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    /// The same error about the value at `path`.
+    pub fn at(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
     }
 
     /// 405 `method_not_allowed`.
@@ -135,72 +146,33 @@ impl ApiError {
         )
     }
 
-    /// The error as an HTTP response.
+    /// The error as an HTTP response, in the protocol's [`ErrorEnvelope`].
     pub fn to_response(&self) -> Response {
-        let body = ErrorEnvelope {
-            ok: false,
-            error: ErrorBody {
-                code: self.code,
-                message: &self.message,
-                path: self.path.as_deref(),
-                errors: self
-                    .errors
-                    .iter()
-                    .map(|e| ErrorItem {
-                        path: &e.path,
-                        message: &e.message,
-                    })
-                    .collect(),
-            },
-        };
+        let body = ErrorEnvelope::new(ErrorBody {
+            code: self.code.to_owned(),
+            message: self.message.clone(),
+            path: self.path.clone(),
+            errors: self
+                .errors
+                .iter()
+                .map(|e| ErrorItem {
+                    path: e.path.clone(),
+                    message: e.message.clone(),
+                })
+                .collect(),
+        });
         warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+    }
+}
+
+impl From<Vec<ValidationError>> for ApiError {
+    /// 422 with every error (a strict reader's result).
+    fn from(errors: Vec<ValidationError>) -> Self {
+        Self::from_validation(errors)
     }
 }
 
 /// Whether a library error is a JSON syntax error (400) rather than a validation error (422).
 pub fn is_syntax_error(error: &ValidationError) -> bool {
     error.path.is_empty() && error.message.starts_with("invalid JSON")
-}
-
-#[derive(Serialize)]
-struct ErrorEnvelope<'a> {
-    ok: bool,
-    error: ErrorBody<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: &'static str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<&'a str>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    errors: Vec<ErrorItem<'a>>,
-}
-
-#[derive(Serialize)]
-struct ErrorItem<'a> {
-    path: &'a str,
-    message: &'a str,
-}
-
-/// Maps every rejection (unknown route, wrong method, bad query, our own errors) to the
-/// envelope. Handlers answer their own errors directly; what reaches here is routing.
-pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
-    let error = if let Some(error) = rejection.find::<ApiError>() {
-        error.clone()
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        ApiError::method_not_allowed()
-    } else if rejection.is_not_found() {
-        ApiError::not_found("no such endpoint")
-    } else if let Some(err) = rejection.find::<warp::reject::InvalidQuery>() {
-        ApiError::bad_request(format!("invalid query string: {err}"))
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        ApiError::too_large(crate::MAX_BODY_BYTES)
-    } else if let Some(err) = rejection.find::<warp::reject::InvalidHeader>() {
-        ApiError::bad_request(err.to_string())
-    } else {
-        ApiError::internal(format!("unhandled rejection: {rejection:?}"))
-    };
-    Ok(error.to_response())
 }

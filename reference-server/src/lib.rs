@@ -19,155 +19,91 @@
 //! server.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! The layers, each importing only those below it (`tests/layering.rs` checks it):
+//!
+//! ```text
+//! lib (start, RunningServer) ─▶ http (routes, filters, handlers) ─▶ app (AppState)
+//!        │                                                            │
+//!        ▼                                                            ▼
+//!   transport (listener, TLS, SSE hub) ◀── fleet (the domain) ──▶ store (trait + SQLite)
+//!                                                │                    │
+//!                                                ▼                    ▼
+//!                                   auth, error, clock (and policy_engine::protocol)
+//! ```
 #![deny(missing_docs)]
 
-pub mod approvals;
-pub mod audit;
+pub mod app;
 pub mod auth;
-pub mod blocks;
-pub mod body;
+pub mod clock;
+pub mod config;
 pub mod error;
-pub mod filters;
-mod fleet;
-mod handlers;
-pub mod hub;
-pub mod models;
-pub mod notify;
-pub mod overrides;
-pub mod report;
-pub mod serve;
+pub mod fleet;
+pub mod http;
 pub mod store;
-pub mod tls;
+pub mod transport;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
+pub use app::AppState;
+pub use config::{ServerConfig, TlsMode};
+/// The notification config of [`ServerConfig::notify`] (`--notify-config`).
+pub use fleet::notify;
+pub use http::body::MAX_BODY_BYTES;
 
-pub use serve::RunningServer;
+use crate::transport::{Listening, ServeOptions, Shutdown, tls};
 
-/// Largest request body accepted, in bytes (1 MiB); larger bodies get 413.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// How the server secures its listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsMode {
-    /// HTTPS with a self-signed certificate kept in the data dir (`tls/cert.pem`,
-    /// `tls/key.pem`), generated on first start and reused after.
-    SelfSigned,
-    /// HTTPS with the given PEM certificate chain and private key.
-    Files {
-        /// PEM certificate chain.
-        cert: PathBuf,
-        /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-        key: PathBuf,
-    },
-    /// Plain HTTP, for loopback tests.
-    Plain,
-}
-
-/// Everything [`start`] needs.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Address to listen on; port 0 picks a free one (see [`RunningServer::local_addr`]).
-    pub listen: SocketAddr,
-    /// Directory for the SQLite database and the generated TLS material; created if missing.
-    pub data_dir: PathBuf,
-    /// TLS or plain HTTP.
-    pub tls: TlsMode,
-    /// Global admin token to accept (the `POLICY_ADMIN_TOKEN` variable). `None` on a fresh data
-    /// dir generates one, reported by [`RunningServer::generated_admin_token`].
-    pub admin_token: Option<String>,
-    /// Longest silence on an event stream before a keep-alive comment is sent.
-    pub keep_alive: Duration,
-    /// Events queued per event stream before a slow agent is disconnected.
-    pub stream_queue: usize,
-    /// How long an agent counts as online after its last heartbeat when it has no open stream.
-    pub online_window: Duration,
-    /// How long shutdown waits for open connections to finish before dropping them.
-    pub shutdown_grace: Duration,
-    /// Notification channels (`--notify-config`); `None` accepts any channel name in policies
-    /// (with a warning) and delivers nothing.
-    pub notify: Option<notify::NotifyConfig>,
-    /// How long an approval request waits for a decision and the approved action for its
-    /// execution.
-    pub approval_ttl: Duration,
-    /// How often expired approval requests are marked expired (with their audit entry).
-    pub approval_sweep: Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
-            data_dir: PathBuf::from("data"),
-            tls: TlsMode::SelfSigned,
-            admin_token: None,
-            keep_alive: Duration::from_secs(15),
-            stream_queue: 16,
-            online_window: Duration::from_secs(90),
-            shutdown_grace: Duration::from_secs(5),
-            notify: None,
-            approval_ttl: Duration::from_secs(3600),
-            approval_sweep: Duration::from_secs(5),
-        }
-    }
-}
-
-/// The state shared by all handlers.
+/// A started server. Dropping it also stops the server (without waiting).
 #[derive(Debug)]
-pub struct AppState {
-    /// The database.
-    pub store: store::Store,
-    /// Open event streams.
-    pub hub: hub::Hub,
-    /// Tokens in memory, keyed by hash.
-    pub tokens: auth::TokenCache,
-    /// Serializes policy and override writes with their broadcasts, so that every stream sees
-    /// versions in order.
-    pub publish: tokio::sync::Mutex<()>,
-    /// See [`ServerConfig::online_window`].
-    pub online_window: Duration,
-    /// See [`ServerConfig::notify`].
-    pub notify: Option<notify::NotifyConfig>,
-    /// See [`ServerConfig::approval_ttl`].
-    pub approval_ttl: Duration,
-    /// HTTP client for webhook and Telegram deliveries.
-    pub http: reqwest::Client,
+pub struct RunningServer {
+    listening: Listening,
+    admin_token: Option<String>,
+    generated_admin_token: Option<String>,
+    state: Arc<AppState>,
 }
 
-impl AppState {
-    /// Opens the data dir and the database and sets up the admin token. Returns the state and
-    /// the admin token generated on this start, if any. [`start`] does this first; handler
-    /// tests use it with `warp::test` and [`filters::routes`].
-    pub async fn open(config: &ServerConfig) -> anyhow::Result<(Arc<Self>, Option<String>)> {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("cannot create data dir `{}`", config.data_dir.display()))?;
-        let store = store::Store::open(&config.data_dir.join("policy.db"))
-            .await
-            .context("cannot open the database")?;
-        let generated_admin_token = auth::bootstrap_admin(&store, config.admin_token.as_deref())
-            .await
-            .context("cannot set up the admin token")?;
-        let tokens = auth::TokenCache::load(&store)
-            .await
-            .context("cannot load tokens")?;
-        let state = Arc::new(AppState {
-            store,
-            hub: hub::Hub::new(config.stream_queue, config.keep_alive),
-            tokens,
-            publish: tokio::sync::Mutex::new(()),
-            online_window: config.online_window,
-            notify: config.notify.clone(),
-            approval_ttl: config.approval_ttl,
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .context("cannot build the notification HTTP client")?,
-        });
-        Ok((state, generated_admin_token))
+impl RunningServer {
+    /// The bound address (the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listening.local_addr()
+    }
+
+    /// `https://127.0.0.1:PORT` or `http://...`.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.listening.is_tls() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.listening.local_addr())
+    }
+
+    /// Whether the listener speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.listening.is_tls()
+    }
+
+    /// The global admin token: the configured one, or the one generated on this start. `None`
+    /// when the data dir already had a generated token (it was printed on its first start).
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_deref()
+    }
+
+    /// The admin token generated on this start (fresh data dir, no configured token): print it.
+    pub fn generated_admin_token(&self) -> Option<&str> {
+        self.generated_admin_token.as_deref()
+    }
+
+    /// The shared state (for tests and benchmarks: open streams, the store).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Stops accepting, ends every event stream, waits for open requests (up to the grace
+    /// period) and closes the database.
+    pub async fn shutdown(self) {
+        self.listening.stop().await;
     }
 }
 
@@ -175,7 +111,7 @@ impl AppState {
 /// serves until [`RunningServer::shutdown`].
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (state, generated_admin_token) = AppState::open(&config).await?;
-    fleet::spawn_sweeper(Arc::downgrade(&state), config.approval_sweep);
+    fleet::sweeper::spawn(Arc::downgrade(&state.store), config.approval_sweep);
     let acceptor = match &config.tls {
         TlsMode::Plain => None,
         TlsMode::SelfSigned => Some(tls::acceptor(&tls::self_signed(&config.data_dir)?)?),
@@ -188,13 +124,23 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .admin_token
         .clone()
         .or_else(|| generated_admin_token.clone());
-    serve::spawn(serve::ServeOptions {
+    let hub = state.hub.clone();
+    let store = state.store.clone();
+    let listening = transport::listener::spawn(ServeOptions {
         listen: config.listen,
         acceptor,
-        state,
+        routes: http::routes(state.clone()),
+        shutdown_grace: config.shutdown_grace,
+        shutdown: Shutdown {
+            close_streams: Box::new(move || hub.close()),
+            finally: Box::pin(async move { store.close().await }),
+        },
+    })
+    .await?;
+    Ok(RunningServer {
+        listening,
         admin_token,
         generated_admin_token,
-        shutdown_grace: config.shutdown_grace,
+        state,
     })
-    .await
 }

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use policy_engine::{Policy, PolicyVersion};
-use reference_server::hub::Hub;
+use reference_server::fleet::EventHub as Hub;
+use reference_server::http as filters;
 use reference_server::store::StoredPolicy;
-use reference_server::{AppState, ServerConfig, TlsMode, filters};
+use reference_server::{AppState, ServerConfig, TlsMode};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "handler-admin";
@@ -124,7 +125,7 @@ async fn chunked_bodies_are_bounded_without_content_length() {
     let chunks = futures_util::stream::iter(
         (0..4).map(|_| Ok::<_, warp::Error>(Bytes::from_static(b"0123456789"))),
     );
-    let error = reference_server::body::read_limited(None, chunks, 25)
+    let error = reference_server::http::body::read_limited(None, chunks, 25)
         .await
         .unwrap_err();
     assert_eq!(
@@ -143,7 +144,8 @@ fn stored(version: u64) -> StoredPolicy {
         org_id: "default".into(),
         version: PolicyVersion::new(version),
         policy: Arc::new(policy),
-        created_at: "2026-03-07T12:00:00.000Z".into(),
+        created_at: "2026-03-07T12:00:00.000Z".parse().unwrap(),
+        signature: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! `kill_process`: SIGTERM, then SIGKILL after a grace period, with guards against killing the
 //! wrong process.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, getpid, getppid};
 
 use super::outcome::Outcome;
+use super::procfs::{self, Stat};
+use super::protect::Protection;
 
 /// How processes are ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,74 +36,114 @@ impl Default for KillConfig {
 
 /// Ends processes by PID.
 ///
-/// Refuses PID 1, the agent itself and its parent. When the action names the process, the PID
-/// must still belong to a process of that name (`comm`, the executable or `argv[0]`), or the
-/// PID may have been reused and nothing is killed. Between signals the process's start time
-/// from `/proc/PID/stat` must stay the same.
+/// Refuses PID 1, the agent itself and its parent, and every process its [`Protection`]
+/// protects (decided on `/proc/PID/exe` at kill time). When the action names the process, the
+/// PID must still belong to a process of that name (`comm`, the executable or `argv[0]`), or
+/// the PID may have been reused and nothing is killed. The process is pinned with a pidfd
+/// before it is looked at, and its start time from `/proc/PID/stat` must stay the same while
+/// it is looked at and between signals: the process signalled is the process checked.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessKiller {
     config: KillConfig,
-}
-
-/// What `/proc/PID/stat` says about a process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stat {
-    comm: String,
-    state: char,
-    start_time: u64,
+    protection: Protection,
 }
 
 impl ProcessKiller {
-    /// A killer with `config`.
+    /// A killer with `config` and the default protections ([`Protection::default`]).
     pub fn new(config: KillConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            protection: Protection::default(),
+        }
+    }
+
+    /// The same killer, refusing what `protection` protects instead.
+    pub fn with_protection(mut self, protection: Protection) -> Self {
+        self.protection = protection;
+        self
     }
 
     /// Ends `pid`, which the event called `expected` if given.
     pub fn kill(&self, pid: u32, expected: Option<&str>) -> Outcome {
+        match self.pin(pid, expected) {
+            Ok((target, stat)) => self.end(pid, &target, &stat),
+            Err(refusal) => refusal,
+        }
+    }
+
+    /// Every check before a signal: the pinned process and what `/proc` said about it, or the
+    /// outcome that ends the action here.
+    fn pin(&self, pid: u32, expected: Option<&str>) -> Result<(Target, Stat), Outcome> {
         let raw = match i32::try_from(pid) {
             Ok(raw) if raw > 0 => raw,
-            _ => return Outcome::skipped(format!("`{pid}` is not a valid pid")),
+            _ => return Err(Outcome::skipped(format!("`{pid}` is not a valid pid"))),
         };
         if raw == 1 {
-            return Outcome::skipped("refusing to kill pid 1 (init)");
+            return Err(Outcome::skipped("refusing to kill pid 1 (init)"));
         }
         if raw == getpid().as_raw() {
-            return Outcome::skipped(format!("refusing to kill the agent itself (pid {pid})"));
+            return Err(Outcome::skipped(format!(
+                "refusing to kill the agent itself (pid {pid})"
+            )));
         }
         if raw == getppid().as_raw() {
-            return Outcome::skipped(format!("refusing to kill the agent's parent (pid {pid})"));
+            return Err(Outcome::skipped(format!(
+                "refusing to kill the agent's parent (pid {pid})"
+            )));
         }
-        let Some(stat) = read_stat(pid).filter(|s| !s.is_dead()) else {
-            return Outcome::skipped(format!("process {pid} is already gone"));
+        let gone = || Outcome::skipped(format!("process {pid} is already gone"));
+        let stat = procfs::stat(pid)
+            .filter(|s| !s.is_dead())
+            .ok_or_else(gone)?;
+        // Opened after `stat` was read: while the start time stays the same, the pidfd and
+        // every look at /proc/PID are about the process `stat` describes.
+        let target = match Target::open(raw) {
+            Ok(target) => target,
+            Err(Errno::ESRCH) => return Err(gone()),
+            Err(e) => return Err(Outcome::failed(format!("cannot open pid {pid}: {e}"))),
         };
+        if !same_process(pid, &stat) {
+            return Err(gone());
+        }
+        let comm = &stat.comm;
         if let Some(expected) = expected {
-            if !names_match(pid, &stat.comm, expected) {
-                return Outcome::skipped(format!(
-                    "pid {pid} is now `{}`, not `{expected}`: not killed (the pid may have been reused)",
-                    stat.comm
-                ));
+            if !names_match(pid, comm, expected) {
+                return Err(Outcome::skipped(format!(
+                    "pid {pid} is now `{comm}`, not `{expected}`: not killed (the pid may have been reused)"
+                )));
             }
         }
-        let target = Pid::from_raw(raw);
+        if let Some(why) = self.protection.process_reason(pid, &stat) {
+            return Err(Outcome::skipped(format!(
+                "refusing to kill pid {pid} (`{comm}`): {why}"
+            )));
+        }
+        if !same_process(pid, &stat) {
+            return Err(gone());
+        }
+        Ok((target, stat))
+    }
+
+    /// SIGTERM, the grace period, SIGKILL.
+    fn end(&self, pid: u32, target: &Target, stat: &Stat) -> Outcome {
         let comm = &stat.comm;
-        match kill(target, Signal::SIGTERM) {
+        match target.signal(Signal::SIGTERM) {
             Ok(()) => {}
             Err(Errno::ESRCH) => return Outcome::skipped(format!("process {pid} is already gone")),
             Err(e) => return Outcome::failed(format!("cannot signal pid {pid} (`{comm}`): {e}")),
         }
-        if self.wait_gone(pid, &stat, self.config.grace) {
+        if self.wait_gone(pid, stat, self.config.grace) {
             return Outcome::done(format!("pid {pid} (`{comm}`) exited after SIGTERM"));
         }
         // Still the same process (same start time)? wait_gone said so: send SIGKILL.
-        match kill(target, Signal::SIGKILL) {
+        match target.signal(Signal::SIGKILL) {
             Ok(()) => {}
             Err(Errno::ESRCH) => {
                 return Outcome::done(format!("pid {pid} (`{comm}`) exited after SIGTERM"));
             }
             Err(e) => return Outcome::failed(format!("cannot signal pid {pid} (`{comm}`): {e}")),
         }
-        if self.wait_gone(pid, &stat, self.config.kill_wait) {
+        if self.wait_gone(pid, stat, self.config.kill_wait) {
             Outcome::done(format!(
                 "pid {pid} (`{comm}`) killed with SIGKILL after a {}ms grace period",
                 self.config.grace.as_millis()
@@ -118,7 +161,7 @@ impl ProcessKiller {
     fn wait_gone(&self, pid: u32, first: &Stat, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
-            let gone = match read_stat(pid) {
+            let gone = match procfs::stat(pid) {
                 None => true,
                 Some(now) => now.is_dead() || now.start_time != first.start_time,
             };
@@ -133,32 +176,42 @@ impl ProcessKiller {
     }
 }
 
-impl Stat {
-    fn is_dead(&self) -> bool {
-        matches!(self.state, 'Z' | 'X' | 'x')
+/// The process to signal: a pidfd where the kernel has them (Linux 5.3), else the bare pid.
+enum Target {
+    Pidfd(OwnedFd),
+    Pid(Pid),
+}
+
+impl Target {
+    fn open(raw: i32) -> Result<Self, Errno> {
+        let Some(pid) = rustix::process::Pid::from_raw(raw) else {
+            return Err(Errno::EINVAL);
+        };
+        match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => Ok(Self::Pidfd(fd)),
+            Err(e) if e == rustix::io::Errno::NOSYS => Ok(Self::Pid(Pid::from_raw(raw))),
+            Err(e) => Err(Errno::from_raw(e.raw_os_error())),
+        }
+    }
+
+    fn signal(&self, signal: Signal) -> Result<(), Errno> {
+        match self {
+            Self::Pidfd(fd) => {
+                let signal = match signal {
+                    Signal::SIGKILL => rustix::process::Signal::KILL,
+                    _ => rustix::process::Signal::TERM,
+                };
+                rustix::process::pidfd_send_signal(fd, signal)
+                    .map_err(|e| Errno::from_raw(e.raw_os_error()))
+            }
+            Self::Pid(pid) => kill(*pid, signal),
+        }
     }
 }
 
-/// Parses `/proc/PID/stat`; `None` if the process does not exist.
-fn read_stat(pid: u32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(&text)
-}
-
-fn parse_stat(text: &str) -> Option<Stat> {
-    // `pid (comm) state ppid ...`: comm may hold spaces and parentheses, so split at the last `)`.
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_owned();
-    let mut fields = text.get(close + 1..)?.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // Field 22 of the file is the start time; `state` was field 3.
-    let start_time = fields.nth(18)?.parse().ok()?;
-    Some(Stat {
-        comm,
-        state,
-        start_time,
-    })
+/// Whether `pid` is still the process `first` described (same start time, not exited).
+fn same_process(pid: u32, first: &Stat) -> bool {
+    procfs::stat(pid).is_some_and(|now| !now.is_dead() && now.start_time == first.start_time)
 }
 
 /// Whether the process `pid` with kernel name `comm` is the one the event called `expected`.
@@ -193,20 +246,6 @@ fn basename(path: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_stat_with_awkward_names() {
-        let text = "4242 (my (evil) proc) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(
-            parse_stat(text),
-            Some(Stat {
-                comm: "my (evil) proc".into(),
-                state: 'S',
-                start_time: 987654
-            })
-        );
-        assert_eq!(parse_stat("4242 (x) S 1"), None);
-    }
 
     #[test]
     fn basename_takes_the_last_component() {

@@ -1,24 +1,27 @@
 //! `quarantine_file`: move a file into a private directory with a manifest entry, and `restore`.
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{Mode, major, minor};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::durable::{sync_dir, write_atomically};
+use super::durable::write_atomically;
 use super::firewall::create_private_dir;
+use super::procfs::MappedFile;
+use super::protect::Protection;
+use super::relocate::{MoveError, Pinned, hash_file, move_file, move_pinned};
+use super::safety::FLOOR_PREFIXES;
 use crate::action::ActionRecord;
 use crate::policy::PolicyVersion;
-
-/// Paths never quarantined: kernel interfaces and devices.
-const FORBIDDEN: [&str; 3] = ["/proc", "/sys", "/dev"];
-/// `EXDEV`: rename across filesystems.
-const EXDEV: i32 = 18;
 
 /// Where quarantined files go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +68,8 @@ pub struct ManifestEntry {
 /// Why a file was not quarantined or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum QuarantineError {
-    /// The file must not be quarantined (a directory, a device, a symlink, under `/proc`...).
+    /// The file must not be quarantined (a directory, a device, a symlink, under `/proc`, a
+    /// protected path...).
     #[error("{0}")]
     Refused(String),
     /// A file operation failed.
@@ -111,6 +115,15 @@ pub enum QuarantineError {
 #[derive(Debug, Clone)]
 pub struct Quarantine {
     config: QuarantineConfig,
+    protection: Protection,
+}
+
+/// A file that passed the path checks: its directory (open, and checked to be the resolved
+/// one), its name in it, and its resolved path.
+struct Target {
+    dir: File,
+    name: OsString,
+    real: PathBuf,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -119,19 +132,80 @@ struct Manifest {
 }
 
 impl Quarantine {
-    /// A quarantine in `config.dir` (created on first use).
+    /// A quarantine in `config.dir` (created on first use) with the default protections
+    /// ([`Protection::default`]).
     pub fn new(config: QuarantineConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            protection: Protection::default(),
+        }
+    }
+
+    /// The same quarantine, refusing what `protection` protects instead.
+    pub fn with_protection(mut self, protection: Protection) -> Self {
+        self.protection = protection;
+        self
     }
 
     /// Moves `path` into the quarantine; `origin` names the rule and event in the manifest.
     ///
-    /// Refusals are [`QuarantineError::Refused`].
+    /// Refusals are [`QuarantineError::Refused`]: besides directories, symlinks and special
+    /// files, whatever the [`Protection`] protects, decided on the path with its symlinks
+    /// resolved, a file with other hard links, and a file a protected process has mapped. The
+    /// file is then moved through descriptors (its directory pinned and checked, the file
+    /// opened with `O_NOFOLLOW`), so nothing swapped in after the checks is moved.
     pub fn quarantine(
         &mut self,
         path: &Path,
         origin: Option<&ActionRecord>,
     ) -> Result<ManifestEntry, QuarantineError> {
+        let target = self.check(path)?;
+        let Target { dir, name, real } = &target;
+        let (file, meta) = self.open_checked(path, &target)?;
+
+        create_private_dir(&self.config.dir).map_err(|e| io_error(&self.config.dir, e))?;
+        let mut manifest = self.load()?;
+        let now = Utc::now();
+        let id = unique_id(&self.config.dir, now);
+        let stored = self.config.dir.join(&id);
+        let pinned = Pinned {
+            path: real,
+            dir,
+            name,
+            file,
+            meta: &meta,
+        };
+        let sha256 = move_pinned(pinned, &self.config.dir, &id).map_err(|e| moved(path, e))?;
+        fs::set_permissions(&stored, fs::Permissions::from_mode(0o400))
+            .map_err(|e| io_error(&stored, e))?;
+        let entry = ManifestEntry {
+            id,
+            original_path: real.clone(),
+            sha256,
+            size: meta.len(),
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            modified: meta.modified().ok().map(DateTime::<Utc>::from),
+            quarantined_at: now,
+            rule: origin.map(|r| r.rule),
+            policy_version: origin.map(|r| r.policy_version),
+            event_id: origin.and_then(|r| r.event_id.clone()),
+        };
+        manifest.entries.push(entry.clone());
+        if let Err(e) = self.save(&manifest) {
+            // Without a manifest entry nobody could restore it: put it back.
+            let _ = move_file(&stored, real);
+            let _ = fs::set_permissions(real, fs::Permissions::from_mode(entry.mode));
+            return Err(e);
+        }
+        Ok(entry)
+    }
+
+    /// The checks on paths: absolute, not a kernel interface, not protected (as given, with
+    /// its directories resolved, and with every symlink resolved), not in the quarantine, a
+    /// regular file. Returns its directory, opened and checked to be the resolved one.
+    fn check(&self, path: &Path) -> Result<Target, QuarantineError> {
         let refuse = |why: &str| QuarantineError::Refused(format!("`{}` {why}", path.display()));
         if !path.is_absolute() {
             return Err(refuse("is not an absolute path"));
@@ -162,6 +236,14 @@ impl Quarantine {
                 return Err(refuse("is already in the quarantine directory"));
             }
         }
+        // What would be moved (`real`) and what the name leads to (`resolved`): a link in /tmp
+        // to /usr/bin/sudo is refused as /usr/bin/sudo.
+        let resolved = fs::canonicalize(path).ok();
+        for candidate in std::iter::once(&real).chain(resolved.as_ref()) {
+            if let Some(reason) = self.protection.path_refusal(path, candidate) {
+                return Err(QuarantineError::Refused(reason));
+            }
+        }
         let meta = match fs::symlink_metadata(&real) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -184,37 +266,63 @@ impl Quarantine {
         if !kind.is_file() {
             return Err(refuse("is not a regular file (a device, FIFO or socket)"));
         }
-
-        create_private_dir(&self.config.dir).map_err(|e| io_error(&self.config.dir, e))?;
-        let mut manifest = self.load()?;
-        let now = Utc::now();
-        let id = unique_id(&self.config.dir, now);
-        let stored = self.config.dir.join(&id);
-        let sha256 = move_file(&real, &stored)?;
-        fs::set_permissions(&stored, fs::Permissions::from_mode(0o400))
-            .map_err(|e| io_error(&stored, e))?;
-        let entry = ManifestEntry {
-            id,
-            original_path: real.clone(),
-            sha256,
-            size: meta.len(),
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            gid: meta.gid(),
-            modified: meta.modified().ok().map(DateTime::<Utc>::from),
-            quarantined_at: now,
-            rule: origin.map(|r| r.rule),
-            policy_version: origin.map(|r| r.policy_version),
-            event_id: origin.and_then(|r| r.event_id.clone()),
-        };
-        manifest.entries.push(entry.clone());
-        if let Err(e) = self.save(&manifest) {
-            // Without a manifest entry nobody could restore it: put it back.
-            let _ = move_file(&stored, &real);
-            let _ = fs::set_permissions(&real, fs::Permissions::from_mode(entry.mode));
-            return Err(e);
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW).bits())
+            .open(&parent)
+            .map_err(|e| io_error(&parent, e))?;
+        // A directory on the way swapped for a symlink since `canonicalize` shows here.
+        let opened = fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+            .map_err(|e| io_error(&parent, e))?;
+        if opened != parent {
+            return Err(refuse("changed while it was checked: not quarantined"));
         }
-        Ok(entry)
+        Ok(Target {
+            dir,
+            name: name.to_owned(),
+            real,
+        })
+    }
+
+    /// Opens the file in its pinned directory without following a link, and checks what is
+    /// open: a regular file, one name only, not mapped by a protected process.
+    fn open_checked(
+        &self,
+        path: &Path,
+        target: &Target,
+    ) -> Result<(File, fs::Metadata), QuarantineError> {
+        let refuse = |why: &str| QuarantineError::Refused(format!("`{}` {why}", path.display()));
+        let flags = OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC;
+        let file = match openat(&target.dir, target.name.as_os_str(), flags, Mode::empty()) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::ELOOP) => return Err(refuse("changed into a symlink: not quarantined")),
+            Err(Errno::ENOENT) => return Err(refuse("does not exist")),
+            Err(e) => return Err(io_error(&target.real, io::Error::from(e))),
+        };
+        let meta = file.metadata().map_err(|e| io_error(&target.real, e))?;
+        if !meta.is_file() {
+            return Err(refuse("is not a regular file (a device, FIFO or socket)"));
+        }
+        if meta.nlink() > 1 {
+            return Err(refuse(&format!(
+                "has {} hard links: quarantining one name would leave the others",
+                meta.nlink()
+            )));
+        }
+        let mapped = MappedFile {
+            major: major(meta.dev()),
+            minor: minor(meta.dev()),
+            inode: meta.ino(),
+            path: target.real.clone(),
+        };
+        if let Some(reason) = self.protection.mapped_refusal(&mapped) {
+            return Err(QuarantineError::Refused(reason));
+        }
+        Ok((file, meta))
     }
 
     /// Puts the file with `id` back where it was, with its mode, owner and modification time.
@@ -234,7 +342,7 @@ impl Quarantine {
             });
         }
         let stored = self.config.dir.join(&entry.id);
-        let actual = hash_file(&stored)?;
+        let actual = hash_file(&stored).map_err(|e| moved(&stored, e))?;
         if actual != entry.sha256 {
             return Err(QuarantineError::Tampered {
                 id: id.to_owned(),
@@ -242,7 +350,7 @@ impl Quarantine {
                 actual,
             });
         }
-        move_file(&stored, target)?;
+        move_file(&stored, target).map_err(|e| moved(target, e))?;
         let put_back = (|| {
             if let Some(modified) = entry.modified {
                 let file = OpenOptions::new().write(true).open(target)?;
@@ -297,8 +405,19 @@ fn io_error(path: &Path, source: io::Error) -> QuarantineError {
     }
 }
 
+/// A failed move as the quarantine reports it.
+fn moved(path: &Path, error: MoveError) -> QuarantineError {
+    match error {
+        MoveError::Io { path, source } => QuarantineError::Io { path, source },
+        MoveError::Swapped => QuarantineError::Refused(format!(
+            "`{}` was replaced while it was being quarantined: not quarantined",
+            path.display()
+        )),
+    }
+}
+
 fn under_forbidden(path: &Path) -> bool {
-    FORBIDDEN.iter().any(|root| path.starts_with(root))
+    FLOOR_PREFIXES.iter().any(|root| path.starts_with(root))
 }
 
 fn unique_id(dir: &Path, now: DateTime<Utc>) -> String {
@@ -310,97 +429,4 @@ fn unique_id(dir: &Path, now: DateTime<Utc>) -> String {
         id = format!("{base}-{n}");
     }
     id
-}
-
-/// Moves `from` to `to` durably and returns the content's SHA-256: a rename on the same
-/// filesystem, else copy, fsync, rename into place and remove the source.
-pub(crate) fn move_file(from: &Path, to: &Path) -> Result<String, QuarantineError> {
-    match fs::rename(from, to) {
-        Ok(()) => {
-            sync_parent(to)?;
-            sync_parent(from)?;
-            hash_file(to)
-        }
-        Err(e) if e.raw_os_error() == Some(EXDEV) => copy_then_remove(from, to),
-        Err(e) => Err(io_error(from, e)),
-    }
-}
-
-pub(crate) fn copy_then_remove(from: &Path, to: &Path) -> Result<String, QuarantineError> {
-    let mut source = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-        .open(from)
-        .map_err(|e| io_error(from, e))?;
-    let dir = to.parent().unwrap_or(Path::new("/"));
-    let name = to
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.partial"));
-    let copied = (|| {
-        let mut dest = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| io_error(&tmp, e))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = source.read(&mut buf).map_err(|e| io_error(from, e))?;
-            let Some(chunk) = buf.get(..n).filter(|c| !c.is_empty()) else {
-                break;
-            };
-            hasher.update(chunk);
-            dest.write_all(chunk).map_err(|e| io_error(&tmp, e))?;
-        }
-        dest.sync_all().map_err(|e| io_error(&tmp, e))?;
-        fs::rename(&tmp, to).map_err(|e| io_error(to, e))?;
-        sync_parent(to)?;
-        Ok(hex(&hasher.finalize()))
-    })();
-    if copied.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return copied;
-    }
-    fs::remove_file(from).map_err(|e| io_error(from, e))?;
-    sync_parent(from)?;
-    copied
-}
-
-fn sync_parent(path: &Path) -> Result<(), QuarantineError> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    sync_dir(dir).map_err(|e| io_error(dir, e))
-}
-
-fn hash_file(path: &Path) -> Result<String, QuarantineError> {
-    let mut file = File::open(path).map_err(|e| io_error(path, e))?;
-    let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher).map_err(|e| io_error(path, e))?;
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_fallback_moves_content_and_hash() {
-        let dir = tempfile::tempdir().unwrap();
-        let from = dir.path().join("a");
-        let to = dir.path().join("b");
-        fs::write(&from, b"abc").unwrap();
-        let hash = copy_then_remove(&from, &to).unwrap();
-        assert_eq!(
-            hash,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert!(!from.exists());
-        assert_eq!(fs::read(&to).unwrap(), b"abc");
-    }
 }

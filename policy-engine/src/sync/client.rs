@@ -5,11 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::SyncError;
 use crate::policy::PolicyVersion;
+use crate::protocol::{
+    AgentIdentity, EnrollAnswer, Envelope, ErrorEnvelope, HeartbeatAnswer, HeartbeatRequest,
+    ReportAnswer,
+};
 
 /// Which certificates the agent accepts from the server.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -22,6 +25,25 @@ pub enum TlsTrust {
     CaFile(PathBuf),
     /// Any certificate, without checks: for lab setups only, the connection can be intercepted.
     Insecure,
+}
+
+impl TlsTrust {
+    /// The trust a command line asks for: a CA file if given, else anything if `insecure`, else
+    /// the web PKI.
+    ///
+    /// ```
+    /// use policy_engine::sync::TlsTrust;
+    /// assert_eq!(TlsTrust::choose(Some("ca.pem".into()), false), TlsTrust::CaFile("ca.pem".into()));
+    /// assert_eq!(TlsTrust::choose(None, true), TlsTrust::Insecure);
+    /// assert_eq!(TlsTrust::choose(None, false), TlsTrust::WebPki);
+    /// ```
+    pub fn choose(ca_file: Option<PathBuf>, insecure: bool) -> Self {
+        match (ca_file, insecure) {
+            (Some(path), _) => Self::CaFile(path),
+            (None, true) => Self::Insecure,
+            (None, false) => Self::WebPki,
+        }
+    }
 }
 
 /// How long a plain request (enroll, heartbeat) may take in total.
@@ -44,42 +66,11 @@ pub struct ApiClient {
     base: String,
 }
 
-/// The answer to `POST /api/agents/enroll`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Enrollment {
-    /// The new agent's id.
-    pub agent_id: String,
-    /// Its bearer token, shown only once.
-    pub token: String,
-}
+/// The answer to `POST /api/agents/enroll` (the protocol's [`EnrollAnswer`]).
+pub type Enrollment = EnrollAnswer;
 
-/// The answer to `POST /api/agents/:id/heartbeat`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HeartbeatReply {
-    /// The version the agent reported.
-    pub policy_version: Option<PolicyVersion>,
-    /// The org's latest version.
-    pub current_policy_version: Option<PolicyVersion>,
-    /// Whether the agent runs something other than the latest version.
-    pub outdated: bool,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HeartbeatBody<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    policy_version: Option<PolicyVersion>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    last_error: Option<&'a str>,
-}
-
-/// The response envelope of every endpoint.
-#[derive(Debug, Deserialize)]
-struct Envelope<T> {
-    data: T,
-}
+/// The answer to `POST /api/agents/:id/heartbeat` (the protocol's [`HeartbeatAnswer`]).
+pub type HeartbeatReply = HeartbeatAnswer;
 
 impl ApiClient {
     /// A client for the server at `server` (`https://host:port`), trusting `trust`.
@@ -180,28 +171,41 @@ impl ApiClient {
             .post(&url)
             .bearer_auth(token)
             .timeout(REQUEST_TIMEOUT)
-            .json(&HeartbeatBody {
+            .json(&HeartbeatRequest {
                 policy_version: version,
-                last_error,
+                last_error: last_error.map(str::to_owned),
             });
         send(&url, request).await
     }
 
+    /// Who `token` is: `GET /api/agents/me`, so an agent needs only its token to start.
+    pub async fn identity(&self, token: &str) -> Result<AgentIdentity, SyncError> {
+        let url = self.url("/api/agents/me");
+        let request = self
+            .http
+            .get(&url)
+            .bearer_auth(token)
+            .timeout(REQUEST_TIMEOUT);
+        send(&url, request).await
+    }
+
     /// Reports an action this agent took or requests (fleet block, approval request, alert,
-    /// outcome): `POST /api/agents/:id/reports`; returns the server's `data`.
+    /// outcome): `POST /api/agents/:id/reports` with `body`, a serialized
+    /// [`Report`](crate::protocol::Report) (the agent's outbox keeps reports as bytes).
     pub async fn report(
         &self,
         agent_id: &str,
         token: &str,
-        body: &Value,
-    ) -> Result<Value, SyncError> {
+        body: Vec<u8>,
+    ) -> Result<ReportAnswer, SyncError> {
         let url = self.url(&format!("/api/agents/{agent_id}/reports"));
         let request = self
             .http
             .post(&url)
             .bearer_auth(token)
             .timeout(REQUEST_TIMEOUT)
-            .json(body);
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
         send(&url, request).await
     }
 
@@ -238,14 +242,9 @@ async fn send<T: serde::de::DeserializeOwned>(
 /// The error for a non-2xx answer, with the message from the server's error envelope.
 pub(crate) async fn status_error(url: &str, status: StatusCode, response: Response) -> SyncError {
     let body = response.bytes().await.unwrap_or_default();
-    let message = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+    let message = serde_json::from_slice::<ErrorEnvelope>(&body)
+        .map(|envelope| envelope.error.message)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&body).chars().take(200).collect());
     let url = url.to_owned();
     if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
         SyncError::Unauthorized {

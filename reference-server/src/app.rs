@@ -1,0 +1,82 @@
+//! The app state: the store, the event streams, the token cache and the notifier, opened from
+//! the [`ServerConfig`] and shared by the HTTP handlers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::auth::TokenCache;
+use crate::config::ServerConfig;
+use crate::fleet::agents::bootstrap_admin;
+use crate::fleet::notify::Notifier;
+use crate::fleet::policies::SignedOrgs;
+use crate::fleet::reports::ReportContext;
+use crate::fleet::{EventHub, Publisher};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+
+/// The state shared by all handlers.
+#[derive(Debug)]
+pub struct AppState {
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// Open event streams (the same hub as the publisher's).
+    pub hub: EventHub,
+    /// The event streams with the publish lock, for writes whose changes are pushed.
+    pub publisher: Publisher,
+    /// Tokens in memory, keyed by hash.
+    pub tokens: TokenCache,
+    /// Alert delivery.
+    pub notifier: Arc<Notifier>,
+    /// See [`ServerConfig::online_window`].
+    pub online_window: Duration,
+    /// See [`ServerConfig::approval_ttl`].
+    pub approval_ttl: Duration,
+    /// See [`ServerConfig::signed_orgs`].
+    pub signed_orgs: SignedOrgs,
+}
+
+impl AppState {
+    /// Opens the data dir and the database and sets up the admin token. Returns the state and
+    /// the admin token generated on this start, if any. [`start`](crate::start) does this
+    /// first; handler tests use it with `warp::test` and
+    /// [`http::routes`](crate::http::routes).
+    pub async fn open(config: &ServerConfig) -> anyhow::Result<(Arc<Self>, Option<String>)> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create data dir `{}`", config.data_dir.display()))?;
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&config.data_dir.join("policy.db"))
+                .await
+                .context("cannot open the database")?,
+        );
+        let generated_admin_token = bootstrap_admin(&*store, config.admin_token.as_deref())
+            .await
+            .context("cannot set up the admin token")?;
+        let tokens = TokenCache::new(store.tokens().await.context("cannot load tokens")?);
+        let hub = EventHub::new(config.stream_queue, config.keep_alive);
+        let notifier = Notifier::new(config.notify.clone(), store.clone())
+            .context("cannot build the notification HTTP client")?;
+        let state = Arc::new(AppState {
+            publisher: Publisher::new(hub.clone()),
+            hub,
+            tokens,
+            notifier: Arc::new(notifier),
+            online_window: config.online_window,
+            approval_ttl: config.approval_ttl,
+            signed_orgs: config.signed_orgs.clone(),
+            store,
+        });
+        Ok((state, generated_admin_token))
+    }
+
+    /// What handling a report needs.
+    pub fn reports(&self) -> ReportContext<'_> {
+        ReportContext {
+            store: &*self.store,
+            publisher: &self.publisher,
+            notifier: &self.notifier,
+            approval_ttl: self.approval_ttl,
+        }
+    }
+}

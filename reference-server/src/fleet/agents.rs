@@ -1,0 +1,232 @@
+//! Agents and tokens: enrollment, identity, heartbeats, the fleet's status list, org admin
+//! tokens and the bootstrap admin token.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use policy_engine::PolicyVersion;
+use policy_engine::protocol::{
+    AgentIdentity, EnrollAnswer, EnrollRequest, HeartbeatAnswer, HeartbeatRequest, time,
+};
+use serde::Serialize;
+
+use super::streams::EventHub;
+use crate::auth::{Principal, TokenCache, TokenHash, generate_token, random_hex};
+use crate::clock;
+use crate::error::ApiError;
+use crate::store::{AgentRecord, Heartbeat, Store, StoreError};
+
+/// One entry of `GET /api/agents` (admin only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// The agent.
+    pub agent_id: String,
+    /// Hostname given at enrollment.
+    pub hostname: String,
+    /// Its org.
+    pub org_id: String,
+    /// An event stream is open, or a heartbeat arrived within the online window.
+    pub online: bool,
+    /// Last heartbeat, `null` before the first.
+    #[serde(with = "time::millis_opt")]
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Version reported in the last heartbeat.
+    pub policy_version: Option<PolicyVersion>,
+    /// The reported version is not the org's latest.
+    pub outdated: bool,
+    /// Error reported in the last heartbeat.
+    pub last_error: Option<String>,
+    /// When it was enrolled.
+    #[serde(with = "time::millis")]
+    pub enrolled_at: DateTime<Utc>,
+}
+
+/// The answer to `POST /api/tokens` (global admin only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenCreated {
+    /// The new bearer token, shown only here.
+    pub token: String,
+    /// `admin`
+    pub role: &'static str,
+    /// The org the token is confined to.
+    pub org_id: String,
+}
+
+/// The agent `id` as `principal` may see it: an agent only itself, an admin those of its org.
+pub async fn visible(
+    store: &dyn Store,
+    principal: &Principal,
+    id: &str,
+) -> Result<AgentRecord, ApiError> {
+    if let Principal::Agent { agent_id, .. } = principal {
+        if agent_id != id {
+            return Err(ApiError::forbidden(format!(
+                "this agent token may only act on agent `{agent_id}`"
+            )));
+        }
+    }
+    let agent = store
+        .agent(id.to_owned())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown agent `{id}`")))?;
+    principal.check_org(&agent.org_id)?;
+    Ok(agent)
+}
+
+/// Enrolls a new agent into `org` and makes its token.
+pub async fn enroll(
+    store: &dyn Store,
+    tokens: &TokenCache,
+    org: String,
+    request: EnrollRequest,
+) -> Result<EnrollAnswer, ApiError> {
+    let token = generate_token("agt");
+    let hash = TokenHash::of(&token);
+    let agent = store
+        .insert_agent(
+            AgentRecord {
+                id: format!("agent-{}", random_hex(6)),
+                org_id: org,
+                hostname: request.hostname,
+                enrolled_at: clock::now(),
+                last_seen: None,
+                policy_version: None,
+                last_error: None,
+            },
+            hash,
+        )
+        .await?;
+    tokens.insert(
+        hash,
+        Principal::Agent {
+            agent_id: agent.id.clone(),
+            org_id: agent.org_id.clone(),
+        },
+    );
+    tracing::info!(agent = %agent.id, org = %agent.org_id, hostname = %agent.hostname, "enrolled agent");
+    Ok(EnrollAnswer {
+        agent_id: agent.id,
+        token,
+        org_id: agent.org_id,
+        hostname: agent.hostname,
+    })
+}
+
+/// Who the agent `agent_id` is.
+pub async fn identity(store: &dyn Store, agent_id: &str) -> Result<AgentIdentity, ApiError> {
+    let agent = store
+        .agent(agent_id.to_owned())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown agent `{agent_id}`")))?;
+    Ok(AgentIdentity {
+        agent_id: agent.id,
+        org_id: agent.org_id,
+        hostname: agent.hostname,
+    })
+}
+
+/// Records a heartbeat of `agent_id` (of `org`) and says whether it runs the latest version.
+pub async fn heartbeat(
+    store: &dyn Store,
+    agent_id: String,
+    org: String,
+    request: HeartbeatRequest,
+) -> Result<HeartbeatAnswer, ApiError> {
+    let current = store.latest_policy(org).await?.map(|p| p.version);
+    let version = request.policy_version;
+    store
+        .heartbeat(Heartbeat {
+            agent_id: agent_id.clone(),
+            policy_version: version,
+            last_error: request.last_error,
+            at: clock::now(),
+        })
+        .await?;
+    Ok(HeartbeatAnswer {
+        agent_id,
+        policy_version: version,
+        current_policy_version: current,
+        outdated: current.is_some() && version != current,
+    })
+}
+
+/// Every agent of `org` with whether it is online (an open stream, or a heartbeat within
+/// `online_window`) and outdated.
+pub async fn statuses(
+    store: &dyn Store,
+    hub: &EventHub,
+    online_window: Duration,
+    org: String,
+) -> Result<Vec<AgentStatus>, ApiError> {
+    let current = store.latest_policy(org.clone()).await?.map(|p| p.version);
+    let agents = store.agents(org.clone()).await?;
+    let streaming = hub.online_agents(&org);
+    let now = clock::now();
+    let window = chrono::Duration::from_std(online_window).unwrap_or_default();
+    Ok(agents
+        .into_iter()
+        .map(|agent| {
+            let recent = agent
+                .last_seen
+                .is_some_and(|t| now.signed_duration_since(t) <= window);
+            AgentStatus {
+                online: streaming.contains(&agent.id) || recent,
+                outdated: current.is_some() && agent.policy_version != current,
+                agent_id: agent.id,
+                hostname: agent.hostname,
+                org_id: agent.org_id,
+                last_seen: agent.last_seen,
+                policy_version: agent.policy_version,
+                last_error: agent.last_error,
+                enrolled_at: agent.enrolled_at,
+            }
+        })
+        .collect())
+}
+
+/// A new admin token confined to `org_id`.
+pub async fn create_admin_token(
+    store: &dyn Store,
+    tokens: &TokenCache,
+    org_id: String,
+) -> Result<TokenCreated, ApiError> {
+    let token = generate_token("adm");
+    let hash = TokenHash::of(&token);
+    let principal = Principal::OrgAdmin {
+        org_id: org_id.clone(),
+    };
+    store
+        .insert_token(hash, principal.clone(), clock::now())
+        .await?;
+    tokens.insert(hash, principal);
+    tracing::info!(org = %org_id, "created an org admin token");
+    Ok(TokenCreated {
+        token,
+        role: "admin",
+        org_id,
+    })
+}
+
+/// Makes sure a global admin token exists: `configured` (from `POLICY_ADMIN_TOKEN`) becomes the
+/// only global admin token; without it, a data dir with no global admin gets a generated one,
+/// returned so that it can be printed once.
+pub async fn bootstrap_admin(
+    store: &dyn Store,
+    configured: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    if let Some(token) = configured {
+        store
+            .set_global_admin(TokenHash::of(token), clock::now())
+            .await?;
+        return Ok(None);
+    }
+    if store.has_global_admin().await? {
+        return Ok(None);
+    }
+    let token = generate_token("adm");
+    store
+        .insert_token(TokenHash::of(&token), Principal::GlobalAdmin, clock::now())
+        .await?;
+    Ok(Some(token))
+}

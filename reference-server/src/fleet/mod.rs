@@ -1,0 +1,28 @@
+//! The fleet domain: what the server does, independent of HTTP. Each module takes exactly what
+//! it needs (the [`Store`](crate::store::Store), the [`Publisher`] of the event streams, the
+//! [`Notifier`](notify::Notifier), the caller's [`Principal`](crate::auth::Principal)) and
+//! typed inputs, never the app state or a request.
+//!
+//! - [`policies`]: publishing versions, the active policy, an agent's resolved rules, overrides
+//!   ([`overrides`] holds their format and validation);
+//! - [`agents`]: enrollment, identity, heartbeats, the status list, tokens;
+//! - [`streams`]: the event streams, the publish lock, what a new stream gets first;
+//! - [`reports`]: what the server does with an agent's report, one workflow per kind, and
+//!   report-id idempotency;
+//! - [`blocks`], [`approvals`]: fleet blocks and approval requests;
+//! - [`notify`]: alert channels and delivery; [`audit`]: the trail;
+//! - [`views`]: records as the protocol shows them; [`sweeper`]: expiry in the background.
+
+pub mod agents;
+pub mod approvals;
+pub mod audit;
+pub mod blocks;
+pub mod notify;
+pub mod overrides;
+pub mod policies;
+pub mod reports;
+pub mod streams;
+pub mod sweeper;
+pub mod views;
+
+pub use streams::{AgentOverrides, EventHub, Publisher};

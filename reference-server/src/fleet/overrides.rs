@@ -1,0 +1,432 @@
+//! Per-agent overrides: `[{"rule": <index>, "enabled"?: bool, "config"?: {fields to replace}}]`.
+//!
+//! An override replaces the named config fields of one rule of the org's policy (a `null` value
+//! removes an optional field) and may switch the rule on or off. The result is validated like
+//! any policy (`Policy::from_value`), and its errors are reported at paths inside the override
+//! body: a bad `threshold` in the override at index 0 is `[0].config.threshold`, not
+//! `rules[2].config.threshold`.
+
+use std::collections::HashMap;
+
+use policy_engine::{Policy, ValidationError};
+use serde_json::{Map, Value, json};
+
+use policy_engine::policy::json::{describe, join_index, join_key};
+use policy_engine::protocol::fields::Fields;
+
+use super::notify::{self, NotifyConfig};
+use crate::error::ApiError;
+use crate::store::StoredOverrides;
+
+/// Most overrides one agent may have.
+pub const MAX_OVERRIDES: usize = 1000;
+
+const FIELDS: &[&str] = &["rule", "enabled", "config"];
+
+/// One override.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Override {
+    /// Index of the rule in the org's policy.
+    pub rule: usize,
+    /// Switches the rule on or off.
+    pub enabled: Option<bool>,
+    /// Config fields to replace.
+    pub config: Option<Map<String, Value>>,
+}
+
+/// Reads an override list, checking its shape and that each rule index exists in a policy of
+/// `rule_count` rules, at most one override per rule. Every error is reported.
+pub fn parse(value: &Value, rule_count: usize) -> Result<Vec<Override>, ApiError> {
+    let mut fields = Fields::default();
+    let Value::Array(items) = value else {
+        fields.push(
+            "",
+            format!("expected an array of overrides, found {}", describe(value)),
+        );
+        fields.finish()?;
+        return Ok(Vec::new());
+    };
+    if items.len() > MAX_OVERRIDES {
+        return Err(ApiError::invalid(
+            "",
+            format!(
+                "expected at most {MAX_OVERRIDES} overrides, found {}",
+                items.len()
+            ),
+        ));
+    }
+    let mut seen: HashMap<usize, usize> = HashMap::new();
+    let mut list = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let path = join_index("", index);
+        let Some(map) = fields.object(item, &path, FIELDS) else {
+            continue;
+        };
+        let rule = match map.get("rule") {
+            None | Some(Value::Null) => {
+                fields.push(&join_key(&path, "rule"), "missing required field `rule`");
+                None
+            }
+            Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                Some(n) if n < rule_count => Some(n),
+                _ => {
+                    fields.push(
+                        &join_key(&path, "rule"),
+                        format!(
+                            "expected a rule index from 0 to {}, found {}",
+                            rule_count.saturating_sub(1),
+                            describe(v)
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        if let Some(rule) = rule {
+            if let Some(first) = seen.insert(rule, index) {
+                fields.push(
+                    &join_key(&path, "rule"),
+                    format!("rule {rule} already has an override at `[{first}]`"),
+                );
+            }
+        }
+        let enabled = match map.get("enabled") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                fields.push(
+                    &join_key(&path, "enabled"),
+                    format!("expected `true` or `false`, found {}", describe(other)),
+                );
+                None
+            }
+        };
+        let config = match map.get("config") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(config)) => Some(config.clone()),
+            Some(other) => {
+                fields.push(
+                    &join_key(&path, "config"),
+                    format!("expected an object, found {}", describe(other)),
+                );
+                None
+            }
+        };
+        if let Some(rule) = rule {
+            list.push(Override {
+                rule,
+                enabled,
+                config,
+            });
+        }
+    }
+    fields.finish()?;
+    Ok(list)
+}
+
+/// The list of an agent as stored (none: empty). A stored list always parsed when it was
+/// written; one that no longer does (the file was edited by hand) counts as none, logged.
+pub fn stored_list(stored: Option<&StoredOverrides>) -> Vec<Override> {
+    let Some(stored) = stored else {
+        return Vec::new();
+    };
+    parse(&stored.list, usize::MAX).unwrap_or_else(|error| {
+        tracing::warn!(%error, "ignoring stored overrides that no longer parse");
+        Vec::new()
+    })
+}
+
+/// The rules `list` switches off (`"enabled": false`), in order, each once: what an agent pinned
+/// to a signing key applies on top of the signed rules.
+pub fn disabled_rules(list: &[Override]) -> Vec<usize> {
+    let mut disabled: Vec<usize> = list
+        .iter()
+        .filter(|o| o.enabled == Some(false))
+        .map(|o| o.rule)
+        .collect();
+    disabled.sort_unstable();
+    disabled.dedup();
+    disabled
+}
+
+/// Under a signature an override may only disable a rule: anything else would change what the
+/// operator signed, and agents pinned to the key would refuse it. Errors point into the
+/// override body.
+pub fn check_disable_only(list: &[Override], why: &str) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    for (index, o) in list.iter().enumerate() {
+        let at = join_index("", index);
+        if o.config.is_some() {
+            errors.push(ValidationError::new(
+                join_key(&at, "config"),
+                format!(
+                    "{why}: an override may only disable a rule (`\"enabled\": false`); change its config in a newly signed version"
+                ),
+            ));
+        }
+        if o.enabled == Some(true) {
+            errors.push(ValidationError::new(
+                join_key(&at, "enabled"),
+                format!("{why}: an override may only disable a rule, not enable one"),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::from_validation(errors))
+    }
+}
+
+/// The normalized list as stored and shown.
+pub fn to_value(overrides: &[Override]) -> Value {
+    Value::Array(
+        overrides
+            .iter()
+            .map(|o| {
+                let mut entry = Map::new();
+                entry.insert("rule".to_owned(), json!(o.rule));
+                if let Some(enabled) = o.enabled {
+                    entry.insert("enabled".to_owned(), json!(enabled));
+                }
+                if let Some(config) = &o.config {
+                    entry.insert("config".to_owned(), Value::Object(config.clone()));
+                }
+                Value::Object(entry)
+            })
+            .collect(),
+    )
+}
+
+/// Applies `overrides` to a policy document and validates the result into the agent's resolved
+/// policy. Errors point into the override list.
+pub fn apply(document: &Value, overrides: &[Override]) -> Result<Policy, ApiError> {
+    let mut resolved = document.clone();
+    let mut origin: HashMap<usize, usize> = HashMap::new();
+    {
+        let rules = resolved
+            .get_mut("rules")
+            .and_then(Value::as_array_mut)
+            .ok_or_else(|| ApiError::internal("stored policy has no rules array"))?;
+        let count = rules.len();
+        for (index, o) in overrides.iter().enumerate() {
+            let Some(rule) = rules.get_mut(o.rule).and_then(Value::as_object_mut) else {
+                return Err(ApiError::invalid(
+                    join_key(&join_index("", index), "rule"),
+                    format!(
+                        "expected a rule index from 0 to {}, found `{}`",
+                        count.saturating_sub(1),
+                        o.rule
+                    ),
+                ));
+            };
+            origin.insert(o.rule, index);
+            if let Some(enabled) = o.enabled {
+                rule.insert("enabled".to_owned(), Value::Bool(enabled));
+            }
+            if let Some(fields) = &o.config {
+                if let Some(config) = rule.get_mut("config").and_then(Value::as_object_mut) {
+                    for (key, value) in fields {
+                        config.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+    }
+    match Policy::from_value(&resolved) {
+        Ok(policy) => Ok(policy),
+        Err(error) => {
+            let mut errors = error.errors;
+            for e in &mut errors {
+                e.path = override_path(&e.path, &origin);
+            }
+            Err(ApiError::from_validation(errors))
+        }
+    }
+}
+
+/// Checks the `notifyChannels` of the resolved policy against the configured channels
+/// ([`notify::check_policy`]). An unknown channel set by an override is reported inside the
+/// override body, like every other override error: `[0].config.notifyChannels[1]`. One the
+/// override did not set (inherited from the org's policy, its channel since removed from the
+/// config) keeps the policy's path, `rules[2].config.notifyChannels[1]`: the override is not
+/// where it can be fixed.
+pub fn check_channels(
+    config: Option<&NotifyConfig>,
+    resolved: &Policy,
+    overrides: &[Override],
+) -> Result<(), ApiError> {
+    let mut errors = notify::check_policy(config, resolved);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let origin: HashMap<usize, usize> = overrides
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| {
+            o.config
+                .as_ref()
+                .is_some_and(|c| c.contains_key("notifyChannels"))
+        })
+        .map(|(index, o)| (o.rule, index))
+        .collect();
+    for e in &mut errors {
+        e.path = override_path(&e.path, &origin);
+    }
+    Err(ApiError::from_validation(errors))
+}
+
+/// `rules[2].config.threshold` -> `[0].config.threshold` when override 0 targets rule 2.
+fn override_path(path: &str, origin: &HashMap<usize, usize>) -> String {
+    let Some(rest) = path.strip_prefix("rules[") else {
+        return path.to_owned();
+    };
+    let Some(end) = rest.find(']') else {
+        return path.to_owned();
+    };
+    let (digits, tail) = rest.split_at(end);
+    let tail = tail.get(1..).unwrap_or_default();
+    match digits.parse::<usize>().ok().and_then(|k| origin.get(&k)) {
+        Some(index) => format!("[{index}]{tail}"),
+        None => path.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn document() -> Value {
+        Policy::from_json(
+            br#"{"name":"p","rules":[
+              {"type":"alert_threshold","config":{"severity":"high","countPerHour":5,"notifyChannels":["email"]}},
+              {"type":"block_ip","config":{"trigger":"brute_force","threshold":50,"duration":"24h","scope":"host"}}
+            ]}"#,
+        )
+        .unwrap()
+        .to_json_value()
+    }
+
+    fn err(list: Value) -> (String, Option<String>) {
+        let doc = document();
+        let e = match parse(&list, 2) {
+            Ok(parsed) => apply(&doc, &parsed).unwrap_err(),
+            Err(e) => e,
+        };
+        (e.message, e.path)
+    }
+
+    #[test]
+    fn config_fields_are_replaced_and_revalidated() {
+        let list = parse(
+            &json!([{"rule": 1, "enabled": false, "config": {"threshold": 10}}]),
+            2,
+        )
+        .unwrap();
+        let rules = apply(&document(), &list).unwrap().to_json_value()["rules"].clone();
+        assert_eq!(rules[1]["config"]["threshold"], 10);
+        assert_eq!(rules[1]["enabled"], false);
+        assert_eq!(rules[0], document()["rules"][0]);
+    }
+
+    #[test]
+    fn validation_errors_point_into_the_override_body() {
+        assert_eq!(
+            err(json!([{"rule": 1, "config": {"threshold": 0}}])),
+            (
+                "expected an integer from 1 to 1000000, found `0`".to_owned(),
+                Some("[0].config.threshold".to_owned())
+            )
+        );
+        assert_eq!(
+            err(json!([{"rule": 0}, {"rule": 1, "config": {"treshold": 3}}])),
+            (
+                "unknown field `treshold`, expected one of `trigger`, `threshold`, `duration`, `scope`, `window`".to_owned(),
+                Some("[1].config.treshold".to_owned())
+            )
+        );
+    }
+
+    fn channels(names: &[&str]) -> NotifyConfig {
+        let channels: Map<String, Value> = names
+            .iter()
+            .map(|n| {
+                (
+                    (*n).to_owned(),
+                    json!({"type": "webhook", "url": "http://127.0.0.1:9/hook"}),
+                )
+            })
+            .collect();
+        serde_json::from_value(json!({ "channels": channels })).unwrap()
+    }
+
+    #[test]
+    fn unknown_channels_point_into_the_override_that_set_them() {
+        let list = parse(
+            &json!([{"rule": 1, "enabled": false}, {"rule": 0, "config": {"notifyChannels": ["ops", "pager"]}}]),
+            2,
+        )
+        .unwrap();
+        let resolved = apply(&document(), &list).unwrap();
+        let e = check_channels(Some(&channels(&["email", "ops"])), &resolved, &list).unwrap_err();
+        assert_eq!(
+            (
+                e.status.as_u16(),
+                e.code,
+                e.message.as_str(),
+                e.path.as_deref()
+            ),
+            (
+                422,
+                "validation_failed",
+                "unknown notification channel `pager`; configured channels: `email`, `ops`",
+                Some("[1].config.notifyChannels[1]")
+            )
+        );
+        assert_eq!(e.errors.len(), 1);
+        assert!(check_channels(None, &resolved, &list).is_ok());
+        assert!(check_channels(Some(&channels(&["ops", "pager"])), &resolved, &list).is_ok());
+    }
+
+    #[test]
+    fn inherited_unknown_channels_keep_the_policy_path() {
+        // The policy names `email`; the config no longer has it; the override only switches the
+        // rule, so the fix is in the policy, not in the override.
+        let list = parse(&json!([{"rule": 0, "enabled": true}]), 2).unwrap();
+        let resolved = apply(&document(), &list).unwrap();
+        let e = check_channels(Some(&channels(&["ops"])), &resolved, &list).unwrap_err();
+        assert_eq!(
+            (e.message.as_str(), e.path.as_deref()),
+            (
+                "unknown notification channel `email`; configured channels: `ops`",
+                Some("rules[0].config.notifyChannels[0]")
+            )
+        );
+    }
+
+    #[test]
+    fn shape_errors_are_all_reported() {
+        let e = parse(
+            &json!([{"rule": 7}, {"rule": 0, "enabled": "no", "extra": 1}, {"rule": 0}]),
+            2,
+        )
+        .unwrap_err();
+        let got: Vec<String> = e.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            got,
+            [
+                "[0].rule: expected a rule index from 0 to 1, found `7`",
+                "[1].extra: unknown field `extra`, expected one of `rule`, `enabled`, `config`",
+                "[1].enabled: expected `true` or `false`, found the string `no`",
+                "[2].rule: rule 0 already has an override at `[1]`",
+            ]
+        );
+        assert_eq!(
+            err(json!({"rule": 0})),
+            (
+                "expected an array of overrides, found an object".to_owned(),
+                None
+            )
+        );
+    }
+}

@@ -1,0 +1,347 @@
+//! Agent reports (`POST /api/agents/:id/reports`): what an agent did or requests, and what the
+//! server does with it. One workflow per kind of report:
+//!
+//! - a fleet-scope `block_ip` executed -> `fleet_block`: a fleet block pushed to the others;
+//! - an `approval_request` -> `approval_request`: a stored request awaiting an admin;
+//! - a report with `approvalId` -> `approval_outcome`: the approval closed;
+//! - an `alert` -> `alert`: deliveries queued to its channels;
+//! - anything else -> `recorded`: the audit entry only.
+//!
+//! Each writes the report's audit entry; with a `reportId` the entry carries the report's
+//! receipt, in the same transaction as the effect, so a repeated report (a retry, an outbox
+//! resending after a restart, two copies racing) is answered with the first answer and never
+//! acted on twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use policy_engine::protocol::{
+    ApprovalStatus, Report, ReportAnswer, ReportId, ReportKind, ReportOutcome, time,
+};
+use policy_engine::{Action, ActionRecord, Scope};
+use serde_json::{Value, json};
+
+use super::audit;
+use super::blocks;
+use super::notify::{Alert, Notifier};
+use super::streams::Publisher;
+use super::views::{approval_view, block_view};
+use crate::auth::random_hex;
+use crate::clock;
+use crate::error::ApiError;
+use crate::store::records::target_ip;
+use crate::store::{Approval, Finish, NewBlock, NewEntry, ReportReceipt, Store, StoreError};
+
+/// How long report ids are remembered (a report resent later is acted on again).
+pub const REPORT_RECEIPT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What handling a report needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ReportContext<'a> {
+    /// The store.
+    pub store: &'a dyn Store,
+    /// Pushes fleet blocks.
+    pub publisher: &'a Publisher,
+    /// Delivers alerts.
+    pub notifier: &'a Arc<Notifier>,
+    /// Deadline to decide on and execute an approval request.
+    pub approval_ttl: Duration,
+}
+
+/// The agent a report comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reporter<'a> {
+    /// Its id.
+    pub agent_id: &'a str,
+    /// Its org.
+    pub org_id: &'a str,
+}
+
+/// Handles one report and returns the answer (`data` of the 201). A report whose `reportId`
+/// this agent already sent gets the stored answer and changes nothing.
+pub async fn receive(
+    ctx: ReportContext<'_>,
+    reporter: Reporter<'_>,
+    report: Report,
+) -> Result<Value, ApiError> {
+    let Some(report_id) = report.report_id.clone() else {
+        return match act(ctx, reporter, report).await {
+            Ok(answer) => Ok(to_json(&answer)),
+            Err(Handled::Failed(error)) => Err(error),
+            Err(Handled::Duplicate) => Err(ApiError::internal(
+                "a report without an id was taken for a duplicate",
+            )),
+        };
+    };
+    if let Some(answer) = replayed(ctx.store, reporter.agent_id, &report_id).await? {
+        return Ok(answer);
+    }
+    match act(ctx, reporter, report).await {
+        Ok(answer) => {
+            let answer = to_json(&answer);
+            ctx.store
+                .set_report_answer(reporter.agent_id.to_owned(), report_id, answer.clone())
+                .await?;
+            Ok(answer)
+        }
+        // The same report arrived meanwhile (the agent resent it while this copy was handled):
+        // this copy's transaction rolled back, the first one's answer stands.
+        Err(Handled::Duplicate) => replayed(ctx.store, reporter.agent_id, &report_id)
+            .await?
+            .ok_or_else(|| ApiError::internal("a duplicate report has no receipt")),
+        Err(Handled::Failed(error)) => Err(error),
+    }
+}
+
+/// The answer to a report the agent already sent, if it did: the stored one, or (when the
+/// server stopped between the effect and storing its answer) what was done.
+async fn replayed(
+    store: &dyn Store,
+    agent_id: &str,
+    report_id: &ReportId,
+) -> Result<Option<Value>, StoreError> {
+    let receipt = store
+        .report_receipt(agent_id.to_owned(), report_id.clone())
+        .await?;
+    Ok(receipt.map(|receipt| {
+        tracing::info!(agent = agent_id, report = %report_id, kind = receipt.kind.as_str(), "repeated report answered again");
+        receipt
+            .answer
+            .unwrap_or_else(|| to_json(&ReportAnswer::of(receipt.kind, Some(receipt.report_id))))
+    }))
+}
+
+fn to_json(answer: &ReportAnswer) -> Value {
+    // A report answer holds no maps with non-string keys: serializing cannot fail.
+    serde_json::to_value(answer).unwrap_or(Value::Null)
+}
+
+/// Why a report was not handled.
+enum Handled {
+    /// Its id was received meanwhile; nothing was done.
+    Duplicate,
+    /// Any other failure.
+    Failed(ApiError),
+}
+
+impl From<StoreError> for Handled {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::DuplicateReport { .. } => Self::Duplicate,
+            other => Self::Failed(other.into()),
+        }
+    }
+}
+
+/// What the server does with `report`, decided before acting (its receipt records it).
+pub fn kind(report: &Report) -> ReportKind {
+    if report.approval_id.is_some() {
+        return ReportKind::ApprovalOutcome;
+    }
+    match (&report.record.action, report.outcome()) {
+        (
+            Action::BlockIp {
+                scope: Scope::Fleet,
+                ..
+            },
+            ReportOutcome::Executed,
+        ) => ReportKind::FleetBlock,
+        (Action::ApprovalRequest { .. }, ReportOutcome::Requested) => ReportKind::ApprovalRequest,
+        (Action::Alert { .. }, _) => ReportKind::Alert,
+        _ => ReportKind::Recorded,
+    }
+}
+
+async fn act(
+    ctx: ReportContext<'_>,
+    reporter: Reporter<'_>,
+    report: Report,
+) -> Result<ReportAnswer, Handled> {
+    let kind = kind(&report);
+    let entry = audit_entry(reporter, &report, kind);
+    let answer = ReportAnswer::of(kind, report.report_id.clone());
+    match kind {
+        ReportKind::FleetBlock => fleet_block(ctx, reporter, &report, entry, answer).await,
+        ReportKind::ApprovalRequest => {
+            approval_request(ctx, reporter, &report, entry, answer).await
+        }
+        ReportKind::ApprovalOutcome => {
+            approval_outcome(ctx, reporter, &report, entry).await?;
+            Ok(answer)
+        }
+        ReportKind::Alert => alert(ctx, reporter, &report, entry, answer).await,
+        ReportKind::Recorded => {
+            recorded(ctx, entry).await?;
+            Ok(answer)
+        }
+    }
+}
+
+/// The report's audit entry: the action, the reported outcome, the record and detail.
+fn audit_entry(reporter: Reporter<'_>, report: &Report, kind: ReportKind) -> NewEntry {
+    NewEntry {
+        org_id: reporter.org_id.to_owned(),
+        agent_id: Some(reporter.agent_id.to_owned()),
+        actor: reporter.agent_id.to_owned(),
+        rule: u64::try_from(report.record.rule).ok(),
+        policy_version: Some(report.record.policy_version),
+        action: report.record.action.name().to_owned(),
+        ip: target_ip(&report.record),
+        outcome: report.outcome().as_str().to_owned(),
+        detail: Some(json!({
+            "record": report.record,
+            "detail": report.detail,
+            "approvalId": report.approval_id,
+        })),
+        receipt: report.report_id.clone().map(|report_id| ReportReceipt {
+            agent_id: reporter.agent_id.to_owned(),
+            report_id,
+            kind,
+            answer: None,
+        }),
+    }
+}
+
+/// The outcome of an approved action: closes the approval (`executed` or `failed`) when it is
+/// the requester's report of an approved request.
+async fn approval_outcome(
+    ctx: ReportContext<'_>,
+    reporter: Reporter<'_>,
+    report: &Report,
+    entry: NewEntry,
+) -> Result<(), StoreError> {
+    let Some(approval_id) = report.approval_id.clone() else {
+        return Ok(());
+    };
+    let finish = Finish {
+        id: approval_id.clone(),
+        agent_id: reporter.agent_id.to_owned(),
+        executed: report.outcome() == ReportOutcome::Executed,
+        now_ms: clock::now_ms(),
+    };
+    if !ctx.store.finish_approval(finish, entry).await? {
+        tracing::warn!(agent = reporter.agent_id, approval = %approval_id, "outcome of an approval that is not approved for this agent");
+    }
+    Ok(())
+}
+
+/// A fleet-scope block executed by the reporter: stored (or collapsed into the one in force)
+/// and pushed to the other agents when it is new or later.
+async fn fleet_block(
+    ctx: ReportContext<'_>,
+    reporter: Reporter<'_>,
+    report: &Report,
+    entry: NewEntry,
+    answer: ReportAnswer,
+) -> Result<ReportAnswer, Handled> {
+    let Action::BlockIp { ip, duration, .. } = &report.record.action else {
+        return Err(Handled::Failed(ApiError::internal(
+            "a fleet block report without a block",
+        )));
+    };
+    let new = NewBlock {
+        org_id: reporter.org_id.to_owned(),
+        ip: *ip,
+        duration: *duration,
+        agent_id: reporter.agent_id.to_owned(),
+        rule: u64::try_from(report.record.rule).unwrap_or_default(),
+        policy_version: report.record.policy_version,
+        now_ms: clock::now_ms(),
+    };
+    let recorded = blocks::record(ctx.store, ctx.publisher, new, entry).await?;
+    Ok(ReportAnswer {
+        block: Some(block_view(&recorded.upserted.block)),
+        changed: Some(recorded.upserted.changed),
+        broadcasted_to: Some(recorded.broadcasted_to),
+        ..answer
+    })
+}
+
+/// An action awaiting approval: stored as a pending request until [`ReportContext::approval_ttl`].
+async fn approval_request(
+    ctx: ReportContext<'_>,
+    reporter: Reporter<'_>,
+    report: &Report,
+    mut entry: NewEntry,
+    answer: ReportAnswer,
+) -> Result<ReportAnswer, Handled> {
+    let Action::ApprovalRequest { request } = &report.record.action else {
+        return Err(Handled::Failed(ApiError::internal(
+            "an approval request report without a request",
+        )));
+    };
+    let now = clock::now_ms();
+    let approval = Approval {
+        id: format!("apr_{}", random_hex(8)),
+        org_id: reporter.org_id.to_owned(),
+        agent_id: reporter.agent_id.to_owned(),
+        request: ActionRecord {
+            action: (**request).clone(),
+            rule: report.record.rule,
+            policy_version: report.record.policy_version,
+            event_id: report.record.event_id.clone(),
+        },
+        status: ApprovalStatus::Pending,
+        created_ms: now,
+        expires_ms: now.saturating_add(clock::millis(ctx.approval_ttl)),
+        decided_ms: None,
+        decided_by: None,
+        reason: None,
+    };
+    if let Some(detail) = entry.detail.as_mut().and_then(Value::as_object_mut) {
+        detail.insert("approvalId".to_owned(), json!(approval.id));
+    }
+    ctx.store.insert_approval(approval.clone(), entry).await?;
+    tracing::info!(org = reporter.org_id, agent = reporter.agent_id, approval = %approval.id, "approval requested");
+    Ok(ReportAnswer {
+        approval: Some(approval_view(&approval)),
+        ..answer
+    })
+}
+
+/// An alert: recorded, then delivered to its configured channels in the background.
+async fn alert(
+    ctx: ReportContext<'_>,
+    reporter: Reporter<'_>,
+    report: &Report,
+    entry: NewEntry,
+    answer: ReportAnswer,
+) -> Result<ReportAnswer, Handled> {
+    let Action::Alert { channels, .. } = &report.record.action else {
+        return Err(Handled::Failed(ApiError::internal(
+            "an alert report without an alert",
+        )));
+    };
+    recorded(ctx, entry).await?;
+    let hostname = ctx
+        .store
+        .agent(reporter.agent_id.to_owned())
+        .await?
+        .map(|a| a.hostname)
+        .unwrap_or_default();
+    let alert = Alert {
+        org_id: reporter.org_id.to_owned(),
+        agent_id: reporter.agent_id.to_owned(),
+        hostname,
+        record: serde_json::to_value(&report.record).unwrap_or(Value::Null),
+        channels: channels.clone(),
+        received_at: time::format(&clock::now()),
+    };
+    let notified = ctx.notifier.dispatch(alert).await;
+    Ok(ReportAnswer {
+        notified: Some(notified),
+        ..answer
+    })
+}
+
+/// The report's audit entry alone. Without a report id a failure is only logged (the audit
+/// never fails a request); with one the entry carries the receipt, which must be stored
+/// before the report is acknowledged.
+async fn recorded(ctx: ReportContext<'_>, entry: NewEntry) -> Result<(), StoreError> {
+    if entry.receipt.is_some() {
+        audit::write(ctx.store, entry).await
+    } else {
+        audit::record(ctx.store, entry).await;
+        Ok(())
+    }
+}

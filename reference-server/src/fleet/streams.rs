@@ -1,0 +1,150 @@
+//! The agents' event streams as the fleet uses them: the hub with each stream's overrides, the
+//! publish lock that puts every write and its push in one order, and what a new stream gets
+//! first.
+//!
+//! Invariant: a write whose change is pushed to streams (a policy, overrides, a fleet block, an
+//! unblock, an approval) and its push happen under the publish lock, and so does opening a
+//! stream with its current state; so a stream never misses a change, sees one twice, or sees
+//! versions out of order.
+
+use std::sync::Arc;
+
+use policy_engine::protocol::FleetEvent;
+use tokio::sync::{Mutex, MutexGuard};
+
+use super::overrides::Override;
+use super::views::{approval_event, block_event, policy_event};
+use crate::clock;
+use crate::error::ApiError;
+use crate::store::{Store, StoredPolicy};
+use crate::transport::{Delivery, Frame, Hub, Subscription};
+
+/// The overrides of the agent of one stream (empty: the org's policy as is).
+pub type AgentOverrides = Arc<Vec<Override>>;
+
+/// The hub of the agents' event streams.
+pub type EventHub = Hub<AgentOverrides>;
+
+/// The `policy` frame of `policy` for an agent with `overrides`.
+pub fn policy_frame(policy: &StoredPolicy, agent_id: &str, overrides: &[Override]) -> Frame {
+    Frame::policy(&policy_event(policy, agent_id, overrides))
+}
+
+impl EventHub {
+    /// Queues `policy` to every stream of its org: one shared payload for streams without
+    /// overrides, a resolved one for each agent with overrides.
+    pub fn broadcast(&self, policy: &StoredPolicy) -> Delivery {
+        let shared = policy_frame(policy, "", &[]);
+        self.send_org_each(&policy.org_id, |agent_id, overrides| {
+            if overrides.is_empty() {
+                shared.clone()
+            } else {
+                policy_frame(policy, agent_id, overrides)
+            }
+        })
+    }
+}
+
+/// The hub and the publish lock.
+#[derive(Debug)]
+pub struct Publisher {
+    hub: EventHub,
+    lock: Mutex<()>,
+}
+
+/// Holding the publish lock: pushes made through it are in the order of the writes.
+#[derive(Debug)]
+pub struct Publishing<'a> {
+    hub: &'a EventHub,
+    _guard: MutexGuard<'a, ()>,
+}
+
+impl Publisher {
+    /// A publisher pushing to `hub`.
+    pub fn new(hub: EventHub) -> Self {
+        Self {
+            hub,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// The hub, for reads (open streams, online agents).
+    pub fn hub(&self) -> &EventHub {
+        &self.hub
+    }
+
+    /// Takes the publish lock; do the write, then push through the guard.
+    pub async fn begin(&self) -> Publishing<'_> {
+        Publishing {
+            hub: &self.hub,
+            _guard: self.lock.lock().await,
+        }
+    }
+}
+
+impl Publishing<'_> {
+    /// Queues a new policy version to every stream of its org.
+    pub fn broadcast(&self, policy: &StoredPolicy) -> Delivery {
+        self.hub.broadcast(policy)
+    }
+
+    /// Replaces an agent's overrides on its open streams and queues its resolved policy.
+    pub fn update_agent(
+        &self,
+        org_id: &str,
+        agent_id: &str,
+        overrides: AgentOverrides,
+        frame: Frame,
+    ) -> Delivery {
+        self.hub
+            .update_agent(org_id, agent_id, overrides, Some(frame))
+    }
+
+    /// Queues a fleet event to every stream of `org_id` except those of `except`.
+    pub fn send_org(&self, org_id: &str, event: &FleetEvent, except: Option<&str>) -> Delivery {
+        self.hub.send_org(org_id, &Frame::fleet(event), except)
+    }
+
+    /// Queues a fleet event to the open streams of one agent.
+    pub fn send_agent(&self, org_id: &str, agent_id: &str, event: &FleetEvent) -> Delivery {
+        self.hub.send_agent(org_id, agent_id, &Frame::fleet(event))
+    }
+}
+
+/// Opens the event stream of an agent. It gets, first, its current resolved policy (if any),
+/// then one `block` per fleet block of its org in force (reported by anyone, the agent itself
+/// included: a restarted reporter needs them too), then one `approval` per approved request of
+/// its own not yet executed; then every change as it happens. 503 once the server is stopping.
+pub async fn open(
+    store: &dyn Store,
+    publisher: &Publisher,
+    org_id: &str,
+    agent_id: &str,
+) -> Result<(Subscription<AgentOverrides>, Option<StoredPolicy>), ApiError> {
+    let publishing = publisher.begin().await;
+    let policy = store.latest_policy(org_id.to_owned()).await?;
+    let stored = store.overrides(agent_id.to_owned()).await?;
+    let list = super::overrides::stored_list(stored.as_ref());
+    let mut initial: Vec<Frame> = policy
+        .as_ref()
+        .map(|p| policy_frame(p, agent_id, &list))
+        .into_iter()
+        .collect();
+    let now = clock::now_ms();
+    for block in store.active_blocks(org_id.to_owned(), now).await? {
+        if let Some(event) = block_event(&block, now) {
+            initial.push(Frame::fleet(&FleetEvent::Block(event)));
+        }
+    }
+    for approval in store.approved_for(agent_id.to_owned(), now).await? {
+        initial.push(Frame::fleet(&FleetEvent::Approval(approval_event(
+            &approval,
+        ))));
+    }
+    let subscription = publishing
+        .hub
+        .subscribe(org_id, agent_id, Arc::new(list), initial)
+        .ok_or_else(ApiError::unavailable)?;
+    drop(publishing);
+    Ok((subscription, policy))
+}

@@ -1,0 +1,93 @@
+//! Request bodies: reading with the 1 MiB limit (chunked bodies too) and strict JSON
+//! (duplicate keys, nesting and string limits) with the policy library's reader, the one
+//! parser of the whole system.
+
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use policy_engine::policy::json::{JsonError, JsonLimits, parse_strict};
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// Largest request body accepted, in bytes (1 MiB); larger bodies get 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Most bytes of an oversized body read and thrown away before answering 413.
+///
+/// Over HTTP/2, answering while the client is still sending makes hyper reset the stream, and
+/// clients such as curl then report a framing error instead of the 413. Draining a bounded
+/// amount (in bounded time) lets ordinary oversized requests see their 413; anything larger or
+/// slower gets the reset.
+const DRAIN_BYTES: usize = 16 * 1024 * 1024;
+/// Longest time spent draining an oversized body.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads a whole body, answering 413 as soon as it grows past `limit` (whatever the
+/// `Content-Length` header says, so chunked bodies are bounded too).
+pub async fn read_limited<S, B>(
+    content_length: Option<u64>,
+    body: S,
+    limit: usize,
+) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    if content_length.is_some_and(|n| n > limit as u64) {
+        if content_length.is_some_and(|n| n <= (limit + DRAIN_BYTES) as u64) {
+            drain(body).await;
+        }
+        return Err(ApiError::too_large(limit));
+    }
+    let mut collected = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::malformed(format!("cannot read the body: {e}")))?;
+        if collected.len() + chunk.remaining() > limit {
+            drain(body).await;
+            return Err(ApiError::too_large(limit));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            collected.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(collected.freeze())
+}
+
+/// Reads and discards the rest of a body, up to [`DRAIN_BYTES`] and [`DRAIN_TIME`].
+async fn drain<S, B>(mut body: std::pin::Pin<&mut S>)
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let discard = async {
+        let mut seen = 0usize;
+        while let Some(Ok(chunk)) = body.next().await {
+            seen = seen.saturating_add(chunk.remaining());
+            if seen > DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
+}
+
+/// Parses a JSON body strictly with the policy library's reader (one parser for the whole
+/// system): syntax errors are 400 with line and column, duplicate keys and limit violations are
+/// 422 with their path. The body size was already bounded by [`read_limited`].
+pub fn parse_json(input: &[u8]) -> Result<Value, ApiError> {
+    let limits = JsonLimits {
+        max_bytes: usize::MAX,
+        ..JsonLimits::default()
+    };
+    parse_strict(input, limits).map_err(|err| match err {
+        JsonError::Syntax(e) => ApiError::malformed(e.message),
+        JsonError::Rejected(e) => ApiError::from_validation(vec![e]),
+    })
+}

@@ -1,0 +1,124 @@
+//! `/api/policy`: publish a version, the active policy, an agent's resolved rules, overrides.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use policy_engine::Policy;
+use policy_engine::policy::json::join_key;
+use policy_engine::protocol::SignedPolicy;
+use serde_json::Value;
+use warp::http::StatusCode;
+
+use super::{Answer, ok};
+use crate::app::AppState;
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::fleet::policies::Publication;
+use crate::fleet::{agents, policies};
+use crate::http::body::parse_json;
+use crate::http::filters::{Query, org_query};
+use crate::store::AgentRecord;
+
+/// `POST /api/policy` (admin): 201 with the stored version and `broadcastedTo`. The body is a
+/// policy document, or a signed policy file (`{"orgId", "version", "policy", "signature"}`,
+/// told apart by its `signature` field).
+pub async fn post(principal: Principal, query: Query, body: Bytes, state: Arc<AppState>) -> Answer {
+    let value = parse_json(&body)?;
+    let publication = if SignedPolicy::is_signed_document(&value) {
+        let signed = SignedPolicy::from_value(&value).map_err(ApiError::from_validation)?;
+        let policy = Policy::from_value(&signed.policy).map_err(|error| {
+            let mut errors = error.errors;
+            for e in &mut errors {
+                e.path = if e.path.is_empty() {
+                    "policy".to_owned()
+                } else {
+                    join_key("policy", &e.path)
+                };
+            }
+            ApiError::from_validation(errors)
+        })?;
+        Publication::Signed {
+            policy,
+            org_id: signed.org_id,
+            version: signed.version,
+            signature: signed.signature,
+        }
+    } else {
+        Publication::Unsigned(Policy::from_value(&value).map_err(ApiError::from_policy)?)
+    };
+    let view = policies::publish(
+        &*state.store,
+        &state.publisher,
+        state.notifier.config(),
+        &state.signed_orgs,
+        &principal,
+        org_query(&query),
+        publication,
+    )
+    .await?;
+    ok(StatusCode::CREATED, &view)
+}
+
+/// `GET /api/policy/active` (admin, or an agent for its org).
+pub async fn active(principal: Principal, query: Query, state: Arc<AppState>) -> Answer {
+    let org = principal.read_org(org_query(&query))?;
+    ok(
+        StatusCode::OK,
+        &policies::active(&*state.store, &org).await?,
+    )
+}
+
+/// `GET /api/policy/agent/:id` (admin of its org, or that agent).
+pub async fn for_agent(
+    id: String,
+    principal: Principal,
+    query: Query,
+    state: Arc<AppState>,
+) -> Answer {
+    let agent = scoped_agent(&state, &principal, &query, &id).await?;
+    ok(
+        StatusCode::OK,
+        &policies::for_agent(&*state.store, agent).await?,
+    )
+}
+
+/// `PUT /api/policy/agent/:id/overrides` (admin of its org).
+pub async fn set_overrides(
+    id: String,
+    principal: Principal,
+    query: Query,
+    body: Value,
+    state: Arc<AppState>,
+) -> Answer {
+    let agent = scoped_agent(&state, &principal, &query, &id).await?;
+    let view = policies::set_overrides(
+        &*state.store,
+        &state.publisher,
+        state.notifier.config(),
+        &state.signed_orgs,
+        &principal,
+        agent,
+        &body,
+    )
+    .await?;
+    ok(StatusCode::OK, &view)
+}
+
+/// Agent `id` as `principal` may see it, in the org the query names (if it names one).
+async fn scoped_agent(
+    state: &AppState,
+    principal: &Principal,
+    query: &Query,
+    id: &str,
+) -> Result<AgentRecord, ApiError> {
+    let named = org_query(query)
+        .map(|org| principal.read_org(Some(org)))
+        .transpose()?;
+    let agent = agents::visible(&*state.store, principal, id).await?;
+    match named {
+        Some(org) if org != agent.org_id => Err(ApiError::not_found(format!(
+            "unknown agent `{id}` in org `{org}`"
+        ))),
+        _ => Ok(agent),
+    }
+}

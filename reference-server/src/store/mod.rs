@@ -1,0 +1,218 @@
+//! Persistence behind one interface: [`Store`], an async trait over typed records
+//! ([`records`]), so that no backend type (no rusqlite connection, row or error) reaches the
+//! layers above. [`sqlite::SqliteStore`] is the backend today; a second one (PostgreSQL) only
+//! implements the trait.
+//!
+//! Every method is one atomic operation: what must change together (a fleet block and its
+//! audit entry, a report's effect and its receipt) is one call, so a backend can make it one
+//! transaction. A method's future resolves only once its change is durable: a request is
+//! answered only after its write committed.
+
+pub mod records;
+pub mod sqlite;
+
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use policy_engine::PolicyVersion;
+use policy_engine::protocol::{ApprovalStatus, ReportId};
+use serde_json::Value;
+
+pub use records::{
+    AgentRecord, Approval, AuditEntry, AuditFilter, AuditPage, DecideError, Decision, Finish,
+    FleetBlock, Heartbeat, NewBlock, NewEntry, NewPolicy, ReportReceipt, StoredOverrides,
+    StoredPolicy, Upserted,
+};
+
+use crate::auth::{Principal, TokenHash};
+use crate::error::ApiError;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend reported an error.
+    #[error("database error: {0}")]
+    Backend(String),
+    /// A stored value no longer reads (the file was edited by hand).
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The store is closed (the server is shutting down).
+    #[error("the database is closed")]
+    Closed,
+    /// The store could not be opened.
+    #[error("cannot open the database: {0}")]
+    Open(String),
+    /// A signed policy was signed for a version that is not the org's next one.
+    #[error("the policy is signed for {signed}, but the next version of org `{org_id}` is {next}")]
+    VersionTaken {
+        /// The org.
+        org_id: String,
+        /// The version in the signature.
+        signed: PolicyVersion,
+        /// The org's next version.
+        next: PolicyVersion,
+    },
+    /// The agent already sent a report with this id (it was acted on once; its answer stands).
+    #[error("report `{report_id}` of agent `{agent_id}` was already received")]
+    DuplicateReport {
+        /// The reporting agent.
+        agent_id: String,
+        /// The report's id.
+        report_id: String,
+    },
+}
+
+impl From<StoreError> for ApiError {
+    /// A store failure is the server's problem: 500, logged, not shown; a version already
+    /// taken is the client's: 409 with what to do.
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::VersionTaken { .. } => ApiError::conflict(format!(
+                "{error}: sign the policy again for that version and post it"
+            ))
+            .at("version"),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// The server's persistent state: policies with per-org versions, agents, hashed tokens,
+/// overrides, fleet blocks, approvals, the audit trail and report receipts.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Stores a new policy version of its org: the next number, atomically, so concurrent
+    /// writes never share or skip a version. A signed policy is stored only as the version it
+    /// was signed for: [`StoreError::VersionTaken`] when that is not the org's next one.
+    async fn insert_policy(&self, new: NewPolicy) -> Result<StoredPolicy, StoreError>;
+
+    /// The latest policy version of `org_id`.
+    async fn latest_policy(&self, org_id: String) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Enrolls an agent and stores its token hash, together.
+    async fn insert_agent(
+        &self,
+        agent: AgentRecord,
+        token: TokenHash,
+    ) -> Result<AgentRecord, StoreError>;
+
+    /// One agent by id.
+    async fn agent(&self, id: String) -> Result<Option<AgentRecord>, StoreError>;
+
+    /// Every agent of `org_id`, by id.
+    async fn agents(&self, org_id: String) -> Result<Vec<AgentRecord>, StoreError>;
+
+    /// Records a heartbeat.
+    async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<(), StoreError>;
+
+    /// Stores a token hash for an admin (agent tokens come with enrollment).
+    async fn insert_token(
+        &self,
+        token: TokenHash,
+        principal: Principal,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Makes `token` the only global admin token: earlier ones stop working.
+    async fn set_global_admin(
+        &self,
+        token: TokenHash,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Every stored token hash with its principal.
+    async fn tokens(&self) -> Result<Vec<(TokenHash, Principal)>, StoreError>;
+
+    /// Whether any global admin token exists (false on a fresh data dir).
+    async fn has_global_admin(&self) -> Result<bool, StoreError>;
+
+    /// The overrides of an agent.
+    async fn overrides(&self, agent_id: String) -> Result<Option<StoredOverrides>, StoreError>;
+
+    /// Replaces the overrides of an agent.
+    async fn set_overrides(
+        &self,
+        agent_id: String,
+        overrides: StoredOverrides,
+    ) -> Result<(), StoreError>;
+
+    /// Stores a reported fleet block merged into the one in force
+    /// ([`records::merge_block`]), with `entry` (the report's audit entry, noting
+    /// `detail.fleet = stored | duplicate`), atomically.
+    async fn upsert_block(&self, new: NewBlock, entry: NewEntry) -> Result<Upserted, StoreError>;
+
+    /// Blocks of `org_id` in force at `now_ms`, by address; expired ones are deleted.
+    async fn active_blocks(
+        &self,
+        org_id: String,
+        now_ms: i64,
+    ) -> Result<Vec<FleetBlock>, StoreError>;
+
+    /// Lifts the block on `ip` with its audit entry; `None` when none is in force.
+    async fn remove_block(
+        &self,
+        org_id: String,
+        ip: IpAddr,
+        now_ms: i64,
+        entry: NewEntry,
+    ) -> Result<Option<FleetBlock>, StoreError>;
+
+    /// Stores a new approval request with its audit entry.
+    async fn insert_approval(&self, approval: Approval, entry: NewEntry) -> Result<(), StoreError>;
+
+    /// Marks pending (and approved but never executed) requests past their expiry as expired,
+    /// with an audit entry each; returns how many.
+    async fn expire_approvals(&self, now_ms: i64) -> Result<usize, StoreError>;
+
+    /// Approvals of `org_id`, newest first, optionally only those with `status`.
+    async fn approvals(
+        &self,
+        org_id: String,
+        status: Option<ApprovalStatus>,
+        limit: u32,
+    ) -> Result<Vec<Approval>, StoreError>;
+
+    /// Applies an admin's decision ([`records::decide`]) with its audit entry.
+    async fn decide_approval(
+        &self,
+        decision: Decision,
+    ) -> Result<Result<Approval, DecideError>, StoreError>;
+
+    /// Records the outcome of an approved action with the report's `entry`; returns whether
+    /// it closed the approval (only the requester's report of an approved request does).
+    async fn finish_approval(&self, finish: Finish, entry: NewEntry) -> Result<bool, StoreError>;
+
+    /// Approved requests of `agent_id` not yet executed and not expired.
+    async fn approved_for(
+        &self,
+        agent_id: String,
+        now_ms: i64,
+    ) -> Result<Vec<Approval>, StoreError>;
+
+    /// Appends one audit entry (with its report receipt, if it has one).
+    async fn append_audit(&self, entry: NewEntry, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// One page of audit entries matching `filter`, newest first.
+    async fn audit(&self, filter: AuditFilter) -> Result<AuditPage, StoreError>;
+
+    /// The receipt of report `report_id` of `agent_id`, if the server acted on it.
+    async fn report_receipt(
+        &self,
+        agent_id: String,
+        report_id: ReportId,
+    ) -> Result<Option<ReportReceipt>, StoreError>;
+
+    /// Stores the answer of a report whose receipt was written with its effect.
+    async fn set_report_answer(
+        &self,
+        agent_id: String,
+        report_id: ReportId,
+        answer: Value,
+    ) -> Result<(), StoreError>;
+
+    /// Forgets report receipts older than `before_ms`; returns how many.
+    async fn prune_report_receipts(&self, before_ms: i64) -> Result<usize, StoreError>;
+
+    /// Finishes queued work and closes the store.
+    async fn close(&self);
+}

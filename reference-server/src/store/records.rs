@@ -1,0 +1,450 @@
+//! What the store keeps, as typed records (no SQL types), and the pure rules of how a stored
+//! fleet block or approval changes, shared by every backend so that they decide alike.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use policy_engine::protocol::{ApprovalStatus, PolicySignature, ReportId, ReportKind, time};
+use policy_engine::{Action, ActionRecord, Policy, PolicyDuration, PolicyVersion};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::clock;
+
+/// A stored policy version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredPolicy {
+    /// `pol_...`
+    pub id: String,
+    /// Org the policy belongs to.
+    pub org_id: String,
+    /// Version within the org.
+    pub version: PolicyVersion,
+    /// The validated policy.
+    pub policy: Arc<Policy>,
+    /// When the version was created.
+    pub created_at: DateTime<Utc>,
+    /// The operator's signature over this version, when it was posted signed.
+    pub signature: Option<PolicySignature>,
+}
+
+/// A policy version to store: [`Store::insert_policy`](super::Store::insert_policy).
+#[derive(Debug, Clone)]
+pub struct NewPolicy {
+    /// The org it belongs to.
+    pub org_id: String,
+    /// The validated policy.
+    pub policy: Arc<Policy>,
+    /// `pol_...`
+    pub id: String,
+    /// When it was posted.
+    pub created_at: DateTime<Utc>,
+    /// The operator's signature and the version it was made for: the store takes the version
+    /// only if it is the org's next one.
+    pub signed: Option<(PolicyVersion, PolicySignature)>,
+}
+
+/// An enrolled agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRecord {
+    /// `agent-...`
+    pub id: String,
+    /// Org the agent belongs to.
+    pub org_id: String,
+    /// Hostname given at enrollment.
+    pub hostname: String,
+    /// When it was enrolled.
+    pub enrolled_at: DateTime<Utc>,
+    /// Last heartbeat, if any.
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Version reported in the last heartbeat.
+    pub policy_version: Option<PolicyVersion>,
+    /// Error reported in the last heartbeat.
+    pub last_error: Option<String>,
+}
+
+/// One heartbeat of an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The agent.
+    pub agent_id: String,
+    /// The version it enforces.
+    pub policy_version: Option<PolicyVersion>,
+    /// Its last error.
+    pub last_error: Option<String>,
+    /// When it arrived.
+    pub at: DateTime<Utc>,
+}
+
+/// The overrides of one agent, as last stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredOverrides {
+    /// The normalized override list.
+    pub list: Value,
+    /// When it was stored.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A block in force for a whole org.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetBlock {
+    /// Org.
+    pub org_id: String,
+    /// Address.
+    pub ip: IpAddr,
+    /// Duration as reported by the agent whose report set the expiry.
+    pub duration: PolicyDuration,
+    /// Expiry in milliseconds since the epoch; `None` is permanent.
+    pub expires_ms: Option<i64>,
+    /// The agent whose report set the expiry.
+    pub agent_id: String,
+    /// That report's rule index.
+    pub rule: Option<u64>,
+    /// That report's policy version.
+    pub policy_version: Option<PolicyVersion>,
+    /// Reports collapsed into this block.
+    pub reports: u32,
+    /// First report.
+    pub created_at: DateTime<Utc>,
+    /// Last change of the expiry.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl FleetBlock {
+    /// Whether the block is still in force at `now_ms`.
+    pub fn in_force(&self, now_ms: i64) -> bool {
+        self.expires_ms.is_none_or(|e| e > now_ms)
+    }
+}
+
+/// A fleet block reported by an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewBlock {
+    /// Org of the reporting agent.
+    pub org_id: String,
+    /// Address.
+    pub ip: IpAddr,
+    /// Duration of the block.
+    pub duration: PolicyDuration,
+    /// The reporting agent.
+    pub agent_id: String,
+    /// Rule index.
+    pub rule: u64,
+    /// Policy version.
+    pub policy_version: PolicyVersion,
+    /// Receipt time, milliseconds since the epoch.
+    pub now_ms: i64,
+}
+
+/// What storing a reported block did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upserted {
+    /// The block now in force.
+    pub block: FleetBlock,
+    /// Whether the report created the block or extended its expiry (then it is pushed to the
+    /// other agents); `false` when an equal or later block was already in force.
+    pub changed: bool,
+}
+
+/// Merges a reported block into the one in force (`existing`, if any): a new address creates
+/// it, a later expiry (permanent beats everything) replaces the expiry and becomes its source,
+/// an equal or earlier one only counts the report. Expiry is computed at receipt.
+pub fn merge_block(existing: Option<FleetBlock>, new: &NewBlock) -> Upserted {
+    let existing = existing.filter(|b| b.in_force(new.now_ms));
+    let expires_ms = new
+        .duration
+        .as_duration()
+        .map(|d| new.now_ms.saturating_add(clock::millis(d)));
+    let later = |old: Option<i64>| match (old, expires_ms) {
+        (None, _) => false,
+        (Some(_), None) => true,
+        (Some(old), Some(new)) => new > old,
+    };
+    let now = clock::from_ms(new.now_ms);
+    match existing {
+        Some(mut block) if !later(block.expires_ms) => {
+            block.reports = block.reports.saturating_add(1);
+            Upserted {
+                block,
+                changed: false,
+            }
+        }
+        existing => Upserted {
+            block: FleetBlock {
+                org_id: new.org_id.clone(),
+                ip: new.ip,
+                duration: new.duration,
+                expires_ms,
+                agent_id: new.agent_id.clone(),
+                rule: Some(new.rule),
+                policy_version: Some(new.policy_version),
+                reports: existing.as_ref().map_or(1, |b| b.reports.saturating_add(1)),
+                created_at: existing.as_ref().map_or(now, |b| b.created_at),
+                updated_at: now,
+            },
+            changed: true,
+        },
+    }
+}
+
+/// A stored approval request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Approval {
+    /// `apr_...`
+    pub id: String,
+    /// Org.
+    pub org_id: String,
+    /// The requesting agent.
+    pub agent_id: String,
+    /// The action awaiting approval, with the rule, version and event of the request.
+    pub request: ActionRecord,
+    /// Where it stands.
+    pub status: ApprovalStatus,
+    /// Received, ms since the epoch.
+    pub created_ms: i64,
+    /// Deadline to approve and execute, ms since the epoch.
+    pub expires_ms: i64,
+    /// Decided (or expired, or executed), ms since the epoch.
+    pub decided_ms: Option<i64>,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// The admin's reason, if given.
+    pub reason: Option<String>,
+}
+
+/// The address an action is about, if any (the audit's `ip`).
+pub fn target_ip(record: &ActionRecord) -> Option<IpAddr> {
+    match &record.action {
+        Action::BlockIp { ip, .. } => Some(*ip),
+        Action::ApprovalRequest { request } => match request.as_ref() {
+            Action::BlockIp { ip, .. } => Some(*ip),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// An admin's decision on an approval request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The approval.
+    pub id: String,
+    /// The org the admin is confined to (`None`: the global admin, any org).
+    pub org: Option<String>,
+    /// Approve, else deny.
+    pub approve: bool,
+    /// Who decides (the audit's actor).
+    pub by: String,
+    /// The reason given, if any.
+    pub reason: Option<String>,
+    /// When, ms since the epoch.
+    pub now_ms: i64,
+}
+
+/// Why a decision was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecideError {
+    /// No such approval.
+    NotFound,
+    /// It belongs to another org.
+    OtherOrg(String),
+    /// Already decided, expired or executed.
+    NotPending(Box<Approval>),
+}
+
+/// What a decision does to `approval`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decided {
+    /// Approved or denied: store it with its audit entry.
+    Changed(Approval),
+    /// It had expired before anyone swept it: store that with its audit entry, then refuse.
+    Expired(Approval),
+    /// Refused without a change.
+    Refused(DecideError),
+}
+
+/// Applies `decision` to `approval` (the rule every backend follows).
+pub fn decide(mut approval: Approval, decision: &Decision) -> Decided {
+    if let Some(org) = &decision.org {
+        if *org != approval.org_id {
+            return Decided::Refused(DecideError::OtherOrg(approval.org_id));
+        }
+    }
+    if approval.status == ApprovalStatus::Pending && approval.expires_ms <= decision.now_ms {
+        approval.status = ApprovalStatus::Expired;
+        approval.decided_ms = Some(decision.now_ms);
+        approval.decided_by = Some("server".to_owned());
+        return Decided::Expired(approval);
+    }
+    if approval.status != ApprovalStatus::Pending {
+        return Decided::Refused(DecideError::NotPending(Box::new(approval)));
+    }
+    approval.status = if decision.approve {
+        ApprovalStatus::Approved
+    } else {
+        ApprovalStatus::Denied
+    };
+    approval.decided_ms = Some(decision.now_ms);
+    approval.decided_by = Some(decision.by.clone());
+    approval.reason = decision.reason.clone();
+    Decided::Changed(approval)
+}
+
+/// The agent's report of what became of an approved action.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    /// The approval.
+    pub id: String,
+    /// The reporting agent (only the requester's report counts).
+    pub agent_id: String,
+    /// Executed, else failed.
+    pub executed: bool,
+    /// When, ms since the epoch.
+    pub now_ms: i64,
+}
+
+/// One audit entry as written.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewEntry {
+    /// Org the entry belongs to.
+    pub org_id: String,
+    /// The agent concerned (reporter, requester, or the target of an override).
+    pub agent_id: Option<String>,
+    /// Who did it: an agent id, `admin` (global admin), `admin:<org>` (org admin) or `server`.
+    pub actor: String,
+    /// Index of the rule that decided it.
+    pub rule: Option<u64>,
+    /// Policy version in force.
+    pub policy_version: Option<PolicyVersion>,
+    /// What: an action name (`block_ip`, `alert`, ...) or an admin operation (`policy_created`,
+    /// `overrides_set`, `approval_approved`, `unblock`, `notify`, ...).
+    pub action: String,
+    /// The address concerned.
+    pub ip: Option<IpAddr>,
+    /// How it ended: `executed`, `failed`, `refused`, `requested`, `approved`, `denied`,
+    /// `expired`, `delivered`, ...
+    pub outcome: String,
+    /// Anything else worth keeping (the action JSON, an error message, a channel name).
+    pub detail: Option<Value>,
+    /// For the entry of a report with a `reportId`: its receipt, written in the same
+    /// transaction; a report already received fails the transaction with
+    /// [`StoreError::DuplicateReport`](super::StoreError::DuplicateReport).
+    pub receipt: Option<ReportReceipt>,
+}
+
+/// The filters of `GET /api/audit`; all optional, combined with AND.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Org (always set, from the token).
+    pub org_id: String,
+    /// `agent=`
+    pub agent_id: Option<String>,
+    /// `ip=`
+    pub ip: Option<IpAddr>,
+    /// `action=`
+    pub action: Option<String>,
+    /// `from=` (inclusive)
+    pub from: Option<DateTime<Utc>>,
+    /// `to=` (exclusive)
+    pub to: Option<DateTime<Utc>>,
+    /// `cursor=`: only entries with a smaller id (the `nextCursor` of the previous page).
+    pub before_id: Option<i64>,
+    /// `limit=`: page size.
+    pub limit: u32,
+}
+
+/// One audit entry as stored, served as is by `GET /api/audit`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    /// Increasing id; also the paging cursor.
+    pub id: i64,
+    /// When.
+    #[serde(with = "time::millis")]
+    pub time: DateTime<Utc>,
+    /// Org.
+    pub org_id: String,
+    /// Agent concerned.
+    pub agent_id: Option<String>,
+    /// Who did it.
+    pub actor: String,
+    /// Rule index.
+    pub rule: Option<u64>,
+    /// Policy version.
+    pub policy_version: Option<String>,
+    /// Action or operation.
+    pub action: String,
+    /// Address.
+    pub ip: Option<String>,
+    /// Outcome.
+    pub outcome: String,
+    /// Extra detail.
+    pub detail: Option<Value>,
+}
+
+/// One page of audit entries, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditPage {
+    /// The entries.
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `cursor=` for the next (older) page; `null` on the last page.
+    pub next_cursor: Option<i64>,
+}
+
+/// What the server remembers of a report with a `reportId`: what it did, and its answer once
+/// sent (a repeated report gets it instead of being acted on twice).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportReceipt {
+    /// The reporting agent.
+    pub agent_id: String,
+    /// The report's id.
+    pub report_id: ReportId,
+    /// What the server did with it.
+    pub kind: ReportKind,
+    /// The answer, stored after the report's effect (absent only if the server stopped in
+    /// between).
+    pub answer: Option<Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(duration: &str, now_ms: i64) -> NewBlock {
+        NewBlock {
+            org_id: "default".to_owned(),
+            ip: "203.0.113.7".parse().unwrap(),
+            duration: duration.parse().unwrap(),
+            agent_id: format!("agent-{now_ms}"),
+            rule: 0,
+            policy_version: PolicyVersion::new(1),
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn a_later_expiry_wins_and_an_earlier_one_only_counts() {
+        let first = merge_block(None, &new("1h", 0));
+        assert!(first.changed);
+        assert_eq!(first.block.expires_ms, Some(3_600_000));
+        let shorter = merge_block(Some(first.block.clone()), &new("10m", 1000));
+        assert_eq!((shorter.changed, shorter.block.reports), (false, 2));
+        assert_eq!(shorter.block.agent_id, "agent-0");
+        let longer = merge_block(Some(shorter.block), &new("2h", 2000));
+        assert_eq!((longer.changed, longer.block.reports), (true, 3));
+        assert_eq!(longer.block.agent_id, "agent-2000");
+        assert_eq!(longer.block.created_at, first.block.created_at);
+        let permanent = merge_block(Some(longer.block), &new("permanent", 3000));
+        assert_eq!(
+            (permanent.changed, permanent.block.expires_ms),
+            (true, None)
+        );
+        let after = merge_block(Some(permanent.block), &new("1w", 4000));
+        assert!(!after.changed);
+        // An expired block is replaced as if there were none.
+        let expired = merge_block(Some(first.block), &new("1m", 3_600_000));
+        assert_eq!((expired.changed, expired.block.reports), (true, 1));
+    }
+}

@@ -1,0 +1,171 @@
+//! `agents` (enrollment, heartbeats) and `tokens` (hashes and who they speak for).
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::Result;
+use super::rows::{parsed_opt, time_at, time_opt, time_text};
+use crate::auth::{Principal, TokenHash};
+use crate::store::{AgentRecord, Heartbeat};
+
+/// Enrolls an agent and stores its token hash in one transaction.
+pub fn insert(conn: &mut Connection, agent: AgentRecord, token: TokenHash) -> Result<AgentRecord> {
+    let enrolled_at = time_text(&agent.enrolled_at);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "INSERT INTO agents (id, org_id, hostname, enrolled_at) VALUES (?1, ?2, ?3, ?4)",
+        params![agent.id, agent.org_id, agent.hostname, enrolled_at],
+    )?;
+    tx.execute(
+        "INSERT INTO tokens (hash, role, org_id, agent_id, created_at)
+         VALUES (?1, 'agent', ?2, ?3, ?4)",
+        params![
+            token.as_bytes().as_slice(),
+            agent.org_id,
+            agent.id,
+            enrolled_at
+        ],
+    )?;
+    tx.commit()?;
+    Ok(agent)
+}
+
+/// One agent by id.
+pub fn one(conn: &mut Connection, id: &str) -> Result<Option<AgentRecord>> {
+    Ok(conn
+        .query_row(
+            &format!("{AGENT_COLUMNS} WHERE id = ?1"),
+            params![id],
+            agent_row,
+        )
+        .optional()?)
+}
+
+/// Every agent of `org_id`, by id.
+pub fn of_org(conn: &mut Connection, org_id: &str) -> Result<Vec<AgentRecord>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("{AGENT_COLUMNS} WHERE org_id = ?1 ORDER BY id"))?;
+    let rows = stmt.query_map(params![org_id], agent_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Records a heartbeat.
+pub fn heartbeat(conn: &mut Connection, heartbeat: &Heartbeat) -> Result<()> {
+    conn.execute(
+        "UPDATE agents SET last_seen = ?2, policy_version = ?3, last_error = ?4 WHERE id = ?1",
+        params![
+            heartbeat.agent_id,
+            time_text(&heartbeat.at),
+            heartbeat.policy_version.map(|v| v.to_string()),
+            heartbeat.last_error
+        ],
+    )?;
+    Ok(())
+}
+
+/// Stores an admin token hash (a repeated one is kept as is).
+pub fn insert_token(
+    conn: &mut Connection,
+    token: TokenHash,
+    principal: &Principal,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let (role, org, agent) = columns(principal);
+    conn.execute(
+        "INSERT OR IGNORE INTO tokens (hash, role, org_id, agent_id, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            token.as_bytes().as_slice(),
+            role,
+            org,
+            agent,
+            time_text(&now)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Makes `token` the only global admin token.
+pub fn set_global_admin(conn: &mut Connection, token: TokenHash, now: DateTime<Utc>) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "DELETE FROM tokens WHERE role = 'admin' AND org_id IS NULL AND hash != ?1",
+        params![token.as_bytes().as_slice()],
+    )?;
+    tx.execute(
+        "INSERT OR IGNORE INTO tokens (hash, role, org_id, agent_id, created_at)
+         VALUES (?1, 'admin', NULL, NULL, ?2)",
+        params![token.as_bytes().as_slice(), time_text(&now)],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Every token hash with its principal; malformed rows are skipped with a warning.
+pub fn tokens(conn: &mut Connection) -> Result<Vec<(TokenHash, Principal)>> {
+    let mut stmt = conn.prepare("SELECT hash, role, org_id, agent_id FROM tokens")?;
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            row.get::<_, Vec<u8>>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, Option<String>>(2)?,
+            row.get::<_, Option<String>>(3)?,
+        ))
+    })?;
+    let mut tokens = Vec::new();
+    for row in rows {
+        let (hash, role, org, agent) = row?;
+        let (Some(hash), Some(principal)) = (
+            TokenHash::from_slice(&hash),
+            from_columns(&role, org, agent),
+        ) else {
+            tracing::warn!("skipping a malformed token row");
+            continue;
+        };
+        tokens.push((hash, principal));
+    }
+    Ok(tokens)
+}
+
+/// Whether any global admin token exists.
+pub fn has_global_admin(conn: &mut Connection) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM tokens WHERE role = 'admin' AND org_id IS NULL)",
+        [],
+        |row| row.get(0),
+    )?)
+}
+
+/// `(role, org_id, agent_id)` of a principal as stored.
+fn columns(principal: &Principal) -> (&'static str, Option<&str>, Option<&str>) {
+    match principal {
+        Principal::GlobalAdmin => ("admin", None, None),
+        Principal::OrgAdmin { org_id } => ("admin", Some(org_id), None),
+        Principal::Agent { agent_id, org_id } => ("agent", Some(org_id), Some(agent_id)),
+    }
+}
+
+/// The principal of a stored row.
+fn from_columns(role: &str, org_id: Option<String>, agent_id: Option<String>) -> Option<Principal> {
+    match (role, org_id, agent_id) {
+        ("admin", None, None) => Some(Principal::GlobalAdmin),
+        ("admin", Some(org_id), None) => Some(Principal::OrgAdmin { org_id }),
+        ("agent", Some(org_id), Some(agent_id)) => Some(Principal::Agent { agent_id, org_id }),
+        _ => None,
+    }
+}
+
+const AGENT_COLUMNS: &str = "SELECT id, org_id, hostname, enrolled_at, last_seen, policy_version, \
+                             last_error FROM agents";
+
+fn agent_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRecord> {
+    Ok(AgentRecord {
+        id: row.get(0)?,
+        org_id: row.get(1)?,
+        hostname: row.get(2)?,
+        enrolled_at: time_at(row, 3)?,
+        last_seen: time_opt(row, 4)?,
+        policy_version: parsed_opt(row, 5)?,
+        last_error: row.get(6)?,
+    })
+}

@@ -1,0 +1,123 @@
+//! `blocks`: fleet blocks per org and address.
+
+use std::net::IpAddr;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::Result;
+use super::audit;
+use super::rows::{parsed, parsed_opt, time_at, time_text, unsigned_opt};
+use crate::clock;
+use crate::store::records::merge_block;
+use crate::store::{FleetBlock, NewBlock, NewEntry, Upserted};
+
+/// Merges a reported block into the one in force and writes the report's audit entry (noting
+/// `detail.fleet`), in one transaction.
+pub fn upsert(conn: &mut Connection, new: &NewBlock, mut entry: NewEntry) -> Result<Upserted> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let ip = new.ip.to_string();
+    let existing = tx
+        .query_row(
+            &format!("{BLOCK_COLUMNS} WHERE org_id = ?1 AND ip = ?2"),
+            params![new.org_id, ip],
+            block_row,
+        )
+        .optional()?;
+    let upserted = merge_block(existing, new);
+    let block = &upserted.block;
+    if upserted.changed {
+        tx.execute(
+            "INSERT OR REPLACE INTO blocks (org_id, ip, duration, expires_ms, agent_id, rule,
+                policy_version, reports, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                block.org_id,
+                ip,
+                block.duration.to_string(),
+                block.expires_ms,
+                block.agent_id,
+                block.rule.and_then(|r| i64::try_from(r).ok()),
+                block.policy_version.map(|v| v.to_string()),
+                block.reports,
+                time_text(&block.created_at),
+                time_text(&block.updated_at)
+            ],
+        )?;
+    } else {
+        tx.execute(
+            "UPDATE blocks SET reports = ?3 WHERE org_id = ?1 AND ip = ?2",
+            params![block.org_id, ip, block.reports],
+        )?;
+    }
+    if let Some(detail) = entry.detail.as_mut().and_then(|d| d.as_object_mut()) {
+        let fleet = if upserted.changed {
+            "stored"
+        } else {
+            "duplicate"
+        };
+        detail.insert("fleet".to_owned(), serde_json::json!(fleet));
+    }
+    audit::insert(&tx, clock::from_ms(new.now_ms), &entry)?;
+    tx.commit()?;
+    Ok(upserted)
+}
+
+/// Blocks of `org_id` in force at `now_ms`, by address; expired rows are deleted.
+pub fn active(conn: &mut Connection, org_id: &str, now_ms: i64) -> Result<Vec<FleetBlock>> {
+    conn.execute(
+        "DELETE FROM blocks WHERE org_id = ?1 AND expires_ms IS NOT NULL AND expires_ms <= ?2",
+        params![org_id, now_ms],
+    )?;
+    let mut stmt =
+        conn.prepare_cached(&format!("{BLOCK_COLUMNS} WHERE org_id = ?1 ORDER BY ip"))?;
+    let rows = stmt.query_map(params![org_id], block_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Lifts a block; `None` when `org_id` has no block in force on `ip`. The audit entry is
+/// written in the same transaction.
+pub fn remove(
+    conn: &mut Connection,
+    org_id: &str,
+    ip: IpAddr,
+    now_ms: i64,
+    entry: &NewEntry,
+) -> Result<Option<FleetBlock>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let ip = ip.to_string();
+    let existing = tx
+        .query_row(
+            &format!("{BLOCK_COLUMNS} WHERE org_id = ?1 AND ip = ?2"),
+            params![org_id, ip],
+            block_row,
+        )
+        .optional()?;
+    tx.execute(
+        "DELETE FROM blocks WHERE org_id = ?1 AND ip = ?2",
+        params![org_id, ip],
+    )?;
+    let active = existing.filter(|b| b.in_force(now_ms));
+    if active.is_some() {
+        audit::insert(&tx, clock::from_ms(now_ms), entry)?;
+    }
+    tx.commit()?;
+    Ok(active)
+}
+
+const BLOCK_COLUMNS: &str = "SELECT org_id, ip, duration, expires_ms, agent_id, rule, \
+                             policy_version, reports, created_at, updated_at FROM blocks";
+
+fn block_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FleetBlock> {
+    Ok(FleetBlock {
+        org_id: row.get(0)?,
+        ip: parsed(row, 1)?,
+        duration: parsed(row, 2)?,
+        expires_ms: row.get(3)?,
+        agent_id: row.get(4)?,
+        rule: unsigned_opt(row, 5)?,
+        policy_version: parsed_opt(row, 6)?,
+        reports: row.get(7)?,
+        created_at: time_at(row, 8)?,
+        updated_at: time_at(row, 9)?,
+    })
+}

@@ -1,0 +1,304 @@
+//! The SQLite backend of [`Store`]: one connection on a dedicated thread (WAL,
+//! `synchronous=FULL`, migrations by `user_version`), queries by table in the submodules.
+//!
+//! Invariant: rusqlite is only ever called on the store's own thread, never on an async worker.
+//! Every write commits before its future resolves.
+
+mod agents;
+mod approvals;
+mod audit;
+mod blocks;
+mod migrations;
+mod policies;
+mod receipts;
+mod rows;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use policy_engine::protocol::{ApprovalStatus, ReportId};
+use rusqlite::Connection;
+use serde_json::Value;
+
+use super::{
+    AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
+    Heartbeat, NewBlock, NewEntry, NewPolicy, ReportReceipt, Store, StoreError, StoredOverrides,
+    StoredPolicy, Upserted,
+};
+use crate::auth::{Principal, TokenHash};
+
+/// What a query on the store thread returns.
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Handle to the database thread.
+#[derive(Debug)]
+pub struct SqliteStore {
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The latest policy of each org read or written so far: reads of the active policy
+    /// (heartbeats, stream connects) need no database round trip or re-validation. Valid
+    /// because this process is the only writer of its database file.
+    latest: Mutex<HashMap<String, StoredPolicy>>,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        match error {
+            rusqlite::Error::FromSqlConversionFailure(..) => Self::Corrupt(error.to_string()),
+            other => Self::Backend(other.to_string()),
+        }
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(error: serde_json::Error) -> Self {
+        Self::Corrupt(format!("stored JSON: {error}"))
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, in WAL mode, and migrates it.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let mut conn = Connection::open(path).map_err(|e| StoreError::Open(e.to_string()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations::migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("policy-store".to_owned())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job(&mut conn);
+                }
+            })
+            .map_err(|e| StoreError::Open(format!("cannot start the database thread: {e}")))?;
+        Ok(Self {
+            jobs: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            latest: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Runs `f` on the database thread and waits for its result.
+    async fn call<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = reply.send(f(conn));
+        });
+        {
+            let jobs = self.jobs.lock().map_err(|_| StoreError::Closed)?;
+            let sender = jobs.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(job).map_err(|_| StoreError::Closed)?;
+        }
+        result.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn remember(&self, policy: &StoredPolicy) {
+        if let Ok(mut latest) = self.latest.lock() {
+            let newer = latest
+                .get(&policy.org_id)
+                .is_none_or(|known| known.version < policy.version);
+            if newer {
+                latest.insert(policy.org_id.clone(), policy.clone());
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_policy(&self, new: NewPolicy) -> Result<StoredPolicy> {
+        let stored = self.call(move |conn| policies::insert(conn, new)).await?;
+        self.remember(&stored);
+        Ok(stored)
+    }
+
+    async fn latest_policy(&self, org_id: String) -> Result<Option<StoredPolicy>> {
+        let known = self
+            .latest
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&org_id).cloned());
+        if let Some(known) = known {
+            return Ok(Some(known));
+        }
+        let found = self
+            .call(move |conn| policies::latest(conn, org_id))
+            .await?;
+        if let Some(policy) = &found {
+            self.remember(policy);
+        }
+        Ok(found)
+    }
+
+    async fn insert_agent(&self, agent: AgentRecord, token: TokenHash) -> Result<AgentRecord> {
+        self.call(move |conn| agents::insert(conn, agent, token))
+            .await
+    }
+
+    async fn agent(&self, id: String) -> Result<Option<AgentRecord>> {
+        self.call(move |conn| agents::one(conn, &id)).await
+    }
+
+    async fn agents(&self, org_id: String) -> Result<Vec<AgentRecord>> {
+        self.call(move |conn| agents::of_org(conn, &org_id)).await
+    }
+
+    async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<()> {
+        self.call(move |conn| agents::heartbeat(conn, &heartbeat))
+            .await
+    }
+
+    async fn insert_token(
+        &self,
+        token: TokenHash,
+        principal: Principal,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.call(move |conn| agents::insert_token(conn, token, &principal, now))
+            .await
+    }
+
+    async fn set_global_admin(&self, token: TokenHash, now: DateTime<Utc>) -> Result<()> {
+        self.call(move |conn| agents::set_global_admin(conn, token, now))
+            .await
+    }
+
+    async fn tokens(&self) -> Result<Vec<(TokenHash, Principal)>> {
+        self.call(agents::tokens).await
+    }
+
+    async fn has_global_admin(&self) -> Result<bool> {
+        self.call(agents::has_global_admin).await
+    }
+
+    async fn overrides(&self, agent_id: String) -> Result<Option<StoredOverrides>> {
+        self.call(move |conn| policies::overrides(conn, &agent_id))
+            .await
+    }
+
+    async fn set_overrides(&self, agent_id: String, overrides: StoredOverrides) -> Result<()> {
+        self.call(move |conn| policies::set_overrides(conn, &agent_id, &overrides))
+            .await
+    }
+
+    async fn upsert_block(&self, new: NewBlock, entry: NewEntry) -> Result<Upserted> {
+        self.call(move |conn| blocks::upsert(conn, &new, entry))
+            .await
+    }
+
+    async fn active_blocks(&self, org_id: String, now_ms: i64) -> Result<Vec<FleetBlock>> {
+        self.call(move |conn| blocks::active(conn, &org_id, now_ms))
+            .await
+    }
+
+    async fn remove_block(
+        &self,
+        org_id: String,
+        ip: IpAddr,
+        now_ms: i64,
+        entry: NewEntry,
+    ) -> Result<Option<FleetBlock>> {
+        self.call(move |conn| blocks::remove(conn, &org_id, ip, now_ms, &entry))
+            .await
+    }
+
+    async fn insert_approval(&self, approval: Approval, entry: NewEntry) -> Result<()> {
+        self.call(move |conn| approvals::insert(conn, &approval, &entry))
+            .await
+    }
+
+    async fn expire_approvals(&self, now_ms: i64) -> Result<usize> {
+        self.call(move |conn| approvals::expire(conn, now_ms)).await
+    }
+
+    async fn approvals(
+        &self,
+        org_id: String,
+        status: Option<ApprovalStatus>,
+        limit: u32,
+    ) -> Result<Vec<Approval>> {
+        self.call(move |conn| approvals::list(conn, &org_id, status, limit))
+            .await
+    }
+
+    async fn decide_approval(
+        &self,
+        decision: Decision,
+    ) -> Result<std::result::Result<Approval, DecideError>> {
+        self.call(move |conn| approvals::decide(conn, &decision))
+            .await
+    }
+
+    async fn finish_approval(&self, finish: Finish, entry: NewEntry) -> Result<bool> {
+        self.call(move |conn| approvals::finish(conn, &finish, &entry))
+            .await
+    }
+
+    async fn approved_for(&self, agent_id: String, now_ms: i64) -> Result<Vec<Approval>> {
+        self.call(move |conn| approvals::approved_for(conn, &agent_id, now_ms))
+            .await
+    }
+
+    async fn append_audit(&self, entry: NewEntry, at: DateTime<Utc>) -> Result<()> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            audit::insert(&tx, at, &entry)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit(&self, filter: AuditFilter) -> Result<AuditPage> {
+        self.call(move |conn| audit::query(conn, &filter)).await
+    }
+
+    async fn report_receipt(
+        &self,
+        agent_id: String,
+        report_id: ReportId,
+    ) -> Result<Option<ReportReceipt>> {
+        self.call(move |conn| receipts::get(conn, agent_id, report_id))
+            .await
+    }
+
+    async fn set_report_answer(
+        &self,
+        agent_id: String,
+        report_id: ReportId,
+        answer: Value,
+    ) -> Result<()> {
+        self.call(move |conn| receipts::set_answer(conn, &agent_id, &report_id, &answer))
+            .await
+    }
+
+    async fn prune_report_receipts(&self, before_ms: i64) -> Result<usize> {
+        self.call(move |conn| receipts::prune(conn, before_ms))
+            .await
+    }
+
+    async fn close(&self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The SSE hub: open event streams by org, each with a bounded queue of serialized frames.
+//!
+//! A frame is serialized once into a shared `Arc<str>` and queued to every stream that gets
+//! the same payload. A full queue means the agent does not keep up: its stream is dropped (it
+//! reconnects and gets the current state first), so no agent delays the others and no queue
+//! grows without bound. What goes out (policies, fleet events) is the fleet's business; the
+//! hub only knows frames and a per-stream view `V` its owner uses to tailor broadcasts.
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::Stream;
+use policy_engine::protocol::{FleetEvent, POLICY_EVENT, PolicyEvent};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use warp::sse::Event;
+
+/// One event, serialized: `data` is shared by every stream that gets the same payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The SSE `event:` name: `policy`, `block`, `unblock` or `approval`.
+    pub event: &'static str,
+    /// The SSE `id:`: the version number of `policy` events; fleet events carry none, so an
+    /// agent's last event id stays its policy version.
+    pub id: Option<u64>,
+    /// The JSON payload.
+    pub data: Arc<str>,
+}
+
+impl Frame {
+    /// A `policy` event.
+    pub fn policy<R: Serialize>(event: &PolicyEvent<R>) -> Self {
+        let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
+        Self {
+            event: POLICY_EVENT,
+            id: Some(event.version.number()),
+            data: Arc::from(data),
+        }
+    }
+
+    /// A fleet event (`block`, `unblock`, `approval`).
+    pub fn fleet(event: &FleetEvent) -> Self {
+        Self {
+            event: event.name(),
+            id: None,
+            data: Arc::from(event.data()),
+        }
+    }
+}
+
+/// The registry of open event streams, by org. Each stream carries a `V` its owner chose
+/// (what it needs to tailor a broadcast to that stream, e.g. the agent's overrides).
+#[derive(Debug)]
+pub struct Hub<V> {
+    inner: Arc<Mutex<Inner<V>>>,
+    queue: usize,
+    keep_alive: Duration,
+}
+
+impl<V> Clone for Hub<V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            queue: self.queue,
+            keep_alive: self.keep_alive,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner<V> {
+    next_id: u64,
+    closed: bool,
+    orgs: HashMap<String, HashMap<u64, Conn<V>>>,
+}
+
+#[derive(Debug)]
+struct Conn<V> {
+    agent_id: String,
+    tx: mpsc::Sender<Frame>,
+    view: V,
+}
+
+/// What happened to one broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Delivery {
+    /// Streams the event was queued to.
+    pub queued: usize,
+    /// Streams dropped because their queue was full.
+    pub dropped: usize,
+}
+
+impl<V> Hub<V> {
+    /// A hub whose streams queue at most `queue` events and send a keep-alive comment after
+    /// `keep_alive` of silence.
+    pub fn new(queue: usize, keep_alive: Duration) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                next_id: 0,
+                closed: false,
+                orgs: HashMap::new(),
+            })),
+            queue: queue.max(1),
+            keep_alive,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<V>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Opens a stream for an agent with its `view`; `initial` (its policy, then the fleet
+    /// blocks and approvals in force) is queued first, on top of the stream's queue. `None`
+    /// once the hub is closed.
+    pub fn subscribe(
+        &self,
+        org_id: &str,
+        agent_id: &str,
+        view: V,
+        initial: impl IntoIterator<Item = Frame>,
+    ) -> Option<Subscription<V>> {
+        let initial: Vec<Frame> = initial.into_iter().collect();
+        let (tx, rx) = mpsc::channel(self.queue + initial.len());
+        for frame in initial {
+            tx.try_send(frame).ok()?;
+        }
+        let mut inner = self.lock();
+        if inner.closed {
+            return None;
+        }
+        inner.next_id += 1;
+        let id = inner.next_id;
+        inner.orgs.entry(org_id.to_owned()).or_default().insert(
+            id,
+            Conn {
+                agent_id: agent_id.to_owned(),
+                tx,
+                view,
+            },
+        );
+        Some(Subscription {
+            id,
+            org_id: org_id.to_owned(),
+            hub: self.inner.clone(),
+            rx,
+        })
+    }
+
+    /// Queues to every stream of `org_id` the frame `frame_for` makes of its agent and view
+    /// (a broadcast tailored per stream).
+    pub fn send_org_each(
+        &self,
+        org_id: &str,
+        mut frame_for: impl FnMut(&str, &V) -> Frame,
+    ) -> Delivery {
+        let mut inner = self.lock();
+        let mut delivery = Delivery::default();
+        if let Some(conns) = inner.orgs.get_mut(org_id) {
+            conns.retain(|_, conn| {
+                let frame = frame_for(&conn.agent_id, &conn.view);
+                deliver(conn, frame, &mut delivery)
+            });
+        }
+        delivery
+    }
+
+    /// Replaces the view of an agent's open streams and queues `frame` to them.
+    pub fn update_agent(
+        &self,
+        org_id: &str,
+        agent_id: &str,
+        view: V,
+        frame: Option<Frame>,
+    ) -> Delivery
+    where
+        V: Clone,
+    {
+        let mut inner = self.lock();
+        let mut delivery = Delivery::default();
+        if let Some(conns) = inner.orgs.get_mut(org_id) {
+            conns.retain(|_, conn| {
+                if conn.agent_id != agent_id {
+                    return true;
+                }
+                conn.view = view.clone();
+                match &frame {
+                    Some(frame) => deliver(conn, frame.clone(), &mut delivery),
+                    None => true,
+                }
+            });
+        }
+        delivery
+    }
+
+    /// Queues a fleet event to every stream of `org` except those of `except` (the agent that
+    /// reported it).
+    pub fn send_org(&self, org_id: &str, frame: &Frame, except: Option<&str>) -> Delivery {
+        let mut inner = self.lock();
+        let mut delivery = Delivery::default();
+        if let Some(conns) = inner.orgs.get_mut(org_id) {
+            conns.retain(|_, conn| {
+                if except == Some(conn.agent_id.as_str()) {
+                    return true;
+                }
+                deliver(conn, frame.clone(), &mut delivery)
+            });
+        }
+        delivery
+    }
+
+    /// Queues a fleet event to the open streams of one agent.
+    pub fn send_agent(&self, org_id: &str, agent_id: &str, frame: &Frame) -> Delivery {
+        let mut inner = self.lock();
+        let mut delivery = Delivery::default();
+        if let Some(conns) = inner.orgs.get_mut(org_id) {
+            conns.retain(|_, conn| {
+                if conn.agent_id != agent_id {
+                    return true;
+                }
+                deliver(conn, frame.clone(), &mut delivery)
+            });
+        }
+        delivery
+    }
+
+    /// Agents of `org` with an open stream.
+    pub fn online_agents(&self, org_id: &str) -> HashSet<String> {
+        self.lock()
+            .orgs
+            .get(org_id)
+            .map(|conns| conns.values().map(|c| c.agent_id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Open streams of `org`.
+    pub fn stream_count(&self, org_id: &str) -> usize {
+        self.lock().orgs.get(org_id).map_or(0, HashMap::len)
+    }
+
+    /// Ends every stream (after its queued events) and refuses new ones: shutdown.
+    pub fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.orgs.clear();
+    }
+
+    /// Longest silence on a stream before a keep-alive comment.
+    pub fn keep_alive(&self) -> Duration {
+        self.keep_alive
+    }
+}
+
+/// Queues `frame`; `false` (remove the stream) when the queue is full or the stream is gone.
+fn deliver<V>(conn: &Conn<V>, frame: Frame, delivery: &mut Delivery) -> bool {
+    match conn.tx.try_send(frame) {
+        Ok(()) => {
+            delivery.queued += 1;
+            true
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::warn!(agent = %conn.agent_id, "event queue full; dropping the slow stream");
+            delivery.dropped += 1;
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+/// One open event stream: yields `policy` and fleet events until the hub drops it.
+#[derive(Debug)]
+pub struct Subscription<V> {
+    id: u64,
+    org_id: String,
+    hub: Arc<Mutex<Inner<V>>>,
+    rx: mpsc::Receiver<Frame>,
+}
+
+impl<V> Stream for Subscription<V> {
+    type Item = Result<Event, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx).map(|frame| {
+            frame.map(|frame| {
+                let event = Event::default().event(frame.event);
+                let event = match frame.id {
+                    Some(id) => event.id(id.to_string()),
+                    None => event,
+                };
+                Ok(event.data(&*frame.data))
+            })
+        })
+    }
+}
+
+impl<V> Drop for Subscription<V> {
+    fn drop(&mut self) {
+        let mut inner = self.hub.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(conns) = inner.orgs.get_mut(&self.org_id) {
+            conns.remove(&self.id);
+            if conns.is_empty() {
+                inner.orgs.remove(&self.org_id);
+            }
+        }
+    }
+}
