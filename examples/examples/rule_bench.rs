@@ -1,4 +1,4 @@
-//! Rule-scale figures: `cargo build --release --examples && target/release/examples/rule_bench`.
+//! Rule-scale figures: `cargo run --release --example rule_bench`.
 //!
 //! Events per second for policies of 4, 100 and 1,000 rules (`block_ip`, `auto_respond`,
 //! `alert_threshold`), and of 100 and 1,000 rules of which 30 % are `custom` conditions of
@@ -8,7 +8,9 @@
 //! given per second of wall time and per second of CPU time (the engine thread's, or the
 //! `simulate` process's): on a machine shared with other work the CPU-time rate is the stable
 //! one, and ratios are computed from it. Each figure is the best of `--runs` runs. Policies and
-//! events are those of `policy-engine/benches/workload`.
+//! events are those of `policy-engine/benches/workload`. One `figure` line per case (engine-only
+//! and end-to-end rates per CPU-second with their ratios) goes into the README's table through
+//! `.ci/bench`. `simulate` is built (release) when it is not next to this binary.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -119,10 +121,70 @@ fn main() -> anyhow::Result<()> {
     }
     drop(events);
 
-    if !args.engine_only {
-        end_to_end(&args, &cases)?;
+    let e2e = if args.engine_only {
+        Vec::new()
+    } else {
+        end_to_end(&args, &cases)?
+    };
+    let e2e_base = e2e.first().copied().unwrap_or_default();
+    for (i, (case, engine)) in cases.iter().zip(&best).enumerate() {
+        let mut result = format!(
+            "engine {} events/CPU-s ({:.2}x of 4 rules)",
+            millions(engine.cpu),
+            engine.cpu / base.cpu
+        );
+        if let Some(e2e) = e2e.get(i) {
+            result.push_str(&format!(
+                "; simulate {} events/CPU-s ({:.2}x)",
+                millions(e2e.cpu),
+                e2e.cpu / e2e_base.cpu
+            ));
+        }
+        examples::figure(&format!("rule scale, {}", case.name), result);
     }
     Ok(())
+}
+
+/// A rate in M or k, two or three significant digits.
+fn millions(rate: f64) -> String {
+    if rate >= 1e6 {
+        format!("{:.2}M", rate / 1e6)
+    } else {
+        format!("{:.0}k", rate / 1e3)
+    }
+}
+
+/// The `simulate` binary: `--simulate`, or the one next to this binary, built when missing.
+fn simulate_binary(args: &Args) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &args.simulate {
+        return Ok(path.clone());
+    }
+    let path = std::env::current_exe()?.with_file_name("simulate");
+    if !path.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        println!("building `simulate` (release) for the end-to-end runs");
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "examples",
+                "--example",
+                "simulate",
+            ])
+            .status()
+            .context("cannot run cargo to build `simulate`")?;
+        if !status.success() {
+            bail!("building `simulate` failed: {status}");
+        }
+    }
+    if !path.exists() {
+        bail!(
+            "`{}` not found: build it with `cargo build --release --example simulate`",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 /// Writes every case's policy and the end-to-end event file to `dir`.
@@ -229,18 +291,9 @@ fn engine_run(policy: &Policy, events: &[ThreatEvent]) -> (Rate, usize, u64) {
     )
 }
 
-/// Replays an event file through `simulate` for every case.
-fn end_to_end(args: &Args, cases: &[Case]) -> anyhow::Result<()> {
-    let simulate = match &args.simulate {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("simulate"),
-    };
-    if !simulate.exists() {
-        bail!(
-            "`{}` not found: build it with `cargo build --release --examples`",
-            simulate.display()
-        );
-    }
+/// Replays an event file through `simulate` for every case; the best rate of each.
+fn end_to_end(args: &Args, cases: &[Case]) -> anyhow::Result<Vec<Rate>> {
+    let simulate = simulate_binary(args)?;
     let dir = std::env::temp_dir().join(format!("rule_bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = replay_all(args, cases, &simulate, &dir);
@@ -248,7 +301,12 @@ fn end_to_end(args: &Args, cases: &[Case]) -> anyhow::Result<()> {
     result
 }
 
-fn replay_all(args: &Args, cases: &[Case], simulate: &Path, dir: &Path) -> anyhow::Result<()> {
+fn replay_all(
+    args: &Args,
+    cases: &[Case],
+    simulate: &Path,
+    dir: &Path,
+) -> anyhow::Result<Vec<Rate>> {
     let events_path = dir.join("events.jsonl");
     let mut text = workload::event_lines(args.e2e_events).join("\n");
     text.push('\n');
@@ -308,5 +366,5 @@ fn replay_all(args: &Args, cases: &[Case], simulate: &Path, dir: &Path) -> anyho
             best.cpu / base.cpu
         );
     }
-    Ok(())
+    Ok(best)
 }
