@@ -147,7 +147,7 @@ fn main() -> anyhow::Result<()> {
 
 /// A rate in M or k, two or three significant digits.
 fn millions(rate: f64) -> String {
-    if rate >= 1e6 {
+    if rate >= 999.5e3 {
         format!("{:.2}M", rate / 1e6)
     } else {
         format!("{:.0}k", rate / 1e3)

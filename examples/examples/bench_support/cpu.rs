@@ -43,11 +43,17 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// `count` things in `wall_secs` of wall time and `cpu_secs` of CPU time.
+    /// `count` things in `wall_secs` of wall time and `cpu_secs` of CPU time. A run too short
+    /// for the CPU clock to advance (smoke sizes) gets its wall-time rate as its CPU rate.
     pub fn of(count: usize, wall_secs: f64, cpu_secs: f64) -> Rate {
+        let wall = count as f64 / wall_secs.max(1e-9);
         Rate {
-            wall: count as f64 / wall_secs.max(1e-9),
-            cpu: count as f64 / cpu_secs.max(1e-9),
+            wall,
+            cpu: if cpu_secs > 0.0 {
+                count as f64 / cpu_secs
+            } else {
+                wall
+            },
         }
     }
 
