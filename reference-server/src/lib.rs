@@ -40,6 +40,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod http;
+pub mod ratelimit;
 pub mod store;
 pub mod transport;
 
@@ -131,6 +132,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         acceptor,
         routes: http::routes(state.clone()),
         shutdown_grace: config.shutdown_grace,
+        limits: config.connections.clone(),
         shutdown: Shutdown {
             close_streams: Box::new(move || hub.close()),
             finally: Box::pin(async move { store.close().await }),
