@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::auth::TokenCache;
+use crate::auth::{FailedAuth, TokenCache, check_admin_token};
 use crate::config::ServerConfig;
 use crate::fleet::agents::bootstrap_admin;
 use crate::fleet::notify::Notifier;
@@ -26,6 +26,8 @@ pub struct AppState {
     pub publisher: Publisher,
     /// Tokens in memory, keyed by hash.
     pub tokens: TokenCache,
+    /// The failed-authentication budget per source address.
+    pub failed_auth: FailedAuth,
     /// Alert delivery.
     pub notifier: Arc<Notifier>,
     /// See [`ServerConfig::online_window`].
@@ -40,6 +42,9 @@ impl AppState {
     /// first; handler tests use it with `warp::test` and
     /// [`http::routes`](crate::http::routes).
     pub async fn open(config: &ServerConfig) -> anyhow::Result<(Arc<Self>, Option<String>)> {
+        if let Some(token) = &config.admin_token {
+            check_admin_token(token).map_err(anyhow::Error::msg)?;
+        }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir `{}`", config.data_dir.display()))?;
         let store: Arc<dyn Store> = Arc::new(
@@ -58,6 +63,7 @@ impl AppState {
             publisher: Publisher::new(hub.clone()),
             hub,
             tokens,
+            failed_auth: FailedAuth::new(config.auth_failures_per_minute),
             notifier: Arc::new(notifier),
             online_window: config.online_window,
             approval_ttl: config.approval_ttl,

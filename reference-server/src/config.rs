@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub approval_sweep: Duration,
     /// Connection timeouts and caps.
     pub connections: ConnectionLimits,
+    /// Failed authentications per source address and minute before 429 (0: no limit).
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +76,7 @@ impl Default for ServerConfig {
             approval_ttl: Duration::from_secs(3600),
             approval_sweep: Duration::from_secs(5),
             connections: ConnectionLimits::default(),
+            auth_failures_per_minute: 30,
         }
     }
 }

@@ -11,7 +11,7 @@
 //!     listen: "127.0.0.1:0".parse()?,
 //!     data_dir: "/tmp/policy-data".into(),
 //!     tls: TlsMode::SelfSigned,
-//!     admin_token: Some("secret".to_owned()),
+//!     admin_token: Some("a-long-admin-secret".to_owned()),
 //!     ..ServerConfig::default()
 //! };
 //! let server = reference_server::start(config).await?;

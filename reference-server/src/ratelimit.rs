@@ -7,6 +7,7 @@
 //! that, a new key is refused rather than let the map grow.
 
 use std::hash::Hash;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -14,6 +15,18 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
+
+/// The address a peer is counted under: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by /64, the
+/// block one host usually owns.
+pub fn address_key(peer: IpAddr) -> IpAddr {
+    match peer.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
 
 /// A spent budget: try again after this long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,7 +47,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["store", "transport", "auth", "error", "clock", "ratelimit"],
     ),
     ("store", &["auth", "error", "clock"]),
-    ("transport", &[]),
+    ("transport", &["ratelimit"]),
     ("auth", &["error", "ratelimit"]),
     ("error", &[]),
     ("clock", &[]),

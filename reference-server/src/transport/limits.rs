@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::ratelimit::address_key;
+
 /// File descriptors kept for everything but client connections (the database, TLS files,
 /// outgoing notification connections, logs).
 pub const RESERVED_FDS: u64 = 256;
@@ -112,17 +114,6 @@ pub fn raise_nofile_limit() -> u64 {
             tracing::warn!(%error, soft, hard, "cannot raise the open-file limit");
             soft
         }
-    }
-}
-
-/// The address a peer is counted under: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by /64.
-pub fn address_key(peer: IpAddr) -> IpAddr {
-    match peer.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(Ipv6Addr::from(bits))
-        }
-        v4 => v4,
     }
 }
 
