@@ -9,7 +9,9 @@ use anyhow::Context;
 use crate::auth::{FailedAuth, TokenCache, check_admin_token};
 use crate::config::ServerConfig;
 use crate::fleet::agents::bootstrap_admin;
+use crate::fleet::checks::{NeverBlock, own_addresses};
 use crate::fleet::notify::Notifier;
+use crate::fleet::quotas::Quotas;
 use crate::fleet::reports::ReportContext;
 use crate::fleet::{EventHub, Publisher};
 use crate::store::Store;
@@ -34,6 +36,10 @@ pub struct AppState {
     pub online_window: Duration,
     /// See [`ServerConfig::approval_ttl`].
     pub approval_ttl: Duration,
+    /// The agents' report quotas.
+    pub quotas: Quotas,
+    /// Addresses never blocked fleet-wide.
+    pub never_block: NeverBlock,
 }
 
 impl AppState {
@@ -67,6 +73,11 @@ impl AppState {
             notifier: Arc::new(notifier),
             online_window: config.online_window,
             approval_ttl: config.approval_ttl,
+            quotas: Quotas::new(config.quotas),
+            never_block: NeverBlock {
+                own: own_addresses(config.listen.ip()),
+                ranges: config.never_block.clone(),
+            },
             store,
         });
         Ok((state, generated_admin_token))
@@ -79,6 +90,8 @@ impl AppState {
             publisher: &self.publisher,
             notifier: &self.notifier,
             approval_ttl: self.approval_ttl,
+            quotas: &self.quotas,
+            never_block: &self.never_block,
         }
     }
 }

@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::fleet::notify::NotifyConfig;
+use crate::fleet::quotas::QuotaConfig;
 use crate::transport::ConnectionLimits;
 
 /// How the server secures its listener.
@@ -59,6 +62,11 @@ pub struct ServerConfig {
     pub connections: ConnectionLimits,
     /// Failed authentications per source address and minute before 429 (0: no limit).
     pub auth_failures_per_minute: u32,
+    /// The agents' report quotas.
+    pub quotas: QuotaConfig,
+    /// Ranges no fleet block may target, besides the built-in ones and the server's own
+    /// addresses (`--never-block`).
+    pub never_block: Vec<IpNet>,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +85,8 @@ impl Default for ServerConfig {
             approval_sweep: Duration::from_secs(5),
             connections: ConnectionLimits::default(),
             auth_failures_per_minute: 30,
+            quotas: QuotaConfig::default(),
+            never_block: Vec::new(),
         }
     }
 }

@@ -144,7 +144,8 @@ impl ApiError {
 
     /// 500 `internal`; the detail is logged, not shown.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
-        tracing::error!(%detail, "internal error");
+        let detail = detail.to_string();
+        tracing::error!(?detail, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

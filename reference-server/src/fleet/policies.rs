@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::audit;
 use super::notify::{self, NotifyConfig};
 use super::overrides;
-use super::streams::{Publisher, policy_frame};
+use super::streams::{Publisher, policy_frame, sent};
 use super::views::{applied_at, policy_view, resolved_rules};
 use crate::auth::{Principal, random_hex};
 use crate::clock;
@@ -43,7 +43,7 @@ pub async fn publish(
             clock::now(),
         )
         .await?;
-    let delivery = publishing.broadcast(&stored);
+    let delivery = publishing.broadcast(store, &stored).await;
     drop(publishing);
     audit::record(
         store,
@@ -63,7 +63,7 @@ pub async fn publish(
     )
     .await;
     tracing::info!(
-        org = %stored.org_id,
+        org = ?stored.org_id,
         version = %stored.version,
         broadcasted_to = delivery.queued,
         dropped = delivery.dropped,
@@ -135,6 +135,14 @@ pub async fn set_overrides(
         .set_overrides(agent.id.clone(), stored.clone())
         .await?;
     let frame = policy_frame(&policy, &agent.id, &list);
+    store
+        .record_sent(vec![sent(
+            agent.id.clone(),
+            &policy,
+            &list,
+            clock::now_ms(),
+        )])
+        .await?;
     let delivery = publishing.update_agent(&agent.org_id, &agent.id, Arc::new(list), frame);
     drop(publishing);
     audit::record(
@@ -152,7 +160,7 @@ pub async fn set_overrides(
     )
     .await;
     tracing::info!(
-        agent = %agent.id,
+        agent = ?agent.id,
         version = %policy.version,
         broadcasted_to = delivery.queued,
         "broadcast overrides"

@@ -22,9 +22,13 @@ use serde_json::Value;
 
 pub use records::{
     AgentRecord, Approval, AuditEntry, AuditFilter, AuditPage, DecideError, Decision, Finish,
-    FleetBlock, Heartbeat, NewBlock, NewEntry, ReportReceipt, StoredOverrides, StoredPolicy,
-    Upserted,
+    FleetBlock, Heartbeat, NewBlock, NewEntry, ReportReceipt, SentPolicy, StoredOverrides,
+    StoredPolicy, Upserted,
 };
+
+/// How many (version, overrides) sends are remembered per agent, newest first: a report about
+/// an older one is refused.
+pub const MAX_SENT_PER_AGENT: usize = 64;
 
 use crate::auth::{Principal, TokenHash};
 use crate::error::ApiError;
@@ -77,6 +81,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The latest policy version of `org_id`.
     async fn latest_policy(&self, org_id: String) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Version `version` of `org_id`.
+    async fn policy(
+        &self,
+        org_id: String,
+        version: u64,
+    ) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Remembers that these policy versions (with these overrides) were sent to these agents,
+    /// in one transaction; each agent keeps its newest [`MAX_SENT_PER_AGENT`].
+    async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<(), StoreError>;
+
+    /// The override lists `version` was sent to `agent_id` with; empty when it never was.
+    async fn sent_overrides(
+        &self,
+        agent_id: String,
+        version: u64,
+    ) -> Result<Vec<Value>, StoreError>;
+
+    /// Pending approval requests of `agent_id`.
+    async fn pending_approvals(&self, agent_id: String) -> Result<usize, StoreError>;
 
     /// Enrolls an agent and stores its token hash, together.
     async fn insert_agent(

@@ -119,6 +119,19 @@ pub struct NewBlock {
     pub now_ms: i64,
 }
 
+/// A policy version sent to an agent, with the overrides it was resolved with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentPolicy {
+    /// The agent.
+    pub agent_id: String,
+    /// The version.
+    pub version: PolicyVersion,
+    /// The normalized override list it was resolved with (`[]`: none).
+    pub overrides: Value,
+    /// When, ms since the epoch.
+    pub sent_ms: i64,
+}
+
 /// What storing a reported block did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upserted {

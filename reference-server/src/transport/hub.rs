@@ -251,6 +251,23 @@ impl<V> Hub<V> {
         delivery
     }
 
+    /// The agent and view of every open stream of `org`.
+    pub fn views(&self, org_id: &str) -> Vec<(String, V)>
+    where
+        V: Clone,
+    {
+        self.lock()
+            .orgs
+            .get(org_id)
+            .map(|conns| {
+                conns
+                    .values()
+                    .map(|c| (c.agent_id.clone(), c.view.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Agents of `org` with an open stream.
     pub fn online_agents(&self, org_id: &str) -> HashSet<String> {
         self.lock()
@@ -292,7 +309,7 @@ fn deliver<V>(conn: &Conn<V>, frame: Frame, delivery: &mut Delivery) -> bool {
             true
         }
         Err(mpsc::error::TrySendError::Full(_)) => {
-            tracing::warn!(agent = %conn.agent_id, "event queue full; dropping the slow stream");
+            tracing::warn!(agent = ?conn.agent_id, "event queue full; dropping the slow stream");
             delivery.dropped += 1;
             false
         }

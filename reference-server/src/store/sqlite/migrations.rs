@@ -95,6 +95,20 @@ CREATE TABLE report_receipts (
 );
 CREATE INDEX report_receipts_by_time ON report_receipts (created_ms);
 "#,
+    // 4: the policy versions (with the overrides applied) sent to each agent, so that a report
+    // can be checked against a version the agent really got; and an index for the pending
+    // approvals of one agent (its quota).
+    r#"
+CREATE TABLE agent_policies (
+    agent_id   TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    overrides  TEXT    NOT NULL,
+    sent_ms    INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, version, overrides)
+);
+CREATE INDEX agent_policies_by_time ON agent_policies (agent_id, sent_ms);
+CREATE INDEX approvals_by_agent ON approvals (agent_id, status);
+"#,
 ];
 
 /// Applies the migrations `conn` lacks, each in its own transaction.
