@@ -132,9 +132,9 @@ pub fn check_admin_token(token: &str) -> Result<(), String> {
     let chars = token.chars().count();
     if chars < MIN_ADMIN_TOKEN_CHARS {
         return Err(format!(
-            "the admin token (POLICY_ADMIN_TOKEN or --admin-token) has {chars} characters; use at \
-             least {MIN_ADMIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`), or leave it unset on a \
-             fresh data dir to have one generated"
+            "the admin token (POLICY_ADMIN_TOKEN or --admin-token) has {chars} characters; it \
+             needs at least {MIN_ADMIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`), or leave it \
+             unset on a fresh data dir to have one generated"
         ));
     }
     Ok(())

@@ -21,7 +21,7 @@ use crate::fleet::audit;
 use crate::store::NewEntry;
 use crate::transport::PeerAddr;
 use policy_engine::DEFAULT_ORG;
-use policy_engine::protocol::fields::{Fields, check_org_id};
+use policy_engine::protocol::fields::{Fields, org_field};
 
 /// The query parameters of a request, each given at most once.
 pub type Query = HashMap<String, String>;
@@ -195,23 +195,19 @@ fn check_query(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Query, 
     Ok(query)
 }
 
-/// `org_id` (or `orgId`) in a query is checked exactly as in a body: 422 at its name with the
-/// same message, and naming both is refused.
+/// `org_id` (or `orgId`) in a query is checked by the very reader of bodies
+/// ([`org_field`]): the same 422, message and path (the parameter's name).
 fn check_org_param(query: &Query) -> Result<(), ApiError> {
+    let named: serde_json::Map<String, Value> = ["org_id", "orgId"]
+        .into_iter()
+        .filter_map(|name| {
+            query
+                .get(name)
+                .map(|v| (name.to_owned(), Value::String(v.clone())))
+        })
+        .collect();
     let mut fields = Fields::default();
-    match (query.get("org_id"), query.get("orgId")) {
-        (Some(_), Some(_)) => fields.push(
-            "orgId",
-            "`org_id` and its alias `orgId` are both given; use one",
-        ),
-        (Some(id), None) => {
-            check_org_id(&mut fields, "org_id", id);
-        }
-        (None, Some(id)) => {
-            check_org_id(&mut fields, "orgId", id);
-        }
-        (None, None) => {}
-    }
+    org_field(&mut fields, &named, "");
     fields.finish().map_err(ApiError::from)
 }
 
