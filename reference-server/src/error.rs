@@ -145,7 +145,7 @@ impl ApiError {
     /// 500 `internal`; the detail is logged, not shown.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         let detail = detail.to_string();
-        tracing::error!(?detail, "internal error");
+        tracing::error!(detail = detail.as_str(), "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -1,5 +1,6 @@
 //! `reference-server`: the policy API over HTTPS with SSE broadcast, backed by SQLite.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -191,13 +192,15 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`): text, where user-controlled values
-/// are recorded with `?` (escaped, quoted), or JSON objects, one per line.
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`): text (colors only on a terminal),
+/// where string fields are written quoted and escaped, or JSON objects, one per line. Every
+/// user-controlled value is logged as a string field, never inside the message.
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if format == "json" {
         logs.json().flatten_event(true).init();

@@ -262,7 +262,7 @@ pub fn check_policy(config: Option<&NotifyConfig>, policy: &Policy) -> Vec<Valid
                 }
                 Some(_) => {}
                 None => tracing::warn!(
-                    channel = ?name,
+                    channel = name.as_str(),
                     "policy names a notification channel but the server has no --notify-config; \
                      alerts on it will not be delivered"
                 ),
@@ -370,7 +370,7 @@ impl Notifier {
                 } else {
                     "not_configured"
                 };
-                tracing::warn!(channel = ?name, outcome, "alert not delivered");
+                tracing::warn!(channel = name.as_str(), outcome, "alert not delivered");
                 audit::record(&*self.store, delivery_entry(&alert, name, outcome, None, 0)).await;
                 continue;
             };
@@ -414,11 +414,16 @@ impl Notifier {
                 };
             match result {
                 Ok(()) => {
-                    tracing::info!(channel = ?name, attempt, "alert delivered");
+                    tracing::info!(channel = name, attempt, "alert delivered");
                     return ("delivered", None, attempt);
                 }
                 Err(error) => {
-                    tracing::warn!(channel = ?name, attempt, error = ?error, "alert delivery failed");
+                    tracing::warn!(
+                        channel = name,
+                        attempt,
+                        error = error.as_str(),
+                        "alert delivery failed"
+                    );
                     last_error = error;
                 }
             }

@@ -141,10 +141,10 @@ async fn refused(
     report: &Report,
     refusal: &Refusal,
 ) {
-    tracing::warn!(
-        agent = ?reporter.agent_id,
-        path = ?refusal.path,
-        message = ?refusal.message,
+    tracing::info!(
+        agent = reporter.agent_id,
+        path = refusal.path.as_str(),
+        reason = refusal.message.as_str(),
         "report refused"
     );
     audit::record(
@@ -180,7 +180,12 @@ async fn replayed(
         .report_receipt(agent_id.to_owned(), report_id.clone())
         .await?;
     Ok(receipt.map(|receipt| {
-        tracing::info!(agent = ?agent_id, report = ?report_id.as_str(), kind = receipt.kind.as_str(), "repeated report answered again");
+        tracing::info!(
+            agent = agent_id,
+            report = report_id.as_str(),
+            kind = receipt.kind.as_str(),
+            "repeated report answered again"
+        );
         receipt
             .answer
             .unwrap_or_else(|| to_json(&ReportAnswer::of(receipt.kind, Some(receipt.report_id))))
@@ -296,7 +301,11 @@ async fn approval_outcome(
         now_ms: clock::now_ms(),
     };
     if !ctx.store.finish_approval(finish, entry).await? {
-        tracing::warn!(agent = ?reporter.agent_id, approval = ?approval_id, "outcome of an approval that is not approved for this agent");
+        tracing::warn!(
+            agent = reporter.agent_id,
+            approval = approval_id.as_str(),
+            "outcome of an approval that is not approved for this agent"
+        );
     }
     Ok(())
 }
@@ -368,7 +377,12 @@ async fn approval_request(
         detail.insert("approvalId".to_owned(), json!(approval.id));
     }
     ctx.store.insert_approval(approval.clone(), entry).await?;
-    tracing::info!(org = ?reporter.org_id, agent = ?reporter.agent_id, approval = ?approval.id, "approval requested");
+    tracing::info!(
+        org = reporter.org_id,
+        agent = reporter.agent_id,
+        approval = approval.id.as_str(),
+        "approval requested"
+    );
     Ok(ReportAnswer {
         approval: Some(approval_view(&approval)),
         ..answer

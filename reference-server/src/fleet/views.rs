@@ -53,7 +53,7 @@ pub fn resolved_rules(
         match overrides::apply(&policy.policy.to_json_value(), list) {
             Ok(resolved) => return resolved.to_document().rules,
             Err(error) => tracing::warn!(
-                agent = ?agent_id,
+                agent = agent_id,
                 version = %policy.version,
                 %error,
                 "overrides do not fit this policy version; using it unmodified"

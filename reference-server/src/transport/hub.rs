@@ -155,7 +155,7 @@ impl<V> Hub<V> {
             if let Some(conns) = inner.orgs.get_mut(&old_org) {
                 conns.remove(&old_id);
             }
-            tracing::info!(agent = ?agent_id, "event stream replaced by a new one");
+            tracing::info!(agent = agent_id, "event stream replaced by a new one");
         }
         inner.orgs.entry(org_id.to_owned()).or_default().insert(
             id,
@@ -309,7 +309,10 @@ fn deliver<V>(conn: &Conn<V>, frame: Frame, delivery: &mut Delivery) -> bool {
             true
         }
         Err(mpsc::error::TrySendError::Full(_)) => {
-            tracing::warn!(agent = ?conn.agent_id, "event queue full; dropping the slow stream");
+            tracing::warn!(
+                agent = conn.agent_id.as_str(),
+                "event queue full; dropping the slow stream"
+            );
             delivery.dropped += 1;
             false
         }

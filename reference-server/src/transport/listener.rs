@@ -213,7 +213,7 @@ async fn run(
                             tracing::info!(
                                 %peer,
                                 %method,
-                                path = ?path,
+                                path = path.as_str(),
                                 status = response.status().as_u16(),
                                 elapsed_us = started.elapsed().as_micros() as u64,
                                 "request"

@@ -217,7 +217,7 @@ fn approval_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Approval>> {
         serde_json::from_str::<ActionRecord>(&request),
         ApprovalStatus::parse(&status),
     ) else {
-        tracing::warn!(approval = ?id, "skipping a malformed approval row");
+        tracing::warn!(approval = id.as_str(), "skipping a malformed approval row");
         return Ok(None);
     };
     Ok(Some(Approval {
