@@ -397,6 +397,6 @@ mod tests {
         assert_eq!(hub.send_agent("org", "a", &frame("y")).queued, 1);
         drop(new);
         assert_eq!(hub.send_agent("org", "a", &frame("z")).queued, 0);
-        assert!(hub.lock().by_agent.get("a").is_none());
+        assert!(!hub.lock().by_agent.contains_key("a"));
     }
 }

@@ -331,7 +331,7 @@ where
         let left = deadline.saturating_duration_since(Instant::now());
         let n = tokio::time::timeout(left, stream.read(&mut buf))
             .await
-            .expect("no answer")
+            .unwrap_or_else(|_| panic!("no answer within {DEADLINE:?}"))
             .unwrap();
         assert!(n > 0, "closed before the answer: {text}");
         seen.extend_from_slice(&buf[..n]);
