@@ -462,7 +462,102 @@ fn describe(action: &Action) -> String {
 
 #[cfg(test)]
 mod tests {
+    use policy_engine::Policy;
+    use serde_json::json;
+
     use super::*;
+
+    fn rules() -> Vec<Rule> {
+        let policy = Policy::from_value(&json!({"name": "checks", "rules": [
+            {"type": "custom", "config": {"condition": "true", "action": "block_ip",
+             "params": {"scope": "fleet", "duration": "1h"}}},
+            {"type": "custom", "config": {"condition": "true", "action": "alert",
+             "params": {"channels": ["ops"]}}},
+            {"type": "custom", "config": {"condition": "true", "action": "tag_host",
+             "params": {"tag": "suspect"}}},
+            {"type": "auto_respond", "config": {"trigger": "x", "action": "block_ip",
+             "minConfidence": 0.5, "requireApproval": true}},
+            {"type": "auto_respond", "config": {"trigger": "x", "action": "isolate_host",
+             "minConfidence": 0.5}, "enabled": false},
+            {"type": "custom", "config": {"condition": "true", "action": "block_ip"}},
+        ]}))
+        .unwrap();
+        policy.rules
+    }
+
+    fn action(value: serde_json::Value) -> Action {
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// What each kind of rule can and cannot produce, with the refusal's path and message.
+    #[test]
+    fn rules_produce_only_their_own_actions() {
+        let rules = rules();
+        let check = |index: usize, value: serde_json::Value, approved: bool| {
+            can_produce(&rules[index], index, &action(value), approved)
+                .map_err(|r| (r.path, r.message))
+        };
+        let block = |scope: &str, duration: &str| json!({"action": "block_ip", "ip": "203.0.113.7", "duration": duration, "scope": scope});
+        assert_eq!(check(0, block("fleet", "1h"), false), Ok(()));
+        assert_eq!(
+            check(0, block("fleet", "2h"), false),
+            Err(("duration".into(), "rule 0 blocks for `1h`, not `2h`".into()))
+        );
+        assert_eq!(
+            check(5, block("fleet", "24h"), false),
+            Err((
+                "scope".into(),
+                "rule 5 is `custom` with action `block_ip`, which cannot produce a fleet-scope \
+                 `block_ip`"
+                    .into()
+            ))
+        );
+        assert_eq!(check(5, block("host", "24h"), false), Ok(()));
+        let alert = |channels: serde_json::Value| json!({"action": "alert", "severity": "high", "count": 1, "channels": channels});
+        assert_eq!(check(1, alert(json!(["ops"])), false), Ok(()));
+        assert_eq!(
+            check(1, alert(json!(["ops", "pager"])), false),
+            Err((
+                "channels[1]".into(),
+                "channel `pager` is not one of rule 1's channels (`ops`)".into()
+            ))
+        );
+        let tag = |params: serde_json::Value| json!({"action": "custom", "name": "tag_host", "params": params});
+        assert_eq!(check(2, tag(json!({"tag": "suspect"})), false), Ok(()));
+        assert_eq!(
+            check(2, tag(json!({"tag": "x".repeat(1000)})), false),
+            Err((
+                "params".into(),
+                "`params` differ from those of rule 2".into()
+            ))
+        );
+        let request = json!({"action": "approval_request",
+                             "request": block("host", "24h")});
+        assert_eq!(check(3, request, false), Ok(()));
+        let request = json!({"action": "approval_request", "request": block("fleet", "24h")});
+        assert_eq!(
+            check(3, request, false),
+            Err((
+                "request.scope".into(),
+                "rule 3 (`auto_respond`) blocks with host scope only".into()
+            ))
+        );
+        // The approved block itself, executed: only with an approval id.
+        assert_eq!(check(3, block("host", "24h"), true), Ok(()));
+        assert_eq!(
+            check(3, json!({"action": "kill_process", "pid": 1}), true),
+            Err((
+                "action".into(),
+                "rule 3 is `auto_respond` with action `block_ip` (approval required), which \
+                 cannot produce `kill_process`"
+                    .into()
+            ))
+        );
+        assert_eq!(
+            check(4, json!({"action": "isolate_host"}), false),
+            Err(("rule".into(), "rule 4 is disabled".into()))
+        );
+    }
 
     #[test]
     fn never_block_names_the_reason() {
