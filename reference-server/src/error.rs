@@ -95,6 +95,11 @@ impl ApiError {
         )
     }
 
+    /// 408 `request_timeout`: the request (its body) did not arrive in time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+    }
+
     /// 429 `too_many_requests`: a rate limit or quota is spent; `Retry-After: retry_after_secs`.
     pub fn too_many(message: impl Into<String>, retry_after_secs: u64) -> Self {
         Self {
