@@ -115,3 +115,25 @@ pub fn parse_json(input: &[u8]) -> Result<Value, ApiError> {
         JsonError::Rejected(e) => ApiError::from_validation(vec![e]),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that sends one byte and then nothing (a slow upload) is cut off with 408.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stalls_gets_408() {
+        let first = futures_util::stream::iter([Ok::<_, warp::Error>(Bytes::from_static(b"{"))]);
+        let body = first.chain(futures_util::stream::pending());
+        let error = read_limited(Some(100), body, MAX_BODY_BYTES).await;
+        let error = error.map_err(|e| (e.status.as_u16(), e.code, e.message));
+        assert_eq!(
+            error,
+            Err((
+                408,
+                "request_timeout",
+                "the request body did not arrive within 30 s".to_owned()
+            ))
+        );
+    }
+}
