@@ -311,11 +311,11 @@ async fn main() {
                 let _ = tls.write_all(head).await;
                 while !stop.load(Ordering::Relaxed) {
                     if tls.write_all(b"a").await.is_err() || tls.flush().await.is_err() {
+                        counts.slow_closed_by_server.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                counts.slow_closed_by_server.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
