@@ -85,6 +85,11 @@ impl RunningServer {
         self.listening.is_tls()
     }
 
+    /// Client connections open now (what `--max-connections` caps).
+    pub fn open_connections(&self) -> usize {
+        self.listening.open_connections()
+    }
+
     /// The global admin token: the configured one, or the one generated on this start. `None`
     /// when the data dir already had a generated token (it was printed on its first start).
     pub fn admin_token(&self) -> Option<&str> {
