@@ -11,6 +11,7 @@ use crate::config::ServerConfig;
 use crate::fleet::agents::bootstrap_admin;
 use crate::fleet::checks::{NeverBlock, own_addresses};
 use crate::fleet::notify::Notifier;
+use crate::fleet::policies::SignedOrgs;
 use crate::fleet::quotas::Quotas;
 use crate::fleet::reports::ReportContext;
 use crate::fleet::{EventHub, Publisher};
@@ -40,6 +41,8 @@ pub struct AppState {
     pub quotas: Quotas,
     /// Addresses never blocked fleet-wide.
     pub never_block: NeverBlock,
+    /// See [`ServerConfig::signed_orgs`].
+    pub signed_orgs: SignedOrgs,
 }
 
 impl AppState {
@@ -78,6 +81,7 @@ impl AppState {
                 own: own_addresses(config.listen.ip()),
                 ranges: config.never_block.clone(),
             },
+            signed_orgs: config.signed_orgs.clone(),
             store,
         });
         Ok((state, generated_admin_token))

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::fleet::notify::NotifyConfig;
+use crate::fleet::policies::SignedOrgs;
 use crate::fleet::quotas::QuotaConfig;
 use crate::transport::ConnectionLimits;
 
@@ -67,6 +68,8 @@ pub struct ServerConfig {
     /// Ranges no fleet block may target, besides the built-in ones and the server's own
     /// addresses (`--never-block`).
     pub never_block: Vec<IpNet>,
+    /// Orgs that accept only policies signed by an operator key (`--require-signatures`).
+    pub signed_orgs: SignedOrgs,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +90,7 @@ impl Default for ServerConfig {
             auth_failures_per_minute: 30,
             quotas: QuotaConfig::default(),
             never_block: Vec::new(),
+            signed_orgs: SignedOrgs::default(),
         }
     }
 }

@@ -95,7 +95,11 @@ CREATE TABLE report_receipts (
 );
 CREATE INDEX report_receipts_by_time ON report_receipts (created_ms);
 "#,
-    // 4: the policy versions (with the overrides applied) sent to each agent, so that a report
+    // 4: the operator's signature of a signed policy version (JSON), NULL when unsigned.
+    r#"
+ALTER TABLE policies ADD COLUMN signature TEXT;
+"#,
+    // 5: the policy versions (with the overrides applied) sent to each agent, so that a report
     // can be checked against a version the agent really got; and an index for the pending
     // approvals of one agent (its quota).
     r#"
