@@ -118,6 +118,7 @@ impl RunningServer {
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (state, generated_admin_token) = AppState::open(&config).await?;
     fleet::sweeper::spawn(Arc::downgrade(&state.store), config.approval_sweep);
+    state.notifier.spawn_worker();
     let acceptor = match &config.tls {
         TlsMode::Plain => None,
         TlsMode::SelfSigned => Some(tls::acceptor(&tls::self_signed(&config.data_dir)?)?),

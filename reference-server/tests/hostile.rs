@@ -670,3 +670,93 @@ async fn finding_8_failed_auth_is_limited_and_the_header_is_read_strictly() {
         "the `Authorization` header is given more than once"
     );
 }
+
+/// Alerts are acknowledged only with their deliveries queued in the same transaction, and
+/// delivered after: a server killed (-9) while retrying a webhook that is down delivers the
+/// alert once it runs again; the agent's resent report gets the same answer and queues nothing.
+/// (Before, the delivery lived in a task spawned after the receipt was stored: a disconnect or
+/// a crash in between lost the alert, and the resent report was answered without it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_acknowledged_is_delivered_even_after_a_crash() {
+    let files = tempfile::Builder::new()
+        .prefix(&format!("policy-hostile-notify-{}-", std::process::id()))
+        .tempdir()
+        .unwrap();
+    let notify_config = |name: &str, addr: std::net::SocketAddr| {
+        let path = files.path().join(name);
+        let config = json!({
+            "channels": {"ops": {"type": "webhook", "url": format!("http://{addr}/hook")}},
+            "retry": {"attempts": 1000, "initialBackoffMs": 100, "maxBackoffMs": 100,
+                      "timeoutMs": 1000}
+        });
+        std::fs::write(&path, config.to_string()).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    // Nobody listens on the first webhook address.
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let first = Server::start(&["--notify-config", &notify_config("down.json", down)]);
+    first
+        .post_policy(json!({"name": "alerts", "rules": [
+            {"type": "alert_threshold", "config": {"severity": "critical", "countPerHour": 5,
+             "notifyChannels": ["ops"]}}]}))
+        .await;
+    let (a, a_token) = first.enroll("host-a").await;
+    let mut events = first.events(&a_token).await;
+    assert_eq!(events.next().await.unwrap().0, "policy");
+    let alert = |count: u32, id: &str| {
+        json!({"action": "alert", "severity": "critical", "count": count, "channels": ["ops"],
+               "rule": 0, "policyVersion": "v1", "reportId": id})
+    };
+    let (status, answer) = first.report(&a, &a_token, alert(6, "alert-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["data"]["notified"], json!(["ops"]));
+    first.wait_log("alert delivery failed").await;
+    assert!(first.audit("action=notify").await.is_empty());
+    let dir = first.dir.clone();
+    drop(events);
+    drop(first); // SIGKILL while the delivery is being retried
+
+    let sink = WebhookSink::start().await;
+    let second = Server::start_in(
+        dir,
+        &[],
+        &["--notify-config", &notify_config("up.json", sink.addr)],
+    );
+    let hooks = sink.wait_for(1).await;
+    assert_eq!(hooks[0]["channel"], "ops", "{hooks:?}");
+    assert_eq!(hooks[0]["agentId"], a.as_str());
+    assert_eq!(hooks[0]["hostname"], "host-a");
+    assert_eq!(hooks[0]["alert"]["count"], 6);
+    // The agent resends the report whose answer it may not have seen: the same answer, nothing
+    // queued again. A new alert is delivered once.
+    let (status, again) = second.report(&a, &a_token, alert(6, "alert-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again, answer);
+    let (status, next) = second.report(&a, &a_token, alert(7, "alert-2")).await;
+    assert_eq!(status, StatusCode::CREATED, "{next}");
+    let deadline = Instant::now() + DEADLINE;
+    let delivered = loop {
+        let entries = second.audit("action=notify").await;
+        if entries.len() >= 2 {
+            break entries;
+        }
+        assert!(Instant::now() < deadline, "{entries:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(delivered.len(), 2, "{delivered:?}");
+    assert!(
+        delivered
+            .iter()
+            .all(|e| e["outcome"] == "delivered" && e["detail"]["attempts"] == 1),
+        "{delivered:?}"
+    );
+    let counts: Vec<Value> = sink
+        .received()
+        .iter()
+        .map(|h| h["alert"]["count"].clone())
+        .collect();
+    assert_eq!(counts, vec![json!(6), json!(7)]);
+}

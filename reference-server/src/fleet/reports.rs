@@ -389,12 +389,14 @@ async fn approval_request(
     })
 }
 
-/// An alert: recorded, then delivered to its configured channels in the background.
+/// An alert: its audit entry (with its receipt and answer) and one queued delivery per
+/// configured channel, in one transaction; the notifier's worker delivers them after. A client
+/// gone before the answer, or a server stopped before delivering, loses no alert.
 async fn alert(
     ctx: ReportContext<'_>,
     reporter: Reporter<'_>,
     report: &Report,
-    entry: NewEntry,
+    mut entry: NewEntry,
     answer: ReportAnswer,
 ) -> Result<ReportAnswer, Handled> {
     let Action::Alert { channels, .. } = &report.record.action else {
@@ -402,7 +404,6 @@ async fn alert(
             "an alert report without an alert",
         )));
     };
-    recorded(ctx, entry).await?;
     let hostname = ctx
         .store
         .agent(reporter.agent_id.to_owned())
@@ -417,11 +418,20 @@ async fn alert(
         channels: channels.clone(),
         received_at: time::format(&clock::now()),
     };
-    let notified = ctx.notifier.dispatch(alert).await;
-    Ok(ReportAnswer {
-        notified: Some(notified),
+    let (deliveries, skipped) = ctx.notifier.plan(&alert);
+    let answer = ReportAnswer {
+        notified: Some(deliveries.iter().map(|d| d.channel.clone()).collect()),
         ..answer
-    })
+    };
+    if let Some(receipt) = entry.receipt.as_mut() {
+        receipt.answer = Some(to_json(&answer));
+    }
+    let entries = std::iter::once(entry).chain(skipped).collect();
+    ctx.store
+        .insert_alert(entries, deliveries, clock::now())
+        .await?;
+    ctx.notifier.wake();
+    Ok(answer)
 }
 
 /// The report's audit entry alone. Without a report id a failure is only logged (the audit

@@ -21,8 +21,8 @@ use serde_json::Value;
 
 pub use records::{
     AgentRecord, Approval, AuditEntry, AuditFilter, AuditPage, DecideError, Decision, Finish,
-    FleetBlock, Heartbeat, NewBlock, NewEntry, NewPolicy, ReportReceipt, SentPolicy,
-    StoredOverrides, StoredPolicy, Upserted,
+    FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, PendingDelivery,
+    ReportReceipt, SentPolicy, StoredOverrides, StoredPolicy, Upserted,
 };
 
 /// How many (version, overrides) sends are remembered per agent, newest first: a report about
@@ -233,6 +233,33 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         agent_id: String,
         report_id: ReportId,
         answer: Value,
+    ) -> Result<(), StoreError>;
+
+    /// Stores an alert report: its audit `entries` (the report's own first, with its receipt and
+    /// answer when it has a `reportId`; then one per channel that cannot be delivered) and one
+    /// queued delivery per deliverable channel, in one transaction. A report is acknowledged
+    /// only once its deliveries are queued, and they stay queued (across restarts) until
+    /// [`Store::finish_delivery`].
+    async fn insert_alert(
+        &self,
+        entries: Vec<NewEntry>,
+        deliveries: Vec<NewDelivery>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Queued deliveries with an id above `after_id`, oldest first, at most `limit`.
+    async fn pending_deliveries(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<PendingDelivery>, StoreError>;
+
+    /// Ends queued delivery `id` (delivered or given up) with its audit entry, together.
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        entry: NewEntry,
+        at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
     /// Forgets report receipts older than `before_ms`; returns how many.

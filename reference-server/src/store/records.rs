@@ -416,9 +416,31 @@ pub struct ReportReceipt {
     pub report_id: ReportId,
     /// What the server did with it.
     pub kind: ReportKind,
-    /// The answer, stored after the report's effect (absent only if the server stopped in
-    /// between).
+    /// The answer: written with the effect when it is known before (alerts), else stored after
+    /// the effect (absent only if the server stopped in between).
     pub answer: Option<Value>,
+}
+
+/// An alert delivery queued with the alert's audit entry (one per channel).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    /// The alert's org.
+    pub org_id: String,
+    /// The channel's name.
+    pub channel: String,
+    /// The alert (the notifier's JSON; the store does not read it).
+    pub alert: Value,
+}
+
+/// A queued delivery not yet done (delivered, or given up after its retries).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingDelivery {
+    /// Its id: increasing in the order deliveries were queued.
+    pub id: i64,
+    /// The channel's name.
+    pub channel: String,
+    /// The alert.
+    pub alert: Value,
 }
 
 #[cfg(test)]

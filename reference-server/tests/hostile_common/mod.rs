@@ -28,7 +28,8 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// A running binary; killed when dropped.
 pub struct Server {
     child: Child,
-    pub dir: tempfile::TempDir,
+    /// The data dir (shared: a test may start another server on it after killing this one).
+    pub dir: Arc<tempfile::TempDir>,
     pub addr: SocketAddr,
     pub base: String,
     pub client: reqwest::Client,
@@ -47,6 +48,11 @@ impl Server {
             .prefix(&format!("policy-hostile-{}-", std::process::id()))
             .tempdir()
             .unwrap();
+        Self::start_in(Arc::new(dir), wrapper, args)
+    }
+
+    /// Starts it on an existing data dir (after another server on it was killed).
+    pub fn start_in(dir: Arc<tempfile::TempDir>, wrapper: &[&str], args: &[&str]) -> Self {
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut command = Command::new(program);
@@ -212,6 +218,93 @@ impl Server {
             )
             .await
             .unwrap()
+    }
+}
+
+/// A loopback HTTP/1.1 webhook receiver: answers 200 to every request and keeps the JSON
+/// bodies.
+pub struct WebhookSink {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WebhookSink {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut data = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = socket.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        data.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&data).into_owned();
+                        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                            continue;
+                        };
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|n| n.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() < length {
+                            continue;
+                        }
+                        record
+                            .lock()
+                            .unwrap()
+                            .push(serde_json::from_str(body).unwrap_or(Value::Null));
+                        let _ = socket
+                            .write_all(
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                            )
+                            .await;
+                        return;
+                    }
+                });
+            }
+        });
+        Self { addr, seen, task }
+    }
+
+    /// The bodies received so far.
+    pub fn received(&self) -> Vec<Value> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` bodies arrived; returns them.
+    pub async fn wait_for(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let received = self.received();
+            if received.len() >= n {
+                return received;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} webhooks: {received:?}",
+                received.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for WebhookSink {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -113,6 +113,17 @@ CREATE TABLE agent_policies (
 CREATE INDEX agent_policies_by_time ON agent_policies (agent_id, sent_ms);
 CREATE INDEX approvals_by_agent ON approvals (agent_id, status);
 "#,
+    // 6: alert deliveries queued with the alert report, done after it is acknowledged (a
+    // disconnect or a crash in between no longer loses them).
+    r#"
+CREATE TABLE alert_deliveries (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    org_id     TEXT    NOT NULL,
+    channel    TEXT    NOT NULL,
+    alert      TEXT    NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Applies the migrations `conn` lacks, each in its own transaction.

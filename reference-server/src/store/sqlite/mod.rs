@@ -8,6 +8,7 @@ mod agents;
 mod approvals;
 mod audit;
 mod blocks;
+mod deliveries;
 mod migrations;
 mod policies;
 mod receipts;
@@ -29,8 +30,8 @@ use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
-    Heartbeat, NewBlock, NewEntry, NewPolicy, ReportReceipt, SentPolicy, Store, StoreError,
-    StoredOverrides, StoredPolicy, Upserted,
+    Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, PendingDelivery, ReportReceipt,
+    SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -316,6 +317,26 @@ impl Store for SqliteStore {
         answer: Value,
     ) -> Result<()> {
         self.call(move |conn| receipts::set_answer(conn, &agent_id, &report_id, &answer))
+            .await
+    }
+
+    async fn insert_alert(
+        &self,
+        entries: Vec<NewEntry>,
+        deliveries: Vec<NewDelivery>,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        self.call(move |conn| deliveries::insert_alert(conn, &entries, &deliveries, at))
+            .await
+    }
+
+    async fn pending_deliveries(&self, after_id: i64, limit: u32) -> Result<Vec<PendingDelivery>> {
+        self.call(move |conn| deliveries::pending(conn, after_id, limit))
+            .await
+    }
+
+    async fn finish_delivery(&self, id: i64, entry: NewEntry, at: DateTime<Utc>) -> Result<()> {
+        self.call(move |conn| deliveries::finish(conn, id, &entry, at))
             .await
     }
 
