@@ -199,6 +199,58 @@ async fn finding_1_out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
     }
 }
 
+/// Finding 1, sizing: at a soft file limit of 300 (hard 1,024) the server raises the soft limit
+/// to the hard one and sizes the default cap from it (1,024 - 256 kept - 32 operator reserve).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_1_the_open_file_limit_is_raised_and_the_caps_sized_from_it() {
+    let server = Server::start_under(&["prlimit", "--nofile=300:1024"], &[]);
+    let raised = server.wait_log("raised the open-file limit").await;
+    assert!(raised.contains("from=300 to=1024"), "{raised}");
+    let listening = server.wait_log("policy server listening").await;
+    assert!(
+        listening.contains("max_connections=736 max_per_address=256 operator_reserve=32"),
+        "{listening}"
+    );
+}
+
+/// Finding 1, HTTP/2: a connection that says nothing after its preface gets keep-alive pings
+/// (`--h2-keep-alive-secs 1`), so a dead peer is noticed and its connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finding_1_http2_connections_get_keep_alive_pings() {
+    use tokio::io::AsyncReadExt;
+    let server = Server::start(&["--h2-keep-alive-secs", "1"]);
+    let mut h2 = server.tls_from(ip("127.0.0.5"), "h2").await;
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ping_after = loop {
+        // Frames: 3 bytes length, 1 type, 1 flags, 4 stream id, then the payload.
+        let mut at = 0;
+        let mut ping = false;
+        while let Some(header) = seen.get(at..at + 9) {
+            let length =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            if header[3] == 0x6 && header[4] & 0x1 == 0 {
+                ping = true;
+            }
+            at += 9 + length;
+        }
+        if ping {
+            break started.elapsed();
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), h2.read(&mut buf))
+            .await
+            .expect("no ping within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed before a ping");
+        seen.extend_from_slice(&buf[..n]);
+    };
+    assert!(ping_after >= Duration::from_millis(900), "{ping_after:?}");
+}
+
 /// Finding 2: one agent could block loopback, the metadata service, broadcast, multicast, or
 /// anything under a rule or version that does not exist, on every host of its org.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
