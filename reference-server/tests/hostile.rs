@@ -294,6 +294,16 @@ async fn finding_2_fleet_blocks_are_checked_against_addresses_rules_and_versions
             "in the server's never-block list (`2001:db8:ff::/128`)",
         ),
     ];
+    // The host's own global addresses (e.g. its eth0): a block there would cut the server off.
+    let own: Vec<String> = nix::ifaddrs::getifaddrs()
+        .unwrap()
+        .filter_map(|i| i.address.and_then(|a| a.as_sockaddr_in().map(|v4| v4.ip())))
+        .filter(|v4| !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified())
+        .map(|v4| v4.to_string())
+        .collect();
+    for address in &own {
+        cases.push(never(address, "an address of the policy server"));
+    }
     let mut bogus = fleet_block("203.0.113.9");
     bogus["policyVersion"] = json!("v999");
     cases.push((
