@@ -587,6 +587,13 @@ impl Notifier {
     }
 }
 
+impl Drop for Notifier {
+    /// Lets the worker see that the notifier is gone, so it ends.
+    fn drop(&mut self) {
+        self.queued.notify_one();
+    }
+}
+
 /// The next queued deliveries after `after_id`; `None` once the notifier is gone or the store
 /// closed. A store error is logged and read as an empty batch (the next wake tries again).
 async fn next_batch(notifier: &Weak<Notifier>, after_id: i64) -> Option<Vec<PendingDelivery>> {
