@@ -6,9 +6,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::fleet::notify::NotifyConfig;
 use crate::fleet::policies::SignedOrgs;
-use crate::transport::AdmissionConfig;
+use crate::fleet::quotas::QuotaConfig;
+use crate::transport::{AdmissionConfig, ConnectionLimits};
 
 /// How the server secures its listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +79,15 @@ pub struct ServerConfig {
     /// How many new event streams may open at once and per second (beyond: 503 with
     /// `Retry-After`).
     pub admission: AdmissionConfig,
+    /// Connection timeouts and caps.
+    pub connections: ConnectionLimits,
+    /// Failed authentications per source address and minute before 429 (0: no limit).
+    pub auth_failures_per_minute: u32,
+    /// The agents' report quotas.
+    pub quotas: QuotaConfig,
+    /// Ranges no fleet block may target, besides the built-in ones and the server's own
+    /// addresses (`--never-block`).
+    pub never_block: Vec<IpNet>,
     /// Orgs that accept only policies signed by an operator key (`--require-signatures`).
     pub signed_orgs: SignedOrgs,
 }
@@ -97,6 +109,10 @@ impl Default for ServerConfig {
             database: Database::Sqlite,
             resync: Duration::from_secs(5),
             admission: AdmissionConfig::default(),
+            connections: ConnectionLimits::default(),
+            auth_failures_per_minute: 30,
+            quotas: QuotaConfig::default(),
+            never_block: Vec::new(),
             signed_orgs: SignedOrgs::default(),
         }
     }

@@ -48,8 +48,8 @@ pub async fn record(
     let upserted = pushed.value;
     let broadcasted_to = publisher.push(store, &org, pushed.seq).await.queued;
     tracing::info!(
-        org,
-        agent = reporter,
+        org = org.as_str(),
+        agent = reporter.as_str(),
         ip = %upserted.block.ip,
         changed = upserted.changed,
         broadcasted_to,
@@ -91,7 +91,7 @@ pub async fn lift(
         .value
         .ok_or_else(|| ApiError::not_found(format!("no fleet block on `{ip}` in org `{org}`")))?;
     let delivery = publisher.push(store, &org, pushed.seq).await;
-    tracing::info!(org, %ip, broadcasted_to = delivery.queued, "fleet block lifted");
+    tracing::info!(org = org.as_str(), %ip, broadcasted_to = delivery.queued, "fleet block lifted");
     Ok(Unblocked {
         ip,
         block: block_view(&removed),

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use policy_engine::PolicyVersion;
 use policy_engine::protocol::{ApprovalStatus, FleetEvent, UnblockEvent};
 
-use super::overrides::{Override, stored_list};
+use super::overrides::{self, Override, stored_list};
 use super::views::{approval_event, block_event, policy_event};
 use crate::clock;
-use crate::store::{Change, ChangeKind, Store, StoreError, StoredPolicy};
+use crate::store::{Change, ChangeKind, SentPolicy, Store, StoreError, StoredPolicy};
 use crate::transport::{Delivery, Frame, Hub};
 
 /// The overrides of the agent of one stream (empty: the org's policy as is).
@@ -37,6 +37,25 @@ pub fn policy_frame(policy: &StoredPolicy, agent_id: &str, overrides: &[Override
     Frame::policy(&policy_event(policy, agent_id, overrides))
 }
 
+/// The record of `policy` sent to `agent_id` with `list`.
+pub fn sent(agent_id: String, policy: &StoredPolicy, list: &[Override], now_ms: i64) -> SentPolicy {
+    SentPolicy {
+        agent_id,
+        version: policy.version,
+        overrides: overrides::to_value(list),
+        sent_ms: now_ms,
+    }
+}
+
+/// Remembers who gets `policy` with which overrides before it is queued (reports are checked
+/// against what was sent). A failure is logged: the version is stored already, its push must
+/// not be lost.
+async fn record_sent(store: &dyn Store, policy: &StoredPolicy, sent: Vec<SentPolicy>) {
+    if let Err(error) = store.record_sent(sent).await {
+        tracing::error!(%error, version = %policy.version, "cannot record the policy's recipients");
+    }
+}
+
 /// Queues change `change` to the streams that do not have it yet.
 pub async fn apply(
     store: &dyn Store,
@@ -52,6 +71,14 @@ pub async fn apply(
                 tracing::warn!(org = org_id, %version, "a pushed policy version is gone");
                 return Ok(Delivery::default());
             };
+            let now = clock::now_ms();
+            let recipients = hub
+                .views(org_id)
+                .into_iter()
+                .filter(|(_, view)| fresh(view) && view.version.is_none_or(|v| v < policy.version))
+                .map(|(agent_id, view)| sent(agent_id, &policy, &view.overrides, now))
+                .collect();
+            record_sent(store, &policy, recipients).await;
             let shared = policy_frame(&policy, "", &[]);
             hub.visit_org(org_id, |agent_id, view| {
                 if !fresh(view) || view.version.is_some_and(|v| v >= policy.version) {
@@ -126,6 +153,11 @@ async fn overrides(
         if let Some(policy) = store.policy(org_id.to_owned(), version).await? {
             policies.insert(version, policy);
         }
+    }
+    let now = clock::now_ms();
+    for policy in policies.values() {
+        let recipients = vec![sent(agent_id.to_owned(), policy, &list, now)];
+        record_sent(store, policy, recipients).await;
     }
     Ok(hub.visit_org(org_id, |agent, view| {
         if agent != agent_id || view.since >= change.seq {

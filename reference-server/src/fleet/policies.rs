@@ -151,7 +151,7 @@ pub async fn publish(
     )
     .await;
     tracing::info!(
-        org = %stored.org_id,
+        org = stored.org_id.as_str(),
         version = %stored.version,
         broadcasted_to = delivery.queued,
         dropped = delivery.dropped,
@@ -246,7 +246,7 @@ pub async fn set_overrides(
     )
     .await;
     tracing::info!(
-        agent = %agent.id,
+        agent = agent.id.as_str(),
         version = %policy.version,
         broadcasted_to = delivery.queued,
         "broadcast overrides"

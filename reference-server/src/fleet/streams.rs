@@ -16,7 +16,7 @@ use policy_engine::protocol::FleetEvent;
 use tokio::sync::Mutex;
 
 use super::changes;
-pub use super::changes::{AgentOverrides, EventHub, StreamView, policy_frame};
+pub use super::changes::{AgentOverrides, EventHub, StreamView, policy_frame, sent};
 use super::views::{approval_event, block_event};
 use crate::clock;
 use crate::error::ApiError;
@@ -194,6 +194,18 @@ pub async fn open(
             .stream_snapshot(org_id.to_owned(), agent_id.to_owned(), now)
             .await?;
         let (view, initial) = initial_state(&snapshot, agent_id, last_event_id, now);
+        // Reports are checked against what was sent: record the version this stream runs
+        // (sent now, or already run by the agent) before the agent can report on it.
+        if let Some(policy) = &snapshot.policy {
+            store
+                .record_sent(vec![sent(
+                    agent_id.to_owned(),
+                    policy,
+                    &view.overrides,
+                    now,
+                )])
+                .await?;
+        }
         match publisher
             .subscribe(org_id, agent_id, &snapshot, view, initial)
             .await

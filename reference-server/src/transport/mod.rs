@@ -5,9 +5,11 @@
 
 pub mod admission;
 pub mod hub;
+pub mod limits;
 pub mod listener;
 pub mod tls;
 
 pub use admission::{Admission, AdmissionConfig, Admitted};
 pub use hub::{Delivery, Frame, Hub, Subscription};
+pub use limits::ConnectionLimits;
 pub use listener::{Listening, PeerAddr, ServeOptions, Shutdown};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warp::Reply;
-use warp::http::{HeaderValue, StatusCode, header};
+use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::Answer;
@@ -41,8 +41,8 @@ pub async fn open(
     .await?;
     drop(admitted);
     tracing::info!(
-        agent = %agent.agent_id,
-        org = %agent.org_id,
+        agent = agent.agent_id.as_str(),
+        org = agent.org_id.as_str(),
         peer = ?peer.map(|p| p.0),
         version = ?policy.map(|p| p.version.to_string()),
         "event stream opened"
@@ -56,16 +56,13 @@ pub async fn open(
 /// 503 `busy` with `Retry-After`: too many streams opening (a fleet reconnecting at once).
 fn busy(wait: Duration) -> Response {
     let seconds = wait.as_secs().max(1);
-    let mut response = ApiError {
+    ApiError {
         status: StatusCode::SERVICE_UNAVAILABLE,
         code: "busy",
         message: format!("too many event streams opening; retry in {seconds} s"),
         path: None,
         errors: Vec::new(),
+        retry_after: Some(seconds),
     }
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-    response
+    .into_response()
 }

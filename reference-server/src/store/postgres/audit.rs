@@ -117,7 +117,8 @@ pub async fn query(client: &impl GenericClient, filter: &AuditFilter) -> Result<
     })
 }
 
-/// Writes a receipt inside the transaction of the report's effect: a report already received
+/// Writes a receipt (with its answer, when known before the effect) inside the transaction of
+/// the report's effect: a report already received
 /// (the same agent and id, on any replica) fails it with [`StoreError::DuplicateReport`], so
 /// the transaction rolls back and the effect never happens twice. A copy racing on another
 /// replica waits for the first one's commit, then finds the receipt.
@@ -128,10 +129,15 @@ async fn insert_receipt(
 ) -> Result<()> {
     let statement = tx
         .prepare_cached(
-            "INSERT INTO report_receipts (agent_id, report_id, kind, created_ms)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (agent_id, report_id) DO NOTHING",
+            "INSERT INTO report_receipts (agent_id, report_id, kind, answer, created_ms)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (agent_id, report_id) DO NOTHING",
         )
         .await?;
+    let answer = receipt
+        .answer
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()?;
     let inserted = tx
         .execute(
             &statement,
@@ -139,6 +145,7 @@ async fn insert_receipt(
                 &receipt.agent_id,
                 &receipt.report_id.as_str(),
                 &receipt.kind.as_str(),
+                &answer,
                 &now_ms,
             ],
         )

@@ -7,7 +7,8 @@
 //! assigned under the org's advisory lock, so they are unique, gap-free and in commit order;
 //! every write commits before its future resolves; a report's receipt is written in the
 //! transaction of its effect, so a report resent to another replica is acted on once; each
-//! expired approval is swept once (`FOR UPDATE SKIP LOCKED`).
+//! expired approval is swept once (`FOR UPDATE SKIP LOCKED`); each queued alert delivery is
+//! claimed by one replica (`FOR UPDATE SKIP LOCKED`, `deliveries.rs`).
 //!
 //! The connection to PostgreSQL is not encrypted (no second TLS stack in the server): run the
 //! database on the same host (loopback or a unix socket, `host=/var/run/postgresql`) or on a
@@ -15,11 +16,13 @@
 
 mod agents;
 mod audit;
+mod deliveries;
 mod fleet;
 mod listen;
 mod policies;
 mod rows;
 mod schema;
+mod sent;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,8 +41,9 @@ use tokio_postgres::{IsolationLevel, NoTls};
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, Change, DecideError, Decision, Finish,
-    FleetBlock, Heartbeat, NewBlock, NewEntry, NewPolicy, Notice, Pushed, ReportReceipt, Store,
-    StoreError, StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
+    FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, PendingDelivery,
+    Pushed, ReportReceipt, SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy,
+    StreamSnapshot, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -280,6 +284,25 @@ impl Store for PgStore {
         self.resolve(&org_id, Some(version)).await
     }
 
+    async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<()> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        sent::record(&tx, &sent).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn sent_overrides(&self, agent_id: String, version: u64) -> Result<Vec<Value>> {
+        sent::overrides(&self.client().await?, &agent_id, version).await
+    }
+
+    async fn pending_approvals(&self, agent_id: String) -> Result<usize> {
+        sent::pending_approvals(&self.client().await?, &agent_id).await
+    }
+
     async fn insert_agent(&self, agent: AgentRecord, token: TokenHash) -> Result<AgentRecord> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -465,6 +488,39 @@ impl Store for PgStore {
         answer: Value,
     ) -> Result<()> {
         audit::set_answer(&self.client().await?, &agent_id, &report_id, &answer).await
+    }
+
+    async fn insert_alert(
+        &self,
+        entries: Vec<NewEntry>,
+        deliveries: Vec<NewDelivery>,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        deliveries::insert_alert(&tx, &entries, &deliveries, at).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Claims deliveries no replica holds, whatever `after_id` (those this replica has under
+    /// way are claimed by it, so they are not returned again).
+    async fn pending_deliveries(&self, _after_id: i64, limit: u32) -> Result<Vec<PendingDelivery>> {
+        deliveries::claim(&self.client().await?, limit).await
+    }
+
+    async fn finish_delivery(&self, id: i64, entry: NewEntry, at: DateTime<Utc>) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let finished = deliveries::finish(&tx, id, &entry, at).await?;
+        tx.commit().await?;
+        if !finished {
+            tracing::warn!(
+                id,
+                "alert delivery was finished by another replica (its claim lapsed)"
+            );
+        }
+        Ok(())
     }
 
     async fn prune_report_receipts(&self, before_ms: i64) -> Result<usize> {

@@ -105,7 +105,36 @@ CREATE INDEX report_receipts_by_time ON report_receipts (created_ms);
     r#"
 ALTER TABLE policies ADD COLUMN signature text;
 "#,
-    // 5: numbered changes per org, what event streams are pushed (see `store::records::Change`).
+    // 5: the policy versions (with the overrides applied) sent to each agent, so that a report
+    // can be checked against a version the agent really got; and an index for the pending
+    // approvals of one agent (its quota).
+    r#"
+CREATE TABLE agent_policies (
+    id         bigserial NOT NULL,
+    agent_id   text      NOT NULL,
+    version    bigint    NOT NULL,
+    overrides  text      NOT NULL,
+    sent_ms    bigint    NOT NULL,
+    PRIMARY KEY (agent_id, version, overrides)
+);
+CREATE INDEX agent_policies_by_time ON agent_policies (agent_id, sent_ms);
+CREATE INDEX approvals_by_agent ON approvals (agent_id, status);
+"#,
+    // 6: alert deliveries queued with the alert report, done after it is acknowledged (a
+    // disconnect or a crash in between no longer loses them). A replica claims a delivery
+    // (`claimed_ms`) before delivering it, so that one replica delivers each; a claim older
+    // than the lease (a replica that died while delivering) may be taken by another.
+    r#"
+CREATE TABLE alert_deliveries (
+    id         bigserial PRIMARY KEY,
+    org_id     text   NOT NULL,
+    channel    text   NOT NULL,
+    alert      text   NOT NULL,
+    created_ms bigint NOT NULL,
+    claimed_ms bigint
+);
+"#,
+    // 7: numbered changes per org, what event streams are pushed (see `store::records::Change`).
     r#"
 CREATE TABLE org_changes (
     org_id text   PRIMARY KEY,

@@ -10,10 +10,12 @@ mod approvals;
 mod audit;
 mod blocks;
 mod changes;
+mod deliveries;
 mod migrations;
 mod policies;
 mod receipts;
 mod rows;
+mod sent;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,8 +33,9 @@ use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, Change, DecideError, Decision, Finish,
-    FleetBlock, Heartbeat, NewBlock, NewEntry, NewPolicy, Notice, Pushed, ReportReceipt, Store,
-    StoreError, StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
+    FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, PendingDelivery,
+    Pushed, ReportReceipt, SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy,
+    StreamSnapshot, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -173,6 +176,23 @@ impl Store for SqliteStore {
             .call(move |conn| policies::latest_row(conn, &org_id))
             .await?;
         self.resolve(row)
+    }
+
+    async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<()> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        self.call(move |conn| sent::record(conn, &sent)).await
+    }
+
+    async fn sent_overrides(&self, agent_id: String, version: u64) -> Result<Vec<Value>> {
+        self.call(move |conn| sent::overrides(conn, &agent_id, version))
+            .await
+    }
+
+    async fn pending_approvals(&self, agent_id: String) -> Result<usize> {
+        self.call(move |conn| approvals::pending_count(conn, &agent_id))
+            .await
     }
 
     async fn insert_agent(&self, agent: AgentRecord, token: TokenHash) -> Result<AgentRecord> {
@@ -331,6 +351,26 @@ impl Store for SqliteStore {
         answer: Value,
     ) -> Result<()> {
         self.call(move |conn| receipts::set_answer(conn, &agent_id, &report_id, &answer))
+            .await
+    }
+
+    async fn insert_alert(
+        &self,
+        entries: Vec<NewEntry>,
+        deliveries: Vec<NewDelivery>,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        self.call(move |conn| deliveries::insert_alert(conn, &entries, &deliveries, at))
+            .await
+    }
+
+    async fn pending_deliveries(&self, after_id: i64, limit: u32) -> Result<Vec<PendingDelivery>> {
+        self.call(move |conn| deliveries::pending(conn, after_id, limit))
+            .await
+    }
+
+    async fn finish_delivery(&self, id: i64, entry: NewEntry, at: DateTime<Utc>) -> Result<()> {
+        self.call(move |conn| deliveries::finish(conn, id, &entry, at))
             .await
     }
 
