@@ -2,7 +2,8 @@
 //! PostgreSQL with two stores on one database (two replicas writing at once). Versions and
 //! change numbers stay gap-free and unique under concurrent writers, every pushed write records
 //! its change, a report is acted on once whichever replica gets it, an expired approval expires
-//! once however many replicas sweep, and a replica hears of the other's commits.
+//! once however many replicas sweep, an alert delivery is claimed by one replica, and a replica
+//! hears of the other's commits.
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -21,8 +22,9 @@ use reference_server::auth::{Principal, TokenHash};
 use reference_server::store::postgres::PgStore;
 use reference_server::store::sqlite::SqliteStore;
 use reference_server::store::{
-    AgentRecord, Approval, AuditFilter, ChangeKind, Decision, NewBlock, NewEntry, NewPolicy,
-    Notice, ReportReceipt, Store, StoreError, StoredOverrides,
+    AgentRecord, Approval, AuditFilter, ChangeKind, Decision, MAX_SENT_PER_AGENT, NewBlock,
+    NewDelivery, NewEntry, NewPolicy, Notice, ReportReceipt, SentPolicy, Store, StoreError,
+    StoredOverrides,
 };
 use serde_json::json;
 
@@ -31,6 +33,8 @@ use serde_json::json;
 struct Pair {
     a: Arc<dyn Store>,
     b: Arc<dyn Store>,
+    /// Whether `a` and `b` are two servers on one database (PostgreSQL replicas).
+    shared: bool,
     _keep: Box<dyn std::any::Any + Send>,
 }
 
@@ -47,6 +51,7 @@ async fn sqlite() -> Pair {
     Pair {
         a: store.clone(),
         b: store,
+        shared: false,
         _keep: Box::new(dir),
     }
 }
@@ -58,6 +63,7 @@ async fn postgres() -> Pair {
     Pair {
         a,
         b,
+        shared: true,
         _keep: Box::new(db),
     }
 }
@@ -572,6 +578,304 @@ async fn signed_versions_are_taken_once(pair: Pair) {
         (PolicyVersion::new(3), Some(3))
     );
     assert_eq!(pair.a.change_seq("acme".to_owned()).await.unwrap(), 3);
+}
+
+/// What was sent to an agent is remembered on either handle, newest first, refreshed when sent
+/// again, and bounded per agent; pending approvals are counted per agent.
+async fn sent_policies_are_remembered_and_bounded(pair: Pair) {
+    let sent = |agent: &str, version: u64, overrides: serde_json::Value, sent_ms: i64| SentPolicy {
+        agent_id: agent.to_owned(),
+        version: PolicyVersion::new(version),
+        overrides,
+        sent_ms,
+    };
+    let other = json!([{"rule": 0, "enabled": false}]);
+    pair.a
+        .record_sent(vec![
+            sent("agent-1", 1, json!([]), 1_000),
+            sent("agent-1", 1, other.clone(), 2_000),
+            sent("agent-2", 1, json!([]), 1_000),
+            // The same row twice in one call: one row, the later time.
+            sent("agent-2", 2, json!([]), 1_000),
+            sent("agent-2", 2, json!([]), 1_500),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        pair.b
+            .sent_overrides("agent-1".to_owned(), 1)
+            .await
+            .unwrap(),
+        [other.clone(), json!([])]
+    );
+    // Sent again without overrides: that list is now the newest.
+    pair.b
+        .record_sent(vec![sent("agent-1", 1, json!([]), 3_000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        pair.a
+            .sent_overrides("agent-1".to_owned(), 1)
+            .await
+            .unwrap(),
+        [json!([]), other]
+    );
+    assert_eq!(
+        pair.a
+            .sent_overrides("agent-1".to_owned(), 2)
+            .await
+            .unwrap(),
+        Vec::<serde_json::Value>::new()
+    );
+    assert_eq!(
+        pair.a
+            .sent_overrides("agent-2".to_owned(), 2)
+            .await
+            .unwrap(),
+        [json!([])]
+    );
+    // A long run of versions keeps the newest MAX_SENT_PER_AGENT rows of the agent only.
+    let count = u64::try_from(MAX_SENT_PER_AGENT).unwrap() + 5;
+    let run = (10..10 + count)
+        .map(|v| sent("agent-1", v, json!([]), 10_000 + i64::try_from(v).unwrap()))
+        .collect();
+    pair.b.record_sent(run).await.unwrap();
+    let mut kept = Vec::new();
+    for version in [1, 2, 10, 14, 15, 9 + count] {
+        let lists = pair
+            .a
+            .sent_overrides("agent-1".to_owned(), version)
+            .await
+            .unwrap();
+        kept.push((version, lists.len()));
+    }
+    assert_eq!(
+        kept,
+        [(1, 0), (2, 0), (10, 0), (14, 0), (15, 1), (9 + count, 1)]
+    );
+    // Another agent's rows are not pruned with it.
+    assert_eq!(
+        pair.a
+            .sent_overrides("agent-2".to_owned(), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    pair.a.record_sent(Vec::new()).await.unwrap();
+
+    let far = Utc::now().timestamp_millis() + 3_600_000;
+    for (id, agent) in [
+        ("ap-1", "agent-1"),
+        ("ap-2", "agent-1"),
+        ("ap-3", "agent-2"),
+    ] {
+        pair.a
+            .insert_approval(
+                approval(id, "acme", agent, far),
+                entry("acme", agent, "isolate"),
+            )
+            .await
+            .unwrap();
+    }
+    pair.b
+        .decide_approval(Decision {
+            id: "ap-1".to_owned(),
+            org: Some("acme".to_owned()),
+            approve: false,
+            by: "admin".to_owned(),
+            reason: None,
+            now_ms: Utc::now().timestamp_millis(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let mut pending = Vec::new();
+    for agent in ["agent-1", "agent-2", "agent-3"] {
+        pending.push(pair.b.pending_approvals(agent.to_owned()).await.unwrap());
+    }
+    assert_eq!(pending, [1, 1, 0]);
+}
+
+/// An alert's audit entries (its receipt with its answer) and deliveries are stored together;
+/// the same report again queues nothing; a delivery is handed out to one handle only (on two
+/// replicas: to the one that claimed it) and ends once, with one audit entry.
+async fn alert_deliveries_are_queued_and_finished_once(pair: Pair) {
+    let report_id: ReportId = "alert-1".parse().unwrap();
+    let alert_entries = || {
+        let mut report = entry("acme", "agent-1", "alert");
+        report.agent_id = Some("agent-1".to_owned());
+        report.receipt = Some(ReportReceipt {
+            agent_id: "agent-1".to_owned(),
+            report_id: report_id.clone(),
+            kind: ReportKind::Alert,
+            answer: Some(json!({"queued": 2})),
+        });
+        let mut skipped = entry("acme", "server", "notify");
+        skipped.outcome = "unknown_channel".to_owned();
+        vec![report, skipped]
+    };
+    let deliveries = || {
+        ["ops", "pager"]
+            .map(|channel| NewDelivery {
+                org_id: "acme".to_owned(),
+                channel: channel.to_owned(),
+                alert: json!({"channel": channel, "n": 1}),
+            })
+            .to_vec()
+    };
+    pair.a
+        .insert_alert(alert_entries(), deliveries(), Utc::now())
+        .await
+        .unwrap();
+    let again = pair
+        .b
+        .insert_alert(alert_entries(), deliveries(), Utc::now())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.to_string(),
+        "report `alert-1` of agent `agent-1` was already received"
+    );
+    let receipt = pair
+        .b
+        .report_receipt("agent-1".to_owned(), report_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(receipt.answer, Some(json!({"queued": 2})));
+
+    let queued = pair.a.pending_deliveries(0, 10).await.unwrap();
+    let channels: Vec<&str> = queued.iter().map(|d| d.channel.as_str()).collect();
+    assert_eq!(channels, ["ops", "pager"], "queued once, oldest first");
+    assert!(queued[0].id < queued[1].id);
+    assert_eq!(queued[1].alert, json!({"channel": "pager", "n": 1}));
+    let after = queued[1].id;
+    if pair.shared {
+        // Claimed by `a`: the other replica does not get them.
+        assert_eq!(pair.b.pending_deliveries(0, 10).await.unwrap(), []);
+    }
+    // Handed out once to the handle that read them.
+    assert_eq!(pair.a.pending_deliveries(after, 10).await.unwrap(), []);
+
+    let mut done = entry("acme", "server", "notify");
+    done.outcome = "delivered".to_owned();
+    done.detail = Some(json!({"channel": "ops"}));
+    pair.a
+        .finish_delivery(queued[0].id, done.clone(), Utc::now())
+        .await
+        .unwrap();
+    // Ended again (a claim that lapsed, finished by the other replica): no second entry.
+    pair.b
+        .finish_delivery(queued[0].id, done, Utc::now())
+        .await
+        .unwrap();
+    let page = pair
+        .b
+        .audit(AuditFilter {
+            org_id: "acme".to_owned(),
+            action: Some("notify".to_owned()),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let outcomes: Vec<&str> = page.entries.iter().map(|e| e.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["delivered", "unknown_channel"]);
+    let alerts = pair
+        .a
+        .audit(AuditFilter {
+            org_id: "acme".to_owned(),
+            action: Some("alert".to_owned()),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        alerts.entries.len(),
+        1,
+        "the duplicate report wrote nothing"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_sent_policies_are_remembered_and_bounded() {
+    sent_policies_are_remembered_and_bounded(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_sent_policies_are_remembered_and_bounded_across_replicas() {
+    sent_policies_are_remembered_and_bounded(postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_alert_deliveries_are_queued_and_finished_once() {
+    alert_deliveries_are_queued_and_finished_once(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_alert_deliveries_are_queued_and_finished_once_across_replicas() {
+    alert_deliveries_are_queued_and_finished_once(postgres().await).await;
+}
+
+/// Two replicas claim at the same time from one queue: each delivery goes to one of them. A
+/// claim older than the lease (its replica died while delivering) is taken by the other.
+#[tokio::test]
+async fn postgres_a_delivery_is_claimed_by_one_replica() {
+    let db = TestDatabase::create().await;
+    let a: Arc<dyn Store> = Arc::new(PgStore::open(&db.url).await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(PgStore::open(&db.url).await.unwrap());
+    let queued: Vec<NewDelivery> = (0..40)
+        .map(|n| NewDelivery {
+            org_id: "acme".to_owned(),
+            channel: format!("channel-{n}"),
+            alert: json!({"n": n}),
+        })
+        .collect();
+    a.insert_alert(vec![entry("acme", "agent-1", "alert")], queued, Utc::now())
+        .await
+        .unwrap();
+    let mut claimed = Vec::new();
+    // Small batches, both replicas at once, until the queue is empty.
+    loop {
+        let (from_a, from_b) = tokio::join!(a.pending_deliveries(0, 7), b.pending_deliveries(0, 7));
+        let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+        if from_a.is_empty() && from_b.is_empty() {
+            break;
+        }
+        claimed.extend(from_a.into_iter().chain(from_b).map(|d| d.id));
+        assert!(
+            claimed.len() <= 40,
+            "a delivery was handed out twice: {claimed:?}"
+        );
+    }
+    claimed.sort_unstable();
+    claimed.dedup();
+    assert_eq!(claimed.len(), 40);
+
+    // `a` died while delivering the first one: once its claim is older than the lease, `b`
+    // takes it (and only it).
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE alert_deliveries SET claimed_ms = claimed_ms - 16 * 60 * 1000 WHERE id = $1",
+            &[&claimed[0]],
+        )
+        .await
+        .unwrap();
+    let retaken: Vec<i64> = b
+        .pending_deliveries(0, 64)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(retaken, [claimed[0]]);
+    assert_eq!(a.pending_deliveries(0, 64).await.unwrap(), []);
 }
 
 #[tokio::test]

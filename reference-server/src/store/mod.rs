@@ -300,7 +300,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: u32,
     ) -> Result<Vec<PendingDelivery>, StoreError>;
 
-    /// Ends queued delivery `id` (delivered or given up) with its audit entry, together.
+    /// Ends queued delivery `id` (delivered or given up) with its audit entry, together;
+    /// nothing when it was ended already (it keeps its one audit entry).
     async fn finish_delivery(
         &self,
         id: i64,

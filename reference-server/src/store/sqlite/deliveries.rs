@@ -60,10 +60,13 @@ pub fn pending(conn: &mut Connection, after_id: i64, limit: u32) -> Result<Vec<P
     Ok(pending)
 }
 
-/// Removes delivery `id` and writes its outcome's audit entry, together.
+/// Removes delivery `id` and writes its outcome's audit entry, together; nothing when it is
+/// gone already (finished before: it has its one audit entry).
 pub fn finish(conn: &mut Connection, id: i64, entry: &NewEntry, at: DateTime<Utc>) -> Result<()> {
     let tx = conn.transaction()?;
-    tx.execute("DELETE FROM alert_deliveries WHERE id = ?1", params![id])?;
+    if tx.execute("DELETE FROM alert_deliveries WHERE id = ?1", params![id])? == 0 {
+        return Ok(());
+    }
     audit::insert(&tx, at, entry)?;
     tx.commit()?;
     Ok(())
