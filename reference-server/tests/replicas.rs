@@ -50,6 +50,22 @@ async fn knows(t: &TestServer, token: &str) {
     }
 }
 
+/// A policy whose rule 0 blocks fleet-wide for 1 h and rule 2 kills a process after approval:
+/// the rules the reports below name (reports are checked against the version the agent got).
+fn fleet_policy(name: &str, threshold: u32) -> Value {
+    json!({
+        "name": name,
+        "rules": [
+            {"type": "block_ip", "config": {"trigger": "brute_force", "threshold": threshold,
+             "duration": "1h", "scope": "fleet"}, "enabled": true},
+            {"type": "alert_threshold", "config": {"severity": "critical", "countPerHour": 5,
+             "notifyChannels": ["telegram"]}, "enabled": true},
+            {"type": "auto_respond", "config": {"trigger": "malware", "action": "kill_process",
+             "minConfidence": 0.9, "requireApproval": true}, "enabled": true}
+        ]
+    })
+}
+
 fn fleet_block(ip: &str) -> Value {
     json!({"action": "block_ip", "ip": ip, "duration": "1h", "scope": "fleet",
            "rule": 0, "policyVersion": "v1", "eventId": "e-1"})
@@ -71,7 +87,7 @@ async fn every_change_on_one_replica_reaches_the_streams_of_the_other_once_in_or
     let db = TestDatabase::create().await;
     let a = replica(&db.url, Duration::from_secs(5)).await;
     let b = replica(&db.url, Duration::from_secs(5)).await;
-    a.post_policy(ADMIN, block_ip_policy("v1", 5)).await;
+    a.post_policy(ADMIN, fleet_policy("v1", 5)).await;
     let (one, one_token) = a.enroll(ADMIN, "host-1").await;
     let (two, two_token) = b.enroll(ADMIN, "host-2").await;
     knows(&b, &one_token).await;
@@ -89,7 +105,7 @@ async fn every_change_on_one_replica_reaches_the_streams_of_the_other_once_in_or
     );
 
     // A policy posted to A; overrides of agent one set on A.
-    let posted = a.post_policy(ADMIN, block_ip_policy("v2", 7)).await;
+    let posted = a.post_policy(ADMIN, fleet_policy("v2", 7)).await;
     assert_eq!(posted["version"], "v2");
     let (status, body) = a
         .put(
@@ -137,7 +153,7 @@ async fn every_change_on_one_replica_reaches_the_streams_of_the_other_once_in_or
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // A last version as a fence: nothing else arrives before it.
-    a.post_policy(ADMIN, block_ip_policy("v3", 9)).await;
+    a.post_policy(ADMIN, fleet_policy("v3", 9)).await;
 
     let mut seen_on_b = Vec::new();
     while seen_on_b
@@ -200,7 +216,7 @@ async fn changes_made_while_a_replica_cannot_listen_reach_it_when_it_reconnects(
     let a = replica(&db.url, Duration::from_secs(5)).await;
     // No periodic resync on B: only the reconnect can catch up.
     let b = replica(&b_url, Duration::from_secs(3600)).await;
-    a.post_policy(ADMIN, block_ip_policy("v1", 5)).await;
+    a.post_policy(ADMIN, fleet_policy("v1", 5)).await;
     let (_, token) = a.enroll(ADMIN, "host-1").await;
     knows(&b, &token).await;
     let mut on_b = b.stream(&token, "default").await;
@@ -212,8 +228,8 @@ async fn changes_made_while_a_replica_cannot_listen_reach_it_when_it_reconnects(
           WHERE usename = '{role}' AND application_name = 'policy-server-listen'"
     ))
     .await;
-    a.post_policy(ADMIN, block_ip_policy("v2", 6)).await;
-    a.post_policy(ADMIN, block_ip_policy("v3", 7)).await;
+    a.post_policy(ADMIN, fleet_policy("v2", 6)).await;
+    a.post_policy(ADMIN, fleet_policy("v3", 7)).await;
     admin_sql(&format!("ALTER ROLE {role} LOGIN")).await;
     // B missed both notices; it reads the changes and pushes them in order.
     assert_eq!(
@@ -344,7 +360,7 @@ async fn a_replica_killed_during_a_broadcast_loses_no_version_for_its_agents() {
     let db = TestDatabase::create().await;
     let a = replica(&db.url, Duration::from_secs(5)).await;
     let mut b = replica_process(&db.url).await;
-    a.post_policy(ADMIN, block_ip_policy("v1", 1)).await;
+    a.post_policy(ADMIN, fleet_policy("v1", 1)).await;
     let mut tokens = Vec::new();
     for index in 0..AGENTS {
         tokens.push(a.enroll(ADMIN, &format!("host-{index}")).await.1);
@@ -373,11 +389,8 @@ async fn a_replica_killed_during_a_broadcast_loses_no_version_for_its_agents() {
 
     const KILLED_AT: u64 = 6;
     for version in 2..=VERSIONS {
-        a.post_policy(
-            ADMIN,
-            block_ip_policy(&format!("v{version}"), version as u32),
-        )
-        .await;
+        a.post_policy(ADMIN, fleet_policy(&format!("v{version}"), version as u32))
+            .await;
         if version == KILLED_AT {
             // B is pushing this version to its streams right now.
             b.child.start_kill().unwrap();
