@@ -16,14 +16,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use policy_engine::Policy;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
+use policy_engine::{Policy, PolicyVersion};
 use serde_json::Value;
 
 pub use records::{
     AgentRecord, Approval, AuditEntry, AuditFilter, AuditPage, DecideError, Decision, Finish,
-    FleetBlock, Heartbeat, NewBlock, NewEntry, ReportReceipt, StoredOverrides, StoredPolicy,
-    Upserted,
+    FleetBlock, Heartbeat, NewBlock, NewEntry, PolicySummary, ReportReceipt, StoredOverrides,
+    StoredPolicy, Upserted,
 };
 
 use crate::auth::{Principal, TokenHash};
@@ -77,6 +77,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The latest policy version of `org_id`.
     async fn latest_policy(&self, org_id: String) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Versions of `org_id`, newest first: at most `limit`, only those older than `before`
+    /// when given (paging).
+    async fn policy_versions(
+        &self,
+        org_id: String,
+        before: Option<PolicyVersion>,
+        limit: u32,
+    ) -> Result<Vec<PolicySummary>, StoreError>;
+
+    /// Version `version` of `org_id`.
+    async fn policy_version(
+        &self,
+        org_id: String,
+        version: PolicyVersion,
+    ) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Every org the store knows of (one with a policy, an agent or an admin token), sorted.
+    async fn orgs(&self) -> Result<Vec<String>, StoreError>;
 
     /// Enrolls an agent and stores its token hash, together.
     async fn insert_agent(

@@ -27,6 +27,26 @@ pub struct StoredPolicy {
     pub created_at: DateTime<Utc>,
 }
 
+/// One version of an org's policy as a list shows it: what it is called and when it came,
+/// without its rules (read the version for those).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySummary {
+    /// `pol_...`
+    pub id: String,
+    /// Version within the org.
+    pub version: PolicyVersion,
+    /// The policy's name.
+    pub name: String,
+    /// Its description, if it has one.
+    pub description: Option<String>,
+    /// How many rules it has.
+    pub rule_count: u64,
+    /// How many of them are enabled.
+    pub enabled_count: u64,
+    /// When the version was created.
+    pub created_at: DateTime<Utc>,
+}
+
 /// An enrolled agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRecord {

@@ -22,15 +22,15 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use policy_engine::Policy;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
+use policy_engine::{Policy, PolicyVersion};
 use rusqlite::Connection;
 use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
-    Heartbeat, NewBlock, NewEntry, ReportReceipt, Store, StoreError, StoredOverrides, StoredPolicy,
-    Upserted,
+    Heartbeat, NewBlock, NewEntry, PolicySummary, ReportReceipt, Store, StoreError,
+    StoredOverrides, StoredPolicy, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -152,6 +152,29 @@ impl Store for SqliteStore {
             self.remember(policy);
         }
         Ok(found)
+    }
+
+    async fn policy_versions(
+        &self,
+        org_id: String,
+        before: Option<PolicyVersion>,
+        limit: u32,
+    ) -> Result<Vec<PolicySummary>> {
+        self.call(move |conn| policies::versions(conn, &org_id, before, limit))
+            .await
+    }
+
+    async fn policy_version(
+        &self,
+        org_id: String,
+        version: PolicyVersion,
+    ) -> Result<Option<StoredPolicy>> {
+        self.call(move |conn| policies::version(conn, org_id, version))
+            .await
+    }
+
+    async fn orgs(&self) -> Result<Vec<String>> {
+        self.call(policies::orgs).await
     }
 
     async fn insert_agent(&self, agent: AgentRecord, token: TokenHash) -> Result<AgentRecord> {
