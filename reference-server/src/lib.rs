@@ -125,6 +125,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .clone()
         .or_else(|| generated_admin_token.clone());
     let hub = state.hub.clone();
+    let changes = state.publisher.changes().clone();
     let store = state.store.clone();
     let listening = transport::listener::spawn(ServeOptions {
         listen: config.listen,
@@ -132,7 +133,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         routes: http::routes(state.clone()),
         shutdown_grace: config.shutdown_grace,
         shutdown: Shutdown {
-            close_streams: Box::new(move || hub.close()),
+            close_streams: Box::new(move || {
+                hub.close();
+                changes.close();
+            }),
             finally: Box::pin(async move { store.close().await }),
         },
     })
