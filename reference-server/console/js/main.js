@@ -38,7 +38,8 @@ setInterval(() => {
 }, 15000);
 
 session.onUnauthorized = () => {
-  if (!session.token) return;
+  // Only a signed-in session is ended here; a refused sign-in says so on its own form.
+  if (!session.identity) return;
   signOut('The server no longer accepts this token. Sign in again.');
 };
 

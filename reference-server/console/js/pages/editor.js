@@ -50,7 +50,7 @@ export default function editor() {
   const node = h('section', {class: 'page editor', 'aria-labelledby': 'editor-title'},
     h('div', {class: 'page-head'}, h('h1', {id: 'editor-title', text: 'Policy editor'}),
       h('p', {class: 'summary', id: 'editor-help', text:
-        'The server checks the document as you type (Ctrl+Enter checks at once). Publish is enabled once the text is valid; it becomes the next version of the org and goes to every connected agent.'})),
+        'Checked by the server as you type (Ctrl+Enter: at once). A valid text can be published: it becomes the org\'s next version and goes to every connected agent.'})),
     origin,
     h('label', {for: 'policy-text', class: 'sr-only', text: 'Policy document (JSON)'}),
     area,
