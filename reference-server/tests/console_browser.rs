@@ -731,6 +731,42 @@ async fn approvals(page: &Page, server: &Server, web: &Agent, stream: &mut Event
 
     let event = next_event(stream, "approval").await;
     assert_eq!(event["approvalId"], id.as_str());
+
+    // A second request is denied, with its reason; nothing is pushed to the agent for it.
+    report(
+        server,
+        web,
+        json!({"action": "approval_request",
+               "request": {"action": "quarantine_file", "path": "/tmp/x.sh"},
+               "rule": 1, "policyVersion": "v2"}),
+    )
+    .await;
+    page.text("article.card", "Quarantine file /tmp/x.sh").await;
+    page.set_text(
+        "article.card input.reason",
+        "false positive: build artefact",
+    )
+    .await;
+    page.click("article.card button.deny").await;
+    page.text("#pending", "No approval requests are waiting")
+        .await;
+    page.text("#history-rows tr:first-child", "denied").await;
+    page.text(
+        "#history-rows tr:first-child",
+        "false positive: build artefact",
+    )
+    .await;
+    let trail = server
+        .admin(
+            reqwest::Method::GET,
+            "/api/audit?action=approval_denied",
+            None,
+        )
+        .await;
+    assert_eq!(
+        trail["entries"][0]["detail"]["reason"],
+        "false positive: build artefact"
+    );
     let trail = server
         .admin(
             reqwest::Method::GET,
@@ -857,8 +893,12 @@ async fn fleet_with_versions(page: &Page, server: &Server, web: &Agent, evil: &A
 }
 
 async fn org_admin(page: &Page, server: &Server) {
-    // The global admin picks the org; an org admin sees only its own.
-    page.find("#org").await;
+    // The global admin picks the org (and the pages follow); an org admin sees only its own.
+    page.set_text("#org", "acme").await;
+    page.press(Key::Enter).await;
+    page.text("#status-line", "Now showing org acme").await;
+    page.text("main", "No agents are enrolled in this org yet")
+        .await;
     let created = server
         .admin(
             reqwest::Method::POST,
