@@ -1,7 +1,8 @@
 //! The HTTP layer: the route table ([`routes`]) and the filters it is built from ([`filters`]:
 //! auth, role, org scope, strict query parameters, body reading), thin handlers per resource
-//! ([`handlers`]) that call the fleet domain, the body reader ([`body`]) and the one
-//! [`recover`](recover::recover) that answers every refusal in the JSON error envelope.
+//! ([`handlers`]) that call the fleet domain, the body reader ([`body`]), the one
+//! [`recover`](recover::recover) that answers every refusal in the JSON error envelope, and
+//! the console's embedded static files ([`console`]).
 
 pub mod body;
 pub mod console;
