@@ -448,6 +448,7 @@ async fn operators_work_the_fleet_from_the_console() {
     audit(&page, &server, &web).await;
     fleet_with_versions(&page, &server, &web, &evil).await;
     org_admin(&page, &server).await;
+    server_gone(&page, server).await;
 
     assert_eq!(
         page.console_problems().await,
@@ -455,7 +456,6 @@ async fn operators_work_the_fleet_from_the_console() {
         "browser console"
     );
     page.c.close().await.unwrap();
-    drop(server);
 }
 
 async fn sign_in(page: &Page, server: &Server) {
@@ -931,4 +931,14 @@ async fn org_admin(page: &Page, server: &Server) {
         "No policy has been published in this org yet",
     )
     .await;
+}
+
+/// The server stops: the console says it is offline and shows an error state, not stale data.
+async fn server_gone(page: &Page, server: Server) {
+    drop(server);
+    page.text("#live-status", "offline, retrying").await;
+    page.go("blocks", "Fleet blocks").await;
+    page.text(".error-state", "Could not load this page").await;
+    page.text(".error-state", "cannot reach the server").await;
+    page.find(".error-state button").await;
 }
