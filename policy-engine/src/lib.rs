@@ -2,6 +2,8 @@
 #![deny(missing_docs)]
 
 pub mod action;
+#[cfg(all(feature = "agent", target_os = "linux"))]
+pub mod agent;
 pub mod condition;
 pub mod engine;
 pub mod event;
@@ -10,6 +12,8 @@ pub mod executor;
 pub mod policy;
 pub mod protocol;
 pub mod severity;
+#[cfg(feature = "signing")]
+pub mod signing;
 #[cfg(feature = "sshd")]
 pub mod sshd;
 #[cfg(feature = "sync")]

@@ -10,6 +10,7 @@ use crate::auth::TokenCache;
 use crate::config::ServerConfig;
 use crate::fleet::agents::bootstrap_admin;
 use crate::fleet::notify::Notifier;
+use crate::fleet::policies::SignedOrgs;
 use crate::fleet::reports::ReportContext;
 use crate::fleet::{EventHub, Publisher};
 use crate::store::Store;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub online_window: Duration,
     /// See [`ServerConfig::approval_ttl`].
     pub approval_ttl: Duration,
+    /// See [`ServerConfig::signed_orgs`].
+    pub signed_orgs: SignedOrgs,
 }
 
 impl AppState {
@@ -61,6 +64,7 @@ impl AppState {
             notifier: Arc::new(notifier),
             online_window: config.online_window,
             approval_ttl: config.approval_ttl,
+            signed_orgs: config.signed_orgs.clone(),
             store,
         });
         Ok((state, generated_admin_token))

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::fleet::notify::NotifyConfig;
+use crate::fleet::policies::SignedOrgs;
 
 /// How the server secures its listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +55,8 @@ pub struct ServerConfig {
     pub approval_ttl: Duration,
     /// How often expired approval requests are marked expired (with their audit entry).
     pub approval_sweep: Duration,
+    /// Orgs that accept only policies signed by an operator key (`--require-signatures`).
+    pub signed_orgs: SignedOrgs,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +73,7 @@ impl Default for ServerConfig {
             notify: None,
             approval_ttl: Duration::from_secs(3600),
             approval_sweep: Duration::from_secs(5),
+            signed_orgs: SignedOrgs::default(),
         }
     }
 }

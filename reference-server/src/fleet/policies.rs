@@ -2,11 +2,12 @@
 //! the org's versions (listed and one by one), checking a document without storing it, the
 //! rules one agent runs, and setting an agent's overrides.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use policy_engine::policy::wire::RuleDocument;
-use policy_engine::protocol::{AgentPolicyView, PolicyView, time};
+use policy_engine::protocol::{AgentPolicyView, PolicySignature, PolicyView, time};
 use policy_engine::{Policy, PolicyVersion};
 use serde::Serialize;
 use serde_json::Value;
@@ -20,7 +21,9 @@ use super::views::{applied_at, policy_view, resolved_rules};
 use crate::auth::{Principal, random_hex};
 use crate::clock;
 use crate::error::ApiError;
-use crate::store::{AgentRecord, NewEntry, PolicySummary, Store, StoredOverrides, StoredPolicy};
+use crate::store::{
+    AgentRecord, NewEntry, NewPolicy, PolicySummary, Store, StoredOverrides, StoredPolicy,
+};
 
 /// One page of `GET /api/policy/versions` (admin only): newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -52,6 +55,9 @@ pub struct VersionSummary {
     /// When the version was created.
     #[serde(with = "time::millis")]
     pub created_at: DateTime<Utc>,
+    /// The id of the operator key that signed it; absent for an unsigned version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 impl From<PolicySummary> for VersionSummary {
@@ -64,6 +70,7 @@ impl From<PolicySummary> for VersionSummary {
             rule_count: summary.rule_count,
             enabled_count: summary.enabled_count,
             created_at: summary.created_at,
+            key_id: summary.key_id,
         }
     }
 }
@@ -86,15 +93,19 @@ pub struct Validated {
     pub rules: Vec<RuleDocument>,
 }
 
-/// Checks `policy` as [`publish`] would (channels, the org `principal` may write) and stores
-/// nothing.
+/// Checks `policy` as [`publish`] would check it unsigned (channels, the org `principal` may
+/// write, whether that org takes unsigned policies) and stores nothing.
 pub fn validate(
     channels: Option<&NotifyConfig>,
+    signed_orgs: &SignedOrgs,
     principal: &Principal,
     org_query: Option<&str>,
     policy: &Policy,
 ) -> Result<Validated, ApiError> {
     let org_id = publishable(channels, principal, org_query, policy)?;
+    if signed_orgs.required(&org_id) {
+        return Err(signature_required(&org_id));
+    }
     let document = policy.to_document();
     Ok(Validated {
         valid: true,
@@ -119,6 +130,16 @@ fn publishable(
         return Err(ApiError::from_validation(unknown_channels));
     }
     principal.write_org(policy.org_id.as_deref().or(org_query))
+}
+
+/// The refusal of an unsigned policy for an org that takes only signed ones.
+fn signature_required(org: &str) -> ApiError {
+    ApiError::invalid(
+        "signature",
+        format!(
+            "org `{org}` accepts only signed policies: sign the document offline (`policy-sign sign --org {org} --version vN`) and post the signed file"
+        ),
+    )
 }
 
 /// The versions of `org` older than `before` (all when `None`), newest first, `limit` a page.
@@ -156,26 +177,112 @@ pub async fn version(
     Ok(policy_view(&stored, None))
 }
 
-/// Stores `policy` as the next version of its org (the body's `org_id`, else `org_query`, as
-/// `principal` may write) and queues it to every stream of the org. Every `notifyChannels`
-/// entry must name a configured channel (when channels are configured).
+/// Orgs whose policies must be signed by an operator key (`--require-signatures ORG`, `*` for
+/// every org). The server holds no keys: it refuses unsigned posts for these orgs and lets
+/// overrides only disable rules; agents pinned to the key verify.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignedOrgs {
+    all: bool,
+    orgs: BTreeSet<String>,
+}
+
+impl SignedOrgs {
+    /// From the `--require-signatures` values: org ids, or `*` for every org.
+    pub fn new<I: IntoIterator<Item = String>>(orgs: I) -> Self {
+        let mut signed = Self::default();
+        for org in orgs {
+            if org == "*" {
+                signed.all = true;
+            } else {
+                signed.orgs.insert(org);
+            }
+        }
+        signed
+    }
+
+    /// Whether `org` accepts only signed policies.
+    pub fn required(&self, org: &str) -> bool {
+        self.all || self.orgs.contains(org)
+    }
+}
+
+/// What `POST /api/policy` publishes: a plain document, or one signed by an operator key for
+/// one org and one version.
+#[derive(Debug, Clone)]
+pub enum Publication {
+    /// A policy document.
+    Unsigned(Policy),
+    /// A signed policy file: stored only as `version` of `org_id`.
+    Signed {
+        /// The validated document.
+        policy: Policy,
+        /// The org it was signed for.
+        org_id: String,
+        /// The version it was signed for.
+        version: PolicyVersion,
+        /// The signature, stored and sent to agents with the version.
+        signature: PolicySignature,
+    },
+}
+
+/// Stores a publication as the next version of its org (a signed file's org, else the body's
+/// `org_id`, else `org_query`, as `principal` may write) and queues it to every stream of the
+/// org. Every `notifyChannels` entry must name a configured channel (when channels are
+/// configured). An org in `signed_orgs` takes only signed publications.
 pub async fn publish(
     store: &dyn Store,
     publisher: &Publisher,
     channels: Option<&NotifyConfig>,
+    signed_orgs: &SignedOrgs,
     principal: &Principal,
     org_query: Option<&str>,
-    policy: Policy,
+    publication: Publication,
 ) -> Result<PolicyView<RuleDocument>, ApiError> {
-    let org = publishable(channels, principal, org_query, &policy)?;
+    let (policy, org, signed) = match publication {
+        Publication::Unsigned(policy) => {
+            let org = principal.write_org(policy.org_id.as_deref().or(org_query))?;
+            if signed_orgs.required(&org) {
+                return Err(signature_required(&org));
+            }
+            (policy, org, None)
+        }
+        Publication::Signed {
+            policy,
+            org_id,
+            version,
+            signature,
+        } => {
+            if let Some(named) = policy.org_id.as_deref().filter(|n| *n != org_id) {
+                return Err(ApiError::invalid(
+                    "policy.org_id",
+                    format!(
+                        "the document names org `{named}`, but it is signed for org `{org_id}`"
+                    ),
+                ));
+            }
+            if let Some(named) = org_query.filter(|n| *n != org_id) {
+                return Err(ApiError::bad_request(format!(
+                    "`?org_id={named}` names another org than the one the policy is signed for (`{org_id}`)"
+                )));
+            }
+            let org = principal.write_org(Some(&org_id))?;
+            (policy, org, Some((version, signature)))
+        }
+    };
+    let unknown_channels = notify::check_policy(channels, &policy);
+    if !unknown_channels.is_empty() {
+        return Err(ApiError::from_validation(unknown_channels));
+    }
+    let key_id = signed.as_ref().map(|(_, s)| s.key_id.clone());
     let publishing = publisher.begin().await;
     let stored = store
-        .insert_policy(
-            org,
-            Arc::new(policy),
-            format!("pol_{}", random_hex(8)),
-            clock::now(),
-        )
+        .insert_policy(NewPolicy {
+            org_id: org,
+            policy: Arc::new(policy),
+            id: format!("pol_{}", random_hex(8)),
+            created_at: clock::now(),
+            signed,
+        })
         .await?;
     let delivery = publishing.broadcast(&stored);
     drop(publishing);
@@ -195,6 +302,7 @@ pub async fn publish(
                 "policyId": stored.id,
                 "name": stored.policy.name,
                 "broadcastedTo": delivery.queued,
+                "signedBy": key_id,
             })),
             ..NewEntry::default()
         },
@@ -242,11 +350,13 @@ pub async fn for_agent(
 }
 
 /// Replaces `agent`'s overrides with `body` (validated against its org's latest version, errors
-/// at paths inside `body`) and pushes its newly resolved policy to its streams.
+/// at paths inside `body`) and pushes its newly resolved policy to its streams. Under a signed
+/// version, or in an org that requires signatures, overrides may only disable rules.
 pub async fn set_overrides(
     store: &dyn Store,
     publisher: &Publisher,
     channels: Option<&NotifyConfig>,
+    signed_orgs: &SignedOrgs,
     principal: &Principal,
     agent: AgentRecord,
     body: &Value,
@@ -262,6 +372,13 @@ pub async fn set_overrides(
             ))
         })?;
     let list = overrides::parse(body, policy.policy.rules.len())?;
+    if signed_orgs.required(&agent.org_id) {
+        let why = format!("org `{}` accepts only signed policies", agent.org_id);
+        overrides::check_disable_only(&list, &why)?;
+    } else if policy.signature.is_some() {
+        let why = format!("{} of org `{}` is signed", policy.version, agent.org_id);
+        overrides::check_disable_only(&list, &why)?;
+    }
     let resolved = overrides::apply(&policy.policy.to_json_value(), &list)?;
     overrides::check_channels(channels, &resolved, &list)?;
     let rules = resolved.to_document().rules;

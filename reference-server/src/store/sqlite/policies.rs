@@ -2,41 +2,64 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use policy_engine::{Policy, PolicyVersion};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::Result;
 use super::rows::{time_at, time_text, unsigned_opt};
-use crate::store::{PolicySummary, StoreError, StoredOverrides, StoredPolicy};
+use crate::store::{NewPolicy, PolicySummary, StoreError, StoredOverrides, StoredPolicy};
 
-/// Stores the next version of `org_id` in one immediate transaction.
-pub fn insert(
-    conn: &mut Connection,
-    org_id: String,
-    policy: Arc<Policy>,
-    id: String,
-    created_at: DateTime<Utc>,
-) -> Result<StoredPolicy> {
+/// Stores the next version of its org in one immediate transaction (a signed policy only as
+/// the version it was signed for).
+pub fn insert(conn: &mut Connection, new: NewPolicy) -> Result<StoredPolicy> {
+    let NewPolicy {
+        org_id,
+        policy,
+        id,
+        created_at,
+        signed,
+    } = new;
     let text = serde_json::to_string(&policy.to_json_value())?;
+    let signature_text = signed
+        .as_ref()
+        .map(|(_, signature)| serde_json::to_string(signature))
+        .transpose()?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let next: i64 = tx.query_row(
         "SELECT COALESCE(MAX(version), 0) + 1 FROM policies WHERE org_id = ?1",
         params![org_id],
         |row| row.get(0),
     )?;
+    let version = PolicyVersion::new(u64::try_from(next).unwrap_or_default());
+    if let Some((signed_version, _)) = &signed {
+        if *signed_version != version {
+            return Err(StoreError::VersionTaken {
+                org_id,
+                signed: *signed_version,
+                next: version,
+            });
+        }
+    }
     tx.execute(
-        "INSERT INTO policies (org_id, version, id, document, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![org_id, next, id, text, time_text(&created_at)],
+        "INSERT INTO policies (org_id, version, id, document, created_at, signature)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            org_id,
+            next,
+            id,
+            text,
+            time_text(&created_at),
+            signature_text
+        ],
     )?;
     tx.commit()?;
     Ok(StoredPolicy {
         id,
         org_id,
-        version: PolicyVersion::new(u64::try_from(next).unwrap_or_default()),
+        version,
         policy,
         created_at,
+        signature: signed.map(|(_, signature)| signature),
     })
 }
 
@@ -45,7 +68,7 @@ pub fn latest(conn: &mut Connection, org_id: String) -> Result<Option<StoredPoli
     one(
         conn,
         org_id,
-        "SELECT id, version, document, created_at FROM policies
+        "SELECT id, version, document, created_at, signature FROM policies
          WHERE org_id = ?1 ORDER BY version DESC LIMIT 1",
         None,
     )
@@ -60,14 +83,14 @@ pub fn version(
     one(
         conn,
         org_id,
-        "SELECT id, version, document, created_at FROM policies
+        "SELECT id, version, document, created_at, signature FROM policies
          WHERE org_id = ?1 AND version = ?2",
         Some(version),
     )
 }
 
-/// The one policy row `sql` selects (`id, version, document, created_at`, parameters the org
-/// and, when given, a version).
+/// The one policy row `sql` selects (`id, version, document, created_at, signature`,
+/// parameters the org and, when given, a version).
 fn one(
     conn: &mut Connection,
     org_id: String,
@@ -80,6 +103,7 @@ fn one(
             row.get::<_, i64>(1)?,
             row.get::<_, String>(2)?,
             time_at(row, 3)?,
+            row.get::<_, Option<String>>(4)?,
         ))
     };
     let mut stmt = conn.prepare_cached(sql)?;
@@ -88,17 +112,22 @@ fn one(
         Some(v) => stmt.query_row(params![org_id, number(v)], read),
     }
     .optional()?;
-    let Some((id, version, document, created_at)) = row else {
+    let Some((id, version, document, created_at, signature)) = row else {
         return Ok(None);
     };
     let policy = Policy::from_value(&serde_json::from_str(&document)?)
         .map_err(|e| StoreError::Corrupt(format!("stored policy `{id}`: {e}")))?;
+    let signature = signature
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("signature of stored policy `{id}`: {e}")))?;
     Ok(Some(StoredPolicy {
         id,
         org_id,
         version: PolicyVersion::new(u64::try_from(version).unwrap_or_default()),
         policy: Arc::new(policy),
         created_at,
+        signature,
     }))
 }
 
@@ -116,7 +145,7 @@ pub fn versions(
                 json_array_length(document, '$.rules'),
                 (SELECT COUNT(*) FROM json_each(document, '$.rules')
                   WHERE json_extract(value, '$.enabled') = 1),
-                created_at
+                created_at, json_extract(signature, '$.keyId')
          FROM policies WHERE org_id = ?1 AND version < ?2
          ORDER BY version DESC LIMIT ?3",
     )?;
@@ -130,6 +159,7 @@ pub fn versions(
             rule_count: unsigned_opt(row, 4)?.unwrap_or_default(),
             enabled_count: unsigned_opt(row, 5)?.unwrap_or_default(),
             created_at: time_at(row, 6)?,
+            key_id: row.get(7)?,
         })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
