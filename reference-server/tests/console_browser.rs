@@ -3,10 +3,12 @@
 //! binary over TLS on a fresh data dir, signed in with the token it prints. An agent is played
 //! over HTTP by the test (enrollment, event stream, heartbeats, reports) and the console must
 //! follow it live: an agent comes online, an invalid policy shows its errors at their paths
-//! and a valid one is published, two versions are compared, an approval request appears
-//! without a reload and is approved with a reason (the audit shows it), a block is lifted,
-//! the audit is filtered and paged, an org admin sees only its org, and a hostname carrying
-//! markup is shown as text. Screenshots of every page go to `$CONSOLE_SCREENSHOTS` (default:
+//! and a valid one is published, a version signed by an operator key shows its key id, two
+//! versions are compared, an approval request appears
+//! without a reload and is approved with a reason (the audit shows it), another is denied from
+//! the keyboard, a block is lifted, the audit is filtered and paged (a bad filter shows the
+//! server's error), an org admin sees only its org, a hostname carrying markup is shown as
+//! text, and a stopped server turns into an offline status and error states. Screenshots of every page go to `$CONSOLE_SCREENSHOTS` (default:
 //! the target's temp dir) and are checked to be real, laptop-sized pictures.
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
@@ -25,6 +27,9 @@ use fantoccini::key::Key;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::StreamExt;
+use policy_engine::protocol::RolloutTerms;
+use policy_engine::signing::SigningKey;
+use policy_engine::{Policy, PolicyVersion};
 use reqwest_eventsource::{Event, EventSource};
 use serde_json::{Value, json};
 use warp::http::Method;
@@ -440,8 +445,9 @@ async fn operators_work_the_fleet_from_the_console() {
 
     sign_in(&page, &server).await;
     fleet(&page, &server, &web).await;
-    editor(&page, &server).await;
-    policies(&page).await;
+    let key = SigningKey::generate().unwrap();
+    editor(&page, &server, &key).await;
+    policies(&page, &key).await;
     let mut stream = agent_stream(&server, &web).await;
     approvals(&page, &server, &web, &mut stream).await;
     blocks(&page, &server, &web).await;
@@ -549,7 +555,20 @@ async fn fleet(page: &Page, server: &Server, web: &Agent) {
     assert_eq!(page.js("return window.notReloaded").await, true);
     drop(events);
 
-    // Search and filter.
+    // Search and filter; `/` focuses the search from anywhere on the page.
+    page.press(Key::Tab).await;
+    page.c
+        .perform_actions(
+            KeyActions::new("keyboard".to_owned())
+                .then(KeyAction::Down { value: '/' })
+                .then(KeyAction::Up { value: '/' }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.js("return document.activeElement.id").await,
+        "fleet-search"
+    );
     page.set_text("#fleet-search", "web").await;
     page.count("#fleet-rows tr", 1).await;
     page.set_text("#fleet-search", "nothing-like-this").await;
@@ -581,7 +600,7 @@ async fn fleet(page: &Page, server: &Server, web: &Agent) {
     assert_eq!(page.js("return document.activeElement.id").await, "main");
 }
 
-async fn editor(page: &Page, server: &Server) {
+async fn editor(page: &Page, server: &Server, key: &SigningKey) {
     page.go("editor", "Policy editor").await;
     page.text("#editor-origin", "No policy in this org yet")
         .await;
@@ -630,18 +649,49 @@ async fn editor(page: &Page, server: &Server) {
         .await;
     assert_eq!(active["version"], "v1");
     assert_eq!(active["rules"][0]["config"]["threshold"], 5);
-    // Another admin publishes v2 meanwhile (the policies page must show it).
+    // Another admin publishes v2 meanwhile, signed offline by an operator key with a fallback
+    // to v1 (the policies page must show it, and who signed it).
     let v2: Value = serde_json::from_str(&policy(10)).unwrap();
-    server
-        .admin(reqwest::Method::POST, "/api/policy", Some(v2))
+    let signature = key.sign_with_rollout(
+        "default",
+        PolicyVersion::new(2),
+        &Policy::from_value(&v2).unwrap(),
+        Some(RolloutTerms {
+            fallback: Some(PolicyVersion::new(1)),
+        }),
+    );
+    let signed = json!({"orgId": "default", "version": "v2", "policy": v2, "signature": signature});
+    let stored = server
+        .admin(reqwest::Method::POST, "/api/policy", Some(signed))
         .await;
+    assert_eq!(stored["signature"]["keyId"], key.id().to_string());
 }
 
-async fn policies(page: &Page) {
+async fn policies(page: &Page, key: &SigningKey) {
+    let key_id = key.id().to_string();
     page.go("policies", "Policies").await;
     page.count("#version-list li", 2).await;
     page.text("#version-title", "v2").await;
     page.text("#policy-json", "\"threshold\": 10").await;
+    // v2 is signed: the list marks it with the key in its tooltip, the detail names the key
+    // and the signed rollback terms; v1 is unsigned.
+    let badges = page.count("#version-list .badge.signed", 1).await;
+    assert_eq!(
+        badges[0].attr("title").await.unwrap().unwrap(),
+        format!("Signed by operator key {key_id}")
+    );
+    page.text("#version-list li:first-child", "signed").await;
+    page.text(
+        "#signature",
+        &format!(
+            "signed ed25519 by operator key {key_id}; the signed terms let agents fall back from it to v1."
+        ),
+    )
+    .await;
+    assert_eq!(
+        page.find("#signature .key-id").await.text().await.unwrap(),
+        key_id
+    );
     page.find("#diff-from")
         .await
         .select_by_value("v1")
@@ -660,6 +710,14 @@ async fn policies(page: &Page) {
     page.shot("policies-diff").await;
     page.click("#version-list li:last-child a").await;
     page.text("#version-title", "v1").await;
+    page.text(
+        "#signature",
+        "unsigned Agents pinned to an operator key (--policy-key) refuse this version.",
+    )
+    .await;
+    page.click("#version-list li:first-child a").await;
+    page.text("#version-title", "v2").await;
+    page.text("#signature", &key_id).await;
     page.shot("policies").await;
 }
 
@@ -742,12 +800,23 @@ async fn approvals(page: &Page, server: &Server, web: &Agent, stream: &mut Event
     )
     .await;
     page.text("article.card", "Quarantine file /tmp/x.sh").await;
+    // From the keyboard: the reason, then Tab past Approve to Deny, and Enter.
     page.set_text(
         "article.card input.reason",
         "false positive: build artefact",
     )
     .await;
-    page.click("article.card button.deny").await;
+    page.press(Key::Tab).await;
+    assert_eq!(
+        page.js("return document.activeElement.className").await,
+        "primary approve"
+    );
+    page.press(Key::Tab).await;
+    assert_eq!(
+        page.js("return document.activeElement.className").await,
+        "danger deny"
+    );
+    page.press(Key::Enter).await;
     page.text("#pending", "No approval requests are waiting")
         .await;
     page.text("#history-rows tr:first-child", "denied").await;
@@ -840,6 +909,24 @@ async fn audit(page: &Page, server: &Server, web: &Agent) {
             .as_str()
             .ends_with("#/audit?action=unblock")
     );
+
+    // By address instead: the report that set the block and the unblock.
+    page.find("#audit-action").await.clear().await.unwrap();
+    page.set_text("#audit-ip", "203.0.113.7").await;
+    page.click("#audit-apply").await;
+    page.count("#audit-rows tr", 2).await;
+    page.text("#audit-rows tr:first-child .action", "unblock")
+        .await;
+    page.text("#audit-rows tr:last-child .action", "block_ip")
+        .await;
+    // A filter the server refuses shows its message in an error state.
+    page.set_text("#audit-ip", "not-an-ip").await;
+    page.click("#audit-apply").await;
+    page.text(
+        ".error-state",
+        "invalid query parameter `ip`: `not-an-ip` is not an IP address",
+    )
+    .await;
 
     // Paging: 30 more entries, pages of 25.
     for pid in 0..30 {

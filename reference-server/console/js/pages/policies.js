@@ -1,5 +1,5 @@
-// Policies: the org's versions (newest first, paged), one version's rules and JSON, and a
-// line diff between any two versions. The page is a list beside a detail made of sections
+// Policies: the org's versions (newest first, paged; signed ones marked with their key id),
+// one version's signature, rules and JSON, and a line diff between any two versions. The page is a list beside a detail made of sections
 // (`sections(version)`), so later views of a version (its rollout and stages) are one more
 // section, and the routes (`#/policies/v3`, `#/policies/diff/v1/v3`) one more case.
 
@@ -63,6 +63,7 @@ export default function policies({params, navigate}) {
         h('span', {class: 'version', text: v.version}), ' ',
         h('span', {class: 'name', text: v.name}),
         v === latest ? h('span', {class: 'badge ok', text: 'active'}) : null,
+        v.keyId ? h('span', {class: 'badge signed', title: `Signed by operator key ${v.keyId}`, text: 'signed'}) : null,
         h('span', {class: 'meta'}, `${count(v.ruleCount, 'rule')} · `, time(v.createdAt))))));
     more.hidden = cursor === null || cursor === undefined;
     const options = () => versions.map((v) => h('option', {value: v.version}, `${v.version} · ${v.name}`));
@@ -98,6 +99,7 @@ export default function policies({params, navigate}) {
       policy.description ? h('p', {class: 'description', text: policy.description}) : null,
       h('p', {class: 'meta'}, `Created ${exact(policy.createdAt)} · ${count(policy.rules.length, 'rule')}, ${enabled} enabled · `,
         h('span', {class: 'mono', text: policy.id})),
+      signatureLine(policy),
       ...sections(policy));
   }
 
@@ -170,6 +172,24 @@ export default function policies({params, navigate}) {
   }
 
   return {node, topics: ['policies'], minGap: 500, load};
+}
+
+/**
+ * Whether a version is signed, by which operator key, under which rollout terms: agents pinned
+ * to a key (`--policy-key`) run only versions that key signed.
+ */
+function signatureLine(policy) {
+  const signature = policy.signature;
+  if (!signature) {
+    return h('p', {class: 'signature unsigned', id: 'signature'},
+      h('span', {class: 'badge off', text: 'unsigned'}),
+      ' Agents pinned to an operator key (--policy-key) refuse this version.');
+  }
+  const fallback = signature.rollout && signature.rollout.fallback;
+  return h('p', {class: 'signature', id: 'signature'},
+    h('span', {class: 'badge signed', text: 'signed'}),
+    ` ${signature.algorithm} by operator key `, h('code', {class: 'key-id', text: signature.keyId}),
+    fallback ? `; the signed terms let agents fall back from it to ${fallback}.` : '.');
 }
 
 /** The document of a stored version, as it would be posted again. */
