@@ -1,6 +1,7 @@
 //! The console in a real browser: headless Chromium from the distribution's packages
 //! (`chromium`, `chromium-driver`), driven over WebDriver with fantoccini, against the server
-//! binary over TLS on a fresh data dir, signed in with the token it prints. An agent is played
+//! binary over TLS on a fresh data dir (this build's, or the one `$CONSOLE_SERVER_BIN` names:
+//! `.ci/test` runs it again against the release binary), signed in with the token it prints. An agent is played
 //! over HTTP by the test (enrollment, event stream, heartbeats, reports) and the console must
 //! follow it live: an agent comes online, an invalid policy shows its errors at their paths
 //! and a valid one is published, a version signed by an operator key shows its key id, two
@@ -35,6 +36,12 @@ use serde_json::{Value, json};
 use warp::http::Method;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_reference-server");
+
+/// The server binary to test: `$CONSOLE_SERVER_BIN` (e.g. `target/release/reference-server`),
+/// else the one cargo built with this test.
+fn server_bin() -> PathBuf {
+    std::env::var_os("CONSOLE_SERVER_BIN").map_or_else(|| PathBuf::from(SERVER), PathBuf::from)
+}
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -57,7 +64,9 @@ struct Server {
 impl Server {
     fn start() -> Self {
         let dir = temp("policy-console-server");
-        let mut child = Command::new(SERVER)
+        let bin = server_bin();
+        assert!(bin.is_file(), "no server binary at {}", bin.display());
+        let mut child = Command::new(&bin)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .env_remove("POLICY_ADMIN_TOKEN")
