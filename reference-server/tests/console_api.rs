@@ -319,13 +319,20 @@ async fn the_admin_stream_names_what_changed_in_its_org_only() {
 
     let (agent, agent_token) = t.enroll(ADMIN, "web-1").await;
     default.until(&["agents"]).await;
-    t.post_policy(ADMIN, block_ip_policy("ssh", 5)).await;
+    // Rules that can produce what the agent reports below: a fleet block and an approval.
+    let policy = json!({"name": "ssh", "rules": [
+        {"type": "block_ip", "config": {"trigger": "brute_force", "threshold": 5,
+         "duration": "1h", "scope": "fleet"}},
+        {"type": "auto_respond", "config": {"trigger": "malware", "action": "kill_process",
+         "minConfidence": 0.9, "requireApproval": true}}
+    ]});
+    t.post_policy(ADMIN, policy).await;
     default.until(&["policies", "agents", "audit"]).await;
     let mut agent_stream = t.stream(&agent_token, "default").await;
     default.until(&["agents"]).await;
     let report = json!({"action": "approval_request",
         "request": {"action": "kill_process", "pid": 4242, "process": "nginx"},
-        "rule": 0, "policyVersion": "v1", "eventId": "e-1"});
+        "rule": 1, "policyVersion": "v1", "eventId": "e-1"});
     let (status, answer) = t
         .post(
             &format!("/api/agents/{agent}/reports"),
@@ -347,8 +354,10 @@ async fn the_admin_stream_names_what_changed_in_its_org_only() {
     default.until(&["approvals", "audit"]).await;
     let block = json!({"action": "block_ip", "ip": "203.0.113.7", "duration": "1h",
         "scope": "fleet", "rule": 0, "policyVersion": "v1"});
-    t.post(&format!("/api/agents/{agent}/reports"), &agent_token, block)
+    let (status, answer) = t
+        .post(&format!("/api/agents/{agent}/reports"), &agent_token, block)
         .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
     default.until(&["blocks", "audit"]).await;
     let (status, _) = t
         .call(

@@ -422,7 +422,8 @@ fn policy(threshold: u32) -> String {
   "name": "SSH",
   "rules": [
     {{"type": "block_ip", "config": {{"trigger": "brute_force", "threshold": {threshold}, "duration": "24h", "scope": "fleet"}}}},
-    {{"type": "auto_respond", "config": {{"trigger": "malware", "action": "kill_process", "minConfidence": 0.9, "requireApproval": true}}}}
+    {{"type": "auto_respond", "config": {{"trigger": "malware", "action": "kill_process", "minConfidence": 0.9, "requireApproval": true}}}},
+    {{"type": "auto_respond", "config": {{"trigger": "cryptominer", "action": "kill_process", "minConfidence": 0.99, "requireApproval": false}}}}
   ]
 }}"#
     )
@@ -804,11 +805,11 @@ async fn approvals(page: &Page, server: &Server, web: &Agent, stream: &mut Event
         server,
         web,
         json!({"action": "approval_request",
-               "request": {"action": "quarantine_file", "path": "/tmp/x.sh"},
+               "request": {"action": "kill_process", "pid": 31337, "process": "xmrig"},
                "rule": 1, "policyVersion": "v2"}),
     )
     .await;
-    page.text("article.card", "Quarantine file /tmp/x.sh").await;
+    page.text("article.card", "Kill process 31337 (xmrig)").await;
     // From the keyboard: the reason, then Tab past Approve to Deny, and Enter.
     page.set_text(
         "article.card input.reason",
@@ -942,7 +943,7 @@ async fn audit(page: &Page, server: &Server, web: &Agent) {
         report(
             server,
             web,
-            json!({"action": "kill_process", "pid": 1000 + pid, "rule": 1, "policyVersion": "v2",
+            json!({"action": "kill_process", "pid": 1000 + pid, "rule": 2, "policyVersion": "v2",
                    "outcome": "executed"}),
         )
         .await;

@@ -87,8 +87,8 @@ pub async fn decide(
     drop(publishing);
     publisher.changed(&approval.org_id, &[Topic::Approvals, Topic::Audit]);
     tracing::info!(
-        approval = %approval.id,
-        agent = %approval.agent_id,
+        approval = approval.id.as_str(),
+        agent = approval.agent_id.as_str(),
         status = approval.status.as_str(),
         "approval decided"
     );

@@ -16,7 +16,7 @@ use super::audit;
 use super::changes::Topic;
 use super::notify::{self, NotifyConfig};
 use super::overrides;
-use super::streams::{Publisher, policy_frame};
+use super::streams::{Publisher, policy_frame, sent};
 use super::views::{applied_at, policy_view, resolved_rules};
 use crate::auth::{Principal, random_hex};
 use crate::clock;
@@ -171,7 +171,7 @@ pub async fn version(
     version: PolicyVersion,
 ) -> Result<PolicyView<RuleDocument>, ApiError> {
     let stored = store
-        .policy_version(org.clone(), version)
+        .policy(org.clone(), version.number())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no policy `{version}` in org `{org}`")))?;
     Ok(policy_view(&stored, None))
@@ -284,7 +284,7 @@ pub async fn publish(
             signed,
         })
         .await?;
-    let delivery = publishing.broadcast(&stored);
+    let delivery = publishing.broadcast(store, &stored).await;
     drop(publishing);
     publisher.changed(
         &stored.org_id,
@@ -309,7 +309,7 @@ pub async fn publish(
     )
     .await;
     tracing::info!(
-        org = %stored.org_id,
+        org = stored.org_id.as_str(),
         version = %stored.version,
         broadcasted_to = delivery.queued,
         dropped = delivery.dropped,
@@ -390,6 +390,14 @@ pub async fn set_overrides(
         .set_overrides(agent.id.clone(), stored.clone())
         .await?;
     let frame = policy_frame(&policy, &agent.id, &list);
+    store
+        .record_sent(vec![sent(
+            agent.id.clone(),
+            &policy,
+            &list,
+            clock::now_ms(),
+        )])
+        .await?;
     let delivery = publishing.update_agent(&agent.org_id, &agent.id, Arc::new(list), frame);
     drop(publishing);
     publisher.changed(&agent.org_id, &[Topic::Agents, Topic::Audit]);
@@ -408,7 +416,7 @@ pub async fn set_overrides(
     )
     .await;
     tracing::info!(
-        agent = %agent.id,
+        agent = agent.id.as_str(),
         version = %policy.version,
         broadcasted_to = delivery.queued,
         "broadcast overrides"

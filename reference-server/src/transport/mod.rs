@@ -5,9 +5,11 @@
 
 pub mod feed;
 pub mod hub;
+pub mod limits;
 pub mod listener;
 pub mod tls;
 
 pub use feed::{Feed, WatchError, Watcher};
 pub use hub::{Delivery, Frame, Hub, Subscription};
+pub use limits::ConnectionLimits;
 pub use listener::{Listening, PeerAddr, ServeOptions, Shutdown};

@@ -65,53 +65,43 @@ pub fn insert(conn: &mut Connection, new: NewPolicy) -> Result<StoredPolicy> {
 
 /// The latest version of `org_id`, validated again (the document is stored normalized).
 pub fn latest(conn: &mut Connection, org_id: String) -> Result<Option<StoredPolicy>> {
-    one(
-        conn,
-        org_id,
-        "SELECT id, version, document, created_at, signature FROM policies
-         WHERE org_id = ?1 ORDER BY version DESC LIMIT 1",
-        None,
-    )
+    read(conn, org_id, None)
 }
 
-/// Version `version` of `org_id`, validated again.
+/// Version `version` of `org_id`.
 pub fn version(
     conn: &mut Connection,
     org_id: String,
-    version: PolicyVersion,
+    version: u64,
 ) -> Result<Option<StoredPolicy>> {
-    one(
+    read(
         conn,
         org_id,
-        "SELECT id, version, document, created_at, signature FROM policies
-         WHERE org_id = ?1 AND version = ?2",
-        Some(version),
+        Some(i64::try_from(version).unwrap_or(i64::MAX)),
     )
 }
 
-/// The one policy row `sql` selects (`id, version, document, created_at, signature`,
-/// parameters the org and, when given, a version).
-fn one(
+fn read(
     conn: &mut Connection,
     org_id: String,
-    sql: &str,
-    version: Option<PolicyVersion>,
+    version: Option<i64>,
 ) -> Result<Option<StoredPolicy>> {
-    let read = |row: &rusqlite::Row<'_>| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, i64>(1)?,
-            row.get::<_, String>(2)?,
-            time_at(row, 3)?,
-            row.get::<_, Option<String>>(4)?,
-        ))
-    };
-    let mut stmt = conn.prepare_cached(sql)?;
-    let row = match version {
-        None => stmt.query_row(params![org_id], read),
-        Some(v) => stmt.query_row(params![org_id, number(v)], read),
-    }
-    .optional()?;
+    let row = conn
+        .query_row(
+            "SELECT id, version, document, created_at, signature FROM policies
+             WHERE org_id = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
+            params![org_id, version],
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    time_at(row, 3)?,
+                    row.get::<_, Option<String>>(4)?,
+                ))
+            },
+        )
+        .optional()?;
     let Some((id, version, document, created_at, signature)) = row else {
         return Ok(None);
     };
