@@ -132,6 +132,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .clone()
         .or_else(|| generated_admin_token.clone());
     let hub = state.hub.clone();
+    let changes = state.publisher.changes().clone();
     let store = state.store.clone();
     let listening = transport::listener::spawn(ServeOptions {
         listen: config.listen,
@@ -140,7 +141,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         shutdown_grace: config.shutdown_grace,
         limits: config.connections.clone(),
         shutdown: Shutdown {
-            close_streams: Box::new(move || hub.close()),
+            close_streams: Box::new(move || {
+                hub.close();
+                changes.close();
+            }),
             finally: Box::pin(async move { store.close().await }),
         },
     })

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use policy_engine::protocol::{BlockView, FleetEvent, UnblockEvent};
 use serde::Serialize;
 
+use super::changes::Topic;
 use super::streams::Publisher;
 use super::views::{block_event, block_view};
 use crate::clock;
@@ -53,6 +54,7 @@ pub async fn record(
         None
     };
     drop(publishing);
+    publisher.changed(&org, &[Topic::Blocks]);
     let broadcasted_to = delivery.map_or(0, |d| d.queued);
     tracing::info!(
         org = org.as_str(),
@@ -99,6 +101,7 @@ pub async fn lift(
     let event = FleetEvent::Unblock(UnblockEvent { ip, by });
     let delivery = publishing.send_org(&org, &event, None);
     drop(publishing);
+    publisher.changed(&org, &[Topic::Blocks, Topic::Audit]);
     tracing::info!(org = org.as_str(), %ip, broadcasted_to = delivery.queued, "fleet block lifted");
     Ok(Unblocked {
         ip,

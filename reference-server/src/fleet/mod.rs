@@ -11,12 +11,16 @@
 //!   report-id idempotency;
 //! - [`blocks`], [`approvals`]: fleet blocks and approval requests;
 //! - [`notify`]: alert channels and delivery; [`audit`]: the trail;
-//! - [`views`]: records as the protocol shows them; [`sweeper`]: expiry in the background.
+//! - [`views`]: records as the protocol shows them; [`sweeper`]: expiry in the background;
+//! - [`changes`]: what changed, for the admin event streams of the console; [`admin`]: who an
+//!   admin token is and which orgs it may pick.
 
+pub mod admin;
 pub mod agents;
 pub mod approvals;
 pub mod audit;
 pub mod blocks;
+pub mod changes;
 pub mod checks;
 pub mod notify;
 pub mod overrides;

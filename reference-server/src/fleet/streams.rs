@@ -12,6 +12,7 @@ use std::sync::Arc;
 use policy_engine::protocol::FleetEvent;
 use tokio::sync::{Mutex, MutexGuard};
 
+use super::changes::{Changes, Topic};
 use super::overrides::{self, Override};
 use super::views::{approval_event, block_event, policy_event};
 use crate::clock;
@@ -45,11 +46,12 @@ impl EventHub {
     }
 }
 
-/// The hub and the publish lock.
+/// The hub and the publish lock, and the admin streams told of every change.
 #[derive(Debug)]
 pub struct Publisher {
     hub: EventHub,
     lock: Mutex<()>,
+    changes: Changes,
 }
 
 /// Holding the publish lock: pushes made through it are in the order of the writes.
@@ -65,7 +67,18 @@ impl Publisher {
         Self {
             hub,
             lock: Mutex::new(()),
+            changes: Changes::default(),
         }
+    }
+
+    /// The admin event streams.
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// Tells the admin streams of `org` that `topics` changed.
+    pub fn changed(&self, org: &str, topics: &[Topic]) {
+        self.changes.changed(org, topics);
     }
 
     /// The hub, for reads (open streams, online agents).

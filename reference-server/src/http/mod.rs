@@ -1,9 +1,11 @@
 //! The HTTP layer: the route table ([`routes`]) and the filters it is built from ([`filters`]:
 //! auth, role, org scope, strict query parameters, body reading), thin handlers per resource
-//! ([`handlers`]) that call the fleet domain, the body reader ([`body`]) and the one
-//! [`recover`](recover::recover) that answers every refusal in the JSON error envelope.
+//! ([`handlers`]) that call the fleet domain, the body reader ([`body`]), the one
+//! [`recover`](recover::recover) that answers every refusal in the JSON error envelope, and
+//! the console's embedded static files ([`console`]).
 
 pub mod body;
+pub mod console;
 pub mod filters;
 pub mod handlers;
 pub mod recover;
@@ -17,7 +19,9 @@ use warp::{Filter, Rejection, Reply};
 use self::filters::{
     admin, agent_token, json_body, own_agent, principal, query, raw_body, with_state,
 };
-use self::handlers::{agents, approvals, audit, blocks, events, policies, reports};
+use self::handlers::{
+    admin as admin_api, agents, approvals, audit, blocks, events, policies, reports,
+};
 use self::recover::recover;
 use crate::app::AppState;
 use crate::transport::PeerAddr;
@@ -34,6 +38,8 @@ mod params {
     pub const AUDIT: &[&str] = &[
         "agent", "ip", "action", "from", "to", "limit", "cursor", "org_id",
     ];
+    /// `GET /api/policy/versions`.
+    pub const VERSIONS: &[&str] = &["limit", "cursor", "org_id"];
 }
 
 /// Every route of the API, errors included.
@@ -56,6 +62,12 @@ mod params {
 /// | `GET /api/approvals` | admin | `status`, `limit`, `org_id` |
 /// | `POST /api/approvals/:id/approve`, `/deny` | admin | `org_id` |
 /// | `GET /api/audit` | admin | `agent`, `ip`, `action`, `from`, `to`, `limit`, `cursor`, `org_id` |
+/// | `POST /api/policy/validate` | admin | `org_id` |
+/// | `GET /api/policy/versions` | admin | `limit`, `cursor`, `org_id` |
+/// | `GET /api/policy/versions/:version` | admin | `org_id` |
+/// | `GET /api/admin/me`, `/api/admin/orgs` | admin | |
+/// | `GET /api/admin/events` | admin | `org_id` |
+/// | `GET /`, `/console/...` | anyone (the console's static files) | |
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     // Each route is boxed, and so is the tree: without the boxes the combined filter type nests
     // every route inside the next, which overflows the trait solver in release builds (E0275)
@@ -65,14 +77,17 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .into_iter()
         .chain(agent_routes(&state))
         .chain(fleet_routes(&state))
+        .chain(admin_routes(&state))
+        .chain(console::routes())
         .fold(first, |tree, route| tree.or(route).unify().boxed())
         .recover(recover)
         .unify()
         .boxed()
 }
 
-/// `/api/policy`: publish, the active policy, an agent's rules, its overrides.
-fn policy_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 4] {
+/// `/api/policy`: publish, validate, the versions, the active policy, an agent's rules, its
+/// overrides.
+fn policy_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 7] {
     let post = warp::path!("api" / "policy")
         .and(warp::post())
         .and(admin(s))
@@ -99,11 +114,33 @@ fn policy_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 4] {
         .and(json_body())
         .and(with_state(s))
         .then(policies::set_overrides);
+    let validate = warp::path!("api" / "policy" / "validate")
+        .and(warp::post())
+        .and(admin(s))
+        .and(query(params::ORG))
+        .and(raw_body())
+        .and(with_state(s))
+        .then(policies::validate);
+    let versions = warp::path!("api" / "policy" / "versions")
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::VERSIONS))
+        .and(with_state(s))
+        .then(policies::versions);
+    let version = warp::path!("api" / "policy" / "versions" / String)
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::ORG))
+        .and(with_state(s))
+        .then(policies::version);
     [
         boxed(post),
         boxed(active),
         boxed(for_agent),
         boxed(overrides),
+        boxed(validate),
+        boxed(versions),
+        boxed(version),
     ]
 }
 
@@ -217,6 +254,28 @@ fn fleet_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 5] {
         boxed(decide),
         boxed(audit),
     ]
+}
+
+/// `/api/admin`: who the token is, its orgs, the admin event stream (for the console).
+fn admin_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 3] {
+    let me = warp::path!("api" / "admin" / "me")
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::NONE))
+        .then(admin_api::me);
+    let orgs = warp::path!("api" / "admin" / "orgs")
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::NONE))
+        .and(with_state(s))
+        .then(admin_api::orgs);
+    let events = warp::path!("api" / "admin" / "events")
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::ORG))
+        .and(with_state(s))
+        .then(admin_api::events);
+    [boxed(me), boxed(orgs), boxed(events)]
 }
 
 /// A route answering a reply (its own errors included), boxed.

@@ -22,7 +22,7 @@ use serde_json::Value;
 pub use records::{
     AgentRecord, Approval, AuditEntry, AuditFilter, AuditPage, DecideError, Decision, Finish,
     FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, PendingDelivery,
-    ReportReceipt, SentPolicy, StoredOverrides, StoredPolicy, Upserted,
+    PolicySummary, ReportReceipt, SentPolicy, StoredOverrides, StoredPolicy, Upserted,
 };
 
 /// How many (version, overrides) sends are remembered per agent, newest first: a report about
@@ -92,6 +92,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The latest policy version of `org_id`.
     async fn latest_policy(&self, org_id: String) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Versions of `org_id`, newest first: at most `limit`, only those older than `before`
+    /// when given (paging).
+    async fn policy_versions(
+        &self,
+        org_id: String,
+        before: Option<PolicyVersion>,
+        limit: u32,
+    ) -> Result<Vec<PolicySummary>, StoreError>;
+
+    /// Every org the store knows of (one with a policy, an agent or an admin token), sorted.
+    async fn orgs(&self) -> Result<Vec<String>, StoreError>;
 
     /// Version `version` of `org_id`.
     async fn policy(

@@ -45,6 +45,28 @@ pub struct NewPolicy {
     pub signed: Option<(PolicyVersion, PolicySignature)>,
 }
 
+/// One version of an org's policy as a list shows it: what it is called and when it came,
+/// without its rules (read the version for those).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySummary {
+    /// `pol_...`
+    pub id: String,
+    /// Version within the org.
+    pub version: PolicyVersion,
+    /// The policy's name.
+    pub name: String,
+    /// Its description, if it has one.
+    pub description: Option<String>,
+    /// How many rules it has.
+    pub rule_count: u64,
+    /// How many of them are enabled.
+    pub enabled_count: u64,
+    /// When the version was created.
+    pub created_at: DateTime<Utc>,
+    /// The id of the operator key that signed it, when it was posted signed.
+    pub key_id: Option<String>,
+}
+
 /// An enrolled agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRecord {

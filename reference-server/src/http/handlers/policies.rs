@@ -1,14 +1,17 @@
-//! `/api/policy`: publish a version, the active policy, an agent's resolved rules, overrides.
+//! `/api/policy`: publish a version, check one without storing it, the org's versions, the
+//! active policy, an agent's resolved rules, overrides.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use policy_engine::Policy;
+use policy_engine::policy::PolicyVersionError;
 use policy_engine::policy::json::join_key;
 use policy_engine::protocol::SignedPolicy;
+use policy_engine::{Policy, PolicyVersion};
 use serde_json::Value;
 use warp::http::StatusCode;
 
+use super::approvals::page_limit;
 use super::{Answer, ok};
 use crate::app::AppState;
 use crate::auth::Principal;
@@ -57,6 +60,59 @@ pub async fn post(principal: Principal, query: Query, body: Bytes, state: Arc<Ap
     )
     .await?;
     ok(StatusCode::CREATED, &view)
+}
+
+/// `POST /api/policy/validate` (admin): 200 with the document as it would be stored, or the
+/// errors `POST /api/policy` would answer (400, 403, 422); stores nothing.
+pub async fn validate(
+    principal: Principal,
+    query: Query,
+    body: Bytes,
+    state: Arc<AppState>,
+) -> Answer {
+    let policy = Policy::from_json(&body).map_err(ApiError::from_policy)?;
+    let validated = policies::validate(
+        state.notifier.config(),
+        &state.signed_orgs,
+        &principal,
+        org_query(&query),
+        &policy,
+    )?;
+    ok(StatusCode::OK, &validated)
+}
+
+/// `GET /api/policy/versions?limit=&cursor=` (admin): the org's versions, newest first.
+pub async fn versions(principal: Principal, query: Query, state: Arc<AppState>) -> Answer {
+    let org = principal.read_org(org_query(&query))?;
+    let before = query
+        .get("cursor")
+        .map(|text| {
+            text.parse::<u64>().map(PolicyVersion::new).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid query parameter `cursor`: expected a version number, found `{text}`"
+                ))
+            })
+        })
+        .transpose()?;
+    let page = policies::versions(&*state.store, org, before, page_limit(&query)?).await?;
+    ok(StatusCode::OK, &page)
+}
+
+/// `GET /api/policy/versions/:version` (admin): one version of the org (`v3`).
+pub async fn version(
+    version: String,
+    principal: Principal,
+    query: Query,
+    state: Arc<AppState>,
+) -> Answer {
+    let org = principal.read_org(org_query(&query))?;
+    let version: PolicyVersion = version
+        .parse()
+        .map_err(|e: PolicyVersionError| ApiError::bad_request(e.to_string()))?;
+    ok(
+        StatusCode::OK,
+        &policies::version(&*state.store, org, version).await?,
+    )
 }
 
 /// `GET /api/policy/active` (admin, or an agent for its org).

@@ -24,14 +24,15 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use policy_engine::PolicyVersion;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
 use rusqlite::Connection;
 use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
-    Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, PendingDelivery, ReportReceipt,
-    SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy, Upserted,
+    Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, PendingDelivery, PolicySummary,
+    ReportReceipt, SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -147,6 +148,16 @@ impl Store for SqliteStore {
         Ok(found)
     }
 
+    async fn policy_versions(
+        &self,
+        org_id: String,
+        before: Option<PolicyVersion>,
+        limit: u32,
+    ) -> Result<Vec<PolicySummary>> {
+        self.call(move |conn| policies::versions(conn, &org_id, before, limit))
+            .await
+    }
+
     async fn policy(&self, org_id: String, version: u64) -> Result<Option<StoredPolicy>> {
         let latest = self
             .latest
@@ -159,6 +170,10 @@ impl Store for SqliteStore {
         }
         self.call(move |conn| policies::version(conn, org_id, version))
             .await
+    }
+
+    async fn orgs(&self) -> Result<Vec<String>> {
+        self.call(policies::orgs).await
     }
 
     async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<()> {
