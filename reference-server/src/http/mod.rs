@@ -6,6 +6,7 @@
 pub mod body;
 pub mod filters;
 pub mod handlers;
+pub mod openapi;
 pub mod recover;
 
 use std::sync::Arc;
@@ -56,6 +57,10 @@ mod params {
 /// | `GET /api/approvals` | admin | `status`, `limit`, `org_id` |
 /// | `POST /api/approvals/:id/approve`, `/deny` | admin | `org_id` |
 /// | `GET /api/audit` | admin | `agent`, `ip`, `action`, `from`, `to`, `limit`, `cursor`, `org_id` |
+/// | `GET /api/openapi.json` | anyone | |
+///
+/// Every `/api` route is described in `reference-server/openapi.json` ([`openapi`]);
+/// `tests/openapi.rs` fails when a route and the description disagree.
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     // Each route is boxed, and so is the tree: without the boxes the combined filter type nests
     // every route inside the next, which overflows the trait solver in release builds (E0275)
@@ -65,6 +70,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .into_iter()
         .chain(agent_routes(&state))
         .chain(fleet_routes(&state))
+        .chain(docs_routes())
         .fold(first, |tree, route| tree.or(route).unify().boxed())
         .recover(recover)
         .unify()
@@ -217,6 +223,15 @@ fn fleet_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 5] {
         boxed(decide),
         boxed(audit),
     ]
+}
+
+/// `/api/openapi.json`: the API's description, for anyone.
+fn docs_routes() -> [BoxedFilter<(Response,)>; 1] {
+    let openapi = warp::path!("api" / "openapi.json")
+        .and(warp::get())
+        .and(query(params::NONE))
+        .map(|_| openapi::reply());
+    [boxed(openapi)]
 }
 
 /// A route answering a reply (its own errors included), boxed.
