@@ -12,7 +12,9 @@ use crate::fleet::agents::bootstrap_admin;
 use crate::fleet::notify::Notifier;
 use crate::fleet::reports::ReportContext;
 use crate::fleet::{EventHub, Publisher};
+use crate::metrics::ServerMetrics;
 use crate::store::Store;
+use crate::store::metered::MeteredStore;
 use crate::store::sqlite::SqliteStore;
 
 /// The state shared by all handlers.
@@ -32,6 +34,8 @@ pub struct AppState {
     pub online_window: Duration,
     /// See [`ServerConfig::approval_ttl`].
     pub approval_ttl: Duration,
+    /// The server's Prometheus metrics.
+    pub metrics: Arc<ServerMetrics>,
 }
 
 impl AppState {
@@ -42,26 +46,29 @@ impl AppState {
     pub async fn open(config: &ServerConfig) -> anyhow::Result<(Arc<Self>, Option<String>)> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir `{}`", config.data_dir.display()))?;
-        let store: Arc<dyn Store> = Arc::new(
+        let metrics = Arc::new(ServerMetrics::new());
+        let sqlite: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&config.data_dir.join("policy.db"))
                 .await
                 .context("cannot open the database")?,
         );
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(sqlite, metrics.clone()));
         let generated_admin_token = bootstrap_admin(&*store, config.admin_token.as_deref())
             .await
             .context("cannot set up the admin token")?;
         let tokens = TokenCache::new(store.tokens().await.context("cannot load tokens")?);
         let hub = EventHub::new(config.stream_queue, config.keep_alive);
-        let notifier = Notifier::new(config.notify.clone(), store.clone())
+        let notifier = Notifier::new(config.notify.clone(), store.clone(), metrics.clone())
             .context("cannot build the notification HTTP client")?;
         let state = Arc::new(AppState {
-            publisher: Publisher::new(hub.clone()),
+            publisher: Publisher::new(hub.clone(), metrics.clone()),
             hub,
             tokens,
             notifier: Arc::new(notifier),
             online_window: config.online_window,
             approval_ttl: config.approval_ttl,
             store,
+            metrics,
         });
         Ok((state, generated_admin_token))
     }

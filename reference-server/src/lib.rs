@@ -40,6 +40,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod http;
+pub mod metrics;
 pub mod store;
 pub mod transport;
 
@@ -58,6 +59,7 @@ use crate::transport::{Listening, ServeOptions, Shutdown, tls};
 #[derive(Debug)]
 pub struct RunningServer {
     listening: Listening,
+    metrics: Option<Listening>,
     admin_token: Option<String>,
     generated_admin_token: Option<String>,
     state: Arc<AppState>,
@@ -95,6 +97,11 @@ impl RunningServer {
         self.generated_admin_token.as_deref()
     }
 
+    /// The bound address of the metrics listener (`--metrics-listen`), if it has one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(Listening::local_addr)
+    }
+
     /// The shared state (for tests and benchmarks: open streams, the store).
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
@@ -103,6 +110,9 @@ impl RunningServer {
     /// Stops accepting, ends every event stream, waits for open requests (up to the grace
     /// period) and closes the database.
     pub async fn shutdown(self) {
+        if let Some(metrics) = self.metrics {
+            metrics.stop().await;
+        }
         self.listening.stop().await;
     }
 }
@@ -135,10 +145,29 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             close_streams: Box::new(move || hub.close()),
             finally: Box::pin(async move { store.close().await }),
         },
+        metrics: Some(state.metrics.clone()),
     })
     .await?;
+    let metrics = match config.metrics_listen {
+        Some(listen) => Some(
+            transport::listener::spawn(ServeOptions {
+                listen,
+                acceptor: None,
+                routes: http::metrics::routes(state.clone()),
+                shutdown_grace: config.shutdown_grace,
+                shutdown: Shutdown {
+                    close_streams: Box::new(|| {}),
+                    finally: Box::pin(async {}),
+                },
+                metrics: None,
+            })
+            .await?,
+        ),
+        None => None,
+    };
     Ok(RunningServer {
         listening,
+        metrics,
         admin_token,
         generated_admin_token,
         state,

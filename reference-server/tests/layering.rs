@@ -6,6 +6,8 @@
 //! lib ─▶ http ─▶ app ─▶ config ─▶ fleet ─▶ store ─▶ auth ─▶ error
 //!                 │                  └──▶ transport      clock
 //! ```
+//!
+//! `metrics` sits below everything (every layer records into it; it imports nothing).
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -25,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "auth",
             "error",
             "clock",
+            "metrics",
         ],
     ),
     (
@@ -37,15 +40,20 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "auth",
             "error",
             "clock",
+            "metrics",
         ],
     ),
     ("config", &["fleet"]),
-    ("fleet", &["store", "transport", "auth", "error", "clock"]),
-    ("store", &["auth", "error", "clock"]),
-    ("transport", &[]),
+    (
+        "fleet",
+        &["store", "transport", "auth", "error", "clock", "metrics"],
+    ),
+    ("store", &["auth", "error", "clock", "metrics"]),
+    ("transport", &["metrics"]),
     ("auth", &["error"]),
     ("error", &[]),
     ("clock", &[]),
+    ("metrics", &[]),
 ];
 
 fn src() -> PathBuf {

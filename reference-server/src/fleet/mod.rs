@@ -11,12 +11,15 @@
 //!   report-id idempotency;
 //! - [`blocks`], [`approvals`]: fleet blocks and approval requests;
 //! - [`notify`]: alert channels and delivery; [`audit`]: the trail;
-//! - [`views`]: records as the protocol shows them; [`sweeper`]: expiry in the background.
+//! - [`views`]: records as the protocol shows them; [`sweeper`]: expiry in the background;
+//! - [`gauges`]: the fleet's figures for the metrics (agents online and outdated, versions,
+//!   streams, approvals by org).
 
 pub mod agents;
 pub mod approvals;
 pub mod audit;
 pub mod blocks;
+pub mod gauges;
 pub mod notify;
 pub mod overrides;
 pub mod policies;

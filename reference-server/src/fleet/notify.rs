@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::audit;
+use crate::metrics::ServerMetrics;
 use crate::store::{NewEntry, Store};
 
 /// A configuration value that must not be shown.
@@ -330,14 +331,16 @@ pub struct Notifier {
     config: Option<NotifyConfig>,
     http: reqwest::Client,
     store: Arc<dyn Store>,
+    metrics: Arc<ServerMetrics>,
 }
 
 impl Notifier {
     /// A notifier for `config` (`None`: nothing is delivered, every alert is recorded as
-    /// `not_configured`), recording deliveries in `store`.
+    /// `not_configured`), recording deliveries in `store` and counting them in `metrics`.
     pub fn new(
         config: Option<NotifyConfig>,
         store: Arc<dyn Store>,
+        metrics: Arc<ServerMetrics>,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -346,6 +349,7 @@ impl Notifier {
             config,
             http,
             store,
+            metrics,
         })
     }
 
@@ -371,6 +375,8 @@ impl Notifier {
                     "not_configured"
                 };
                 tracing::warn!(channel = %name, outcome, "alert not delivered");
+                // Only configured names become label values: policies may name anything.
+                self.metrics.notification("", outcome);
                 audit::record(&*self.store, delivery_entry(&alert, name, outcome, None, 0)).await;
                 continue;
             };
@@ -387,6 +393,7 @@ impl Notifier {
                 let (outcome, error, attempts) = notifier
                     .deliver_with_retry(&channel, &name, &alert, retry)
                     .await;
+                notifier.metrics.notification(&name, outcome);
                 audit::record(
                     &*notifier.store,
                     delivery_entry(&alert, &name, outcome, error, attempts),

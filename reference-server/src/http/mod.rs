@@ -6,6 +6,7 @@
 pub mod body;
 pub mod filters;
 pub mod handlers;
+pub mod metrics;
 pub mod openapi;
 pub mod recover;
 
@@ -66,7 +67,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     // every route inside the next, which overflows the trait solver in release builds (E0275)
     // and makes the crate slow to compile.
     let [first, policy_rest @ ..] = policy_routes(&state);
-    policy_rest
+    let tree = policy_rest
         .into_iter()
         .chain(agent_routes(&state))
         .chain(fleet_routes(&state))
@@ -74,7 +75,8 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .fold(first, |tree, route| tree.or(route).unify().boxed())
         .recover(recover)
         .unify()
-        .boxed()
+        .boxed();
+    metrics::observed(tree, state.metrics.clone())
 }
 
 /// `/api/policy`: publish, the active policy, an agent's rules, its overrides.

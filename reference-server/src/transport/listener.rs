@@ -20,6 +20,8 @@ use tower_service::Service;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use crate::metrics::ServerMetrics;
+
 /// The peer address of a request, put into its extensions by the listener (warp's own
 /// `warp::addr::remote()` is empty behind `warp::service`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +48,8 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// What to do when stopping.
     pub shutdown: Shutdown,
+    /// Where to count connections (`None`: not counted, e.g. the metrics listener's own).
+    pub metrics: Option<Arc<ServerMetrics>>,
 }
 
 /// A bound listener serving on its own task. Dropping it also stops it (without waiting).
@@ -93,6 +97,7 @@ pub async fn spawn(options: ServeOptions) -> anyhow::Result<Listening> {
         stopped,
         options.shutdown_grace,
         options.shutdown,
+        options.metrics,
     ));
     tracing::info!(%local_addr, tls, "policy server listening");
     Ok(Listening {
@@ -110,6 +115,7 @@ async fn run(
     mut stopped: oneshot::Receiver<()>,
     grace: Duration,
     shutdown: Shutdown,
+    metrics: Option<Arc<ServerMetrics>>,
 ) {
     let routes = warp::service(routes);
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
@@ -128,6 +134,7 @@ async fn run(
             },
         };
         let _ = stream.set_nodelay(true);
+        let open = metrics.as_ref().map(|m| m.connection());
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -157,6 +164,7 @@ async fn run(
                     }
                 });
             serve_connection(stream, acceptor, &builder, watcher, service, peer).await;
+            drop(open);
         });
     }
     drop(listener);

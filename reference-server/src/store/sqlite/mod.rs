@@ -12,6 +12,7 @@ mod migrations;
 mod policies;
 mod receipts;
 mod rows;
+mod summary;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,8 +30,8 @@ use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
-    Heartbeat, NewBlock, NewEntry, ReportReceipt, Store, StoreError, StoredOverrides, StoredPolicy,
-    Upserted,
+    Heartbeat, NewBlock, NewEntry, OrgSummary, ReportReceipt, Store, StoreError, StoredOverrides,
+    StoredPolicy, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -299,6 +300,10 @@ impl Store for SqliteStore {
     async fn prune_report_receipts(&self, before_ms: i64) -> Result<usize> {
         self.call(move |conn| receipts::prune(conn, before_ms))
             .await
+    }
+
+    async fn fleet_summary(&self) -> Result<Vec<OrgSummary>> {
+        self.call(summary::fleet).await
     }
 
     async fn close(&self) {
