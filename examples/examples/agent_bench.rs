@@ -10,21 +10,17 @@
 //! cargo run --release -p examples --example agent_bench [-- --policies 100 --events 2000000]
 //! ```
 
-#[path = "agent_support/pipeline.rs"]
-mod pipeline;
-
 use std::io;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use policy_engine::executor::RecordingExecutor;
 use policy_engine::sync::{BackoffConfig, LiveEngine, PolicySync, SyncConfig, TlsTrust};
 use policy_engine::{EngineConfig, PolicyVersion};
 use reference_server::{ServerConfig, TlsMode};
 use serde_json::{Value, json};
 
-use pipeline::{AgentExecutor, Pipeline, Shared};
+use policy_engine::agent::Pipeline;
 
 /// Measures policy latency and event throughput of the reference agent.
 #[derive(Debug, Parser)]
@@ -135,19 +131,14 @@ fn run(args: &Args, data: &std::path::Path) -> Result<()> {
 
     // 2. JSON line in -> action out, on this thread, with the sync still running beside it.
     let input = event_lines(args.events);
-    let executor = Shared::new(RecordingExecutor::new());
-    let mut upkeep = executor.clone();
-    let mut pipeline = Pipeline::new(live.clone(), executor, io::sink());
+    let mut pipeline = Pipeline::new(live.clone(), io::sink());
     let started = Instant::now();
-    for (i, line) in input.split(|b| *b == b'\n').enumerate() {
+    for line in input.split(|b| *b == b'\n') {
         pipeline.line(line)?;
-        if i % 65_536 == 0 {
-            upkeep.maintain(Duration::ZERO);
-        }
     }
     pipeline.flush()?;
     let elapsed = started.elapsed();
-    let stats = pipeline.stats;
+    let stats = pipeline.stats();
     if stats.bad_lines != 0 || stats.events != args.events as u64 {
         bail!("generated events did not parse: {stats:?}");
     }

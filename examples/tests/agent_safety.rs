@@ -173,7 +173,7 @@ async fn approved_actions_on_protected_targets_are_refused_on_the_host() {
     path.push(":");
     path.push(std::env::var_os("PATH").unwrap_or_default());
     let ca = ca_file(data.path());
-    let mut agent = AgentProcess::spawn_with_env(
+    let mut agent = AgentProcess::spawn_with(
         &[
             "--server",
             &base,
@@ -192,7 +192,7 @@ async fn approved_actions_on_protected_targets_are_refused_on_the_host() {
             "--protect-path",
             text(&protected),
         ],
-        &[("PATH", path.as_os_str())],
+        &[("PATH", path.to_string_lossy().into_owned())],
     );
     admin
         .wait_agent(&agent_id, "v1 running", |a| a["policyVersion"] == "v1")

@@ -15,14 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_common::{ADMIN_TOKEN, ca_file, wait_version};
-use chrono::Utc;
-use policy_engine::executor::{Firewall, FirewallConfig, Outcome};
-use policy_engine::sync::fleet::Report;
-use policy_engine::sync::{
-    ApiClient, BackoffConfig, FleetEvents, FleetExecutor, FleetHandler, FleetOutcome, LiveEngine,
-    PolicySync, Reporter, SyncConfig, TlsTrust,
-};
-use policy_engine::{Action, ActionRecord, EngineConfig, ThreatEvent};
+use policy_engine::agent::{Agent, AgentHandle, RunSummary, Settings};
+use policy_engine::executor::{Executor, HostConfig, HostExecutor, Outcome};
+use policy_engine::protocol::{ApprovalEvent, BlockEvent, FleetEvent};
+use policy_engine::sync::{BackoffConfig, TlsTrust};
+use policy_engine::{Action, ActionRecord, ThreatEvent};
 use reference_server::{ServerConfig, TlsMode};
 use serde_json::{Value, json};
 
@@ -91,135 +88,81 @@ fn run(args: &[&str]) {
     );
 }
 
-/// The nftables firewall of one agent, counting what it executed.
-struct FirewallExecutor {
-    firewall: Firewall,
+/// The host executor of one agent (nftables in its namespace), counting what it executed.
+struct Counting {
+    host: HostExecutor,
     executed: Arc<Mutex<Vec<ActionRecord>>>,
 }
 
-fn fleet_outcome(outcome: Outcome) -> FleetOutcome {
-    match outcome {
-        Outcome::Done { detail } => FleetOutcome::Executed(detail),
-        Outcome::Skipped { reason } => FleetOutcome::Skipped(reason),
-        Outcome::Failed { error } => FleetOutcome::Failed(error),
-    }
-}
-
-impl FleetExecutor for FirewallExecutor {
-    fn execute(&mut self, record: &ActionRecord) -> FleetOutcome {
+impl Executor for Counting {
+    fn execute(&self, record: &ActionRecord) -> Outcome {
         self.executed.lock().unwrap().push(record.clone());
-        match &record.action {
-            Action::BlockIp { ip, duration, .. } => {
-                fleet_outcome(self.firewall.block(*ip, *duration))
-            }
-            other => FleetOutcome::Skipped(format!("`{}` is not supported here", other.name())),
-        }
+        self.host.execute(record)
     }
 
-    fn unblock(&mut self, ip: IpAddr) -> FleetOutcome {
-        match self.firewall.unblock(ip) {
-            Ok(true) => FleetOutcome::Executed(format!("unblocked `{ip}`")),
-            Ok(false) => FleetOutcome::Skipped(format!("`{ip}` was not blocked")),
-            Err(err) => FleetOutcome::Failed(err.to_string()),
-        }
+    fn unblock(&self, ip: IpAddr) -> Outcome {
+        self.host.unblock(ip)
     }
 }
 
-/// One agent: sync, engine, firewall in its namespace, fleet handler, reporter.
-struct Agent {
+/// One agent: the library's agent runtime with its firewall in its own namespace.
+struct FleetAgent {
     id: String,
+    token: String,
     ns: Netns,
-    live: LiveEngine,
-    sync: Option<PolicySync>,
-    handler: Option<tokio::task::JoinHandle<()>>,
-    events: FleetEvents,
-    executor: Arc<Mutex<FirewallExecutor>>,
+    handle: AgentHandle,
+    run: Option<tokio::task::JoinHandle<RunSummary>>,
     executed: Arc<Mutex<Vec<ActionRecord>>>,
-    reporter: Reporter,
     state: tempfile::TempDir,
 }
 
-impl Agent {
+impl FleetAgent {
     async fn start(index: usize, server: &str, data_dir: &Path, id: String, token: String) -> Self {
         let ns = Netns::new(index);
         let state = tempfile::Builder::new()
             .prefix(&format!("pe-fleet-agent-{}-{index}-", std::process::id()))
             .tempdir()
             .unwrap();
-        let mut config = FirewallConfig::new(state.path());
-        config.table = TABLE.to_owned();
-        config.command = ["ip", "netns", "exec", &ns.0, "nft"]
-            .map(str::to_owned)
-            .to_vec();
         let executed: Arc<Mutex<Vec<ActionRecord>>> = Arc::default();
-        let executor = Arc::new(Mutex::new(FirewallExecutor {
-            firewall: Firewall::open(config).unwrap(),
-            executed: executed.clone(),
-        }));
-        let trust = TlsTrust::CaFile(ca_file(data_dir));
-        let reporter = Reporter::new(ApiClient::new(server, &trust).unwrap(), &id, &token);
-        let live = LiveEngine::new(EngineConfig::default());
-        let mut agent = Self {
+        let (handle, run) = launch(server, data_dir, &ns, &token, state.path(), &executed).await;
+        Self {
             id,
+            token,
             ns,
-            live,
-            sync: None,
-            handler: None,
-            events: FleetEvents::channel(1).0,
-            executor,
+            handle,
+            run: Some(run),
             executed,
-            reporter,
             state,
-        };
-        agent.connect(server, data_dir, &token).await;
-        agent
+        }
     }
 
-    /// Starts (or restarts) the sync and the fleet handler over the same state dir.
-    async fn connect(&mut self, server: &str, data_dir: &Path, token: &str) {
-        let (events, queue) = FleetEvents::channel(64);
-        let mut config = SyncConfig::new(server, &self.id, token, self.state.path());
-        config.trust = TlsTrust::CaFile(ca_file(data_dir));
-        config.heartbeat_interval = Duration::from_millis(200);
-        config.backoff = BackoffConfig {
-            initial: Duration::from_millis(50),
-            max: Duration::from_millis(400),
-        };
-        config.fleet = Some(events.clone());
-        let shared: Arc<Mutex<dyn FleetExecutor>> = self.executor.clone();
-        let handler = FleetHandler::new(shared, self.state.path(), self.reporter.clone());
-        self.handler = Some(handler.spawn(queue));
-        self.events = events;
-        self.sync = Some(PolicySync::start(config, self.live.clone()).await.unwrap());
-    }
-
+    /// Stops the agent gracefully; `restart` starts it again over the same state dir.
     async fn stop(&mut self) {
-        if let Some(sync) = self.sync.take() {
-            sync.shutdown().await;
-        }
-        if let Some(handler) = self.handler.take() {
-            handler.abort();
+        self.handle.shutdown();
+        if let Some(run) = self.run.take() {
+            let summary = run.await.unwrap();
+            assert_eq!(summary.reports_left, 0, "{summary:?}");
         }
     }
 
-    /// Runs `event` through the engine, executes the actions locally and reports each.
-    async fn observe(&self, event: Value) -> Vec<Value> {
+    async fn restart(&mut self, server: &str, data_dir: &Path) {
+        let (handle, run) = launch(
+            server,
+            data_dir,
+            &self.ns,
+            &self.token,
+            self.state.path(),
+            &self.executed,
+        )
+        .await;
+        self.handle = handle;
+        self.run = Some(run);
+    }
+
+    /// Runs `event` through the agent's engine; its actions execute and are reported.
+    fn observe(&self, event: Value) -> Vec<ActionRecord> {
         let event = ThreatEvent::from_json(event.to_string().as_bytes()).unwrap();
-        let actions = self.live.process(&event, Utc::now()).actions;
-        let mut answers = Vec::new();
-        for record in actions {
-            let outcome = match record.action {
-                Action::ApprovalRequest { .. } => FleetOutcome::Skipped("awaiting approval".into()),
-                _ => self.executor.lock().unwrap().execute(&record),
-            };
-            answers.push(
-                self.reporter
-                    .send(&Report::local(record, &outcome))
-                    .await
-                    .unwrap(),
-            );
-        }
-        answers
+        self.handle.process(&event)
     }
 
     fn executions_on(&self, ip: &str) -> usize {
@@ -230,6 +173,50 @@ impl Agent {
             .filter(|r| matches!(&r.action, Action::BlockIp { ip: a, .. } if a.to_string() == ip))
             .count()
     }
+}
+
+/// Starts an agent (only its token: it learns its id from the server) with no event source:
+/// events come through its handle.
+async fn launch(
+    server: &str,
+    data_dir: &Path,
+    ns: &Netns,
+    token: &str,
+    state: &Path,
+    executed: &Arc<Mutex<Vec<ActionRecord>>>,
+) -> (AgentHandle, tokio::task::JoinHandle<RunSummary>) {
+    let mut config = HostConfig::new(state.join("host"), vec![]).with_nft_command(
+        ["ip", "netns", "exec", &ns.0, "nft"]
+            .map(str::to_owned)
+            .to_vec(),
+    );
+    config.firewall.table = TABLE.to_owned();
+    let host = tokio::task::spawn_blocking(move || HostExecutor::open(config))
+        .await
+        .unwrap()
+        .unwrap();
+    let settings = Settings {
+        heartbeat_interval: Duration::from_millis(200),
+        backoff: BackoffConfig {
+            initial: Duration::from_millis(50),
+            max: Duration::from_millis(400),
+        },
+        ..Settings::default()
+    };
+    let agent = Agent::builder(server, state)
+        .token(token)
+        .trust(TlsTrust::CaFile(ca_file(data_dir)))
+        .settings(settings)
+        .executor(Counting {
+            host,
+            executed: executed.clone(),
+        })
+        .start()
+        .await
+        .unwrap();
+    let handle = agent.handle();
+    let run = tokio::spawn(async move { agent.run().await.unwrap() });
+    (handle, run)
 }
 
 async fn admin(client: &reqwest::Client, method: reqwest::Method, url: String) -> (u16, Value) {
@@ -288,51 +275,49 @@ async fn three_agents_share_fleet_blocks_and_run_an_approval_once() {
         }))
         .await;
     let mut agents = Vec::new();
-    let mut tokens = Vec::new();
     for i in 0..3 {
         let (id, token) = admin_client.enroll(&format!("host-{i}")).await;
-        tokens.push(token.clone());
-        agents.push(Agent::start(i, &base, data.path(), id, token).await);
+        agents.push(FleetAgent::start(i, &base, data.path(), id, token).await);
     }
     for agent in &agents {
-        wait_version(&agent.live, version).await;
+        wait_version(agent.handle.live(), version).await;
     }
     wait_until("three streams", Duration::from_secs(10), || {
         server.state().hub.stream_count("default") == 3
     })
     .await;
 
-    // Agent 0 sees a brute force and blocks the source across the fleet.
+    // Agent 0 sees a brute force and blocks the source here and across the fleet: the report
+    // of its block goes through its outbox to the server, which pushes the block to the others.
     let attacker = "203.0.113.7";
-    let mut answers = Vec::new();
+    let mut actions = Vec::new();
+    let observed = Instant::now();
     for n in 0..3 {
-        answers.extend(
-            agents[0]
-                .observe(json!({"id": format!("e-{n}"), "type": "brute_force", "srcIp": attacker}))
-                .await,
-        );
+        actions
+            .extend(agents[0].observe(
+                json!({"id": format!("e-{n}"), "type": "brute_force", "srcIp": attacker}),
+            ));
     }
-    let reported = Instant::now();
-    assert_eq!(answers.len(), 1, "{answers:?}");
-    assert_eq!(answers[0]["kind"], "fleet_block");
-    assert_eq!(answers[0]["broadcastedTo"], 2);
-    assert!(agents[0].ns.blocked().contains(&attacker.to_owned()));
-    for agent in &agents[1..] {
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    for agent in &agents {
         while !agent.ns.blocked().contains(&attacker.to_owned()) {
             assert!(
-                reported.elapsed() < Duration::from_secs(1),
+                observed.elapsed() < Duration::from_secs(1),
                 "{} did not block {attacker} within a second",
                 agent.id
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let spread = reported.elapsed();
-    assert!(spread < Duration::from_secs(1), "{spread:?}");
-    eprintln!("fleet block in the other two agents' nftables sets after {spread:?}");
+    let spread = observed.elapsed();
+    eprintln!("fleet block in all three agents' nftables sets {spread:?} after the event");
+    let (status, body) = admin(&http, reqwest::Method::GET, format!("{base}/api/blocks")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["ip"], attacker, "{body}");
+    assert_eq!(body["data"][0]["agentId"], agents[0].id.as_str(), "{body}");
 
     // Who blocked it? The first entry is agent 0's fleet block; the others applied it.
-    wait_until("every agent's report", Duration::from_secs(10), || {
+    wait_until("every agent's execution", Duration::from_secs(10), || {
         agents.iter().all(|a| a.executions_on(attacker) == 1)
     })
     .await;
@@ -373,13 +358,26 @@ async fn three_agents_share_fleet_blocks_and_run_an_approval_once() {
 
     // Approval round trip: agent 1 asks, the admin approves, agent 1 executes it once.
     let scanner = "198.51.100.9";
-    let answers = agents[1]
-        .observe(json!({"id": "scan-1", "type": "port_scan", "confidence": 0.9, "srcIp": scanner}))
+    let actions = agents[1]
+        .observe(json!({"id": "scan-1", "type": "port_scan", "confidence": 0.9, "srcIp": scanner}));
+    assert_eq!(actions[0].action.name(), "approval_request");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let approval_id = loop {
+        let (_, body) = admin(
+            &http,
+            reqwest::Method::GET,
+            format!("{base}/api/approvals?status=pending"),
+        )
         .await;
-    assert_eq!(answers[0]["kind"], "approval_request");
+        if let Some(id) = body["data"][0]["id"].as_str() {
+            assert_eq!(body["data"][0]["agentId"], agents[1].id.as_str(), "{body}");
+            break id.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no approval request: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(agents[1].executions_on(scanner), 0);
     assert!(!agents[1].ns.blocked().contains(&scanner.to_owned()));
-    let approval_id = answers[0]["approval"]["id"].as_str().unwrap().to_owned();
     let (status, body) = admin(
         &http,
         reqwest::Method::POST,
@@ -408,34 +406,25 @@ async fn three_agents_share_fleet_blocks_and_run_an_approval_once() {
     };
     // A replay after a restart of the agent does nothing: the ledger on disk remembers it.
     agents[1].stop().await;
-    agents[1].connect(&base, data.path(), &tokens[1]).await;
-    wait_version(&agents[1].live, version).await;
-    let replay = json!({
+    agents[1].restart(&base, data.path()).await;
+    wait_version(agents[1].handle.live(), version).await;
+    let replay: ApprovalEvent = serde_json::from_value(json!({
         "approvalId": approval_id,
         "expiresAt": executed["expiresAt"],
         "action": executed["action"],
-    });
-    assert!(agents[1].events.dispatch("approval", &replay.to_string()));
-    // A block pushed after the replay is handled after it (one queue, in order): once it is
+    }))
+    .unwrap();
+    assert!(agents[1].handle.fleet_event(FleetEvent::Approval(replay)));
+    // A block queued after the replay is handled after it (one queue, in order): once it is
     // in the set, the replay has been looked at.
     let marker = "192.0.2.99";
-    agents[0]
-        .reporter
-        .send(&Report::local(
-            ActionRecord {
-                action: Action::BlockIp {
-                    ip: marker.parse().unwrap(),
-                    duration: "1h".parse().unwrap(),
-                    scope: policy_engine::Scope::Fleet,
-                },
-                rule: 0,
-                policy_version: version,
-                event_id: None,
-            },
-            &FleetOutcome::Executed("test marker".into()),
-        ))
-        .await
-        .unwrap();
+    let block: BlockEvent = serde_json::from_value(json!({
+        "ip": marker, "expiresAt": null, "sourceAgent": agents[0].id,
+        "action": {"action": "block_ip", "ip": marker, "duration": "1h", "scope": "host",
+                   "rule": 0, "policyVersion": "v1"}
+    }))
+    .unwrap();
+    assert!(agents[1].handle.fleet_event(FleetEvent::Block(block)));
     wait_until("marker block", Duration::from_secs(5), || {
         agents[1].ns.blocked().contains(&marker.to_owned())
     })

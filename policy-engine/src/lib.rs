@@ -2,6 +2,8 @@
 #![deny(missing_docs)]
 
 pub mod action;
+#[cfg(all(feature = "agent", target_os = "linux"))]
+pub mod agent;
 pub mod condition;
 pub mod engine;
 pub mod event;

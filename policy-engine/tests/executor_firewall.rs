@@ -246,7 +246,7 @@ fn isolation_cuts_everything_but_the_management_server_until_released() {
     let _agent_listener = listen(&pair.agent, PORT);
     // The management server (and any other service) listens on the attacker's side.
     let _server = listen(&pair.attacker, PORT);
-    let mut executor = host(&pair, state.path());
+    let executor = host(&pair, state.path());
     let agent_to = |ip: &str| connect(&pair.agent, AGENT, addr(ip, PORT)).is_ok();
     let loopback_ok = || connect(&pair.agent, "127.0.0.1", addr("127.0.0.1", PORT)).is_ok();
     assert!(agent_to(ATTACKER) && agent_to(MANAGEMENT));

@@ -242,7 +242,6 @@ fn errors<T>(result: Result<T, Vec<ValidationError>>) -> Vec<String> {
 #[cfg(feature = "sync")]
 mod agent {
     use super::*;
-    use policy_engine::sync::fleet::FleetOutcome;
     use policy_engine::sync::{Enrollment, HeartbeatReply, PolicyUpdate};
 
     #[test]
@@ -263,7 +262,7 @@ mod agent {
         let parsed = Report::from_value(&golden_report).unwrap();
         let mut local = Report::local(
             parsed.record.clone(),
-            &FleetOutcome::Executed("blocked `203.0.113.7` for 24h".to_owned()),
+            &Outcome::done("blocked `203.0.113.7` for 24h"),
         );
         local.report_id = parsed.report_id.clone();
         assert_eq!(serde_json::to_value(&local).unwrap(), golden_report);

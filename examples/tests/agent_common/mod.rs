@@ -107,6 +107,25 @@ impl Admin {
         body["data"]["version"].as_str().unwrap().parse().unwrap()
     }
 
+    /// `GET /api/audit{query}`: the entries of the first page, newest first.
+    pub async fn audit(&self, query: &str) -> Vec<Value> {
+        let (status, body) = self
+            .call(reqwest::Method::GET, &format!("/api/audit{query}"), None)
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["data"]["entries"].as_array().unwrap().clone()
+    }
+
+    /// `POST /api/approvals/:id/approve`: `(status, body)`.
+    pub async fn approve(&self, approval_id: &str) -> (u16, Value) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/api/approvals/{approval_id}/approve"),
+            None,
+        )
+        .await
+    }
+
     /// `GET /api/agents`, the entry of `agent_id`.
     pub async fn agent(&self, agent_id: &str) -> Value {
         let (status, body) = self.call(reqwest::Method::GET, "/api/agents", None).await;
@@ -260,15 +279,15 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub fn spawn(args: &[&str]) -> Self {
-        Self::spawn_with_env(args, &[])
+        Self::spawn_with(args, &[])
     }
 
-    /// [`spawn`](Self::spawn) with extra environment variables (e.g. a `PATH` with a stand-in
-    /// `nft` first).
-    pub fn spawn_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Self {
+    /// Like `spawn`, with more environment variables (e.g. a `PATH` with a stand-in `nft`
+    /// first).
+    pub fn spawn_with(args: &[&str], env: &[(&str, String)]) -> Self {
         let mut child = Command::new(example_bin("agent"))
             .args(args)
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .env_remove("POLICY_ADMIN_TOKEN")
@@ -349,9 +368,98 @@ impl AgentProcess {
     }
 }
 
+impl AgentProcess {
+    /// Kills the agent with SIGKILL (no shutdown at all) and reaps it.
+    pub fn kill_hard(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the agent said.
+        if std::thread::panicking() {
+            if let Some(stderr) = self.stderr.take().and_then(|t| t.join().ok()) {
+                eprintln!("--- agent stderr ---\n{stderr}--- end of agent stderr ---");
+            }
+        }
     }
+}
+
+/// A fake `nft` first on `PATH`: it appends every script it gets to `scripts` (one run's script
+/// after another), answers success, and hangs (`exec sleep 600`, its pid in `hung`) when the
+/// script names [`FakeNft::HANG_IP`].
+pub struct FakeNft {
+    pub dir: tempfile::TempDir,
+}
+
+impl FakeNft {
+    /// A block of this address makes `nft` hang.
+    pub const HANG_IP: &'static str = "203.0.113.66";
+
+    pub fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("fake-nft-{}-", std::process::id()))
+            .tempdir()
+            .unwrap();
+        let script = format!(
+            "#!/bin/sh\n\
+             script=$(cat)\n\
+             printf '%s\\n' \"$script\" >> '{dir}/scripts'\n\
+             case \"$script\" in *{hang}*) echo $$ > '{dir}/hung.tmp'; mv '{dir}/hung.tmp' '{dir}/hung'; exec sleep 600;; esac\n\
+             exit 0\n",
+            dir = dir.path().display(),
+            hang = Self::HANG_IP,
+        );
+        let nft = dir.path().join("nft");
+        std::fs::write(&nft, script).unwrap();
+        std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self { dir }
+    }
+
+    /// The environment that puts it first on `PATH`.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let path = std::env::var("PATH").unwrap_or_default();
+        vec![("PATH", format!("{}:{path}", self.dir.path().display()))]
+    }
+
+    /// Every script it was given so far.
+    pub fn scripts(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("scripts")).unwrap_or_default()
+    }
+
+    /// The pid of the hanging `nft`, once one hangs.
+    pub fn hung(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.path().join("hung"))
+            .ok()
+            .and_then(|pid| pid.trim().parse().ok())
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+/// Waits (polling every 10 ms, at most `limit`) until `done` holds; panics naming `what`
+/// otherwise. Returns how long it took.
+pub async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
 }

@@ -9,12 +9,13 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::cidr::Allowlist;
 use super::journal::{Blocks, Entry, Journal};
-use super::nft::{Nft, NftError, valid_name};
+use super::nft::{DEFAULT_COMMAND_TIMEOUT, Nft, NftError, valid_name};
 use super::outcome::Outcome;
 use crate::event::canonical_ip;
 use crate::policy::PolicyDuration;
@@ -33,6 +34,9 @@ pub struct FirewallConfig {
     pub table: String,
     /// How to run `nft`, program first (default `["nft"]`).
     pub command: Vec<String>,
+    /// How long one `nft` run may take before it is killed and the change fails (default
+    /// [`DEFAULT_COMMAND_TIMEOUT`], 30 s).
+    pub command_timeout: Duration,
     /// Directory for the journal of active blocks (`blocks.jsonl`).
     pub state_dir: PathBuf,
     /// Addresses never blocked, besides loopback.
@@ -49,6 +53,7 @@ impl FirewallConfig {
         Self {
             table: "policy_engine".to_owned(),
             command: vec!["nft".to_owned()],
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
             state_dir: state_dir.into(),
             allowlist: Allowlist::default(),
             priority: -10,
@@ -110,7 +115,7 @@ impl Firewall {
         create_private_dir(&config.state_dir).map_err(state_error)?;
         let (journal, blocks) = Journal::open(&path, Utc::now()).map_err(state_error)?;
         let firewall = Self {
-            nft: Nft::new(config.command.clone()),
+            nft: Nft::new(config.command.clone()).with_timeout(config.command_timeout),
             config,
             journal,
             blocks,

@@ -1,8 +1,9 @@
 //! `HostExecutor`: dispatches each action to the component that carries it out on this host.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -78,6 +79,14 @@ impl HostConfig {
         self.isolation.command = command;
         self
     }
+
+    /// Kills an `nft` run that takes longer than `timeout` (firewall and isolation alike); the
+    /// change it carried fails.
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
+        self.firewall.command_timeout = timeout;
+        self.isolation.command_timeout = timeout;
+        self
+    }
 }
 
 /// Why the host executor could not start.
@@ -122,13 +131,17 @@ where
 /// to the [`Quarantine`], `isolate_host` to the [`Isolation`]. `alert` and `approval_request`
 /// are skipped with "sent to the server": the fleet loop delivers them. `custom` actions go to
 /// the handler registered under their name, or are skipped.
+///
+/// Each component has its own lock and the killer needs none: actions on different components
+/// run side by side (a kill waiting out its grace period never holds up a block, nor another
+/// kill), actions on one component one at a time.
 pub struct HostExecutor {
-    firewall: Firewall,
+    firewall: Mutex<Firewall>,
     killer: ProcessKiller,
-    quarantine: Quarantine,
-    isolation: Isolation,
+    quarantine: Mutex<Quarantine>,
+    isolation: Mutex<Isolation>,
     protection: Protection,
-    custom: HashMap<String, Box<dyn CustomHandler>>,
+    custom: HashMap<String, Mutex<Box<dyn CustomHandler>>>,
 }
 
 impl HostExecutor {
@@ -142,10 +155,12 @@ impl HostExecutor {
         // Compiled once the state dir exists, so its symlinks are resolved too.
         let protection = Protection::new(&config.safety)?;
         Ok(Self {
-            firewall,
+            firewall: Mutex::new(firewall),
             killer: ProcessKiller::new(config.kill).with_protection(protection.clone()),
-            quarantine: Quarantine::new(config.quarantine).with_protection(protection.clone()),
-            isolation,
+            quarantine: Mutex::new(
+                Quarantine::new(config.quarantine).with_protection(protection.clone()),
+            ),
+            isolation: Mutex::new(isolation),
             protection,
             custom: HashMap::new(),
         })
@@ -162,29 +177,34 @@ impl HostExecutor {
         name: impl Into<String>,
         handler: impl CustomHandler + 'static,
     ) {
-        self.custom.insert(name.into(), Box::new(handler));
+        self.custom
+            .insert(name.into(), Mutex::new(Box::new(handler)));
     }
 
     /// Periodic upkeep, every few seconds: recreates nftables tables someone removed and
     /// releases an isolation once the management server has been unreachable for the
     /// configured time. `unreachable_for` is the time since the agent last reached the server
     /// (zero while connected). Returns what it did.
-    pub fn maintain(&mut self, unreachable_for: Duration) -> Vec<Outcome> {
+    pub fn maintain(&self, unreachable_for: Duration) -> Vec<Outcome> {
         let mut done = Vec::new();
-        match self.firewall.reconcile() {
-            Ok(true) => done.push(Outcome::done(format!(
-                "recreated the firewall table with {} blocks",
-                self.firewall.active().len()
-            ))),
-            Ok(false) => {}
-            Err(e) => done.push(Outcome::failed(e.to_string())),
+        {
+            let mut firewall = lock(&self.firewall);
+            match firewall.reconcile() {
+                Ok(true) => done.push(Outcome::done(format!(
+                    "recreated the firewall table with {} blocks",
+                    firewall.active().len()
+                ))),
+                Ok(false) => {}
+                Err(e) => done.push(Outcome::failed(e.to_string())),
+            }
         }
-        match self.isolation.reconcile() {
+        let mut isolation = lock(&self.isolation);
+        match isolation.reconcile() {
             Ok(true) => done.push(Outcome::done("recreated the isolation table")),
             Ok(false) => {}
             Err(e) => done.push(Outcome::failed(e.to_string())),
         }
-        match self.isolation.release_if_unreachable(unreachable_for) {
+        match isolation.release_if_unreachable(unreachable_for) {
             Ok(Some(outcome)) => done.push(outcome),
             Ok(None) => {}
             Err(e) => done.push(Outcome::failed(e.to_string())),
@@ -194,27 +214,27 @@ impl HostExecutor {
 
     /// The firewall, for listing and lifting blocks.
     pub fn firewall(&mut self) -> &mut Firewall {
-        &mut self.firewall
+        self.firewall.get_mut().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The isolation, for `release`.
     pub fn isolation(&mut self) -> &mut Isolation {
-        &mut self.isolation
+        self.isolation.get_mut().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The quarantine, for `list` and `restore`.
     pub fn quarantine(&mut self) -> &mut Quarantine {
-        &mut self.quarantine
+        self.quarantine.get_mut().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl Executor for HostExecutor {
-    fn execute(&mut self, record: &ActionRecord) -> Outcome {
+    fn execute(&self, record: &ActionRecord) -> Outcome {
         match &record.action {
-            Action::BlockIp { ip, duration, .. } => self.firewall.block(*ip, *duration),
+            Action::BlockIp { ip, duration, .. } => lock(&self.firewall).block(*ip, *duration),
             Action::KillProcess { pid, process } => self.killer.kill(*pid, process.as_deref()),
             Action::QuarantineFile { path } => {
-                match self.quarantine.quarantine(Path::new(path), Some(record)) {
+                match lock(&self.quarantine).quarantine(Path::new(path), Some(record)) {
                     Ok(entry) => Outcome::done(format!(
                         "quarantined `{}` as `{}` (sha256 {})",
                         entry.original_path.display(),
@@ -225,23 +245,61 @@ impl Executor for HostExecutor {
                     Err(e) => Outcome::failed(e.to_string()),
                 }
             }
-            Action::IsolateHost { .. } => self.isolation.isolate(),
+            Action::IsolateHost { .. } => lock(&self.isolation).isolate(),
             Action::Alert { .. } | Action::ApprovalRequest { .. } => {
                 Outcome::skipped("sent to the server")
             }
-            Action::Custom { name, params } => match self.custom.get_mut(name) {
-                Some(handler) => handler.handle(name, params, record),
+            Action::Custom { name, params } => match self.custom.get(name) {
+                Some(handler) => lock(handler).handle(name, params, record),
                 None => Outcome::skipped(format!("no handler for the custom action `{name}`")),
             },
         }
     }
+
+    /// Blocks in one `nft` transaction when every record is a `block_ip`; anything else one
+    /// by one.
+    fn execute_batch(&self, records: &[ActionRecord]) -> Vec<Outcome> {
+        let blocks: Option<Vec<_>> = records
+            .iter()
+            .map(|record| match &record.action {
+                Action::BlockIp { ip, duration, .. } => Some((*ip, *duration)),
+                _ => None,
+            })
+            .collect();
+        match blocks {
+            Some(blocks) if blocks.len() > 1 => match lock(&self.firewall).block_many(&blocks) {
+                Ok(outcomes) => outcomes,
+                Err(err) => vec![Outcome::failed(err.to_string()); blocks.len()],
+            },
+            _ => records.iter().map(|record| self.execute(record)).collect(),
+        }
+    }
+
+    fn unblock(&self, ip: IpAddr) -> Outcome {
+        match lock(&self.firewall).unblock(ip) {
+            Ok(true) => Outcome::done(format!("unblocked `{ip}`")),
+            Ok(false) => Outcome::skipped(format!("`{ip}` was not blocked")),
+            Err(err) => Outcome::failed(err.to_string()),
+        }
+    }
+
+    fn maintain(&self, unreachable_for: Duration) -> Vec<Outcome> {
+        HostExecutor::maintain(self, unreachable_for)
+    }
+}
+
+/// Locks one component. A panic inside a component (there should be none: library code does
+/// not panic) leaves its state as the last completed change wrote it, so the lock is taken over.
+fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for HostExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostExecutor")
-            .field("firewall", &self.firewall)
-            .field("isolation", &self.isolation)
+            // try_lock: printing must not wait for an `nft` run in progress.
+            .field("firewall", &self.firewall.try_lock().ok())
+            .field("isolation", &self.isolation.try_lock().ok())
             .field("custom", &self.custom.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::durable::write_atomically;
 use super::firewall::create_private_dir;
-use super::nft::{Nft, NftError, valid_name};
+use super::nft::{DEFAULT_COMMAND_TIMEOUT, Nft, NftError, valid_name};
 use super::outcome::Outcome;
 
 /// Where and how isolation works.
@@ -18,6 +18,9 @@ pub struct IsolationConfig {
     pub table: String,
     /// How to run `nft`, program first (default `["nft"]`).
     pub command: Vec<String>,
+    /// How long one `nft` run may take before it is killed and the change fails (default
+    /// [`DEFAULT_COMMAND_TIMEOUT`], 30 s).
+    pub command_timeout: Duration,
     /// Management servers (address and TCP port) that stay reachable. Without one, isolation
     /// is refused: nothing could release it.
     pub management: Vec<SocketAddr>,
@@ -36,6 +39,7 @@ impl IsolationConfig {
         Self {
             table: "policy_engine_isolate".to_owned(),
             command: vec!["nft".to_owned()],
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
             management,
             auto_release_after: None,
             state_dir: state_dir.into(),
@@ -79,7 +83,7 @@ impl Isolation {
             return Err(IsolationError::TableName(config.table));
         }
         Ok(Self {
-            nft: Nft::new(config.command.clone()),
+            nft: Nft::new(config.command.clone()).with_timeout(config.command_timeout),
             config,
         })
     }

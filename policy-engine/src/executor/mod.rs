@@ -25,22 +25,28 @@
 //!
 //! # Plugging it into an agent
 //!
-//! `execute` is synchronous and may block (it runs `nft`, waits for a process to die, copies a
-//! file): call it from `tokio::task::spawn_blocking`, keeping the executor behind an
-//! `Arc<std::sync::Mutex<_>>` or moving it into a dedicated thread fed by a channel. Besides
-//! `execute`, an agent should, every few seconds, call `HostExecutor::maintain` with the time
-//! since the management server was last reachable: it recreates flushed nftables tables and
-//! releases an isolation after the configured time without the server.
+//! One [`Executor`] trait serves every action an agent carries out: the engine's own, fleet
+//! blocks pushed by the server, approved actions, and lifting a fleet block
+//! ([`Executor::unblock`]). Its methods take `&self` and may block (they run `nft`, wait for a
+//! process to die, copy a file), so an agent calls them off its async workers and may call them
+//! from several threads at once; `HostExecutor` keeps one lock per component, so a kill waiting
+//! out its grace period never holds up a block. The agent runtime (`policy_engine::agent`,
+//! feature `agent`) does all of that, with a deadline per action, and calls
+//! [`Executor::maintain`] every few seconds with the time since the management server was
+//! last reachable: the host executor recreates flushed nftables tables and releases an
+//! isolation after the configured time without the server. Every `nft` run has a timeout
+//! ([`Nft`]): a hung `nft` is killed and its action fails.
 //!
 //! ```no_run
 //! # #[cfg(target_os = "linux")] {
+//! use std::sync::Arc;
 //! use policy_engine::executor::{Executor, HostConfig, HostExecutor, RecordingExecutor};
 //! let dry_run = false;
-//! let mut executor: Box<dyn Executor + Send> = if dry_run {
-//!     Box::new(RecordingExecutor::new())
+//! let executor: Arc<dyn Executor> = if dry_run {
+//!     Arc::new(RecordingExecutor::new())
 //! } else {
 //!     let config = HostConfig::new("/var/lib/policy-agent", vec!["192.0.2.10:8443".parse().unwrap()]);
-//!     Box::new(HostExecutor::open(config).unwrap())
+//!     Arc::new(HostExecutor::open(config).unwrap())
 //! };
 //! # }
 //! ```
@@ -50,7 +56,7 @@ mod outcome;
 mod recording;
 
 #[cfg(target_os = "linux")]
-mod durable;
+pub(crate) mod durable;
 #[cfg(target_os = "linux")]
 mod firewall;
 #[cfg(target_os = "linux")]
@@ -85,7 +91,7 @@ pub use host::{CustomHandler, HostConfig, HostError, HostExecutor};
 #[cfg(target_os = "linux")]
 pub use isolation::{Isolation, IsolationConfig, IsolationError};
 #[cfg(target_os = "linux")]
-pub use nft::{Nft, NftError};
+pub use nft::{DEFAULT_COMMAND_TIMEOUT, Nft, NftError};
 #[cfg(target_os = "linux")]
 pub use process::{KillConfig, ProcessKiller};
 #[cfg(target_os = "linux")]
@@ -98,26 +104,107 @@ pub use safety::{
     SafetyError,
 };
 
+use std::net::IpAddr;
+use std::time::Duration;
+
 use crate::action::{Action, ActionRecord};
 
-/// Carries out actions on a host.
+/// Carries out actions on a host: the one trait for the engine's actions, fleet blocks and
+/// approved actions alike.
 ///
 /// Implementations never panic and never return early with an error: every action gets an
-/// [`Outcome`].
-pub trait Executor {
+/// [`Outcome`]. Calls may block and may come from several threads at once (hence `&self` and
+/// `Send + Sync`); an implementation serializes what has to be serialized itself, as narrowly
+/// as it can.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use policy_engine::executor::{Executor, Outcome};
+/// use policy_engine::{Action, ActionRecord};
+/// /// Blocks through a cloud provider's API instead of nftables.
+/// struct CloudFirewall;
+/// impl Executor for CloudFirewall {
+///     fn execute(&self, record: &ActionRecord) -> Outcome {
+///         match &record.action {
+///             Action::BlockIp { ip, .. } => Outcome::done(format!("asked the cloud to block `{ip}`")),
+///             other => Outcome::skipped(format!("`{}` is not supported here", other.name())),
+///         }
+///     }
+///     fn unblock(&self, ip: IpAddr) -> Outcome {
+///         Outcome::done(format!("asked the cloud to unblock `{ip}`"))
+///     }
+/// }
+/// assert_eq!(
+///     CloudFirewall.unblock("203.0.113.7".parse().unwrap()),
+///     Outcome::done("asked the cloud to unblock `203.0.113.7`")
+/// );
+/// ```
+pub trait Executor: Send + Sync {
     /// Carries out `record.action` and says what came of it.
-    fn execute(&mut self, record: &ActionRecord) -> Outcome;
-}
+    fn execute(&self, record: &ActionRecord) -> Outcome;
 
-impl<E: Executor + ?Sized> Executor for Box<E> {
-    fn execute(&mut self, record: &ActionRecord) -> Outcome {
-        (**self).execute(record)
+    /// Carries out several actions; one outcome per record, in order. Callers batch actions of
+    /// one kind queued back to back (blocks during a flood); the default runs them one by one,
+    /// `HostExecutor` blocks them in one `nft` transaction.
+    fn execute_batch(&self, records: &[ActionRecord]) -> Vec<Outcome> {
+        records.iter().map(|record| self.execute(record)).collect()
+    }
+
+    /// Lifts the block on `ip` (a fleet `unblock`). Executors without a block list skip it.
+    fn unblock(&self, ip: IpAddr) -> Outcome {
+        Outcome::skipped(format!("no block list here to lift `{ip}` from"))
+    }
+
+    /// Periodic upkeep, every few seconds; `unreachable_for` is the time since the management
+    /// server last answered (zero while connected). Returns what it did; nothing by default.
+    fn maintain(&self, unreachable_for: Duration) -> Vec<Outcome> {
+        let _ = unreachable_for;
+        Vec::new()
     }
 }
 
-impl<E: Executor + ?Sized> Executor for &mut E {
-    fn execute(&mut self, record: &ActionRecord) -> Outcome {
+impl<E: Executor + ?Sized> Executor for Box<E> {
+    fn execute(&self, record: &ActionRecord) -> Outcome {
         (**self).execute(record)
+    }
+    fn execute_batch(&self, records: &[ActionRecord]) -> Vec<Outcome> {
+        (**self).execute_batch(records)
+    }
+    fn unblock(&self, ip: IpAddr) -> Outcome {
+        (**self).unblock(ip)
+    }
+    fn maintain(&self, unreachable_for: Duration) -> Vec<Outcome> {
+        (**self).maintain(unreachable_for)
+    }
+}
+
+impl<E: Executor + ?Sized> Executor for std::sync::Arc<E> {
+    fn execute(&self, record: &ActionRecord) -> Outcome {
+        (**self).execute(record)
+    }
+    fn execute_batch(&self, records: &[ActionRecord]) -> Vec<Outcome> {
+        (**self).execute_batch(records)
+    }
+    fn unblock(&self, ip: IpAddr) -> Outcome {
+        (**self).unblock(ip)
+    }
+    fn maintain(&self, unreachable_for: Duration) -> Vec<Outcome> {
+        (**self).maintain(unreachable_for)
+    }
+}
+
+impl<E: Executor + ?Sized> Executor for &E {
+    fn execute(&self, record: &ActionRecord) -> Outcome {
+        (**self).execute(record)
+    }
+    fn execute_batch(&self, records: &[ActionRecord]) -> Vec<Outcome> {
+        (**self).execute_batch(records)
+    }
+    fn unblock(&self, ip: IpAddr) -> Outcome {
+        (**self).unblock(ip)
+    }
+    fn maintain(&self, unreachable_for: Duration) -> Vec<Outcome> {
+        (**self).maintain(unreachable_for)
     }
 }
 

@@ -1,5 +1,7 @@
 //! The recording executor: remembers every action instead of acting (tests and dry runs).
 
+use std::sync::{Mutex, MutexGuard};
+
 use super::{Executor, Outcome, describe};
 use crate::action::ActionRecord;
 
@@ -7,12 +9,13 @@ use crate::action::ActionRecord;
 /// `skipped: dry run: would ...`.
 ///
 /// Operators run the agent with it (`--dry-run`) to watch what a policy would do before
-/// enforcing it; tests use it to see which actions reached the executor.
+/// enforcing it; tests use it to see which actions reached the executor. A long dry run uses
+/// [`RecordingExecutor::discarding`], which answers the same and keeps nothing.
 ///
 /// ```
 /// use policy_engine::executor::{Executor, Outcome, RecordingExecutor};
 /// use policy_engine::{Action, ActionRecord, PolicyVersion};
-/// let mut executor = RecordingExecutor::new();
+/// let executor = RecordingExecutor::new();
 /// let record = ActionRecord {
 ///     action: Action::KillProcess { pid: 4242, process: Some("xmrig".into()) },
 ///     rule: 0,
@@ -23,11 +26,12 @@ use crate::action::ActionRecord;
 ///     executor.execute(&record),
 ///     Outcome::skipped("dry run: would kill_process 4242 (`xmrig`)")
 /// );
-/// assert_eq!(executor.records(), &[record]);
+/// assert_eq!(executor.records(), vec![record]);
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct RecordingExecutor {
-    records: Vec<ActionRecord>,
+    records: Mutex<Vec<ActionRecord>>,
+    discard: bool,
 }
 
 impl RecordingExecutor {
@@ -36,20 +40,40 @@ impl RecordingExecutor {
         Self::default()
     }
 
+    /// An executor that answers like a recording one but keeps no record, so that memory stays
+    /// flat however long it runs.
+    pub fn discarding() -> Self {
+        Self {
+            records: Mutex::default(),
+            discard: true,
+        }
+    }
+
     /// Every action received, oldest first.
-    pub fn records(&self) -> &[ActionRecord] {
-        &self.records
+    pub fn records(&self) -> Vec<ActionRecord> {
+        self.lock().clone()
     }
 
     /// Takes the recorded actions out, leaving none.
-    pub fn take(&mut self) -> Vec<ActionRecord> {
-        std::mem::take(&mut self.records)
+    pub fn take(&self) -> Vec<ActionRecord> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<ActionRecord>> {
+        // A panic while pushing leaves a valid vector.
+        self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl Executor for RecordingExecutor {
-    fn execute(&mut self, record: &ActionRecord) -> Outcome {
-        self.records.push(record.clone());
+    fn execute(&self, record: &ActionRecord) -> Outcome {
+        if !self.discard {
+            self.lock().push(record.clone());
+        }
         Outcome::skipped(format!("dry run: would {}", describe(&record.action)))
+    }
+
+    fn unblock(&self, ip: std::net::IpAddr) -> Outcome {
+        Outcome::skipped(format!("dry run: would unblock `{ip}`"))
     }
 }

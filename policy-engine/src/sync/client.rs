@@ -11,6 +11,7 @@ use super::SyncError;
 use crate::policy::PolicyVersion;
 use crate::protocol::{
     AgentIdentity, EnrollAnswer, Envelope, ErrorEnvelope, HeartbeatAnswer, HeartbeatRequest,
+    ReportAnswer,
 };
 
 /// Which certificates the agent accepts from the server.
@@ -24,6 +25,25 @@ pub enum TlsTrust {
     CaFile(PathBuf),
     /// Any certificate, without checks: for lab setups only, the connection can be intercepted.
     Insecure,
+}
+
+impl TlsTrust {
+    /// The trust a command line asks for: a CA file if given, else anything if `insecure`, else
+    /// the web PKI.
+    ///
+    /// ```
+    /// use policy_engine::sync::TlsTrust;
+    /// assert_eq!(TlsTrust::choose(Some("ca.pem".into()), false), TlsTrust::CaFile("ca.pem".into()));
+    /// assert_eq!(TlsTrust::choose(None, true), TlsTrust::Insecure);
+    /// assert_eq!(TlsTrust::choose(None, false), TlsTrust::WebPki);
+    /// ```
+    pub fn choose(ca_file: Option<PathBuf>, insecure: bool) -> Self {
+        match (ca_file, insecure) {
+            (Some(path), _) => Self::CaFile(path),
+            (None, true) => Self::Insecure,
+            (None, false) => Self::WebPki,
+        }
+    }
 }
 
 /// How long a plain request (enroll, heartbeat) may take in total.
@@ -170,20 +190,22 @@ impl ApiClient {
     }
 
     /// Reports an action this agent took or requests (fleet block, approval request, alert,
-    /// outcome): `POST /api/agents/:id/reports`; returns the server's `data`.
+    /// outcome): `POST /api/agents/:id/reports` with `body`, a serialized
+    /// [`Report`](crate::protocol::Report) (the agent's outbox keeps reports as bytes).
     pub async fn report(
         &self,
         agent_id: &str,
         token: &str,
-        body: &Value,
-    ) -> Result<Value, SyncError> {
+        body: Vec<u8>,
+    ) -> Result<ReportAnswer, SyncError> {
         let url = self.url(&format!("/api/agents/{agent_id}/reports"));
         let request = self
             .http
             .post(&url)
             .bearer_auth(token)
             .timeout(REQUEST_TIMEOUT)
-            .json(body);
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
         send(&url, request).await
     }
 

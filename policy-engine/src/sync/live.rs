@@ -22,6 +22,35 @@ pub struct SyncStatus {
     pub connected: bool,
     /// When the server last answered (stream event or heartbeat).
     pub last_contact: Option<Instant>,
+    /// This agent's id: given, or learned from the server (`GET /api/agents/me`); heartbeats
+    /// and reports wait for it.
+    pub agent_id: Option<String>,
+    /// A standing condition reported with every heartbeat (after `last_error`) while it lasts,
+    /// e.g. action reports dropped from a full outbox; unlike `last_error` an applied policy
+    /// does not clear it.
+    pub warning: Option<String>,
+}
+
+impl SyncStatus {
+    /// What the next heartbeat says as `lastError`: the last error and the warning.
+    ///
+    /// ```
+    /// use policy_engine::sync::SyncStatus;
+    /// let status = SyncStatus {
+    ///     last_error: Some("policy v2 refused: ...".into()),
+    ///     warning: Some("outbox: 3 action reports dropped".into()),
+    ///     ..SyncStatus::default()
+    /// };
+    /// assert_eq!(status.heartbeat_error().as_deref(), Some("policy v2 refused: ...; outbox: 3 action reports dropped"));
+    /// assert_eq!(SyncStatus::default().heartbeat_error(), None);
+    /// ```
+    pub fn heartbeat_error(&self) -> Option<String> {
+        match (&self.last_error, &self.warning) {
+            (Some(error), Some(warning)) => Some(format!("{error}; {warning}")),
+            (Some(text), None) | (None, Some(text)) => Some(text.clone()),
+            (None, None) => None,
+        }
+    }
 }
 
 /// What [`LiveEngine::apply`] did.

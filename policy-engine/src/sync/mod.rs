@@ -31,7 +31,7 @@ mod task;
 pub use backoff::{Backoff, BackoffConfig};
 pub use client::{ApiClient, Enrollment, HeartbeatReply, TlsTrust};
 pub use error::{ApplyError, SyncError};
-pub use fleet::{FleetEvents, FleetExecutor, FleetHandler, FleetOutcome, Reporter};
+pub use fleet::FleetEvents;
 pub use live::{Applied, LiveEngine, SyncStatus};
 pub use message::PolicyUpdate;
 pub use state::{POLICY_FILE, StateError, StateStore, StoredPolicy};

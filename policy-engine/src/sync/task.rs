@@ -24,8 +24,9 @@ use crate::policy::PolicyVersion;
 pub struct SyncConfig {
     /// Server base URL, `https://host:port`.
     pub server: String,
-    /// This agent's id, from enrollment.
-    pub agent_id: String,
+    /// This agent's id, from enrollment; `None` to learn it from the server with the token
+    /// (`GET /api/agents/me`).
+    pub agent_id: Option<String>,
     /// This agent's bearer token, from enrollment.
     pub token: String,
     /// Which server certificates to trust.
@@ -58,7 +59,7 @@ impl SyncConfig {
     ) -> Self {
         Self {
             server: server.into(),
-            agent_id: agent_id.into(),
+            agent_id: Some(agent_id.into()),
             token: token.into(),
             trust: TlsTrust::WebPki,
             state_dir: state_dir.into(),
@@ -67,6 +68,19 @@ impl SyncConfig {
             unauthorized_retry: Duration::from_secs(300),
             idle_timeout: Duration::from_secs(45),
             fleet: None,
+        }
+    }
+
+    /// Like [`SyncConfig::new`] for an agent that knows only its token: it asks the server who
+    /// it is before its first heartbeat.
+    pub fn for_token(
+        server: impl Into<String>,
+        token: impl Into<String>,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            agent_id: None,
+            ..Self::new(server, "", token, state_dir)
         }
     }
 }
@@ -123,7 +137,11 @@ impl PolicySync {
             ApiClient::with_idle_timeout(&config.server, &config.trust, config.idle_timeout)?;
         let store = StateStore::new(&config.state_dir);
         restore(&store, &live).await;
+        if let Some(id) = &config.agent_id {
+            live.update_status(|s| s.agent_id = Some(id.clone()));
+        }
         let (shutdown, _) = watch::channel(false);
+        let learn = config.agent_id.is_none();
         let context = Arc::new(Context {
             config,
             client,
@@ -134,10 +152,13 @@ impl PolicySync {
             policy_events: AtomicU64::new(0),
             refused: Mutex::new(None),
         });
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(stream_loop(context.clone(), shutdown.subscribe())),
-            tokio::spawn(heartbeat_loop(context, shutdown.subscribe())),
+            tokio::spawn(heartbeat_loop(context.clone(), shutdown.subscribe())),
         ];
+        if learn {
+            tasks.push(tokio::spawn(identity_loop(context, shutdown.subscribe())));
+        }
         Ok(PolicySync {
             live,
             shutdown,
@@ -357,7 +378,53 @@ async fn persist(context: &Context) {
     context.live.record_error(error);
 }
 
+/// Asks the server who this agent is until it answers (`GET /api/agents/me`), with the
+/// stream's backoff; the heartbeat and the reports wait for the answer.
+async fn identity_loop(context: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(context.config.backoff);
+    loop {
+        let wait = match context.client.identity(&context.config.token).await {
+            Ok(identity) => {
+                tracing::info!(
+                    agent = %identity.agent_id,
+                    org = %identity.org_id,
+                    hostname = %identity.hostname,
+                    "the server knows this agent"
+                );
+                context
+                    .live
+                    .update_status(|s| s.agent_id = Some(identity.agent_id));
+                return;
+            }
+            Err(err @ SyncError::Unauthorized { .. }) => {
+                let wait = jitter(context.config.unauthorized_retry);
+                tracing::error!(%err, retry_in = ?wait, "the server does not know this agent's token");
+                context.live.record_error(err.to_string());
+                wait
+            }
+            Err(err) => {
+                let wait = backoff.next_delay();
+                tracing::debug!(%err, retry_in = ?wait, "cannot ask the server who this agent is yet");
+                wait
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 async fn heartbeat_loop(context: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let mut updates = context.live.subscribe();
+    let agent_id = tokio::select! {
+        status = updates.wait_for(|s| s.agent_id.is_some()) => match status {
+            Ok(status) => status.agent_id.clone().unwrap_or_default(),
+            Err(_) => return,
+        },
+        _ = shutdown.changed() => return,
+    };
+    drop(updates);
     let mut interval = tokio::time::interval(context.config.heartbeat_interval);
     let mut suspect = None;
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -371,10 +438,10 @@ async fn heartbeat_loop(context: Arc<Context>, mut shutdown: watch::Receiver<boo
         let sent = context
             .client
             .heartbeat(
-                &context.config.agent_id,
+                &agent_id,
                 &context.config.token,
                 status.applied,
-                status.last_error.as_deref(),
+                status.heartbeat_error().as_deref(),
             )
             .await;
         match sent {
