@@ -12,6 +12,8 @@
 )]
 
 mod agent_common;
+#[path = "../../reference-server/tests/metrics_docs/mod.rs"]
+mod metrics_docs;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,9 +28,10 @@ use policy_engine::sync::{BackoffConfig, StateStore, StoredPolicy, TlsTrust};
 use policy_engine::{Action, ActionRecord, Policy, PolicyVersion};
 use serde_json::{Value, json};
 
-/// One scrape: every sample by its series as the agent writes it.
+/// One scrape: every sample by its series as the agent writes it, and the metrics it declares
+/// with their types.
 #[derive(Debug)]
-struct Scrape(BTreeMap<String, f64>);
+struct Scrape(BTreeMap<String, f64>, BTreeMap<String, String>);
 
 impl Scrape {
     fn get(&self, series: &str) -> Option<f64> {
@@ -60,6 +63,7 @@ async fn scrape(addr: SocketAddr) -> Scrape {
                 (series.to_owned(), value.parse().unwrap())
             })
             .collect(),
+        metrics_docs::declared(&text),
     )
 }
 
@@ -176,11 +180,18 @@ async fn the_figures_move_as_the_agent_works() {
             r#"{"id":"p1","type":"scan","dstPort":2222}"#,
         ],
     );
+    // The executor runs actions on its own lanes, each counted once its report is filed: with
+    // the three counted and the outbox empty, the server has the three reports.
     let worked = scrape_until(addr, "seven lines, three actions reported", |s| {
         s.get("policy_agent_event_lines_total") == Some(7.0)
             && s.get("policy_agent_outbox_reports") == Some(0.0)
-            && s.get(r#"policy_agent_actions_total{action="custom",outcome="done",origin="local"}"#)
-                == Some(1.0)
+            && [
+                r#"policy_agent_actions_total{action="custom",outcome="done",origin="local"}"#,
+                r#"policy_agent_actions_total{action="kill_process",outcome="done",origin="local"}"#,
+                r#"policy_agent_actions_total{action="block_ip",outcome="failed",origin="local"}"#,
+            ]
+            .iter()
+            .all(|series| s.get(series) == Some(1.0))
     })
     .await;
     for (series, expected) in [
@@ -207,6 +218,13 @@ async fn the_figures_move_as_the_agent_works() {
     ] {
         assert_eq!(worked.value(series), expected, "{series}");
     }
+
+    // Between them, these two scrapes show every metric of a running agent (the last error
+    // only while it stands): the README documents exactly those, and the dashboard queries
+    // nothing else.
+    let mut declared = start.1.clone();
+    declared.extend(worked.1.clone());
+    metrics_docs::check("policy_agent_", &declared, &[]);
 
     // A newer version from the server replaces the disk's: the error is gone.
     admin
@@ -237,15 +255,15 @@ async fn the_figures_move_as_the_agent_works() {
         &events,
         &[r#"{"id":"m2","type":"malware","confidence":0.9,"pid":4243}"#],
     );
-    let waiting = scrape_until(addr, "a report waiting", |s| {
-        s.get("policy_agent_outbox_reports") == Some(1.0)
+    let waiting = scrape_until(addr, "the kill counted", |s| {
+        s.get(r#"policy_agent_actions_total{action="kill_process",outcome="done",origin="local"}"#)
+            == Some(2.0)
     })
     .await;
     assert_eq!(
-        waiting.value(
-            r#"policy_agent_actions_total{action="kill_process",outcome="done",origin="local"}"#
-        ),
-        2.0
+        waiting.value("policy_agent_outbox_reports"),
+        1.0,
+        "{waiting:#?}"
     );
 
     handle.shutdown();

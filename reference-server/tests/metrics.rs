@@ -9,6 +9,7 @@
 )]
 
 mod common;
+mod metrics_docs;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -21,9 +22,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-/// One scrape: every sample by its series (`name{label="value",...}` as the server writes it).
+/// One scrape: every sample by its series (`name{label="value",...}` as the server writes it),
+/// and the metrics it declares with their types.
 #[derive(Debug)]
-struct Scrape(BTreeMap<String, f64>);
+struct Scrape(BTreeMap<String, f64>, BTreeMap<String, String>);
 
 impl Scrape {
     /// The sample of `name` with `labels` (in the order the server writes them); 0 when absent.
@@ -52,7 +54,7 @@ fn parse(text: &str) -> Scrape {
         let (series, value) = line.rsplit_once(' ').unwrap();
         samples.insert(series.to_owned(), value.parse::<f64>().unwrap());
     }
-    Scrape(samples)
+    Scrape(samples, metrics_docs::declared(text))
 }
 
 async fn scrape(url: &str) -> Scrape {
@@ -310,6 +312,14 @@ async fn the_figures_move_as_the_fleet_works() {
     })
     .await;
     assert_eq!(closed.get("policy_server_agents_online", ORG), 1.0);
+
+    // This fleet made every metric appear but database errors: the README documents exactly
+    // those, and the dashboard queries nothing else.
+    metrics_docs::check(
+        "policy_server_",
+        &closed.1,
+        &["policy_server_db_operation_errors_total"],
+    );
 }
 
 #[tokio::test]

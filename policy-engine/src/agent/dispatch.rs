@@ -378,8 +378,11 @@ async fn settle(inner: &Inner, job: Job, outcome: Outcome) {
     }
     match job {
         Job::Execute { record, origin } => {
-            inner.metrics.action(&record, &outcome, &origin);
+            // Counted once its report is in the outbox, so that a scrape showing the action
+            // and an empty outbox means the server has its report.
+            let labels = AgentMetrics::action_labels(&record, &outcome, &origin);
             inner.reports.file(record, outcome, origin).await;
+            inner.metrics.action(&labels);
         }
         Job::Unblock { ip, by } => {
             tracing::info!(%ip, %by, "fleet unblock");

@@ -36,8 +36,9 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Longest `message` label of `policy_agent_sync_last_error`, in characters.
 const MAX_ERROR_LABEL_CHARS: usize = 200;
 
+/// `action`, `outcome` and `origin` of `policy_agent_actions_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ActionLabels {
+pub(crate) struct ActionLabels {
     action: &'static str,
     outcome: &'static str,
     origin: &'static str,
@@ -164,26 +165,31 @@ impl AgentMetrics {
         }
     }
 
-    /// One action carried out (or not) with `outcome`.
-    pub(crate) fn action(&self, record: &ActionRecord, outcome: &Outcome, origin: &Origin) {
-        let outcome = match outcome {
-            Outcome::Done { .. } => "done",
-            Outcome::Skipped { .. } => "skipped",
-            Outcome::Failed { .. } => "failed",
-        };
-        self.inner
-            .families
-            .actions
-            .get_or_create(&ActionLabels {
-                action: record.action.name(),
-                outcome,
-                origin: match origin {
-                    Origin::Local => "local",
-                    Origin::Fleet => "fleet",
-                    Origin::Approval(_) => "approval",
-                },
-            })
-            .inc();
+    /// The labels of one action carried out (or not) with `outcome`, to count with
+    /// [`AgentMetrics::action`] once it is reported.
+    pub(crate) fn action_labels(
+        record: &ActionRecord,
+        outcome: &Outcome,
+        origin: &Origin,
+    ) -> ActionLabels {
+        ActionLabels {
+            action: record.action.name(),
+            outcome: match outcome {
+                Outcome::Done { .. } => "done",
+                Outcome::Skipped { .. } => "skipped",
+                Outcome::Failed { .. } => "failed",
+            },
+            origin: match origin {
+                Origin::Local => "local",
+                Origin::Fleet => "fleet",
+                Origin::Approval(_) => "approval",
+            },
+        }
+    }
+
+    /// One action carried out (or not), by its [`AgentMetrics::action_labels`].
+    pub(crate) fn action(&self, labels: &ActionLabels) {
+        self.inner.families.actions.get_or_create(labels).inc();
     }
 
     /// The running agent whose engine, sync state and outbox the scrapes read.
