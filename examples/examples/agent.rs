@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
+use examples::{SafetyArgs, secs};
 use policy_engine::EngineConfig;
 use policy_engine::agent::{self, Agent, Enrollment, Source};
-use policy_engine::executor::SafetyConfig;
+use policy_engine::signing::PublicKey;
 use policy_engine::sync::TlsTrust;
 use tracing_subscriber::EnvFilter;
 
@@ -50,16 +51,14 @@ struct Args {
     /// Print and report actions without carrying them out.
     #[arg(long)]
     dry_run: bool,
-    /// The host's safety file (TOML, or JSON): paths and processes no action may touch, added
-    /// to the built-in defaults (README, "What actions never touch").
+    #[command(flatten)]
+    safety: SafetyArgs,
+    /// Run only policies signed by this operator key (PEM; repeat during a key rotation).
     #[arg(long, value_name = "FILE")]
-    safety_config: Option<PathBuf>,
-    /// A path prefix no file is quarantined under (repeatable).
-    #[arg(long, value_name = "PATH")]
-    protect_path: Vec<PathBuf>,
-    /// A process never killed: its executable's path, or a name (repeatable).
-    #[arg(long, value_name = "EXE|NAME")]
-    protect_process: Vec<String>,
+    policy_key: Vec<PathBuf>,
+    /// The org signatures must be for (default: the org stored at enrollment).
+    #[arg(long, value_name = "ORG")]
+    policy_org: Option<String>,
     /// Seconds between heartbeats.
     #[arg(long, default_value = "30", value_parser = secs)]
     heartbeat_secs: Duration,
@@ -110,12 +109,12 @@ async fn main() {
 
 async fn run(args: Args) -> Result<()> {
     // The host's own safety settings, checked before anything else (dry runs too).
-    let safety = SafetyConfig::load(
-        args.safety_config.as_deref(),
-        &args.protect_path,
-        &args.protect_process,
-    )?
-    .with_agent_path(&args.state_dir);
+    let safety = args.safety.load()?.with_agent_path(&args.state_dir);
+    let keys: Vec<PublicKey> = args
+        .policy_key
+        .iter()
+        .map(|p| PublicKey::from_file(p))
+        .collect::<Result<_, _>>()?;
     let source = match args.sshd_log {
         Some(path) => Source::SshdLog {
             path,
@@ -134,6 +133,8 @@ async fn run(args: Args) -> Result<()> {
         .source(source)
         .host_executor(host.with_command_timeout(args.command_timeout_secs))
         .dry_run(args.dry_run)
+        .policy_keys(keys)
+        .policy_org(args.policy_org)
         .print_actions(io::BufWriter::with_capacity(64 * 1024, io::stdout()));
     if let Some(addr) = args.metrics_listen {
         builder = builder.metrics_listen(addr);
@@ -144,11 +145,4 @@ async fn run(args: Args) -> Result<()> {
     let started = builder.start().await?;
     started.run_until(agent::terminated()).await?;
     Ok(())
-}
-
-fn secs(text: &str) -> Result<Duration, String> {
-    let value: Option<f64> = text.parse().ok();
-    let duration = value.and_then(|s| Duration::try_from_secs_f64(s).ok());
-    let positive = duration.filter(|d| !d.is_zero());
-    positive.ok_or_else(|| format!("expected a positive number of seconds, found `{text}`"))
 }

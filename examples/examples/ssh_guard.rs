@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Datelike, Utc};
 use clap::{Parser, ValueEnum};
-use policy_engine::executor::{Cidr, Executor, HostConfig, HostExecutor, SafetyConfig, describe};
+use examples::SafetyArgs;
+use policy_engine::executor::{Cidr, Executor, HostConfig, HostExecutor, describe};
 use policy_engine::sshd::{
     DEFAULT_MAX_CONNECTIONS, LineFormat, LogFollower, SshdConfig, SshdTracker,
 };
@@ -97,16 +98,8 @@ struct Args {
     /// With --follow on a file: how often to look for new lines, in milliseconds.
     #[arg(long, default_value_t = 200)]
     poll_ms: u64,
-    /// The host's safety file (TOML, or JSON): what a policy's `kill_process` and
-    /// `quarantine_file` may never touch, added to the built-in defaults.
-    #[arg(long, value_name = "FILE")]
-    safety_config: Option<PathBuf>,
-    /// A path prefix no file is quarantined under (repeatable).
-    #[arg(long, value_name = "PATH")]
-    protect_path: Vec<PathBuf>,
-    /// A process never killed: its executable's path, or a name (repeatable).
-    #[arg(long, value_name = "EXE|NAME")]
-    protect_process: Vec<String>,
+    #[command(flatten)]
+    safety: SafetyArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -174,11 +167,7 @@ fn main() -> Result<()> {
 }
 
 fn open_executor(args: &Args) -> Result<HostExecutor> {
-    let safety = SafetyConfig::load(
-        args.safety_config.as_deref(),
-        &args.protect_path,
-        &args.protect_process,
-    )?;
+    let safety = args.safety.load()?;
     let mut config = HostConfig::new(&args.state_dir, Vec::new())
         .with_allowlist(args.allow.clone())
         .with_safety(safety);

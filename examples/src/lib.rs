@@ -19,3 +19,40 @@ pub fn example_bin(name: &str) -> PathBuf {
 pub fn figure(what: &str, result: impl std::fmt::Display) {
     println!("figure\t{what}\t{result}");
 }
+
+/// The host's safety flags, shared by `agent` and `ssh-guard`: what actions may never touch,
+/// added to the built-in defaults (README, "What actions never touch").
+#[derive(Debug, Clone, clap::Args)]
+pub struct SafetyArgs {
+    /// The host's safety file (TOML, or JSON): paths and processes no action may touch.
+    #[arg(long, value_name = "FILE")]
+    pub safety_config: Option<PathBuf>,
+    /// A path prefix no file is quarantined under (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub protect_path: Vec<PathBuf>,
+    /// A process never killed: its executable's path, or a name (repeatable).
+    #[arg(long, value_name = "EXE|NAME")]
+    pub protect_process: Vec<String>,
+}
+
+impl SafetyArgs {
+    /// The settings: the file and the flags over the defaults, checked (every error with its
+    /// place).
+    pub fn load(
+        &self,
+    ) -> Result<policy_engine::executor::SafetyConfig, policy_engine::executor::SafetyError> {
+        policy_engine::executor::SafetyConfig::load(
+            self.safety_config.as_deref(),
+            &self.protect_path,
+            &self.protect_process,
+        )
+    }
+}
+
+/// Parses a positive number of seconds (`0.2`, `30`) for duration flags.
+pub fn secs(text: &str) -> Result<std::time::Duration, String> {
+    let value: Option<f64> = text.parse().ok();
+    let duration = value.and_then(|s| std::time::Duration::try_from_secs_f64(s).ok());
+    let positive = duration.filter(|d| !d.is_zero());
+    positive.ok_or_else(|| format!("expected a positive number of seconds, found `{text}`"))
+}

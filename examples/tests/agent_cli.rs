@@ -105,6 +105,7 @@ async fn unreachable_server_still_enforces_the_policy_on_disk() {
         .save(&StoredPolicy {
             version: PolicyVersion::new(7),
             policy,
+            signature: None,
         })
         .unwrap();
     // Port 1 on loopback: nothing listens, connections are refused.

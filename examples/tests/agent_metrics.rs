@@ -129,6 +129,7 @@ async fn the_figures_move_as_the_agent_works() {
         .save(&StoredPolicy {
             version: PolicyVersion::new(2),
             policy: Policy::from_value(&document).unwrap(),
+            signature: None,
         })
         .unwrap();
     let events = state.path().join("events.jsonl");

@@ -216,6 +216,7 @@ async fn a_kill_during_a_burst_of_reports_leaves_only_whole_reports() {
         .save(&policy_engine::sync::StoredPolicy {
             version: policy_engine::PolicyVersion::new(1),
             policy,
+            signature: None,
         })
         .unwrap();
     // Nothing listens on port 1: every report stays in the outbox. A dry run files them fast.

@@ -122,6 +122,7 @@ async fn older_policy_is_refused_and_reported() {
         .save(&StoredPolicy {
             version: v(5),
             policy: stored.clone(),
+            signature: None,
         })
         .unwrap();
 
@@ -151,7 +152,8 @@ async fn older_policy_is_refused_and_reported() {
         StateStore::new(state.path()).load().unwrap(),
         Some(StoredPolicy {
             version: v(5),
-            policy: stored
+            policy: stored,
+            signature: None,
         })
     );
 

@@ -12,6 +12,8 @@ pub mod executor;
 pub mod policy;
 pub mod protocol;
 pub mod severity;
+#[cfg(feature = "signing")]
+pub mod signing;
 #[cfg(feature = "sshd")]
 pub mod sshd;
 #[cfg(feature = "sync")]

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use policy_engine::protocol::{
     AgentIdentity, AgentPolicyView, ApprovalEvent, ApprovalStatus, BlockEvent, EnrollAnswer,
     EnrollRequest, ErrorEnvelope, FleetEvent, HeartbeatAnswer, HeartbeatRequest, Outcome,
-    PolicyEvent, PolicyView, Report, ReportAnswer, ReportKind, ReportOutcome, UnblockEvent,
+    PolicyEvent, PolicyView, Report, ReportAnswer, ReportKind, ReportOutcome, SignedPolicy,
+    UnblockEvent,
 };
 use policy_engine::{Action, PolicyVersion, ValidationError};
 use serde::Serialize;
@@ -71,6 +72,12 @@ fn stream_events_match_their_golden_files() {
     let policy: PolicyEvent = check_read("policy_event.json");
     assert_eq!(policy.version, PolicyVersion::new(3));
     assert_eq!(policy.rules.len(), 3);
+    assert!(policy.signed.is_none());
+    let signed: PolicyEvent = check_read("policy_event_signed.json");
+    let part = signed.signed.as_ref().unwrap();
+    assert_eq!(part.disabled_rules, [2]);
+    assert_eq!(part.rules.len(), 3);
+    assert_eq!(part.signature.key_id.len(), 16);
     let block: BlockEvent = check_read("block_event.json");
     assert_eq!(block.ip.to_string(), "203.0.113.7");
     assert!(block.expires_at.is_some());
@@ -98,6 +105,9 @@ fn stream_events_match_their_golden_files() {
 
 #[test]
 fn agent_endpoints_match_their_golden_files() {
+    let file = check_request("signed_policy.json", SignedPolicy::from_value);
+    assert_eq!(file.org_id, "acme");
+    assert_eq!(file.version, PolicyVersion::new(4));
     let request = check_request("enroll_request.json", EnrollRequest::from_value);
     assert_eq!(request.org_id.as_deref(), Some("acme"));
     let answer: EnrollAnswer = check_read("enroll_answer.json");

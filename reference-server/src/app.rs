@@ -10,6 +10,7 @@ use crate::auth::TokenCache;
 use crate::config::ServerConfig;
 use crate::fleet::agents::bootstrap_admin;
 use crate::fleet::notify::Notifier;
+use crate::fleet::policies::SignedOrgs;
 use crate::fleet::reports::ReportContext;
 use crate::fleet::{EventHub, Publisher};
 use crate::metrics::ServerMetrics;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub approval_ttl: Duration,
     /// The server's Prometheus metrics.
     pub metrics: Arc<ServerMetrics>,
+    /// See [`ServerConfig::signed_orgs`].
+    pub signed_orgs: SignedOrgs,
 }
 
 impl AppState {
@@ -67,6 +70,7 @@ impl AppState {
             notifier: Arc::new(notifier),
             online_window: config.online_window,
             approval_ttl: config.approval_ttl,
+            signed_orgs: config.signed_orgs.clone(),
             store,
             metrics,
         });

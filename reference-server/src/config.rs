@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::fleet::notify::NotifyConfig;
+use crate::fleet::policies::SignedOrgs;
 
 /// How the server secures its listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,8 @@ pub struct ServerConfig {
     /// Where to serve the Prometheus metrics (`GET /metrics`, plain HTTP, no token); `None`
     /// serves none. Bind it to loopback or a monitoring network: the figures name orgs.
     pub metrics_listen: Option<SocketAddr>,
+    /// Orgs that accept only policies signed by an operator key (`--require-signatures`).
+    pub signed_orgs: SignedOrgs,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +77,7 @@ impl Default for ServerConfig {
             approval_ttl: Duration::from_secs(3600),
             approval_sweep: Duration::from_secs(5),
             metrics_listen: None,
+            signed_orgs: SignedOrgs::default(),
         }
     }
 }

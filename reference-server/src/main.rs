@@ -54,6 +54,25 @@ struct Args {
     /// loopback or a monitoring network). Off by default.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// An org that accepts only policies signed offline with an operator key (`policy-sign`);
+    /// repeat for several, `*` for every org. Overrides in such an org may only disable rules.
+    #[arg(long = "require-signatures", value_name = "ORG", value_parser = org_or_star)]
+    require_signatures: Vec<String>,
+}
+
+/// An org id as the contract allows it, or `*`.
+fn org_or_star(value: &str) -> Result<String, String> {
+    let valid = value == "*"
+        || (!value.is_empty()
+            && value.chars().count() <= 64
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')));
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err("expected an org id (1 to 64 letters, digits, `-`, `_` or `.`) or `*`".to_owned())
+    }
 }
 
 #[tokio::main]
@@ -84,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = ServerConfig {
         notify,
+        signed_orgs: reference_server::fleet::policies::SignedOrgs::new(args.require_signatures),
         approval_ttl: std::time::Duration::from_secs(args.approval_ttl_secs),
         listen: args.listen,
         data_dir: args.data_dir,

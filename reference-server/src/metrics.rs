@@ -218,7 +218,7 @@ impl ServerMetrics {
         );
         registry.register(
             "db_operation_errors",
-            "Store operations that failed, by operation",
+            "Store operations that failed (a refusal such as a version already taken is not a failure), by operation",
             metrics.db_errors.clone(),
         );
         Self {

@@ -145,6 +145,7 @@ fn stored(version: u64) -> StoredPolicy {
         version: PolicyVersion::new(version),
         policy: Arc::new(policy),
         created_at: "2026-03-07T12:00:00.000Z".parse().unwrap(),
+        signature: None,
     }
 }
 

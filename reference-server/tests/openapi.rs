@@ -413,9 +413,16 @@ fn the_policy_schemas_are_the_committed_policy_schema() {
             "components.schemas.{name}"
         );
     }
+    // A post is a policy document or a signed file holding one.
     assert_eq!(
-        DOC["paths"]["/api/policy"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-            ["$ref"],
+        DOC["paths"]["/api/policy"]["post"]["requestBody"]["content"]["application/json"]["schema"],
+        json!({"oneOf": [
+            {"$ref": "#/components/schemas/PolicyDocument"},
+            {"$ref": "#/components/schemas/SignedPolicy"}
+        ]})
+    );
+    assert_eq!(
+        schemas["SignedPolicy"]["properties"]["policy"]["$ref"],
         "#/components/schemas/PolicyDocument"
     );
 }
@@ -679,6 +686,17 @@ async fn every_documented_exchange_gets_a_documented_answer_from_a_real_server()
     let server = TestServer::start(false).await;
     let fixtures = fixtures(&server).await;
     let mut stream = server.stream(&fixtures.agent_token, "default").await;
+    // The signed examples post to org `acme`, whose agent sees the signed version.
+    let (status, enrolled) = server
+        .post(
+            "/api/agents/enroll",
+            ADMIN,
+            json!({"hostname": "acme-1", "orgId": "acme"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{enrolled}");
+    let acme_token = enrolled["data"]["token"].as_str().unwrap().to_owned();
+    let mut acme = server.stream(&acme_token, "acme").await;
     let mut count = 0;
     for (method, path, operation) in operations() {
         let pointer = format!("/paths/{}/{}", escape(&path), method.to_lowercase());
@@ -757,6 +775,15 @@ async fn every_documented_exchange_gets_a_documented_answer_from_a_real_server()
         *seen.entry(event.event).or_insert(0) += 1;
     }
     stream.close();
+    // acme's agent saw the signed version (the `signed` exchange) with its signed part.
+    let event = acme.next_event().await;
+    assert_eq!(event.event, "policy");
+    check("/components/schemas/PolicyEvent", &event.data).unwrap();
+    let signed = &DOC["paths"]["/api/policy"]["post"]["requestBody"]["content"]["application/json"]
+        ["examples"]["signed"]["value"];
+    assert_eq!(event.data["signed"]["signature"], signed["signature"]);
+    assert_eq!(event.data["signed"]["disabledRules"], json!([]));
+    acme.close();
 }
 
 #[tokio::test]

@@ -23,6 +23,10 @@ pub struct Credentials {
     pub agent_id: Option<String>,
     /// The bearer token.
     pub token: String,
+    /// The org the agent was enrolled into: what an agent pinned to signing keys checks
+    /// signatures against (kept locally, so the server cannot change it later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -77,11 +81,17 @@ impl Credentials {
             (Some(token), Some(stored)) if stored.token == token => Some(Self {
                 agent_id: agent_id.or(stored.agent_id),
                 token,
+                org_id: stored.org_id,
             }),
-            (Some(token), _) => Some(Self { agent_id, token }),
+            (Some(token), _) => Some(Self {
+                agent_id,
+                token,
+                org_id: None,
+            }),
             (None, Some(stored)) => Some(Self {
                 agent_id: agent_id.or(stored.agent_id),
                 token: stored.token,
+                org_id: stored.org_id,
             }),
             (None, None) => None,
         }
@@ -150,6 +160,7 @@ pub async fn enroll(
     let credentials = Credentials {
         agent_id: Some(enrollment.agent_id),
         token: enrollment.token,
+        org_id: Some(enrollment.org_id),
     };
     let path = credentials.save(state_dir)?;
     tracing::info!(agent = ?credentials.agent_id, hostname, credentials = %path.display(), "enrolled");
@@ -167,6 +178,7 @@ mod tests {
         Credentials {
             agent_id: id.map(str::to_owned),
             token: token.to_owned(),
+            org_id: None,
         }
     }
 

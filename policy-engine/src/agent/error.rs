@@ -46,6 +46,11 @@ pub enum AgentError {
         "cannot set up the host executor (it needs root and nftables; a dry run needs neither): {0}"
     )]
     Host(#[from] HostError),
+    /// Signing keys are pinned but the org they must sign for is unknown.
+    #[error(
+        "pinned signing keys need the agent's org: enroll with this state dir (the org is stored with the credentials) or give it (--policy-org)"
+    )]
+    NoPolicyOrg,
     /// Neither an executor nor a dry run was chosen.
     #[error("no executor: give the agent one, or make it a dry run")]
     NoExecutor,

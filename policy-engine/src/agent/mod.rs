@@ -85,8 +85,10 @@ use crate::engine::EngineConfig;
 use crate::event::ThreatEvent;
 use crate::executor::{Executor, HostConfig, HostExecutor, RecordingExecutor};
 use crate::protocol::FleetEvent;
+use crate::signing::{KeyRing, PublicKey};
 use crate::sync::{
-    ApiClient, BackoffConfig, FleetEvents, LiveEngine, PolicySync, SyncConfig, TlsTrust,
+    ApiClient, BackoffConfig, FleetEvents, LiveEngine, PolicySync, SignatureCheck, SyncConfig,
+    TlsTrust,
 };
 
 /// Directory of the outbox in the state dir.
@@ -146,6 +148,8 @@ pub struct AgentBuilder {
     outbox: OutboxLimits,
     metrics: Option<AgentMetrics>,
     metrics_listen: Option<SocketAddr>,
+    policy_keys: Vec<PublicKey>,
+    policy_org: Option<String>,
 }
 
 impl std::fmt::Debug for AgentBuilder {
@@ -192,6 +196,20 @@ impl AgentBuilder {
     pub fn credentials(mut self, token: Option<String>, agent_id: Option<String>) -> Self {
         self.token = token.or(self.token);
         self.agent_id = agent_id.or(self.agent_id);
+        self
+    }
+
+    /// Pins the agent to operator signing keys: from then on it runs only policy versions
+    /// signed by one of them for its org, newer than the one it runs (or the signed fallback of
+    /// a rollback), and fails closed otherwise. Two keys during a rotation.
+    pub fn policy_keys(mut self, keys: Vec<PublicKey>) -> Self {
+        self.policy_keys = keys;
+        self
+    }
+
+    /// The org signatures must be for (default: the org stored at enrollment).
+    pub fn policy_org(mut self, org: Option<String>) -> Self {
+        self.policy_org = org;
         self
     }
 
@@ -332,7 +350,19 @@ impl AgentBuilder {
         let outbox = Arc::new(outbox);
         let settings = self.settings;
 
-        let live = LiveEngine::new(self.engine);
+        let signatures = if self.policy_keys.is_empty() {
+            None
+        } else {
+            let org_id = self
+                .policy_org
+                .or_else(|| credentials.org_id.clone())
+                .ok_or(AgentError::NoPolicyOrg)?;
+            Some(SignatureCheck {
+                keys: KeyRing::new(self.policy_keys),
+                org_id,
+            })
+        };
+        let live = LiveEngine::with_signatures(self.engine, signatures);
         let metrics = self.metrics.unwrap_or_default();
         metrics.attach(live.clone(), outbox.clone());
         let metrics_server = match self.metrics_listen {
@@ -476,6 +506,8 @@ impl Agent {
             outbox: OutboxLimits::default(),
             metrics: None,
             metrics_listen: None,
+            policy_keys: Vec::new(),
+            policy_org: None,
         }
     }
 

@@ -52,6 +52,7 @@ pub mod envelope;
 pub mod fields;
 mod outcome;
 pub mod report;
+pub mod signature;
 pub mod stream;
 pub mod time;
 pub mod views;
@@ -60,8 +61,9 @@ pub use agent::{AgentIdentity, EnrollAnswer, EnrollRequest, HeartbeatAnswer, Hea
 pub use envelope::{Envelope, ErrorBody, ErrorEnvelope, ErrorItem};
 pub use outcome::Outcome;
 pub use report::{Report, ReportAnswer, ReportId, ReportIdError, ReportKind, ReportOutcome};
+pub use signature::{PolicySignature, RolloutTerms, SignatureAlgorithm, SignedPolicy};
 pub use stream::{
     APPROVAL_EVENT, ApprovalEvent, BLOCK_EVENT, BlockEvent, FleetEvent, FleetEventError,
-    POLICY_EVENT, PolicyEvent, UNBLOCK_EVENT, UnblockEvent,
+    POLICY_EVENT, PolicyEvent, SignedRules, UNBLOCK_EVENT, UnblockEvent,
 };
 pub use views::{AgentPolicyView, ApprovalStatus, ApprovalView, BlockView, PolicyView};

@@ -19,6 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::signature::PolicySignature;
 use super::time;
 use crate::action::ActionRecord;
 use crate::policy::PolicyVersion;
@@ -79,6 +80,35 @@ pub struct PolicyEvent<R = Value> {
         skip_serializing_if = "Option::is_none"
     )]
     pub created_at: Option<DateTime<Utc>>,
+    /// The operator's signature, when the version is signed: what an agent pinned to a key
+    /// verifies and runs instead of `rules`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<SignedRules<R>>,
+    /// Set when this older version replaces `rollbackFrom` because a rollout was rolled back:
+    /// an agent running exactly `rollbackFrom` accepts going back to this version (an agent
+    /// pinned to a key only when `rollbackFrom`'s signature names this version as its
+    /// fallback). Any other older version is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_from: Option<PolicyVersion>,
+}
+
+/// The signed part of a [`PolicyEvent`]: the rules exactly as the operator signed them (no
+/// overrides), the signature, and the rules this agent's overrides disable.
+///
+/// Under a signature an override may only disable rules: an agent pinned to a key verifies
+/// `rules` (with the event's `name` and `description`, its own org and the event's version),
+/// then disables the rules listed in `disabledRules`, and runs that. Agents without a key run
+/// the event's `rules` as before.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignedRules<R = Value> {
+    /// The rules as signed, normalized.
+    pub rules: Vec<R>,
+    /// The signature over name, description, rules, org and version.
+    pub signature: PolicySignature,
+    /// Indices of rules this agent's overrides disable.
+    #[serde(default)]
+    pub disabled_rules: Vec<usize>,
 }
 
 impl PolicyEvent {

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::signature::PolicySignature;
 use super::time;
 use crate::action::ActionRecord;
 use crate::policy::{PolicyDuration, PolicyVersion};
@@ -34,6 +35,9 @@ pub struct PolicyView<R = Value> {
     /// When the version was created.
     #[serde(with = "time::millis")]
     pub created_at: DateTime<Utc>,
+    /// The operator's signature, when the version is signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<PolicySignature>,
 }
 
 /// `GET /api/policy/agent/:id`: the rules one agent runs, its overrides applied; `PUT

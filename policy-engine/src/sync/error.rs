@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::policy::{PolicyError, PolicyVersion};
+use crate::signing::SignatureError;
 
 /// Errors talking to the server or setting up the connection.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +86,8 @@ pub enum ApplyError {
         /// Every validation error.
         error: PolicyError,
     },
-    /// The server offered a version older than the one running (a rollback is a new version).
+    /// The server offered a version older than the one running, other than as the rollback
+    /// of the running version.
     #[error("policy {offered} refused: older than the applied {applied}")]
     Older {
         /// The version offered.
@@ -93,4 +95,8 @@ pub enum ApplyError {
         /// The version running.
         applied: PolicyVersion,
     },
+    /// The agent is pinned to signing keys and the version's signature does not hold (or it
+    /// has none, or it is a rollback its signed terms do not allow).
+    #[error("{0}")]
+    Signature(#[from] SignatureError),
 }

@@ -10,6 +10,7 @@ use super::{ApplyError, PolicyUpdate, StoredPolicy};
 use crate::engine::{Engine, EngineConfig, Evaluation};
 use crate::event::ThreatEvent;
 use crate::policy::{Policy, PolicyVersion};
+use crate::signing::{KeyRing, SignatureError};
 
 /// What the agent's sync side knows, published on every change (see [`LiveEngine::subscribe`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,17 +103,36 @@ struct Inner {
     /// never take the hot lock.
     applied: Mutex<Option<StoredPolicy>>,
     config: EngineConfig,
+    signatures: Option<SignatureCheck>,
     status: watch::Sender<SyncStatus>,
+}
+
+/// What an agent pinned to operator keys checks: the keys, and the org they must have signed
+/// for (the agent's own, from its enrollment or its configuration, never from the server).
+#[derive(Debug, Clone)]
+pub struct SignatureCheck {
+    /// The pinned public keys (two during a rotation).
+    pub keys: KeyRing,
+    /// The agent's org.
+    pub org_id: String,
 }
 
 impl LiveEngine {
     /// An engine without a policy: it emits nothing until the first [`LiveEngine::apply`].
     pub fn new(config: EngineConfig) -> Self {
+        Self::with_signatures(config, None)
+    }
+
+    /// An engine that, given `Some`, runs only policies signed by one of the pinned keys for
+    /// its org (fail closed: unsigned, badly signed, other-org and older versions are refused
+    /// and the running policy stays).
+    pub fn with_signatures(config: EngineConfig, signatures: Option<SignatureCheck>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 engine: Mutex::new(None),
                 applied: Mutex::new(None),
                 config,
+                signatures,
                 status: watch::Sender::new(SyncStatus::default()),
             }),
         }
@@ -148,56 +168,112 @@ impl LiveEngine {
     /// agent's policy when its overrides change), is swapped in with
     /// [`Engine::update_policy`], which keeps the counters of unchanged rules.
     pub fn apply(&self, version: PolicyVersion, policy: Policy) -> Result<Applied, ApplyError> {
+        self.install(
+            StoredPolicy {
+                version,
+                policy,
+                signature: None,
+            },
+            None,
+        )
+    }
+
+    /// Makes a policy loaded from the state dir the running one (with its signature, whose
+    /// rollout terms decide later rollbacks).
+    pub fn restore(&self, stored: StoredPolicy) -> Result<Applied, ApplyError> {
+        self.install(stored, None)
+    }
+
+    /// Validates a pushed policy and applies it; a refusal is recorded as the last error (for
+    /// the next heartbeat) and returned. An agent pinned to signing keys
+    /// ([`LiveEngine::with_signatures`]) runs only the signed rules, verified for its org and
+    /// the event's version, with the rules its overrides disable switched off.
+    pub fn apply_update(&self, update: &PolicyUpdate) -> Result<Applied, ApplyError> {
+        let result = self.check_version(update).and_then(|()| {
+            let stored = self.verified(update)?;
+            self.install(stored, update.rollback_from)
+        });
+        if let Err(err) = &result {
+            self.record_error(err.to_string());
+        }
+        result
+    }
+
+    /// The policy an update asks this agent to run, checked against its pinned keys if any.
+    fn verified(&self, update: &PolicyUpdate) -> Result<StoredPolicy, ApplyError> {
+        let version = update.version;
+        let invalid = |error| ApplyError::Invalid { version, error };
+        let Some(check) = &self.inner.signatures else {
+            return Ok(StoredPolicy {
+                version,
+                policy: Policy::from_value(&update.document).map_err(invalid)?,
+                signature: update.signed.as_ref().map(|s| s.signature.clone()),
+            });
+        };
+        let Some(signed) = &update.signed else {
+            return Err(SignatureError::Unsigned { version }.into());
+        };
+        let mut policy = Policy::from_value(&signed.document).map_err(invalid)?;
+        check
+            .keys
+            .verify(&check.org_id, version, &policy, &signed.signature)?;
+        let count = policy.rules.len();
+        for &index in &signed.disabled_rules {
+            let rule = policy.rules.get_mut(index).ok_or_else(|| {
+                ApplyError::Malformed(format!(
+                    "policy {version}: `disabledRules` names rule {index}, but the policy has {count} rules"
+                ))
+            })?;
+            rule.enabled = false;
+        }
+        Ok(StoredPolicy {
+            version,
+            policy,
+            signature: Some(signed.signature.clone()),
+        })
+    }
+
+    /// Swaps `stored` in, unless it is older than the running policy; an older one only as the
+    /// rollback of exactly the running version (`rollback_from`).
+    fn install(
+        &self,
+        stored: StoredPolicy,
+        rollback_from: Option<PolicyVersion>,
+    ) -> Result<Applied, ApplyError> {
+        let version = stored.version;
         let mut applied = lock(&self.inner.applied);
         let previous = applied.as_ref().map(|p| p.version);
         if let Some(current) = applied.as_ref() {
-            if version < current.version {
+            if version < current.version && rollback_from != Some(current.version) {
                 return Err(ApplyError::Older {
                     offered: version,
                     applied: current.version,
                 });
             }
-            if version == current.version && current.policy == policy {
+            if version == current.version && current.policy == stored.policy {
                 return Ok(Applied::Unchanged);
             }
         }
         {
             let mut engine = lock(&self.inner.engine);
             match engine.as_mut() {
-                Some(engine) => engine.update_policy(policy.clone(), version),
+                Some(engine) => engine.update_policy(stored.policy.clone(), version),
                 None => {
                     *engine = Some(Engine::new(
-                        policy.clone(),
+                        stored.policy.clone(),
                         version,
                         self.inner.config.clone(),
                     ));
                 }
             }
         }
-        *applied = Some(StoredPolicy { version, policy });
+        *applied = Some(stored);
         drop(applied);
         self.inner.status.send_modify(|status| {
             status.applied = Some(version);
             status.last_error = None;
         });
         Ok(Applied::Swapped { previous })
-    }
-
-    /// Validates a pushed policy and applies it; a refusal is recorded as the last error (for
-    /// the next heartbeat) and returned.
-    pub fn apply_update(&self, update: &PolicyUpdate) -> Result<Applied, ApplyError> {
-        let result = self.check_version(update.version).and_then(|()| {
-            let policy =
-                Policy::from_value(&update.document).map_err(|error| ApplyError::Invalid {
-                    version: update.version,
-                    error,
-                })?;
-            self.apply(update.version, policy)
-        });
-        if let Err(err) = &result {
-            self.record_error(err.to_string());
-        }
-        result
     }
 
     /// Remembers `message` as the last error, to be reported in the next heartbeat.
@@ -221,11 +297,49 @@ impl LiveEngine {
         self.inner.status.send_modify(f);
     }
 
-    fn check_version(&self, offered: PolicyVersion) -> Result<(), ApplyError> {
-        match self.version() {
-            Some(applied) if offered < applied => Err(ApplyError::Older { offered, applied }),
-            _ => Ok(()),
+    /// Refuses an older version than the running one, except the rollback of exactly the
+    /// running version; an agent pinned to keys also needs the running version's signature to
+    /// name the offered one as its fallback, and reads any other older version as a replay.
+    fn check_version(&self, update: &PolicyUpdate) -> Result<(), ApplyError> {
+        let offered = update.version;
+        let applied = lock(&self.inner.applied);
+        let Some(current) = applied.as_ref().filter(|c| offered < c.version) else {
+            return Ok(());
+        };
+        let pinned = self.inner.signatures.is_some();
+        if update.rollback_from != Some(current.version) {
+            return Err(if pinned {
+                SignatureError::Downgrade {
+                    offered,
+                    applied: current.version,
+                }
+                .into()
+            } else {
+                ApplyError::Older {
+                    offered,
+                    applied: current.version,
+                }
+            });
         }
+        if pinned {
+            let fallback = current
+                .signature
+                .as_ref()
+                .and_then(|s| s.rollout.as_ref())
+                .and_then(|terms| terms.fallback);
+            if fallback != Some(offered) {
+                return Err(SignatureError::RollbackNotAllowed {
+                    offered,
+                    applied: current.version,
+                    allowed: match fallback {
+                        Some(v) => format!("its fallback is {v}"),
+                        None => "it names no fallback".to_owned(),
+                    },
+                }
+                .into());
+            }
+        }
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::ApplyError;
 use crate::policy::PolicyVersion;
-use crate::protocol::PolicyEvent;
+use crate::protocol::{PolicyEvent, PolicySignature};
 
 /// A policy as the server pushed it, not yet validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,6 +15,23 @@ pub struct PolicyUpdate {
     /// The policy document (`name`, `description`, `rules`), ready for
     /// [`Policy::from_value`](crate::Policy::from_value).
     pub document: Value,
+    /// The signed document (the rules as the operator signed them), its signature and the rules
+    /// this agent's overrides disable, when the version is signed.
+    pub signed: Option<SignedUpdate>,
+    /// The version this one replaces in a rollback (see
+    /// [`PolicyEvent::rollback_from`](crate::protocol::PolicyEvent::rollback_from)).
+    pub rollback_from: Option<PolicyVersion>,
+}
+
+/// The signed part of a [`PolicyUpdate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignedUpdate {
+    /// `name`, `description` and the rules as signed.
+    pub document: Value,
+    /// The operator's signature.
+    pub signature: PolicySignature,
+    /// Rules to disable after the signature is checked.
+    pub disabled_rules: Vec<usize>,
 }
 
 impl PolicyUpdate {
@@ -47,11 +64,31 @@ impl PolicyUpdate {
                 _ => format!("policy event is not JSON: {e}"),
             })
         })?;
+        let signed = event.signed.clone().map(|part| SignedUpdate {
+            document: document(&event.name, event.description.as_deref(), part.rules),
+            signature: part.signature,
+            disabled_rules: part.disabled_rules,
+        });
         Ok(Self {
             version: event.version,
+            rollback_from: event.rollback_from,
+            signed,
             document: event.into_document(),
         })
     }
+}
+
+fn document(name: &str, description: Option<&str>, rules: Vec<Value>) -> Value {
+    let mut document = serde_json::Map::new();
+    document.insert("name".to_owned(), Value::String(name.to_owned()));
+    if let Some(description) = description {
+        document.insert(
+            "description".to_owned(),
+            Value::String(description.to_owned()),
+        );
+    }
+    document.insert("rules".to_owned(), Value::Array(rules));
+    Value::Object(document)
 }
 
 #[cfg(test)]

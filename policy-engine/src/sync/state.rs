@@ -9,6 +9,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::policy::{Policy, PolicyVersion};
+use crate::protocol::PolicySignature;
 
 /// Name of the policy file inside the state dir.
 pub const POLICY_FILE: &str = "policy.json";
@@ -23,6 +24,9 @@ pub struct StoredPolicy {
     pub version: PolicyVersion,
     /// The validated policy.
     pub policy: Policy,
+    /// The operator's signature of the version, when it was signed (its rollout terms decide
+    /// which older version a rollback may return to).
+    pub signature: Option<PolicySignature>,
 }
 
 /// Why the state file could not be read or written.
@@ -63,6 +67,8 @@ struct PolicyFile {
     version: PolicyVersion,
     sha256: String,
     policy: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature: Option<PolicySignature>,
 }
 
 /// The agent's state dir: where the last known good policy lives.
@@ -75,7 +81,7 @@ struct PolicyFile {
 /// assert_eq!(store.load().unwrap(), None);
 /// let policy = Policy::from_json(br#"{"name":"p","rules":[{"type":"custom",
 ///     "config":{"condition":"confidence > 0.5","action":"alert"}}]}"#).unwrap();
-/// let stored = StoredPolicy { version: PolicyVersion::new(4), policy };
+/// let stored = StoredPolicy { version: PolicyVersion::new(4), policy, signature: None };
 /// store.save(&stored).unwrap();
 /// assert_eq!(store.load().unwrap(), Some(stored));
 /// # std::fs::remove_dir_all(&dir).unwrap();
@@ -134,6 +140,7 @@ impl StateStore {
         Ok(Some(StoredPolicy {
             version: file.version,
             policy,
+            signature: file.signature,
         }))
     }
 
@@ -151,6 +158,7 @@ impl StateStore {
             version: stored.version,
             sha256: digest(&policy),
             policy,
+            signature: stored.signature.clone(),
         };
         let mut bytes = serde_json::to_vec_pretty(&file)
             .map_err(|e| write_err(&self.dir)(io::Error::other(e)))?;
@@ -215,6 +223,7 @@ mod tests {
             .save(&StoredPolicy {
                 version: PolicyVersion::new(7),
                 policy: policy(5),
+                signature: None,
             })
             .unwrap();
         store
@@ -231,6 +240,7 @@ mod tests {
         let newer = StoredPolicy {
             version: PolicyVersion::new(8),
             policy: policy(9),
+            signature: None,
         };
         store.save(&newer).unwrap();
         assert_eq!(store.load().unwrap(), Some(newer));
@@ -346,6 +356,7 @@ mod tests {
             .save(&StoredPolicy {
                 version: PolicyVersion::new(9),
                 policy: policy(1),
+                signature: None,
             })
             .unwrap_err();
         assert_eq!(

@@ -188,7 +188,7 @@ async fn restore(store: &StateStore, live: &LiveEngine) {
     match loaded {
         Ok(Ok(Some(stored))) => {
             let version = stored.version;
-            match live.apply(stored.version, stored.policy) {
+            match live.restore(stored) {
                 Ok(_) => tracing::info!(%version, "enforcing the last known good policy from disk"),
                 Err(err) => tracing::info!(%version, %err, "not using the policy on disk"),
             }
@@ -324,9 +324,10 @@ async fn follow_stream(
 async fn on_policy(context: &Context, data: &str) -> bool {
     context.policy_events.fetch_add(1, Ordering::Relaxed);
     let live = &context.live;
-    let applied = PolicyUpdate::from_event(data)
-        .inspect_err(|err| live.record_error(err.to_string()))
-        .and_then(|update| live.apply_update(&update));
+    let update =
+        PolicyUpdate::from_event(data).inspect_err(|err| live.record_error(err.to_string()));
+    let offered = update.as_ref().ok().map(|u| u.version);
+    let applied = update.and_then(|update| live.apply_update(&update));
     match applied {
         Ok(Applied::Unchanged) => {
             tracing::debug!(version = ?live.version(), "policy already running");
@@ -345,9 +346,10 @@ async fn on_policy(context: &Context, data: &str) -> bool {
         }
         Err(err) => {
             let refused = match &err {
-                ApplyError::Invalid { version, .. } => Some(*version),
-                ApplyError::Older { offered, .. } => Some(*offered),
                 ApplyError::Malformed(_) => None,
+                ApplyError::Invalid { .. }
+                | ApplyError::Older { .. }
+                | ApplyError::Signature(_) => offered,
             };
             if refused.is_some() {
                 *context.refused.lock().unwrap_or_else(|p| p.into_inner()) = refused;

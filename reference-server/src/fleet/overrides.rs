@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use policy_engine::Policy;
+use policy_engine::{Policy, ValidationError};
 use serde_json::{Map, Value, json};
 
 use policy_engine::policy::json::{describe, join_index, join_key};
@@ -134,6 +134,48 @@ pub fn stored_list(stored: Option<&StoredOverrides>) -> Vec<Override> {
         tracing::warn!(%error, "ignoring stored overrides that no longer parse");
         Vec::new()
     })
+}
+
+/// The rules `list` switches off (`"enabled": false`), in order, each once: what an agent pinned
+/// to a signing key applies on top of the signed rules.
+pub fn disabled_rules(list: &[Override]) -> Vec<usize> {
+    let mut disabled: Vec<usize> = list
+        .iter()
+        .filter(|o| o.enabled == Some(false))
+        .map(|o| o.rule)
+        .collect();
+    disabled.sort_unstable();
+    disabled.dedup();
+    disabled
+}
+
+/// Under a signature an override may only disable a rule: anything else would change what the
+/// operator signed, and agents pinned to the key would refuse it. Errors point into the
+/// override body.
+pub fn check_disable_only(list: &[Override], why: &str) -> Result<(), ApiError> {
+    let mut errors = Vec::new();
+    for (index, o) in list.iter().enumerate() {
+        let at = join_index("", index);
+        if o.config.is_some() {
+            errors.push(ValidationError::new(
+                join_key(&at, "config"),
+                format!(
+                    "{why}: an override may only disable a rule (`\"enabled\": false`); change its config in a newly signed version"
+                ),
+            ));
+        }
+        if o.enabled == Some(true) {
+            errors.push(ValidationError::new(
+                join_key(&at, "enabled"),
+                format!("{why}: an override may only disable a rule, not enable one"),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::from_validation(errors))
+    }
 }
 
 /// The normalized list as stored and shown.

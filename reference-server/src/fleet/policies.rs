@@ -1,11 +1,12 @@
 //! Policies and overrides: publishing a new version to an org's streams, the active policy,
 //! the rules one agent runs, and setting an agent's overrides.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use policy_engine::Policy;
 use policy_engine::policy::wire::RuleDocument;
-use policy_engine::protocol::{AgentPolicyView, PolicyView};
+use policy_engine::protocol::{AgentPolicyView, PolicySignature, PolicyView};
+use policy_engine::{Policy, PolicyVersion};
 use serde_json::Value;
 
 use super::audit;
@@ -16,32 +17,119 @@ use super::views::{applied_at, policy_view, resolved_rules};
 use crate::auth::{Principal, random_hex};
 use crate::clock;
 use crate::error::ApiError;
-use crate::store::{AgentRecord, NewEntry, Store, StoredOverrides, StoredPolicy};
+use crate::store::{AgentRecord, NewEntry, NewPolicy, Store, StoredOverrides, StoredPolicy};
 
-/// Stores `policy` as the next version of its org (the body's `org_id`, else `org_query`, as
-/// `principal` may write) and queues it to every stream of the org. Every `notifyChannels`
-/// entry must name a configured channel (when channels are configured).
+/// Orgs whose policies must be signed by an operator key (`--require-signatures ORG`, `*` for
+/// every org). The server holds no keys: it refuses unsigned posts for these orgs and lets
+/// overrides only disable rules; agents pinned to the key verify.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignedOrgs {
+    all: bool,
+    orgs: BTreeSet<String>,
+}
+
+impl SignedOrgs {
+    /// From the `--require-signatures` values: org ids, or `*` for every org.
+    pub fn new<I: IntoIterator<Item = String>>(orgs: I) -> Self {
+        let mut signed = Self::default();
+        for org in orgs {
+            if org == "*" {
+                signed.all = true;
+            } else {
+                signed.orgs.insert(org);
+            }
+        }
+        signed
+    }
+
+    /// Whether `org` accepts only signed policies.
+    pub fn required(&self, org: &str) -> bool {
+        self.all || self.orgs.contains(org)
+    }
+}
+
+/// What `POST /api/policy` publishes: a plain document, or one signed by an operator key for
+/// one org and one version.
+#[derive(Debug, Clone)]
+pub enum Publication {
+    /// A policy document.
+    Unsigned(Policy),
+    /// A signed policy file: stored only as `version` of `org_id`.
+    Signed {
+        /// The validated document.
+        policy: Policy,
+        /// The org it was signed for.
+        org_id: String,
+        /// The version it was signed for.
+        version: PolicyVersion,
+        /// The signature, stored and sent to agents with the version.
+        signature: PolicySignature,
+    },
+}
+
+/// Stores a publication as the next version of its org (a signed file's org, else the body's
+/// `org_id`, else `org_query`, as `principal` may write) and queues it to every stream of the
+/// org. Every `notifyChannels` entry must name a configured channel (when channels are
+/// configured). An org in `signed_orgs` takes only signed publications.
 pub async fn publish(
     store: &dyn Store,
     publisher: &Publisher,
     channels: Option<&NotifyConfig>,
+    signed_orgs: &SignedOrgs,
     principal: &Principal,
     org_query: Option<&str>,
-    policy: Policy,
+    publication: Publication,
 ) -> Result<PolicyView<RuleDocument>, ApiError> {
+    let (policy, org, signed) = match publication {
+        Publication::Unsigned(policy) => {
+            let org = principal.write_org(policy.org_id.as_deref().or(org_query))?;
+            if signed_orgs.required(&org) {
+                return Err(ApiError::invalid(
+                    "signature",
+                    format!(
+                        "org `{org}` accepts only signed policies: sign the document offline (`policy-sign sign --org {org} --version vN`) and post the signed file"
+                    ),
+                ));
+            }
+            (policy, org, None)
+        }
+        Publication::Signed {
+            policy,
+            org_id,
+            version,
+            signature,
+        } => {
+            if let Some(named) = policy.org_id.as_deref().filter(|n| *n != org_id) {
+                return Err(ApiError::invalid(
+                    "policy.org_id",
+                    format!(
+                        "the document names org `{named}`, but it is signed for org `{org_id}`"
+                    ),
+                ));
+            }
+            if let Some(named) = org_query.filter(|n| *n != org_id) {
+                return Err(ApiError::bad_request(format!(
+                    "`?org_id={named}` names another org than the one the policy is signed for (`{org_id}`)"
+                )));
+            }
+            let org = principal.write_org(Some(&org_id))?;
+            (policy, org, Some((version, signature)))
+        }
+    };
     let unknown_channels = notify::check_policy(channels, &policy);
     if !unknown_channels.is_empty() {
         return Err(ApiError::from_validation(unknown_channels));
     }
-    let org = principal.write_org(policy.org_id.as_deref().or(org_query))?;
+    let key_id = signed.as_ref().map(|(_, s)| s.key_id.clone());
     let publishing = publisher.begin().await;
     let stored = store
-        .insert_policy(
-            org,
-            Arc::new(policy),
-            format!("pol_{}", random_hex(8)),
-            clock::now(),
-        )
+        .insert_policy(NewPolicy {
+            org_id: org,
+            policy: Arc::new(policy),
+            id: format!("pol_{}", random_hex(8)),
+            created_at: clock::now(),
+            signed,
+        })
         .await?;
     let delivery = publishing.broadcast(&stored);
     drop(publishing);
@@ -57,6 +145,7 @@ pub async fn publish(
                 "policyId": stored.id,
                 "name": stored.policy.name,
                 "broadcastedTo": delivery.queued,
+                "signedBy": key_id,
             })),
             ..NewEntry::default()
         },
@@ -104,11 +193,13 @@ pub async fn for_agent(
 }
 
 /// Replaces `agent`'s overrides with `body` (validated against its org's latest version, errors
-/// at paths inside `body`) and pushes its newly resolved policy to its streams.
+/// at paths inside `body`) and pushes its newly resolved policy to its streams. Under a signed
+/// version, or in an org that requires signatures, overrides may only disable rules.
 pub async fn set_overrides(
     store: &dyn Store,
     publisher: &Publisher,
     channels: Option<&NotifyConfig>,
+    signed_orgs: &SignedOrgs,
     principal: &Principal,
     agent: AgentRecord,
     body: &Value,
@@ -124,6 +215,13 @@ pub async fn set_overrides(
             ))
         })?;
     let list = overrides::parse(body, policy.policy.rules.len())?;
+    if signed_orgs.required(&agent.org_id) {
+        let why = format!("org `{}` accepts only signed policies", agent.org_id);
+        overrides::check_disable_only(&list, &why)?;
+    } else if policy.signature.is_some() {
+        let why = format!("{} of org `{}` is signed", policy.version, agent.org_id);
+        overrides::check_disable_only(&list, &why)?;
+    }
     let resolved = overrides::apply(&policy.policy.to_json_value(), &list)?;
     overrides::check_channels(channels, &resolved, &list)?;
     let rules = resolved.to_document().rules;

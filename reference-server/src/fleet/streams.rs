@@ -14,7 +14,7 @@ use policy_engine::protocol::FleetEvent;
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::overrides::Override;
-use super::views::{approval_event, block_event, policy_event, resolved_rules};
+use super::views::{approval_event, block_event, policy_event};
 use crate::clock;
 use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
@@ -29,10 +29,7 @@ pub type EventHub = Hub<AgentOverrides>;
 
 /// The `policy` frame of `policy` for an agent with `overrides`.
 pub fn policy_frame(policy: &StoredPolicy, agent_id: &str, overrides: &[Override]) -> Frame {
-    Frame::policy(&policy_event(
-        policy,
-        resolved_rules(policy, agent_id, overrides),
-    ))
+    Frame::policy(&policy_event(policy, agent_id, overrides))
 }
 
 impl EventHub {

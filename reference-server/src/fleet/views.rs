@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use policy_engine::policy::wire::RuleDocument;
 use policy_engine::protocol::{
-    ApprovalEvent, ApprovalView, BlockEvent, BlockView, PolicyEvent, PolicyView,
+    ApprovalEvent, ApprovalView, BlockEvent, BlockView, PolicyEvent, PolicyView, SignedRules,
 };
 use policy_engine::{Action, ActionRecord, PolicyDuration, Scope};
 
@@ -26,18 +26,31 @@ pub fn policy_view(
         rules: policy.policy.to_document().rules,
         broadcasted_to,
         created_at: policy.created_at,
+        signature: policy.signature.clone(),
     }
 }
 
-/// The `policy` event of `policy` for an agent whose resolved rules are `rules`.
-pub fn policy_event(policy: &StoredPolicy, rules: Vec<RuleDocument>) -> PolicyEvent<RuleDocument> {
+/// The `policy` event of `policy` for an agent with overrides `list`: the resolved rules, and
+/// for a signed version the rules as signed with the ones `list` disables.
+pub fn policy_event(
+    policy: &StoredPolicy,
+    agent_id: &str,
+    list: &[Override],
+) -> PolicyEvent<RuleDocument> {
+    let signed = policy.signature.as_ref().map(|signature| SignedRules {
+        rules: policy.policy.to_document().rules,
+        signature: signature.clone(),
+        disabled_rules: overrides::disabled_rules(list),
+    });
     PolicyEvent {
         policy_id: Some(policy.id.clone()),
         version: policy.version,
         name: policy.policy.name.clone(),
         description: policy.policy.description.clone(),
-        rules,
+        rules: resolved_rules(policy, agent_id, list),
         created_at: Some(policy.created_at),
+        signed,
+        rollback_from: None,
     }
 }
 

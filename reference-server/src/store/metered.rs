@@ -9,14 +9,13 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use policy_engine::Policy;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
 use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
-    Heartbeat, NewBlock, NewEntry, OrgSummary, ReportReceipt, Store, StoreError, StoredOverrides,
-    StoredPolicy, Upserted,
+    Heartbeat, NewBlock, NewEntry, NewPolicy, OrgSummary, ReportReceipt, Store, StoreError,
+    StoredOverrides, StoredPolicy, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 use crate::metrics::ServerMetrics;
@@ -41,26 +40,26 @@ impl MeteredStore {
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let result = call.await;
+        // A refusal of the request (a version taken, a report already received) is the
+        // database doing its job, not an error of it.
+        let failed = matches!(
+            result,
+            Err(StoreError::Backend(_)
+                | StoreError::Corrupt(_)
+                | StoreError::Closed
+                | StoreError::Open(_))
+        );
         self.metrics
-            .db_operation(operation, started.elapsed(), result.is_ok());
+            .db_operation(operation, started.elapsed(), !failed);
         result
     }
 }
 
 #[async_trait]
 impl Store for MeteredStore {
-    async fn insert_policy(
-        &self,
-        org_id: String,
-        policy: Arc<Policy>,
-        id: String,
-        created_at: DateTime<Utc>,
-    ) -> Result<StoredPolicy, StoreError> {
-        self.timed(
-            "insert_policy",
-            self.inner.insert_policy(org_id, policy, id, created_at),
-        )
-        .await
+    async fn insert_policy(&self, new: NewPolicy) -> Result<StoredPolicy, StoreError> {
+        self.timed("insert_policy", self.inner.insert_policy(new))
+            .await
     }
 
     async fn latest_policy(&self, org_id: String) -> Result<Option<StoredPolicy>, StoreError> {

@@ -13,18 +13,17 @@ pub mod records;
 pub mod sqlite;
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use policy_engine::Policy;
+use policy_engine::PolicyVersion;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
 use serde_json::Value;
 
 pub use records::{
     AgentRecord, Approval, AuditEntry, AuditFilter, AuditPage, DecideError, Decision, Finish,
-    FleetBlock, Heartbeat, NewBlock, NewEntry, OrgSummary, ReportReceipt, StoredOverrides,
-    StoredPolicy, Upserted,
+    FleetBlock, Heartbeat, NewBlock, NewEntry, NewPolicy, OrgSummary, ReportReceipt,
+    StoredOverrides, StoredPolicy, Upserted,
 };
 
 use crate::auth::{Principal, TokenHash};
@@ -45,6 +44,16 @@ pub enum StoreError {
     /// The store could not be opened.
     #[error("cannot open the database: {0}")]
     Open(String),
+    /// A signed policy was signed for a version that is not the org's next one.
+    #[error("the policy is signed for {signed}, but the next version of org `{org_id}` is {next}")]
+    VersionTaken {
+        /// The org.
+        org_id: String,
+        /// The version in the signature.
+        signed: PolicyVersion,
+        /// The org's next version.
+        next: PolicyVersion,
+    },
     /// The agent already sent a report with this id (it was acted on once; its answer stands).
     #[error("report `{report_id}` of agent `{agent_id}` was already received")]
     DuplicateReport {
@@ -56,9 +65,16 @@ pub enum StoreError {
 }
 
 impl From<StoreError> for ApiError {
-    /// A store failure is the server's problem: 500, logged, not shown.
+    /// A store failure is the server's problem: 500, logged, not shown; a version already
+    /// taken is the client's: 409 with what to do.
     fn from(error: StoreError) -> Self {
-        ApiError::internal(error)
+        match error {
+            StoreError::VersionTaken { .. } => ApiError::conflict(format!(
+                "{error}: sign the policy again for that version and post it"
+            ))
+            .at("version"),
+            other => ApiError::internal(other),
+        }
     }
 }
 
@@ -66,15 +82,10 @@ impl From<StoreError> for ApiError {
 /// overrides, fleet blocks, approvals, the audit trail and report receipts.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Stores a new policy version of `org_id`: the next number, atomically, so concurrent
-    /// writes never share or skip a version.
-    async fn insert_policy(
-        &self,
-        org_id: String,
-        policy: Arc<Policy>,
-        id: String,
-        created_at: DateTime<Utc>,
-    ) -> Result<StoredPolicy, StoreError>;
+    /// Stores a new policy version of its org: the next number, atomically, so concurrent
+    /// writes never share or skip a version. A signed policy is stored only as the version it
+    /// was signed for: [`StoreError::VersionTaken`] when that is not the org's next one.
+    async fn insert_policy(&self, new: NewPolicy) -> Result<StoredPolicy, StoreError>;
 
     /// The latest policy version of `org_id`.
     async fn latest_policy(&self, org_id: String) -> Result<Option<StoredPolicy>, StoreError>;

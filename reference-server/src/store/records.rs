@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use policy_engine::protocol::{ApprovalStatus, ReportId, ReportKind, time};
+use policy_engine::protocol::{ApprovalStatus, PolicySignature, ReportId, ReportKind, time};
 use policy_engine::{Action, ActionRecord, Policy, PolicyDuration, PolicyVersion};
 use serde::Serialize;
 use serde_json::Value;
@@ -25,6 +25,24 @@ pub struct StoredPolicy {
     pub policy: Arc<Policy>,
     /// When the version was created.
     pub created_at: DateTime<Utc>,
+    /// The operator's signature over this version, when it was posted signed.
+    pub signature: Option<PolicySignature>,
+}
+
+/// A policy version to store: [`Store::insert_policy`](super::Store::insert_policy).
+#[derive(Debug, Clone)]
+pub struct NewPolicy {
+    /// The org it belongs to.
+    pub org_id: String,
+    /// The validated policy.
+    pub policy: Arc<Policy>,
+    /// `pol_...`
+    pub id: String,
+    /// When it was posted.
+    pub created_at: DateTime<Utc>,
+    /// The operator's signature and the version it was made for: the store takes the version
+    /// only if it is the org's next one.
+    pub signed: Option<(PolicyVersion, PolicySignature)>,
 }
 
 /// An enrolled agent.

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use policy_engine::Policy;
+use policy_engine::policy::json::join_key;
+use policy_engine::protocol::SignedPolicy;
 use serde_json::Value;
 use warp::http::StatusCode;
 
@@ -11,20 +13,47 @@ use super::{Answer, ok};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::fleet::policies::Publication;
 use crate::fleet::{agents, policies};
+use crate::http::body::parse_json;
 use crate::http::filters::{Query, org_query};
 use crate::store::AgentRecord;
 
-/// `POST /api/policy` (admin): 201 with the stored version and `broadcastedTo`.
+/// `POST /api/policy` (admin): 201 with the stored version and `broadcastedTo`. The body is a
+/// policy document, or a signed policy file (`{"orgId", "version", "policy", "signature"}`,
+/// told apart by its `signature` field).
 pub async fn post(principal: Principal, query: Query, body: Bytes, state: Arc<AppState>) -> Answer {
-    let policy = Policy::from_json(&body).map_err(ApiError::from_policy)?;
+    let value = parse_json(&body)?;
+    let publication = if SignedPolicy::is_signed_document(&value) {
+        let signed = SignedPolicy::from_value(&value).map_err(ApiError::from_validation)?;
+        let policy = Policy::from_value(&signed.policy).map_err(|error| {
+            let mut errors = error.errors;
+            for e in &mut errors {
+                e.path = if e.path.is_empty() {
+                    "policy".to_owned()
+                } else {
+                    join_key("policy", &e.path)
+                };
+            }
+            ApiError::from_validation(errors)
+        })?;
+        Publication::Signed {
+            policy,
+            org_id: signed.org_id,
+            version: signed.version,
+            signature: signed.signature,
+        }
+    } else {
+        Publication::Unsigned(Policy::from_value(&value).map_err(ApiError::from_policy)?)
+    };
     let view = policies::publish(
         &*state.store,
         &state.publisher,
         state.notifier.config(),
+        &state.signed_orgs,
         &principal,
         org_query(&query),
-        policy,
+        publication,
     )
     .await?;
     ok(StatusCode::CREATED, &view)
@@ -66,6 +95,7 @@ pub async fn set_overrides(
         &*state.store,
         &state.publisher,
         state.notifier.config(),
+        &state.signed_orgs,
         &principal,
         agent,
         &body,

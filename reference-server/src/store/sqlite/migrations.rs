@@ -95,6 +95,10 @@ CREATE TABLE report_receipts (
 );
 CREATE INDEX report_receipts_by_time ON report_receipts (created_ms);
 "#,
+    // 4: the operator's signature of a signed policy version (JSON), NULL when unsigned.
+    r#"
+ALTER TABLE policies ADD COLUMN signature TEXT;
+"#,
 ];
 
 /// Applies the migrations `conn` lacks, each in its own transaction.

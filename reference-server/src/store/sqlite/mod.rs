@@ -17,21 +17,20 @@ mod summary;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use policy_engine::Policy;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
 use rusqlite::Connection;
 use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
-    Heartbeat, NewBlock, NewEntry, OrgSummary, ReportReceipt, Store, StoreError, StoredOverrides,
-    StoredPolicy, Upserted,
+    Heartbeat, NewBlock, NewEntry, NewPolicy, OrgSummary, ReportReceipt, Store, StoreError,
+    StoredOverrides, StoredPolicy, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -123,16 +122,8 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert_policy(
-        &self,
-        org_id: String,
-        policy: Arc<Policy>,
-        id: String,
-        created_at: DateTime<Utc>,
-    ) -> Result<StoredPolicy> {
-        let stored = self
-            .call(move |conn| policies::insert(conn, org_id, policy, id, created_at))
-            .await?;
+    async fn insert_policy(&self, new: NewPolicy) -> Result<StoredPolicy> {
+        let stored = self.call(move |conn| policies::insert(conn, new)).await?;
         self.remember(&stored);
         Ok(stored)
     }

@@ -2,41 +2,64 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use policy_engine::{Policy, PolicyVersion};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::Result;
 use super::rows::{time_at, time_text};
-use crate::store::{StoreError, StoredOverrides, StoredPolicy};
+use crate::store::{NewPolicy, StoreError, StoredOverrides, StoredPolicy};
 
-/// Stores the next version of `org_id` in one immediate transaction.
-pub fn insert(
-    conn: &mut Connection,
-    org_id: String,
-    policy: Arc<Policy>,
-    id: String,
-    created_at: DateTime<Utc>,
-) -> Result<StoredPolicy> {
+/// Stores the next version of its org in one immediate transaction (a signed policy only as
+/// the version it was signed for).
+pub fn insert(conn: &mut Connection, new: NewPolicy) -> Result<StoredPolicy> {
+    let NewPolicy {
+        org_id,
+        policy,
+        id,
+        created_at,
+        signed,
+    } = new;
     let text = serde_json::to_string(&policy.to_json_value())?;
+    let signature_text = signed
+        .as_ref()
+        .map(|(_, signature)| serde_json::to_string(signature))
+        .transpose()?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let next: i64 = tx.query_row(
         "SELECT COALESCE(MAX(version), 0) + 1 FROM policies WHERE org_id = ?1",
         params![org_id],
         |row| row.get(0),
     )?;
+    let version = PolicyVersion::new(u64::try_from(next).unwrap_or_default());
+    if let Some((signed_version, _)) = &signed {
+        if *signed_version != version {
+            return Err(StoreError::VersionTaken {
+                org_id,
+                signed: *signed_version,
+                next: version,
+            });
+        }
+    }
     tx.execute(
-        "INSERT INTO policies (org_id, version, id, document, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![org_id, next, id, text, time_text(&created_at)],
+        "INSERT INTO policies (org_id, version, id, document, created_at, signature)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            org_id,
+            next,
+            id,
+            text,
+            time_text(&created_at),
+            signature_text
+        ],
     )?;
     tx.commit()?;
     Ok(StoredPolicy {
         id,
         org_id,
-        version: PolicyVersion::new(u64::try_from(next).unwrap_or_default()),
+        version,
         policy,
         created_at,
+        signature: signed.map(|(_, signature)| signature),
     })
 }
 
@@ -44,7 +67,7 @@ pub fn insert(
 pub fn latest(conn: &mut Connection, org_id: String) -> Result<Option<StoredPolicy>> {
     let row = conn
         .query_row(
-            "SELECT id, version, document, created_at FROM policies
+            "SELECT id, version, document, created_at, signature FROM policies
              WHERE org_id = ?1 ORDER BY version DESC LIMIT 1",
             params![org_id],
             |row| {
@@ -53,21 +76,27 @@ pub fn latest(conn: &mut Connection, org_id: String) -> Result<Option<StoredPoli
                     row.get::<_, i64>(1)?,
                     row.get::<_, String>(2)?,
                     time_at(row, 3)?,
+                    row.get::<_, Option<String>>(4)?,
                 ))
             },
         )
         .optional()?;
-    let Some((id, version, document, created_at)) = row else {
+    let Some((id, version, document, created_at, signature)) = row else {
         return Ok(None);
     };
     let policy = Policy::from_value(&serde_json::from_str(&document)?)
         .map_err(|e| StoreError::Corrupt(format!("stored policy `{id}`: {e}")))?;
+    let signature = signature
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("signature of stored policy `{id}`: {e}")))?;
     Ok(Some(StoredPolicy {
         id,
         org_id,
         version: PolicyVersion::new(u64::try_from(version).unwrap_or_default()),
         policy: Arc::new(policy),
         created_at,
+        signature,
     }))
 }
 
