@@ -11,7 +11,7 @@
 //!     listen: "127.0.0.1:0".parse()?,
 //!     data_dir: "/tmp/policy-data".into(),
 //!     tls: TlsMode::SelfSigned,
-//!     admin_token: Some("secret".to_owned()),
+//!     admin_token: Some("a-long-admin-secret".to_owned()),
 //!     ..ServerConfig::default()
 //! };
 //! let server = reference_server::start(config).await?;
@@ -41,6 +41,7 @@ pub mod error;
 pub mod fleet;
 pub mod http;
 pub mod metrics;
+pub mod ratelimit;
 pub mod store;
 pub mod transport;
 
@@ -53,7 +54,11 @@ pub use config::{ServerConfig, TlsMode};
 pub use fleet::notify;
 pub use http::body::MAX_BODY_BYTES;
 
+use crate::transport::limits::ConnectionLimits;
 use crate::transport::{Listening, ServeOptions, Shutdown, tls};
+
+/// Connections the metrics listener serves at once (scrapers are few).
+const METRICS_CONNECTIONS: usize = 16;
 
 /// A started server. Dropping it also stops the server (without waiting).
 #[derive(Debug)]
@@ -84,6 +89,11 @@ impl RunningServer {
     /// Whether the listener speaks TLS.
     pub fn is_tls(&self) -> bool {
         self.listening.is_tls()
+    }
+
+    /// Client connections open now (what `--max-connections` caps).
+    pub fn open_connections(&self) -> usize {
+        self.listening.open_connections()
     }
 
     /// The global admin token: the configured one, or the one generated on this start. `None`
@@ -122,6 +132,7 @@ impl RunningServer {
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (state, generated_admin_token) = AppState::open(&config).await?;
     fleet::sweeper::spawn(Arc::downgrade(&state.store), config.approval_sweep);
+    state.notifier.spawn_worker();
     let acceptor = match &config.tls {
         TlsMode::Plain => None,
         TlsMode::SelfSigned => Some(tls::acceptor(&tls::self_signed(&config.data_dir)?)?),
@@ -141,6 +152,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         acceptor,
         routes: http::routes(state.clone()),
         shutdown_grace: config.shutdown_grace,
+        limits: config.connections.clone(),
         shutdown: Shutdown {
             close_streams: Box::new(move || hub.close()),
             finally: Box::pin(async move { store.close().await }),
@@ -155,6 +167,15 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
                 acceptor: None,
                 routes: http::metrics::routes(state.clone()),
                 shutdown_grace: config.shutdown_grace,
+                // A few scrapers: the API's timeouts, and a small cap of its own so that the
+                // metrics port cannot take the API's descriptors.
+                limits: ConnectionLimits {
+                    max_connections: METRICS_CONNECTIONS,
+                    max_per_address: METRICS_CONNECTIONS,
+                    operator_reserve: 0,
+                    operator_networks: Vec::new(),
+                    ..config.connections.clone()
+                },
                 shutdown: Shutdown {
                     close_streams: Box::new(|| {}),
                     finally: Box::pin(async {}),

@@ -203,7 +203,7 @@ impl ServerMetrics {
         );
         registry.register(
             "notifications",
-            "Alert deliveries, by channel and outcome (`delivered`, `failed`, `unknown_channel`, `not_configured`)",
+            "Alert deliveries, by channel and outcome (`delivered`, `failed`, `unknown_channel`, `not_configured`, `corrupt`)",
             metrics.notifications.clone(),
         );
         registry.register(

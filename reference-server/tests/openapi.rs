@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use common::{ADMIN, DEADLINE, TestServer};
 use jsonschema::Validator;
+use reference_server::ServerConfig;
 use reference_server::http::openapi::DOCUMENT;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -251,13 +252,22 @@ fn the_description_is_complete_and_its_examples_fit_its_schemas() {
             .map(|p| p["name"].as_str().unwrap().to_owned())
             .collect();
         assert_eq!(in_path, declared, "{at}: path parameters");
-        // Every answer documents 400 (unknown query parameters), and 401 when it needs a token.
+        // Every answer documents 400 (unknown query parameters); 401 and 429 (failed
+        // authentications from the address) when it needs a token; 408 (a body too slow) when
+        // it takes a body.
         let responses = operation["responses"].as_object().unwrap();
         assert!(responses.contains_key("400"), "{at}: no 400");
+        for status in ["401", "429"] {
+            assert_eq!(
+                responses.contains_key(status),
+                !security.is_empty(),
+                "{at}: {status} documented exactly when a token is needed"
+            );
+        }
         assert_eq!(
-            responses.contains_key("401"),
-            !security.is_empty(),
-            "{at}: 401 documented exactly when a token is needed"
+            responses.contains_key("408"),
+            operation.get("requestBody").is_some(),
+            "{at}: 408 documented exactly when a body is taken"
         );
         let pointer = format!("/paths/{}/{}", escape(&path), method.to_lowercase());
         for (status, response) in responses {
@@ -465,12 +475,16 @@ async fn fixtures(server: &TestServer) -> Fixtures {
             ADMIN,
             json!({"name": "fixture", "rules": [
                 {"type": "block_ip", "config": {"trigger": "brute_force", "threshold": 50, "duration": "24h", "scope": "fleet"}},
-                {"type": "alert_threshold", "config": {"severity": "critical", "countPerHour": 5, "notifyChannels": ["telegram"]}},
-                {"type": "auto_respond", "config": {"trigger": "malware", "action": "kill_process", "minConfidence": 0.9, "requireApproval": true}}
+                {"type": "alert_threshold", "config": {"severity": "critical", "countPerHour": 5, "notifyChannels": ["telegram", "email"]}},
+                {"type": "auto_respond", "config": {"trigger": "malware", "action": "kill_process", "minConfidence": 0.9, "requireApproval": true}},
+                {"type": "auto_respond", "config": {"trigger": "ransomware", "action": "kill_process", "minConfidence": 0.5}}
             ]}),
         )
         .await;
     let (agent, token) = server.enroll(ADMIN, "web-1").await;
+    // Reports must be about a version the agent was sent: its stream gets v1 first.
+    let mut stream = server.stream(&token, "default").await;
+    assert_eq!(stream.next_policy().await.id, "1");
     let report = |body: Value| {
         let path = format!("/api/agents/{agent}/reports");
         let token = token.clone();
@@ -494,7 +508,7 @@ async fn fixtures(server: &TestServer) -> Fixtures {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    Fixtures {
+    let fixtures = Fixtures {
         agent_token: token,
         substitutions: vec![
             ("agent-a1b2c3d4", agent),
@@ -502,7 +516,9 @@ async fn fixtures(server: &TestServer) -> Fixtures {
             ("apr_fedcba9876543210", approvals[1].clone()),
             ("apr_5a5a5a5a5a5a5a5a", approvals[2].clone()),
         ],
-    }
+    };
+    stream.close();
+    fixtures
 }
 
 /// One request as the description builds it, and the answer it expects.
@@ -685,6 +701,8 @@ async fn first_sse_event(response: &mut reqwest::Response) -> (String, Value) {
 async fn every_documented_exchange_gets_a_documented_answer_from_a_real_server() {
     let server = TestServer::start(false).await;
     let fixtures = fixtures(&server).await;
+    // The agent's stream until the `GET /api/events` exchange replaces it: it gets v1 and the
+    // fleet's block first, then the events of the exchanges before that one.
     let mut stream = server.stream(&fixtures.agent_token, "default").await;
     // The signed examples post to org `acme`, whose agent sees the signed version.
     let (status, enrolled) = server
@@ -802,4 +820,56 @@ async fn the_served_description_is_the_committed_file_and_needs_no_token() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json"))
             .unwrap();
     assert_eq!(response.text().await.unwrap(), committed);
+}
+
+#[tokio::test]
+async fn an_address_locked_out_after_failed_authentications_gets_the_documented_429() {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("policy-openapi-{}-", std::process::id()))
+        .tempdir()
+        .unwrap();
+    let server = TestServer::start_in(dir, |path| ServerConfig {
+        auth_failures_per_minute: 1,
+        ..common::config(path, false)
+    })
+    .await;
+    let fixtures = Fixtures {
+        agent_token: "agt_wrong".to_owned(),
+        substitutions: Vec::new(),
+    };
+    let mut locked = 0;
+    for (method, path, operation) in operations() {
+        if operation["security"].as_array().unwrap().is_empty() {
+            continue;
+        }
+        let pointer = format!("/paths/{}/{}", escape(&path), method.to_lowercase());
+        let first = exchanges(operation).into_iter().next().unwrap_or_default();
+        let mut request = build(&server, &fixtures, &method, &path, operation, &first);
+        request.token = Some("adm_wrong".to_owned());
+        // The first failure of this address is a 401; every later one a 429.
+        request.expected = if locked == 0 { "401" } else { "429" }.to_owned();
+        let described = Described {
+            at: format!("{method} {path} with a wrong token"),
+            operation,
+            pointer: &pointer,
+        };
+        exchange(&server, &fixtures, &described, request).await;
+        locked += 1;
+    }
+    assert!(locked > 15, "{locked}");
+    // The answer says when to retry.
+    let response = server
+        .client
+        .get(format!("{}/api/agents", server.base))
+        .bearer_auth("adm_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::audit;
 use super::notify::{self, NotifyConfig};
 use super::overrides;
-use super::streams::{Publisher, policy_frame};
+use super::streams::{Publisher, policy_frame, sent};
 use super::views::{applied_at, policy_view, resolved_rules};
 use crate::auth::{Principal, random_hex};
 use crate::clock;
@@ -131,7 +131,7 @@ pub async fn publish(
             signed,
         })
         .await?;
-    let delivery = publishing.broadcast(&stored);
+    let delivery = publishing.broadcast(store, &stored).await;
     drop(publishing);
     audit::record(
         store,
@@ -152,7 +152,7 @@ pub async fn publish(
     )
     .await;
     tracing::info!(
-        org = %stored.org_id,
+        org = stored.org_id.as_str(),
         version = %stored.version,
         broadcasted_to = delivery.queued,
         dropped = delivery.dropped,
@@ -233,6 +233,14 @@ pub async fn set_overrides(
         .set_overrides(agent.id.clone(), stored.clone())
         .await?;
     let frame = policy_frame(&policy, &agent.id, &list);
+    store
+        .record_sent(vec![sent(
+            agent.id.clone(),
+            &policy,
+            &list,
+            clock::now_ms(),
+        )])
+        .await?;
     let delivery = publishing.update_agent(&agent.org_id, &agent.id, Arc::new(list), frame);
     drop(publishing);
     audit::record(
@@ -250,7 +258,7 @@ pub async fn set_overrides(
     )
     .await;
     tracing::info!(
-        agent = %agent.id,
+        agent = agent.id.as_str(),
         version = %policy.version,
         broadcasted_to = delivery.queued,
         "broadcast overrides"

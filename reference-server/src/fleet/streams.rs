@@ -13,12 +13,12 @@ use std::time::Instant;
 use policy_engine::protocol::FleetEvent;
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::overrides::Override;
+use super::overrides::{self, Override};
 use super::views::{approval_event, block_event, policy_event};
 use crate::clock;
 use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
-use crate::store::{Store, StoredPolicy};
+use crate::store::{SentPolicy, Store, StoredPolicy};
 use crate::transport::{Delivery, Frame, Hub, Subscription};
 
 /// The overrides of the agent of one stream (empty: the org's policy as is).
@@ -98,8 +98,20 @@ impl Publishing<'_> {
         delivery
     }
 
-    /// Queues a new policy version to every stream of its org.
-    pub fn broadcast(&self, policy: &StoredPolicy) -> Delivery {
+    /// Queues a new policy version to every stream of its org, after recording who gets it
+    /// with which overrides (reports are checked against what was sent). A failure to record
+    /// is logged: the version is stored already, its push must not be lost.
+    pub async fn broadcast(&self, store: &dyn Store, policy: &StoredPolicy) -> Delivery {
+        let now = clock::now_ms();
+        let sent = self
+            .hub
+            .views(&policy.org_id)
+            .into_iter()
+            .map(|(agent_id, list)| sent(agent_id, policy, &list, now))
+            .collect();
+        if let Err(error) = store.record_sent(sent).await {
+            tracing::error!(%error, version = %policy.version, "cannot record the policy's recipients");
+        }
         self.timed("policy", || self.hub.broadcast(policy))
     }
 
@@ -132,6 +144,16 @@ impl Publishing<'_> {
     }
 }
 
+/// The record of `policy` sent to `agent_id` with `list`.
+pub fn sent(agent_id: String, policy: &StoredPolicy, list: &[Override], now_ms: i64) -> SentPolicy {
+    SentPolicy {
+        agent_id,
+        version: policy.version,
+        overrides: overrides::to_value(list),
+        sent_ms: now_ms,
+    }
+}
+
 /// Opens the event stream of an agent. It gets, first, its current resolved policy (if any),
 /// then one `block` per fleet block of its org in force (reported by anyone, the agent itself
 /// included: a restarted reporter needs them too), then one `approval` per approved request of
@@ -152,6 +174,11 @@ pub async fn open(
         .into_iter()
         .collect();
     let now = clock::now_ms();
+    if let Some(policy) = &policy {
+        store
+            .record_sent(vec![sent(agent_id.to_owned(), policy, &list, now)])
+            .await?;
+    }
     for block in store.active_blocks(org_id.to_owned(), now).await? {
         if let Some(event) = block_event(&block, now) {
             initial.push(Frame::fleet(&FleetEvent::Block(event)));

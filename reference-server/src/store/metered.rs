@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
-    Heartbeat, NewBlock, NewEntry, NewPolicy, OrgSummary, ReportReceipt, Store, StoreError,
-    StoredOverrides, StoredPolicy, Upserted,
+    Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, OrgSummary, PendingDelivery,
+    ReportReceipt, SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 use crate::metrics::ServerMetrics;
@@ -59,6 +59,72 @@ impl MeteredStore {
 impl Store for MeteredStore {
     async fn insert_policy(&self, new: NewPolicy) -> Result<StoredPolicy, StoreError> {
         self.timed("insert_policy", self.inner.insert_policy(new))
+            .await
+    }
+
+    async fn policy(
+        &self,
+        org_id: String,
+        version: u64,
+    ) -> Result<Option<StoredPolicy>, StoreError> {
+        self.timed("policy", self.inner.policy(org_id, version))
+            .await
+    }
+
+    async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<(), StoreError> {
+        self.timed("record_sent", self.inner.record_sent(sent))
+            .await
+    }
+
+    async fn sent_overrides(
+        &self,
+        agent_id: String,
+        version: u64,
+    ) -> Result<Vec<Value>, StoreError> {
+        self.timed(
+            "sent_overrides",
+            self.inner.sent_overrides(agent_id, version),
+        )
+        .await
+    }
+
+    async fn pending_approvals(&self, agent_id: String) -> Result<usize, StoreError> {
+        self.timed("pending_approvals", self.inner.pending_approvals(agent_id))
+            .await
+    }
+
+    async fn insert_alert(
+        &self,
+        entries: Vec<NewEntry>,
+        deliveries: Vec<NewDelivery>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.timed(
+            "insert_alert",
+            self.inner.insert_alert(entries, deliveries, at),
+        )
+        .await
+    }
+
+    async fn pending_deliveries(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
+        self.timed(
+            "pending_deliveries",
+            self.inner.pending_deliveries(after_id, limit),
+        )
+        .await
+    }
+
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        entry: NewEntry,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.timed("finish_delivery", self.inner.finish_delivery(id, entry, at))
             .await
     }
 

@@ -65,11 +65,32 @@ pub fn insert(conn: &mut Connection, new: NewPolicy) -> Result<StoredPolicy> {
 
 /// The latest version of `org_id`, validated again (the document is stored normalized).
 pub fn latest(conn: &mut Connection, org_id: String) -> Result<Option<StoredPolicy>> {
+    read(conn, org_id, None)
+}
+
+/// Version `version` of `org_id`.
+pub fn version(
+    conn: &mut Connection,
+    org_id: String,
+    version: u64,
+) -> Result<Option<StoredPolicy>> {
+    read(
+        conn,
+        org_id,
+        Some(i64::try_from(version).unwrap_or(i64::MAX)),
+    )
+}
+
+fn read(
+    conn: &mut Connection,
+    org_id: String,
+    version: Option<i64>,
+) -> Result<Option<StoredPolicy>> {
     let row = conn
         .query_row(
             "SELECT id, version, document, created_at, signature FROM policies
-             WHERE org_id = ?1 ORDER BY version DESC LIMIT 1",
-            params![org_id],
+             WHERE org_id = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
+            params![org_id, version],
             |row| {
                 Ok((
                     row.get::<_, String>(0)?,
