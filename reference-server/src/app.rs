@@ -15,7 +15,9 @@ use crate::fleet::policies::SignedOrgs;
 use crate::fleet::quotas::Quotas;
 use crate::fleet::reports::ReportContext;
 use crate::fleet::{EventHub, Publisher};
+use crate::metrics::ServerMetrics;
 use crate::store::Store;
+use crate::store::metered::MeteredStore;
 use crate::store::sqlite::SqliteStore;
 
 /// The state shared by all handlers.
@@ -37,6 +39,8 @@ pub struct AppState {
     pub online_window: Duration,
     /// See [`ServerConfig::approval_ttl`].
     pub approval_ttl: Duration,
+    /// The server's Prometheus metrics.
+    pub metrics: Arc<ServerMetrics>,
     /// The agents' report quotas.
     pub quotas: Quotas,
     /// Addresses never blocked fleet-wide.
@@ -56,20 +60,22 @@ impl AppState {
         }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir `{}`", config.data_dir.display()))?;
-        let store: Arc<dyn Store> = Arc::new(
+        let metrics = Arc::new(ServerMetrics::new());
+        let sqlite: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&config.data_dir.join("policy.db"))
                 .await
                 .context("cannot open the database")?,
         );
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(sqlite, metrics.clone()));
         let generated_admin_token = bootstrap_admin(&*store, config.admin_token.as_deref())
             .await
             .context("cannot set up the admin token")?;
         let tokens = TokenCache::new(store.tokens().await.context("cannot load tokens")?);
         let hub = EventHub::new(config.stream_queue, config.keep_alive);
-        let notifier = Notifier::new(config.notify.clone(), store.clone())
+        let notifier = Notifier::new(config.notify.clone(), store.clone(), metrics.clone())
             .context("cannot build the notification HTTP client")?;
         let state = Arc::new(AppState {
-            publisher: Publisher::new(hub.clone()),
+            publisher: Publisher::new(hub.clone(), metrics.clone()),
             hub,
             tokens,
             failed_auth: FailedAuth::new(config.auth_failures_per_minute),
@@ -83,6 +89,7 @@ impl AppState {
             },
             signed_orgs: config.signed_orgs.clone(),
             store,
+            metrics,
         });
         Ok((state, generated_admin_token))
     }

@@ -59,6 +59,9 @@ pub struct ServerConfig {
     pub approval_ttl: Duration,
     /// How often expired approval requests are marked expired (with their audit entry).
     pub approval_sweep: Duration,
+    /// Where to serve the Prometheus metrics (`GET /metrics`, plain HTTP, no token); `None`
+    /// serves none. Bind it to loopback or a monitoring network: the figures name orgs.
+    pub metrics_listen: Option<SocketAddr>,
     /// Connection timeouts and caps.
     pub connections: ConnectionLimits,
     /// Failed authentications per source address and minute before 429 (0: no limit).
@@ -86,6 +89,7 @@ impl Default for ServerConfig {
             notify: None,
             approval_ttl: Duration::from_secs(3600),
             approval_sweep: Duration::from_secs(5),
+            metrics_listen: None,
             connections: ConnectionLimits::default(),
             auth_failures_per_minute: 30,
             quotas: QuotaConfig::default(),

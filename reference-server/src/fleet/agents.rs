@@ -1,6 +1,7 @@
 //! Agents and tokens: enrollment, identity, heartbeats, the fleet's status list, org admin
 //! tokens and the bootstrap admin token.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -166,28 +167,55 @@ pub async fn statuses(
 ) -> Result<Vec<AgentStatus>, ApiError> {
     let current = store.latest_policy(org.clone()).await?.map(|p| p.version);
     let agents = store.agents(org.clone()).await?;
-    let streaming = hub.online_agents(&org);
-    let now = clock::now();
-    let window = chrono::Duration::from_std(online_window).unwrap_or_default();
+    let online = Online::now(hub, &org, online_window);
     Ok(agents
         .into_iter()
-        .map(|agent| {
-            let recent = agent
-                .last_seen
-                .is_some_and(|t| now.signed_duration_since(t) <= window);
-            AgentStatus {
-                online: streaming.contains(&agent.id) || recent,
-                outdated: current.is_some() && agent.policy_version != current,
-                agent_id: agent.id,
-                hostname: agent.hostname,
-                org_id: agent.org_id,
-                last_seen: agent.last_seen,
-                policy_version: agent.policy_version,
-                last_error: agent.last_error,
-                enrolled_at: agent.enrolled_at,
-            }
+        .map(|agent| AgentStatus {
+            online: online.is(&agent),
+            outdated: is_outdated(&agent, current),
+            agent_id: agent.id,
+            hostname: agent.hostname,
+            org_id: agent.org_id,
+            last_seen: agent.last_seen,
+            policy_version: agent.policy_version,
+            last_error: agent.last_error,
+            enrolled_at: agent.enrolled_at,
         })
         .collect())
+}
+
+/// Which agents of an org count as online at one moment: those with an open event stream, and
+/// those whose last heartbeat is within the online window.
+#[derive(Debug)]
+pub struct Online {
+    streaming: HashSet<String>,
+    now: DateTime<Utc>,
+    window: chrono::Duration,
+}
+
+impl Online {
+    /// The agents of `org` online now.
+    pub fn now(hub: &EventHub, org: &str, online_window: Duration) -> Self {
+        Self {
+            streaming: hub.online_agents(org),
+            now: clock::now(),
+            window: chrono::Duration::from_std(online_window).unwrap_or_default(),
+        }
+    }
+
+    /// Whether `agent` is online.
+    pub fn is(&self, agent: &AgentRecord) -> bool {
+        self.streaming.contains(&agent.id)
+            || agent
+                .last_seen
+                .is_some_and(|t| self.now.signed_duration_since(t) <= self.window)
+    }
+}
+
+/// Whether `agent` last reported a version other than its org's `current` one (never when the
+/// org has no policy).
+pub fn is_outdated(agent: &AgentRecord, current: Option<PolicyVersion>) -> bool {
+    current.is_some() && agent.policy_version != current
 }
 
 /// A new admin token confined to `org_id`.

@@ -14,6 +14,8 @@
 //! - [`views`]: records as the protocol shows them; [`sweeper`]: expiry in the background;
 //! - [`changes`]: what changed, for the admin event streams of the console; [`admin`]: who an
 //!   admin token is and which orgs it may pick.
+//! - [`gauges`]: the fleet's figures for the metrics (agents online and outdated, versions,
+//!   streams, approvals by org).
 
 pub mod admin;
 pub mod agents;
@@ -22,6 +24,7 @@ pub mod audit;
 pub mod blocks;
 pub mod changes;
 pub mod checks;
+pub mod gauges;
 pub mod notify;
 pub mod overrides;
 pub mod policies;

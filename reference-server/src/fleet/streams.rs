@@ -8,6 +8,7 @@
 //! versions out of order.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use policy_engine::protocol::FleetEvent;
 use tokio::sync::{Mutex, MutexGuard};
@@ -17,6 +18,7 @@ use super::overrides::{self, Override};
 use super::views::{approval_event, block_event, policy_event};
 use crate::clock;
 use crate::error::ApiError;
+use crate::metrics::ServerMetrics;
 use crate::store::{SentPolicy, Store, StoredPolicy};
 use crate::transport::{Delivery, Frame, Hub, Subscription};
 
@@ -52,22 +54,25 @@ pub struct Publisher {
     hub: EventHub,
     lock: Mutex<()>,
     changes: Changes,
+    metrics: Arc<ServerMetrics>,
 }
 
 /// Holding the publish lock: pushes made through it are in the order of the writes.
 #[derive(Debug)]
 pub struct Publishing<'a> {
     hub: &'a EventHub,
+    metrics: &'a ServerMetrics,
     _guard: MutexGuard<'a, ()>,
 }
 
 impl Publisher {
-    /// A publisher pushing to `hub`.
-    pub fn new(hub: EventHub) -> Self {
+    /// A publisher pushing to `hub`, timing each fan-out into `metrics`.
+    pub fn new(hub: EventHub, metrics: Arc<ServerMetrics>) -> Self {
         Self {
             hub,
             lock: Mutex::new(()),
             changes: Changes::default(),
+            metrics,
         }
     }
 
@@ -90,12 +95,22 @@ impl Publisher {
     pub async fn begin(&self) -> Publishing<'_> {
         Publishing {
             hub: &self.hub,
+            metrics: &self.metrics,
             _guard: self.lock.lock().await,
         }
     }
 }
 
 impl Publishing<'_> {
+    /// Runs one fan-out of `event` and records its time and deliveries.
+    fn timed(&self, event: &'static str, fan_out: impl FnOnce() -> Delivery) -> Delivery {
+        let started = Instant::now();
+        let delivery = fan_out();
+        self.metrics
+            .broadcast(event, started.elapsed(), delivery.queued, delivery.dropped);
+        delivery
+    }
+
     /// Queues a new policy version to every stream of its org, after recording who gets it
     /// with which overrides (reports are checked against what was sent). A failure to record
     /// is logged: the version is stored already, its push must not be lost.
@@ -110,7 +125,7 @@ impl Publishing<'_> {
         if let Err(error) = store.record_sent(sent).await {
             tracing::error!(%error, version = %policy.version, "cannot record the policy's recipients");
         }
-        self.hub.broadcast(policy)
+        self.timed("policy", || self.hub.broadcast(policy))
     }
 
     /// Replaces an agent's overrides on its open streams and queues its resolved policy.
@@ -121,18 +136,24 @@ impl Publishing<'_> {
         overrides: AgentOverrides,
         frame: Frame,
     ) -> Delivery {
-        self.hub
-            .update_agent(org_id, agent_id, overrides, Some(frame))
+        self.timed("overrides", || {
+            self.hub
+                .update_agent(org_id, agent_id, overrides, Some(frame))
+        })
     }
 
     /// Queues a fleet event to every stream of `org_id` except those of `except`.
     pub fn send_org(&self, org_id: &str, event: &FleetEvent, except: Option<&str>) -> Delivery {
-        self.hub.send_org(org_id, &Frame::fleet(event), except)
+        self.timed(event.name(), || {
+            self.hub.send_org(org_id, &Frame::fleet(event), except)
+        })
     }
 
     /// Queues a fleet event to the open streams of one agent.
     pub fn send_agent(&self, org_id: &str, agent_id: &str, event: &FleetEvent) -> Delivery {
-        self.hub.send_agent(org_id, agent_id, &Frame::fleet(event))
+        self.timed(event.name(), || {
+            self.hub.send_agent(org_id, agent_id, &Frame::fleet(event))
+        })
     }
 }
 

@@ -8,6 +8,8 @@ pub mod body;
 pub mod console;
 pub mod filters;
 pub mod handlers;
+pub mod metrics;
+pub mod openapi;
 pub mod recover;
 
 use std::sync::Arc;
@@ -68,21 +70,27 @@ mod params {
 /// | `GET /api/admin/me`, `/api/admin/orgs` | admin | |
 /// | `GET /api/admin/events` | admin | `org_id` |
 /// | `GET /`, `/console/...` | anyone (the console's static files) | |
+/// | `GET /api/openapi.json` | anyone | |
+///
+/// Every `/api` route is described in `reference-server/openapi.json` ([`openapi`]);
+/// `tests/openapi.rs` fails when a route and the description disagree.
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     // Each route is boxed, and so is the tree: without the boxes the combined filter type nests
     // every route inside the next, which overflows the trait solver in release builds (E0275)
     // and makes the crate slow to compile.
     let [first, policy_rest @ ..] = policy_routes(&state);
-    policy_rest
+    let tree = policy_rest
         .into_iter()
         .chain(agent_routes(&state))
         .chain(fleet_routes(&state))
         .chain(admin_routes(&state))
         .chain(console::routes())
+        .chain(docs_routes())
         .fold(first, |tree, route| tree.or(route).unify().boxed())
         .recover(recover)
         .unify()
-        .boxed()
+        .boxed();
+    metrics::observed(tree, state.metrics.clone())
 }
 
 /// `/api/policy`: publish, validate, the versions, the active policy, an agent's rules, its
@@ -276,6 +284,15 @@ fn admin_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 3] {
         .and(with_state(s))
         .then(admin_api::events);
     [boxed(me), boxed(orgs), boxed(events)]
+}
+
+/// `/api/openapi.json`: the API's description, for anyone.
+fn docs_routes() -> [BoxedFilter<(Response,)>; 1] {
+    let openapi = warp::path!("api" / "openapi.json")
+        .and(warp::get())
+        .and(query(params::NONE))
+        .map(|_| openapi::reply());
+    [boxed(openapi)]
 }
 
 /// A route answering a reply (its own errors included), boxed.

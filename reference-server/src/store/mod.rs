@@ -8,6 +8,7 @@
 //! transaction. A method's future resolves only once its change is durable: a request is
 //! answered only after its write committed.
 
+pub mod metered;
 pub mod records;
 pub mod sqlite;
 
@@ -21,7 +22,7 @@ use serde_json::Value;
 
 pub use records::{
     AgentRecord, Approval, AuditEntry, AuditFilter, AuditPage, DecideError, Decision, Finish,
-    FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, PendingDelivery,
+    FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, OrgSummary, PendingDelivery,
     PolicySummary, ReportReceipt, SentPolicy, StoredOverrides, StoredPolicy, Upserted,
 };
 
@@ -276,6 +277,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Forgets report receipts older than `before_ms`; returns how many.
     async fn prune_report_receipts(&self, before_ms: i64) -> Result<usize, StoreError>;
+
+    /// Every org with agents, policies or approval requests: its latest version, its agents and
+    /// its approval counts by status, read at one moment (for the metrics).
+    async fn fleet_summary(&self) -> Result<Vec<OrgSummary>, StoreError>;
 
     /// Finishes queued work and closes the store.
     async fn close(&self);

@@ -443,6 +443,19 @@ pub struct ReportReceipt {
     pub answer: Option<Value>,
 }
 
+/// What the metrics report of one org ([`Store::fleet_summary`](super::Store::fleet_summary)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgSummary {
+    /// The org.
+    pub org_id: String,
+    /// Its latest policy version, if it has one.
+    pub latest_version: Option<PolicyVersion>,
+    /// Its agents, by id.
+    pub agents: Vec<AgentRecord>,
+    /// How many of its approval requests are in each status (statuses without any left out).
+    pub approvals: Vec<(ApprovalStatus, u64)>,
+}
+
 /// An alert delivery queued with the alert's audit entry (one per channel).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDelivery {

@@ -49,6 +49,13 @@ pub fn of_org(conn: &mut Connection, org_id: &str) -> Result<Vec<AgentRecord>> {
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
+/// Every agent, by org and id.
+pub fn all(conn: &Connection) -> Result<Vec<AgentRecord>> {
+    let mut stmt = conn.prepare_cached(&format!("{AGENT_COLUMNS} ORDER BY org_id, id"))?;
+    let rows = stmt.query_map([], agent_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
 /// Records a heartbeat.
 pub fn heartbeat(conn: &mut Connection, heartbeat: &Heartbeat) -> Result<()> {
     conn.execute(

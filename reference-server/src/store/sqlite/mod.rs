@@ -14,6 +14,7 @@ mod policies;
 mod receipts;
 mod rows;
 mod sent;
+mod summary;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,7 +32,7 @@ use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
-    Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, PendingDelivery, PolicySummary,
+    Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, OrgSummary, PendingDelivery, PolicySummary,
     ReportReceipt, SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
@@ -358,6 +359,10 @@ impl Store for SqliteStore {
     async fn prune_report_receipts(&self, before_ms: i64) -> Result<usize> {
         self.call(move |conn| receipts::prune(conn, before_ms))
             .await
+    }
+
+    async fn fleet_summary(&self) -> Result<Vec<OrgSummary>> {
+        self.call(summary::fleet).await
     }
 
     async fn close(&self) {
