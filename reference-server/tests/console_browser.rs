@@ -809,7 +809,8 @@ async fn approvals(page: &Page, server: &Server, web: &Agent, stream: &mut Event
                "rule": 1, "policyVersion": "v2"}),
     )
     .await;
-    page.text("article.card", "Kill process 31337 (xmrig)").await;
+    page.text("article.card", "Kill process 31337 (xmrig)")
+        .await;
     // From the keyboard: the reason, then Tab past Approve to Deny, and Enter.
     page.set_text(
         "article.card input.reason",

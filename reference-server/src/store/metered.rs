@@ -9,13 +9,15 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use policy_engine::PolicyVersion;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
 use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
     Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, OrgSummary, PendingDelivery,
-    ReportReceipt, SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy, Upserted,
+    PolicySummary, ReportReceipt, SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy,
+    Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 use crate::metrics::ServerMetrics;
@@ -60,6 +62,23 @@ impl Store for MeteredStore {
     async fn insert_policy(&self, new: NewPolicy) -> Result<StoredPolicy, StoreError> {
         self.timed("insert_policy", self.inner.insert_policy(new))
             .await
+    }
+
+    async fn policy_versions(
+        &self,
+        org_id: String,
+        before: Option<PolicyVersion>,
+        limit: u32,
+    ) -> Result<Vec<PolicySummary>, StoreError> {
+        self.timed(
+            "policy_versions",
+            self.inner.policy_versions(org_id, before, limit),
+        )
+        .await
+    }
+
+    async fn orgs(&self) -> Result<Vec<String>, StoreError> {
+        self.timed("orgs", self.inner.orgs()).await
     }
 
     async fn policy(

@@ -32,8 +32,9 @@ use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
-    Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, OrgSummary, PendingDelivery, PolicySummary,
-    ReportReceipt, SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy, Upserted,
+    Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, OrgSummary, PendingDelivery,
+    PolicySummary, ReportReceipt, SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy,
+    Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
