@@ -4,7 +4,8 @@
 //! typed inputs, never the app state or a request.
 //!
 //! - [`policies`]: publishing versions, the active policy, an agent's resolved rules, overrides
-//!   ([`overrides`] holds their format and validation);
+//!   ([`overrides`] holds their format and validation); [`plan`]: what a publication would do
+//!   (the dry run);
 //! - [`agents`]: enrollment, identity, heartbeats, the status list, tokens;
 //! - [`streams`]: the event streams, the publish lock, what a new stream gets first;
 //! - [`reports`]: what the server does with an agent's report, one workflow per kind, and
@@ -19,6 +20,7 @@ pub mod audit;
 pub mod blocks;
 pub mod notify;
 pub mod overrides;
+pub mod plan;
 pub mod policies;
 pub mod reports;
 pub mod streams;

@@ -67,19 +67,28 @@ pub enum Publication {
     },
 }
 
-/// Stores a publication as the next version of its org (a signed file's org, else the body's
-/// `org_id`, else `org_query`, as `principal` may write) and queues it to every stream of the
-/// org. Every `notifyChannels` entry must name a configured channel (when channels are
-/// configured). An org in `signed_orgs` takes only signed publications.
-pub async fn publish(
-    store: &dyn Store,
-    publisher: &Publisher,
+/// A publication checked for its org: what [`publish`] stores and [`plan`](super::plan::plan)
+/// shows.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The validated document.
+    pub policy: Policy,
+    /// The org it goes to.
+    pub org: String,
+    /// The signed version and the signature, for a signed publication.
+    pub signed: Option<(PolicyVersion, PolicySignature)>,
+}
+
+/// Checks a publication as `principal` may write it: its org (a signed file's org, else the
+/// body's `org_id`, else `org_query`), the org's signature requirement, and that every
+/// `notifyChannels` entry names a configured channel (when channels are configured).
+pub fn check(
     channels: Option<&NotifyConfig>,
     signed_orgs: &SignedOrgs,
     principal: &Principal,
     org_query: Option<&str>,
     publication: Publication,
-) -> Result<PolicyView<RuleDocument>, ApiError> {
+) -> Result<Checked, ApiError> {
     let (policy, org, signed) = match publication {
         Publication::Unsigned(policy) => {
             let org = principal.write_org(policy.org_id.as_deref().or(org_query))?;
@@ -120,6 +129,29 @@ pub async fn publish(
     if !unknown_channels.is_empty() {
         return Err(ApiError::from_validation(unknown_channels));
     }
+    Ok(Checked {
+        policy,
+        org,
+        signed,
+    })
+}
+
+/// Stores a publication ([`check`]ed) as the next version of its org and queues it to every
+/// stream of the org.
+pub async fn publish(
+    store: &dyn Store,
+    publisher: &Publisher,
+    channels: Option<&NotifyConfig>,
+    signed_orgs: &SignedOrgs,
+    principal: &Principal,
+    org_query: Option<&str>,
+    publication: Publication,
+) -> Result<PolicyView<RuleDocument>, ApiError> {
+    let Checked {
+        policy,
+        org,
+        signed,
+    } = check(channels, signed_orgs, principal, org_query, publication)?;
     let key_id = signed.as_ref().map(|(_, s)| s.key_id.clone());
     let publishing = publisher.begin().await;
     let stored = store

@@ -28,6 +28,8 @@ mod params {
     pub const NONE: &[&str] = &[];
     /// The org a global admin acts on.
     pub const ORG: &[&str] = &["org_id"];
+    /// `POST /api/policy`.
+    pub const PUBLISH: &[&str] = &["dryRun", "org_id"];
     /// `GET /api/approvals`.
     pub const APPROVALS: &[&str] = &["status", "limit", "org_id"];
     /// `GET /api/audit`.
@@ -40,7 +42,7 @@ mod params {
 ///
 /// | route | who | query |
 /// |---|---|---|
-/// | `POST /api/policy` | admin | `org_id` |
+/// | `POST /api/policy` | admin | `dryRun`, `org_id` |
 /// | `GET /api/policy/active` | admin, agent | `org_id` |
 /// | `GET /api/policy/agent/:id` | admin, that agent | `org_id` |
 /// | `PUT /api/policy/agent/:id/overrides` | admin | `org_id` |
@@ -76,7 +78,7 @@ fn policy_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 4] {
     let post = warp::path!("api" / "policy")
         .and(warp::post())
         .and(admin(s))
-        .and(query(params::ORG))
+        .and(query(params::PUBLISH))
         .and(raw_body())
         .and(with_state(s))
         .then(policies::post);

@@ -14,15 +14,17 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::fleet::policies::Publication;
-use crate::fleet::{agents, policies};
+use crate::fleet::{agents, plan, policies};
 use crate::http::body::parse_json;
 use crate::http::filters::{Query, org_query};
 use crate::store::AgentRecord;
 
 /// `POST /api/policy` (admin): 201 with the stored version and `broadcastedTo`. The body is a
 /// policy document, or a signed policy file (`{"orgId", "version", "policy", "signature"}`,
-/// told apart by its `signature` field).
+/// told apart by its `signature` field). With `?dryRun=true`: 200 with the [`plan`] of what
+/// the post would do, and nothing changes.
 pub async fn post(principal: Principal, query: Query, body: Bytes, state: Arc<AppState>) -> Answer {
+    let dry_run = dry_run(&query)?;
     let value = parse_json(&body)?;
     let publication = if SignedPolicy::is_signed_document(&value) {
         let signed = SignedPolicy::from_value(&value).map_err(ApiError::from_validation)?;
@@ -46,6 +48,17 @@ pub async fn post(principal: Principal, query: Query, body: Bytes, state: Arc<Ap
     } else {
         Publication::Unsigned(Policy::from_value(&value).map_err(ApiError::from_policy)?)
     };
+    if dry_run {
+        let checked = policies::check(
+            state.notifier.config(),
+            &state.signed_orgs,
+            &principal,
+            org_query(&query),
+            publication,
+        )?;
+        let plan = plan::plan(&*state.store, &state.hub, checked).await?;
+        return ok(StatusCode::OK, &plan);
+    }
     let view = policies::publish(
         &*state.store,
         &state.publisher,
@@ -57,6 +70,20 @@ pub async fn post(principal: Principal, query: Query, body: Bytes, state: Arc<Ap
     )
     .await?;
     ok(StatusCode::CREATED, &view)
+}
+
+/// `dryRun=true|false` (absent: false); any other value is a 400, so a typo never publishes.
+fn dry_run(query: &Query) -> Result<bool, ApiError> {
+    match query.get("dryRun").map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => {
+            let shown: String = other.chars().take(64).collect();
+            Err(ApiError::bad_request(format!(
+                "query parameter `dryRun` must be `true` or `false`, found `{shown}`"
+            )))
+        }
+    }
 }
 
 /// `GET /api/policy/active` (admin, or an agent for its org).
