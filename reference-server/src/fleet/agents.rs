@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use policy_engine::PolicyVersion;
 use policy_engine::protocol::{
-    AgentIdentity, EnrollAnswer, EnrollRequest, HeartbeatAnswer, HeartbeatRequest, time,
+    AgentIdentity, EnrollAnswer, EnrollRequest, HeartbeatAnswer, HeartbeatRequest, VersionAck, time,
 };
 use serde::Serialize;
 
@@ -37,6 +37,9 @@ pub struct AgentStatus {
     pub outdated: bool,
     /// Error reported in the last heartbeat.
     pub last_error: Option<String>,
+    /// Its ack of the last version offered (applied, refused or invalid, with the error and
+    /// the actions since); `null` from agents that send none.
+    pub ack: Option<VersionAck>,
     /// When it was enrolled.
     #[serde(with = "time::millis")]
     pub enrolled_at: DateTime<Utc>,
@@ -93,6 +96,7 @@ pub async fn enroll(
                 last_seen: None,
                 policy_version: None,
                 last_error: None,
+                ack: None,
             },
             hash,
         )
@@ -140,6 +144,7 @@ pub async fn heartbeat(
             agent_id: agent_id.clone(),
             policy_version: version,
             last_error: request.last_error,
+            ack: request.ack,
             at: clock::now(),
         })
         .await?;
@@ -148,6 +153,7 @@ pub async fn heartbeat(
         policy_version: version,
         current_policy_version: current,
         outdated: current.is_some() && version != current,
+        accepts_acks: true,
     })
 }
 
@@ -179,6 +185,7 @@ pub async fn statuses(
                 last_seen: agent.last_seen,
                 policy_version: agent.policy_version,
                 last_error: agent.last_error,
+                ack: agent.ack,
                 enrolled_at: agent.enrolled_at,
             }
         })

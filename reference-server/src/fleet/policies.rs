@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use policy_engine::policy::wire::RuleDocument;
-use policy_engine::protocol::{AgentPolicyView, PolicySignature, PolicyView};
+use policy_engine::protocol::{AgentPolicyView, AgentRunning, PolicySignature, PolicyView};
 use policy_engine::{Policy, PolicyVersion};
 use serde_json::Value;
 
@@ -206,7 +206,8 @@ pub async fn active(store: &dyn Store, org: &str) -> Result<PolicyView<RuleDocum
     Ok(policy_view(&latest(store, org).await?, None))
 }
 
-/// The rules `agent` runs: its org's latest version with its overrides applied.
+/// The rules `agent` runs: its org's latest version with its overrides applied, and what the
+/// agent reported (`running`: its version, last error and ack).
 pub async fn for_agent(
     store: &dyn Store,
     agent: AgentRecord,
@@ -217,10 +218,16 @@ pub async fn for_agent(
     Ok(AgentPolicyView {
         rules: resolved_rules(&policy, &agent.id, &list),
         applied_at: applied_at(&policy, stored.as_ref()),
-        agent_id: agent.id,
         policy_version: policy.version,
         overrides: None,
         broadcasted_to: None,
+        running: Some(AgentRunning {
+            policy_version: agent.policy_version,
+            last_seen: agent.last_seen,
+            last_error: agent.last_error,
+            ack: agent.ack,
+        }),
+        agent_id: agent.id,
     })
 }
 
@@ -294,5 +301,6 @@ pub async fn set_overrides(
         applied_at: applied_at(&policy, Some(&stored)),
         overrides: Some(stored.list),
         broadcasted_to: Some(delivery.queued),
+        running: None,
     })
 }

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use policy_engine::protocol::{ApprovalStatus, PolicySignature, ReportId, ReportKind, time};
+use policy_engine::protocol::{
+    ApprovalStatus, PolicySignature, ReportId, ReportKind, VersionAck, time,
+};
 use policy_engine::{Action, ActionRecord, Policy, PolicyDuration, PolicyVersion};
 use serde::Serialize;
 use serde_json::Value;
@@ -62,6 +64,8 @@ pub struct AgentRecord {
     pub policy_version: Option<PolicyVersion>,
     /// Error reported in the last heartbeat.
     pub last_error: Option<String>,
+    /// The last ack it sent: what became of the last version offered to it.
+    pub ack: Option<VersionAck>,
 }
 
 /// One heartbeat of an agent.
@@ -73,6 +77,8 @@ pub struct Heartbeat {
     pub policy_version: Option<PolicyVersion>,
     /// Its last error.
     pub last_error: Option<String>,
+    /// Its ack, if it sent one (`None` keeps the stored one).
+    pub ack: Option<VersionAck>,
     /// When it arrived.
     pub at: DateTime<Utc>,
 }

@@ -99,6 +99,10 @@ CREATE INDEX report_receipts_by_time ON report_receipts (created_ms);
     r#"
 ALTER TABLE policies ADD COLUMN signature TEXT;
 "#,
+    // 5: the ack of an agent's last offered version (protocol `VersionAck` JSON).
+    r#"
+ALTER TABLE agents ADD COLUMN ack TEXT;
+"#,
 ];
 
 /// Applies the migrations `conn` lacks, each in its own transaction.
