@@ -84,6 +84,10 @@ pub struct AgentRunning {
     /// Its ack of the last version offered; `null` from agents that send none.
     #[serde(default)]
     pub ack: Option<VersionAck>,
+    /// Why the server gives it this version (the org's latest, a stage of a rollout, a
+    /// rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<String>,
 }
 
 /// A fleet block in force: `GET /api/blocks` entries and the `block` of a report's answer.

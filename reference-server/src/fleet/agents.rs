@@ -10,7 +10,8 @@ use policy_engine::protocol::{
 };
 use serde::Serialize;
 
-use super::streams::EventHub;
+use super::rollouts;
+use super::streams::{EventHub, Publisher};
 use crate::auth::{Principal, TokenCache, TokenHash, generate_token, random_hex};
 use crate::clock;
 use crate::error::ApiError;
@@ -33,8 +34,13 @@ pub struct AgentStatus {
     pub last_seen: Option<DateTime<Utc>>,
     /// Version reported in the last heartbeat.
     pub policy_version: Option<PolicyVersion>,
-    /// The reported version is not the org's latest.
+    /// The reported version is not the one assigned to it.
     pub outdated: bool,
+    /// The version the server sends it: the org's latest, or the previous one while a staged
+    /// rollout has not reached it (or after a rollback).
+    pub assigned_version: Option<PolicyVersion>,
+    /// Why it gets that version.
+    pub assignment: Option<String>,
     /// Error reported in the last heartbeat.
     pub last_error: Option<String>,
     /// Its ack of the last version offered (applied, refused or invalid, with the error and
@@ -130,15 +136,17 @@ pub async fn identity(store: &dyn Store, agent_id: &str) -> Result<AgentIdentity
     })
 }
 
-/// Records a heartbeat of `agent_id` (of `org`) and says whether it runs the latest version.
+/// Records a heartbeat of `agent_id` (of `org`), says whether it runs the version assigned to
+/// it, and evaluates the gate of the org's rollout (if one is running).
 pub async fn heartbeat(
     store: &dyn Store,
+    publisher: &Publisher,
     agent_id: String,
     org: String,
     request: HeartbeatRequest,
 ) -> Result<HeartbeatAnswer, ApiError> {
-    let current = store.latest_policy(org).await?.map(|p| p.version);
     let version = request.policy_version;
+    let acked = request.ack.is_some();
     store
         .heartbeat(Heartbeat {
             agent_id: agent_id.clone(),
@@ -148,6 +156,17 @@ pub async fn heartbeat(
             at: clock::now(),
         })
         .await?;
+    if acked
+        || store
+            .latest_rollout(org.clone())
+            .await?
+            .is_some_and(|r| r.state.is_active())
+    {
+        rollouts::check_gate(store, publisher, &org).await?;
+    }
+    let current = rollouts::assigned_policy(store, &org, &agent_id)
+        .await?
+        .map(|(p, _)| p.version);
     Ok(HeartbeatAnswer {
         agent_id,
         policy_version: version,
@@ -166,6 +185,7 @@ pub async fn statuses(
     org: String,
 ) -> Result<Vec<AgentStatus>, ApiError> {
     let current = store.latest_policy(org.clone()).await?.map(|p| p.version);
+    let rollout = store.latest_rollout(org.clone()).await?;
     let agents = store.agents(org.clone()).await?;
     let streaming = hub.online_agents(&org);
     let now = clock::now();
@@ -176,9 +196,14 @@ pub async fn statuses(
             let recent = agent
                 .last_seen
                 .is_some_and(|t| now.signed_duration_since(t) <= window);
+            let assignment = current.map(|c| rollouts::assign(rollout.as_ref(), c, &agent.id));
             AgentStatus {
                 online: streaming.contains(&agent.id) || recent,
-                outdated: current.is_some() && agent.policy_version != current,
+                outdated: assignment
+                    .as_ref()
+                    .is_some_and(|a| agent.policy_version != Some(a.version)),
+                assigned_version: assignment.as_ref().map(|a| a.version),
+                assignment: assignment.map(|a| a.reason),
                 agent_id: agent.id,
                 hostname: agent.hostname,
                 org_id: agent.org_id,

@@ -10,6 +10,7 @@
 //! - [`streams`]: the event streams, the publish lock, what a new stream gets first;
 //! - [`reports`]: what the server does with an agent's report, one workflow per kind, and
 //!   report-id idempotency;
+//! - [`rollouts`]: staged rollouts, which version each agent gets, the gate and rollback;
 //! - [`blocks`], [`approvals`]: fleet blocks and approval requests;
 //! - [`notify`]: alert channels and delivery; [`audit`]: the trail;
 //! - [`views`]: records as the protocol shows them; [`sweeper`]: expiry in the background.
@@ -23,6 +24,7 @@ pub mod overrides;
 pub mod plan;
 pub mod policies;
 pub mod reports;
+pub mod rollouts;
 pub mod streams;
 pub mod sweeper;
 pub mod views;

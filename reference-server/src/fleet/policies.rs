@@ -154,6 +154,7 @@ pub async fn publish(
     } = check(channels, signed_orgs, principal, org_query, publication)?;
     let key_id = signed.as_ref().map(|(_, s)| s.key_id.clone());
     let publishing = publisher.begin().await;
+    super::rollouts::check_no_active(store, &org).await?;
     let stored = store
         .insert_policy(NewPolicy {
             org_id: org,
@@ -206,13 +207,16 @@ pub async fn active(store: &dyn Store, org: &str) -> Result<PolicyView<RuleDocum
     Ok(policy_view(&latest(store, org).await?, None))
 }
 
-/// The rules `agent` runs: its org's latest version with its overrides applied, and what the
-/// agent reported (`running`: its version, last error and ack).
+/// The rules `agent` runs: the version assigned to it (its org's latest, or the previous one
+/// while a staged rollout has not reached it) with its overrides applied, and what the agent
+/// reported (`running`: its version, last error, ack, and why it gets this version).
 pub async fn for_agent(
     store: &dyn Store,
     agent: AgentRecord,
 ) -> Result<AgentPolicyView<RuleDocument>, ApiError> {
-    let policy = latest(store, &agent.org_id).await?;
+    let (policy, assignment) = super::rollouts::assigned_policy(store, &agent.org_id, &agent.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no policy in org `{}`", agent.org_id)))?;
     let stored = store.overrides(agent.id.clone()).await?;
     let list = overrides::stored_list(stored.as_ref());
     Ok(AgentPolicyView {
@@ -226,6 +230,7 @@ pub async fn for_agent(
             last_seen: agent.last_seen,
             last_error: agent.last_error,
             ack: agent.ack,
+            assignment: Some(assignment.reason),
         }),
         agent_id: agent.id,
     })
@@ -271,7 +276,16 @@ pub async fn set_overrides(
     store
         .set_overrides(agent.id.clone(), stored.clone())
         .await?;
-    let frame = policy_frame(&policy, &agent.id, &list);
+    // The agent's streams get the version assigned to it (a staged rollout may keep it on the
+    // previous one), with its new overrides.
+    let frame = match super::rollouts::assigned_policy(store, &agent.org_id, &agent.id).await? {
+        Some((assigned, assignment)) => {
+            let mut event = super::views::policy_event(&assigned, &agent.id, &list);
+            event.rollback_from = assignment.rollback_from;
+            crate::transport::Frame::policy(&event)
+        }
+        None => policy_frame(&policy, &agent.id, &list),
+    };
     let delivery = publishing.update_agent(&agent.org_id, &agent.id, Arc::new(list), frame);
     drop(publishing);
     audit::record(

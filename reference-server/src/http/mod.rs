@@ -17,7 +17,7 @@ use warp::{Filter, Rejection, Reply};
 use self::filters::{
     admin, agent_token, json_body, own_agent, principal, query, raw_body, with_state,
 };
-use self::handlers::{agents, approvals, audit, blocks, events, policies, reports};
+use self::handlers::{agents, approvals, audit, blocks, events, policies, reports, rollouts};
 use self::recover::recover;
 use crate::app::AppState;
 use crate::transport::PeerAddr;
@@ -58,6 +58,9 @@ mod params {
 /// | `GET /api/approvals` | admin | `status`, `limit`, `org_id` |
 /// | `POST /api/approvals/:id/approve`, `/deny` | admin | `org_id` |
 /// | `GET /api/audit` | admin | `agent`, `ip`, `action`, `from`, `to`, `limit`, `cursor`, `org_id` |
+/// | `POST /api/rollouts` | admin | `org_id` |
+/// | `GET /api/rollouts/:id` | admin | |
+/// | `POST /api/rollouts/:id/{pause,resume,advance,abort}` | admin | |
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     // Each route is boxed, and so is the tree: without the boxes the combined filter type nests
     // every route inside the next, which overflows the trait solver in release builds (E0275)
@@ -67,6 +70,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .into_iter()
         .chain(agent_routes(&state))
         .chain(fleet_routes(&state))
+        .chain(rollout_routes(&state))
         .fold(first, |tree, route| tree.or(route).unify().boxed())
         .recover(recover)
         .unify()
@@ -219,6 +223,30 @@ fn fleet_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 5] {
         boxed(decide),
         boxed(audit),
     ]
+}
+
+/// `/api/rollouts`: staged rollouts and the operator's actions on them.
+fn rollout_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 3] {
+    let create = warp::path!("api" / "rollouts")
+        .and(warp::post())
+        .and(admin(s))
+        .and(query(params::ORG))
+        .and(json_body())
+        .and(with_state(s))
+        .then(rollouts::create);
+    let get = warp::path!("api" / "rollouts" / String)
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::NONE))
+        .and(with_state(s))
+        .then(rollouts::get);
+    let operate = warp::path!("api" / "rollouts" / String / String)
+        .and(warp::post())
+        .and(admin(s))
+        .and(query(params::NONE))
+        .and(with_state(s))
+        .then(rollouts::operate);
+    [boxed(create), boxed(get), boxed(operate)]
 }
 
 /// A route answering a reply (its own errors included), boxed.

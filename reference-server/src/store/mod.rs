@@ -21,8 +21,8 @@ use serde_json::Value;
 
 pub use records::{
     AgentRecord, Approval, AuditEntry, AuditFilter, AuditPage, DecideError, Decision, Finish,
-    FleetBlock, Heartbeat, NewBlock, NewEntry, NewPolicy, ReportReceipt, StoredOverrides,
-    StoredPolicy, Upserted,
+    FleetBlock, Heartbeat, NewBlock, NewEntry, NewPolicy, ReportReceipt, Rollout, RolloutGate,
+    RolloutStage, RolloutState, StoredOverrides, StoredPolicy, Upserted,
 };
 
 use crate::auth::{Principal, TokenHash};
@@ -88,6 +88,22 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The latest policy version of `org_id`.
     async fn latest_policy(&self, org_id: String) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Version `version` of `org_id`.
+    async fn policy(
+        &self,
+        org_id: String,
+        version: PolicyVersion,
+    ) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Stores a rollout (a new one, or a new state of one) with its audit entry, atomically.
+    async fn put_rollout(&self, rollout: Rollout, entry: NewEntry) -> Result<(), StoreError>;
+
+    /// The org's most recent rollout.
+    async fn latest_rollout(&self, org_id: String) -> Result<Option<Rollout>, StoreError>;
+
+    /// One rollout by id.
+    async fn rollout(&self, id: String) -> Result<Option<Rollout>, StoreError>;
 
     /// Enrolls an agent and stores its token hash, together.
     async fn insert_agent(

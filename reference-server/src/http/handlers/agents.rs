@@ -44,7 +44,14 @@ pub async fn heartbeat(
     state: Arc<AppState>,
 ) -> Answer {
     let request = HeartbeatRequest::from_value(&body)?;
-    let answer = agents::heartbeat(&*state.store, agent.agent_id, agent.org_id, request).await?;
+    let answer = agents::heartbeat(
+        &*state.store,
+        &state.publisher,
+        agent.agent_id,
+        agent.org_id,
+        request,
+    )
+    .await?;
     ok(StatusCode::OK, &answer)
 }
 

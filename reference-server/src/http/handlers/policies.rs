@@ -26,28 +26,7 @@ use crate::store::AgentRecord;
 pub async fn post(principal: Principal, query: Query, body: Bytes, state: Arc<AppState>) -> Answer {
     let dry_run = dry_run(&query)?;
     let value = parse_json(&body)?;
-    let publication = if SignedPolicy::is_signed_document(&value) {
-        let signed = SignedPolicy::from_value(&value).map_err(ApiError::from_validation)?;
-        let policy = Policy::from_value(&signed.policy).map_err(|error| {
-            let mut errors = error.errors;
-            for e in &mut errors {
-                e.path = if e.path.is_empty() {
-                    "policy".to_owned()
-                } else {
-                    join_key("policy", &e.path)
-                };
-            }
-            ApiError::from_validation(errors)
-        })?;
-        Publication::Signed {
-            policy,
-            org_id: signed.org_id,
-            version: signed.version,
-            signature: signed.signature,
-        }
-    } else {
-        Publication::Unsigned(Policy::from_value(&value).map_err(ApiError::from_policy)?)
-    };
+    let publication = publication(&value, "")?;
     if dry_run {
         let checked = policies::check(
             state.notifier.config(),
@@ -70,6 +49,38 @@ pub async fn post(principal: Principal, query: Query, body: Bytes, state: Arc<Ap
     )
     .await?;
     ok(StatusCode::CREATED, &view)
+}
+
+/// A `POST /api/policy` body (or a rollout's `policy`, at `at`): a policy document, or a
+/// signed policy file told apart by its `signature` field; errors carry their paths under
+/// `at` (a signed file's document is under `policy`).
+pub fn publication(value: &Value, at: &str) -> Result<Publication, ApiError> {
+    let under = |prefix: &str, mut errors: Vec<policy_engine::ValidationError>| {
+        for e in &mut errors {
+            e.path = match (prefix.is_empty(), e.path.is_empty()) {
+                (true, _) => std::mem::take(&mut e.path),
+                (false, true) => prefix.to_owned(),
+                (false, false) => join_key(prefix, &e.path),
+            };
+        }
+        ApiError::from_validation(errors)
+    };
+    Ok(if SignedPolicy::is_signed_document(value) {
+        let signed = SignedPolicy::from_value(value).map_err(|e| under(at, e))?;
+        let inner = join_key(at, "policy");
+        let policy =
+            Policy::from_value(&signed.policy).map_err(|error| under(&inner, error.errors))?;
+        Publication::Signed {
+            policy,
+            org_id: signed.org_id,
+            version: signed.version,
+            signature: signed.signature,
+        }
+    } else if at.is_empty() {
+        Publication::Unsigned(Policy::from_value(value).map_err(ApiError::from_policy)?)
+    } else {
+        Publication::Unsigned(Policy::from_value(value).map_err(|e| under(at, e.errors))?)
+    })
 }
 
 /// `dryRun=true|false` (absent: false); any other value is a 400, so a typo never publishes.

@@ -103,6 +103,16 @@ ALTER TABLE policies ADD COLUMN signature TEXT;
     r#"
 ALTER TABLE agents ADD COLUMN ack TEXT;
 "#,
+    // 6: staged rollouts (the record as JSON).
+    r#"
+CREATE TABLE rollouts (
+    id         TEXT    PRIMARY KEY,
+    org_id     TEXT    NOT NULL,
+    created_ms INTEGER NOT NULL,
+    record     TEXT    NOT NULL
+);
+CREATE INDEX rollouts_by_org ON rollouts (org_id, created_ms);
+"#,
 ];
 
 /// Applies the migrations `conn` lacks, each in its own transaction.

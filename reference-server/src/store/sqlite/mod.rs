@@ -11,6 +11,7 @@ mod blocks;
 mod migrations;
 mod policies;
 mod receipts;
+mod rollouts;
 mod rows;
 
 use std::collections::HashMap;
@@ -22,14 +23,15 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use policy_engine::PolicyVersion;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
 use rusqlite::Connection;
 use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
-    Heartbeat, NewBlock, NewEntry, NewPolicy, ReportReceipt, Store, StoreError, StoredOverrides,
-    StoredPolicy, Upserted,
+    Heartbeat, NewBlock, NewEntry, NewPolicy, ReportReceipt, Rollout, Store, StoreError,
+    StoredOverrides, StoredPolicy, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -143,6 +145,24 @@ impl Store for SqliteStore {
             self.remember(policy);
         }
         Ok(found)
+    }
+
+    async fn policy(&self, org_id: String, version: PolicyVersion) -> Result<Option<StoredPolicy>> {
+        self.call(move |conn| policies::version(conn, org_id, version))
+            .await
+    }
+
+    async fn put_rollout(&self, rollout: Rollout, entry: NewEntry) -> Result<()> {
+        self.call(move |conn| rollouts::put(conn, &rollout, &entry))
+            .await
+    }
+
+    async fn latest_rollout(&self, org_id: String) -> Result<Option<Rollout>> {
+        self.call(move |conn| rollouts::latest(conn, &org_id)).await
+    }
+
+    async fn rollout(&self, id: String) -> Result<Option<Rollout>> {
+        self.call(move |conn| rollouts::one(conn, &id)).await
     }
 
     async fn insert_agent(&self, agent: AgentRecord, token: TokenHash) -> Result<AgentRecord> {

@@ -65,11 +65,30 @@ pub fn insert(conn: &mut Connection, new: NewPolicy) -> Result<StoredPolicy> {
 
 /// The latest version of `org_id`, validated again (the document is stored normalized).
 pub fn latest(conn: &mut Connection, org_id: String) -> Result<Option<StoredPolicy>> {
+    read(conn, org_id, None)
+}
+
+/// Version `version` of `org_id`.
+pub fn version(
+    conn: &mut Connection,
+    org_id: String,
+    version: PolicyVersion,
+) -> Result<Option<StoredPolicy>> {
+    read(conn, org_id, Some(version))
+}
+
+/// The latest version of `org_id`, or `version` of it.
+fn read(
+    conn: &mut Connection,
+    org_id: String,
+    version: Option<PolicyVersion>,
+) -> Result<Option<StoredPolicy>> {
+    let wanted = version.map_or(-1, |v| i64::try_from(v.number()).unwrap_or(i64::MAX));
     let row = conn
         .query_row(
             "SELECT id, version, document, created_at, signature FROM policies
-             WHERE org_id = ?1 ORDER BY version DESC LIMIT 1",
-            params![org_id],
+             WHERE org_id = ?1 AND (?2 < 0 OR version = ?2) ORDER BY version DESC LIMIT 1",
+            params![org_id, wanted],
             |row| {
                 Ok((
                     row.get::<_, String>(0)?,
