@@ -1,5 +1,6 @@
-//! Evaluating a compiled condition against an event: an evalexpr `Context` that holds only the
-//! variables the condition reads, and `str::regex_matches` served from precompiled regexes.
+//! Evaluating a condition against an event: its compiled typed tree when it has one and the
+//! event has the fields it reads; otherwise an evalexpr `Context` that holds only the variables
+//! the condition reads, with `str::regex_matches` served from precompiled regexes.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -7,6 +8,8 @@ use std::collections::HashMap;
 use evalexpr::{Context, EvalexprError, EvalexprResult, Value};
 use regex::{Regex, RegexBuilder};
 
+use super::compile::Program;
+use super::view::{EventView, Field, Kind};
 use super::{Condition, REGEX_MATCHES};
 use crate::event::ThreatEvent;
 
@@ -18,11 +21,16 @@ const REGEX_REPLACE: &str = "str::regex_replace";
 
 /// Evaluates one condition against events, reusing its buffers from event to event.
 ///
+/// Conditions that [compile](Evaluator::is_compiled) to a typed tree are answered by it for
+/// events that have every field they read; everything else goes to evalexpr's tree walker,
+/// which also writes every error message.
+///
 /// ```
 /// use policy_engine::{Condition, ThreatEvent};
 /// use policy_engine::condition::Evaluator;
 /// let condition = Condition::compile(r#"str::regex_matches(process, "^ssh") && pid > 100"#).unwrap();
 /// let mut evaluator = Evaluator::new(&condition);
+/// assert!(evaluator.is_compiled());
 /// let mut event = ThreatEvent::from_json(br#"{"process":"sshd","pid":4242}"#).unwrap();
 /// assert_eq!(evaluator.eval(&condition, &event), Ok(true));
 /// event.pid = None;
@@ -30,49 +38,10 @@ const REGEX_REPLACE: &str = "str::regex_replace";
 /// ```
 #[derive(Debug)]
 pub struct Evaluator {
-    variables: Vec<(String, Variable)>,
+    program: Option<Program>,
+    variables: Vec<(String, Option<Field>)>,
     values: Vec<Option<Value>>,
     cache: RefCell<HashMap<String, Result<Regex, String>>>,
-}
-
-/// Where a condition variable comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Variable {
-    Id,
-    Timestamp,
-    Type,
-    Severity,
-    SeverityLevel,
-    Confidence,
-    SrcIp,
-    DstPort,
-    Pid,
-    Process,
-    FilePath,
-    User,
-    Host,
-    Extra,
-}
-
-impl Variable {
-    fn of(name: &str) -> Self {
-        match name {
-            "id" => Self::Id,
-            "timestamp" => Self::Timestamp,
-            "type" => Self::Type,
-            "severity" => Self::Severity,
-            "severityLevel" => Self::SeverityLevel,
-            "confidence" => Self::Confidence,
-            "srcIp" => Self::SrcIp,
-            "dstPort" => Self::DstPort,
-            "pid" => Self::Pid,
-            "process" => Self::Process,
-            "filePath" => Self::FilePath,
-            "user" => Self::User,
-            "host" => Self::Host,
-            _ => Self::Extra,
-        }
-    }
 }
 
 impl Evaluator {
@@ -81,13 +50,19 @@ impl Evaluator {
         let variables: Vec<_> = condition
             .variables()
             .iter()
-            .map(|name| (name.clone(), Variable::of(name)))
+            .map(|name| (name.clone(), Field::of(name)))
             .collect();
         Self {
+            program: Program::compile(condition),
             values: vec![None; variables.len()],
             variables,
             cache: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Whether the condition compiled to a typed tree (otherwise evalexpr evaluates it).
+    pub fn is_compiled(&self) -> bool {
+        self.program.is_some()
     }
 
     /// Evaluates `condition` (the one given to [`Evaluator::new`]) for `event`.
@@ -95,8 +70,43 @@ impl Evaluator {
     /// An error (a missing field, a type mismatch, a result that is not a boolean) comes back
     /// as a message; the rule treats it as false and counts it.
     pub fn eval(&mut self, condition: &Condition, event: &ThreatEvent) -> Result<bool, String> {
-        for ((name, variable), value) in self.variables.iter().zip(self.values.iter_mut()) {
-            fill(value, name, variable, event);
+        self.eval_view(condition, &EventView::new(event))
+    }
+
+    /// Evaluates `condition` with evalexpr's tree walker only: the reference that the compiled
+    /// form is tested against.
+    pub fn eval_reference(
+        &mut self,
+        condition: &Condition,
+        event: &ThreatEvent,
+    ) -> Result<bool, String> {
+        self.eval_evalexpr(condition, &EventView::new(event))
+    }
+
+    /// [`Evaluator::eval`] for an event already wrapped in a view.
+    pub(crate) fn eval_view(
+        &mut self,
+        condition: &Condition,
+        view: &EventView<'_>,
+    ) -> Result<bool, String> {
+        if let Some(result) = self.program.as_ref().and_then(|p| p.eval(view)) {
+            return Ok(result);
+        }
+        self.eval_evalexpr(condition, view)
+    }
+
+    /// The compiled form, if the condition has one.
+    pub(crate) fn program(&self) -> Option<&Program> {
+        self.program.as_ref()
+    }
+
+    fn eval_evalexpr(
+        &mut self,
+        condition: &Condition,
+        view: &EventView<'_>,
+    ) -> Result<bool, String> {
+        for ((name, field), value) in self.variables.iter().zip(self.values.iter_mut()) {
+            fill(value, name, *field, view);
         }
         let context = EventContext {
             variables: &self.variables,
@@ -113,38 +123,28 @@ impl Evaluator {
 }
 
 /// Sets `slot` to the event's value of a variable, reusing the string buffer already there.
-fn fill(slot: &mut Option<Value>, name: &str, variable: &Variable, event: &ThreatEvent) {
-    fn text(slot: &mut Option<Value>, value: Option<&str>) {
-        match (slot.as_mut(), value) {
-            (Some(Value::String(buffer)), Some(text)) => {
-                buffer.clear();
-                buffer.push_str(text);
-            }
-            (_, Some(text)) => *slot = Some(Value::String(text.to_owned())),
-            (_, None) => *slot = None,
-        }
+fn fill(slot: &mut Option<Value>, name: &str, field: Option<Field>, view: &EventView<'_>) {
+    let Some(field) = field else {
+        *slot = view.event.extra.get(name).and_then(json_to_value);
+        return;
+    };
+    if !view.present().contains(field) {
+        *slot = None;
+        return;
     }
-    match variable {
-        Variable::Id => text(slot, event.id.as_deref()),
-        Variable::Timestamp => {
-            *slot = event
-                .timestamp
-                .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)));
+    match field.kind() {
+        Kind::Str => {
+            let text = view.text(field);
+            match slot.as_mut() {
+                Some(Value::String(buffer)) => {
+                    buffer.clear();
+                    buffer.push_str(text);
+                }
+                _ => *slot = Some(Value::String(text.to_owned())),
+            }
         }
-        Variable::Type => text(slot, event.threat_type.as_deref()),
-        Variable::Severity => text(slot, event.severity.map(|s| s.as_str())),
-        Variable::SeverityLevel => {
-            *slot = event.severity.map(|s| Value::Int(i64::from(s.level())));
-        }
-        Variable::Confidence => *slot = Some(Value::Float(event.confidence)),
-        Variable::SrcIp => *slot = event.src_ip.map(|ip| Value::String(ip.to_string())),
-        Variable::DstPort => *slot = event.dst_port.map(|p| Value::Int(i64::from(p))),
-        Variable::Pid => *slot = event.pid.map(|p| Value::Int(i64::from(p))),
-        Variable::Process => text(slot, event.process.as_deref()),
-        Variable::FilePath => text(slot, event.file_path.as_deref()),
-        Variable::User => text(slot, event.user.as_deref()),
-        Variable::Host => text(slot, event.host.as_deref()),
-        Variable::Extra => *slot = event.extra.get(name).and_then(json_to_value),
+        Kind::Int => *slot = Some(Value::Int(view.int(field))),
+        Kind::Float => *slot = Some(Value::Float(view.confidence())),
     }
 }
 
@@ -197,7 +197,7 @@ fn message(err: &EvalexprError) -> String {
 }
 
 struct EventContext<'a> {
-    variables: &'a [(String, Variable)],
+    variables: &'a [(String, Option<Field>)],
     values: &'a [Option<Value>],
     condition: &'a Condition,
     cache: &'a RefCell<HashMap<String, Result<Regex, String>>>,

@@ -1,10 +1,15 @@
 //! Custom conditions: evalexpr expressions compiled once at load time, read-only, with
-//! their regular expressions compiled up front.
+//! their regular expressions compiled up front, and (where they cannot fail) into typed trees
+//! over event fields that answer without evalexpr's tree walker.
 
+mod compile;
 mod context;
 mod locate;
+mod view;
 
+pub(crate) use compile::Guard;
 pub use context::Evaluator;
+pub(crate) use view::{EventView, Field, FieldSet};
 
 use std::collections::HashMap;
 use std::fmt;

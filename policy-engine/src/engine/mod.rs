@@ -1,8 +1,15 @@
 //! The rule engine: threat events and the current time in, typed actions out.
 //!
+//! An event reaches only the enabled rules that can act on it (see `index`); the result is
+//! the one of running it through every enabled rule in policy order, which
+//! `tests/engine_differential.rs` checks against that linear engine.
+//!
 //! Invariant: nothing under `engine` does I/O or reads a clock; time is an argument.
 //! Invariant: per-rule key state never exceeds [`EngineConfig::max_keys_per_rule`] keys.
 
+mod alerts;
+mod blocks;
+mod index;
 mod keystore;
 mod report;
 mod rules;
@@ -12,13 +19,17 @@ mod window;
 use chrono::{DateTime, Utc};
 
 use crate::action::ActionRecord;
+use crate::condition::EventView;
 use crate::event::ThreatEvent;
 use crate::policy::{Policy, PolicyDuration, PolicyVersion, Scope};
 
 pub use report::{ActionCounts, Diagnostic, EngineStats};
 
+use alerts::AlertCounters;
+use blocks::BlockStores;
+use index::{RuleIndex, StoreRules, SweepSchedule};
 use keystore::IpKey;
-use rules::{CompiledRule, Sink};
+use rules::{CompiledRule, RuleState, Sink};
 use targets::BlockDefaults;
 
 // Agents move the engine into their event task: it must stay `Send`.
@@ -41,6 +52,7 @@ pub const DEFAULT_MAX_KEYS_PER_RULE: usize = 100_000;
 pub struct EngineConfig {
     /// Most source IPs a `block_ip` rule tracks (counting or blocked); at the cap the least
     /// recently seen counting key is evicted (blocked keys only when no counting key is left).
+    /// Values above 536,870,911 count as that.
     pub max_keys_per_rule: usize,
     /// Block duration of `block_ip` actions from `auto_respond` rules and `custom` rules without
     /// a `duration` param (those rule types state none).
@@ -92,34 +104,56 @@ pub struct Engine {
     policy: Policy,
     version: PolicyVersion,
     config: EngineConfig,
+    /// Every rule of the policy, in order, with its state.
     rules: Vec<CompiledRule>,
+    /// How an event finds the enabled rules it concerns.
+    index: RuleIndex,
+    sweeps: SweepSchedule,
+    blocks: BlockStores,
+    alerts: AlertCounters,
     stats: EngineStats,
     /// Latest time seen, in milliseconds: time never goes backwards inside the engine.
     now_ms: i64,
     /// Evictions of rules dropped by policy updates, so the total never decreases.
     retired_evictions: u64,
+    /// `custom` rules to evaluate for the current event (kept to reuse its allocation).
+    candidates: Vec<usize>,
 }
 
 impl Engine {
     /// An engine for `policy` with fresh state.
     pub fn new(policy: Policy, version: PolicyVersion, config: EngineConfig) -> Engine {
-        let rules = policy
+        let mut rules: Vec<CompiledRule> = policy
             .rules
             .iter()
-            .map(|rule| CompiledRule::new(rule.enabled, &rule.kind, &config))
+            .map(|rule| CompiledRule::new(rule.enabled, &rule.kind))
             .collect();
+        let (blocks, _) = BlockStores::rebuild(
+            BlockStores::default(),
+            &[],
+            &mut rules,
+            config.max_keys_per_rule,
+        );
+        let alerts = AlertCounters::rebuild(&AlertCounters::default(), &mut rules);
+        let (index, sweeps) = RuleIndex::build(&rules, &blocks);
         Engine {
             policy,
             version,
             config,
             rules,
+            index,
+            sweeps,
+            blocks,
+            alerts,
             stats: EngineStats::default(),
             now_ms: i64::MIN,
             retired_evictions: 0,
+            candidates: Vec::new(),
         }
     }
 
-    /// Runs one event through every enabled rule at time `now`.
+    /// Runs one event through the enabled rules it concerns at time `now`: the actions and
+    /// diagnostics are those of running it through every enabled rule in order.
     ///
     /// Pure: no I/O, no clock reads. A `now` earlier than one already seen is taken as the
     /// latest time seen, so windows and blocks never run backwards.
@@ -127,31 +161,68 @@ impl Engine {
         self.now_ms = self.now_ms.max(now.timestamp_millis());
         let now_ms = self.now_ms;
         self.stats.events += 1;
-        let key = event.src_ip.map(IpKey::from);
-        let block = BlockDefaults {
-            duration: self.config.default_block_duration,
-            scope: self.config.default_block_scope,
-        };
         let mut out = Evaluation::default();
-        let mut keys_changed = false;
-        for (index, rule) in self.rules.iter_mut().enumerate() {
-            if !rule.enabled {
-                continue;
+        if now_ms >= self.sweeps.earliest {
+            self.sweep(now_ms);
+        }
+        let mut sink = Sink {
+            event,
+            version: self.version,
+            rule: 0,
+            out: &mut out,
+            stats: &mut self.stats,
+            block: BlockDefaults {
+                duration: self.config.default_block_duration,
+                scope: self.config.default_block_scope,
+            },
+        };
+        let by_type = event
+            .threat_type
+            .as_deref()
+            .and_then(|t| self.index.by_type(t));
+        if let Some(by_type) = by_type {
+            if let Some(ip) = event.src_ip {
+                let stores = Stores {
+                    blocks: &mut self.blocks,
+                    sweeps: &mut self.sweeps,
+                };
+                stores.count(
+                    &by_type.block_ip,
+                    &self.rules,
+                    IpKey::from(ip),
+                    now_ms,
+                    &mut sink,
+                );
             }
-            let mut sink = Sink {
-                event,
-                version: self.version,
-                rule: index,
-                out: &mut out,
-                stats: &mut self.stats,
-                block,
-            };
-            rule.process(key, now_ms, &mut sink);
-            keys_changed |= matches!(rule.state, rules::RuleState::BlockIp(_));
+            for &index in &by_type.auto_respond {
+                if let Some(RuleState::AutoRespond(config)) =
+                    self.rules.get(index).map(|r| &r.state)
+                {
+                    sink.rule = index;
+                    rules::auto_respond(config, &mut sink);
+                }
+            }
         }
-        if keys_changed {
-            self.refresh_key_stats();
+        if let Some(severity) = event.severity {
+            self.alerts
+                .process(severity, now_ms, &mut self.rules, &mut sink);
         }
+        if self.index.has_custom() {
+            let view = EventView::new(event);
+            self.index
+                .custom_candidates(&view, by_type, &mut self.candidates);
+            for &index in &self.candidates {
+                if let Some(RuleState::Custom(state)) =
+                    self.rules.get_mut(index).map(|r| &mut r.state)
+                {
+                    sink.rule = index;
+                    state.process(&view, &mut sink);
+                }
+            }
+        }
+        // Rules were visited by kind; each emits at most one action or diagnostic per event.
+        out.actions.sort_by_key(|action| action.rule);
+        out.diagnostics.sort_by_key(Diagnostic::rule);
         out
     }
 
@@ -184,11 +255,25 @@ impl Engine {
                     compiled.enabled = rule.enabled;
                     compiled
                 }
-                None => CompiledRule::new(rule.enabled, &rule.kind, &self.config),
+                None => CompiledRule::new(rule.enabled, &rule.kind),
             };
             rules.push(compiled);
         }
-        self.retired_evictions += old.iter().flatten().map(|r| r.keys().1).sum::<u64>();
+        let retired: Vec<_> = old
+            .iter()
+            .flatten()
+            .filter_map(CompiledRule::place)
+            .collect();
+        let (blocks, evictions) = BlockStores::rebuild(
+            std::mem::take(&mut self.blocks),
+            &retired,
+            &mut rules,
+            self.config.max_keys_per_rule,
+        );
+        self.blocks = blocks;
+        self.retired_evictions += evictions;
+        self.alerts = AlertCounters::rebuild(&self.alerts, &mut rules);
+        (self.index, self.sweeps) = RuleIndex::build(&rules, &self.blocks);
         self.rules = rules;
         self.policy = policy;
         self.version = version;
@@ -215,13 +300,87 @@ impl Engine {
         &self.stats
     }
 
+    /// Sweeps the `block_ip` stores that are due at `now_ms`.
+    fn sweep(&mut self, now_ms: i64) {
+        let mut earliest = i64::MAX;
+        for (place, due) in &mut self.sweeps.stores {
+            if *due <= now_ms
+                && let Some(store) = self.blocks.get_mut(place.store)
+            {
+                let member = place.member;
+                let before = (store.len(member), store.evictions(member));
+                store.sweep(member, now_ms, SWEEP_BUDGET);
+                *due = store.next_sweep_ms(member);
+                count_keys(&mut self.stats, before, store, member);
+            }
+            earliest = earliest.min(*due);
+        }
+        self.sweeps.earliest = earliest;
+    }
+
     fn refresh_key_stats(&mut self) {
-        let (keys, evictions) = self
-            .rules
-            .iter()
-            .map(CompiledRule::keys)
-            .fold((0u64, 0u64), |(k, e), (rk, re)| (k + rk as u64, e + re));
+        let (keys, evictions) = self.blocks.totals();
         self.stats.tracked_keys = keys;
         self.stats.evictions = self.retired_evictions + evictions;
     }
+}
+
+/// The key stores and their sweep schedule, borrowed together for one event.
+struct Stores<'a> {
+    blocks: &'a mut BlockStores,
+    sweeps: &'a mut SweepSchedule,
+}
+
+impl Stores<'_> {
+    /// Counts an event from `key` for the `block_ip` rules of `groups` (those of its type).
+    fn count(
+        self,
+        groups: &[StoreRules],
+        rules: &[CompiledRule],
+        key: IpKey,
+        now_ms: i64,
+        sink: &mut Sink<'_>,
+    ) {
+        for group in groups {
+            let Some(store) = self.blocks.get_mut(group.store) else {
+                continue;
+            };
+            // One lookup for every rule of the store.
+            let mut record = store.find(key);
+            if let Some(record) = record {
+                store.prefetch(record, group.members.iter().map(|m| m.0));
+            }
+            for &(member, index, slot) in &group.members {
+                let Some(RuleState::BlockIp(state)) = rules.get(index).map(|r| &r.state) else {
+                    continue;
+                };
+                let before = (store.len(member), store.evictions(member));
+                let ends = store.sweep_ends(member);
+                sink.rule = index;
+                let hit = state.hit(store, member, key, record, now_ms, sink);
+                record = Some(hit);
+                let (tail, head) = store.sweep_ends(member);
+                if (tail, head) != ends || hit == tail || hit == head {
+                    self.sweeps.set(slot, store.next_sweep_ms(member));
+                }
+                count_keys(sink.stats, before, store, member);
+            }
+        }
+    }
+}
+
+/// Keys a `block_ip` store drops per event when stale keys or expired blocks are due.
+const SWEEP_BUDGET: usize = 2;
+
+/// Updates the key totals after `member` of `store` went from `before` (keys, evictions) to its
+/// state now.
+fn count_keys(
+    stats: &mut EngineStats,
+    before: (usize, u64),
+    store: &keystore::KeyStore,
+    member: usize,
+) {
+    stats.tracked_keys =
+        (stats.tracked_keys + store.len(member) as u64).saturating_sub(before.0 as u64);
+    stats.evictions += store.evictions(member).saturating_sub(before.1);
 }

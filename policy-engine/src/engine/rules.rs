@@ -1,23 +1,20 @@
-//! The four rule types at run time: each rule's state and what one event does to it
-//! (CONTRACT section 4).
+//! The four rule types at run time: each rule's state and what one event does to it once the
+//! index has found that the event concerns the rule (CONTRACT section 4).
 
-use std::time::Duration;
-
+use super::Evaluation;
+use super::blocks::Place;
 use super::keystore::{Hit, IpKey, KeyStore};
 use super::report::{Diagnostic, EngineStats};
 use super::targets::{self, BlockDefaults, MissingField};
-use super::window::{Buckets, SlidingCounter};
-use super::{EngineConfig, Evaluation};
 use crate::action::{Action, ActionRecord};
-use crate::condition::Evaluator;
+use crate::condition::{Evaluator, EventView};
 use crate::event::ThreatEvent;
 use crate::policy::{AlertThreshold, AutoRespond, BlockIp, CustomRule, PolicyVersion, RuleKind};
 
-/// The `alert_threshold` window.
-const HOUR: Duration = Duration::from_secs(3600);
+/// The `alert_threshold` quiet period after an alert.
 const HOUR_MS: i64 = 3_600_000;
 
-/// A rule ready to process events.
+/// A rule ready to process events: the unit whose state `update_policy` carries over.
 #[derive(Debug)]
 pub(crate) struct CompiledRule {
     pub(crate) enabled: bool,
@@ -30,28 +27,33 @@ pub(crate) enum RuleState {
     BlockIp(BlockIpState),
     Alert(AlertState),
     AutoRespond(AutoRespond),
-    Custom(CustomState),
+    Custom(Box<CustomState>),
 }
 
+/// A `block_ip` rule; its per-address state is a member of a key store shared with the rules
+/// of the same trigger (see `blocks`).
 #[derive(Debug)]
 pub(crate) struct BlockIpState {
-    config: BlockIp,
+    pub(crate) config: BlockIp,
     block_ms: Option<i64>,
-    pub(crate) store: KeyStore,
+    /// Where its state lives, `None` for a rule that has none yet.
+    pub(crate) place: Option<Place>,
 }
 
+/// An `alert_threshold` rule; its hourly count lives in a counter shared with the rules of the
+/// same severity that have counted the same events (see `alerts`).
 #[derive(Debug)]
 pub(crate) struct AlertState {
-    config: AlertThreshold,
-    geometry: Buckets,
-    counter: SlidingCounter,
-    quiet_until: i64,
+    pub(crate) config: AlertThreshold,
+    pub(crate) quiet_until: i64,
+    /// The engine's counter this rule reads, `None` for a rule that has counted nothing yet.
+    pub(crate) counter: Option<usize>,
 }
 
 #[derive(Debug)]
 pub(crate) struct CustomState {
-    rule: CustomRule,
-    evaluator: Evaluator,
+    pub(crate) rule: CustomRule,
+    pub(crate) evaluator: Evaluator,
 }
 
 /// Where one rule's results for one event go.
@@ -93,27 +95,26 @@ impl Sink<'_> {
 
 impl CompiledRule {
     /// Compiles `kind` with fresh state.
-    pub(crate) fn new(enabled: bool, kind: &RuleKind, config: &EngineConfig) -> Self {
+    pub(crate) fn new(enabled: bool, kind: &RuleKind) -> Self {
         let state = match kind {
             RuleKind::BlockIp(block) => RuleState::BlockIp(BlockIpState {
                 block_ms: block
                     .duration
                     .as_duration()
                     .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-                store: KeyStore::new(Buckets::new(block.window()), config.max_keys_per_rule),
+                place: None,
                 config: block.clone(),
             }),
             RuleKind::AlertThreshold(alert) => RuleState::Alert(AlertState {
                 config: alert.clone(),
-                geometry: Buckets::new(HOUR),
-                counter: SlidingCounter::default(),
                 quiet_until: i64::MIN,
+                counter: None,
             }),
             RuleKind::AutoRespond(respond) => RuleState::AutoRespond(respond.clone()),
-            RuleKind::Custom(custom) => RuleState::Custom(CustomState {
+            RuleKind::Custom(custom) => RuleState::Custom(Box::new(CustomState {
                 evaluator: Evaluator::new(&custom.condition),
                 rule: custom.clone(),
-            }),
+            })),
         };
         Self { enabled, state }
     }
@@ -137,61 +138,48 @@ impl CompiledRule {
         }
     }
 
-    /// Keys tracked and evictions so far.
-    pub(crate) fn keys(&self) -> (usize, u64) {
+    /// Where its per-address state lives, for a `block_ip` rule.
+    pub(crate) fn place(&self) -> Option<Place> {
         match &self.state {
-            RuleState::BlockIp(state) => (state.store.len(), state.store.evictions()),
-            _ => (0, 0),
-        }
-    }
-
-    /// Runs one event through the rule.
-    pub(crate) fn process(&mut self, key: Option<IpKey>, now_ms: i64, sink: &mut Sink<'_>) {
-        match &mut self.state {
-            RuleState::BlockIp(state) => state.process(key, now_ms, sink),
-            RuleState::Alert(state) => state.process(now_ms, sink),
-            RuleState::AutoRespond(config) => auto_respond(config, sink),
-            RuleState::Custom(state) => state.process(sink),
+            RuleState::BlockIp(state) => state.place,
+            _ => None,
         }
     }
 }
 
 impl BlockIpState {
-    fn process(&mut self, key: Option<IpKey>, now_ms: i64, sink: &mut Sink<'_>) {
-        self.store.sweep(now_ms, 2);
-        let event = sink.event;
-        let (Some(key), Some(ip)) = (key, event.src_ip) else {
-            return;
-        };
-        if event.threat_type.as_deref() != Some(self.config.trigger.as_str()) {
-            return;
-        }
-        let Hit::Counted(count) = self.store.hit(key, now_ms) else {
-            return;
-        };
-        if count >= u64::from(self.config.threshold) {
+    /// Counts an event of the rule's trigger from `key` (the event's `srcIp`) as `member` of
+    /// `store`, and blocks the address at the threshold. `record` is the address's record if
+    /// known; returns it for the next member.
+    pub(crate) fn hit(
+        &self,
+        store: &mut KeyStore,
+        member: usize,
+        key: IpKey,
+        record: Option<u32>,
+        now_ms: i64,
+        sink: &mut Sink<'_>,
+    ) -> u32 {
+        let (hit, record) = store.hit(member, key, record, now_ms);
+        if let (Hit::Counted(count), Some(ip)) = (hit, sink.event.src_ip)
+            && count >= u64::from(self.config.threshold)
+        {
             let until = self.block_ms.map(|ms| now_ms.saturating_add(ms));
-            self.store.block(key, until);
+            store.block(member, record, until);
             sink.emit(Action::BlockIp {
                 ip,
                 duration: self.config.duration,
                 scope: self.config.scope,
             });
         }
+        record
     }
 }
 
 impl AlertState {
-    fn process(&mut self, now_ms: i64, sink: &mut Sink<'_>) {
-        let Some(severity) = sink.event.severity else {
-            return;
-        };
-        if severity < self.config.severity {
-            return;
-        }
-        let count = self
-            .counter
-            .add(self.geometry, self.geometry.bucket(now_ms));
+    /// Alerts if `count` (events of at least the rule's severity in the last hour, this one
+    /// included) is over the rule's limit and the rule is not in its quiet hour.
+    pub(crate) fn offer(&mut self, count: u64, now_ms: i64, sink: &mut Sink<'_>) {
         if count > self.config.count_per_hour && now_ms >= self.quiet_until {
             self.quiet_until = now_ms.saturating_add(HOUR_MS);
             sink.emit(Action::Alert {
@@ -203,11 +191,10 @@ impl AlertState {
     }
 }
 
-fn auto_respond(config: &AutoRespond, sink: &mut Sink<'_>) {
+/// An `auto_respond` rule for an event of its trigger.
+pub(crate) fn auto_respond(config: &AutoRespond, sink: &mut Sink<'_>) {
     let event = sink.event;
-    if event.threat_type.as_deref() != Some(config.trigger.as_str())
-        || event.confidence < config.min_confidence
-    {
+    if event.confidence < config.min_confidence {
         return;
     }
     let action = targets::response(config.action, event, sink.block).map(|action| {
@@ -223,8 +210,8 @@ fn auto_respond(config: &AutoRespond, sink: &mut Sink<'_>) {
 }
 
 impl CustomState {
-    fn process(&mut self, sink: &mut Sink<'_>) {
-        match self.evaluator.eval(&self.rule.condition, sink.event) {
+    pub(crate) fn process(&mut self, view: &EventView<'_>, sink: &mut Sink<'_>) {
+        match self.evaluator.eval_view(&self.rule.condition, view) {
             Ok(true) => {}
             Ok(false) => return,
             Err(message) => {

@@ -39,6 +39,18 @@ impl Buckets {
         t_ms.div_euclid(self.width_ms)
     }
 
+    /// Buckets in a window.
+    pub(crate) fn span(self) -> i64 {
+        self.span
+    }
+
+    /// The first millisecond at which an event of bucket `event_bucket` no longer counts.
+    pub(crate) fn end_ms(self, event_bucket: i64) -> i64 {
+        event_bucket
+            .saturating_add(self.span)
+            .saturating_mul(self.width_ms)
+    }
+
     /// Whether an event of bucket `event_bucket` still counts in bucket `now_bucket`.
     pub(crate) fn live(self, event_bucket: i64, now_bucket: i64) -> bool {
         now_bucket.saturating_sub(event_bucket) < self.span
