@@ -10,6 +10,7 @@ use policy_engine::protocol::{
 };
 use serde::Serialize;
 
+use super::assignment;
 use super::rollouts;
 use super::streams::{EventHub, Publisher};
 use crate::auth::{Principal, TokenCache, TokenHash, generate_token, random_hex};
@@ -164,7 +165,7 @@ pub async fn heartbeat(
     {
         rollouts::check_gate(store, publisher, &org).await?;
     }
-    let current = rollouts::assigned_policy(store, &org, &agent_id)
+    let current = assignment::assigned_policy(store, &org, &agent_id)
         .await?
         .map(|(p, _)| p.version);
     Ok(HeartbeatAnswer {
@@ -196,7 +197,7 @@ pub async fn statuses(
             let recent = agent
                 .last_seen
                 .is_some_and(|t| now.signed_duration_since(t) <= window);
-            let assignment = current.map(|c| rollouts::assign(rollout.as_ref(), c, &agent.id));
+            let assignment = current.map(|c| assignment::assign(rollout.as_ref(), c, &agent.id));
             AgentStatus {
                 online: streaming.contains(&agent.id) || recent,
                 outdated: assignment

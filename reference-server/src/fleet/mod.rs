@@ -10,13 +10,15 @@
 //! - [`streams`]: the event streams, the publish lock, what a new stream gets first;
 //! - [`reports`]: what the server does with an agent's report, one workflow per kind, and
 //!   report-id idempotency;
-//! - [`rollouts`]: staged rollouts, which version each agent gets, the gate and rollback;
+//! - [`rollouts`]: staged rollouts, the gate and rollback; [`assignment`]: which version each
+//!   agent gets;
 //! - [`blocks`], [`approvals`]: fleet blocks and approval requests;
 //! - [`notify`]: alert channels and delivery; [`audit`]: the trail;
 //! - [`views`]: records as the protocol shows them; [`sweeper`]: expiry in the background.
 
 pub mod agents;
 pub mod approvals;
+pub mod assignment;
 pub mod audit;
 pub mod blocks;
 pub mod notify;

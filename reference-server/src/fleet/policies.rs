@@ -154,7 +154,7 @@ pub async fn publish(
     } = check(channels, signed_orgs, principal, org_query, publication)?;
     let key_id = signed.as_ref().map(|(_, s)| s.key_id.clone());
     let publishing = publisher.begin().await;
-    super::rollouts::check_no_active(store, &org).await?;
+    super::assignment::check_no_active(store, &org).await?;
     let stored = store
         .insert_policy(NewPolicy {
             org_id: org,
@@ -214,7 +214,7 @@ pub async fn for_agent(
     store: &dyn Store,
     agent: AgentRecord,
 ) -> Result<AgentPolicyView<RuleDocument>, ApiError> {
-    let (policy, assignment) = super::rollouts::assigned_policy(store, &agent.org_id, &agent.id)
+    let (policy, assignment) = super::assignment::assigned_policy(store, &agent.org_id, &agent.id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no policy in org `{}`", agent.org_id)))?;
     let stored = store.overrides(agent.id.clone()).await?;
@@ -278,7 +278,7 @@ pub async fn set_overrides(
         .await?;
     // The agent's streams get the version assigned to it (a staged rollout may keep it on the
     // previous one), with its new overrides.
-    let frame = match super::rollouts::assigned_policy(store, &agent.org_id, &agent.id).await? {
+    let frame = match super::assignment::assigned_policy(store, &agent.org_id, &agent.id).await? {
         Some((assigned, assignment)) => {
             let mut event = super::views::policy_event(&assigned, &agent.id, &list);
             event.rollback_from = assignment.rollback_from;

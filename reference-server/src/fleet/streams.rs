@@ -132,7 +132,7 @@ impl Publishing<'_> {
 }
 
 /// Opens the event stream of an agent. It gets, first, its current resolved policy (if any: the
-/// version assigned to it, see [`rollouts::assign`](super::rollouts::assign)),
+/// version assigned to it, see [`assignment::assign`](super::assignment::assign)),
 /// then one `block` per fleet block of its org in force (reported by anyone, the agent itself
 /// included: a restarted reporter needs them too), then one `approval` per approved request of
 /// its own not yet executed; then every change as it happens. 503 once the server is stopping.
@@ -143,7 +143,7 @@ pub async fn open(
     agent_id: &str,
 ) -> Result<(Subscription<AgentOverrides>, Option<StoredPolicy>), ApiError> {
     let publishing = publisher.begin().await;
-    let assigned = super::rollouts::assigned_policy(store, org_id, agent_id).await?;
+    let assigned = super::assignment::assigned_policy(store, org_id, agent_id).await?;
     let stored = store.overrides(agent_id.to_owned()).await?;
     let list = super::overrides::stored_list(stored.as_ref());
     let mut initial: Vec<Frame> = assigned
