@@ -17,7 +17,7 @@ use reference_server::{ServerConfig, TlsMode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-const ADMIN: &str = "bench-admin";
+const ADMIN: &str = "broadcast-bench-admin";
 
 struct Options {
     agents: usize,

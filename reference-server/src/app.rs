@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::auth::TokenCache;
+use crate::auth::{FailedAuth, TokenCache, check_admin_token};
 use crate::config::ServerConfig;
 use crate::fleet::agents::bootstrap_admin;
+use crate::fleet::checks::{NeverBlock, own_addresses};
 use crate::fleet::notify::Notifier;
 use crate::fleet::policies::SignedOrgs;
+use crate::fleet::quotas::Quotas;
 use crate::fleet::reports::ReportContext;
 use crate::fleet::{EventHub, Publisher};
 use crate::store::Store;
@@ -27,12 +29,18 @@ pub struct AppState {
     pub publisher: Publisher,
     /// Tokens in memory, keyed by hash.
     pub tokens: TokenCache,
+    /// The failed-authentication budget per source address.
+    pub failed_auth: FailedAuth,
     /// Alert delivery.
     pub notifier: Arc<Notifier>,
     /// See [`ServerConfig::online_window`].
     pub online_window: Duration,
     /// See [`ServerConfig::approval_ttl`].
     pub approval_ttl: Duration,
+    /// The agents' report quotas.
+    pub quotas: Quotas,
+    /// Addresses never blocked fleet-wide.
+    pub never_block: NeverBlock,
     /// See [`ServerConfig::signed_orgs`].
     pub signed_orgs: SignedOrgs,
 }
@@ -43,6 +51,9 @@ impl AppState {
     /// first; handler tests use it with `warp::test` and
     /// [`http::routes`](crate::http::routes).
     pub async fn open(config: &ServerConfig) -> anyhow::Result<(Arc<Self>, Option<String>)> {
+        if let Some(token) = &config.admin_token {
+            check_admin_token(token).map_err(anyhow::Error::msg)?;
+        }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir `{}`", config.data_dir.display()))?;
         let store: Arc<dyn Store> = Arc::new(
@@ -61,9 +72,15 @@ impl AppState {
             publisher: Publisher::new(hub.clone()),
             hub,
             tokens,
+            failed_auth: FailedAuth::new(config.auth_failures_per_minute),
             notifier: Arc::new(notifier),
             online_window: config.online_window,
             approval_ttl: config.approval_ttl,
+            quotas: Quotas::new(config.quotas),
+            never_block: NeverBlock {
+                own: own_addresses(config.listen.ip()),
+                ranges: config.never_block.clone(),
+            },
             signed_orgs: config.signed_orgs.clone(),
             store,
         });
@@ -77,6 +94,8 @@ impl AppState {
             publisher: &self.publisher,
             notifier: &self.notifier,
             approval_ttl: self.approval_ttl,
+            quotas: &self.quotas,
+            never_block: &self.never_block,
         }
     }
 }

@@ -2,7 +2,9 @@
 //! roles and org scoping. Storing tokens is the store's; this module only knows principals.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::RwLock;
+use std::time::Duration;
 
 use policy_engine::DEFAULT_ORG;
 use rand::Rng;
@@ -10,6 +12,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
+use crate::ratelimit::{KeyedLimit, RetryAfter, address_key};
 
 /// Who a token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +106,85 @@ fn outside_org(own: &str, other: &str) -> ApiError {
     ))
 }
 
+/// The token of an `Authorization` value: the scheme is `Bearer` in any case (HTTP schemes are
+/// case-insensitive), then spaces, then a non-empty token.
+///
+/// ```
+/// use reference_server::auth::bearer_token;
+/// assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+/// assert_eq!(bearer_token("bearer   abc "), Some("abc"));
+/// assert_eq!(bearer_token("Basic abc"), None);
+/// assert_eq!(bearer_token("Bearerabc"), None);
+/// ```
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, rest) = header.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    Some(rest.trim()).filter(|t| !t.is_empty())
+}
+
+/// Shortest global admin token accepted from the configuration (`POLICY_ADMIN_TOKEN`).
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
+/// Refuses a configured admin token shorter than [`MIN_ADMIN_TOKEN_CHARS`], with the fix.
+pub fn check_admin_token(token: &str) -> Result<(), String> {
+    let chars = token.chars().count();
+    if chars < MIN_ADMIN_TOKEN_CHARS {
+        return Err(format!(
+            "the admin token (POLICY_ADMIN_TOKEN or --admin-token) has {chars} characters; it \
+             needs at least {MIN_ADMIN_TOKEN_CHARS} (e.g. `openssl rand -hex 32`), or leave it \
+             unset on a fresh data dir to have one generated"
+        ));
+    }
+    Ok(())
+}
+
+/// The failed-authentication budget per source address (IPv6 per /64): past it, a request
+/// whose token fails gets 429 with `Retry-After` instead of 401. A valid token is never refused,
+/// so an attacker sharing an address (a NAT) with agents cannot lock them out.
+#[derive(Debug)]
+pub struct FailedAuth {
+    failures: Option<KeyedLimit<IpAddr>>,
+    audited: Option<KeyedLimit<IpAddr>>,
+}
+
+/// An address past its failed-authentication budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lockout {
+    /// When it may try again.
+    pub retry_after: RetryAfter,
+    /// Whether this is the first refusal in its period (write the audit entry: one per address
+    /// and period, not one per attempt).
+    pub audit: bool,
+}
+
+/// Most addresses whose failures are remembered.
+const MAX_TRACKED_ADDRESSES: usize = 100_000;
+
+impl FailedAuth {
+    /// `per_minute` failures per address, refilled over a minute; 0 turns the limit off.
+    pub fn new(per_minute: u32) -> Self {
+        let minute = Duration::from_secs(60);
+        Self {
+            failures: KeyedLimit::new(per_minute, minute, MAX_TRACKED_ADDRESSES),
+            audited: KeyedLimit::new(1, minute, MAX_TRACKED_ADDRESSES),
+        }
+    }
+
+    /// Counts a failed authentication from `peer`: `Ok` (answer 401) within the budget.
+    pub fn failed(&self, peer: IpAddr) -> Result<(), Lockout> {
+        let Some(failures) = &self.failures else {
+            return Ok(());
+        };
+        let key = address_key(peer);
+        failures.check(&key).map_err(|retry_after| Lockout {
+            retry_after,
+            audit: self.audited.as_ref().is_some_and(|a| a.check(&key).is_ok()),
+        })
+    }
+}
+
 /// SHA-256 of a token: what is stored and looked up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenHash([u8; 32]);
@@ -164,14 +246,9 @@ impl TokenCache {
     /// or unknown.
     pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, ApiError> {
         let header = header.ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthorized("expected an `Authorization: Bearer <token>` header")
-            })?;
+        let token = bearer_token(header).ok_or_else(|| {
+            ApiError::unauthorized("expected an `Authorization: Bearer <token>` header")
+        })?;
         let hash = TokenHash::of(token);
         let map = self
             .by_hash

@@ -5,8 +5,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::fleet::notify::NotifyConfig;
 use crate::fleet::policies::SignedOrgs;
+use crate::fleet::quotas::QuotaConfig;
+use crate::transport::ConnectionLimits;
 
 /// How the server secures its listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +59,15 @@ pub struct ServerConfig {
     pub approval_ttl: Duration,
     /// How often expired approval requests are marked expired (with their audit entry).
     pub approval_sweep: Duration,
+    /// Connection timeouts and caps.
+    pub connections: ConnectionLimits,
+    /// Failed authentications per source address and minute before 429 (0: no limit).
+    pub auth_failures_per_minute: u32,
+    /// The agents' report quotas.
+    pub quotas: QuotaConfig,
+    /// Ranges no fleet block may target, besides the built-in ones and the server's own
+    /// addresses (`--never-block`).
+    pub never_block: Vec<IpNet>,
     /// Orgs that accept only policies signed by an operator key (`--require-signatures`).
     pub signed_orgs: SignedOrgs,
 }
@@ -73,6 +86,10 @@ impl Default for ServerConfig {
             notify: None,
             approval_ttl: Duration::from_secs(3600),
             approval_sweep: Duration::from_secs(5),
+            connections: ConnectionLimits::default(),
+            auth_failures_per_minute: 30,
+            quotas: QuotaConfig::default(),
+            never_block: Vec::new(),
             signed_orgs: SignedOrgs::default(),
         }
     }

@@ -22,6 +22,8 @@ pub struct ApiError {
     pub path: Option<String>,
     /// Every validation error of the document (422 only), the first being `message`/`path`.
     pub errors: Vec<ValidationError>,
+    /// Seconds to wait before trying again (429 only), sent as `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -40,6 +42,7 @@ impl ApiError {
             message: message.into(),
             path: None,
             errors: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -98,6 +101,19 @@ impl ApiError {
         )
     }
 
+    /// 408 `request_timeout`: the request (its body) did not arrive in time.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+    }
+
+    /// 429 `too_many_requests`: a rate limit or quota is spent; `Retry-After: retry_after_secs`.
+    pub fn too_many(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+        }
+    }
+
     /// 503 `unavailable`: the server is shutting down.
     pub fn unavailable() -> Self {
         Self::new(
@@ -125,6 +141,7 @@ impl ApiError {
             message,
             path: path.filter(|p| !p.is_empty()),
             errors,
+            retry_after: None,
         }
     }
 
@@ -138,7 +155,8 @@ impl ApiError {
 
     /// 500 `internal`; the detail is logged, not shown.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
-        tracing::error!(%detail, "internal error");
+        let detail = detail.to_string();
+        tracing::error!(detail = detail.as_str(), "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -161,7 +179,15 @@ impl ApiError {
                 })
                 .collect(),
         });
-        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+        let mut response =
+            warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(
+                warp::http::header::RETRY_AFTER,
+                warp::http::HeaderValue::from(secs),
+            );
+        }
+        response
     }
 }
 

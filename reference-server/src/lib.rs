@@ -11,7 +11,7 @@
 //!     listen: "127.0.0.1:0".parse()?,
 //!     data_dir: "/tmp/policy-data".into(),
 //!     tls: TlsMode::SelfSigned,
-//!     admin_token: Some("secret".to_owned()),
+//!     admin_token: Some("a-long-admin-secret".to_owned()),
 //!     ..ServerConfig::default()
 //! };
 //! let server = reference_server::start(config).await?;
@@ -40,6 +40,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod http;
+pub mod ratelimit;
 pub mod store;
 pub mod transport;
 
@@ -84,6 +85,11 @@ impl RunningServer {
         self.listening.is_tls()
     }
 
+    /// Client connections open now (what `--max-connections` caps).
+    pub fn open_connections(&self) -> usize {
+        self.listening.open_connections()
+    }
+
     /// The global admin token: the configured one, or the one generated on this start. `None`
     /// when the data dir already had a generated token (it was printed on its first start).
     pub fn admin_token(&self) -> Option<&str> {
@@ -112,6 +118,7 @@ impl RunningServer {
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (state, generated_admin_token) = AppState::open(&config).await?;
     fleet::sweeper::spawn(Arc::downgrade(&state.store), config.approval_sweep);
+    state.notifier.spawn_worker();
     let acceptor = match &config.tls {
         TlsMode::Plain => None,
         TlsMode::SelfSigned => Some(tls::acceptor(&tls::self_signed(&config.data_dir)?)?),
@@ -131,6 +138,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         acceptor,
         routes: http::routes(state.clone()),
         shutdown_grace: config.shutdown_grace,
+        limits: config.connections.clone(),
         shutdown: Shutdown {
             close_streams: Box::new(move || hub.close()),
             finally: Box::pin(async move { store.close().await }),

@@ -1,10 +1,15 @@
 //! `reference-server`: the policy API over HTTPS with SSE broadcast, backed by SQLite.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use ipnet::IpNet;
+use reference_server::fleet::quotas::QuotaConfig;
+use reference_server::transport::limits::{ConnectionLimits, raise_nofile_limit};
 use reference_server::{ServerConfig, TlsMode};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -50,6 +55,53 @@ struct Args {
     /// execution) before it expires.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     approval_ttl_secs: u64,
+    /// Client connections open at once [default: the open-file limit (raised to its hard
+    /// limit at start) less 288, at most 16384].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_connections: Option<u64>,
+    /// Client connections open at once from one address (one /64 for IPv6).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_connections_per_ip: u64,
+    /// Connections beyond --max-connections kept for --operator-network peers.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    operator_connections: u64,
+    /// Networks whose peers may use the operator reserve and have no per-address cap
+    /// (repeatable) [default: 127.0.0.1/32 and ::1/128].
+    #[arg(long = "operator-network", value_name = "CIDR", value_parser = parse_cidr)]
+    operator_networks: Vec<IpNet>,
+    /// Seconds a client has to finish the TLS handshake.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    tls_handshake_timeout_secs: u64,
+    /// Seconds a client has to send a whole HTTP/1 request head.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    header_read_timeout_secs: u64,
+    /// Seconds a connection with no request in flight and no open stream stays open.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    idle_timeout_secs: u64,
+    /// Seconds between HTTP/2 keep-alive pings (a peer that does not answer one within 10 s is
+    /// disconnected).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    h2_keep_alive_secs: u64,
+    /// Failed authentications per source address and minute before 429 (0: no limit).
+    #[arg(long, default_value_t = 30)]
+    auth_failures_per_minute: u32,
+    /// Reports per agent and minute before 429 (0: no limit).
+    #[arg(long, default_value_t = 600)]
+    reports_per_minute: u32,
+    /// KiB of reports per agent and hour before 429 (0: no limit).
+    #[arg(long, default_value_t = 16_384)]
+    report_kib_per_hour: u32,
+    /// Pending approval requests per agent before 429 (0: no limit).
+    #[arg(long, default_value_t = 100)]
+    max_pending_approvals: usize,
+    /// An address or range no fleet block may target (repeatable), besides loopback,
+    /// unspecified, link-local, multicast, broadcast and the server's own addresses.
+    #[arg(long = "never-block", value_name = "CIDR", value_parser = parse_cidr)]
+    never_block: Vec<IpNet>,
+    /// Log format on stderr: `text` (user-controlled values escaped) or `json` (one object
+    /// per line, for log shippers).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// An org that accepts only policies signed offline with an operator key (`policy-sign`);
     /// repeat for several, `*` for every org. Overrides in such an org may only disable rules.
     #[arg(long = "require-signatures", value_name = "ORG", value_parser = org_or_star)]
@@ -71,16 +123,42 @@ fn org_or_star(value: &str) -> Result<String, String> {
     }
 }
 
+/// An address (`192.0.2.7`, a /32 or /128) or a range (`10.0.0.0/8`).
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("expected an address or CIDR like `10.0.0.0/8`, found `{text}`"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    init_logs(&args.log_format);
+    let nofile = raise_nofile_limit();
+    let mut connections = ConnectionLimits::sized_for(nofile);
+    if let Some(max) = args.max_connections {
+        connections.max_connections = usize::try_from(max).unwrap_or(usize::MAX);
+    }
+    connections.max_per_address =
+        usize::try_from(args.max_connections_per_ip).unwrap_or(usize::MAX);
+    connections.operator_reserve = usize::try_from(args.operator_connections).unwrap_or(0);
+    if !args.operator_networks.is_empty() {
+        connections.operator_networks = args.operator_networks.clone();
+    }
+    connections.tls_handshake_timeout = Duration::from_secs(args.tls_handshake_timeout_secs);
+    connections.header_read_timeout = Duration::from_secs(args.header_read_timeout_secs);
+    connections.idle_timeout = Duration::from_secs(args.idle_timeout_secs);
+    connections.keep_alive_interval = Duration::from_secs(args.h2_keep_alive_secs);
+    let needed = connections.max_connections + connections.operator_reserve + 256;
+    if u64::try_from(needed).unwrap_or(u64::MAX) > nofile {
+        tracing::warn!(
+            nofile,
+            max_connections = connections.max_connections,
+            "--max-connections and the operator reserve exceed the open-file limit; accept will \
+             back off when descriptors run out"
+        );
+    }
     let tls = match (args.plain_http, args.tls_cert, args.tls_key) {
         (true, _, _) => TlsMode::Plain,
         (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
@@ -107,6 +185,14 @@ async fn main() -> anyhow::Result<()> {
         admin_token: args.admin_token.filter(|t| !t.is_empty()),
         keep_alive: std::time::Duration::from_secs(args.keep_alive_secs),
         stream_queue: usize::try_from(args.stream_queue).unwrap_or(16),
+        connections,
+        auth_failures_per_minute: args.auth_failures_per_minute,
+        quotas: QuotaConfig {
+            reports_per_minute: args.reports_per_minute,
+            kib_per_hour: args.report_kib_per_hour,
+            max_pending_approvals: args.max_pending_approvals,
+        },
+        never_block: args.never_block,
         ..ServerConfig::default()
     };
     let server = reference_server::start(config)
@@ -124,4 +210,21 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`): text (colors only on a terminal),
+/// where string fields are written quoted and escaped, or JSON objects, one per line. Every
+/// user-controlled value is logged as a string field, never inside the message.
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
 }

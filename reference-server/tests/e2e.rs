@@ -602,3 +602,95 @@ async fn idle_streams_get_keep_alive_comments() {
         .unwrap();
     assert!(chunk.starts_with(b":"), "{chunk:?}");
 }
+
+/// Every way a connection ends gives its slot back (a leaked slot would, connection by
+/// connection, lock everyone out under the cap): a request answered and closed, a silent socket
+/// cut by the TLS handshake timeout, a socket closed by its client before the handshake, an
+/// event stream dropped by its agent, and one over the cap refused at accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ended_connection_gives_its_slot_back() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("policy-server-{}-", std::process::id()))
+        .tempdir()
+        .unwrap();
+    let t = TestServer::start_in(dir, |path| {
+        let mut config = config(path, true);
+        config.connections.max_connections = 8;
+        config.connections.max_per_address = 8;
+        config.connections.operator_reserve = 0;
+        config.connections.tls_handshake_timeout = std::time::Duration::from_secs(2);
+        config.keep_alive = std::time::Duration::from_millis(200);
+        config
+    })
+    .await;
+    let open = || t.server().open_connections();
+    let until = |n: usize| async move {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while open() != n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} connections open, expected {n}",
+                open()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    // Clients that close their connection after each answer (no idle pool).
+    let pem = std::fs::read(t.dir.path().join("tls/cert.pem")).unwrap();
+    let fresh = || {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let enroll = fresh()
+        .post(format!("{}/api/agents/enroll", t.base))
+        .bearer_auth(ADMIN)
+        .json(&json!({"hostname": "host-a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(enroll.status(), StatusCode::CREATED);
+    let enrolled: Value = enroll.json().await.unwrap();
+    let token = enrolled["data"]["token"].as_str().unwrap().to_owned();
+    until(0).await;
+
+    // An event stream holds a slot until its agent drops it.
+    let agent = fresh();
+    let mut events = agent
+        .get(format!("{}/api/events", t.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    until(1).await;
+    // Silent sockets fill the rest of the cap; one more is refused at accept, taking no slot.
+    let addr = t.server().local_addr();
+    let mut silent = Vec::new();
+    for _ in 0..7 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    until(8).await;
+    let mut buf = [0u8; 16];
+    let mut over = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let read = tokio::time::timeout(DEADLINE, over.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    assert_eq!(open(), 8, "a refused connection took a slot");
+    // Three closed by their client before any handshake, four cut by the handshake timeout.
+    silent.truncate(4);
+    until(5).await;
+    for socket in &mut silent {
+        let read = tokio::time::timeout(DEADLINE, socket.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    }
+    until(1).await;
+    // The stream was alive all along; dropping it frees its slot.
+    let first = tokio::time::timeout(DEADLINE, events.chunk()).await;
+    assert!(matches!(first, Ok(Ok(Some(_)))), "{first:?}");
+    drop(events);
+    drop(agent);
+    until(0).await;
+}

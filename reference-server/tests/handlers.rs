@@ -13,7 +13,7 @@ use reference_server::store::StoredPolicy;
 use reference_server::{AppState, ServerConfig, TlsMode};
 use serde_json::{Value, json};
 
-const ADMIN: &str = "handler-admin";
+const ADMIN: &str = "handler-test-admin";
 
 async fn state(dir: &tempfile::TempDir) -> Arc<AppState> {
     let config = ServerConfig {

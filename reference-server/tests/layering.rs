@@ -25,6 +25,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "auth",
             "error",
             "clock",
+            "ratelimit",
         ],
     ),
     (
@@ -37,15 +38,20 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "auth",
             "error",
             "clock",
+            "ratelimit",
         ],
     ),
-    ("config", &["fleet"]),
-    ("fleet", &["store", "transport", "auth", "error", "clock"]),
+    ("config", &["fleet", "transport"]),
+    (
+        "fleet",
+        &["store", "transport", "auth", "error", "clock", "ratelimit"],
+    ),
     ("store", &["auth", "error", "clock"]),
-    ("transport", &[]),
-    ("auth", &["error"]),
+    ("transport", &["ratelimit"]),
+    ("auth", &["error", "ratelimit"]),
     ("error", &[]),
     ("clock", &[]),
+    ("ratelimit", &[]),
 ];
 
 fn src() -> PathBuf {

@@ -89,8 +89,13 @@ async fn answers_and_events_have_the_golden_shapes_and_golden_requests_are_accep
     let event = golden("policy_event.json");
     let policy = json!({"name": event["name"], "description": event["description"],
                         "rules": event["rules"], "org_id": "acme"});
-    let (status, created) = t.post("/api/policy", ADMIN, policy).await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
+    // Version 3, as the golden reports say (reports are checked against the version sent).
+    let mut created = Value::Null;
+    for _ in 0..3 {
+        let (status, body) = t.post("/api/policy", ADMIN, policy.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        created = body;
+    }
     let mut view = created["data"].clone();
     // The golden view shows a policy without a description.
     view.as_object_mut().unwrap().remove("description");
@@ -132,6 +137,20 @@ async fn answers_and_events_have_the_golden_shapes_and_golden_requests_are_accep
     assert_shape("policy_event.json", &policy_event.data);
     assert_eq!(policy_event.data["rules"], event["rules"]);
     assert_eq!(b_stream.next_policy().await.data, policy_event.data);
+    // The golden approval request comes from rule 2, disabled in the golden policy: agent a
+    // runs it enabled.
+    let (status, body) = t
+        .put(
+            &format!("/api/policy/agent/{a}/overrides"),
+            ADMIN,
+            json!([{"rule": 2, "enabled": true}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        a_stream.next_policy().await.data["rules"][2]["enabled"],
+        true
+    );
 
     let (status, beat) = t
         .post(
@@ -261,9 +280,23 @@ async fn audit_count(t: &TestServer, query: &str) -> usize {
 #[tokio::test]
 async fn a_repeated_report_is_answered_again_not_acted_on_twice() {
     let t = TestServer::start(false).await;
-    t.post_policy(ADMIN, block_ip_policy("ssh", 5)).await;
+    let respond = |action: &str, approval: bool| {
+        json!({"type": "auto_respond", "config": {"trigger": "malware", "action": action,
+               "minConfidence": 0.5, "requireApproval": approval}})
+    };
+    t.post_policy(
+        ADMIN,
+        json!({"name": "fleet", "rules": [
+            {"type": "block_ip", "config": {"trigger": "brute_force", "threshold": 5,
+             "duration": "1h", "scope": "fleet"}},
+            respond("kill_process", true),
+            respond("quarantine_file", false),
+        ]}),
+    )
+    .await;
     let (a, a_token) = t.enroll(ADMIN, "host-a").await;
     let (b, b_token) = t.enroll(ADMIN, "host-b").await;
+    let a_stream = t.stream(&a_token, "default").await;
     let mut b_stream = t.stream(&b_token, "default").await;
     assert_eq!(b_stream.next_event().await.event, "policy");
 
@@ -305,7 +338,7 @@ async fn a_repeated_report_is_answered_again_not_acted_on_twice() {
     // An approval request resent: one approval.
     let request = json!({"action": "approval_request",
                          "request": {"action": "kill_process", "pid": 77},
-                         "rule": 0, "policyVersion": "v1", "reportId": "a-2"});
+                         "rule": 1, "policyVersion": "v1", "reportId": "a-2"});
     let (_, first) = t.post(&reports, &a_token, request.clone()).await;
     let (_, again) = t.post(&reports, &a_token, request).await;
     assert_eq!(again, first);
@@ -318,7 +351,7 @@ async fn a_repeated_report_is_answered_again_not_acted_on_twice() {
     );
 
     // Resent concurrently (the agent timed out and retried while the first was handled).
-    let kill = json!({"action": "quarantine_file", "path": "/tmp/x", "rule": 0,
+    let kill = json!({"action": "quarantine_file", "path": "/tmp/x", "rule": 2,
                       "policyVersion": "v1", "outcome": "failed", "detail": "gone",
                       "reportId": "a-3"});
     let sends = (0..6).map(|_| t.post(&reports, &a_token, kill.clone()));
@@ -336,6 +369,7 @@ async fn a_repeated_report_is_answered_again_not_acted_on_twice() {
     );
 
     // Remembered across a restart.
+    a_stream.close();
     let t = t.restart().await;
     let (status, after) = t.post(&reports, &a_token, block).await;
     assert_eq!(status, StatusCode::CREATED, "{after}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reference_server::{ServerConfig, TlsMode};
 
-const ADMIN: &str = "tls-files-admin";
+const ADMIN: &str = "tls-files-test-admin";
 
 fn write_certificate(dir: &Path, names: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
     let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();

@@ -115,7 +115,12 @@ pub async fn enroll(
             org_id: agent.org_id.clone(),
         },
     );
-    tracing::info!(agent = %agent.id, org = %agent.org_id, hostname = %agent.hostname, "enrolled agent");
+    tracing::info!(
+        agent = agent.id.as_str(),
+        org = agent.org_id.as_str(),
+        hostname = agent.hostname.as_str(),
+        "enrolled agent"
+    );
     Ok(EnrollAnswer {
         agent_id: agent.id,
         token,
@@ -233,7 +238,7 @@ pub async fn create_admin_token(
         .insert_token(hash, principal.clone(), clock::now())
         .await?;
     tokens.insert(hash, principal);
-    tracing::info!(org = %org_id, "created an org admin token");
+    tracing::info!(org = org_id.as_str(), "created an org admin token");
     Ok(TokenCreated {
         token,
         role: "admin",

@@ -85,8 +85,8 @@ pub async fn decide(
     });
     drop(publishing);
     tracing::info!(
-        approval = %approval.id,
-        agent = %approval.agent_id,
+        approval = approval.id.as_str(),
+        agent = approval.agent_id.as_str(),
         status = approval.status.as_str(),
         "approval decided"
     );

@@ -100,7 +100,7 @@ pub async fn assigned_policy(
         return Ok(Some((latest, assignment)));
     }
     let policy = store
-        .policy(org.to_owned(), assignment.version)
+        .policy(org.to_owned(), assignment.version.number())
         .await?
         .ok_or_else(|| {
             ApiError::internal(format!("{} of org `{org}` is missing", assignment.version))

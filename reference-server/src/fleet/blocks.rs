@@ -55,8 +55,8 @@ pub async fn record(
     drop(publishing);
     let broadcasted_to = delivery.map_or(0, |d| d.queued);
     tracing::info!(
-        org,
-        agent = reporter,
+        org = org.as_str(),
+        agent = reporter.as_str(),
         ip = %upserted.block.ip,
         changed = upserted.changed,
         broadcasted_to,
@@ -99,7 +99,7 @@ pub async fn lift(
     let event = FleetEvent::Unblock(UnblockEvent { ip, by });
     let delivery = publishing.send_org(&org, &event, None);
     drop(publishing);
-    tracing::info!(org, %ip, broadcasted_to = delivery.queued, "fleet block lifted");
+    tracing::info!(org = org.as_str(), %ip, broadcasted_to = delivery.queued, "fleet block lifted");
     Ok(Unblocked {
         ip,
         block: block_view(&removed),

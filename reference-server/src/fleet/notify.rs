@@ -1,6 +1,13 @@
 //! Alert notifications: the `--notify-config` file (JSON or TOML) naming the channels, the
-//! check of policies against it, and delivery in background tasks with retry and backoff to
-//! webhooks (HTTP POST, JSON body), email (SMTP through lettre) and Telegram (`sendMessage`).
+//! check of policies against it, and delivery with retry and backoff to webhooks (HTTP POST,
+//! JSON body), email (SMTP through lettre) and Telegram (`sendMessage`).
+//!
+//! Deliveries are durable: an alert report's deliveries are queued in the store in the
+//! transaction that acknowledges the report ([`Notifier::plan`], `Store::insert_alert`), and a
+//! background worker ([`Notifier::spawn_worker`]) delivers what is queued and removes each with
+//! its outcome's audit entry. A client that disconnects, or a server that stops or crashes,
+//! between the two loses nothing: the worker delivers what is queued when the server starts.
+//! Delivery is at least once (a crash after a delivery but before its removal repeats it).
 //!
 //! Secrets (passwords, bot tokens, webhook URLs, which often carry a key) never reach a log
 //! line or a response: they live in [`Secret`], whose `Debug` prints `***`, errors are logged
@@ -8,16 +15,20 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use policy_engine::policy::RuleKind;
 use policy_engine::{Policy, ValidationError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tokio::sync::{Notify, Semaphore};
 
-use super::audit;
-use crate::store::{NewEntry, Store};
+use crate::clock;
+use crate::store::{NewDelivery, NewEntry, PendingDelivery, Store, StoreError};
+
+/// Deliveries under way at once; more wait in the queue.
+pub const MAX_DELIVERIES_IN_FLIGHT: usize = 64;
 
 /// A configuration value that must not be shown.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -262,7 +273,7 @@ pub fn check_policy(config: Option<&NotifyConfig>, policy: &Policy) -> Vec<Valid
                 }
                 Some(_) => {}
                 None => tracing::warn!(
-                    channel = %name,
+                    channel = name.as_str(),
                     "policy names a notification channel but the server has no --notify-config; \
                      alerts on it will not be delivered"
                 ),
@@ -272,8 +283,9 @@ pub fn check_policy(config: Option<&NotifyConfig>, policy: &Policy) -> Vec<Valid
     errors
 }
 
-/// An alert to deliver.
-#[derive(Debug, Clone, PartialEq)]
+/// An alert to deliver (queued in the store as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Alert {
     /// Org.
     pub org_id: String,
@@ -330,6 +342,8 @@ pub struct Notifier {
     config: Option<NotifyConfig>,
     http: reqwest::Client,
     store: Arc<dyn Store>,
+    /// Wakes the worker when deliveries were queued or one finished.
+    queued: Arc<Notify>,
 }
 
 impl Notifier {
@@ -346,6 +360,7 @@ impl Notifier {
             config,
             http,
             store,
+            queued: Arc::new(Notify::new()),
         })
     }
 
@@ -354,47 +369,127 @@ impl Notifier {
         self.config.as_ref()
     }
 
-    /// Queues deliveries of `alert` to each of its channels in background tasks and returns the
-    /// names queued; unknown names are recorded in the audit and skipped. Never waits for
-    /// delivery.
-    pub async fn dispatch(self: &Arc<Self>, alert: Alert) -> Vec<String> {
-        let mut queued = Vec::new();
+    /// What to store with `alert`'s report: one delivery per configured channel, and one audit
+    /// entry (`unknown_channel` or `not_configured`) per channel that cannot be delivered.
+    pub fn plan(&self, alert: &Alert) -> (Vec<NewDelivery>, Vec<NewEntry>) {
+        let mut deliveries = Vec::new();
+        let mut skipped = Vec::new();
+        let record = serde_json::to_value(alert).unwrap_or(Value::Null);
         for name in &alert.channels {
-            let channel = self
+            let configured = self
                 .config
                 .as_ref()
-                .and_then(|c| c.channels.get(name).cloned());
-            let Some(channel) = channel else {
-                let outcome = if self.config.is_some() {
-                    "unknown_channel"
-                } else {
-                    "not_configured"
-                };
-                tracing::warn!(channel = %name, outcome, "alert not delivered");
-                audit::record(&*self.store, delivery_entry(&alert, name, outcome, None, 0)).await;
+                .is_some_and(|c| c.channels.contains_key(name));
+            if configured {
+                deliveries.push(NewDelivery {
+                    org_id: alert.org_id.clone(),
+                    channel: name.clone(),
+                    alert: record.clone(),
+                });
                 continue;
+            }
+            let outcome = if self.config.is_some() {
+                "unknown_channel"
+            } else {
+                "not_configured"
             };
-            queued.push(name.clone());
-            let notifier = self.clone();
-            let alert = alert.clone();
-            let name = name.clone();
-            tokio::spawn(async move {
-                let retry = notifier
-                    .config
-                    .as_ref()
-                    .map(|c| c.retry)
-                    .unwrap_or_default();
-                let (outcome, error, attempts) = notifier
-                    .deliver_with_retry(&channel, &name, &alert, retry)
-                    .await;
-                audit::record(
-                    &*notifier.store,
-                    delivery_entry(&alert, &name, outcome, error, attempts),
-                )
-                .await;
-            });
+            tracing::warn!(channel = name.as_str(), outcome, "alert not delivered");
+            skipped.push(delivery_entry(alert, name, outcome, None, 0));
         }
-        queued
+        (deliveries, skipped)
+    }
+
+    /// Tells the worker that deliveries were queued (call after they are stored).
+    pub fn wake(&self) {
+        self.queued.notify_one();
+    }
+
+    /// Starts the delivery worker: it delivers what is queued (what a previous run left first),
+    /// at most [`MAX_DELIVERIES_IN_FLIGHT`] at a time, until the store closes or the notifier
+    /// is gone.
+    pub fn spawn_worker(self: &Arc<Self>) {
+        let notifier = Arc::downgrade(self);
+        let queued = self.queued.clone();
+        tokio::spawn(async move {
+            let slots = Arc::new(Semaphore::new(MAX_DELIVERIES_IN_FLIGHT));
+            let mut after_id = 0;
+            loop {
+                let Some(batch) = next_batch(&notifier, after_id).await else {
+                    break;
+                };
+                if batch.is_empty() {
+                    queued.notified().await;
+                    continue;
+                }
+                for delivery in batch {
+                    after_id = delivery.id;
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let Some(notifier) = notifier.upgrade() else {
+                        return;
+                    };
+                    tokio::spawn(async move {
+                        notifier.deliver_queued(delivery).await;
+                        drop(slot);
+                    });
+                }
+            }
+        });
+    }
+
+    /// Delivers one queued delivery with its retries, then removes it with its audit entry
+    /// (when the store is closed meanwhile it stays queued for the next start).
+    async fn deliver_queued(&self, delivery: PendingDelivery) {
+        let alert: Alert = match serde_json::from_value(delivery.alert) {
+            Ok(alert) => alert,
+            Err(error) => {
+                tracing::error!(id = delivery.id, %error, "a queued alert does not read; dropped");
+                let entry = NewEntry {
+                    org_id: String::new(),
+                    agent_id: None,
+                    actor: "server".to_owned(),
+                    rule: None,
+                    policy_version: None,
+                    action: "notify".to_owned(),
+                    ip: None,
+                    outcome: "corrupt".to_owned(),
+                    detail: Some(json!({"channel": delivery.channel, "error": error.to_string()})),
+                    receipt: None,
+                };
+                self.finish(delivery.id, entry).await;
+                return;
+            }
+        };
+        let name = delivery.channel;
+        let channel = self
+            .config
+            .as_ref()
+            .and_then(|c| c.channels.get(&name).cloned());
+        let (outcome, error, attempts) = match channel {
+            Some(channel) => {
+                let retry = self.config.as_ref().map(|c| c.retry).unwrap_or_default();
+                self.deliver_with_retry(&channel, &name, &alert, retry)
+                    .await
+            }
+            // Queued under a config that had it; the server restarted without it.
+            None => {
+                tracing::warn!(channel = name.as_str(), "alert not delivered: channel gone");
+                ("unknown_channel", None, 0)
+            }
+        };
+        let entry = delivery_entry(&alert, &name, outcome, error, attempts);
+        self.finish(delivery.id, entry).await;
+    }
+
+    async fn finish(&self, id: i64, entry: NewEntry) {
+        match self.store.finish_delivery(id, entry, clock::now()).await {
+            Ok(()) => {}
+            Err(StoreError::Closed) => {
+                tracing::info!(id, "server stopping: alert delivery stays queued");
+            }
+            Err(error) => tracing::error!(id, %error, "cannot record the alert delivery"),
+        }
     }
 
     async fn deliver_with_retry(
@@ -414,11 +509,16 @@ impl Notifier {
                 };
             match result {
                 Ok(()) => {
-                    tracing::info!(channel = %name, attempt, "alert delivered");
+                    tracing::info!(channel = name, attempt, "alert delivered");
                     return ("delivered", None, attempt);
                 }
                 Err(error) => {
-                    tracing::warn!(channel = %name, attempt, %error, "alert delivery failed");
+                    tracing::warn!(
+                        channel = name,
+                        attempt,
+                        error = error.as_str(),
+                        "alert delivery failed"
+                    );
                     last_error = error;
                 }
             }
@@ -483,6 +583,28 @@ impl Notifier {
                 )
                 .await
             }
+        }
+    }
+}
+
+impl Drop for Notifier {
+    /// Lets the worker see that the notifier is gone, so it ends.
+    fn drop(&mut self) {
+        self.queued.notify_one();
+    }
+}
+
+/// The next queued deliveries after `after_id`; `None` once the notifier is gone or the store
+/// closed. A store error is logged and read as an empty batch (the next wake tries again).
+async fn next_batch(notifier: &Weak<Notifier>, after_id: i64) -> Option<Vec<PendingDelivery>> {
+    let notifier = notifier.upgrade()?;
+    let limit = u32::try_from(MAX_DELIVERIES_IN_FLIGHT).unwrap_or(u32::MAX);
+    match notifier.store.pending_deliveries(after_id, limit).await {
+        Ok(batch) => Some(batch),
+        Err(StoreError::Closed) => None,
+        Err(error) => {
+            tracing::error!(%error, "cannot read queued alert deliveries");
+            Some(Vec::new())
         }
     }
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::audit;
 use super::notify::{self, NotifyConfig};
 use super::overrides;
-use super::streams::{Publisher, policy_frame};
+use super::streams::{Publisher, policy_frame, sent};
 use super::views::{applied_at, policy_view, resolved_rules};
 use crate::auth::{Principal, random_hex};
 use crate::clock;
@@ -164,7 +164,7 @@ pub async fn publish(
             signed,
         })
         .await?;
-    let delivery = publishing.broadcast(&stored);
+    let delivery = publishing.broadcast(store, &stored).await;
     drop(publishing);
     audit::record(
         store,
@@ -185,7 +185,7 @@ pub async fn publish(
     )
     .await;
     tracing::info!(
-        org = %stored.org_id,
+        org = stored.org_id.as_str(),
         version = %stored.version,
         broadcasted_to = delivery.queued,
         dropped = delivery.dropped,
@@ -277,15 +277,24 @@ pub async fn set_overrides(
         .set_overrides(agent.id.clone(), stored.clone())
         .await?;
     // The agent's streams get the version assigned to it (a staged rollout may keep it on the
-    // previous one), with its new overrides.
-    let frame = match super::assignment::assigned_policy(store, &agent.org_id, &agent.id).await? {
-        Some((assigned, assignment)) => {
-            let mut event = super::views::policy_event(&assigned, &agent.id, &list);
-            event.rollback_from = assignment.rollback_from;
-            crate::transport::Frame::policy(&event)
-        }
-        None => policy_frame(&policy, &agent.id, &list),
-    };
+    // previous one), with its new overrides; reports are checked against what was sent.
+    let (frame, sent_policy) =
+        match super::assignment::assigned_policy(store, &agent.org_id, &agent.id).await? {
+            Some((assigned, assignment)) => {
+                let mut event = super::views::policy_event(&assigned, &agent.id, &list);
+                event.rollback_from = assignment.rollback_from;
+                (crate::transport::Frame::policy(&event), assigned)
+            }
+            None => (policy_frame(&policy, &agent.id, &list), policy.clone()),
+        };
+    store
+        .record_sent(vec![sent(
+            agent.id.clone(),
+            &sent_policy,
+            &list,
+            clock::now_ms(),
+        )])
+        .await?;
     let delivery = publishing.update_agent(&agent.org_id, &agent.id, Arc::new(list), frame);
     drop(publishing);
     audit::record(
@@ -303,7 +312,7 @@ pub async fn set_overrides(
     )
     .await;
     tracing::info!(
-        agent = %agent.id,
+        agent = agent.id.as_str(),
         version = %policy.version,
         broadcasted_to = delivery.queued,
         "broadcast overrides"

@@ -7,6 +7,11 @@
 //! - an `alert` -> `alert`: deliveries queued to its channels;
 //! - anything else -> `recorded`: the audit entry only.
 //!
+//! Before any of them: a repeated `reportId` is answered at once (no quota, no check); then the
+//! agent's quotas ([`super::quotas`]: 429) and the checks of what the report claims
+//! ([`super::checks`]: 422, with one audit entry for the refusal); an approval request also
+//! needs room under the agent's pending-approvals quota.
+//!
 //! Each writes the report's audit entry; with a `reportId` the entry carries the report's
 //! receipt, in the same transaction as the effect, so a repeated report (a retry, an outbox
 //! resending after a restart, two copies racing) is answered with the first answer and never
@@ -23,7 +28,9 @@ use serde_json::{Value, json};
 
 use super::audit;
 use super::blocks;
+use super::checks::{self, CheckError, NeverBlock, Refusal};
 use super::notify::{Alert, Notifier};
+use super::quotas::Quotas;
 use super::streams::Publisher;
 use super::views::{approval_view, block_view};
 use crate::auth::random_hex;
@@ -46,6 +53,10 @@ pub struct ReportContext<'a> {
     pub notifier: &'a Arc<Notifier>,
     /// Deadline to decide on and execute an approval request.
     pub approval_ttl: Duration,
+    /// The agents' quotas.
+    pub quotas: &'a Quotas,
+    /// Addresses never blocked fleet-wide.
+    pub never_block: &'a NeverBlock,
 }
 
 /// The agent a report comes from.
@@ -64,6 +75,38 @@ pub async fn receive(
     reporter: Reporter<'_>,
     report: Report,
 ) -> Result<Value, ApiError> {
+    if let Some(report_id) = &report.report_id {
+        if let Some(answer) = replayed(ctx.store, reporter.agent_id, report_id).await? {
+            return Ok(answer);
+        }
+    }
+    let size = serde_json::to_vec(&report).map_or(0, |bytes| bytes.len());
+    ctx.quotas.admit(reporter.agent_id, size)?;
+    let approved = report.approval_id.is_some();
+    match checks::check(
+        ctx.store,
+        ctx.never_block,
+        reporter.agent_id,
+        reporter.org_id,
+        &report.record,
+        approved,
+    )
+    .await
+    {
+        Ok(()) => {}
+        Err(CheckError::Store(error)) => return Err(error.into()),
+        Err(CheckError::Refused(refusal)) => {
+            refused(ctx, reporter, &report, &refusal).await;
+            return Err(refusal.into());
+        }
+    }
+    if kind(&report) == ReportKind::ApprovalRequest {
+        let pending = ctx
+            .store
+            .pending_approvals(reporter.agent_id.to_owned())
+            .await?;
+        ctx.quotas.admit_approval(reporter.agent_id, pending)?;
+    }
     let Some(report_id) = report.report_id.clone() else {
         return match act(ctx, reporter, report).await {
             Ok(answer) => Ok(to_json(&answer)),
@@ -73,9 +116,6 @@ pub async fn receive(
             )),
         };
     };
-    if let Some(answer) = replayed(ctx.store, reporter.agent_id, &report_id).await? {
-        return Ok(answer);
-    }
     match act(ctx, reporter, report).await {
         Ok(answer) => {
             let answer = to_json(&answer);
@@ -93,6 +133,42 @@ pub async fn receive(
     }
 }
 
+/// One audit entry for a refused report, whatever is wrong with it (its fields are not
+/// repeated: the refusal's path and message say what was refused).
+async fn refused(
+    ctx: ReportContext<'_>,
+    reporter: Reporter<'_>,
+    report: &Report,
+    refusal: &Refusal,
+) {
+    tracing::info!(
+        agent = reporter.agent_id,
+        path = refusal.path.as_str(),
+        reason = refusal.message.as_str(),
+        "report refused"
+    );
+    audit::record(
+        ctx.store,
+        NewEntry {
+            org_id: reporter.org_id.to_owned(),
+            agent_id: Some(reporter.agent_id.to_owned()),
+            actor: reporter.agent_id.to_owned(),
+            rule: u64::try_from(report.record.rule).ok(),
+            policy_version: Some(report.record.policy_version),
+            action: report.record.action.name().to_owned(),
+            ip: target_ip(&report.record),
+            outcome: "refused_by_server".to_owned(),
+            detail: Some(json!({
+                "path": refusal.path,
+                "message": refusal.message,
+                "reportId": report.report_id,
+            })),
+            receipt: None,
+        },
+    )
+    .await;
+}
+
 /// The answer to a report the agent already sent, if it did: the stored one, or (when the
 /// server stopped between the effect and storing its answer) what was done.
 async fn replayed(
@@ -104,7 +180,12 @@ async fn replayed(
         .report_receipt(agent_id.to_owned(), report_id.clone())
         .await?;
     Ok(receipt.map(|receipt| {
-        tracing::info!(agent = agent_id, report = %report_id, kind = receipt.kind.as_str(), "repeated report answered again");
+        tracing::info!(
+            agent = agent_id,
+            report = report_id.as_str(),
+            kind = receipt.kind.as_str(),
+            "repeated report answered again"
+        );
         receipt
             .answer
             .unwrap_or_else(|| to_json(&ReportAnswer::of(receipt.kind, Some(receipt.report_id))))
@@ -220,7 +301,11 @@ async fn approval_outcome(
         now_ms: clock::now_ms(),
     };
     if !ctx.store.finish_approval(finish, entry).await? {
-        tracing::warn!(agent = reporter.agent_id, approval = %approval_id, "outcome of an approval that is not approved for this agent");
+        tracing::warn!(
+            agent = reporter.agent_id,
+            approval = approval_id.as_str(),
+            "outcome of an approval that is not approved for this agent"
+        );
     }
     Ok(())
 }
@@ -292,19 +377,26 @@ async fn approval_request(
         detail.insert("approvalId".to_owned(), json!(approval.id));
     }
     ctx.store.insert_approval(approval.clone(), entry).await?;
-    tracing::info!(org = reporter.org_id, agent = reporter.agent_id, approval = %approval.id, "approval requested");
+    tracing::info!(
+        org = reporter.org_id,
+        agent = reporter.agent_id,
+        approval = approval.id.as_str(),
+        "approval requested"
+    );
     Ok(ReportAnswer {
         approval: Some(approval_view(&approval)),
         ..answer
     })
 }
 
-/// An alert: recorded, then delivered to its configured channels in the background.
+/// An alert: its audit entry (with its receipt and answer) and one queued delivery per
+/// configured channel, in one transaction; the notifier's worker delivers them after. A client
+/// gone before the answer, or a server stopped before delivering, loses no alert.
 async fn alert(
     ctx: ReportContext<'_>,
     reporter: Reporter<'_>,
     report: &Report,
-    entry: NewEntry,
+    mut entry: NewEntry,
     answer: ReportAnswer,
 ) -> Result<ReportAnswer, Handled> {
     let Action::Alert { channels, .. } = &report.record.action else {
@@ -312,7 +404,6 @@ async fn alert(
             "an alert report without an alert",
         )));
     };
-    recorded(ctx, entry).await?;
     let hostname = ctx
         .store
         .agent(reporter.agent_id.to_owned())
@@ -327,11 +418,20 @@ async fn alert(
         channels: channels.clone(),
         received_at: time::format(&clock::now()),
     };
-    let notified = ctx.notifier.dispatch(alert).await;
-    Ok(ReportAnswer {
-        notified: Some(notified),
+    let (deliveries, skipped) = ctx.notifier.plan(&alert);
+    let answer = ReportAnswer {
+        notified: Some(deliveries.iter().map(|d| d.channel.clone()).collect()),
         ..answer
-    })
+    };
+    if let Some(receipt) = entry.receipt.as_mut() {
+        receipt.answer = Some(to_json(&answer));
+    }
+    let entries = std::iter::once(entry).chain(skipped).collect();
+    ctx.store
+        .insert_alert(entries, deliveries, clock::now())
+        .await?;
+    ctx.notifier.wake();
+    Ok(answer)
 }
 
 /// The report's audit entry alone. Without a report id a failure is only logged (the audit

@@ -321,7 +321,9 @@ pub async fn create(
         }
     };
     let first = rollout.clone();
-    publishing.push_to(&stored, None, |agent| in_stage(&first, 0, agent));
+    publishing
+        .push_to(store, &stored, None, |agent| in_stage(&first, 0, agent))
+        .await;
     drop(publishing);
     view_of(store, rollout).await
 }
@@ -567,11 +569,14 @@ async fn advance(
         .put_rollout(rollout.clone(), entry(rollout, actor, action, None))
         .await?;
     let after = rollout.clone();
-    publishing.push_to(target, None, |agent| {
-        let had = in_stage(&before, before.stage, agent);
-        let gets = after.state == RolloutState::Completed || in_stage(&after, after.stage, agent);
-        gets && !had
-    });
+    publishing
+        .push_to(store, target, None, |agent| {
+            let had = in_stage(&before, before.stage, agent);
+            let gets =
+                after.state == RolloutState::Completed || in_stage(&after, after.stage, agent);
+            gets && !had
+        })
+        .await;
     Ok(())
 }
 
@@ -595,9 +600,11 @@ async fn roll_back(
         .put_rollout(rollout.clone(), entry(rollout, actor, action, None))
         .await?;
     let staged = rollout.clone();
-    let delivery = publishing.push_to(previous, Some(rollout.version), |agent| {
-        in_stage(&staged, staged.stage, agent)
-    });
+    let delivery = publishing
+        .push_to(store, previous, Some(rollout.version), |agent| {
+            in_stage(&staged, staged.stage, agent)
+        })
+        .await;
     tracing::info!(rollout = %rollout.id, to = %previous.version, pushed = delivery.queued, "rolled back");
     Ok(())
 }
@@ -608,7 +615,7 @@ async fn stored_version(
     version: PolicyVersion,
 ) -> Result<StoredPolicy, ApiError> {
     store
-        .policy(rollout.org_id.clone(), version)
+        .policy(rollout.org_id.clone(), version.number())
         .await?
         .ok_or_else(|| {
             ApiError::internal(format!(

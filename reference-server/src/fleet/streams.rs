@@ -13,11 +13,11 @@ use policy_engine::PolicyVersion;
 use policy_engine::protocol::FleetEvent;
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::overrides::Override;
+use super::overrides::{self, Override};
 use super::views::{approval_event, block_event, policy_event};
 use crate::clock;
 use crate::error::ApiError;
-use crate::store::{Store, StoredPolicy};
+use crate::store::{SentPolicy, Store, StoredPolicy};
 use crate::transport::{Delivery, Frame, Hub, Subscription};
 
 /// The overrides of the agent of one stream (empty: the org's policy as is).
@@ -84,19 +84,44 @@ impl Publisher {
 }
 
 impl Publishing<'_> {
-    /// Queues a new policy version to every stream of its org.
-    pub fn broadcast(&self, policy: &StoredPolicy) -> Delivery {
+    /// Queues a new policy version to every stream of its org, after recording who gets it
+    /// with which overrides (reports are checked against what was sent). A failure to record
+    /// is logged: the version is stored already, its push must not be lost.
+    pub async fn broadcast(&self, store: &dyn Store, policy: &StoredPolicy) -> Delivery {
+        let now = clock::now_ms();
+        let sent = self
+            .hub
+            .views(&policy.org_id)
+            .into_iter()
+            .map(|(agent_id, list)| sent(agent_id, policy, &list, now))
+            .collect();
+        if let Err(error) = store.record_sent(sent).await {
+            tracing::error!(%error, version = %policy.version, "cannot record the policy's recipients");
+        }
         self.hub.broadcast(policy)
     }
 
     /// Queues `policy` (as the rollback of `rollback_from`, if given) to the streams of its
-    /// org whose agent `to` picks, each with its overrides.
-    pub fn push_to(
+    /// org whose agent `to` picks, each with its overrides, after recording who gets it (as
+    /// [`Publishing::broadcast`] does).
+    pub async fn push_to(
         &self,
+        store: &dyn Store,
         policy: &StoredPolicy,
         rollback_from: Option<PolicyVersion>,
-        mut to: impl FnMut(&str) -> bool,
+        to: impl Fn(&str) -> bool,
     ) -> Delivery {
+        let now = clock::now_ms();
+        let sent = self
+            .hub
+            .views(&policy.org_id)
+            .into_iter()
+            .filter(|(agent_id, _)| to(agent_id))
+            .map(|(agent_id, list)| sent(agent_id, policy, &list, now))
+            .collect();
+        if let Err(error) = store.record_sent(sent).await {
+            tracing::error!(%error, version = %policy.version, "cannot record the policy's recipients");
+        }
         self.hub
             .send_org_each(&policy.org_id, |agent_id, overrides| {
                 if !to(agent_id) {
@@ -131,6 +156,16 @@ impl Publishing<'_> {
     }
 }
 
+/// The record of `policy` sent to `agent_id` with `list`.
+pub fn sent(agent_id: String, policy: &StoredPolicy, list: &[Override], now_ms: i64) -> SentPolicy {
+    SentPolicy {
+        agent_id,
+        version: policy.version,
+        overrides: overrides::to_value(list),
+        sent_ms: now_ms,
+    }
+}
+
 /// Opens the event stream of an agent. It gets, first, its current resolved policy (if any: the
 /// version assigned to it, see [`assignment::assign`](super::assignment::assign)),
 /// then one `block` per fleet block of its org in force (reported by anyone, the agent itself
@@ -157,6 +192,11 @@ pub async fn open(
         .collect();
     let policy = assigned.map(|(p, _)| p);
     let now = clock::now_ms();
+    if let Some(policy) = &policy {
+        store
+            .record_sent(vec![sent(agent_id.to_owned(), policy, &list, now)])
+            .await?;
+    }
     for block in store.active_blocks(org_id.to_owned(), now).await? {
         if let Some(event) = block_event(&block, now) {
             initial.push(Frame::fleet(&FleetEvent::Block(event)));

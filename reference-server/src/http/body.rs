@@ -24,9 +24,33 @@ const DRAIN_BYTES: usize = 16 * 1024 * 1024;
 /// Longest time spent draining an oversized body.
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
-/// Reads a whole body, answering 413 as soon as it grows past `limit` (whatever the
-/// `Content-Length` header says, so chunked bodies are bounded too).
+/// Longest time a request body may take to arrive (a slow upload holds a connection and a
+/// task; the header-read timeout does not cover bodies).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Reads a whole body within [`BODY_READ_TIMEOUT`] (408 after), answering 413 as soon as it
+/// grows past `limit` (whatever the `Content-Length` header says, so chunked bodies are
+/// bounded too).
 pub async fn read_limited<S, B>(
+    content_length: Option<u64>,
+    body: S,
+    limit: usize,
+) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    tokio::time::timeout(BODY_READ_TIMEOUT, read_within(content_length, body, limit))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::timeout(format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            )))
+        })
+}
+
+async fn read_within<S, B>(
     content_length: Option<u64>,
     body: S,
     limit: usize,
@@ -90,4 +114,26 @@ pub fn parse_json(input: &[u8]) -> Result<Value, ApiError> {
         JsonError::Syntax(e) => ApiError::malformed(e.message),
         JsonError::Rejected(e) => ApiError::from_validation(vec![e]),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A body that sends one byte and then nothing (a slow upload) is cut off with 408.
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stalls_gets_408() {
+        let first = futures_util::stream::iter([Ok::<_, warp::Error>(Bytes::from_static(b"{"))]);
+        let body = first.chain(futures_util::stream::pending());
+        let error = read_limited(Some(100), body, MAX_BODY_BYTES).await;
+        let error = error.map_err(|e| (e.status.as_u16(), e.code, e.message));
+        assert_eq!(
+            error,
+            Err((
+                408,
+                "request_timeout",
+                "the request body did not arrive within 30 s".to_owned()
+            ))
+        );
+    }
 }

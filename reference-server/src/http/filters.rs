@@ -17,6 +17,11 @@ use super::body::{MAX_BODY_BYTES, parse_json, read_limited};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::fleet::audit;
+use crate::store::NewEntry;
+use crate::transport::PeerAddr;
+use policy_engine::DEFAULT_ORG;
+use policy_engine::protocol::fields::{Fields, org_field};
 
 /// The query parameters of a request, each given at most once.
 pub type Query = HashMap<String, String>;
@@ -34,20 +39,70 @@ fn reject(error: ApiError) -> Rejection {
 }
 
 /// Who the bearer token speaks for: 401 when the header is missing, not a bearer token, or
-/// the token unknown.
+/// the token unknown; 400 when `Authorization` is given twice (which one would count is
+/// ambiguous); 429 with `Retry-After` once the peer's address spent its failed-authentication
+/// budget (audited once per address and minute).
 pub fn principal(
     state: &Arc<AppState>,
 ) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone + use<> {
     let state = state.clone();
-    warp::header::headers_cloned().and_then(move |headers: HeaderMap| {
-        let state = state.clone();
-        async move {
-            let header = headers
-                .get(warp::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            state.tokens.authenticate(header).map_err(reject)
+    warp::header::headers_cloned()
+        .and(warp::ext::optional::<PeerAddr>())
+        .and_then(move |headers: HeaderMap, peer: Option<PeerAddr>| {
+            let state = state.clone();
+            async move { authenticate(&state, &headers, peer).await.map_err(reject) }
+        })
+}
+
+async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<PeerAddr>,
+) -> Result<Principal, ApiError> {
+    let mut values = headers.get_all(warp::http::header::AUTHORIZATION).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "the `Authorization` header is given more than once",
+        ));
+    }
+    let header = first.map(|v| {
+        v.to_str()
+            .map_err(|_| ApiError::unauthorized("the `Authorization` header is not ASCII"))
+    });
+    let result = match header.transpose() {
+        Ok(header) => state.tokens.authenticate(header),
+        Err(error) => Err(error),
+    };
+    let (Err(error), Some(PeerAddr(peer))) = (&result, peer) else {
+        return result;
+    };
+    match state.failed_auth.failed(peer.ip()) {
+        Ok(()) => Err(error.clone()),
+        Err(lockout) => {
+            let secs = lockout.retry_after.secs();
+            if lockout.audit {
+                tracing::warn!(%peer, retry_after_secs = secs, "failed-authentication limit reached");
+                audit::record(
+                    &*state.store,
+                    NewEntry {
+                        org_id: DEFAULT_ORG.to_owned(),
+                        actor: "server".to_owned(),
+                        action: "auth_rate_limited".to_owned(),
+                        ip: Some(peer.ip()),
+                        outcome: "refused".to_owned(),
+                        detail: Some(serde_json::json!({ "retryAfterSecs": secs })),
+                        ..NewEntry::default()
+                    },
+                )
+                .await;
+            }
+            Err(ApiError::too_many(
+                format!("too many failed authentications from this address; retry in {secs} s"),
+                secs,
+            ))
         }
-    })
+    }
 }
 
 /// An admin (global or of an org): 403 for an agent token.
@@ -136,7 +191,24 @@ fn check_query(pairs: Vec<(String, String)>, allowed: &[&str]) -> Result<Query, 
             )));
         }
     }
+    check_org_param(&query)?;
     Ok(query)
+}
+
+/// `org_id` (or `orgId`) in a query is checked by the very reader of bodies
+/// ([`org_field`]): the same 422, message and path (the parameter's name).
+fn check_org_param(query: &Query) -> Result<(), ApiError> {
+    let named: serde_json::Map<String, Value> = ["org_id", "orgId"]
+        .into_iter()
+        .filter_map(|name| {
+            query
+                .get(name)
+                .map(|v| (name.to_owned(), Value::String(v.clone())))
+        })
+        .collect();
+    let mut fields = Fields::default();
+    org_field(&mut fields, &named, "");
+    fields.finish().map_err(ApiError::from)
 }
 
 /// The org named in the query (`org_id`, or its alias `orgId`).
@@ -209,5 +281,40 @@ mod tests {
             &["status", "limit", "org_id"],
         );
         assert_eq!(query.as_ref().map(org_query), Ok(Some("acme")));
+    }
+
+    /// Regression (issue 13, finding 6): `?org_id=` on writes created the orgs `""` and
+    /// `../x y\nz`; it is now checked exactly like the body's `org_id`.
+    #[test]
+    fn org_ids_in_the_query_are_checked_like_bodies() {
+        let error = |query: &[(&str, &str)]| {
+            check_query(pairs(query), &["org_id"])
+                .map(|_| ())
+                .map_err(|e| (e.status.as_u16(), e.path, e.message))
+        };
+        let long = "a".repeat(65);
+        for (name, value) in [
+            ("org_id", ""),
+            ("org_id", "../x y\nz"),
+            ("orgId", long.as_str()),
+        ] {
+            assert_eq!(
+                error(&[(name, value)]),
+                Err((
+                    422,
+                    Some(name.to_owned()),
+                    format!("expected 1 to 64 letters, digits, `-`, `_` or `.`, found `{value}`")
+                ))
+            );
+        }
+        assert_eq!(
+            error(&[("org_id", "a"), ("orgId", "a")]),
+            Err((
+                422,
+                Some("orgId".to_owned()),
+                "`org_id` and its alias `orgId` are both given; use one".to_owned()
+            ))
+        );
+        assert_eq!(error(&[("org_id", "acme-2.eu_west")]), Ok(()));
     }
 }

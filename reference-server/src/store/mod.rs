@@ -21,9 +21,14 @@ use serde_json::Value;
 
 pub use records::{
     AgentRecord, Approval, AuditEntry, AuditFilter, AuditPage, DecideError, Decision, Finish,
-    FleetBlock, Heartbeat, NewBlock, NewEntry, NewPolicy, ReportReceipt, Rollout, RolloutGate,
-    RolloutStage, RolloutState, StoredOverrides, StoredPolicy, Upserted,
+    FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, PendingDelivery,
+    ReportReceipt, Rollout, RolloutGate, RolloutStage, RolloutState, SentPolicy, StoredOverrides,
+    StoredPolicy, Upserted,
 };
+
+/// How many (version, overrides) sends are remembered per agent, newest first: a report about
+/// an older one is refused.
+pub const MAX_SENT_PER_AGENT: usize = 64;
 
 use crate::auth::{Principal, TokenHash};
 use crate::error::ApiError;
@@ -93,8 +98,22 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn policy(
         &self,
         org_id: String,
-        version: PolicyVersion,
+        version: u64,
     ) -> Result<Option<StoredPolicy>, StoreError>;
+
+    /// Remembers that these policy versions (with these overrides) were sent to these agents,
+    /// in one transaction; each agent keeps its newest [`MAX_SENT_PER_AGENT`].
+    async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<(), StoreError>;
+
+    /// The override lists `version` was sent to `agent_id` with; empty when it never was.
+    async fn sent_overrides(
+        &self,
+        agent_id: String,
+        version: u64,
+    ) -> Result<Vec<Value>, StoreError>;
+
+    /// Pending approval requests of `agent_id`.
+    async fn pending_approvals(&self, agent_id: String) -> Result<usize, StoreError>;
 
     /// Stores a rollout (a new one, or a new state of one) with its audit entry, atomically.
     async fn put_rollout(&self, rollout: Rollout, entry: NewEntry) -> Result<(), StoreError>;
@@ -224,6 +243,33 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         agent_id: String,
         report_id: ReportId,
         answer: Value,
+    ) -> Result<(), StoreError>;
+
+    /// Stores an alert report: its audit `entries` (the report's own first, with its receipt and
+    /// answer when it has a `reportId`; then one per channel that cannot be delivered) and one
+    /// queued delivery per deliverable channel, in one transaction. A report is acknowledged
+    /// only once its deliveries are queued, and they stay queued (across restarts) until
+    /// [`Store::finish_delivery`].
+    async fn insert_alert(
+        &self,
+        entries: Vec<NewEntry>,
+        deliveries: Vec<NewDelivery>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Queued deliveries with an id above `after_id`, oldest first, at most `limit`.
+    async fn pending_deliveries(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<PendingDelivery>, StoreError>;
+
+    /// Ends queued delivery `id` (delivered or given up) with its audit entry, together.
+    async fn finish_delivery(
+        &self,
+        id: i64,
+        entry: NewEntry,
+        at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
     /// Forgets report receipts older than `before_ms`; returns how many.

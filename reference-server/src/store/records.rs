@@ -234,6 +234,19 @@ pub struct NewBlock {
     pub now_ms: i64,
 }
 
+/// A policy version sent to an agent, with the overrides it was resolved with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentPolicy {
+    /// The agent.
+    pub agent_id: String,
+    /// The version.
+    pub version: PolicyVersion,
+    /// The normalized override list it was resolved with (`[]`: none).
+    pub overrides: Value,
+    /// When, ms since the epoch.
+    pub sent_ms: i64,
+}
+
 /// What storing a reported block did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upserted {
@@ -500,9 +513,31 @@ pub struct ReportReceipt {
     pub report_id: ReportId,
     /// What the server did with it.
     pub kind: ReportKind,
-    /// The answer, stored after the report's effect (absent only if the server stopped in
-    /// between).
+    /// The answer: written with the effect when it is known before (alerts), else stored after
+    /// the effect (absent only if the server stopped in between).
     pub answer: Option<Value>,
+}
+
+/// An alert delivery queued with the alert's audit entry (one per channel).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDelivery {
+    /// The alert's org.
+    pub org_id: String,
+    /// The channel's name.
+    pub channel: String,
+    /// The alert (the notifier's JSON; the store does not read it).
+    pub alert: Value,
+}
+
+/// A queued delivery not yet done (delivered, or given up after its retries).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingDelivery {
+    /// Its id: increasing in the order deliveries were queued.
+    pub id: i64,
+    /// The channel's name.
+    pub channel: String,
+    /// The alert.
+    pub alert: Value,
 }
 
 #[cfg(test)]

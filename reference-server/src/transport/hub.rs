@@ -1,5 +1,9 @@
 //! The SSE hub: open event streams by org, each with a bounded queue of serialized frames.
 //!
+//! An agent has at most one live stream: a new one replaces the old, which ends (an agent that
+//! reconnects after a network change must not wait for the old connection to time out, and a
+//! stolen token cannot multiply the fan-out). So every count of streams is a count of agents.
+//!
 //! A frame is serialized once into a shared `Arc<str>` and queued to every stream that gets
 //! the same payload. A full queue means the agent does not keep up: its stream is dropped (it
 //! reconnects and gets the current state first), so no agent delays the others and no queue
@@ -76,6 +80,10 @@ struct Inner<V> {
     next_id: u64,
     closed: bool,
     orgs: HashMap<String, HashMap<u64, Conn<V>>>,
+    /// The live stream of each agent: its org and stream id.
+    by_agent: HashMap<String, (String, u64)>,
+    /// Streams opened since start (replaced ones included).
+    opened: u64,
 }
 
 #[derive(Debug)]
@@ -103,6 +111,8 @@ impl<V> Hub<V> {
                 next_id: 0,
                 closed: false,
                 orgs: HashMap::new(),
+                by_agent: HashMap::new(),
+                opened: 0,
             })),
             queue: queue.max(1),
             keep_alive,
@@ -116,8 +126,9 @@ impl<V> Hub<V> {
     }
 
     /// Opens a stream for an agent with its `view`; `initial` (its policy, then the fleet
-    /// blocks and approvals in force) is queued first, on top of the stream's queue. `None`
-    /// once the hub is closed.
+    /// blocks and approvals in force) is queued first, on top of the stream's queue. The
+    /// agent's earlier stream, if any, is ended (after the events already queued to it).
+    /// `None` once the hub is closed.
     pub fn subscribe(
         &self,
         org_id: &str,
@@ -135,7 +146,17 @@ impl<V> Hub<V> {
             return None;
         }
         inner.next_id += 1;
+        inner.opened += 1;
         let id = inner.next_id;
+        if let Some((old_org, old_id)) = inner
+            .by_agent
+            .insert(agent_id.to_owned(), (org_id.to_owned(), id))
+        {
+            if let Some(conns) = inner.orgs.get_mut(&old_org) {
+                conns.remove(&old_id);
+            }
+            tracing::info!(agent = agent_id, "event stream replaced by a new one");
+        }
         inner.orgs.entry(org_id.to_owned()).or_default().insert(
             id,
             Conn {
@@ -147,6 +168,7 @@ impl<V> Hub<V> {
         Some(Subscription {
             id,
             org_id: org_id.to_owned(),
+            agent_id: agent_id.to_owned(),
             hub: self.inner.clone(),
             rx,
         })
@@ -229,6 +251,23 @@ impl<V> Hub<V> {
         delivery
     }
 
+    /// The agent and view of every open stream of `org`.
+    pub fn views(&self, org_id: &str) -> Vec<(String, V)>
+    where
+        V: Clone,
+    {
+        self.lock()
+            .orgs
+            .get(org_id)
+            .map(|conns| {
+                conns
+                    .values()
+                    .map(|c| (c.agent_id.clone(), c.view.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Agents of `org` with an open stream.
     pub fn online_agents(&self, org_id: &str) -> HashSet<String> {
         self.lock()
@@ -238,9 +277,14 @@ impl<V> Hub<V> {
             .unwrap_or_default()
     }
 
-    /// Open streams of `org`.
+    /// Open streams of `org` (one per agent).
     pub fn stream_count(&self, org_id: &str) -> usize {
         self.lock().orgs.get(org_id).map_or(0, HashMap::len)
+    }
+
+    /// Streams opened since start, replaced ones included.
+    pub fn streams_opened(&self) -> u64 {
+        self.lock().opened
     }
 
     /// Ends every stream (after its queued events) and refuses new ones: shutdown.
@@ -248,6 +292,7 @@ impl<V> Hub<V> {
         let mut inner = self.lock();
         inner.closed = true;
         inner.orgs.clear();
+        inner.by_agent.clear();
     }
 
     /// Longest silence on a stream before a keep-alive comment.
@@ -264,7 +309,10 @@ fn deliver<V>(conn: &Conn<V>, frame: Frame, delivery: &mut Delivery) -> bool {
             true
         }
         Err(mpsc::error::TrySendError::Full(_)) => {
-            tracing::warn!(agent = %conn.agent_id, "event queue full; dropping the slow stream");
+            tracing::warn!(
+                agent = conn.agent_id.as_str(),
+                "event queue full; dropping the slow stream"
+            );
             delivery.dropped += 1;
             false
         }
@@ -277,6 +325,7 @@ fn deliver<V>(conn: &Conn<V>, frame: Frame, delivery: &mut Delivery) -> bool {
 pub struct Subscription<V> {
     id: u64,
     org_id: String,
+    agent_id: String,
     hub: Arc<Mutex<Inner<V>>>,
     rx: mpsc::Receiver<Frame>,
 }
@@ -307,5 +356,47 @@ impl<V> Drop for Subscription<V> {
                 inner.orgs.remove(&self.org_id);
             }
         }
+        if inner.by_agent.get(&self.agent_id).map(|(_, id)| *id) == Some(self.id) {
+            inner.by_agent.remove(&self.agent_id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    fn frame(data: &str) -> Frame {
+        Frame {
+            event: "block",
+            id: None,
+            data: Arc::from(data),
+        }
+    }
+
+    /// Regression (issue 13, finding 5): one agent token opened 2,000 streams and the next
+    /// broadcast counted 2,000; a new stream now replaces the agent's old one.
+    #[tokio::test]
+    async fn a_new_stream_replaces_the_agents_old_one_and_counts_are_agents() {
+        let hub: Hub<()> = Hub::new(4, Duration::from_secs(15));
+        let mut old = hub.subscribe("org", "a", (), [frame("first")]).unwrap();
+        let _b = hub.subscribe("org", "b", (), []).unwrap();
+        let mut new = hub.subscribe("org", "a", (), []).unwrap();
+        assert_eq!(hub.stream_count("org"), 2);
+        assert_eq!(hub.streams_opened(), 3);
+        // The old stream gets what was queued to it, then ends.
+        assert!(old.next().await.is_some());
+        assert!(old.next().await.is_none());
+        assert_eq!(hub.send_org("org", &frame("x"), None).queued, 2);
+        assert!(new.next().await.is_some());
+        // Dropping the replaced stream does not unregister the new one.
+        drop(old);
+        assert_eq!(hub.online_agents("org").len(), 2);
+        assert_eq!(hub.send_agent("org", "a", &frame("y")).queued, 1);
+        drop(new);
+        assert_eq!(hub.send_agent("org", "a", &frame("z")).queued, 0);
+        assert!(!hub.lock().by_agent.contains_key("a"));
     }
 }

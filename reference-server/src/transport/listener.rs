@@ -1,15 +1,19 @@
-//! The listener: TCP accept, optional TLS handshake, HTTP/1.1 and HTTP/2 through hyper-util's
-//! connection builder serving `warp::service(routes)`, one log line per request, and graceful
-//! shutdown. It serves whatever routes it is given.
+//! The listener: TCP accept within the connection caps (backing off when out of file
+//! descriptors), the TLS handshake with a deadline, HTTP/1.1 and HTTP/2 through hyper-util's
+//! connection builder (header-read timeout, keep-alive pings) serving `warp::service(routes)`,
+//! idle connections closed, one log line per request, and graceful shutdown. It serves whatever
+//! routes it is given.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
@@ -19,6 +23,8 @@ use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
+
+use super::limits::{ConnectionLimits, Gate, Refused};
 
 /// The peer address of a request, put into its extensions by the listener (warp's own
 /// `warp::addr::remote()` is empty behind `warp::service`).
@@ -44,6 +50,8 @@ pub struct ServeOptions {
     pub routes: BoxedFilter<(Response,)>,
     /// Longest wait for open connections at shutdown.
     pub shutdown_grace: Duration,
+    /// Timeouts and connection caps.
+    pub limits: ConnectionLimits,
     /// What to do when stopping.
     pub shutdown: Shutdown,
 }
@@ -53,6 +61,7 @@ pub struct ServeOptions {
 pub struct Listening {
     local_addr: SocketAddr,
     tls: bool,
+    gate: Gate,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -66,6 +75,11 @@ impl Listening {
     /// Whether the listener speaks TLS.
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.gate.open()
     }
 
     /// Stops accepting, runs the shutdown work, waits for open requests (up to the grace
@@ -86,53 +100,104 @@ pub async fn spawn(options: ServeOptions) -> anyhow::Result<Listening> {
     let local_addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel();
     let tls = options.acceptor.is_some();
+    let gate = Gate::new(options.limits);
+    let limits = gate.limits();
+    tracing::info!(
+        %local_addr,
+        tls,
+        max_connections = limits.max_connections,
+        max_per_address = limits.max_per_address,
+        operator_reserve = limits.operator_reserve,
+        "policy server listening"
+    );
     let task = tokio::spawn(run(
         listener,
-        options.acceptor,
-        options.routes,
+        Serving {
+            acceptor: options.acceptor,
+            routes: options.routes,
+            gate: gate.clone(),
+        },
         stopped,
         options.shutdown_grace,
         options.shutdown,
     ));
-    tracing::info!(%local_addr, tls, "policy server listening");
     Ok(Listening {
         local_addr,
         tls,
+        gate,
         stop: Some(stop),
         task: Some(task),
     })
 }
 
-async fn run(
-    listener: TcpListener,
+/// What every connection is served with.
+struct Serving {
     acceptor: Option<TlsAcceptor>,
     routes: BoxedFilter<(Response,)>,
+    gate: Gate,
+}
+
+async fn run(
+    listener: TcpListener,
+    serving: Serving,
     mut stopped: oneshot::Receiver<()>,
     grace: Duration,
     shutdown: Shutdown,
 ) {
-    let routes = warp::service(routes);
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    let routes = warp::service(serving.routes);
+    let limits = serving.gate.limits().clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.keep_alive_interval)
+        .keep_alive_timeout(limits.keep_alive_timeout);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let mut backoff = AcceptBackoff::default();
+    let mut refusals = RateLimitedLog::new(Duration::from_secs(10));
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut stopped => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Some(wait) = backoff.failed(&error) {
+                        tokio::time::sleep(wait).await;
+                    }
                     continue;
                 }
             },
         };
+        backoff.succeeded();
+        let permit = match serving.gate.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                // Closed before TLS: the cheapest answer, and the one that frees the descriptor.
+                drop(stream);
+                if let Some(suppressed) = refusals.tick() {
+                    let cap = match refused {
+                        Refused::Total => "max-connections",
+                        Refused::PerAddress => "max-connections-per-ip",
+                    };
+                    tracing::warn!(%peer, cap, suppressed, "connection refused: at the cap");
+                }
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = serving.acceptor.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let routes = routes.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
+            let activity = Arc::new(Activity::new());
+            let tracked = activity.clone();
             let service =
                 hyper::service::service_fn(move |mut request: warp::http::Request<Incoming>| {
                     request.extensions_mut().insert(PeerAddr(peer));
@@ -140,6 +205,7 @@ async fn run(
                     let path = request.uri().path().to_owned();
                     let started = Instant::now();
                     let mut routes = routes.clone();
+                    let busy = tracked.begin();
                     let response = routes.call(request);
                     async move {
                         let response = response.await;
@@ -147,16 +213,24 @@ async fn run(
                             tracing::info!(
                                 %peer,
                                 %method,
-                                path,
+                                path = path.as_str(),
                                 status = response.status().as_u16(),
                                 elapsed_us = started.elapsed().as_micros() as u64,
                                 "request"
                             );
                         }
-                        response
+                        response.map(|r| r.map(|body| Tracked { body, _busy: busy }))
                     }
                 });
-            serve_connection(stream, acceptor, &builder, watcher, service, peer).await;
+            let connection = Connection {
+                peer,
+                limits: &limits,
+                activity: &activity,
+            };
+            connection
+                .serve(stream, acceptor, &builder, watcher, service)
+                .await;
+            drop(permit);
         });
     }
     drop(listener);
@@ -171,41 +245,248 @@ async fn run(
     tracing::info!("policy server stopped");
 }
 
-async fn serve_connection<S>(
-    stream: TcpStream,
-    acceptor: Option<TlsAcceptor>,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-    service: S,
+/// One accepted connection.
+struct Connection<'a> {
     peer: SocketAddr,
-) where
-    S: hyper::service::Service<
-            warp::http::Request<Incoming>,
-            Response = warp::reply::Response,
-            Error = std::convert::Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let result = match acceptor {
-        Some(acceptor) => match acceptor.accept(stream).await {
-            Ok(tls) => {
-                watcher
-                    .watch(builder.serve_connection(TokioIo::new(tls), service))
-                    .await
+    limits: &'a ConnectionLimits,
+    activity: &'a Activity,
+}
+
+impl Connection<'_> {
+    /// TLS (within the handshake timeout), then HTTP until the peer leaves, the server stops,
+    /// or the connection stays idle past the idle timeout.
+    async fn serve<S, B>(
+        &self,
+        stream: TcpStream,
+        acceptor: Option<TlsAcceptor>,
+        builder: &auto::Builder<TokioExecutor>,
+        watcher: hyper_util::server::graceful::Watcher,
+        service: S,
+    ) where
+        S: hyper::service::Service<
+                warp::http::Request<Incoming>,
+                Response = warp::http::Response<B>,
+                Error = std::convert::Infallible,
+            > + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let peer = self.peer;
+        let served = match acceptor {
+            Some(acceptor) => {
+                let handshake = tokio::time::timeout(
+                    self.limits.tls_handshake_timeout,
+                    acceptor.accept(stream),
+                );
+                match handshake.await {
+                    Ok(Ok(tls)) => {
+                        let connection = watcher.watch(
+                            builder
+                                .serve_connection(TokioIo::new(tls), service)
+                                .into_owned(),
+                        );
+                        self.until_idle(connection).await
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                }
             }
-            Err(error) => {
-                tracing::debug!(%peer, %error, "TLS handshake failed");
+            None => {
+                let connection = watcher.watch(
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned(),
+                );
+                self.until_idle(connection).await
+            }
+        };
+        match served {
+            Some(Err(error)) => {
+                tracing::debug!(%peer, error = %error, "connection ended with an error")
+            }
+            Some(Ok(())) => {}
+            None => tracing::debug!(%peer, "idle connection closed"),
+        }
+    }
+
+    /// Runs `connection` until it ends (`Some`) or has been idle for the idle timeout (`None`).
+    async fn until_idle<F, E>(&self, connection: F) -> Option<Result<(), E>>
+    where
+        F: Future<Output = Result<(), E>>,
+    {
+        let idle = self.limits.idle_timeout;
+        tokio::select! {
+            result = connection => Some(result),
+            () = self.activity.idle_for(idle) => None,
+        }
+    }
+}
+
+/// Requests in flight on one connection (a response counts until its body ended, so an open
+/// event stream keeps its connection busy) and when the last one ended.
+struct Activity {
+    origin: Instant,
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+/// One request in flight; dropping it (with the response body) marks the end.
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        Busy(self.clone())
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(now, Ordering::SeqCst);
+    }
+
+    /// Resolves once nothing has been in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.origin + Duration::from_millis(self.last_ms.load(Ordering::SeqCst));
+            let deadline = last + idle;
+            if Instant::now() >= deadline && self.in_flight.load(Ordering::SeqCst) == 0 {
                 return;
             }
-        },
-        None => {
-            watcher
-                .watch(builder.serve_connection(TokioIo::new(stream), service))
-                .await
+            let wake = if Instant::now() >= deadline {
+                Instant::now() + idle
+            } else {
+                deadline
+            };
+            tokio::time::sleep_until(wake.into()).await;
         }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+struct Tracked<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The wait after a failed `accept`: out of descriptors or memory, wait (10 ms doubling to 1 s)
+/// instead of spinning, with one log line per 10 s; other errors (a peer that reset before
+/// being accepted) are retried at once.
+#[derive(Debug)]
+struct AcceptBackoff {
+    wait: Duration,
+    log: RateLimitedLog,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        Self {
+            wait: Duration::ZERO,
+            log: RateLimitedLog::new(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn failed(&mut self, error: &std::io::Error) -> Option<Duration> {
+        let exhausted = matches!(
+            error.raw_os_error(),
+            Some(code) if code == nix::libc::EMFILE
+                || code == nix::libc::ENFILE
+                || code == nix::libc::ENOBUFS
+                || code == nix::libc::ENOMEM
+        );
+        if !exhausted {
+            tracing::debug!(%error, "accept failed");
+            return None;
+        }
+        self.wait = (self.wait * 2).clamp(Self::FIRST, Self::MAX);
+        if let Some(suppressed) = self.log.tick() {
+            tracing::warn!(%error, backoff_ms = self.wait.as_millis() as u64, suppressed, "accept failed; backing off");
+        }
+        Some(self.wait)
+    }
+
+    fn succeeded(&mut self) {
+        self.wait = Duration::ZERO;
+    }
+}
+
+/// At most one log line per `every`; says how many were suppressed since the last one.
+#[derive(Debug)]
+struct RateLimitedLog {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(suppressed)` when a line may be written now.
+    fn tick(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.every)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
     }
 }

@@ -4,8 +4,10 @@
 //! it is given.
 
 pub mod hub;
+pub mod limits;
 pub mod listener;
 pub mod tls;
 
 pub use hub::{Delivery, Frame, Hub, Subscription};
+pub use limits::ConnectionLimits;
 pub use listener::{Listening, PeerAddr, ServeOptions, Shutdown};

@@ -140,9 +140,10 @@ impl TestServer {
         body["data"].clone()
     }
 
-    /// Opens an agent's event stream and waits until the server has registered it.
-    pub async fn stream(&self, token: &str, org: &str) -> Stream {
-        let before = self.server().state().hub.stream_count(org);
+    /// Opens an agent's event stream and waits until the server has registered it (an agent
+    /// has one stream: a second one replaces the first).
+    pub async fn stream(&self, token: &str, _org: &str) -> Stream {
+        let before = self.server().state().hub.streams_opened();
         let request = self
             .client
             .get(format!("{}/api/events", self.base))
@@ -152,7 +153,7 @@ impl TestServer {
             Ok(Some(Ok(Event::Open))) => {}
             other => panic!("event stream did not open: {other:?}"),
         }
-        wait_for(|| self.server().state().hub.stream_count(org) > before).await;
+        wait_for(|| self.server().state().hub.streams_opened() > before).await;
         Stream { source }
     }
 }

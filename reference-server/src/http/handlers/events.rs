@@ -26,8 +26,8 @@ pub async fn open(
     )
     .await?;
     tracing::info!(
-        agent = %agent.agent_id,
-        org = %agent.org_id,
+        agent = agent.agent_id.as_str(),
+        org = agent.org_id.as_str(),
         peer = ?peer.map(|p| p.0),
         version = ?policy.map(|p| p.version.to_string()),
         "event stream opened"

@@ -32,6 +32,16 @@ pub fn insert(conn: &mut Connection, approval: &Approval, entry: &NewEntry) -> R
     Ok(())
 }
 
+/// Pending requests of `agent_id`.
+pub fn pending_count(conn: &mut Connection, agent_id: &str) -> Result<usize> {
+    let count: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM approvals WHERE agent_id = ?1 AND status = 'pending'",
+        params![agent_id],
+        |row| row.get(0),
+    )?;
+    Ok(usize::try_from(count).unwrap_or(usize::MAX))
+}
+
 /// Marks pending and approved-but-unexecuted requests past their expiry `expired`, with an
 /// audit entry each.
 pub fn expire(conn: &mut Connection, now_ms: i64) -> Result<usize> {
@@ -207,7 +217,7 @@ fn approval_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Approval>> {
         serde_json::from_str::<ActionRecord>(&request),
         ApprovalStatus::parse(&status),
     ) else {
-        tracing::warn!(approval = %id, "skipping a malformed approval row");
+        tracing::warn!(approval = id.as_str(), "skipping a malformed approval row");
         return Ok(None);
     };
     Ok(Some(Approval {

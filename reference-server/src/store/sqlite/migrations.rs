@@ -99,11 +99,36 @@ CREATE INDEX report_receipts_by_time ON report_receipts (created_ms);
     r#"
 ALTER TABLE policies ADD COLUMN signature TEXT;
 "#,
-    // 5: the ack of an agent's last offered version (protocol `VersionAck` JSON).
+    // 5: the policy versions (with the overrides applied) sent to each agent, so that a report
+    // can be checked against a version the agent really got; and an index for the pending
+    // approvals of one agent (its quota).
+    r#"
+CREATE TABLE agent_policies (
+    agent_id   TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    overrides  TEXT    NOT NULL,
+    sent_ms    INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, version, overrides)
+);
+CREATE INDEX agent_policies_by_time ON agent_policies (agent_id, sent_ms);
+CREATE INDEX approvals_by_agent ON approvals (agent_id, status);
+"#,
+    // 6: alert deliveries queued with the alert report, done after it is acknowledged (a
+    // disconnect or a crash in between no longer loses them).
+    r#"
+CREATE TABLE alert_deliveries (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    org_id     TEXT    NOT NULL,
+    channel    TEXT    NOT NULL,
+    alert      TEXT    NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+"#,
+    // 7: the ack of an agent's last offered version (protocol `VersionAck` JSON).
     r#"
 ALTER TABLE agents ADD COLUMN ack TEXT;
 "#,
-    // 6: staged rollouts (the record as JSON).
+    // 8: staged rollouts (the record as JSON).
     r#"
 CREATE TABLE rollouts (
     id         TEXT    PRIMARY KEY,

@@ -8,11 +8,13 @@ mod agents;
 mod approvals;
 mod audit;
 mod blocks;
+mod deliveries;
 mod migrations;
 mod policies;
 mod receipts;
 mod rollouts;
 mod rows;
+mod sent;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -23,15 +25,14 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use policy_engine::PolicyVersion;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
 use rusqlite::Connection;
 use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
-    Heartbeat, NewBlock, NewEntry, NewPolicy, ReportReceipt, Rollout, Store, StoreError,
-    StoredOverrides, StoredPolicy, Upserted,
+    Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, PendingDelivery, ReportReceipt, Rollout,
+    SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -147,7 +148,16 @@ impl Store for SqliteStore {
         Ok(found)
     }
 
-    async fn policy(&self, org_id: String, version: PolicyVersion) -> Result<Option<StoredPolicy>> {
+    async fn policy(&self, org_id: String, version: u64) -> Result<Option<StoredPolicy>> {
+        let latest = self
+            .latest
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&org_id).cloned())
+            .filter(|p| p.version.number() == version);
+        if latest.is_some() {
+            return Ok(latest);
+        }
         self.call(move |conn| policies::version(conn, org_id, version))
             .await
     }
@@ -163,6 +173,23 @@ impl Store for SqliteStore {
 
     async fn rollout(&self, id: String) -> Result<Option<Rollout>> {
         self.call(move |conn| rollouts::one(conn, &id)).await
+    }
+
+    async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<()> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        self.call(move |conn| sent::record(conn, &sent)).await
+    }
+
+    async fn sent_overrides(&self, agent_id: String, version: u64) -> Result<Vec<Value>> {
+        self.call(move |conn| sent::overrides(conn, &agent_id, version))
+            .await
+    }
+
+    async fn pending_approvals(&self, agent_id: String) -> Result<usize> {
+        self.call(move |conn| approvals::pending_count(conn, &agent_id))
+            .await
     }
 
     async fn insert_agent(&self, agent: AgentRecord, token: TokenHash) -> Result<AgentRecord> {
@@ -304,6 +331,26 @@ impl Store for SqliteStore {
         answer: Value,
     ) -> Result<()> {
         self.call(move |conn| receipts::set_answer(conn, &agent_id, &report_id, &answer))
+            .await
+    }
+
+    async fn insert_alert(
+        &self,
+        entries: Vec<NewEntry>,
+        deliveries: Vec<NewDelivery>,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
+        self.call(move |conn| deliveries::insert_alert(conn, &entries, &deliveries, at))
+            .await
+    }
+
+    async fn pending_deliveries(&self, after_id: i64, limit: u32) -> Result<Vec<PendingDelivery>> {
+        self.call(move |conn| deliveries::pending(conn, after_id, limit))
+            .await
+    }
+
+    async fn finish_delivery(&self, id: i64, entry: NewEntry, at: DateTime<Utc>) -> Result<()> {
+        self.call(move |conn| deliveries::finish(conn, id, &entry, at))
             .await
     }
 

@@ -72,23 +72,25 @@ pub fn latest(conn: &mut Connection, org_id: String) -> Result<Option<StoredPoli
 pub fn version(
     conn: &mut Connection,
     org_id: String,
-    version: PolicyVersion,
+    version: u64,
 ) -> Result<Option<StoredPolicy>> {
-    read(conn, org_id, Some(version))
+    read(
+        conn,
+        org_id,
+        Some(i64::try_from(version).unwrap_or(i64::MAX)),
+    )
 }
 
-/// The latest version of `org_id`, or `version` of it.
 fn read(
     conn: &mut Connection,
     org_id: String,
-    version: Option<PolicyVersion>,
+    version: Option<i64>,
 ) -> Result<Option<StoredPolicy>> {
-    let wanted = version.map_or(-1, |v| i64::try_from(v.number()).unwrap_or(i64::MAX));
     let row = conn
         .query_row(
             "SELECT id, version, document, created_at, signature FROM policies
-             WHERE org_id = ?1 AND (?2 < 0 OR version = ?2) ORDER BY version DESC LIMIT 1",
-            params![org_id, wanted],
+             WHERE org_id = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
+            params![org_id, version],
             |row| {
                 Ok((
                     row.get::<_, String>(0)?,

@@ -7,17 +7,24 @@ use serde_json::Value;
 use super::Result;
 use crate::store::{ReportReceipt, StoreError};
 
-/// Writes a receipt inside the transaction of the report's effect: a report already received
-/// (the same agent and id) fails it with [`StoreError::DuplicateReport`], so the transaction
-/// rolls back and the effect never happens twice.
+/// Writes a receipt (with its answer, when known before the effect) inside the transaction of
+/// the report's effect: a report already received (the same agent and id) fails it with
+/// [`StoreError::DuplicateReport`], so the transaction rolls back and the effect never happens
+/// twice.
 pub fn insert(conn: &Connection, receipt: &ReportReceipt, now_ms: i64) -> Result<()> {
+    let answer = receipt
+        .answer
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()?;
     let inserted = conn.execute(
-        "INSERT OR IGNORE INTO report_receipts (agent_id, report_id, kind, created_ms)
-         VALUES (?1, ?2, ?3, ?4)",
+        "INSERT OR IGNORE INTO report_receipts (agent_id, report_id, kind, answer, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
             receipt.agent_id,
             receipt.report_id.as_str(),
             receipt.kind.as_str(),
+            answer,
             now_ms
         ],
     )?;

@@ -1,0 +1,50 @@
+//! `agent_policies`: which policy versions (with which overrides) were sent to each agent, the
+//! newest [`MAX_SENT_PER_AGENT`] per agent.
+
+use rusqlite::{Connection, TransactionBehavior, params};
+use serde_json::Value;
+
+use super::Result;
+use crate::store::{MAX_SENT_PER_AGENT, SentPolicy};
+
+/// Records `sent` in one transaction; a row sent again gets its time refreshed. Each agent
+/// keeps its newest [`MAX_SENT_PER_AGENT`] rows.
+pub fn record(conn: &mut Connection, sent: &[SentPolicy]) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO agent_policies (agent_id, version, overrides, sent_ms)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (agent_id, version, overrides) DO UPDATE SET sent_ms = excluded.sent_ms",
+        )?;
+        let mut prune = tx.prepare_cached(
+            "DELETE FROM agent_policies WHERE agent_id = ?1 AND rowid NOT IN (
+                 SELECT rowid FROM agent_policies WHERE agent_id = ?1
+                 ORDER BY sent_ms DESC, rowid DESC LIMIT ?2)",
+        )?;
+        let keep = i64::try_from(MAX_SENT_PER_AGENT).unwrap_or(i64::MAX);
+        for row in sent {
+            let overrides = serde_json::to_string(&row.overrides)?;
+            let version = i64::try_from(row.version.number()).unwrap_or(i64::MAX);
+            upsert.execute(params![row.agent_id, version, overrides, row.sent_ms])?;
+            prune.execute(params![row.agent_id, keep])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The override lists `version` was sent to `agent_id` with (empty: never sent).
+pub fn overrides(conn: &mut Connection, agent_id: &str, version: u64) -> Result<Vec<Value>> {
+    let version = i64::try_from(version).unwrap_or(i64::MAX);
+    let mut stmt = conn.prepare_cached(
+        "SELECT overrides FROM agent_policies WHERE agent_id = ?1 AND version = ?2
+         ORDER BY sent_ms DESC",
+    )?;
+    let rows = stmt.query_map(params![agent_id, version], |row| row.get::<_, String>(0))?;
+    let mut lists = Vec::new();
+    for text in rows {
+        lists.push(serde_json::from_str(&text?)?);
+    }
+    Ok(lists)
+}
