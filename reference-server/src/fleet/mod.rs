@@ -4,11 +4,14 @@
 //! typed inputs, never the app state or a request.
 //!
 //! - [`policies`]: publishing versions, the active policy, an agent's resolved rules, overrides
-//!   ([`overrides`] holds their format and validation);
+//!   ([`overrides`] holds their format and validation); [`plan`]: what a publication would do
+//!   (the dry run);
 //! - [`agents`]: enrollment, identity, heartbeats, the status list, tokens;
 //! - [`streams`]: the event streams, the publish lock, what a new stream gets first;
 //! - [`reports`]: what the server does with an agent's report, one workflow per kind, and
 //!   report-id idempotency;
+//! - [`rollouts`]: staged rollouts, the gate and rollback; [`assignment`]: which version each
+//!   agent gets;
 //! - [`blocks`], [`approvals`]: fleet blocks and approval requests;
 //! - [`notify`]: alert channels and delivery; [`audit`]: the trail;
 //! - [`views`]: records as the protocol shows them; [`sweeper`]: expiry in the background;
@@ -20,6 +23,7 @@
 pub mod admin;
 pub mod agents;
 pub mod approvals;
+pub mod assignment;
 pub mod audit;
 pub mod blocks;
 pub mod changes;
@@ -27,9 +31,11 @@ pub mod checks;
 pub mod gauges;
 pub mod notify;
 pub mod overrides;
+pub mod plan;
 pub mod policies;
 pub mod quotas;
 pub mod reports;
+pub mod rollouts;
 pub mod streams;
 pub mod sweeper;
 pub mod views;

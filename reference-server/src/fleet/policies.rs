@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use policy_engine::policy::wire::RuleDocument;
-use policy_engine::protocol::{AgentPolicyView, PolicySignature, PolicyView, time};
+use policy_engine::protocol::{AgentPolicyView, AgentRunning, PolicySignature, PolicyView, time};
 use policy_engine::{Policy, PolicyVersion};
 use serde::Serialize;
 use serde_json::Value;
@@ -225,19 +225,28 @@ pub enum Publication {
     },
 }
 
-/// Stores a publication as the next version of its org (a signed file's org, else the body's
-/// `org_id`, else `org_query`, as `principal` may write) and queues it to every stream of the
-/// org. Every `notifyChannels` entry must name a configured channel (when channels are
-/// configured). An org in `signed_orgs` takes only signed publications.
-pub async fn publish(
-    store: &dyn Store,
-    publisher: &Publisher,
+/// A publication checked for its org: what [`publish`] stores and [`plan`](super::plan::plan)
+/// shows.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The validated document.
+    pub policy: Policy,
+    /// The org it goes to.
+    pub org: String,
+    /// The signed version and the signature, for a signed publication.
+    pub signed: Option<(PolicyVersion, PolicySignature)>,
+}
+
+/// Checks a publication as `principal` may write it: its org (a signed file's org, else the
+/// body's `org_id`, else `org_query`), the org's signature requirement, and that every
+/// `notifyChannels` entry names a configured channel (when channels are configured).
+pub fn check(
     channels: Option<&NotifyConfig>,
     signed_orgs: &SignedOrgs,
     principal: &Principal,
     org_query: Option<&str>,
     publication: Publication,
-) -> Result<PolicyView<RuleDocument>, ApiError> {
+) -> Result<Checked, ApiError> {
     let (policy, org, signed) = match publication {
         Publication::Unsigned(policy) => {
             let org = principal.write_org(policy.org_id.as_deref().or(org_query))?;
@@ -273,8 +282,32 @@ pub async fn publish(
     if !unknown_channels.is_empty() {
         return Err(ApiError::from_validation(unknown_channels));
     }
+    Ok(Checked {
+        policy,
+        org,
+        signed,
+    })
+}
+
+/// Stores a publication ([`check`]ed) as the next version of its org and queues it to every
+/// stream of the org.
+pub async fn publish(
+    store: &dyn Store,
+    publisher: &Publisher,
+    channels: Option<&NotifyConfig>,
+    signed_orgs: &SignedOrgs,
+    principal: &Principal,
+    org_query: Option<&str>,
+    publication: Publication,
+) -> Result<PolicyView<RuleDocument>, ApiError> {
+    let Checked {
+        policy,
+        org,
+        signed,
+    } = check(channels, signed_orgs, principal, org_query, publication)?;
     let key_id = signed.as_ref().map(|(_, s)| s.key_id.clone());
     let publishing = publisher.begin().await;
+    super::assignment::check_no_active(store, &org).await?;
     let stored = store
         .insert_policy(NewPolicy {
             org_id: org,
@@ -331,21 +364,32 @@ pub async fn active(store: &dyn Store, org: &str) -> Result<PolicyView<RuleDocum
     Ok(policy_view(&latest(store, org).await?, None))
 }
 
-/// The rules `agent` runs: its org's latest version with its overrides applied.
+/// The rules `agent` runs: the version assigned to it (its org's latest, or the previous one
+/// while a staged rollout has not reached it) with its overrides applied, and what the agent
+/// reported (`running`: its version, last error, ack, and why it gets this version).
 pub async fn for_agent(
     store: &dyn Store,
     agent: AgentRecord,
 ) -> Result<AgentPolicyView<RuleDocument>, ApiError> {
-    let policy = latest(store, &agent.org_id).await?;
+    let (policy, assignment) = super::assignment::assigned_policy(store, &agent.org_id, &agent.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no policy in org `{}`", agent.org_id)))?;
     let stored = store.overrides(agent.id.clone()).await?;
     let list = overrides::stored_list(stored.as_ref());
     Ok(AgentPolicyView {
         rules: resolved_rules(&policy, &agent.id, &list),
         applied_at: applied_at(&policy, stored.as_ref()),
-        agent_id: agent.id,
         policy_version: policy.version,
         overrides: None,
         broadcasted_to: None,
+        running: Some(AgentRunning {
+            policy_version: agent.policy_version,
+            last_seen: agent.last_seen,
+            last_error: agent.last_error,
+            ack: agent.ack,
+            assignment: Some(assignment.reason),
+        }),
+        agent_id: agent.id,
     })
 }
 
@@ -389,11 +433,21 @@ pub async fn set_overrides(
     store
         .set_overrides(agent.id.clone(), stored.clone())
         .await?;
-    let frame = policy_frame(&policy, &agent.id, &list);
+    // The agent's streams get the version assigned to it (a staged rollout may keep it on the
+    // previous one), with its new overrides; reports are checked against what was sent.
+    let (frame, sent_policy) =
+        match super::assignment::assigned_policy(store, &agent.org_id, &agent.id).await? {
+            Some((assigned, assignment)) => {
+                let mut event = super::views::policy_event(&assigned, &agent.id, &list);
+                event.rollback_from = assignment.rollback_from;
+                (crate::transport::Frame::policy(&event), assigned)
+            }
+            None => (policy_frame(&policy, &agent.id, &list), policy.clone()),
+        };
     store
         .record_sent(vec![sent(
             agent.id.clone(),
-            &policy,
+            &sent_policy,
             &list,
             clock::now_ms(),
         )])
@@ -428,5 +482,6 @@ pub async fn set_overrides(
         applied_at: applied_at(&policy, Some(&stored)),
         overrides: Some(stored.list),
         broadcasted_to: Some(delivery.queued),
+        running: None,
     })
 }

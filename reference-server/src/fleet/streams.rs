@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use policy_engine::PolicyVersion;
 use policy_engine::protocol::FleetEvent;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -39,11 +40,11 @@ impl EventHub {
     pub fn broadcast(&self, policy: &StoredPolicy) -> Delivery {
         let shared = policy_frame(policy, "", &[]);
         self.send_org_each(&policy.org_id, |agent_id, overrides| {
-            if overrides.is_empty() {
+            Some(if overrides.is_empty() {
                 shared.clone()
             } else {
                 policy_frame(policy, agent_id, overrides)
-            }
+            })
         })
     }
 }
@@ -128,6 +129,38 @@ impl Publishing<'_> {
         self.timed("policy", || self.hub.broadcast(policy))
     }
 
+    /// Queues `policy` (as the rollback of `rollback_from`, if given) to the streams of its
+    /// org whose agent `to` picks, each with its overrides, after recording who gets it (as
+    /// [`Publishing::broadcast`] does).
+    pub async fn push_to(
+        &self,
+        store: &dyn Store,
+        policy: &StoredPolicy,
+        rollback_from: Option<PolicyVersion>,
+        to: impl Fn(&str) -> bool,
+    ) -> Delivery {
+        let now = clock::now_ms();
+        let sent = self
+            .hub
+            .views(&policy.org_id)
+            .into_iter()
+            .filter(|(agent_id, _)| to(agent_id))
+            .map(|(agent_id, list)| sent(agent_id, policy, &list, now))
+            .collect();
+        if let Err(error) = store.record_sent(sent).await {
+            tracing::error!(%error, version = %policy.version, "cannot record the policy's recipients");
+        }
+        self.hub
+            .send_org_each(&policy.org_id, |agent_id, overrides| {
+                if !to(agent_id) {
+                    return None;
+                }
+                let mut event = policy_event(policy, agent_id, overrides);
+                event.rollback_from = rollback_from;
+                Some(Frame::policy(&event))
+            })
+    }
+
     /// Replaces an agent's overrides on its open streams and queues its resolved policy.
     pub fn update_agent(
         &self,
@@ -167,7 +200,8 @@ pub fn sent(agent_id: String, policy: &StoredPolicy, list: &[Override], now_ms: 
     }
 }
 
-/// Opens the event stream of an agent. It gets, first, its current resolved policy (if any),
+/// Opens the event stream of an agent. It gets, first, its current resolved policy (if any: the
+/// version assigned to it, see [`assignment::assign`](super::assignment::assign)),
 /// then one `block` per fleet block of its org in force (reported by anyone, the agent itself
 /// included: a restarted reporter needs them too), then one `approval` per approved request of
 /// its own not yet executed; then every change as it happens. 503 once the server is stopping.
@@ -178,14 +212,19 @@ pub async fn open(
     agent_id: &str,
 ) -> Result<(Subscription<AgentOverrides>, Option<StoredPolicy>), ApiError> {
     let publishing = publisher.begin().await;
-    let policy = store.latest_policy(org_id.to_owned()).await?;
+    let assigned = super::assignment::assigned_policy(store, org_id, agent_id).await?;
     let stored = store.overrides(agent_id.to_owned()).await?;
     let list = super::overrides::stored_list(stored.as_ref());
-    let mut initial: Vec<Frame> = policy
+    let mut initial: Vec<Frame> = assigned
         .as_ref()
-        .map(|p| policy_frame(p, agent_id, &list))
+        .map(|(p, assignment)| {
+            let mut event = policy_event(p, agent_id, &list);
+            event.rollback_from = assignment.rollback_from;
+            Frame::policy(&event)
+        })
         .into_iter()
         .collect();
+    let policy = assigned.map(|(p, _)| p);
     let now = clock::now_ms();
     if let Some(policy) = &policy {
         store

@@ -22,7 +22,7 @@ use self::filters::{
     admin, agent_token, json_body, own_agent, principal, query, raw_body, with_state,
 };
 use self::handlers::{
-    admin as admin_api, agents, approvals, audit, blocks, events, policies, reports,
+    admin as admin_api, agents, approvals, audit, blocks, events, policies, reports, rollouts,
 };
 use self::recover::recover;
 use crate::app::AppState;
@@ -34,6 +34,8 @@ mod params {
     pub const NONE: &[&str] = &[];
     /// The org a global admin acts on.
     pub const ORG: &[&str] = &["org_id"];
+    /// `POST /api/policy`.
+    pub const PUBLISH: &[&str] = &["dryRun", "org_id"];
     /// `GET /api/approvals`.
     pub const APPROVALS: &[&str] = &["status", "limit", "org_id"];
     /// `GET /api/audit`.
@@ -48,7 +50,7 @@ mod params {
 ///
 /// | route | who | query |
 /// |---|---|---|
-/// | `POST /api/policy` | admin | `org_id` |
+/// | `POST /api/policy` | admin | `dryRun`, `org_id` |
 /// | `GET /api/policy/active` | admin, agent | `org_id` |
 /// | `GET /api/policy/agent/:id` | admin, that agent | `org_id` |
 /// | `PUT /api/policy/agent/:id/overrides` | admin | `org_id` |
@@ -64,6 +66,9 @@ mod params {
 /// | `GET /api/approvals` | admin | `status`, `limit`, `org_id` |
 /// | `POST /api/approvals/:id/approve`, `/deny` | admin | `org_id` |
 /// | `GET /api/audit` | admin | `agent`, `ip`, `action`, `from`, `to`, `limit`, `cursor`, `org_id` |
+/// | `POST /api/rollouts` | admin | `org_id` |
+/// | `GET /api/rollouts/:id` | admin | |
+/// | `POST /api/rollouts/:id/{pause,resume,advance,abort}` | admin | |
 /// | `POST /api/policy/validate` | admin | `org_id` |
 /// | `GET /api/policy/versions` | admin | `limit`, `cursor`, `org_id` |
 /// | `GET /api/policy/versions/:version` | admin | `org_id` |
@@ -86,6 +91,7 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .chain(admin_routes(&state))
         .chain(console::routes())
         .chain(docs_routes())
+        .chain(rollout_routes(&state))
         .fold(first, |tree, route| tree.or(route).unify().boxed())
         .recover(recover)
         .unify()
@@ -99,7 +105,7 @@ fn policy_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 7] {
     let post = warp::path!("api" / "policy")
         .and(warp::post())
         .and(admin(s))
-        .and(query(params::ORG))
+        .and(query(params::PUBLISH))
         .and(raw_body())
         .and(with_state(s))
         .then(policies::post);
@@ -293,6 +299,30 @@ fn docs_routes() -> [BoxedFilter<(Response,)>; 1] {
         .and(query(params::NONE))
         .map(|_| openapi::reply());
     [boxed(openapi)]
+}
+
+/// `/api/rollouts`: staged rollouts and the operator's actions on them.
+fn rollout_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 3] {
+    let create = warp::path!("api" / "rollouts")
+        .and(warp::post())
+        .and(admin(s))
+        .and(query(params::ORG))
+        .and(json_body())
+        .and(with_state(s))
+        .then(rollouts::create);
+    let get = warp::path!("api" / "rollouts" / String)
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::NONE))
+        .and(with_state(s))
+        .then(rollouts::get);
+    let operate = warp::path!("api" / "rollouts" / String / String)
+        .and(warp::post())
+        .and(admin(s))
+        .and(query(params::NONE))
+        .and(with_state(s))
+        .then(rollouts::operate);
+    [boxed(create), boxed(get), boxed(operate)]
 }
 
 /// A route answering a reply (its own errors included), boxed.

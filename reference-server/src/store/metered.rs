@@ -16,8 +16,8 @@ use serde_json::Value;
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
     Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, OrgSummary, PendingDelivery,
-    PolicySummary, ReportReceipt, SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy,
-    Upserted,
+    PolicySummary, ReportReceipt, Rollout, SentPolicy, Store, StoreError, StoredOverrides,
+    StoredPolicy, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 use crate::metrics::ServerMetrics;
@@ -79,6 +79,20 @@ impl Store for MeteredStore {
 
     async fn orgs(&self) -> Result<Vec<String>, StoreError> {
         self.timed("orgs", self.inner.orgs()).await
+    }
+
+    async fn put_rollout(&self, rollout: Rollout, entry: NewEntry) -> Result<(), StoreError> {
+        self.timed("put_rollout", self.inner.put_rollout(rollout, entry))
+            .await
+    }
+
+    async fn latest_rollout(&self, org_id: String) -> Result<Option<Rollout>, StoreError> {
+        self.timed("latest_rollout", self.inner.latest_rollout(org_id))
+            .await
+    }
+
+    async fn rollout(&self, id: String) -> Result<Option<Rollout>, StoreError> {
+        self.timed("rollout", self.inner.rollout(id)).await
     }
 
     async fn policy(

@@ -23,7 +23,8 @@ use serde_json::Value;
 pub use records::{
     AgentRecord, Approval, AuditEntry, AuditFilter, AuditPage, DecideError, Decision, Finish,
     FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, OrgSummary, PendingDelivery,
-    PolicySummary, ReportReceipt, SentPolicy, StoredOverrides, StoredPolicy, Upserted,
+    PolicySummary, ReportReceipt, Rollout, RolloutGate, RolloutStage, RolloutState, SentPolicy,
+    StoredOverrides, StoredPolicy, Upserted,
 };
 
 /// How many (version, overrides) sends are remembered per agent, newest first: a report about
@@ -126,6 +127,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Pending approval requests of `agent_id`.
     async fn pending_approvals(&self, agent_id: String) -> Result<usize, StoreError>;
+
+    /// Stores a rollout (a new one, or a new state of one) with its audit entry, atomically.
+    async fn put_rollout(&self, rollout: Rollout, entry: NewEntry) -> Result<(), StoreError>;
+
+    /// The org's most recent rollout.
+    async fn latest_rollout(&self, org_id: String) -> Result<Option<Rollout>, StoreError>;
+
+    /// One rollout by id.
+    async fn rollout(&self, id: String) -> Result<Option<Rollout>, StoreError>;
 
     /// Enrolls an agent and stores its token hash, together.
     async fn insert_agent(

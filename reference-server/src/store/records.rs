@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use policy_engine::protocol::{ApprovalStatus, PolicySignature, ReportId, ReportKind, time};
+use policy_engine::protocol::{
+    ApprovalStatus, PolicySignature, ReportId, ReportKind, VersionAck, time,
+};
 use policy_engine::{Action, ActionRecord, Policy, PolicyDuration, PolicyVersion};
 use serde::Serialize;
 use serde_json::Value;
@@ -67,6 +69,97 @@ pub struct PolicySummary {
     pub key_id: Option<String>,
 }
 
+/// A staged rollout of one policy version of an org (see `fleet::rollouts`): the record the
+/// store keeps whole (as JSON in SQLite).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// `ro_...`
+    pub id: String,
+    /// Its org.
+    pub org_id: String,
+    /// The version rolled out.
+    pub version: PolicyVersion,
+    /// The version agents outside the stages keep, and the one a rollback returns to.
+    pub previous: PolicyVersion,
+    /// Where it is.
+    pub state: RolloutState,
+    /// The stage in force (index into `stages`).
+    pub stage: usize,
+    /// The stages, in order; each includes the agents of the earlier ones.
+    pub stages: Vec<RolloutStage>,
+    /// When a stage fails.
+    pub gate: RolloutGate,
+    /// When the stage in force began, in milliseconds since the epoch.
+    pub stage_started_ms: i64,
+    /// When it was created.
+    pub created_ms: i64,
+    /// Last change.
+    pub updated_ms: i64,
+    /// Why it stopped (a failed gate, an abort), for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    /// The stage's agents run the version; it advances when the gate allows.
+    Running,
+    /// Held at its stage by an operator (the gate still rolls it back).
+    Paused,
+    /// Every agent of the org runs the version.
+    Completed,
+    /// A gate failed: the stage's agents were sent the previous version.
+    RolledBack,
+    /// An operator aborted it: the stage's agents were sent the previous version.
+    Aborted,
+}
+
+impl RolloutState {
+    /// Whether it still decides which agents run the version (running or paused).
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Running | Self::Paused)
+    }
+}
+
+/// One stage: a share of the org's agents (by a stable hash of the agent id) and/or named
+/// agents, and how long it soaks before the next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStage {
+    /// Percent of the agents, 0 to 100.
+    pub percent: u8,
+    /// Agents named explicitly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<String>,
+    /// Minimum time in this stage before it advances on its own, in seconds.
+    pub soak_secs: u64,
+}
+
+/// What fails a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutGate {
+    /// Stage agents that may refuse the version or fail to load it (default 0).
+    pub max_failures: u32,
+    /// Stage agents that may be silent (default 0).
+    pub max_silent: u32,
+    /// An agent is silent when its last heartbeat is older than this, in seconds (default 300).
+    pub silent_after_secs: u64,
+}
+
+impl Default for RolloutGate {
+    fn default() -> Self {
+        Self {
+            max_failures: 0,
+            max_silent: 0,
+            silent_after_secs: 300,
+        }
+    }
+}
+
 /// An enrolled agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRecord {
@@ -84,6 +177,8 @@ pub struct AgentRecord {
     pub policy_version: Option<PolicyVersion>,
     /// Error reported in the last heartbeat.
     pub last_error: Option<String>,
+    /// The last ack it sent: what became of the last version offered to it.
+    pub ack: Option<VersionAck>,
 }
 
 /// One heartbeat of an agent.
@@ -95,6 +190,8 @@ pub struct Heartbeat {
     pub policy_version: Option<PolicyVersion>,
     /// Its last error.
     pub last_error: Option<String>,
+    /// Its ack, if it sent one (`None` keeps the stored one).
+    pub ack: Option<VersionAck>,
     /// When it arrived.
     pub at: DateTime<Utc>,
 }

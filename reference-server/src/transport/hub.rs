@@ -175,18 +175,18 @@ impl<V> Hub<V> {
     }
 
     /// Queues to every stream of `org_id` the frame `frame_for` makes of its agent and view
-    /// (a broadcast tailored per stream).
+    /// (a broadcast tailored per stream); streams it gives `None` get nothing.
     pub fn send_org_each(
         &self,
         org_id: &str,
-        mut frame_for: impl FnMut(&str, &V) -> Frame,
+        mut frame_for: impl FnMut(&str, &V) -> Option<Frame>,
     ) -> Delivery {
         let mut inner = self.lock();
         let mut delivery = Delivery::default();
         if let Some(conns) = inner.orgs.get_mut(org_id) {
-            conns.retain(|_, conn| {
-                let frame = frame_for(&conn.agent_id, &conn.view);
-                deliver(conn, frame, &mut delivery)
+            conns.retain(|_, conn| match frame_for(&conn.agent_id, &conn.view) {
+                Some(frame) => deliver(conn, frame, &mut delivery),
+                None => true,
             });
         }
         delivery

@@ -46,8 +46,14 @@ pub async fn heartbeat(
     state: Arc<AppState>,
 ) -> Answer {
     let request = HeartbeatRequest::from_value(&body)?;
-    let answer =
-        agents::heartbeat(&*state.store, agent.agent_id, agent.org_id.clone(), request).await?;
+    let answer = agents::heartbeat(
+        &*state.store,
+        &state.publisher,
+        agent.agent_id,
+        agent.org_id.clone(),
+        request,
+    )
+    .await?;
     state.publisher.changed(&agent.org_id, &[Topic::Agents]);
     ok(StatusCode::OK, &answer)
 }

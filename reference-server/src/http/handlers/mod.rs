@@ -10,6 +10,7 @@ pub mod blocks;
 pub mod events;
 pub mod policies;
 pub mod reports;
+pub mod rollouts;
 
 use policy_engine::protocol::Envelope;
 use serde::Serialize;

@@ -17,38 +17,30 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::fleet::policies::Publication;
-use crate::fleet::{agents, policies};
+use crate::fleet::{agents, plan, policies};
 use crate::http::body::parse_json;
 use crate::http::filters::{Query, org_query};
 use crate::store::AgentRecord;
 
 /// `POST /api/policy` (admin): 201 with the stored version and `broadcastedTo`. The body is a
 /// policy document, or a signed policy file (`{"orgId", "version", "policy", "signature"}`,
-/// told apart by its `signature` field).
+/// told apart by its `signature` field). With `?dryRun=true`: 200 with the [`plan`] of what
+/// the post would do, and nothing changes.
 pub async fn post(principal: Principal, query: Query, body: Bytes, state: Arc<AppState>) -> Answer {
+    let dry_run = dry_run(&query)?;
     let value = parse_json(&body)?;
-    let publication = if SignedPolicy::is_signed_document(&value) {
-        let signed = SignedPolicy::from_value(&value).map_err(ApiError::from_validation)?;
-        let policy = Policy::from_value(&signed.policy).map_err(|error| {
-            let mut errors = error.errors;
-            for e in &mut errors {
-                e.path = if e.path.is_empty() {
-                    "policy".to_owned()
-                } else {
-                    join_key("policy", &e.path)
-                };
-            }
-            ApiError::from_validation(errors)
-        })?;
-        Publication::Signed {
-            policy,
-            org_id: signed.org_id,
-            version: signed.version,
-            signature: signed.signature,
-        }
-    } else {
-        Publication::Unsigned(Policy::from_value(&value).map_err(ApiError::from_policy)?)
-    };
+    let publication = publication(&value, "")?;
+    if dry_run {
+        let checked = policies::check(
+            state.notifier.config(),
+            &state.signed_orgs,
+            &principal,
+            org_query(&query),
+            publication,
+        )?;
+        let plan = plan::plan(&*state.store, &state.hub, checked).await?;
+        return ok(StatusCode::OK, &plan);
+    }
     let view = policies::publish(
         &*state.store,
         &state.publisher,
@@ -113,6 +105,52 @@ pub async fn version(
         StatusCode::OK,
         &policies::version(&*state.store, org, version).await?,
     )
+}
+
+/// A `POST /api/policy` body (or a rollout's `policy`, at `at`): a policy document, or a
+/// signed policy file told apart by its `signature` field; errors carry their paths under
+/// `at` (a signed file's document is under `policy`).
+pub fn publication(value: &Value, at: &str) -> Result<Publication, ApiError> {
+    let under = |prefix: &str, mut errors: Vec<policy_engine::ValidationError>| {
+        for e in &mut errors {
+            e.path = match (prefix.is_empty(), e.path.is_empty()) {
+                (true, _) => std::mem::take(&mut e.path),
+                (false, true) => prefix.to_owned(),
+                (false, false) => join_key(prefix, &e.path),
+            };
+        }
+        ApiError::from_validation(errors)
+    };
+    Ok(if SignedPolicy::is_signed_document(value) {
+        let signed = SignedPolicy::from_value(value).map_err(|e| under(at, e))?;
+        let inner = join_key(at, "policy");
+        let policy =
+            Policy::from_value(&signed.policy).map_err(|error| under(&inner, error.errors))?;
+        Publication::Signed {
+            policy,
+            org_id: signed.org_id,
+            version: signed.version,
+            signature: signed.signature,
+        }
+    } else if at.is_empty() {
+        Publication::Unsigned(Policy::from_value(value).map_err(ApiError::from_policy)?)
+    } else {
+        Publication::Unsigned(Policy::from_value(value).map_err(|e| under(at, e.errors))?)
+    })
+}
+
+/// `dryRun=true|false` (absent: false); any other value is a 400, so a typo never publishes.
+fn dry_run(query: &Query) -> Result<bool, ApiError> {
+    match query.get("dryRun").map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => {
+            let shown: String = other.chars().take(64).collect();
+            Err(ApiError::bad_request(format!(
+                "query parameter `dryRun` must be `true` or `false`, found `{shown}`"
+            )))
+        }
+    }
 }
 
 /// `GET /api/policy/active` (admin, or an agent for its org).

@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::Result;
-use super::rows::{parsed_opt, time_at, time_opt, time_text};
+use super::rows::{json_opt, parsed_opt, time_at, time_opt, time_text};
 use crate::auth::{Principal, TokenHash};
-use crate::store::{AgentRecord, Heartbeat};
+use crate::store::{AgentRecord, Heartbeat, StoreError};
 
 /// Enrolls an agent and stores its token hash in one transaction.
 pub fn insert(conn: &mut Connection, agent: AgentRecord, token: TokenHash) -> Result<AgentRecord> {
@@ -56,15 +56,24 @@ pub fn all(conn: &Connection) -> Result<Vec<AgentRecord>> {
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Records a heartbeat.
+/// Records a heartbeat; one without an ack keeps the stored ack.
 pub fn heartbeat(conn: &mut Connection, heartbeat: &Heartbeat) -> Result<()> {
+    let ack = heartbeat
+        .ack
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
     conn.execute(
-        "UPDATE agents SET last_seen = ?2, policy_version = ?3, last_error = ?4 WHERE id = ?1",
+        "UPDATE agents SET last_seen = ?2, policy_version = ?3, last_error = ?4,
+                           ack = COALESCE(?5, ack)
+         WHERE id = ?1",
         params![
             heartbeat.agent_id,
             time_text(&heartbeat.at),
             heartbeat.policy_version.map(|v| v.to_string()),
-            heartbeat.last_error
+            heartbeat.last_error,
+            ack
         ],
     )?;
     Ok(())
@@ -163,7 +172,7 @@ fn from_columns(role: &str, org_id: Option<String>, agent_id: Option<String>) ->
 }
 
 const AGENT_COLUMNS: &str = "SELECT id, org_id, hostname, enrolled_at, last_seen, policy_version, \
-                             last_error FROM agents";
+                             last_error, ack FROM agents";
 
 fn agent_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRecord> {
     Ok(AgentRecord {
@@ -174,5 +183,6 @@ fn agent_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRecord> {
         last_seen: time_opt(row, 4)?,
         policy_version: parsed_opt(row, 5)?,
         last_error: row.get(6)?,
+        ack: json_opt(row, 7)?,
     })
 }

@@ -124,6 +124,20 @@ CREATE TABLE alert_deliveries (
     created_ms INTEGER NOT NULL
 );
 "#,
+    // 7: the ack of an agent's last offered version (protocol `VersionAck` JSON).
+    r#"
+ALTER TABLE agents ADD COLUMN ack TEXT;
+"#,
+    // 8: staged rollouts (the record as JSON).
+    r#"
+CREATE TABLE rollouts (
+    id         TEXT    PRIMARY KEY,
+    org_id     TEXT    NOT NULL,
+    created_ms INTEGER NOT NULL,
+    record     TEXT    NOT NULL
+);
+CREATE INDEX rollouts_by_org ON rollouts (org_id, created_ms);
+"#,
 ];
 
 /// Applies the migrations `conn` lacks, each in its own transaction.

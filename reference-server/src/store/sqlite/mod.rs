@@ -12,6 +12,7 @@ mod deliveries;
 mod migrations;
 mod policies;
 mod receipts;
+mod rollouts;
 mod rows;
 mod sent;
 mod summary;
@@ -33,8 +34,8 @@ use serde_json::Value;
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
     Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, OrgSummary, PendingDelivery,
-    PolicySummary, ReportReceipt, SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy,
-    Upserted,
+    PolicySummary, ReportReceipt, Rollout, SentPolicy, Store, StoreError, StoredOverrides,
+    StoredPolicy, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -176,6 +177,19 @@ impl Store for SqliteStore {
 
     async fn orgs(&self) -> Result<Vec<String>> {
         self.call(policies::orgs).await
+    }
+
+    async fn put_rollout(&self, rollout: Rollout, entry: NewEntry) -> Result<()> {
+        self.call(move |conn| rollouts::put(conn, &rollout, &entry))
+            .await
+    }
+
+    async fn latest_rollout(&self, org_id: String) -> Result<Option<Rollout>> {
+        self.call(move |conn| rollouts::latest(conn, &org_id)).await
+    }
+
+    async fn rollout(&self, id: String) -> Result<Option<Rollout>> {
+        self.call(move |conn| rollouts::one(conn, &id)).await
     }
 
     async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<()> {

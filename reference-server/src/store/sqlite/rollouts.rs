@@ -1,0 +1,47 @@
+//! `rollouts`: staged rollouts, each kept whole as JSON beside its org and id.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::Result;
+use super::audit;
+use crate::clock;
+use crate::store::{NewEntry, Rollout};
+
+/// Stores `rollout` (insert or replace) and its audit entry in one transaction.
+pub fn put(conn: &mut Connection, rollout: &Rollout, entry: &NewEntry) -> Result<()> {
+    let text = serde_json::to_string(rollout)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute(
+        "INSERT INTO rollouts (id, org_id, created_ms, record) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET record = ?4",
+        params![rollout.id, rollout.org_id, rollout.created_ms, text],
+    )?;
+    audit::insert(&tx, clock::from_ms(rollout.updated_ms), entry)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The most recent rollout of `org_id`.
+pub fn latest(conn: &mut Connection, org_id: &str) -> Result<Option<Rollout>> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT record FROM rollouts WHERE org_id = ?1
+             ORDER BY created_ms DESC, rowid DESC LIMIT 1",
+            params![org_id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
+}
+
+/// One rollout by id.
+pub fn one(conn: &mut Connection, id: &str) -> Result<Option<Rollout>> {
+    let text: Option<String> = conn
+        .query_row(
+            "SELECT record FROM rollouts WHERE id = ?1",
+            params![id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
+}
