@@ -18,6 +18,7 @@ use serde_json::Value;
 
 pub use super::assignment::{Assignment, assigned_policy, bucket, check_no_active};
 use super::assignment::{assign, in_stage, state_name};
+use super::changes::Topic;
 use super::notify::NotifyConfig;
 use super::policies::{self, Checked, Publication, SignedOrgs};
 use super::streams::Publisher;
@@ -325,6 +326,7 @@ pub async fn create(
         .push_to(store, &stored, None, |agent| in_stage(&first, 0, agent))
         .await;
     drop(publishing);
+    publisher.changed(&rollout.org_id, CHANGED);
     view_of(store, rollout).await
 }
 
@@ -340,6 +342,22 @@ pub async fn get(
     let rollout = visible(store, principal, id).await?;
     view_of(store, rollout).await
 }
+
+/// The rollouts of `org` (newest first, at most `limit`), the running one's gate evaluated
+/// first; the console's policies page reads them.
+pub async fn list(
+    store: &dyn Store,
+    publisher: &Publisher,
+    org: String,
+    limit: u32,
+) -> Result<Vec<Rollout>, ApiError> {
+    check_gate(store, publisher, &org).await?;
+    Ok(store.rollouts(org, limit).await?)
+}
+
+/// What a rollout's change shows on the console: the versions agents get, their status, the
+/// audit entry.
+const CHANGED: &[Topic] = &[Topic::Policies, Topic::Agents, Topic::Audit];
 
 /// Applies an operator's `operation` to rollout `id`.
 pub async fn operate(
@@ -415,6 +433,7 @@ pub async fn operate(
         }
     }
     drop(publishing);
+    publisher.changed(&rollout.org_id, CHANGED);
     view_of(store, rollout).await
 }
 
@@ -446,6 +465,7 @@ pub async fn check_gate(
         Verdict::Advance => {
             let target = stored_version(store, &rollout, rollout.version).await?;
             advance(store, &publishing, &mut rollout, &target, "server").await?;
+            publisher.changed(org, CHANGED);
         }
         Verdict::Fail(reason) => {
             let previous = stored_version(store, &rollout, rollout.previous).await?;
@@ -460,6 +480,7 @@ pub async fn check_gate(
                 "server",
             )
             .await?;
+            publisher.changed(org, CHANGED);
         }
     }
     Ok(())
