@@ -335,11 +335,12 @@ pub async fn get(
     store: &dyn Store,
     publisher: &Publisher,
     principal: &Principal,
+    org: Option<&str>,
     id: &str,
 ) -> Result<RolloutView, ApiError> {
-    let rollout = visible(store, principal, id).await?;
+    let rollout = visible(store, principal, org, id).await?;
     check_gate(store, publisher, &rollout.org_id).await?;
-    let rollout = visible(store, principal, id).await?;
+    let rollout = visible(store, principal, org, id).await?;
     view_of(store, rollout).await
 }
 
@@ -364,17 +365,18 @@ pub async fn operate(
     store: &dyn Store,
     publisher: &Publisher,
     principal: &Principal,
+    org: Option<&str>,
     id: &str,
     operation: Operation,
 ) -> Result<RolloutView, ApiError> {
     check_gate(
         store,
         publisher,
-        &visible(store, principal, id).await?.org_id,
+        &visible(store, principal, org, id).await?.org_id,
     )
     .await?;
     let publishing = publisher.begin().await;
-    let mut rollout = visible(store, principal, id).await?;
+    let mut rollout = visible(store, principal, org, id).await?;
     if !rollout.state.is_active() {
         return Err(ApiError::conflict(format!(
             "rollout `{id}` is {}{}",
@@ -646,10 +648,18 @@ async fn stored_version(
         })
 }
 
-async fn visible(store: &dyn Store, principal: &Principal, id: &str) -> Result<Rollout, ApiError> {
+/// Rollout `id` if `principal` may see it; a named `org` (`?org_id=`, as the console sends
+/// for the org it shows) must be the rollout's, else it is not found there.
+async fn visible(
+    store: &dyn Store,
+    principal: &Principal,
+    org: Option<&str>,
+    id: &str,
+) -> Result<Rollout, ApiError> {
     let rollout = store
         .rollout(id.to_owned())
         .await?
+        .filter(|r| org.is_none_or(|org| r.org_id == org))
         .ok_or_else(|| ApiError::not_found(format!("unknown rollout `{id}`")))?;
     principal.check_org(&rollout.org_id)?;
     Ok(rollout)

@@ -70,8 +70,8 @@ mod params {
 /// | `GET /api/audit` | admin | `agent`, `ip`, `action`, `from`, `to`, `limit`, `cursor`, `org_id` |
 /// | `POST /api/rollouts` | admin | `org_id` |
 /// | `GET /api/rollouts` | admin | `limit`, `org_id` |
-/// | `GET /api/rollouts/:id` | admin | |
-/// | `POST /api/rollouts/:id/{pause,resume,advance,abort}` | admin | |
+/// | `GET /api/rollouts/:id` | admin | `org_id` |
+/// | `POST /api/rollouts/:id/{pause,resume,advance,abort}` | admin | `org_id` |
 /// | `POST /api/policy/validate` | admin | `org_id` |
 /// | `GET /api/policy/versions` | admin | `limit`, `cursor`, `org_id` |
 /// | `GET /api/policy/versions/:version` | admin | `org_id` |
@@ -322,13 +322,13 @@ fn rollout_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 4] {
     let get = warp::path!("api" / "rollouts" / String)
         .and(warp::get())
         .and(admin(s))
-        .and(query(params::NONE))
+        .and(query(params::ORG))
         .and(with_state(s))
         .then(rollouts::get);
     let operate = warp::path!("api" / "rollouts" / String / String)
         .and(warp::post())
         .and(admin(s))
-        .and(query(params::NONE))
+        .and(query(params::ORG))
         .and(with_state(s))
         .then(rollouts::operate);
     [boxed(list), boxed(create), boxed(get), boxed(operate)]

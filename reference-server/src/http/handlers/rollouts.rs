@@ -57,8 +57,15 @@ struct RolloutList {
 }
 
 /// `GET /api/rollouts/:id` (admin of its org): the rollout and where each agent stands.
-pub async fn get(id: String, principal: Principal, _query: Query, state: Arc<AppState>) -> Answer {
-    let view = rollouts::get(&*state.store, &state.publisher, &principal, &id).await?;
+pub async fn get(id: String, principal: Principal, query: Query, state: Arc<AppState>) -> Answer {
+    let view = rollouts::get(
+        &*state.store,
+        &state.publisher,
+        &principal,
+        org_query(&query),
+        &id,
+    )
+    .await?;
     ok(StatusCode::OK, &view)
 }
 
@@ -67,7 +74,7 @@ pub async fn operate(
     id: String,
     operation: String,
     principal: Principal,
-    _query: Query,
+    query: Query,
     state: Arc<AppState>,
 ) -> Answer {
     let operation = Operation::parse(&operation).ok_or_else(|| {
@@ -75,7 +82,14 @@ pub async fn operate(
             "unknown rollout operation `{operation}`, expected `pause`, `resume`, `advance` or `abort`"
         ))
     })?;
-    let view =
-        rollouts::operate(&*state.store, &state.publisher, &principal, &id, operation).await?;
+    let view = rollouts::operate(
+        &*state.store,
+        &state.publisher,
+        &principal,
+        org_query(&query),
+        &id,
+        operation,
+    )
+    .await?;
     ok(StatusCode::OK, &view)
 }
