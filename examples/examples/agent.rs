@@ -86,6 +86,10 @@ struct Args {
     /// Org to enroll into (default: the admin token's).
     #[arg(long)]
     org_id: Option<String>,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (plain HTTP, no token; bind it to
+    /// loopback or the monitoring network). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -132,6 +136,9 @@ async fn run(args: Args) -> Result<()> {
         .policy_keys(keys)
         .policy_org(args.policy_org)
         .print_actions(io::BufWriter::with_capacity(64 * 1024, io::stdout()));
+    if let Some(addr) = args.metrics_listen {
+        builder = builder.metrics_listen(addr);
+    }
     if let (true, Some(admin)) = (args.enroll, args.admin_token) {
         builder = builder.enroll_first(Enrollment::new(admin, args.hostname, args.org_id));
     }

@@ -73,16 +73,9 @@ enum Command {
 struct Failure(u8, String);
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match examples::parse_args() {
         Ok(args) => args,
-        Err(err) => {
-            let _ = err.print();
-            return if err.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     let result = match args.command {
         Command::Keygen { out } => keygen(&out),

@@ -1,4 +1,5 @@
-//! Validates a policy file: `cargo run --example validate -- FILE` (or `-` for stdin).
+//! Validates a policy file: `cargo run --example validate -- FILE` (or `-` for stdin);
+//! `--schema` prints the policy document's JSON Schema instead (for editors).
 //!
 //! Exit codes: 0 valid (prints a one-line summary), 1 invalid (prints `PATH: message` per
 //! error), 2 unreadable file or bad usage.
@@ -16,25 +17,26 @@ use policy_engine::Policy;
 #[command(about, long_about = None)]
 struct Args {
     /// Policy JSON file, or `-` for standard input.
-    file: PathBuf,
+    #[arg(required_unless_present = "schema")]
+    file: Option<PathBuf>,
+    /// Print the policy document's JSON Schema (draft 2020-12) and exit.
+    #[arg(long, conflicts_with = "file")]
+    schema: bool,
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match examples::parse_args() {
         Ok(args) => args,
-        Err(err) => {
-            let _ = err.print();
-            return if err.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
-    let input = match read_input(&args.file) {
+    let Some(file) = args.file.filter(|_| !args.schema) else {
+        print!("{}", policy_engine::policy::JSON_SCHEMA);
+        return ExitCode::SUCCESS;
+    };
+    let input = match read_input(&file) {
         Ok(input) => input,
         Err(err) => {
-            eprintln!("error: cannot read `{}`: {err}", args.file.display());
+            eprintln!("error: cannot read `{}`: {err}", file.display());
             return ExitCode::from(2);
         }
     };

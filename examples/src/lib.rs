@@ -49,6 +49,19 @@ impl SafetyArgs {
     }
 }
 
+/// Parses the command line of a tool whose usage errors exit 2: `--help` and `--version` print
+/// and exit 0, a usage error prints and exits 2 (`Err` carries that exit code).
+pub fn parse_args<T: clap::Parser>() -> Result<T, std::process::ExitCode> {
+    T::try_parse().map_err(|err| {
+        let _ = err.print();
+        if err.use_stderr() {
+            std::process::ExitCode::from(2)
+        } else {
+            std::process::ExitCode::SUCCESS
+        }
+    })
+}
+
 /// Parses a positive number of seconds (`0.2`, `30`) for duration flags.
 pub fn secs(text: &str) -> Result<std::time::Duration, String> {
     let value: Option<f64> = text.parse().ok();

@@ -71,3 +71,23 @@ fn unreadable_files_and_bad_usage_exit_2() {
         String::from_utf8_lossy(&output.stderr).contains("required arguments were not provided")
     );
 }
+
+#[test]
+fn schema_prints_the_committed_json_schema() {
+    let output = validate(&["--schema"], b"");
+    assert_eq!(output.status.code(), Some(0));
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../policy-engine/schema/policy.schema.json"
+    ))
+    .unwrap();
+    assert_eq!(stdout(&output), committed);
+    let output = validate(&["--schema", "policy.json"], b"");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("the argument '--schema' cannot be used with '[FILE]'"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -7,10 +7,10 @@
 use std::path::PathBuf;
 
 use policy_engine::protocol::{
-    AgentIdentity, AgentPolicyView, ApprovalEvent, ApprovalStatus, BlockEvent, EnrollAnswer,
-    EnrollRequest, ErrorEnvelope, FleetEvent, HeartbeatAnswer, HeartbeatRequest, Outcome,
-    PolicyEvent, PolicyView, Report, ReportAnswer, ReportKind, ReportOutcome, SignedPolicy,
-    UnblockEvent,
+    AckStatus, AgentIdentity, AgentPolicyView, ApprovalEvent, ApprovalStatus, BlockEvent,
+    EnrollAnswer, EnrollRequest, ErrorEnvelope, FleetEvent, HeartbeatAnswer, HeartbeatRequest,
+    Outcome, PolicyEvent, PolicyView, Report, ReportAnswer, ReportKind, ReportOutcome,
+    SignedPolicy, UnblockEvent,
 };
 use policy_engine::{Action, PolicyVersion, ValidationError};
 use serde::Serialize;
@@ -118,6 +118,15 @@ fn agent_endpoints_match_their_golden_files() {
     assert_eq!(heartbeat.policy_version, Some(PolicyVersion::new(2)));
     let reply: HeartbeatAnswer = check_read("heartbeat_answer.json");
     assert!(reply.outdated);
+    assert!(reply.accepts_acks);
+    let older: HeartbeatAnswer = serde_json::from_value(json!({"agentId": "a",
+        "policyVersion": null, "currentPolicyVersion": null, "outdated": false}))
+    .unwrap();
+    assert!(!older.accepts_acks, "an older server announces no acks");
+    let acked = check_request("heartbeat_request_ack.json", HeartbeatRequest::from_value);
+    let ack = acked.ack.unwrap();
+    assert_eq!(ack.status, AckStatus::Applied);
+    assert_eq!(ack.actions["kill_process"], 1);
 }
 
 #[test]

@@ -354,3 +354,23 @@ fn rollout_terms_are_signed_with_the_version() {
         ));
     }
 }
+
+#[test]
+fn an_empty_key_id_is_refused_at_its_path() {
+    let value = serde_json::json!({
+        "orgId": "acme",
+        "version": "v7",
+        "policy": {"name": "p", "rules": []},
+        "signature": {"keyId": "", "algorithm": "ed25519", "value": "AAAA"}
+    });
+    let errors: Vec<String> = SignedPolicy::from_value(&value)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .filter(|e| e.starts_with("signature"))
+        .collect();
+    assert_eq!(
+        errors,
+        ["signature.keyId: expected a non-empty string, found an empty one"]
+    );
+}

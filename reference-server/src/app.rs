@@ -16,7 +16,9 @@ use crate::fleet::quotas::Quotas;
 use crate::fleet::replicas;
 use crate::fleet::reports::ReportContext;
 use crate::fleet::{EventHub, Publisher};
+use crate::metrics::ServerMetrics;
 use crate::store::Store;
+use crate::store::metered::MeteredStore;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 use crate::transport::Admission;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub approval_ttl: Duration,
     /// The gate of new event streams ([`ServerConfig::admission`]).
     pub admission: Admission,
+    /// The server's Prometheus metrics.
+    pub metrics: Arc<ServerMetrics>,
     /// The agents' report quotas.
     pub quotas: Quotas,
     /// Addresses never blocked fleet-wide.
@@ -61,7 +65,8 @@ impl AppState {
         }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create data dir `{}`", config.data_dir.display()))?;
-        let store: Arc<dyn Store> = match &config.database {
+        let metrics = Arc::new(ServerMetrics::new());
+        let backend: Arc<dyn Store> = match &config.database {
             Database::Sqlite => Arc::new(
                 SqliteStore::open(&config.data_dir.join("policy.db"))
                     .await
@@ -73,6 +78,7 @@ impl AppState {
                     .context("cannot open the database")?,
             ),
         };
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(backend, metrics.clone()));
         let generated_admin_token = bootstrap_admin(&*store, config.admin_token.as_deref())
             .await
             .context("cannot set up the admin token")?;
@@ -80,9 +86,9 @@ impl AppState {
             store.tokens().await.context("cannot load tokens")?,
         ));
         let hub = EventHub::new(config.stream_queue, config.keep_alive);
-        let publisher = Arc::new(Publisher::new(hub.clone()));
+        let publisher = Arc::new(Publisher::new(hub.clone(), metrics.clone()));
         replicas::follow(&store, &publisher, &tokens, config.resync);
-        let notifier = Notifier::new(config.notify.clone(), store.clone())
+        let notifier = Notifier::new(config.notify.clone(), store.clone(), metrics.clone())
             .context("cannot build the notification HTTP client")?;
         let state = Arc::new(AppState {
             publisher,
@@ -100,6 +106,7 @@ impl AppState {
             },
             signed_orgs: config.signed_orgs.clone(),
             store,
+            metrics,
         });
         Ok((state, generated_admin_token))
     }

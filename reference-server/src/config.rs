@@ -79,6 +79,9 @@ pub struct ServerConfig {
     /// How many new event streams may open at once and per second (beyond: 503 with
     /// `Retry-After`).
     pub admission: AdmissionConfig,
+    /// Where to serve the Prometheus metrics (`GET /metrics`, plain HTTP, no token); `None`
+    /// serves none. Bind it to loopback or a monitoring network: the figures name orgs.
+    pub metrics_listen: Option<SocketAddr>,
     /// Connection timeouts and caps.
     pub connections: ConnectionLimits,
     /// Failed authentications per source address and minute before 429 (0: no limit).
@@ -109,6 +112,7 @@ impl Default for ServerConfig {
             database: Database::Sqlite,
             resync: Duration::from_secs(5),
             admission: AdmissionConfig::default(),
+            metrics_listen: None,
             connections: ConnectionLimits::default(),
             auth_failures_per_minute: 30,
             quotas: QuotaConfig::default(),

@@ -123,6 +123,11 @@ impl ApiError {
         )
     }
 
+    /// 503 `unavailable` for another reason than shutting down (a limit of open streams).
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
     /// 422 `validation_failed` at `path`.
     pub fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
         let error = ValidationError::new(path, message);

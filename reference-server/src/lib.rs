@@ -40,6 +40,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod http;
+pub mod metrics;
 pub mod ratelimit;
 pub mod store;
 pub mod transport;
@@ -53,12 +54,17 @@ pub use config::{Database, ServerConfig, TlsMode};
 pub use fleet::notify;
 pub use http::body::MAX_BODY_BYTES;
 
+use crate::transport::limits::ConnectionLimits;
 use crate::transport::{Listening, ServeOptions, Shutdown, tls};
+
+/// Connections the metrics listener serves at once (scrapers are few).
+const METRICS_CONNECTIONS: usize = 16;
 
 /// A started server. Dropping it also stops the server (without waiting).
 #[derive(Debug)]
 pub struct RunningServer {
     listening: Listening,
+    metrics: Option<Listening>,
     admin_token: Option<String>,
     generated_admin_token: Option<String>,
     state: Arc<AppState>,
@@ -101,6 +107,11 @@ impl RunningServer {
         self.generated_admin_token.as_deref()
     }
 
+    /// The bound address of the metrics listener (`--metrics-listen`), if it has one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(Listening::local_addr)
+    }
+
     /// The shared state (for tests and benchmarks: open streams, the store).
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
@@ -109,6 +120,9 @@ impl RunningServer {
     /// Stops accepting, ends every event stream, waits for open requests (up to the grace
     /// period) and closes the database.
     pub async fn shutdown(self) {
+        if let Some(metrics) = self.metrics {
+            metrics.stop().await;
+        }
         self.listening.stop().await;
     }
 }
@@ -132,6 +146,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .clone()
         .or_else(|| generated_admin_token.clone());
     let hub = state.hub.clone();
+    let changes = state.publisher.changes().clone();
     let store = state.store.clone();
     let listening = transport::listener::spawn(ServeOptions {
         listen: config.listen,
@@ -140,13 +155,44 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         shutdown_grace: config.shutdown_grace,
         limits: config.connections.clone(),
         shutdown: Shutdown {
-            close_streams: Box::new(move || hub.close()),
+            close_streams: Box::new(move || {
+                hub.close();
+                changes.close();
+            }),
             finally: Box::pin(async move { store.close().await }),
         },
+        metrics: Some(state.metrics.clone()),
     })
     .await?;
+    let metrics = match config.metrics_listen {
+        Some(listen) => Some(
+            transport::listener::spawn(ServeOptions {
+                listen,
+                acceptor: None,
+                routes: http::metrics::routes(state.clone()),
+                shutdown_grace: config.shutdown_grace,
+                // A few scrapers: the API's timeouts, and a small cap of its own so that the
+                // metrics port cannot take the API's descriptors.
+                limits: ConnectionLimits {
+                    max_connections: METRICS_CONNECTIONS,
+                    max_per_address: METRICS_CONNECTIONS,
+                    operator_reserve: 0,
+                    operator_networks: Vec::new(),
+                    ..config.connections.clone()
+                },
+                shutdown: Shutdown {
+                    close_streams: Box::new(|| {}),
+                    finally: Box::pin(async {}),
+                },
+                metrics: None,
+            })
+            .await?,
+        ),
+        None => None,
+    };
     Ok(RunningServer {
         listening,
+        metrics,
         admin_token,
         generated_admin_token,
         state,

@@ -70,6 +70,10 @@ struct Args {
     /// execution) before it expires.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
     approval_ttl_secs: u64,
+    /// Serve Prometheus metrics at `http://ADDR/metrics` (plain HTTP, no token; bind it to
+    /// loopback or a monitoring network). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Client connections open at once [default: the open-file limit (raised to its hard
     /// limit at start) less 288, at most 16384].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
@@ -218,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
             opening: usize::try_from(args.streams_opening).unwrap_or(256),
             per_second: args.stream_opens_per_sec,
         },
+        metrics_listen: args.metrics_listen,
         connections,
         auth_failures_per_minute: args.auth_failures_per_minute,
         quotas: QuotaConfig {
@@ -235,6 +240,9 @@ async fn main() -> anyhow::Result<()> {
         println!("admin token (shown once, keep it): {token}");
     }
     println!("listening on {}", server.base_url());
+    if let Some(addr) = server.metrics_addr() {
+        println!("metrics on http://{addr}/metrics");
+    }
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     tokio::select! {
         result = tokio::signal::ctrl_c() => result.context("cannot watch SIGINT")?,

@@ -145,7 +145,8 @@ async fn heartbeats_report_outdated_agents() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body["data"],
-        json!({"agentId": a, "policyVersion": null, "currentPolicyVersion": null, "outdated": false})
+        json!({"agentId": a, "policyVersion": null, "currentPolicyVersion": null, "outdated": false,
+               "acceptsAcks": true})
     );
 
     t.post_policy(ADMIN, block_ip_policy("one", 5)).await;
@@ -160,7 +161,8 @@ async fn heartbeats_report_outdated_agents() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body["data"],
-        json!({"agentId": a, "policyVersion": "v1", "currentPolicyVersion": "v2", "outdated": true})
+        json!({"agentId": a, "policyVersion": "v1", "currentPolicyVersion": "v2", "outdated": true,
+               "acceptsAcks": true})
     );
 
     let (status, body) = t.get("/api/agents", ADMIN).await;

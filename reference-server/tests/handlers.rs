@@ -59,7 +59,7 @@ async fn routing_errors_use_the_envelope() {
         )
     );
     assert_eq!(
-        send(&state, "GET", "/", b"").await,
+        send(&state, "GET", "/nope", b"").await,
         (
             404,
             json!({"ok": false, "error": {"code": "not_found", "message": "no such endpoint"}})

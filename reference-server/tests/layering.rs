@@ -6,6 +6,8 @@
 //! lib ─▶ http ─▶ app ─▶ config ─▶ fleet ─▶ store ─▶ auth ─▶ error
 //!                 │                  └──▶ transport      clock
 //! ```
+//!
+//! `metrics` sits below everything (every layer records into it; it imports nothing).
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -25,6 +27,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "auth",
             "error",
             "clock",
+            "metrics",
             "ratelimit",
         ],
     ),
@@ -39,19 +42,29 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "error",
             "clock",
             "ratelimit",
+            "metrics",
         ],
     ),
     ("config", &["fleet", "transport"]),
     (
         "fleet",
-        &["store", "transport", "auth", "error", "clock", "ratelimit"],
+        &[
+            "store",
+            "transport",
+            "auth",
+            "error",
+            "clock",
+            "ratelimit",
+            "metrics",
+        ],
     ),
-    ("store", &["auth", "error", "clock"]),
-    ("transport", &["ratelimit"]),
+    ("store", &["auth", "error", "clock", "metrics"]),
+    ("transport", &["ratelimit", "metrics"]),
     ("auth", &["error", "ratelimit"]),
     ("error", &[]),
     ("clock", &[]),
     ("ratelimit", &[]),
+    ("metrics", &[]),
 ];
 
 fn src() -> PathBuf {

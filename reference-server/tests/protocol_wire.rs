@@ -161,6 +161,23 @@ async fn answers_and_events_have_the_golden_shapes_and_golden_requests_are_accep
         .await;
     assert_eq!(status, StatusCode::OK, "{beat}");
     assert_shape("heartbeat_answer.json", &beat["data"]);
+    let (status, beat) = t
+        .post(
+            &format!("/api/agents/{a}/heartbeat"),
+            &a_token,
+            golden("heartbeat_request_ack.json"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{beat}");
+    let (_, listed) = t.get("/api/agents?org_id=acme", ADMIN).await;
+    let listed = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["agentId"] == json!(a))
+        .unwrap()
+        .clone();
+    assert_eq!(listed["ack"], golden("heartbeat_request_ack.json")["ack"]);
 
     let reports = format!("/api/agents/{a}/reports");
     let (status, answer) = t

@@ -28,7 +28,7 @@ async fn a_typo_in_the_query_is_refused_on_every_endpoint_and_changes_nothing() 
     assert_eq!(
         body["error"],
         json!({"code": "bad_request",
-               "message": "unknown query parameter `dryrun`, expected one of `org_id`"})
+               "message": "unknown query parameter `dryrun`, expected one of `dryRun`, `org_id`"})
     );
     let (status, _) = t.get("/api/policy/active", ADMIN).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -96,6 +96,34 @@ async fn a_typo_in_the_query_is_refused_on_every_endpoint_and_changes_nothing() 
             None,
             "`agent`, `ip`, `action`, `from`, `to`, `limit`, `cursor`, `org_id`",
         ),
+        (
+            Method::POST,
+            "/api/policy/validate".into(),
+            ADMIN,
+            Some(policy.clone()),
+            "`org_id`",
+        ),
+        (
+            Method::GET,
+            "/api/policy/versions".into(),
+            ADMIN,
+            None,
+            "`limit`, `cursor`, `org_id`",
+        ),
+        (
+            Method::GET,
+            "/api/policy/versions/v1".into(),
+            ADMIN,
+            None,
+            "`org_id`",
+        ),
+        (
+            Method::GET,
+            "/api/admin/events".into(),
+            ADMIN,
+            None,
+            "`org_id`",
+        ),
     ];
     for (method, path, who, body, expected) in cases {
         let (status, answer) = t
@@ -136,6 +164,8 @@ async fn a_typo_in_the_query_is_refused_on_every_endpoint_and_changes_nothing() 
             ADMIN,
             Some(json!({"role": "admin", "org_id": "acme"})),
         ),
+        (Method::GET, "/api/admin/me".into(), ADMIN, None),
+        (Method::GET, "/api/admin/orgs".into(), ADMIN, None),
     ];
     for (method, path, who, body) in agent_cases {
         let (status, answer) = t

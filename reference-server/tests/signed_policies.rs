@@ -82,6 +82,18 @@ async fn a_signed_file_is_stored_as_its_version_with_its_signature() {
     let data = server.post_policy(ADMIN, document).await;
     assert_eq!(data["version"], "v2");
     assert!(data.get("signature").is_none(), "{data}");
+
+    // The list of versions names the signing key of each signed one (the console marks them);
+    // one version read alone carries its whole signature.
+    let (status, list) = server.get("/api/policy/versions", ADMIN).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let versions = list["data"]["versions"].as_array().unwrap();
+    assert_eq!(versions[0]["version"], "v2");
+    assert!(versions[0].get("keyId").is_none(), "{list}");
+    assert_eq!(versions[1]["version"], "v1");
+    assert_eq!(versions[1]["keyId"], key.id().to_string());
+    let (_, v1) = server.get("/api/policy/versions/v1", ADMIN).await;
+    assert_eq!(v1["data"]["signature"], active["data"]["signature"]);
 }
 
 #[tokio::test]
@@ -101,6 +113,16 @@ async fn an_org_that_requires_signatures_refuses_unsigned_posts() {
     );
     let (status, _) = server.get("/api/policy/active?org_id=acme", ADMIN).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Checking the document (the console's editor) says the same before anyone posts it.
+    let (status, checked) = server
+        .post("/api/policy/validate?org_id=acme", ADMIN, document.clone())
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{checked}");
+    assert_eq!(checked["error"], answer["error"]);
+    let (status, _) = server
+        .post("/api/policy/validate", ADMIN, document.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK);
 
     // Other orgs are unaffected; the signed file goes through.
     assert_eq!(

@@ -113,6 +113,7 @@ fn agent(id: &str, org: &str) -> AgentRecord {
         last_seen: None,
         policy_version: None,
         last_error: None,
+        ack: None,
     }
 }
 

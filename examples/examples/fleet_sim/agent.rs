@@ -198,6 +198,7 @@ async fn requests(agent: Identity, fleet: Fleet, version: Arc<AtomicU64>) {
             let body = HeartbeatRequest {
                 policy_version,
                 last_error: None,
+                ack: None,
             };
             (fleet.client.post(&heartbeat_url).json(&body), true)
         } else {

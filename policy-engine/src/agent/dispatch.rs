@@ -18,6 +18,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
+use super::metrics::AgentMetrics;
 use super::report::{Origin, ReportQueue};
 use crate::action::{Action, ActionRecord};
 use crate::executor::{Executor, Outcome, describe};
@@ -123,6 +124,7 @@ struct Inner {
     lanes: Vec<mpsc::Sender<Job>>,
     executor: Arc<dyn Executor>,
     reports: ReportQueue,
+    metrics: AgentMetrics,
     runtime: Handle,
     config: DispatchConfig,
     kill_slots: Arc<Semaphore>,
@@ -141,11 +143,12 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts one task per lane on the current runtime.
+    /// Starts one task per lane on the current runtime; outcomes are counted into `metrics`.
     pub fn start(
         executor: Arc<dyn Executor>,
         reports: ReportQueue,
         config: DispatchConfig,
+        metrics: AgentMetrics,
     ) -> Self {
         let mut senders = Vec::with_capacity(LANES.len());
         let mut receivers = Vec::with_capacity(LANES.len());
@@ -158,6 +161,7 @@ impl Dispatcher {
             lanes: senders,
             executor,
             reports,
+            metrics,
             runtime: Handle::current(),
             config,
             kill_slots: Arc::new(Semaphore::new(MAX_PARALLEL_KILLS)),
@@ -373,7 +377,13 @@ async fn settle(inner: &Inner, job: Job, outcome: Outcome) {
         (_, false) => tracing::info!(action = %what, %outcome, "action"),
     }
     match job {
-        Job::Execute { record, origin } => inner.reports.file(record, outcome, origin).await,
+        Job::Execute { record, origin } => {
+            // Counted once its report is in the outbox, so that a scrape showing the action
+            // and an empty outbox means the server has its report.
+            let labels = AgentMetrics::action_labels(&record, &outcome, &origin);
+            inner.reports.file(record, outcome, origin).await;
+            inner.metrics.action(&labels);
+        }
         Job::Unblock { ip, by } => {
             tracing::info!(%ip, %by, "fleet unblock");
         }
@@ -507,6 +517,7 @@ mod tests {
                 deadline,
                 dry_run: false,
             },
+            AgentMetrics::new(),
         );
         Harness {
             executor,

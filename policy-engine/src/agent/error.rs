@@ -66,4 +66,12 @@ pub enum AgentError {
     /// A thread for an event source cannot be started.
     #[error("cannot start a thread for an event source: {0}")]
     Thread(std::io::Error),
+    /// The metrics address cannot be bound.
+    #[error("cannot serve metrics on `{addr}`: {source}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }

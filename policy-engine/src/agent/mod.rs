@@ -47,6 +47,7 @@ mod credentials;
 mod dispatch;
 mod error;
 mod fleet;
+mod metrics;
 mod outbox;
 mod pipeline;
 mod report;
@@ -70,6 +71,7 @@ pub use credentials::{CREDENTIALS_FILE, Credentials, Enrollment, enroll};
 pub use dispatch::{LANE_CAPACITY, MAX_BATCH, MAX_PARALLEL_KILLS};
 pub use error::AgentError;
 pub use fleet::{APPROVALS_FILE, ApprovalDecision, ApprovalLedger};
+pub use metrics::{AgentMetrics, MetricsServer};
 pub use outbox::{Dropped, Outbox, OutboxError, OutboxLimits, Pending};
 pub use pipeline::{Pipeline, PipelineStats};
 pub use source::{Source, SourceError};
@@ -144,6 +146,8 @@ pub struct AgentBuilder {
     engine: EngineConfig,
     settings: Settings,
     outbox: OutboxLimits,
+    metrics: Option<AgentMetrics>,
+    metrics_listen: Option<SocketAddr>,
     policy_keys: Vec<PublicKey>,
     policy_org: Option<String>,
 }
@@ -287,6 +291,20 @@ impl AgentBuilder {
         self
     }
 
+    /// Counts into `metrics` (default: new ones, read with [`AgentHandle::metrics`]); give your
+    /// own to register them into your registry before the agent starts.
+    pub fn metrics(mut self, metrics: AgentMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Serves the metrics at `http://addr/metrics` (plain HTTP, no token: bind it to loopback
+    /// or the monitoring network) while the agent runs.
+    pub fn metrics_listen(mut self, addr: SocketAddr) -> Self {
+        self.metrics_listen = Some(addr);
+        self
+    }
+
     /// Starts the agent on the current tokio runtime: loads the last good policy from the
     /// state dir, connects to the server, opens the outbox and starts sending what a previous
     /// run left in it. Events are read by [`Agent::run`].
@@ -345,6 +363,17 @@ impl AgentBuilder {
             })
         };
         let live = LiveEngine::with_signatures(self.engine, signatures);
+        let metrics = self.metrics.unwrap_or_default();
+        metrics.attach(live.clone(), outbox.clone());
+        let metrics_server = match self.metrics_listen {
+            Some(addr) => Some(
+                metrics
+                    .serve(addr)
+                    .await
+                    .map_err(|source| AgentError::Metrics { addr, source })?,
+            ),
+            None => None,
+        };
         let note = outbox.dropped().note(Utc::now(), limits);
         live.update_status(|s| s.warning = note);
         let (fleet_events, fleet_queue) = FleetEvents::channel(256);
@@ -368,6 +397,7 @@ impl AgentBuilder {
                 deadline: settings.action_deadline,
                 dry_run: self.dry_run,
             },
+            metrics.clone(),
         );
         let fleet = fleet::spawn(fleet_queue, dispatcher.clone(), &self.state_dir);
         let (stop, _) = watch::channel(false);
@@ -402,7 +432,10 @@ impl AgentBuilder {
                 outbox,
                 fleet: inject,
                 shutdown: Arc::new(watch::Sender::new(false)),
+                metrics,
+                metrics_addr: metrics_server.as_ref().map(MetricsServer::local_addr),
             },
+            metrics_server,
             server: self.server,
             sources: self.sources,
             output: SharedOutput::new(self.output.unwrap_or_else(|| Box::new(std::io::sink()))),
@@ -429,6 +462,8 @@ pub struct Agent {
     upkeep: JoinHandle<()>,
     /// Stops the sender and the upkeep.
     stop: watch::Sender<bool>,
+    /// The metrics endpoint, served until the agent has shut down.
+    metrics_server: Option<MetricsServer>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -469,6 +504,8 @@ impl Agent {
             engine: EngineConfig::default(),
             settings: Settings::default(),
             outbox: OutboxLimits::default(),
+            metrics: None,
+            metrics_listen: None,
             policy_keys: Vec::new(),
             policy_org: None,
         }
@@ -522,8 +559,12 @@ impl Agent {
         let output = self.output.clone();
         let mut ends = FuturesUnordered::new();
         for source in std::mem::take(&mut self.sources) {
-            let pipeline =
-                Pipeline::dispatching(live.clone(), self.handle.dispatcher.clone(), output.clone());
+            let pipeline = Pipeline::dispatching(
+                live.clone(),
+                self.handle.dispatcher.clone(),
+                self.handle.metrics.clone(),
+                output.clone(),
+            );
             ends.push(source::spawn(source, pipeline, halt.clone()).map_err(AgentError::Thread)?);
         }
         let mut stats = PipelineStats::default();
@@ -610,6 +651,7 @@ impl Agent {
         // The sync's end closed the fleet event queue.
         let _ = self.fleet.await;
         let _ = self.upkeep.await;
+        drop(self.metrics_server);
         left
     }
 }
@@ -622,6 +664,8 @@ pub struct AgentHandle {
     outbox: Arc<Outbox>,
     fleet: tokio::sync::mpsc::WeakSender<FleetEvent>,
     shutdown: Arc<watch::Sender<bool>>,
+    metrics: AgentMetrics,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl AgentHandle {
@@ -636,7 +680,9 @@ impl AgentHandle {
     /// Runs `event` through the engine now and hands its actions to the executor (they run
     /// and are reported in the background); returns the actions.
     pub fn process(&self, event: &ThreatEvent) -> Vec<ActionRecord> {
+        let started = Instant::now();
         let actions = self.live.process(event, Utc::now()).actions;
+        self.metrics.evaluated(started.elapsed(), &actions);
         for record in &actions {
             self.dispatcher.execute(record.clone(), Origin::Local);
         }
@@ -646,6 +692,17 @@ impl AgentHandle {
     /// The engine the agent keeps on the server's policy, with its status.
     pub fn live(&self) -> &LiveEngine {
         &self.live
+    }
+
+    /// The agent's metrics.
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.metrics
+    }
+
+    /// Where [`AgentBuilder::metrics_listen`] serves them (the real port when port 0 was asked
+    /// for).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Waits until every action handed over so far has run and its report is in the outbox,

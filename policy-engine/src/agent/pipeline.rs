@@ -4,10 +4,12 @@
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use chrono::Utc;
 
 use super::dispatch::Dispatcher;
+use super::metrics::AgentMetrics;
 use super::report::Origin;
 use crate::event::ThreatEvent;
 use crate::sync::LiveEngine;
@@ -61,6 +63,7 @@ impl std::ops::AddAssign for PipelineStats {
 pub struct Pipeline<W> {
     live: LiveEngine,
     dispatcher: Option<Dispatcher>,
+    metrics: Option<AgentMetrics>,
     out: W,
     json: Vec<u8>,
     stats: PipelineStats,
@@ -72,24 +75,39 @@ impl<W: Write> Pipeline<W> {
         Self {
             live,
             dispatcher: None,
+            metrics: None,
             out,
             json: Vec::with_capacity(256),
             stats: PipelineStats::default(),
         }
     }
 
-    /// A pipeline that also hands actions to `dispatcher`.
-    pub(crate) fn dispatching(live: LiveEngine, dispatcher: Dispatcher, out: W) -> Self {
+    /// A pipeline that also hands actions to `dispatcher` and counts into `metrics`.
+    pub(crate) fn dispatching(
+        live: LiveEngine,
+        dispatcher: Dispatcher,
+        metrics: AgentMetrics,
+        out: W,
+    ) -> Self {
         Self {
             dispatcher: Some(dispatcher),
-            ..Self::new(live, out)
+            ..Self::new(live, out).with_metrics(metrics)
         }
+    }
+
+    /// Counts lines, events, skipped lines, evaluation time and matches into `metrics`.
+    pub fn with_metrics(mut self, metrics: AgentMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Handles one line (without or with its newline). A bad line is logged with its number
     /// and skipped; only a failure to write the output is an error.
     pub fn line(&mut self, line: &[u8]) -> io::Result<()> {
         self.stats.lines += 1;
+        if let Some(metrics) = &self.metrics {
+            metrics.line();
+        }
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -99,6 +117,9 @@ impl<W: Write> Pipeline<W> {
             Ok(event) => self.event(&event),
             Err(err) => {
                 self.stats.bad_lines += 1;
+                if let Some(metrics) = &self.metrics {
+                    metrics.skipped();
+                }
                 tracing::warn!("event line {}: {err}; skipped", self.stats.lines);
                 Ok(())
             }
@@ -109,7 +130,15 @@ impl<W: Write> Pipeline<W> {
     /// dispatches its actions.
     pub fn event(&mut self, event: &ThreatEvent) -> io::Result<()> {
         self.stats.events += 1;
-        let evaluation = self.live.process(event, Utc::now());
+        let evaluation = match &self.metrics {
+            Some(metrics) => {
+                let started = Instant::now();
+                let evaluation = self.live.process(event, Utc::now());
+                metrics.evaluated(started.elapsed(), &evaluation.actions);
+                evaluation
+            }
+            None => self.live.process(event, Utc::now()),
+        };
         for diagnostic in &evaluation.diagnostics {
             tracing::debug!(line = self.stats.lines, %diagnostic, "rule diagnostic");
         }

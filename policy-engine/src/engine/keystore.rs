@@ -97,6 +97,22 @@ struct Member {
     evictions: u64,
 }
 
+impl Member {
+    /// A member with nothing tracked yet, its cap clamped to [`MAX_CAP`] (record numbers stay
+    /// clear of the list markers).
+    fn new(geometry: Buckets, cap: usize) -> Self {
+        Self {
+            geometry,
+            cap: cap.clamp(1, MAX_CAP),
+            epoch: None,
+            len: 0,
+            counting: Ends::default(),
+            blocked: Ends::default(),
+            evictions: 0,
+        }
+    }
+}
+
 /// Counts events per address over each member's sliding window, remembers each member's
 /// blocks, and holds at most `cap` addresses per member.
 ///
@@ -125,15 +141,7 @@ impl KeyStore {
         let members: Vec<Member> = members
             .iter()
             .take(MAX_MEMBERS)
-            .map(|&(geometry, cap)| Member {
-                geometry,
-                cap: cap.clamp(1, MAX_CAP),
-                epoch: None,
-                len: 0,
-                counting: Ends::default(),
-                blocked: Ends::default(),
-                evictions: 0,
-            })
+            .map(|&(geometry, cap)| Member::new(geometry, cap))
             .collect();
         Self {
             stride: KEY_WORDS + SUB_WORDS * members.len(),
@@ -320,15 +328,7 @@ impl KeyStore {
     /// Gives a retired member (see [`KeyStore::retire_member`]) to a new rule.
     pub(crate) fn reset_member(&mut self, member: usize, geometry: Buckets, cap: usize) {
         if let Some(m) = self.members.get_mut(member) {
-            *m = Member {
-                geometry,
-                cap: cap.clamp(1, MAX_CAP),
-                epoch: None,
-                len: 0,
-                counting: Ends::default(),
-                blocked: Ends::default(),
-                evictions: 0,
-            };
+            *m = Member::new(geometry, cap);
         }
     }
 

@@ -5,6 +5,7 @@
 mod duration;
 mod error;
 pub mod json;
+mod schema;
 mod validate;
 pub mod wire;
 
@@ -18,6 +19,7 @@ use serde_json::{Map, Value};
 pub use duration::{DurationError, DurationUnit, MAX_DURATION, PolicyDuration};
 pub use error::{PolicyError, ValidationError};
 pub use json::{JsonError, JsonLimits, parse_strict};
+pub use schema::JSON_SCHEMA;
 
 use crate::condition::Condition;
 use crate::severity::Severity;

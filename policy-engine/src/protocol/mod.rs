@@ -8,7 +8,7 @@
 //! | `GET /api/events` | [`PolicyEvent`] (`event: policy`), [`FleetEvent`]: [`BlockEvent`], [`UnblockEvent`], [`ApprovalEvent`] |
 //! | `POST /api/agents/enroll` | [`EnrollRequest`] -> [`EnrollAnswer`] |
 //! | `GET /api/agents/me` | [`AgentIdentity`] |
-//! | `POST /api/agents/:id/heartbeat` | [`HeartbeatRequest`] -> [`HeartbeatAnswer`] |
+//! | `POST /api/agents/:id/heartbeat` | [`HeartbeatRequest`] (with [`VersionAck`]) -> [`HeartbeatAnswer`] |
 //! | `POST /api/agents/:id/reports` | [`Report`] (with [`ReportId`], [`ReportOutcome`]) -> [`ReportAnswer`] |
 //! | `GET /api/policy/active`, `/api/policy/agent/:id` | [`PolicyView`], [`AgentPolicyView`] |
 //! | `GET /api/blocks`, approvals | [`BlockView`], [`ApprovalView`] ([`ApprovalStatus`]) |
@@ -39,7 +39,7 @@
 //!   [`Report`]) are read with their `from_value` readers, which refuse unknown fields with
 //!   their JSON path (422), as every body the server reads. A newer agent therefore sends a new
 //!   request field only to a server that announced it understands it (the heartbeat answer is
-//!   where such announcements go, e.g. the per-version acknowledgements of a later change).
+//!   where such announcements go: `acceptsAcks` for [`HeartbeatRequest::ack`]).
 //! - **New fields are optional.** A field added later is an `Option` (absent means what it
 //!   meant before), so messages of older peers still parse; a known field never changes type or
 //!   meaning.
@@ -57,7 +57,10 @@ pub mod stream;
 pub mod time;
 pub mod views;
 
-pub use agent::{AgentIdentity, EnrollAnswer, EnrollRequest, HeartbeatAnswer, HeartbeatRequest};
+pub use agent::{
+    AckStatus, AgentIdentity, EnrollAnswer, EnrollRequest, HeartbeatAnswer, HeartbeatRequest,
+    VersionAck,
+};
 pub use envelope::{Envelope, ErrorBody, ErrorEnvelope, ErrorItem};
 pub use outcome::Outcome;
 pub use report::{Report, ReportAnswer, ReportId, ReportIdError, ReportKind, ReportOutcome};
@@ -66,4 +69,6 @@ pub use stream::{
     APPROVAL_EVENT, ApprovalEvent, BLOCK_EVENT, BlockEvent, FleetEvent, FleetEventError,
     POLICY_EVENT, PolicyEvent, SignedRules, UNBLOCK_EVENT, UnblockEvent,
 };
-pub use views::{AgentPolicyView, ApprovalStatus, ApprovalView, BlockView, PolicyView};
+pub use views::{
+    AgentPolicyView, AgentRunning, ApprovalStatus, ApprovalView, BlockView, PolicyView,
+};

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::agent::VersionAck;
 use super::signature::PolicySignature;
 use super::time;
 use crate::action::ActionRecord;
@@ -62,6 +63,31 @@ pub struct AgentPolicyView<R = Value> {
     /// 1 when the agent's stream received the change, else 0 (`PUT` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcasted_to: Option<usize>,
+    /// What the agent says it runs, and why (`GET` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<AgentRunning>,
+}
+
+/// What an agent reported in its heartbeats: the version it runs, and its ack of the last
+/// version offered (applied, refused or invalid, with the error and the actions since).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRunning {
+    /// The version it enforces, as last reported; `null` before its first heartbeat.
+    pub policy_version: Option<PolicyVersion>,
+    /// Its last heartbeat.
+    #[serde(default, with = "time::millis_opt")]
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Its last error.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Its ack of the last version offered; `null` from agents that send none.
+    #[serde(default)]
+    pub ack: Option<VersionAck>,
+    /// Why the server gives it this version (the org's latest, a stage of a rollout, a
+    /// rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<String>,
 }
 
 /// A fleet block in force: `GET /api/blocks` entries and the `block` of a report's answer.

@@ -8,7 +8,6 @@ use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 
 use super::SyncError;
-use crate::policy::PolicyVersion;
 use crate::protocol::{
     AgentIdentity, EnrollAnswer, Envelope, ErrorEnvelope, HeartbeatAnswer, HeartbeatRequest,
     ReportAnswer,
@@ -157,13 +156,13 @@ impl ApiClient {
         send(&url, request).await
     }
 
-    /// Reports the running version and the last error: `POST /api/agents/:id/heartbeat`.
+    /// Reports the running version, the last error and the ack of the last offered version:
+    /// `POST /api/agents/:id/heartbeat`.
     pub async fn heartbeat(
         &self,
         agent_id: &str,
         token: &str,
-        version: Option<PolicyVersion>,
-        last_error: Option<&str>,
+        request: HeartbeatRequest,
     ) -> Result<HeartbeatReply, SyncError> {
         let url = self.url(&format!("/api/agents/{agent_id}/heartbeat"));
         let request = self
@@ -171,10 +170,7 @@ impl ApiClient {
             .post(&url)
             .bearer_auth(token)
             .timeout(REQUEST_TIMEOUT)
-            .json(&HeartbeatRequest {
-                policy_version: version,
-                last_error: last_error.map(str::to_owned),
-            });
+            .json(&request);
         send(&url, request).await
     }
 

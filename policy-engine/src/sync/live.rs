@@ -1,5 +1,6 @@
 //! The running engine shared by the event loop and the sync task, swapped atomically on update.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -10,6 +11,7 @@ use super::{ApplyError, PolicyUpdate, StoredPolicy};
 use crate::engine::{Engine, EngineConfig, Evaluation};
 use crate::event::ThreatEvent;
 use crate::policy::{Policy, PolicyVersion};
+use crate::protocol::{AckStatus, VersionAck};
 use crate::signing::{KeyRing, SignatureError};
 
 /// What the agent's sync side knows, published on every change (see [`LiveEngine::subscribe`]).
@@ -30,6 +32,9 @@ pub struct SyncStatus {
     /// e.g. action reports dropped from a full outbox; unlike `last_error` an applied policy
     /// does not clear it.
     pub warning: Option<String>,
+    /// What became of the last version offered (applied, refused, invalid), without action
+    /// counts; [`LiveEngine::ack`] adds them.
+    pub ack: Option<VersionAck>,
 }
 
 impl SyncStatus {
@@ -105,6 +110,8 @@ struct Inner {
     config: EngineConfig,
     signatures: Option<SignatureCheck>,
     status: watch::Sender<SyncStatus>,
+    /// Actions emitted since the running policy was applied, by action name.
+    counts: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// What an agent pinned to operator keys checks: the keys, and the org they must have signed
@@ -134,16 +141,38 @@ impl LiveEngine {
                 config,
                 signatures,
                 status: watch::Sender::new(SyncStatus::default()),
+                counts: Mutex::new(BTreeMap::new()),
             }),
         }
     }
 
     /// Runs one event through the current policy at time `now`.
+    /// Counts its actions for the version's ack.
     pub fn process(&self, event: &ThreatEvent, now: DateTime<Utc>) -> Evaluation {
-        match lock(&self.inner.engine).as_mut() {
+        let evaluation = match lock(&self.inner.engine).as_mut() {
             Some(engine) => engine.process(event, now),
             None => Evaluation::default(),
+        };
+        if !evaluation.actions.is_empty() {
+            let mut counts = lock(&self.inner.counts);
+            for record in &evaluation.actions {
+                *counts.entry(record.action.name()).or_default() += 1;
+            }
         }
+        evaluation
+    }
+
+    /// The ack of the last version offered, with the actions [`LiveEngine::process`] emitted
+    /// since the running version was applied (for an applied one); `None` before any offer.
+    pub fn ack(&self) -> Option<VersionAck> {
+        let mut ack = self.inner.status.borrow().ack.clone()?;
+        if ack.status == AckStatus::Applied {
+            ack.actions = lock(&self.inner.counts)
+                .iter()
+                .map(|(name, count)| ((*name).to_owned(), *count))
+                .collect();
+        }
+        Some(ack)
     }
 
     /// Runs `f` with the engine locked (`None` before the first policy), so that a batch of
@@ -193,8 +222,31 @@ impl LiveEngine {
             let stored = self.verified(update)?;
             self.install(stored, update.rollback_from)
         });
-        if let Err(err) = &result {
-            self.record_error(err.to_string());
+        let version = update.version;
+        match &result {
+            Err(err) => {
+                let status = match err {
+                    ApplyError::Invalid { .. } => AckStatus::Invalid,
+                    _ => AckStatus::Refused,
+                };
+                let error = err.to_string();
+                self.record_error(error.clone());
+                self.set_ack(version, status, Some(error));
+            }
+            Ok(Applied::Swapped { .. }) => self.set_ack(version, AckStatus::Applied, None),
+            Ok(Applied::Unchanged) => {
+                // A repeat (a reconnect): the running version's ack stands.
+                let acked = self
+                    .inner
+                    .status
+                    .borrow()
+                    .ack
+                    .as_ref()
+                    .map(|a| (a.version, a.status));
+                if acked != Some((version, AckStatus::Applied)) {
+                    self.set_ack(version, AckStatus::Applied, None);
+                }
+            }
         }
         result
     }
@@ -269,11 +321,25 @@ impl LiveEngine {
         }
         *applied = Some(stored);
         drop(applied);
+        lock(&self.inner.counts).clear();
         self.inner.status.send_modify(|status| {
             status.applied = Some(version);
             status.last_error = None;
         });
         Ok(Applied::Swapped { previous })
+    }
+
+    fn set_ack(&self, version: PolicyVersion, status: AckStatus, error: Option<String>) {
+        let ack = VersionAck {
+            version,
+            status,
+            error,
+            at: Utc::now(),
+            actions: BTreeMap::new(),
+        };
+        self.inner
+            .status
+            .send_modify(|status| status.ack = Some(ack));
     }
 
     /// Remembers `message` as the last error, to be reported in the next heartbeat.

@@ -18,6 +18,7 @@ use super::{
     PolicyUpdate, StateStore, SyncError, TlsTrust,
 };
 use crate::policy::PolicyVersion;
+use crate::protocol::HeartbeatRequest;
 
 /// Everything the sync tasks need to know.
 #[derive(Debug, Clone)]
@@ -476,6 +477,8 @@ async fn heartbeat_loop(context: Arc<Context>, mut shutdown: watch::Receiver<boo
     drop(updates);
     let mut interval = tokio::time::interval(context.config.heartbeat_interval);
     let mut suspect = None;
+    // Acks go only to a server that announced it reads them (the protocol's compatibility rule).
+    let mut accepts_acks = false;
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -484,13 +487,17 @@ async fn heartbeat_loop(context: Arc<Context>, mut shutdown: watch::Receiver<boo
             _ = shutdown.changed() => return,
         }
         let status = context.live.status();
+        let ack = context.live.ack().filter(|_| accepts_acks);
         let sent = context
             .client
             .heartbeat(
                 &agent_id,
                 &context.config.token,
-                status.applied,
-                status.heartbeat_error().as_deref(),
+                HeartbeatRequest {
+                    policy_version: status.applied,
+                    last_error: status.heartbeat_error(),
+                    ack,
+                },
             )
             .await;
         match sent {
@@ -498,6 +505,11 @@ async fn heartbeat_loop(context: Arc<Context>, mut shutdown: watch::Receiver<boo
                 context
                     .live
                     .update_status(|s| s.last_contact = Some(Instant::now()));
+                if reply.accepts_acks && !accepts_acks && status.ack.is_some() {
+                    // The server reads acks: send the pending one now, not in a whole interval.
+                    context.heartbeat_now.notify_one();
+                }
+                accepts_acks = reply.accepts_acks;
                 suspect = watch_stream(&context, &reply, status.applied, suspect);
             }
             Err(err @ SyncError::Unauthorized { .. }) => {

@@ -1,16 +1,19 @@
 //! Agents and tokens: enrollment, identity, heartbeats, the fleet's status list, org admin
 //! tokens and the bootstrap admin token.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use policy_engine::PolicyVersion;
 use policy_engine::protocol::{
-    AgentIdentity, EnrollAnswer, EnrollRequest, HeartbeatAnswer, HeartbeatRequest, time,
+    AgentIdentity, EnrollAnswer, EnrollRequest, HeartbeatAnswer, HeartbeatRequest, VersionAck, time,
 };
 use serde::Serialize;
 
-use super::streams::EventHub;
+use super::assignment;
+use super::rollouts;
+use super::streams::{EventHub, Publisher};
 use crate::auth::{Principal, TokenCache, TokenHash, generate_token, random_hex};
 use crate::clock;
 use crate::error::ApiError;
@@ -33,10 +36,18 @@ pub struct AgentStatus {
     pub last_seen: Option<DateTime<Utc>>,
     /// Version reported in the last heartbeat.
     pub policy_version: Option<PolicyVersion>,
-    /// The reported version is not the org's latest.
+    /// The reported version is not the one assigned to it.
     pub outdated: bool,
+    /// The version the server sends it: the org's latest, or the previous one while a staged
+    /// rollout has not reached it (or after a rollback).
+    pub assigned_version: Option<PolicyVersion>,
+    /// Why it gets that version.
+    pub assignment: Option<String>,
     /// Error reported in the last heartbeat.
     pub last_error: Option<String>,
+    /// Its ack of the last version offered (applied, refused or invalid, with the error and
+    /// the actions since); `null` from agents that send none.
+    pub ack: Option<VersionAck>,
     /// When it was enrolled.
     #[serde(with = "time::millis")]
     pub enrolled_at: DateTime<Utc>,
@@ -93,6 +104,7 @@ pub async fn enroll(
                 last_seen: None,
                 policy_version: None,
                 last_error: None,
+                ack: None,
             },
             hash,
         )
@@ -131,28 +143,43 @@ pub async fn identity(store: &dyn Store, agent_id: &str) -> Result<AgentIdentity
     })
 }
 
-/// Records a heartbeat of `agent_id` (of `org`) and says whether it runs the latest version.
+/// Records a heartbeat of `agent_id` (of `org`), says whether it runs the version assigned to
+/// it, and evaluates the gate of the org's rollout (if one is running).
 pub async fn heartbeat(
     store: &dyn Store,
+    publisher: &Publisher,
     agent_id: String,
     org: String,
     request: HeartbeatRequest,
 ) -> Result<HeartbeatAnswer, ApiError> {
-    let current = store.latest_policy(org).await?.map(|p| p.version);
     let version = request.policy_version;
+    let acked = request.ack.is_some();
     store
         .heartbeat(Heartbeat {
             agent_id: agent_id.clone(),
             policy_version: version,
             last_error: request.last_error,
+            ack: request.ack,
             at: clock::now(),
         })
         .await?;
+    if acked
+        || store
+            .latest_rollout(org.clone())
+            .await?
+            .is_some_and(|r| r.state.is_active())
+    {
+        rollouts::check_gate(store, publisher, &org).await?;
+    }
+    let current = assignment::assigned_policy(store, &org, &agent_id)
+        .await?
+        .map(|(p, _)| p.version);
     Ok(HeartbeatAnswer {
         agent_id,
         policy_version: version,
         current_policy_version: current,
         outdated: current.is_some() && version != current,
+        accepts_acks: true,
     })
 }
 
@@ -165,29 +192,65 @@ pub async fn statuses(
     org: String,
 ) -> Result<Vec<AgentStatus>, ApiError> {
     let current = store.latest_policy(org.clone()).await?.map(|p| p.version);
+    let rollout = store.latest_rollout(org.clone()).await?;
     let agents = store.agents(org.clone()).await?;
-    let streaming = hub.online_agents(&org);
-    let now = clock::now();
-    let window = chrono::Duration::from_std(online_window).unwrap_or_default();
+    let online = Online::now(hub, &org, online_window);
     Ok(agents
         .into_iter()
         .map(|agent| {
-            let recent = agent
-                .last_seen
-                .is_some_and(|t| now.signed_duration_since(t) <= window);
+            let assignment = current.map(|c| assignment::assign(rollout.as_ref(), c, &agent.id));
             AgentStatus {
-                online: streaming.contains(&agent.id) || recent,
-                outdated: current.is_some() && agent.policy_version != current,
+                online: online.is(&agent),
+                outdated: assignment
+                    .as_ref()
+                    .is_some_and(|a| agent.policy_version != Some(a.version)),
+                assigned_version: assignment.as_ref().map(|a| a.version),
+                assignment: assignment.map(|a| a.reason),
                 agent_id: agent.id,
                 hostname: agent.hostname,
                 org_id: agent.org_id,
                 last_seen: agent.last_seen,
                 policy_version: agent.policy_version,
                 last_error: agent.last_error,
+                ack: agent.ack,
                 enrolled_at: agent.enrolled_at,
             }
         })
         .collect())
+}
+
+/// Which agents of an org count as online at one moment: those with an open event stream, and
+/// those whose last heartbeat is within the online window.
+#[derive(Debug)]
+pub struct Online {
+    streaming: HashSet<String>,
+    now: DateTime<Utc>,
+    window: chrono::Duration,
+}
+
+impl Online {
+    /// The agents of `org` online now.
+    pub fn now(hub: &EventHub, org: &str, online_window: Duration) -> Self {
+        Self {
+            streaming: hub.online_agents(org),
+            now: clock::now(),
+            window: chrono::Duration::from_std(online_window).unwrap_or_default(),
+        }
+    }
+
+    /// Whether `agent` is online.
+    pub fn is(&self, agent: &AgentRecord) -> bool {
+        self.streaming.contains(&agent.id)
+            || agent
+                .last_seen
+                .is_some_and(|t| self.now.signed_duration_since(t) <= self.window)
+    }
+}
+
+/// Whether `agent` last reported a version other than its org's `current` one (never when the
+/// org has no policy).
+pub fn is_outdated(agent: &AgentRecord, current: Option<PolicyVersion>) -> bool {
+    current.is_some() && agent.policy_version != current
 }
 
 /// A new admin token confined to `org_id`.

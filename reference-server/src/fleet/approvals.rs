@@ -6,6 +6,7 @@
 use policy_engine::protocol::{ApprovalStatus, ApprovalView};
 use serde::Serialize;
 
+use super::changes::Topic;
 use super::streams::Publisher;
 use super::views::approval_view;
 use crate::auth::Principal;
@@ -81,6 +82,7 @@ pub async fn decide(
     } else {
         None
     };
+    publisher.changed(&approval.org_id, &[Topic::Approvals, Topic::Audit]);
     tracing::info!(
         approval = approval.id.as_str(),
         agent = approval.agent_id.as_str(),

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use policy_engine::protocol::BlockView;
 use serde::Serialize;
 
+use super::changes::Topic;
 use super::streams::Publisher;
 use super::views::block_view;
 use crate::clock;
@@ -47,6 +48,7 @@ pub async fn record(
     let pushed = store.upsert_block(new, entry).await?;
     let upserted = pushed.value;
     let broadcasted_to = publisher.push(store, &org, pushed.seq).await.queued;
+    publisher.changed(&org, &[Topic::Blocks]);
     tracing::info!(
         org = org.as_str(),
         agent = reporter.as_str(),
@@ -91,6 +93,7 @@ pub async fn lift(
         .value
         .ok_or_else(|| ApiError::not_found(format!("no fleet block on `{ip}` in org `{org}`")))?;
     let delivery = publisher.push(store, &org, pushed.seq).await;
+    publisher.changed(&org, &[Topic::Blocks, Topic::Audit]);
     tracing::info!(org = org.as_str(), %ip, broadcasted_to = delivery.queued, "fleet block lifted");
     Ok(Unblocked {
         ip,

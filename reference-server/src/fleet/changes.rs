@@ -1,170 +1,152 @@
-//! One numbered change of the store pushed to the open streams of its org: the rows it names
-//! are read (a policy version, an agent's overrides, a block, an approval) and turned into the
-//! frames each stream gets. Streams whose initial state already included the change
-//! ([`StreamView::since`]) are skipped.
+//! What changed, for the console: every write tells the admin event streams of its org which
+//! topics changed (agents, policies, approvals, blocks, the audit), without saying what; a
+//! console refetches what it shows. Notifications are coalesced per stream
+//! ([`Feed`](crate::transport::Feed)), so a burst of writes costs one event per stream.
+//!
+//! Who notifies: a fleet function that writes through the [`Publisher`](super::Publisher)
+//! (publishing, overrides, blocks, decisions) notifies itself; writes without it (enrollment,
+//! heartbeats, reports, an agent's stream opening or closing) are notified by their handler.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::time::Duration;
 
-use policy_engine::PolicyVersion;
-use policy_engine::protocol::{ApprovalStatus, FleetEvent, UnblockEvent};
+use futures_util::{Stream, StreamExt};
+use serde::Serialize;
 
-use super::overrides::{self, Override, stored_list};
-use super::views::{approval_event, block_event, policy_event};
-use crate::clock;
-use crate::store::{Change, ChangeKind, SentPolicy, Store, StoreError, StoredPolicy};
-use crate::transport::{Delivery, Frame, Hub};
+use crate::error::ApiError;
+use crate::transport::{Feed, WatchError};
 
-/// The overrides of the agent of one stream (empty: the org's policy as is).
-pub type AgentOverrides = Arc<Vec<Override>>;
+/// Shortest time between two `changed` events of one admin stream.
+pub const CHANGE_INTERVAL: Duration = Duration::from_millis(250);
 
-/// What the fleet keeps with each open stream.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct StreamView {
-    /// The agent's overrides.
-    pub overrides: AgentOverrides,
-    /// The policy version last queued to the stream (its overrides resolve against it).
-    pub version: Option<PolicyVersion>,
-    /// The org's last change the stream's initial state included: it gets the later ones.
-    pub since: u64,
+/// Most admin event streams open at once (each costs a task and a socket).
+pub const MAX_ADMIN_STREAMS: usize = 256;
+
+/// A kind of thing that changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Topic {
+    /// Agents: enrolled, a heartbeat, a stream opened or closed, outdated after a new version.
+    Agents,
+    /// A new policy version.
+    Policies,
+    /// An approval requested, decided or closed.
+    Approvals,
+    /// A fleet block stored, extended or lifted.
+    Blocks,
+    /// New audit entries.
+    Audit,
 }
 
-/// The hub of the agents' event streams.
-pub type EventHub = Hub<StreamView>;
+impl Topic {
+    /// Every topic.
+    pub const ALL: [Self; 5] = [
+        Self::Agents,
+        Self::Policies,
+        Self::Approvals,
+        Self::Blocks,
+        Self::Audit,
+    ];
 
-/// The `policy` frame of `policy` for an agent with `overrides`.
-pub fn policy_frame(policy: &StoredPolicy, agent_id: &str, overrides: &[Override]) -> Frame {
-    Frame::policy(&policy_event(policy, agent_id, overrides))
-}
+    fn bit(self) -> u32 {
+        match self {
+            Self::Agents => 1,
+            Self::Policies => 2,
+            Self::Approvals => 4,
+            Self::Blocks => 8,
+            Self::Audit => 16,
+        }
+    }
 
-/// The record of `policy` sent to `agent_id` with `list`.
-pub fn sent(agent_id: String, policy: &StoredPolicy, list: &[Override], now_ms: i64) -> SentPolicy {
-    SentPolicy {
-        agent_id,
-        version: policy.version,
-        overrides: overrides::to_value(list),
-        sent_ms: now_ms,
+    fn bits(topics: &[Self]) -> u32 {
+        topics.iter().fold(0, |bits, t| bits | t.bit())
     }
 }
 
-/// Remembers who gets `policy` with which overrides before it is queued (reports are checked
-/// against what was sent). A failure is logged: the version is stored already, its push must
-/// not be lost.
-async fn record_sent(store: &dyn Store, policy: &StoredPolicy, sent: Vec<SentPolicy>) {
-    if let Err(error) = store.record_sent(sent).await {
-        tracing::error!(%error, version = %policy.version, "cannot record the policy's recipients");
+/// The first event of an admin stream (`event: ready`): the stream is open for `orgId`; a
+/// console fetches what it shows now, then again on each `changed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ready {
+    /// The org watched.
+    pub org_id: String,
+    /// The topics `changed` events name.
+    pub topics: Vec<Topic>,
+}
+
+/// `event: changed`: these topics changed since the previous event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Changed {
+    /// What changed.
+    pub topics: Vec<Topic>,
+}
+
+/// The admin event streams.
+#[derive(Debug, Clone)]
+pub struct Changes {
+    feed: Feed,
+}
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self {
+            feed: Feed::new(CHANGE_INTERVAL, MAX_ADMIN_STREAMS),
+        }
     }
 }
 
-/// Queues change `change` to the streams that do not have it yet.
-pub async fn apply(
-    store: &dyn Store,
-    hub: &EventHub,
-    change: &Change,
-) -> Result<Delivery, StoreError> {
-    let org_id = change.org_id.as_str();
-    let seq = change.seq;
-    let fresh = move |view: &StreamView| view.since < seq;
-    Ok(match &change.kind {
-        ChangeKind::Policy { version } => {
-            let Some(policy) = store.policy(org_id.to_owned(), *version).await? else {
-                tracing::warn!(org = org_id, %version, "a pushed policy version is gone");
-                return Ok(Delivery::default());
-            };
-            let now = clock::now_ms();
-            let recipients = hub
-                .views(org_id)
+impl Changes {
+    /// Tells the admin streams of `org` that `topics` changed.
+    pub fn changed(&self, org: &str, topics: &[Topic]) {
+        self.feed.notify(org, Topic::bits(topics));
+    }
+
+    /// Open admin streams.
+    pub fn stream_count(&self) -> usize {
+        self.feed.watcher_count()
+    }
+
+    /// A new admin stream of `org`: 503 when the server is stopping or too many are open.
+    pub fn watch(&self, org: &str) -> Result<impl Stream<Item = Changed> + use<>, ApiError> {
+        let watcher = self.feed.watch(org).map_err(|error| match error {
+            WatchError::Closed => ApiError::unavailable(),
+            WatchError::Full(_) => ApiError::overloaded(format!("{error}; try again later")),
+        })?;
+        Ok(watcher.changes().map(|bits| Changed {
+            topics: Topic::ALL
                 .into_iter()
-                .filter(|(_, view)| fresh(view) && view.version.is_none_or(|v| v < policy.version))
-                .map(|(agent_id, view)| sent(agent_id, &policy, &view.overrides, now))
-                .collect();
-            record_sent(store, &policy, recipients).await;
-            let shared = policy_frame(&policy, "", &[]);
-            hub.visit_org(org_id, |agent_id, view| {
-                if !fresh(view) || view.version.is_some_and(|v| v >= policy.version) {
-                    return None;
-                }
-                view.version = Some(policy.version);
-                Some(if view.overrides.is_empty() {
-                    shared.clone()
-                } else {
-                    policy_frame(&policy, agent_id, &view.overrides)
-                })
-            })
-        }
-        ChangeKind::Overrides { agent_id } => overrides(store, hub, change, agent_id).await?,
-        ChangeKind::Block { ip, reporter } => {
-            let block = store.block(org_id.to_owned(), *ip).await?;
-            let Some(event) = block.and_then(|b| block_event(&b, clock::now_ms())) else {
-                // Lifted or expired meanwhile: nothing to push.
-                return Ok(Delivery::default());
-            };
-            let frame = Frame::fleet(&FleetEvent::Block(event));
-            hub.visit_org(org_id, |agent_id, view| {
-                (fresh(view) && agent_id != reporter).then(|| frame.clone())
-            })
-        }
-        ChangeKind::Unblock { ip, by } => {
-            let frame = Frame::fleet(&FleetEvent::Unblock(UnblockEvent {
-                ip: *ip,
-                by: by.clone(),
-            }));
-            hub.visit_org(org_id, |_, view| fresh(view).then(|| frame.clone()))
-        }
-        ChangeKind::Approved {
-            approval_id,
-            agent_id,
-        } => {
-            let approval = store.approval(approval_id.clone()).await?;
-            let Some(approval) = approval
-                .filter(|a| a.status == ApprovalStatus::Approved && a.expires_ms > clock::now_ms())
-            else {
-                // Executed, expired or gone meanwhile: nothing to execute.
-                return Ok(Delivery::default());
-            };
-            let frame = Frame::fleet(&FleetEvent::Approval(approval_event(&approval)));
-            hub.visit_org(org_id, |agent, view| {
-                (fresh(view) && agent == agent_id).then(|| frame.clone())
-            })
-        }
-    })
+                .filter(|t| bits & t.bit() != 0)
+                .collect(),
+        }))
+    }
+
+    /// Ends every admin stream and refuses new ones: shutdown.
+    pub fn close(&self) {
+        self.feed.close();
+    }
 }
 
-/// New overrides of `agent_id`: each of its streams gets them as its view and the policy
-/// version it runs, resolved again.
-async fn overrides(
-    store: &dyn Store,
-    hub: &EventHub,
-    change: &Change,
-    agent_id: &str,
-) -> Result<Delivery, StoreError> {
-    let org_id = change.org_id.as_str();
-    let views = hub.views_of(org_id, agent_id);
-    if views.iter().all(|view| view.since >= change.seq) {
-        return Ok(Delivery::default());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_gets_the_topics_of_its_org_only() {
+        let changes = Changes::default();
+        let mut acme = Box::pin(changes.watch("acme").unwrap());
+        changes.changed("default", &[Topic::Agents]);
+        changes.changed("acme", &[Topic::Audit, Topic::Approvals]);
+        assert_eq!(
+            acme.next().await,
+            Some(Changed {
+                topics: vec![Topic::Approvals, Topic::Audit]
+            })
+        );
+        assert_eq!(
+            serde_json::to_string(&Changed {
+                topics: vec![Topic::Blocks]
+            })
+            .unwrap(),
+            r#"{"topics":["blocks"]}"#
+        );
     }
-    let stored = store.overrides(agent_id.to_owned()).await?;
-    let list = Arc::new(stored_list(stored.as_ref()));
-    let mut policies: HashMap<PolicyVersion, StoredPolicy> = HashMap::new();
-    for version in views.iter().filter_map(|view| view.version) {
-        if policies.contains_key(&version) {
-            continue;
-        }
-        if let Some(policy) = store.policy(org_id.to_owned(), version).await? {
-            policies.insert(version, policy);
-        }
-    }
-    let now = clock::now_ms();
-    for policy in policies.values() {
-        let recipients = vec![sent(agent_id.to_owned(), policy, &list, now)];
-        record_sent(store, policy, recipients).await;
-    }
-    Ok(hub.visit_org(org_id, |agent, view| {
-        if agent != agent_id || view.since >= change.seq {
-            return None;
-        }
-        view.overrides = list.clone();
-        let policy = view.version.and_then(|v| policies.get(&v))?;
-        Some(policy_frame(policy, agent_id, &list))
-    }))
 }

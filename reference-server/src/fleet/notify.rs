@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
 
 use crate::clock;
+use crate::metrics::ServerMetrics;
 use crate::store::{NewDelivery, NewEntry, PendingDelivery, Store, StoreError};
 
 /// Deliveries under way at once; more wait in the queue.
@@ -347,16 +348,18 @@ pub struct Notifier {
     config: Option<NotifyConfig>,
     http: reqwest::Client,
     store: Arc<dyn Store>,
+    metrics: Arc<ServerMetrics>,
     /// Wakes the worker when deliveries were queued or one finished.
     queued: Arc<Notify>,
 }
 
 impl Notifier {
     /// A notifier for `config` (`None`: nothing is delivered, every alert is recorded as
-    /// `not_configured`), recording deliveries in `store`.
+    /// `not_configured`), recording deliveries in `store` and counting them in `metrics`.
     pub fn new(
         config: Option<NotifyConfig>,
         store: Arc<dyn Store>,
+        metrics: Arc<ServerMetrics>,
     ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -365,6 +368,7 @@ impl Notifier {
             config,
             http,
             store,
+            metrics,
             queued: Arc::new(Notify::new()),
         })
     }
@@ -399,6 +403,8 @@ impl Notifier {
                 "not_configured"
             };
             tracing::warn!(channel = name.as_str(), outcome, "alert not delivered");
+            // Only configured names become label values: policies may name anything.
+            self.metrics.notification("", outcome);
             skipped.push(delivery_entry(alert, name, outcome, None, 0));
         }
         (deliveries, skipped)
@@ -453,6 +459,7 @@ impl Notifier {
             Ok(alert) => alert,
             Err(error) => {
                 tracing::error!(id = delivery.id, %error, "a queued alert does not read; dropped");
+                self.metrics.notification("", "corrupt");
                 let entry = NewEntry {
                     org_id: String::new(),
                     agent_id: None,
@@ -477,12 +484,16 @@ impl Notifier {
         let (outcome, error, attempts) = match channel {
             Some(channel) => {
                 let retry = self.config.as_ref().map(|c| c.retry).unwrap_or_default();
-                self.deliver_with_retry(&channel, &name, &alert, retry)
-                    .await
+                let delivered = self
+                    .deliver_with_retry(&channel, &name, &alert, retry)
+                    .await;
+                self.metrics.notification(&name, delivered.0);
+                delivered
             }
             // Queued under a config that had it; the server restarted without it.
             None => {
                 tracing::warn!(channel = name.as_str(), "alert not delivered: channel gone");
+                self.metrics.notification("", "unknown_channel");
                 ("unknown_channel", None, 0)
             }
         };

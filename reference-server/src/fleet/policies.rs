@@ -1,15 +1,19 @@
 //! Policies and overrides: publishing a new version to an org's streams, the active policy,
-//! the rules one agent runs, and setting an agent's overrides.
+//! the org's versions (listed and one by one), checking a document without storing it, the
+//! rules one agent runs, and setting an agent's overrides.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use policy_engine::policy::wire::RuleDocument;
-use policy_engine::protocol::{AgentPolicyView, PolicySignature, PolicyView};
+use policy_engine::protocol::{AgentPolicyView, AgentRunning, PolicySignature, PolicyView, time};
 use policy_engine::{Policy, PolicyVersion};
+use serde::Serialize;
 use serde_json::Value;
 
 use super::audit;
+use super::changes::Topic;
 use super::notify::{self, NotifyConfig};
 use super::overrides;
 use super::streams::Publisher;
@@ -17,7 +21,161 @@ use super::views::{applied_at, policy_view, resolved_rules};
 use crate::auth::{Principal, random_hex};
 use crate::clock;
 use crate::error::ApiError;
-use crate::store::{AgentRecord, NewEntry, NewPolicy, Store, StoredOverrides, StoredPolicy};
+use crate::store::{
+    AgentRecord, NewEntry, NewPolicy, PolicySummary, Store, StoredOverrides, StoredPolicy,
+};
+
+/// One page of `GET /api/policy/versions` (admin only): newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionPage {
+    /// The versions of this page.
+    pub versions: Vec<VersionSummary>,
+    /// Pass as `cursor=` for the next (older) page; `null` on the last page.
+    pub next_cursor: Option<u64>,
+}
+
+/// One version in the list: what it is called, its size and when it came.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionSummary {
+    /// `pol_...`
+    pub id: String,
+    /// `v1`, `v2`, ...
+    pub version: PolicyVersion,
+    /// The policy's name.
+    pub name: String,
+    /// Its description, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Number of rules.
+    pub rule_count: u64,
+    /// Number of enabled rules.
+    pub enabled_count: u64,
+    /// When the version was created.
+    #[serde(with = "time::millis")]
+    pub created_at: DateTime<Utc>,
+    /// The id of the operator key that signed it; absent for an unsigned version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
+impl From<PolicySummary> for VersionSummary {
+    fn from(summary: PolicySummary) -> Self {
+        Self {
+            id: summary.id,
+            version: summary.version,
+            name: summary.name,
+            description: summary.description,
+            rule_count: summary.rule_count,
+            enabled_count: summary.enabled_count,
+            created_at: summary.created_at,
+            key_id: summary.key_id,
+        }
+    }
+}
+
+/// The answer of `POST /api/policy/validate` (admin only) for a document that would be
+/// accepted: the org it would go to and the document as it would be stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Validated {
+    /// Always `true` (an invalid document is answered 422 with every error).
+    pub valid: bool,
+    /// The org the document would be published to.
+    pub org_id: String,
+    /// Its name.
+    pub name: String,
+    /// Its description.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Its rules, normalized as they would be stored (`enabled`, `requireApproval` filled in).
+    pub rules: Vec<RuleDocument>,
+}
+
+/// Checks `policy` as [`publish`] would check it unsigned (channels, the org `principal` may
+/// write, whether that org takes unsigned policies) and stores nothing.
+pub fn validate(
+    channels: Option<&NotifyConfig>,
+    signed_orgs: &SignedOrgs,
+    principal: &Principal,
+    org_query: Option<&str>,
+    policy: &Policy,
+) -> Result<Validated, ApiError> {
+    let org_id = publishable(channels, principal, org_query, policy)?;
+    if signed_orgs.required(&org_id) {
+        return Err(signature_required(&org_id));
+    }
+    let document = policy.to_document();
+    Ok(Validated {
+        valid: true,
+        org_id,
+        name: document.name,
+        description: document.description,
+        rules: document.rules,
+    })
+}
+
+/// What publishing checks beyond the document itself: every `notifyChannels` entry names a
+/// configured channel (when channels are configured), and `principal` may write the org (the
+/// body's `org_id`, else `org_query`). Returns that org.
+fn publishable(
+    channels: Option<&NotifyConfig>,
+    principal: &Principal,
+    org_query: Option<&str>,
+    policy: &Policy,
+) -> Result<String, ApiError> {
+    let unknown_channels = notify::check_policy(channels, policy);
+    if !unknown_channels.is_empty() {
+        return Err(ApiError::from_validation(unknown_channels));
+    }
+    principal.write_org(policy.org_id.as_deref().or(org_query))
+}
+
+/// The refusal of an unsigned policy for an org that takes only signed ones.
+fn signature_required(org: &str) -> ApiError {
+    ApiError::invalid(
+        "signature",
+        format!(
+            "org `{org}` accepts only signed policies: sign the document offline (`policy-sign sign --org {org} --version vN`) and post the signed file"
+        ),
+    )
+}
+
+/// The versions of `org` older than `before` (all when `None`), newest first, `limit` a page.
+pub async fn versions(
+    store: &dyn Store,
+    org: String,
+    before: Option<PolicyVersion>,
+    limit: u32,
+) -> Result<VersionPage, ApiError> {
+    // One more than asked says whether an older page exists.
+    let mut list = store
+        .policy_versions(org, before, limit.saturating_add(1))
+        .await?;
+    let more = list.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    list.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_cursor = more
+        .then(|| list.last().map(|last| last.version.number()))
+        .flatten();
+    Ok(VersionPage {
+        versions: list.into_iter().map(VersionSummary::from).collect(),
+        next_cursor,
+    })
+}
+
+/// Version `version` of `org`; 404 when it has no such version.
+pub async fn version(
+    store: &dyn Store,
+    org: String,
+    version: PolicyVersion,
+) -> Result<PolicyView<RuleDocument>, ApiError> {
+    let stored = store
+        .policy(org.clone(), version)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no policy `{version}` in org `{org}`")))?;
+    Ok(policy_view(&stored, None))
+}
 
 /// Orgs whose policies must be signed by an operator key (`--require-signatures ORG`, `*` for
 /// every org). The server holds no keys: it refuses unsigned posts for these orgs and lets
@@ -67,29 +225,33 @@ pub enum Publication {
     },
 }
 
-/// Stores a publication as the next version of its org (a signed file's org, else the body's
-/// `org_id`, else `org_query`, as `principal` may write) and queues it to every stream of the
-/// org. Every `notifyChannels` entry must name a configured channel (when channels are
-/// configured). An org in `signed_orgs` takes only signed publications.
-pub async fn publish(
-    store: &dyn Store,
-    publisher: &Publisher,
+/// A publication checked for its org: what [`publish`] stores and [`plan`](super::plan::plan)
+/// shows.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The validated document.
+    pub policy: Policy,
+    /// The org it goes to.
+    pub org: String,
+    /// The signed version and the signature, for a signed publication.
+    pub signed: Option<(PolicyVersion, PolicySignature)>,
+}
+
+/// Checks a publication as `principal` may write it: its org (a signed file's org, else the
+/// body's `org_id`, else `org_query`), the org's signature requirement, and that every
+/// `notifyChannels` entry names a configured channel (when channels are configured).
+pub fn check(
     channels: Option<&NotifyConfig>,
     signed_orgs: &SignedOrgs,
     principal: &Principal,
     org_query: Option<&str>,
     publication: Publication,
-) -> Result<PolicyView<RuleDocument>, ApiError> {
+) -> Result<Checked, ApiError> {
     let (policy, org, signed) = match publication {
         Publication::Unsigned(policy) => {
             let org = principal.write_org(policy.org_id.as_deref().or(org_query))?;
             if signed_orgs.required(&org) {
-                return Err(ApiError::invalid(
-                    "signature",
-                    format!(
-                        "org `{org}` accepts only signed policies: sign the document offline (`policy-sign sign --org {org} --version vN`) and post the signed file"
-                    ),
-                ));
+                return Err(signature_required(&org));
             }
             (policy, org, None)
         }
@@ -120,7 +282,34 @@ pub async fn publish(
     if !unknown_channels.is_empty() {
         return Err(ApiError::from_validation(unknown_channels));
     }
+    Ok(Checked {
+        policy,
+        org,
+        signed,
+    })
+}
+
+/// Stores a publication ([`check`]ed) as the next version of its org and queues it to every
+/// stream of the org.
+pub async fn publish(
+    store: &dyn Store,
+    publisher: &Publisher,
+    channels: Option<&NotifyConfig>,
+    signed_orgs: &SignedOrgs,
+    principal: &Principal,
+    org_query: Option<&str>,
+    publication: Publication,
+) -> Result<PolicyView<RuleDocument>, ApiError> {
+    let Checked {
+        policy,
+        org,
+        signed,
+    } = check(channels, signed_orgs, principal, org_query, publication)?;
     let key_id = signed.as_ref().map(|(_, s)| s.key_id.clone());
+    // A plain post and a rollout's start are decided one at a time on this replica (see
+    // `Publisher::rollout_lock`).
+    let decisions = publisher.rollout_lock().await;
+    super::assignment::check_no_active(store, &org).await?;
     let pushed = store
         .insert_policy(NewPolicy {
             org_id: org,
@@ -130,8 +319,13 @@ pub async fn publish(
             signed,
         })
         .await?;
+    drop(decisions);
     let stored = pushed.value;
     let delivery = publisher.push(store, &stored.org_id, pushed.seq).await;
+    publisher.changed(
+        &stored.org_id,
+        &[Topic::Policies, Topic::Agents, Topic::Audit],
+    );
     audit::record(
         store,
         NewEntry {
@@ -173,21 +367,32 @@ pub async fn active(store: &dyn Store, org: &str) -> Result<PolicyView<RuleDocum
     Ok(policy_view(&latest(store, org).await?, None))
 }
 
-/// The rules `agent` runs: its org's latest version with its overrides applied.
+/// The rules `agent` runs: the version assigned to it (its org's latest, or the previous one
+/// while a staged rollout has not reached it) with its overrides applied, and what the agent
+/// reported (`running`: its version, last error, ack, and why it gets this version).
 pub async fn for_agent(
     store: &dyn Store,
     agent: AgentRecord,
 ) -> Result<AgentPolicyView<RuleDocument>, ApiError> {
-    let policy = latest(store, &agent.org_id).await?;
+    let (policy, assignment) = super::assignment::assigned_policy(store, &agent.org_id, &agent.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no policy in org `{}`", agent.org_id)))?;
     let stored = store.overrides(agent.id.clone()).await?;
     let list = overrides::stored_list(stored.as_ref());
     Ok(AgentPolicyView {
         rules: resolved_rules(&policy, &agent.id, &list),
         applied_at: applied_at(&policy, stored.as_ref()),
-        agent_id: agent.id,
         policy_version: policy.version,
         overrides: None,
         broadcasted_to: None,
+        running: Some(AgentRunning {
+            policy_version: agent.policy_version,
+            last_seen: agent.last_seen,
+            last_error: agent.last_error,
+            ack: agent.ack,
+            assignment: Some(assignment.reason),
+        }),
+        agent_id: agent.id,
     })
 }
 
@@ -230,7 +435,10 @@ pub async fn set_overrides(
     let pushed = store
         .set_overrides(agent.org_id.clone(), agent.id.clone(), stored.clone())
         .await?;
+    // The agent's streams get the version assigned to it (a staged rollout may keep it on the
+    // previous one) with its new overrides, recorded as sent: see `stream_changes`.
     let delivery = publisher.push(store, &agent.org_id, pushed.seq).await;
+    publisher.changed(&agent.org_id, &[Topic::Agents, Topic::Audit]);
     audit::record(
         store,
         NewEntry {
@@ -258,5 +466,6 @@ pub async fn set_overrides(
         applied_at: applied_at(&policy, Some(&stored)),
         overrides: Some(stored.list),
         broadcasted_to: Some(delivery.queued),
+        running: None,
     })
 }

@@ -147,24 +147,14 @@ async fn refused(
         reason = refusal.message.as_str(),
         "report refused"
     );
+    let detail = json!({
+        "path": refusal.path,
+        "message": refusal.message,
+        "reportId": report.report_id,
+    });
     audit::record(
         ctx.store,
-        NewEntry {
-            org_id: reporter.org_id.to_owned(),
-            agent_id: Some(reporter.agent_id.to_owned()),
-            actor: reporter.agent_id.to_owned(),
-            rule: u64::try_from(report.record.rule).ok(),
-            policy_version: Some(report.record.policy_version),
-            action: report.record.action.name().to_owned(),
-            ip: target_ip(&report.record),
-            outcome: "refused_by_server".to_owned(),
-            detail: Some(json!({
-                "path": refusal.path,
-                "message": refusal.message,
-                "reportId": report.report_id,
-            })),
-            receipt: None,
-        },
+        report_entry(reporter, report, "refused_by_server", detail),
     )
     .await;
 }
@@ -260,6 +250,24 @@ async fn act(
 
 /// The report's audit entry: the action, the reported outcome, the record and detail.
 fn audit_entry(reporter: Reporter<'_>, report: &Report, kind: ReportKind) -> NewEntry {
+    let detail = json!({
+        "record": report.record,
+        "detail": report.detail,
+        "approvalId": report.approval_id,
+    });
+    NewEntry {
+        receipt: report.report_id.clone().map(|report_id| ReportReceipt {
+            agent_id: reporter.agent_id.to_owned(),
+            report_id,
+            kind,
+            answer: None,
+        }),
+        ..report_entry(reporter, report, report.outcome().as_str(), detail)
+    }
+}
+
+/// An audit entry about `report` by its agent, with `outcome` and `detail` and no receipt.
+fn report_entry(reporter: Reporter<'_>, report: &Report, outcome: &str, detail: Value) -> NewEntry {
     NewEntry {
         org_id: reporter.org_id.to_owned(),
         agent_id: Some(reporter.agent_id.to_owned()),
@@ -268,18 +276,9 @@ fn audit_entry(reporter: Reporter<'_>, report: &Report, kind: ReportKind) -> New
         policy_version: Some(report.record.policy_version),
         action: report.record.action.name().to_owned(),
         ip: target_ip(&report.record),
-        outcome: report.outcome().as_str().to_owned(),
-        detail: Some(json!({
-            "record": report.record,
-            "detail": report.detail,
-            "approvalId": report.approval_id,
-        })),
-        receipt: report.report_id.clone().map(|report_id| ReportReceipt {
-            agent_id: reporter.agent_id.to_owned(),
-            report_id,
-            kind,
-            answer: None,
-        }),
+        outcome: outcome.to_owned(),
+        detail: Some(detail),
+        receipt: None,
     }
 }
 

@@ -8,18 +8,33 @@
 //! once, and a stream gets exactly the changes after the state it started from
 //! ([`StreamView::since`]). So a stream never misses a change, sees one twice, or sees versions
 //! out of order, with one server or several on one database.
+//!
+//! The policy version a stream gets is the one [`assignment`](super::assignment) gives its
+//! agent: a staged rollout's stage changes and rollbacks are changes too
+//! ([`ChangeKind::Rollout`](crate::store::ChangeKind::Rollout)), and each replica computes
+//! the assignment of its own streams when it pushes one.
+//!
+//! The publisher also tells the console's admin streams what changed
+//! ([`Publisher::changed`]): the fleet function that wrote calls it on its replica, and a
+//! notice of a commit ([`Publisher::notice`], any replica's) tells the admin streams of that
+//! org on every replica that everything may have changed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
+use policy_engine::PolicyVersion;
 use policy_engine::protocol::FleetEvent;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
-use super::changes;
-pub use super::changes::{AgentOverrides, EventHub, StreamView, policy_frame, sent};
-use super::views::{approval_event, block_event};
+use super::assignment::assign;
+use super::changes::{Changes, Topic};
+use super::stream_changes;
+pub use super::stream_changes::{AgentOverrides, EventHub, StreamView, policy_frame, sent};
+use super::views::{approval_event, block_event, policy_event};
 use crate::clock;
 use crate::error::ApiError;
+use crate::metrics::ServerMetrics;
 use crate::store::{Store, StoreError, StoredPolicy, StreamSnapshot};
 use crate::transport::{Delivery, Frame, Subscription};
 
@@ -30,11 +45,15 @@ const RECENT: usize = 256;
 /// Changes read from the store per query while catching up.
 const BATCH: u32 = 256;
 
-/// The hub and the push order: the last change pushed per org, under one lock.
+/// The hub and the push order (the last change pushed per org, under one lock), the lock of
+/// rollout decisions, and the admin streams told of every change.
 #[derive(Debug)]
 pub struct Publisher {
     hub: EventHub,
     pushed: Mutex<HashMap<String, OrgCursor>>,
+    rollouts: Mutex<()>,
+    changes: Changes,
+    metrics: Arc<ServerMetrics>,
 }
 
 /// Where the pushes of one org stand.
@@ -55,12 +74,32 @@ enum Refused {
 }
 
 impl Publisher {
-    /// A publisher pushing to `hub`.
-    pub fn new(hub: EventHub) -> Self {
+    /// A publisher pushing to `hub`, timing each fan-out into `metrics`.
+    pub fn new(hub: EventHub, metrics: Arc<ServerMetrics>) -> Self {
         Self {
             hub,
             pushed: Mutex::new(HashMap::new()),
+            rollouts: Mutex::new(()),
+            changes: Changes::default(),
+            metrics,
         }
+    }
+
+    /// The admin event streams.
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// Tells the admin streams of `org` that `topics` changed.
+    pub fn changed(&self, org: &str, topics: &[Topic]) {
+        self.changes.changed(org, topics);
+    }
+
+    /// Held while deciding a rollout's next state or a plain post (read the rollout, then
+    /// write): decisions on this replica are taken one at a time. Pushes do not need it (the
+    /// store's changes order them).
+    pub async fn rollout_lock(&self) -> MutexGuard<'_, ()> {
+        self.rollouts.lock().await
     }
 
     /// The hub, for reads (open streams, online agents).
@@ -86,13 +125,15 @@ impl Publisher {
     }
 
     /// Pushes the changes of `org_id` up to `seq`, unless they are already pushed (or the org
-    /// has no stream here): a notice of another replica's commit.
+    /// has no stream here): a notice of a replica's commit. The notice does not say what
+    /// changed: the org's admin streams are told every topic may have.
     pub async fn notice(
         &self,
         store: &dyn Store,
         org_id: &str,
         seq: u64,
     ) -> Result<(), StoreError> {
+        self.changes.changed(org_id, &Topic::ALL);
         let mut pushed = self.pushed.lock().await;
         if pushed.get(org_id).is_none_or(|cursor| cursor.seq >= seq) {
             return Ok(());
@@ -136,7 +177,14 @@ impl Publisher {
                 return Ok(());
             }
             for change in &batch {
-                let delivery = changes::apply(store, &self.hub, change).await?;
+                let started = Instant::now();
+                let delivery = stream_changes::apply(store, &self.hub, change).await?;
+                self.metrics.broadcast(
+                    stream_changes::event_name(&change.kind),
+                    started.elapsed(),
+                    delivery.queued,
+                    delivery.dropped,
+                );
                 if cursor.recent.len() == RECENT {
                     cursor.recent.pop_front();
                 }
@@ -173,9 +221,9 @@ impl Publisher {
     }
 }
 
-/// Opens the event stream of an agent. It gets, first, its current resolved policy (if any, and
-/// unless `last_event_id` says the agent already runs that version and it has no overrides
-/// that could have changed it), then one `block` per fleet block of its org in force (reported
+/// Opens the event stream of an agent. It gets, first, its current resolved policy (if any: the
+/// version assigned to it, see [`assign`]; and unless `last_event_id` says the agent already
+/// runs that version and it has no overrides that could have changed it), then one `block` per fleet block of its org in force (reported
 /// by anyone, the agent itself included: a restarted reporter needs them too), then one
 /// `approval` per approved request of its own not yet executed; then every change as it
 /// happens. 503 once the server is stopping.
@@ -193,10 +241,11 @@ pub async fn open(
         let snapshot = store
             .stream_snapshot(org_id.to_owned(), agent_id.to_owned(), now)
             .await?;
-        let (view, initial) = initial_state(&snapshot, agent_id, last_event_id, now);
+        let assigned = assigned(&snapshot, agent_id);
+        let (view, initial) = initial_state(&snapshot, assigned, agent_id, last_event_id, now);
         // Reports are checked against what was sent: record the version this stream runs
         // (sent now, or already run by the agent) before the agent can report on it.
-        if let Some(policy) = &snapshot.policy {
+        if let Some((policy, _)) = assigned {
             store
                 .record_sent(vec![sent(
                     agent_id.to_owned(),
@@ -210,7 +259,7 @@ pub async fn open(
             .subscribe(org_id, agent_id, &snapshot, view, initial)
             .await
         {
-            Ok(subscription) => return Ok((subscription, snapshot.policy)),
+            Ok(subscription) => return Ok((subscription, assigned.map(|(p, _)| p.clone()))),
             Err(Refused::Stale) => continue,
             Err(Refused::Closed) => return Err(ApiError::unavailable()),
         }
@@ -218,22 +267,45 @@ pub async fn open(
     Err(ApiError::unavailable())
 }
 
-/// The view and first frames of a new stream.
+/// The policy `agent_id` is assigned in `snapshot` (the org's latest version, or the
+/// rollout's previous one), with the version it is the rollback of.
+fn assigned<'a>(
+    snapshot: &'a StreamSnapshot,
+    agent_id: &str,
+) -> Option<(&'a StoredPolicy, Option<PolicyVersion>)> {
+    let latest = snapshot.policy.as_ref()?;
+    let assignment = assign(snapshot.rollout.as_ref(), latest.version, agent_id);
+    if assignment.version == latest.version {
+        return Some((latest, None));
+    }
+    match snapshot.fallback.as_ref() {
+        Some(fallback) if fallback.version == assignment.version => {
+            Some((fallback, assignment.rollback_from))
+        }
+        // The rollout's previous version is gone (deleted by hand): the latest it is.
+        _ => Some((latest, None)),
+    }
+}
+
+/// The view and first frames of a new stream whose agent is assigned `assigned`.
 fn initial_state(
     snapshot: &StreamSnapshot,
+    assigned: Option<(&StoredPolicy, Option<PolicyVersion>)>,
     agent_id: &str,
     last_event_id: Option<u64>,
     now: i64,
 ) -> (StreamView, Vec<Frame>) {
     let list = super::overrides::stored_list(snapshot.overrides.as_ref());
     let mut initial = Vec::new();
-    if let Some(policy) = &snapshot.policy {
+    if let Some((policy, rollback_from)) = assigned {
         // Without overrides a version is the same document for everyone: an agent that says it
         // runs it does not need it again.
         let runs_it =
             last_event_id == Some(policy.version.number()) && snapshot.overrides.is_none();
         if !runs_it {
-            initial.push(policy_frame(policy, agent_id, &list));
+            let mut event = policy_event(policy, agent_id, &list);
+            event.rollback_from = rollback_from;
+            initial.push(Frame::policy(&event));
         }
     }
     for block in &snapshot.blocks {
@@ -248,7 +320,8 @@ fn initial_state(
     }
     let view = StreamView {
         overrides: Arc::new(list),
-        version: snapshot.policy.as_ref().map(|p| p.version),
+        version: assigned.map(|(p, _)| p.version),
+        rollback_from: assigned.and_then(|(_, from)| from),
         since: snapshot.seq,
     };
     (view, initial)

@@ -1,11 +1,15 @@
 //! The HTTP layer: the route table ([`routes`]) and the filters it is built from ([`filters`]:
 //! auth, role, org scope, strict query parameters, body reading), thin handlers per resource
-//! ([`handlers`]) that call the fleet domain, the body reader ([`body`]) and the one
-//! [`recover`](recover::recover) that answers every refusal in the JSON error envelope.
+//! ([`handlers`]) that call the fleet domain, the body reader ([`body`]), the one
+//! [`recover`](recover::recover) that answers every refusal in the JSON error envelope, and
+//! the console's embedded static files ([`console`]).
 
 pub mod body;
+pub mod console;
 pub mod filters;
 pub mod handlers;
+pub mod metrics;
+pub mod openapi;
 pub mod recover;
 
 use std::sync::Arc;
@@ -17,7 +21,9 @@ use warp::{Filter, Rejection, Reply};
 use self::filters::{
     admin, agent_token, json_body, own_agent, principal, query, raw_body, with_state,
 };
-use self::handlers::{agents, approvals, audit, blocks, events, policies, reports};
+use self::handlers::{
+    admin as admin_api, agents, approvals, audit, blocks, events, policies, reports, rollouts,
+};
 use self::recover::recover;
 use crate::app::AppState;
 use crate::transport::PeerAddr;
@@ -28,19 +34,25 @@ mod params {
     pub const NONE: &[&str] = &[];
     /// The org a global admin acts on.
     pub const ORG: &[&str] = &["org_id"];
+    /// `POST /api/policy`.
+    pub const PUBLISH: &[&str] = &["dryRun", "org_id"];
     /// `GET /api/approvals`.
     pub const APPROVALS: &[&str] = &["status", "limit", "org_id"];
     /// `GET /api/audit`.
     pub const AUDIT: &[&str] = &[
         "agent", "ip", "action", "from", "to", "limit", "cursor", "org_id",
     ];
+    /// `GET /api/rollouts`.
+    pub const ROLLOUTS: &[&str] = &["limit", "org_id"];
+    /// `GET /api/policy/versions`.
+    pub const VERSIONS: &[&str] = &["limit", "cursor", "org_id"];
 }
 
 /// Every route of the API, errors included.
 ///
 /// | route | who | query |
 /// |---|---|---|
-/// | `POST /api/policy` | admin | `org_id` |
+/// | `POST /api/policy` | admin | `dryRun`, `org_id` |
 /// | `GET /api/policy/active` | admin, agent | `org_id` |
 /// | `GET /api/policy/agent/:id` | admin, that agent | `org_id` |
 /// | `PUT /api/policy/agent/:id/overrides` | admin | `org_id` |
@@ -56,27 +68,47 @@ mod params {
 /// | `GET /api/approvals` | admin | `status`, `limit`, `org_id` |
 /// | `POST /api/approvals/:id/approve`, `/deny` | admin | `org_id` |
 /// | `GET /api/audit` | admin | `agent`, `ip`, `action`, `from`, `to`, `limit`, `cursor`, `org_id` |
+/// | `POST /api/rollouts` | admin | `org_id` |
+/// | `GET /api/rollouts` | admin | `limit`, `org_id` |
+/// | `GET /api/rollouts/:id` | admin | `org_id` |
+/// | `POST /api/rollouts/:id/{pause,resume,advance,abort}` | admin | `org_id` |
+/// | `POST /api/policy/validate` | admin | `org_id` |
+/// | `GET /api/policy/versions` | admin | `limit`, `cursor`, `org_id` |
+/// | `GET /api/policy/versions/:version` | admin | `org_id` |
+/// | `GET /api/admin/me`, `/api/admin/orgs` | admin | |
+/// | `GET /api/admin/events` | admin | `org_id` |
+/// | `GET /`, `/console/...` | anyone (the console's static files) | |
+/// | `GET /api/openapi.json` | anyone | |
+///
+/// Every `/api` route is described in `reference-server/openapi.json` ([`openapi`]);
+/// `tests/openapi.rs` fails when a route and the description disagree.
 pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     // Each route is boxed, and so is the tree: without the boxes the combined filter type nests
     // every route inside the next, which overflows the trait solver in release builds (E0275)
     // and makes the crate slow to compile.
     let [first, policy_rest @ ..] = policy_routes(&state);
-    policy_rest
+    let tree = policy_rest
         .into_iter()
         .chain(agent_routes(&state))
         .chain(fleet_routes(&state))
+        .chain(admin_routes(&state))
+        .chain(console::routes())
+        .chain(docs_routes())
+        .chain(rollout_routes(&state))
         .fold(first, |tree, route| tree.or(route).unify().boxed())
         .recover(recover)
         .unify()
-        .boxed()
+        .boxed();
+    metrics::observed(tree, state.metrics.clone())
 }
 
-/// `/api/policy`: publish, the active policy, an agent's rules, its overrides.
-fn policy_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 4] {
+/// `/api/policy`: publish, validate, the versions, the active policy, an agent's rules, its
+/// overrides.
+fn policy_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 7] {
     let post = warp::path!("api" / "policy")
         .and(warp::post())
         .and(admin(s))
-        .and(query(params::ORG))
+        .and(query(params::PUBLISH))
         .and(raw_body())
         .and(with_state(s))
         .then(policies::post);
@@ -99,11 +131,33 @@ fn policy_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 4] {
         .and(json_body())
         .and(with_state(s))
         .then(policies::set_overrides);
+    let validate = warp::path!("api" / "policy" / "validate")
+        .and(warp::post())
+        .and(admin(s))
+        .and(query(params::ORG))
+        .and(raw_body())
+        .and(with_state(s))
+        .then(policies::validate);
+    let versions = warp::path!("api" / "policy" / "versions")
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::VERSIONS))
+        .and(with_state(s))
+        .then(policies::versions);
+    let version = warp::path!("api" / "policy" / "versions" / String)
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::ORG))
+        .and(with_state(s))
+        .then(policies::version);
     [
         boxed(post),
         boxed(active),
         boxed(for_agent),
         boxed(overrides),
+        boxed(validate),
+        boxed(versions),
+        boxed(version),
     ]
 }
 
@@ -218,6 +272,67 @@ fn fleet_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 5] {
         boxed(decide),
         boxed(audit),
     ]
+}
+
+/// `/api/admin`: who the token is, its orgs, the admin event stream (for the console).
+fn admin_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 3] {
+    let me = warp::path!("api" / "admin" / "me")
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::NONE))
+        .then(admin_api::me);
+    let orgs = warp::path!("api" / "admin" / "orgs")
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::NONE))
+        .and(with_state(s))
+        .then(admin_api::orgs);
+    let events = warp::path!("api" / "admin" / "events")
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::ORG))
+        .and(with_state(s))
+        .then(admin_api::events);
+    [boxed(me), boxed(orgs), boxed(events)]
+}
+
+/// `/api/openapi.json`: the API's description, for anyone.
+fn docs_routes() -> [BoxedFilter<(Response,)>; 1] {
+    let openapi = warp::path!("api" / "openapi.json")
+        .and(warp::get())
+        .and(query(params::NONE))
+        .map(|_| openapi::reply());
+    [boxed(openapi)]
+}
+
+/// `/api/rollouts`: staged rollouts and the operator's actions on them.
+fn rollout_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 4] {
+    let list = warp::path!("api" / "rollouts")
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::ROLLOUTS))
+        .and(with_state(s))
+        .then(rollouts::list);
+    let create = warp::path!("api" / "rollouts")
+        .and(warp::post())
+        .and(admin(s))
+        .and(query(params::ORG))
+        .and(json_body())
+        .and(with_state(s))
+        .then(rollouts::create);
+    let get = warp::path!("api" / "rollouts" / String)
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::ORG))
+        .and(with_state(s))
+        .then(rollouts::get);
+    let operate = warp::path!("api" / "rollouts" / String / String)
+        .and(warp::post())
+        .and(admin(s))
+        .and(query(params::ORG))
+        .and(with_state(s))
+        .then(rollouts::operate);
+    [boxed(list), boxed(create), boxed(get), boxed(operate)]
 }
 
 /// A route answering a reply (its own errors included), boxed.

@@ -12,6 +12,7 @@
 //! same transaction; [`Store::changes`] reads them back in order, and a backend shared by
 //! several servers tells each of them about the others' commits through [`Store::notices`].
 
+pub mod metered;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;
@@ -27,8 +28,9 @@ use serde_json::Value;
 pub use records::{
     AgentRecord, Approval, AuditEntry, AuditFilter, AuditPage, Change, ChangeKind, DecideError,
     Decision, Finish, FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy,
-    PendingDelivery, Pushed, ReportReceipt, SentPolicy, StoredOverrides, StoredPolicy,
-    StreamSnapshot, Upserted,
+    OrgSummary, PendingDelivery, PolicySummary, Pushed, ReportReceipt, Rollout, RolloutGate,
+    RolloutStage, RolloutState, SentPolicy, StoredOverrides, StoredPolicy, StreamSnapshot,
+    Upserted,
 };
 
 /// How many (version, overrides) sends are remembered per agent, newest first: a report about
@@ -117,6 +119,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The latest policy version of `org_id`.
     async fn latest_policy(&self, org_id: String) -> Result<Option<StoredPolicy>, StoreError>;
 
+    /// Versions of `org_id`, newest first: at most `limit`, only those older than `before`
+    /// when given (paging).
+    async fn policy_versions(
+        &self,
+        org_id: String,
+        before: Option<PolicyVersion>,
+        limit: u32,
+    ) -> Result<Vec<PolicySummary>, StoreError>;
+
+    /// Every org the store knows of (one with a policy, an agent or an admin token), sorted.
+    async fn orgs(&self) -> Result<Vec<String>, StoreError>;
+
     /// Version `version` of `org_id`'s policy.
     async fn policy(
         &self,
@@ -137,6 +151,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Pending approval requests of `agent_id`.
     async fn pending_approvals(&self, agent_id: String) -> Result<usize, StoreError>;
+
+    /// Stores a rollout (a new one, or a new state of one) with its audit entry and its
+    /// [`ChangeKind::Rollout`] (the versions its org's agents get may have changed),
+    /// atomically.
+    async fn put_rollout(
+        &self,
+        rollout: Rollout,
+        entry: NewEntry,
+    ) -> Result<Pushed<()>, StoreError>;
+
+    /// The org's most recent rollout.
+    async fn latest_rollout(&self, org_id: String) -> Result<Option<Rollout>, StoreError>;
+
+    /// One rollout by id.
+    async fn rollout(&self, id: String) -> Result<Option<Rollout>, StoreError>;
+
+    /// The org's rollouts, newest first, at most `limit`.
+    async fn rollouts(&self, org_id: String, limit: u32) -> Result<Vec<Rollout>, StoreError>;
 
     /// Enrolls an agent and stores its token hash, together.
     async fn insert_agent(
@@ -311,6 +343,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Forgets report receipts older than `before_ms`; returns how many.
     async fn prune_report_receipts(&self, before_ms: i64) -> Result<usize, StoreError>;
+
+    /// Every org with agents, policies or approval requests: its latest version, its agents and
+    /// its approval counts by status, read at one moment (for the metrics).
+    async fn fleet_summary(&self) -> Result<Vec<OrgSummary>, StoreError>;
 
     /// The changes of `org_id` after number `after`, in order, at most `limit`.
     async fn changes(

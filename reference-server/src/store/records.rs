@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use policy_engine::protocol::{ApprovalStatus, PolicySignature, ReportId, ReportKind, time};
+use policy_engine::protocol::{
+    ApprovalStatus, PolicySignature, ReportId, ReportKind, VersionAck, time,
+};
 use policy_engine::{Action, ActionRecord, Policy, PolicyDuration, PolicyVersion};
 use serde::Serialize;
 use serde_json::Value;
@@ -45,6 +47,119 @@ pub struct NewPolicy {
     pub signed: Option<(PolicyVersion, PolicySignature)>,
 }
 
+/// One version of an org's policy as a list shows it: what it is called and when it came,
+/// without its rules (read the version for those).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySummary {
+    /// `pol_...`
+    pub id: String,
+    /// Version within the org.
+    pub version: PolicyVersion,
+    /// The policy's name.
+    pub name: String,
+    /// Its description, if it has one.
+    pub description: Option<String>,
+    /// How many rules it has.
+    pub rule_count: u64,
+    /// How many of them are enabled.
+    pub enabled_count: u64,
+    /// When the version was created.
+    pub created_at: DateTime<Utc>,
+    /// The id of the operator key that signed it, when it was posted signed.
+    pub key_id: Option<String>,
+}
+
+/// A staged rollout of one policy version of an org (see `fleet::rollouts`): the record the
+/// store keeps whole (as JSON in SQLite).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// `ro_...`
+    pub id: String,
+    /// Its org.
+    pub org_id: String,
+    /// The version rolled out.
+    pub version: PolicyVersion,
+    /// The version agents outside the stages keep, and the one a rollback returns to.
+    pub previous: PolicyVersion,
+    /// Where it is.
+    pub state: RolloutState,
+    /// The stage in force (index into `stages`).
+    pub stage: usize,
+    /// The stages, in order; each includes the agents of the earlier ones.
+    pub stages: Vec<RolloutStage>,
+    /// When a stage fails.
+    pub gate: RolloutGate,
+    /// When the stage in force began, in milliseconds since the epoch.
+    pub stage_started_ms: i64,
+    /// When it was created.
+    pub created_ms: i64,
+    /// Last change.
+    pub updated_ms: i64,
+    /// Why it stopped (a failed gate, an abort), for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Where a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    /// The stage's agents run the version; it advances when the gate allows.
+    Running,
+    /// Held at its stage by an operator (the gate still rolls it back).
+    Paused,
+    /// Every agent of the org runs the version.
+    Completed,
+    /// A gate failed: the stage's agents were sent the previous version.
+    RolledBack,
+    /// An operator aborted it: the stage's agents were sent the previous version.
+    Aborted,
+}
+
+impl RolloutState {
+    /// Whether it still decides which agents run the version (running or paused).
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Running | Self::Paused)
+    }
+}
+
+/// One stage: a share of the org's agents (by a stable hash of the agent id) and/or named
+/// agents, and how long it soaks before the next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStage {
+    /// Percent of the agents, 0 to 100.
+    pub percent: u8,
+    /// Agents named explicitly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<String>,
+    /// Minimum time in this stage before it advances on its own, in seconds.
+    pub soak_secs: u64,
+}
+
+/// What fails a stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutGate {
+    /// Stage agents that may refuse the version or fail to load it (default 0).
+    pub max_failures: u32,
+    /// Stage agents that may be silent (default 0).
+    pub max_silent: u32,
+    /// An agent is silent when its last heartbeat is older than this, in seconds (default 300).
+    pub silent_after_secs: u64,
+}
+
+impl Default for RolloutGate {
+    fn default() -> Self {
+        Self {
+            max_failures: 0,
+            max_silent: 0,
+            silent_after_secs: 300,
+        }
+    }
+}
+
 /// An enrolled agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRecord {
@@ -62,6 +177,8 @@ pub struct AgentRecord {
     pub policy_version: Option<PolicyVersion>,
     /// Error reported in the last heartbeat.
     pub last_error: Option<String>,
+    /// The last ack it sent: what became of the last version offered to it.
+    pub ack: Option<VersionAck>,
 }
 
 /// One heartbeat of an agent.
@@ -73,6 +190,8 @@ pub struct Heartbeat {
     pub policy_version: Option<PolicyVersion>,
     /// Its last error.
     pub last_error: Option<String>,
+    /// Its ack, if it sent one (`None` keeps the stored one).
+    pub ack: Option<VersionAck>,
     /// When it arrived.
     pub at: DateTime<Utc>,
 }
@@ -421,6 +540,19 @@ pub struct ReportReceipt {
     pub answer: Option<Value>,
 }
 
+/// What the metrics report of one org ([`Store::fleet_summary`](super::Store::fleet_summary)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgSummary {
+    /// The org.
+    pub org_id: String,
+    /// Its latest policy version, if it has one.
+    pub latest_version: Option<PolicyVersion>,
+    /// Its agents, by id.
+    pub agents: Vec<AgentRecord>,
+    /// How many of its approval requests are in each status (statuses without any left out).
+    pub approvals: Vec<(ApprovalStatus, u64)>,
+}
+
 /// A change that goes to the event streams of an org. Changes are numbered per org from 1, in
 /// the order their transactions commit, without gaps (`seq`): a server replica that reads the
 /// changes after the last one it pushed pushes every change once and in order, whichever
@@ -469,6 +601,12 @@ pub enum ChangeKind {
         /// The requesting agent.
         agent_id: String,
     },
+    /// A rollout was created or changed state or stage: each agent's assigned version may
+    /// have changed ([`assign`](crate::fleet::assignment::assign)).
+    Rollout {
+        /// The rollout.
+        id: String,
+    },
 }
 
 impl ChangeKind {
@@ -480,11 +618,12 @@ impl ChangeKind {
             Self::Block { .. } => "block",
             Self::Unblock { .. } => "unblock",
             Self::Approved { .. } => "approved",
+            Self::Rollout { .. } => "rollout",
         }
     }
 
     /// The stored columns: `(kind, agent_id, ip, ref, version)`; `ref` is the reporter, the
-    /// lifter or the approval id.
+    /// lifter, the approval id or the rollout id.
     pub fn columns(&self) -> ChangeColumns {
         let mut columns = ChangeColumns {
             kind: self.name().to_owned(),
@@ -510,6 +649,7 @@ impl ChangeKind {
                 columns.agent_id = Some(agent_id.clone());
                 columns.reference = Some(approval_id.clone());
             }
+            Self::Rollout { id } => columns.reference = Some(id.clone()),
         }
         columns
     }
@@ -536,6 +676,9 @@ impl ChangeKind {
                 approval_id: columns.reference?,
                 agent_id: columns.agent_id?,
             },
+            "rollout" => Self::Rollout {
+                id: columns.reference?,
+            },
             _ => return None,
         })
     }
@@ -550,7 +693,7 @@ pub struct ChangeColumns {
     pub agent_id: Option<String>,
     /// The address concerned.
     pub ip: Option<String>,
-    /// The reporter, the lifter or the approval id.
+    /// The reporter, the lifter, the approval id or the rollout id.
     pub reference: Option<String>,
     /// The policy version.
     pub version: Option<i64>,
@@ -574,6 +717,11 @@ pub struct StreamSnapshot {
     pub seq: u64,
     /// The latest policy version.
     pub policy: Option<StoredPolicy>,
+    /// The org's latest rollout.
+    pub rollout: Option<Rollout>,
+    /// The version agents outside the rollout's stage (or all, after its rollback) run: the
+    /// rollout's previous version, when the rollout is of the latest version.
+    pub fallback: Option<StoredPolicy>,
     /// The agent's overrides.
     pub overrides: Option<StoredOverrides>,
     /// Fleet blocks in force.

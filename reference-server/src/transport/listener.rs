@@ -25,6 +25,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
 use super::limits::{ConnectionLimits, Gate, Refused};
+use crate::metrics::ServerMetrics;
 
 /// The peer address of a request, put into its extensions by the listener (warp's own
 /// `warp::addr::remote()` is empty behind `warp::service`).
@@ -54,6 +55,8 @@ pub struct ServeOptions {
     pub limits: ConnectionLimits,
     /// What to do when stopping.
     pub shutdown: Shutdown,
+    /// Where to count connections (`None`: not counted, e.g. the metrics listener's own).
+    pub metrics: Option<Arc<ServerMetrics>>,
 }
 
 /// A bound listener serving on its own task. Dropping it also stops it (without waiting).
@@ -120,6 +123,7 @@ pub async fn spawn(options: ServeOptions) -> anyhow::Result<Listening> {
         stopped,
         options.shutdown_grace,
         options.shutdown,
+        options.metrics,
     ));
     Ok(Listening {
         local_addr,
@@ -143,6 +147,7 @@ async fn run(
     mut stopped: oneshot::Receiver<()>,
     grace: Duration,
     shutdown: Shutdown,
+    metrics: Option<Arc<ServerMetrics>>,
 ) {
     let routes = warp::service(serving.routes);
     let limits = serving.gate.limits().clone();
@@ -190,6 +195,7 @@ async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
+        let open = metrics.as_ref().map(|m| m.connection());
         let acceptor = serving.acceptor.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -231,6 +237,7 @@ async fn run(
                 .serve(stream, acceptor, &builder, watcher, service)
                 .await;
             drop(permit);
+            drop(open);
         });
     }
     drop(listener);

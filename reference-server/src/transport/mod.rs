@@ -1,15 +1,18 @@
 //! The transport: the listener (TCP, TLS, HTTP/1.1 and HTTP/2, graceful shutdown), the TLS
-//! material, the SSE hub that holds the open event streams, and the admission of new ones.
-//! Nothing here knows policies, agents or the store: the listener serves the routes it is
-//! given, the hub queues the frames it is given.
+//! material, the SSE hub that holds the open event streams, the admission of new ones, and the
+//! change feed of the admin event streams. Nothing here knows policies, agents or the store: the
+//! listener serves the routes it is given, the hub queues the frames it is given, the feed ORs
+//! the bits it is given.
 
 pub mod admission;
+pub mod feed;
 pub mod hub;
 pub mod limits;
 pub mod listener;
 pub mod tls;
 
 pub use admission::{Admission, AdmissionConfig, Admitted};
+pub use feed::{Feed, WatchError, Watcher};
 pub use hub::{Delivery, Frame, Hub, Subscription};
 pub use limits::ConnectionLimits;
 pub use listener::{Listening, PeerAddr, ServeOptions, Shutdown};

@@ -13,6 +13,7 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::fleet::agents;
+use crate::fleet::changes::Topic;
 use crate::http::filters::{AgentToken, Query, org_query};
 
 /// `POST /api/agents/enroll` (admin): 201 with the agent's id and token.
@@ -25,6 +26,7 @@ pub async fn enroll(
     let request = EnrollRequest::from_value(&body)?;
     let org = principal.write_org(request.org_id.as_deref().or(org_query(&query)))?;
     let answer = agents::enroll(&*state.store, &state.tokens, org, request).await?;
+    state.publisher.changed(&answer.org_id, &[Topic::Agents]);
     ok(StatusCode::CREATED, &answer)
 }
 
@@ -44,7 +46,15 @@ pub async fn heartbeat(
     state: Arc<AppState>,
 ) -> Answer {
     let request = HeartbeatRequest::from_value(&body)?;
-    let answer = agents::heartbeat(&*state.store, agent.agent_id, agent.org_id, request).await?;
+    let answer = agents::heartbeat(
+        &*state.store,
+        &state.publisher,
+        agent.agent_id,
+        agent.org_id.clone(),
+        request,
+    )
+    .await?;
+    state.publisher.changed(&agent.org_id, &[Topic::Agents]);
     ok(StatusCode::OK, &answer)
 }
 

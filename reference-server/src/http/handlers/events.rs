@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use warp::Reply;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -11,6 +12,7 @@ use warp::reply::Response;
 use super::Answer;
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::fleet::changes::{Changes, Topic};
 use crate::fleet::streams;
 use crate::http::filters::{AgentToken, Query};
 use crate::transport::PeerAddr;
@@ -47,6 +49,16 @@ pub async fn open(
         version = ?policy.map(|p| p.version.to_string()),
         "event stream opened"
     );
+    // The agent is online while its stream is open: the console hears of both ends.
+    state.publisher.changed(&agent.org_id, &[Topic::Agents]);
+    let closed = ChangedOnDrop {
+        changes: state.publisher.changes().clone(),
+        org_id: agent.org_id,
+    };
+    let subscription = subscription.map(move |event| {
+        let _held = &closed;
+        event
+    });
     let stream = warp::sse::keep_alive()
         .interval(state.hub.keep_alive())
         .stream(subscription);
@@ -65,4 +77,16 @@ fn busy(wait: Duration) -> Response {
         retry_after: Some(seconds),
     }
     .into_response()
+}
+
+/// Tells the admin streams that an agent's stream closed, when it is dropped with the stream.
+struct ChangedOnDrop {
+    changes: Changes,
+    org_id: String,
+}
+
+impl Drop for ChangedOnDrop {
+    fn drop(&mut self) {
+        self.changes.changed(&self.org_id, &[Topic::Agents]);
+    }
 }

@@ -1,7 +1,8 @@
-//! Thin handlers, one module per resource: each gets authenticated, checked and parsed inputs
+//! Thin handlers, one module per resource (and [`admin`] for the console's own questions): each gets authenticated, checked and parsed inputs
 //! from the route's filters, calls the fleet domain and answers in the envelope. Errors are
 //! `ApiError`s, answered by the route as the error envelope.
 
+pub mod admin;
 pub mod agents;
 pub mod approvals;
 pub mod audit;
@@ -9,6 +10,7 @@ pub mod blocks;
 pub mod events;
 pub mod policies;
 pub mod reports;
+pub mod rollouts;
 
 use policy_engine::protocol::Envelope;
 use serde::Serialize;

@@ -1,51 +1,46 @@
-//! `/api/policy`: publish a version, the active policy, an agent's resolved rules, overrides.
+//! `/api/policy`: publish a version, check one without storing it, the org's versions, the
+//! active policy, an agent's resolved rules, overrides.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use policy_engine::Policy;
+use policy_engine::policy::PolicyVersionError;
 use policy_engine::policy::json::join_key;
 use policy_engine::protocol::SignedPolicy;
+use policy_engine::{Policy, PolicyVersion};
 use serde_json::Value;
 use warp::http::StatusCode;
 
+use super::approvals::page_limit;
 use super::{Answer, ok};
 use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::fleet::policies::Publication;
-use crate::fleet::{agents, policies};
+use crate::fleet::{agents, plan, policies};
 use crate::http::body::parse_json;
 use crate::http::filters::{Query, org_query};
 use crate::store::AgentRecord;
 
 /// `POST /api/policy` (admin): 201 with the stored version and `broadcastedTo`. The body is a
 /// policy document, or a signed policy file (`{"orgId", "version", "policy", "signature"}`,
-/// told apart by its `signature` field).
+/// told apart by its `signature` field). With `?dryRun=true`: 200 with the [`plan`] of what
+/// the post would do, and nothing changes.
 pub async fn post(principal: Principal, query: Query, body: Bytes, state: Arc<AppState>) -> Answer {
+    let dry_run = dry_run(&query)?;
     let value = parse_json(&body)?;
-    let publication = if SignedPolicy::is_signed_document(&value) {
-        let signed = SignedPolicy::from_value(&value).map_err(ApiError::from_validation)?;
-        let policy = Policy::from_value(&signed.policy).map_err(|error| {
-            let mut errors = error.errors;
-            for e in &mut errors {
-                e.path = if e.path.is_empty() {
-                    "policy".to_owned()
-                } else {
-                    join_key("policy", &e.path)
-                };
-            }
-            ApiError::from_validation(errors)
-        })?;
-        Publication::Signed {
-            policy,
-            org_id: signed.org_id,
-            version: signed.version,
-            signature: signed.signature,
-        }
-    } else {
-        Publication::Unsigned(Policy::from_value(&value).map_err(ApiError::from_policy)?)
-    };
+    let publication = publication(&value, "")?;
+    if dry_run {
+        let checked = policies::check(
+            state.notifier.config(),
+            &state.signed_orgs,
+            &principal,
+            org_query(&query),
+            publication,
+        )?;
+        let plan = plan::plan(&*state.store, &state.hub, checked).await?;
+        return ok(StatusCode::OK, &plan);
+    }
     let view = policies::publish(
         &*state.store,
         &state.publisher,
@@ -57,6 +52,105 @@ pub async fn post(principal: Principal, query: Query, body: Bytes, state: Arc<Ap
     )
     .await?;
     ok(StatusCode::CREATED, &view)
+}
+
+/// `POST /api/policy/validate` (admin): 200 with the document as it would be stored, or the
+/// errors `POST /api/policy` would answer (400, 403, 422); stores nothing.
+pub async fn validate(
+    principal: Principal,
+    query: Query,
+    body: Bytes,
+    state: Arc<AppState>,
+) -> Answer {
+    let policy = Policy::from_json(&body).map_err(ApiError::from_policy)?;
+    let validated = policies::validate(
+        state.notifier.config(),
+        &state.signed_orgs,
+        &principal,
+        org_query(&query),
+        &policy,
+    )?;
+    ok(StatusCode::OK, &validated)
+}
+
+/// `GET /api/policy/versions?limit=&cursor=` (admin): the org's versions, newest first.
+pub async fn versions(principal: Principal, query: Query, state: Arc<AppState>) -> Answer {
+    let org = principal.read_org(org_query(&query))?;
+    let before = query
+        .get("cursor")
+        .map(|text| {
+            text.parse::<u64>().map(PolicyVersion::new).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid query parameter `cursor`: expected a version number, found `{text}`"
+                ))
+            })
+        })
+        .transpose()?;
+    let page = policies::versions(&*state.store, org, before, page_limit(&query)?).await?;
+    ok(StatusCode::OK, &page)
+}
+
+/// `GET /api/policy/versions/:version` (admin): one version of the org (`v3`).
+pub async fn version(
+    version: String,
+    principal: Principal,
+    query: Query,
+    state: Arc<AppState>,
+) -> Answer {
+    let org = principal.read_org(org_query(&query))?;
+    let version: PolicyVersion = version
+        .parse()
+        .map_err(|e: PolicyVersionError| ApiError::bad_request(e.to_string()))?;
+    ok(
+        StatusCode::OK,
+        &policies::version(&*state.store, org, version).await?,
+    )
+}
+
+/// A `POST /api/policy` body (or a rollout's `policy`, at `at`): a policy document, or a
+/// signed policy file told apart by its `signature` field; errors carry their paths under
+/// `at` (a signed file's document is under `policy`).
+pub fn publication(value: &Value, at: &str) -> Result<Publication, ApiError> {
+    let under = |prefix: &str, mut errors: Vec<policy_engine::ValidationError>| {
+        for e in &mut errors {
+            e.path = match (prefix.is_empty(), e.path.is_empty()) {
+                (true, _) => std::mem::take(&mut e.path),
+                (false, true) => prefix.to_owned(),
+                (false, false) => join_key(prefix, &e.path),
+            };
+        }
+        ApiError::from_validation(errors)
+    };
+    Ok(if SignedPolicy::is_signed_document(value) {
+        let signed = SignedPolicy::from_value(value).map_err(|e| under(at, e))?;
+        let inner = join_key(at, "policy");
+        let policy =
+            Policy::from_value(&signed.policy).map_err(|error| under(&inner, error.errors))?;
+        Publication::Signed {
+            policy,
+            org_id: signed.org_id,
+            version: signed.version,
+            signature: signed.signature,
+        }
+    } else if at.is_empty() {
+        Publication::Unsigned(Policy::from_value(value).map_err(ApiError::from_policy)?)
+    } else {
+        Publication::Unsigned(Policy::from_value(value).map_err(|e| under(at, e.errors))?)
+    })
+}
+
+/// `dryRun=true|false` (absent: false); any other value is a 400, so a typo never publishes.
+fn dry_run(query: &Query) -> Result<bool, ApiError> {
+    match query.get("dryRun").map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => {
+            let shown: String = other.chars().take(64).collect();
+            Err(ApiError::bad_request(format!(
+                "query parameter `dryRun` must be `true` or `false`, found `{shown}`"
+            )))
+        }
+    }
 }
 
 /// `GET /api/policy/active` (admin, or an agent for its org).

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use policy_engine::protocol::Report;
+use policy_engine::protocol::{Report, ReportKind};
 use serde_json::Value;
 use warp::http::StatusCode;
 
 use super::{Answer, ok};
 use crate::app::AppState;
+use crate::fleet::changes::Topic;
 use crate::fleet::reports::{self, Reporter};
 use crate::http::filters::{AgentToken, Query};
 
@@ -19,6 +20,13 @@ pub async fn post(agent: AgentToken, _query: Query, body: Value, state: Arc<AppS
         agent_id: &agent.agent_id,
         org_id: &agent.org_id,
     };
+    let topics: &[Topic] = match reports::kind(&report) {
+        ReportKind::ApprovalRequest | ReportKind::ApprovalOutcome => {
+            &[Topic::Approvals, Topic::Audit]
+        }
+        _ => &[Topic::Audit],
+    };
     let answer = reports::receive(state.reports(), reporter, report).await?;
+    state.publisher.changed(&agent.org_id, topics);
     ok(StatusCode::CREATED, &answer)
 }

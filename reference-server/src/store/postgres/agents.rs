@@ -6,7 +6,7 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use super::Result;
-use super::rows::{get, parsed_opt, stored};
+use super::rows::{get, json_opt, parsed_opt, stored};
 use crate::auth::{Principal, TokenHash};
 use crate::store::{AgentRecord, Heartbeat};
 
@@ -71,11 +71,31 @@ pub async fn of_org(client: &impl GenericClient, org_id: &str) -> Result<Vec<Age
         .collect()
 }
 
-/// Records a heartbeat.
+/// Every agent, by org and id.
+pub async fn all(client: &impl GenericClient) -> Result<Vec<AgentRecord>> {
+    let statement = client
+        .prepare_cached(&format!("{AGENT_COLUMNS} ORDER BY org_id, id"))
+        .await?;
+    client
+        .query(&statement, &[])
+        .await?
+        .iter()
+        .map(agent_row)
+        .collect()
+}
+
+/// Records a heartbeat; one without an ack keeps the stored ack.
 pub async fn heartbeat(client: &impl GenericClient, heartbeat: &Heartbeat) -> Result<()> {
+    let ack = heartbeat
+        .ack
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()?;
     let statement = client
         .prepare_cached(
-            "UPDATE agents SET last_seen = $2, policy_version = $3, last_error = $4 WHERE id = $1",
+            "UPDATE agents SET last_seen = $2, policy_version = $3, last_error = $4,
+                               ack = COALESCE($5, ack)
+             WHERE id = $1",
         )
         .await?;
     client
@@ -86,6 +106,7 @@ pub async fn heartbeat(client: &impl GenericClient, heartbeat: &Heartbeat) -> Re
                 &stored(&heartbeat.at),
                 &heartbeat.policy_version.map(|v| v.to_string()),
                 &heartbeat.last_error,
+                &ack,
             ],
         )
         .await?;
@@ -226,7 +247,7 @@ fn from_columns(role: &str, org_id: Option<String>, agent_id: Option<String>) ->
 }
 
 const AGENT_COLUMNS: &str = "SELECT id, org_id, hostname, enrolled_at, last_seen, policy_version, \
-                             last_error FROM agents";
+                             last_error, ack FROM agents";
 
 fn agent_row(row: &Row) -> Result<AgentRecord> {
     Ok(AgentRecord {
@@ -237,5 +258,6 @@ fn agent_row(row: &Row) -> Result<AgentRecord> {
         last_seen: get(row, "last_seen")?,
         policy_version: parsed_opt(row, "policy_version")?,
         last_error: get(row, "last_error")?,
+        ack: json_opt(row, "ack")?,
     })
 }

@@ -20,9 +20,11 @@ mod deliveries;
 mod fleet;
 mod listen;
 mod policies;
+mod rollouts;
 mod rows;
 mod schema;
 mod sent;
+mod summary;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -41,9 +43,9 @@ use tokio_postgres::{IsolationLevel, NoTls};
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, Change, DecideError, Decision, Finish,
-    FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, PendingDelivery,
-    Pushed, ReportReceipt, SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy,
-    StreamSnapshot, Upserted,
+    FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, OrgSummary,
+    PendingDelivery, PolicySummary, Pushed, ReportReceipt, Rollout, SentPolicy, Store, StoreError,
+    StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -282,6 +284,42 @@ impl Store for PgStore {
 
     async fn policy(&self, org_id: String, version: PolicyVersion) -> Result<Option<StoredPolicy>> {
         self.resolve(&org_id, Some(version)).await
+    }
+
+    async fn policy_versions(
+        &self,
+        org_id: String,
+        before: Option<PolicyVersion>,
+        limit: u32,
+    ) -> Result<Vec<PolicySummary>> {
+        summary::versions(&self.client().await?, &org_id, before, limit).await
+    }
+
+    async fn orgs(&self) -> Result<Vec<String>> {
+        summary::orgs(&self.client().await?).await
+    }
+
+    async fn put_rollout(&self, rollout: Rollout, entry: NewEntry) -> Result<Pushed<()>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let seq = rollouts::put(&tx, &rollout, &entry).await?;
+        tx.commit().await?;
+        Ok(Pushed {
+            value: (),
+            seq: Some(seq),
+        })
+    }
+
+    async fn latest_rollout(&self, org_id: String) -> Result<Option<Rollout>> {
+        rollouts::latest(&self.client().await?, &org_id).await
+    }
+
+    async fn rollout(&self, id: String) -> Result<Option<Rollout>> {
+        rollouts::one(&self.client().await?, &id).await
+    }
+
+    async fn rollouts(&self, org_id: String, limit: u32) -> Result<Vec<Rollout>> {
+        rollouts::of_org(&self.client().await?, &org_id, limit).await
     }
 
     async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<()> {
@@ -541,7 +579,7 @@ impl Store for PgStore {
         agent_id: String,
         now_ms: i64,
     ) -> Result<StreamSnapshot> {
-        let (seq, version, overrides, blocks, approved) = {
+        let (seq, version, rollout, overrides, blocks, approved) = {
             let mut client = self.client().await?;
             let tx = client
                 .build_transaction()
@@ -552,6 +590,7 @@ impl Store for PgStore {
             let read = (
                 policies::last_change(&tx, &org_id).await?,
                 policies::latest_version(&tx, &org_id).await?,
+                rollouts::latest(&tx, &org_id).await?,
                 policies::overrides(&tx, &agent_id).await?,
                 fleet::blocks_in_force(&tx, &org_id, now_ms).await?,
                 fleet::approved_for(&tx, &agent_id, now_ms).await?,
@@ -559,15 +598,36 @@ impl Store for PgStore {
             tx.commit().await?;
             read
         };
-        // Versions never change once stored: reading the document after the transaction reads
-        // the one it saw.
+        // Versions never change once stored: reading the documents after the transaction reads
+        // the ones it saw.
+        let fallback = match &rollout {
+            Some(r) if version == Some(r.version) => {
+                self.resolve(&org_id, Some(r.previous)).await?
+            }
+            _ => None,
+        };
         Ok(StreamSnapshot {
             seq,
             policy: self.resolve(&org_id, version).await?,
+            rollout,
+            fallback,
             overrides,
             blocks,
             approved,
         })
+    }
+
+    async fn fleet_summary(&self) -> Result<Vec<OrgSummary>> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let summary = summary::fleet(&tx).await?;
+        tx.commit().await?;
+        Ok(summary)
     }
 
     fn notices(&self) -> Option<mpsc::Receiver<Notice>> {

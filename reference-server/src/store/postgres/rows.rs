@@ -40,6 +40,16 @@ where
     .transpose()
 }
 
+/// An optional text column holding JSON.
+pub fn json_opt<T: serde::de::DeserializeOwned>(row: &Row, name: &str) -> Result<Option<T>> {
+    let text: Option<String> = get(row, name)?;
+    text.map(|text| {
+        serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("column `{name}`: {e}")))
+    })
+    .transpose()
+}
+
 /// An optional non-negative integer column.
 pub fn unsigned_opt(row: &Row, name: &str) -> Result<Option<u64>> {
     let value: Option<i64> = get(row, name)?;

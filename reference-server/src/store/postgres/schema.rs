@@ -134,7 +134,23 @@ CREATE TABLE alert_deliveries (
     claimed_ms bigint
 );
 "#,
-    // 7: numbered changes per org, what event streams are pushed (see `store::records::Change`).
+    // 7: the ack of an agent's last offered version (protocol `VersionAck` JSON).
+    r#"
+ALTER TABLE agents ADD COLUMN ack text;
+"#,
+    // 8: staged rollouts (the record as JSON); `seq` orders rollouts created in the same
+    // millisecond, as SQLite's rowid does.
+    r#"
+CREATE TABLE rollouts (
+    id         text      PRIMARY KEY,
+    seq        bigserial NOT NULL,
+    org_id     text      NOT NULL,
+    created_ms bigint    NOT NULL,
+    record     text      NOT NULL
+);
+CREATE INDEX rollouts_by_org ON rollouts (org_id, created_ms, seq);
+"#,
+    // 9: numbered changes per org, what event streams are pushed (see `store::records::Change`).
     r#"
 CREATE TABLE org_changes (
     org_id text   PRIMARY KEY,

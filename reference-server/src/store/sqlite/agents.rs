@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::Result;
-use super::rows::{parsed_opt, time_at, time_opt, time_text};
+use super::rows::{json_opt, parsed_opt, time_at, time_opt, time_text};
 use crate::auth::{Principal, TokenHash};
-use crate::store::{AgentRecord, Heartbeat};
+use crate::store::{AgentRecord, Heartbeat, StoreError};
 
 /// Enrolls an agent and stores its token hash in one transaction.
 pub fn insert(conn: &mut Connection, agent: AgentRecord, token: TokenHash) -> Result<AgentRecord> {
@@ -49,11 +49,19 @@ pub fn of_org(conn: &mut Connection, org_id: &str) -> Result<Vec<AgentRecord>> {
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Records a heartbeat, committed without waiting for the disk (`synchronous=NORMAL` for this
-/// one statement): a heartbeat is soft state that the next one replaces, and fsyncing each of
-/// them serializes the store behind the disk (10,000 agents every 30 s are 333 commits a
-/// second; one fsync takes milliseconds). In WAL mode such a commit survives a crash of the
-/// server, and the next durable commit syncs it; only a power loss may lose the last ones.
+/// Every agent, by org and id.
+pub fn all(conn: &Connection) -> Result<Vec<AgentRecord>> {
+    let mut stmt = conn.prepare_cached(&format!("{AGENT_COLUMNS} ORDER BY org_id, id"))?;
+    let rows = stmt.query_map([], agent_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Records a heartbeat (one without an ack keeps the stored ack), committed without waiting
+/// for the disk (`synchronous=NORMAL` for this one statement): a heartbeat is soft state that
+/// the next one replaces, and fsyncing each of them serializes the store behind the disk
+/// (10,000 agents every 30 s are 333 commits a second; one fsync takes milliseconds). In WAL
+/// mode such a commit survives a crash of the server, and the next durable commit syncs it;
+/// only a power loss may lose the last ones.
 pub fn heartbeat(conn: &mut Connection, heartbeat: &Heartbeat) -> Result<()> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     let written = update_heartbeat(conn, heartbeat);
@@ -63,13 +71,22 @@ pub fn heartbeat(conn: &mut Connection, heartbeat: &Heartbeat) -> Result<()> {
 }
 
 fn update_heartbeat(conn: &Connection, heartbeat: &Heartbeat) -> Result<()> {
+    let ack = heartbeat
+        .ack
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
     conn.execute(
-        "UPDATE agents SET last_seen = ?2, policy_version = ?3, last_error = ?4 WHERE id = ?1",
+        "UPDATE agents SET last_seen = ?2, policy_version = ?3, last_error = ?4,
+                           ack = COALESCE(?5, ack)
+         WHERE id = ?1",
         params![
             heartbeat.agent_id,
             time_text(&heartbeat.at),
             heartbeat.policy_version.map(|v| v.to_string()),
-            heartbeat.last_error
+            heartbeat.last_error,
+            ack
         ],
     )?;
     Ok(())
@@ -192,7 +209,7 @@ fn from_columns(role: &str, org_id: Option<String>, agent_id: Option<String>) ->
 }
 
 const AGENT_COLUMNS: &str = "SELECT id, org_id, hostname, enrolled_at, last_seen, policy_version, \
-                             last_error FROM agents";
+                             last_error, ack FROM agents";
 
 fn agent_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRecord> {
     Ok(AgentRecord {
@@ -203,6 +220,7 @@ fn agent_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRecord> {
         last_seen: time_opt(row, 4)?,
         policy_version: parsed_opt(row, 5)?,
         last_error: row.get(6)?,
+        ack: json_opt(row, 7)?,
     })
 }
 
@@ -234,6 +252,7 @@ mod tests {
                 agent_id: "agent-1".to_owned(),
                 policy_version: Some(policy_engine::PolicyVersion::new(3)),
                 last_error: None,
+                ack: None,
                 at,
             },
         )

@@ -124,7 +124,21 @@ CREATE TABLE alert_deliveries (
     created_ms INTEGER NOT NULL
 );
 "#,
-    // 7: numbered changes per org, what event streams are pushed (see `store::records::Change`).
+    // 7: the ack of an agent's last offered version (protocol `VersionAck` JSON).
+    r#"
+ALTER TABLE agents ADD COLUMN ack TEXT;
+"#,
+    // 8: staged rollouts (the record as JSON).
+    r#"
+CREATE TABLE rollouts (
+    id         TEXT    PRIMARY KEY,
+    org_id     TEXT    NOT NULL,
+    created_ms INTEGER NOT NULL,
+    record     TEXT    NOT NULL
+);
+CREATE INDEX rollouts_by_org ON rollouts (org_id, created_ms);
+"#,
+    // 9: numbered changes per org, what event streams are pushed (see `store::records::Change`).
     r#"
 CREATE TABLE org_changes (
     org_id TEXT    PRIMARY KEY,

@@ -14,8 +14,10 @@ mod deliveries;
 mod migrations;
 mod policies;
 mod receipts;
+mod rollouts;
 mod rows;
 mod sent;
+mod summary;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -33,9 +35,9 @@ use serde_json::Value;
 
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, Change, DecideError, Decision, Finish,
-    FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, PendingDelivery,
-    Pushed, ReportReceipt, SentPolicy, Store, StoreError, StoredOverrides, StoredPolicy,
-    StreamSnapshot, Upserted,
+    FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, OrgSummary,
+    PendingDelivery, PolicySummary, Pushed, ReportReceipt, Rollout, SentPolicy, Store, StoreError,
+    StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -176,6 +178,38 @@ impl Store for SqliteStore {
             .call(move |conn| policies::latest_row(conn, &org_id))
             .await?;
         self.resolve(row)
+    }
+
+    async fn policy_versions(
+        &self,
+        org_id: String,
+        before: Option<PolicyVersion>,
+        limit: u32,
+    ) -> Result<Vec<PolicySummary>> {
+        self.call(move |conn| policies::versions(conn, &org_id, before, limit))
+            .await
+    }
+
+    async fn orgs(&self) -> Result<Vec<String>> {
+        self.call(policies::orgs).await
+    }
+
+    async fn put_rollout(&self, rollout: Rollout, entry: NewEntry) -> Result<Pushed<()>> {
+        self.call(move |conn| rollouts::put(conn, &rollout, &entry))
+            .await
+    }
+
+    async fn latest_rollout(&self, org_id: String) -> Result<Option<Rollout>> {
+        self.call(move |conn| rollouts::latest(conn, &org_id)).await
+    }
+
+    async fn rollout(&self, id: String) -> Result<Option<Rollout>> {
+        self.call(move |conn| rollouts::one(conn, &id)).await
+    }
+
+    async fn rollouts(&self, org_id: String, limit: u32) -> Result<Vec<Rollout>> {
+        self.call(move |conn| rollouts::of_org(conn, &org_id, limit))
+            .await
     }
 
     async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<()> {
@@ -394,12 +428,22 @@ impl Store for SqliteStore {
         agent_id: String,
         now_ms: i64,
     ) -> Result<StreamSnapshot> {
-        let (seq, row, overrides, blocks, approved) = self
+        let (seq, row, rollout, fallback, overrides, blocks, approved) = self
             .call(move |conn| {
                 // One thread writes: these reads see one state without a transaction.
+                let row = policies::latest_row(conn, &org_id)?;
+                let rollout = rollouts::latest(conn, &org_id)?;
+                let fallback = match (&row, &rollout) {
+                    (Some(latest), Some(r)) if latest.version_is(r.version) => {
+                        policies::version_row(conn, &org_id, r.previous)?
+                    }
+                    _ => None,
+                };
                 Ok((
                     changes::last(conn, &org_id)?,
-                    policies::latest_row(conn, &org_id)?,
+                    row,
+                    rollout,
+                    fallback,
                     policies::overrides(conn, &agent_id)?,
                     blocks::in_force(conn, &org_id, now_ms)?,
                     approvals::approved_for(conn, &agent_id, now_ms)?,
@@ -409,6 +453,8 @@ impl Store for SqliteStore {
         Ok(StreamSnapshot {
             seq,
             policy: self.resolve(row)?,
+            rollout,
+            fallback: self.resolve(fallback)?,
             overrides,
             blocks,
             approved,
@@ -418,6 +464,10 @@ impl Store for SqliteStore {
     fn notices(&self) -> Option<tokio::sync::mpsc::Receiver<Notice>> {
         // The only writer of its file: nobody else commits.
         None
+    }
+
+    async fn fleet_summary(&self) -> Result<Vec<OrgSummary>> {
+        self.call(summary::fleet).await
     }
 
     async fn close(&self) {

@@ -1,4 +1,4 @@
-//! `policies` (versions per org) and `overrides` (per agent).
+//! `policies` (versions per org, the list of versions, the orgs) and `overrides` (per agent).
 
 use std::sync::Arc;
 
@@ -8,8 +8,10 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::Result;
 use super::changes;
-use super::rows::{time_at, time_text};
-use crate::store::{ChangeKind, NewPolicy, Pushed, StoreError, StoredOverrides, StoredPolicy};
+use super::rows::{time_at, time_text, unsigned_opt};
+use crate::store::{
+    ChangeKind, NewPolicy, PolicySummary, Pushed, StoreError, StoredOverrides, StoredPolicy,
+};
 
 /// Stores the next version of its org (a signed policy only as the version it was signed for)
 /// with its change in one immediate transaction.
@@ -86,6 +88,11 @@ pub struct PolicyRow {
 }
 
 impl PolicyRow {
+    /// Whether it is version `version`.
+    pub fn version_is(&self, version: PolicyVersion) -> bool {
+        u64::try_from(self.version).is_ok_and(|v| v == version.number())
+    }
+
     /// The org.
     pub fn org_id(&self) -> &str {
         &self.org_id
@@ -160,6 +167,55 @@ fn row(conn: &Connection, filter: &str, args: impl rusqlite::Params) -> Result<O
             },
         )
         .optional()?)
+}
+
+/// Versions of `org_id` older than `before` (all when `None`), newest first, at most `limit`:
+/// names and counts read out of the stored documents by SQLite, without validating each.
+pub fn versions(
+    conn: &mut Connection,
+    org_id: &str,
+    before: Option<PolicyVersion>,
+    limit: u32,
+) -> Result<Vec<PolicySummary>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, version, json_extract(document, '$.name'),
+                json_extract(document, '$.description'),
+                json_array_length(document, '$.rules'),
+                (SELECT COUNT(*) FROM json_each(document, '$.rules')
+                  WHERE json_extract(value, '$.enabled') = 1),
+                created_at, json_extract(signature, '$.keyId')
+         FROM policies WHERE org_id = ?1 AND version < ?2
+         ORDER BY version DESC LIMIT ?3",
+    )?;
+    let below = before.map_or(i64::MAX, number);
+    let rows = stmt.query_map(params![org_id, below, limit], |row| {
+        Ok(PolicySummary {
+            id: row.get(0)?,
+            version: PolicyVersion::new(unsigned_opt(row, 1)?.unwrap_or_default()),
+            name: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+            description: row.get(3)?,
+            rule_count: unsigned_opt(row, 4)?.unwrap_or_default(),
+            enabled_count: unsigned_opt(row, 5)?.unwrap_or_default(),
+            created_at: time_at(row, 6)?,
+            key_id: row.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Every org with a policy, an agent or an admin token, sorted.
+pub fn orgs(conn: &mut Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT org_id FROM policies UNION SELECT org_id FROM agents
+         UNION SELECT org_id FROM tokens WHERE org_id IS NOT NULL ORDER BY 1",
+    )?;
+    let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// A version as stored (SQLite integers are signed; versions never come near the limit).
+fn number(version: PolicyVersion) -> i64 {
+    i64::try_from(version.number()).unwrap_or(i64::MAX)
 }
 
 /// The overrides of `agent_id`.

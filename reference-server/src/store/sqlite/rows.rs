@@ -47,6 +47,16 @@ pub fn unsigned_opt(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<u64>
         .and_then(|n| u64::try_from(n).ok()))
 }
 
+/// An optional JSON text column read as `T`.
+pub fn json_opt<T: serde::de::DeserializeOwned>(
+    row: &Row<'_>,
+    index: usize,
+) -> rusqlite::Result<Option<T>> {
+    row.get::<_, Option<String>>(index)?
+        .map(|text| serde_json::from_str(&text).map_err(|e| conversion(index, e)))
+        .transpose()
+}
+
 /// How times are stored: the wire form, so that text order is time order.
 pub fn time_text(at: &DateTime<Utc>) -> String {
     time::format(at)

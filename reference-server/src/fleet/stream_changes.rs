@@ -1,0 +1,278 @@
+//! One numbered change of the store pushed to the open streams of its org: the rows it names
+//! are read (a policy version, an agent's overrides, a block, an approval, a rollout) and
+//! turned into the frames each stream gets. Streams whose initial state already included the
+//! change ([`StreamView::since`]) are skipped.
+//!
+//! A policy version and a rollout's transition push to each stream the version its agent is
+//! assigned ([`assign`]) when the stream does not have it yet: a newer version, or an older one
+//! only as a rollback (`rollbackFrom`). The rollout is read when the change is pushed, so a
+//! replica catching up on several changes sends each stream the version it is assigned now,
+//! once, never a version in between that it was no longer to run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use policy_engine::PolicyVersion;
+use policy_engine::protocol::{ApprovalStatus, FleetEvent, UnblockEvent};
+
+use super::assignment::{Assignment, assign};
+use super::overrides::{self, Override, stored_list};
+use super::views::{approval_event, block_event, policy_event};
+use crate::clock;
+use crate::store::{Change, ChangeKind, Rollout, SentPolicy, Store, StoreError, StoredPolicy};
+use crate::transport::{Delivery, Frame, Hub};
+
+/// The overrides of the agent of one stream (empty: the org's policy as is).
+pub type AgentOverrides = Arc<Vec<Override>>;
+
+/// What the fleet keeps with each open stream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StreamView {
+    /// The agent's overrides.
+    pub overrides: AgentOverrides,
+    /// The policy version last queued to the stream (its overrides resolve against it).
+    pub version: Option<PolicyVersion>,
+    /// Set when that version was queued as the rollback of this one.
+    pub rollback_from: Option<PolicyVersion>,
+    /// The org's last change the stream's initial state included: it gets the later ones.
+    pub since: u64,
+}
+
+/// The hub of the agents' event streams.
+pub type EventHub = Hub<StreamView>;
+
+/// The `policy` frame of `policy` for an agent with `overrides`.
+pub fn policy_frame(policy: &StoredPolicy, agent_id: &str, overrides: &[Override]) -> Frame {
+    Frame::policy(&policy_event(policy, agent_id, overrides))
+}
+
+/// The `policy` frame of `policy` as the rollback of `rollback_from` (if given).
+fn assigned_frame(
+    policy: &StoredPolicy,
+    rollback_from: Option<PolicyVersion>,
+    agent_id: &str,
+    overrides: &[Override],
+) -> Frame {
+    let mut event = policy_event(policy, agent_id, overrides);
+    event.rollback_from = rollback_from;
+    Frame::policy(&event)
+}
+
+/// The fan-out metrics' name of a change's pushes.
+pub fn event_name(kind: &ChangeKind) -> &'static str {
+    match kind {
+        ChangeKind::Policy { .. } => "policy",
+        ChangeKind::Overrides { .. } => "overrides",
+        ChangeKind::Block { .. } => "block",
+        ChangeKind::Unblock { .. } => "unblock",
+        ChangeKind::Approved { .. } => "approval",
+        ChangeKind::Rollout { .. } => "rollout",
+    }
+}
+
+/// The record of `policy` sent to `agent_id` with `list`.
+pub fn sent(agent_id: String, policy: &StoredPolicy, list: &[Override], now_ms: i64) -> SentPolicy {
+    SentPolicy {
+        agent_id,
+        version: policy.version,
+        overrides: overrides::to_value(list),
+        sent_ms: now_ms,
+    }
+}
+
+/// Remembers who gets `policy` with which overrides before it is queued (reports are checked
+/// against what was sent). A failure is logged: the version is stored already, its push must
+/// not be lost.
+async fn record_sent(store: &dyn Store, policy: &StoredPolicy, sent: Vec<SentPolicy>) {
+    if let Err(error) = store.record_sent(sent).await {
+        tracing::error!(%error, version = %policy.version, "cannot record the policy's recipients");
+    }
+}
+
+/// Queues change `change` to the streams that do not have it yet.
+pub async fn apply(
+    store: &dyn Store,
+    hub: &EventHub,
+    change: &Change,
+) -> Result<Delivery, StoreError> {
+    let org_id = change.org_id.as_str();
+    let seq = change.seq;
+    let fresh = move |view: &StreamView| view.since < seq;
+    Ok(match &change.kind {
+        ChangeKind::Policy { version } => {
+            let rollout = store.latest_rollout(org_id.to_owned()).await?;
+            assigned(store, hub, change, *version, rollout.as_ref()).await?
+        }
+        ChangeKind::Rollout { .. } => {
+            // The org's rollout now decides, while its version is the latest (a newer plain
+            // version, or one never stored, leaves every agent on the latest).
+            let rollout = store.latest_rollout(org_id.to_owned()).await?;
+            let latest = store.latest_policy(org_id.to_owned()).await?;
+            match (rollout, latest) {
+                (Some(rollout), Some(latest)) if rollout.version == latest.version => {
+                    assigned(store, hub, change, latest.version, Some(&rollout)).await?
+                }
+                _ => Delivery::default(),
+            }
+        }
+        ChangeKind::Overrides { agent_id } => overrides(store, hub, change, agent_id).await?,
+        ChangeKind::Block { ip, reporter } => {
+            let block = store.block(org_id.to_owned(), *ip).await?;
+            let Some(event) = block.and_then(|b| block_event(&b, clock::now_ms())) else {
+                // Lifted or expired meanwhile: nothing to push.
+                return Ok(Delivery::default());
+            };
+            let frame = Frame::fleet(&FleetEvent::Block(event));
+            hub.visit_org(org_id, |agent_id, view| {
+                (fresh(view) && agent_id != reporter).then(|| frame.clone())
+            })
+        }
+        ChangeKind::Unblock { ip, by } => {
+            let frame = Frame::fleet(&FleetEvent::Unblock(UnblockEvent {
+                ip: *ip,
+                by: by.clone(),
+            }));
+            hub.visit_org(org_id, |_, view| fresh(view).then(|| frame.clone()))
+        }
+        ChangeKind::Approved {
+            approval_id,
+            agent_id,
+        } => {
+            let approval = store.approval(approval_id.clone()).await?;
+            let Some(approval) = approval
+                .filter(|a| a.status == ApprovalStatus::Approved && a.expires_ms > clock::now_ms())
+            else {
+                // Executed, expired or gone meanwhile: nothing to execute.
+                return Ok(Delivery::default());
+            };
+            let frame = Frame::fleet(&FleetEvent::Approval(approval_event(&approval)));
+            hub.visit_org(org_id, |agent, view| {
+                (fresh(view) && agent == agent_id).then(|| frame.clone())
+            })
+        }
+    })
+}
+
+/// New overrides of `agent_id`: each of its streams gets them as its view and the policy
+/// version it runs, resolved again.
+async fn overrides(
+    store: &dyn Store,
+    hub: &EventHub,
+    change: &Change,
+    agent_id: &str,
+) -> Result<Delivery, StoreError> {
+    let org_id = change.org_id.as_str();
+    let views = hub.views_of(org_id, agent_id);
+    if views.iter().all(|view| view.since >= change.seq) {
+        return Ok(Delivery::default());
+    }
+    let stored = store.overrides(agent_id.to_owned()).await?;
+    let list = Arc::new(stored_list(stored.as_ref()));
+    let mut policies: HashMap<PolicyVersion, StoredPolicy> = HashMap::new();
+    for version in views.iter().filter_map(|view| view.version) {
+        if policies.contains_key(&version) {
+            continue;
+        }
+        if let Some(policy) = store.policy(org_id.to_owned(), version).await? {
+            policies.insert(version, policy);
+        }
+    }
+    let now = clock::now_ms();
+    for policy in policies.values() {
+        let recipients = vec![sent(agent_id.to_owned(), policy, &list, now)];
+        record_sent(store, policy, recipients).await;
+    }
+    Ok(hub.visit_org(org_id, |agent, view| {
+        if agent != agent_id || view.since >= change.seq {
+            return None;
+        }
+        view.overrides = list.clone();
+        let policy = view.version.and_then(|v| policies.get(&v))?;
+        Some(assigned_frame(policy, view.rollback_from, agent_id, &list))
+    }))
+}
+
+/// Whether a stream that has `view` must be sent `assignment`: a version it does not have,
+/// newer than its own, or older only as a rollback.
+fn needs(view: &StreamView, assignment: &Assignment) -> bool {
+    match view.version {
+        None => true,
+        Some(current) if current == assignment.version => false,
+        Some(current) => current < assignment.version || assignment.rollback_from.is_some(),
+    }
+}
+
+/// Queues to each stream (without change `change` yet) the version its agent is assigned when
+/// `latest` is its org's latest version and `rollout` its latest rollout, if the stream lacks
+/// it ([`needs`]), after recording who gets which version.
+async fn assigned(
+    store: &dyn Store,
+    hub: &EventHub,
+    change: &Change,
+    latest: PolicyVersion,
+    rollout: Option<&Rollout>,
+) -> Result<Delivery, StoreError> {
+    let org_id = change.org_id.as_str();
+    let seq = change.seq;
+    let fresh = move |view: &StreamView| view.since < seq;
+    let targets: Vec<(String, AgentOverrides, Assignment)> = hub
+        .views(org_id)
+        .into_iter()
+        .filter(|(_, view)| fresh(view))
+        .filter_map(|(agent_id, view)| {
+            let assignment = assign(rollout, latest, &agent_id);
+            needs(&view, &assignment).then_some((agent_id, view.overrides, assignment))
+        })
+        .collect();
+    let mut policies: HashMap<PolicyVersion, StoredPolicy> = HashMap::new();
+    for (_, _, assignment) in &targets {
+        if policies.contains_key(&assignment.version) {
+            continue;
+        }
+        match store.policy(org_id.to_owned(), assignment.version).await? {
+            Some(policy) => {
+                policies.insert(assignment.version, policy);
+            }
+            None => {
+                tracing::warn!(org = org_id, version = %assignment.version, "an assigned policy version is gone")
+            }
+        }
+    }
+    let now = clock::now_ms();
+    let mut recipients: HashMap<PolicyVersion, Vec<SentPolicy>> = HashMap::new();
+    for (agent_id, list, assignment) in targets {
+        if let Some(policy) = policies.get(&assignment.version) {
+            recipients
+                .entry(policy.version)
+                .or_default()
+                .push(sent(agent_id, policy, &list, now));
+        }
+    }
+    for (version, list) in recipients {
+        if let Some(policy) = policies.get(&version) {
+            record_sent(store, policy, list).await;
+        }
+    }
+    // One serialized frame per (version, rollback) for the streams without overrides.
+    let mut shared: HashMap<(PolicyVersion, Option<PolicyVersion>), Frame> = HashMap::new();
+    Ok(hub.visit_org(org_id, |agent_id, view| {
+        if !fresh(view) {
+            return None;
+        }
+        let assignment = assign(rollout, latest, agent_id);
+        if !needs(view, &assignment) {
+            return None;
+        }
+        let policy = policies.get(&assignment.version)?;
+        view.version = Some(assignment.version);
+        view.rollback_from = assignment.rollback_from;
+        Some(if view.overrides.is_empty() {
+            shared
+                .entry((assignment.version, assignment.rollback_from))
+                .or_insert_with(|| assigned_frame(policy, assignment.rollback_from, "", &[]))
+                .clone()
+        } else {
+            assigned_frame(policy, assignment.rollback_from, agent_id, &view.overrides)
+        })
+    }))
+}
