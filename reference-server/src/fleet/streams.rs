@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use policy_engine::PolicyVersion;
 use policy_engine::protocol::FleetEvent;
@@ -114,6 +114,11 @@ impl Publisher {
             return Delivery::default();
         };
         let mut pushed = self.pushed.lock().await;
+        if self.hub.stream_count(org_id) == 0 {
+            drop(pushed);
+            self.fan_out_to_none(store, org_id, seq).await;
+            return Delivery::default();
+        }
         if let Err(error) = self.catch_up_locked(store, org_id, &mut pushed).await {
             tracing::warn!(org = org_id, %error, "cannot push changes; the next change or resync will");
         }
@@ -122,6 +127,29 @@ impl Publisher {
             .and_then(|cursor| cursor.recent.iter().find(|(s, _)| *s == seq))
             .map(|(_, delivery)| *delivery)
             .unwrap_or_default()
+    }
+
+    /// Counts the fan-out of change `seq` of an org without a stream here (the metrics count
+    /// every write's fan-out on the replica that wrote it, empty ones too) and forgets the
+    /// org's cursor (a new stream starts from a snapshot).
+    async fn fan_out_to_none(&self, store: &dyn Store, org_id: &str, seq: u64) {
+        let mut pushed = self.pushed.lock().await;
+        if self.hub.stream_count(org_id) == 0 {
+            pushed.remove(org_id);
+        }
+        drop(pushed);
+        match store
+            .changes(org_id.to_owned(), seq.saturating_sub(1), 1)
+            .await
+        {
+            Ok(changes) => {
+                for change in changes.iter().filter(|c| c.seq == seq) {
+                    let name = stream_changes::event_name(&change.kind);
+                    self.metrics.broadcast(name, Duration::ZERO, 0, 0);
+                }
+            }
+            Err(error) => tracing::warn!(org = org_id, %error, "cannot read a change to count it"),
+        }
     }
 
     /// Pushes the changes of `org_id` up to `seq`, unless they are already pushed (or the org
