@@ -1,8 +1,10 @@
 //! Several server replicas on one PostgreSQL database: a policy, overrides, a fleet block, an
 //! unblock or an approval written on one replica reaches the event streams of the other, each
-//! once and in order; a notice lost while a replica's listening connection is down is caught
-//! up when it reconnects; a replica killed (SIGKILL) during a broadcast loses no version for its
-//! agents once they reconnect to another replica.
+//! once and in order; a staged rollout's stages and its rollback, moved on either replica,
+//! reach the stage's agents on the other; a notice lost while a replica's listening connection
+//! is down is caught up when it reconnects (rollout stages too, each version once); a replica
+//! killed (SIGKILL) during a broadcast loses no version for its agents once they reconnect to
+//! another replica.
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -196,6 +198,92 @@ async fn every_change_on_one_replica_reaches_the_streams_of_the_other_once_in_or
     assert_eq!(status, StatusCode::OK, "{rules}");
     assert_eq!(rules["data"]["rules"][0]["config"]["threshold"], 3);
     assert_eq!(rules["data"]["policyVersion"], "v3");
+}
+
+/// `(id, rollbackFrom)` of the next event, which must be a policy.
+async fn next_version(stream: &mut Stream) -> (String, Value) {
+    let event = stream.next_event().await;
+    assert_eq!(event.event, "policy", "{:?}", event.data);
+    (event.id, event.data["rollbackFrom"].clone())
+}
+
+/// Starts a rollout of `name` on `t`: stage 1 agent `first`, stage 2 agent `second` (soaking
+/// an hour, so it never advances on its own), stage 3 everyone; returns its id.
+async fn start_rollout(t: &TestServer, name: &str, first: &str, second: &str) -> String {
+    let (status, body) = t
+        .post(
+            "/api/rollouts",
+            ADMIN,
+            json!({"policy": fleet_policy(name, 8),
+                   "stages": [{"agents": [first], "soakSecs": 3600},
+                              {"agents": [second], "soakSecs": 3600},
+                              {"percent": 100}],
+                   "gate": {"silentAfterSecs": 86400}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["data"]["id"].as_str().unwrap().to_owned()
+}
+
+async fn operate(t: &TestServer, id: &str, operation: &str, state: &str) {
+    let (status, body) = t
+        .post(
+            &format!("/api/rollouts/{id}/{operation}"),
+            ADMIN,
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["state"], state, "{body}");
+}
+
+/// A rollout started on A reaches its stage's agent streaming from B, and nobody else; the next
+/// stage, advanced on B, reaches its agent; an abort on A sends both the previous version with
+/// `rollbackFrom`, and the agent never in a stage gets nothing until the next version.
+#[tokio::test]
+async fn a_rollout_moved_on_either_replica_reaches_the_stage_agents_of_the_other() {
+    let db = TestDatabase::create().await;
+    let a = replica(&db.url, Duration::from_secs(5)).await;
+    let b = replica(&db.url, Duration::from_secs(5)).await;
+    a.post_policy(ADMIN, fleet_policy("v1", 5)).await;
+    let (_, outside_token) = a.enroll(ADMIN, "host-outside").await;
+    let (first, first_token) = a.enroll(ADMIN, "host-first").await;
+    let (second, second_token) = a.enroll(ADMIN, "host-second").await;
+    for token in [&first_token, &second_token] {
+        knows(&b, token).await;
+    }
+    let mut outside = a.stream(&outside_token, "default").await;
+    let mut on_b_first = b.stream(&first_token, "default").await;
+    let mut on_b_second = b.stream(&second_token, "default").await;
+    for stream in [&mut outside, &mut on_b_first, &mut on_b_second] {
+        assert_eq!(next_version(stream).await, ("1".into(), Value::Null));
+    }
+
+    let id = start_rollout(&a, "v2", &first, &second).await;
+    assert_eq!(
+        next_version(&mut on_b_first).await,
+        ("2".into(), Value::Null)
+    );
+    operate(&b, &id, "advance", "running").await;
+    assert_eq!(
+        next_version(&mut on_b_second).await,
+        ("2".into(), Value::Null)
+    );
+    operate(&a, &id, "abort", "aborted").await;
+    for stream in [&mut on_b_first, &mut on_b_second] {
+        assert_eq!(next_version(stream).await, ("1".into(), json!("v2")));
+    }
+    // A plain version as a fence: nothing else came before it.
+    a.post_policy(ADMIN, fleet_policy("v3", 9)).await;
+    for stream in [&mut outside, &mut on_b_first, &mut on_b_second] {
+        assert_eq!(next_version(stream).await, ("3".into(), Value::Null));
+    }
+    // Both replicas say the same of each agent.
+    for t in [&a, &b] {
+        let (status, body) = t.get(&format!("/api/policy/agent/{first}"), ADMIN).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["data"]["policyVersion"], "v3");
+    }
 }
 
 /// Changes B has no notice of (its listening connection is down and cannot come back while
@@ -415,4 +503,65 @@ async fn a_replica_killed_during_a_broadcast_loses_no_version_for_its_agents() {
         assert_eq!(versions.last(), Some(&VERSIONS), "agent {agent}");
     }
     assert_eq!(a.server().state().hub.stream_count("default"), AGENTS);
+}
+
+/// A rollout's start and its next stage, made while B cannot listen, reach B's streams when it
+/// listens again: each stage agent gets the version once, the agent outside gets nothing; the
+/// abort after that reaches both with `rollbackFrom`.
+#[tokio::test]
+async fn rollout_stages_made_while_a_replica_cannot_listen_reach_it_once_when_it_reconnects() {
+    let db = TestDatabase::create().await;
+    let role = format!("replica_r_{}", std::process::id());
+    admin_sql(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} SUPERUSER LOGIN"
+    ))
+    .await;
+    let b_url = with_database(
+        &db.url.replacen("postgres@", &format!("{role}@"), 1),
+        &db.name,
+    );
+    let a = replica(&db.url, Duration::from_secs(5)).await;
+    let b = replica(&b_url, Duration::from_secs(3600)).await;
+    a.post_policy(ADMIN, fleet_policy("v1", 5)).await;
+    let (_, outside_token) = a.enroll(ADMIN, "host-outside").await;
+    let (first, first_token) = a.enroll(ADMIN, "host-first").await;
+    let (second, second_token) = a.enroll(ADMIN, "host-second").await;
+    for token in [&outside_token, &first_token, &second_token] {
+        knows(&b, token).await;
+    }
+    let mut outside = b.stream(&outside_token, "default").await;
+    let mut first_stream = b.stream(&first_token, "default").await;
+    let mut second_stream = b.stream(&second_token, "default").await;
+    for stream in [&mut outside, &mut first_stream, &mut second_stream] {
+        assert_eq!(next_version(stream).await, ("1".into(), Value::Null));
+    }
+
+    admin_sql(&format!(
+        "ALTER ROLE {role} NOLOGIN;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE usename = '{role}' AND application_name = 'policy-server-listen'"
+    ))
+    .await;
+    let id = start_rollout(&a, "v2", &first, &second).await;
+    operate(&a, &id, "advance", "running").await;
+    admin_sql(&format!("ALTER ROLE {role} LOGIN")).await;
+    assert_eq!(
+        next_version(&mut first_stream).await,
+        ("2".into(), Value::Null)
+    );
+    assert_eq!(
+        next_version(&mut second_stream).await,
+        ("2".into(), Value::Null)
+    );
+    operate(&a, &id, "abort", "aborted").await;
+    for stream in [&mut first_stream, &mut second_stream] {
+        assert_eq!(next_version(stream).await, ("1".into(), json!("v2")));
+    }
+    a.post_policy(ADMIN, fleet_policy("v3", 9)).await;
+    for stream in [&mut outside, &mut first_stream, &mut second_stream] {
+        assert_eq!(next_version(stream).await, ("3".into(), Value::Null));
+    }
+    drop(a);
+    drop(b);
+    admin_sql(&format!("DROP ROLE IF EXISTS {role}")).await;
 }
