@@ -2,8 +2,9 @@
 //! PostgreSQL with two stores on one database (two replicas writing at once). Versions and
 //! change numbers stay gap-free and unique under concurrent writers, every pushed write records
 //! its change, a report is acted on once whichever replica gets it, an expired approval expires
-//! once however many replicas sweep, an alert delivery is claimed by one replica, and a replica
-//! hears of the other's commits.
+//! once however many replicas sweep, an alert delivery is claimed by one replica, a replica
+//! hears of the other's commits, and what the console, the metrics and rollouts read (version
+//! lists, orgs, acks, rollouts with their changes, the fleet summary) reads alike.
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -15,16 +16,17 @@ use std::time::Duration;
 use chrono::Utc;
 use common::postgres::TestDatabase;
 use policy_engine::protocol::{
-    ApprovalStatus, PolicySignature, ReportId, ReportKind, RolloutTerms, SignatureAlgorithm,
+    AckStatus, ApprovalStatus, PolicySignature, ReportId, ReportKind, RolloutTerms,
+    SignatureAlgorithm, VersionAck,
 };
 use policy_engine::{Action, ActionRecord, Policy, PolicyVersion};
 use reference_server::auth::{Principal, TokenHash};
 use reference_server::store::postgres::PgStore;
 use reference_server::store::sqlite::SqliteStore;
 use reference_server::store::{
-    AgentRecord, Approval, AuditFilter, ChangeKind, Decision, MAX_SENT_PER_AGENT, NewBlock,
-    NewDelivery, NewEntry, NewPolicy, Notice, ReportReceipt, SentPolicy, Store, StoreError,
-    StoredOverrides,
+    AgentRecord, Approval, AuditFilter, ChangeKind, Decision, Heartbeat, MAX_SENT_PER_AGENT,
+    NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, ReportReceipt, Rollout, RolloutGate,
+    RolloutStage, RolloutState, SentPolicy, Store, StoreError, StoredOverrides,
 };
 use serde_json::json;
 
@@ -798,6 +800,258 @@ async fn alert_deliveries_are_queued_and_finished_once(pair: Pair) {
         1,
         "the duplicate report wrote nothing"
     );
+}
+
+/// Versions listed newest first with their names and counts (paged), every org known, an ack
+/// kept by a heartbeat without one, rollouts stored with their audit entry and their change
+/// and read back newest first, a stream snapshot with the rollout's previous version, and the
+/// fleet summary, alike through either handle.
+async fn console_rollout_and_summary_reads_agree(pair: Pair) {
+    let two_rules = Arc::new(
+        Policy::from_json(
+            json!({"name": "two", "description": "second", "rules": [
+                {"type": "custom", "config": {"condition": "severityLevel >= 3", "action": "alert"}},
+                {"type": "custom", "config": {"condition": "severityLevel >= 5", "action": "alert"},
+                 "enabled": false}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap(),
+    );
+    pair.a
+        .insert_policy(unsigned(policy("one"), "pol_1".into()))
+        .await
+        .unwrap();
+    pair.b
+        .insert_policy(unsigned(two_rules, "pol_2".into()))
+        .await
+        .unwrap();
+    pair.a
+        .insert_policy(NewPolicy {
+            org_id: "beta".into(),
+            ..unsigned(policy("beta one"), "pol_b1".into())
+        })
+        .await
+        .unwrap();
+    let listed = pair
+        .b
+        .policy_versions("acme".into(), None, 10)
+        .await
+        .unwrap();
+    let summary: Vec<_> = listed
+        .iter()
+        .map(|p| {
+            (
+                p.id.as_str(),
+                p.version.number(),
+                p.name.as_str(),
+                p.description.as_deref(),
+                p.rule_count,
+                p.enabled_count,
+                p.key_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("pol_2", 2, "two", Some("second"), 2, 1, None),
+            ("pol_1", 1, "one", None, 1, 1, None),
+        ]
+    );
+    let older = pair
+        .a
+        .policy_versions("acme".into(), Some(PolicyVersion::new(2)), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        older.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(),
+        ["pol_1"]
+    );
+
+    pair.a
+        .insert_agent(agent("agent-g", "gamma"), TokenHash::of("agent-g-token"))
+        .await
+        .unwrap();
+    pair.b
+        .insert_agent(agent("agent-a", "acme"), TokenHash::of("agent-a-token"))
+        .await
+        .unwrap();
+    pair.b
+        .insert_token(
+            TokenHash::of("delta-admin"),
+            Principal::OrgAdmin {
+                org_id: "delta".into(),
+            },
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        pair.a.orgs().await.unwrap(),
+        ["acme", "beta", "delta", "gamma"]
+    );
+
+    let ack = VersionAck {
+        version: PolicyVersion::new(2),
+        status: AckStatus::Refused,
+        error: Some("unsigned".into()),
+        at: chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+        actions: Default::default(),
+    };
+    let beat = |ack: Option<VersionAck>| Heartbeat {
+        agent_id: "agent-a".into(),
+        policy_version: Some(PolicyVersion::new(1)),
+        last_error: None,
+        ack,
+        at: Utc::now(),
+    };
+    pair.a.heartbeat(beat(Some(ack.clone()))).await.unwrap();
+    pair.b.heartbeat(beat(None)).await.unwrap();
+    let stored = pair.b.agent("agent-a".into()).await.unwrap().unwrap();
+    assert_eq!(stored.ack, Some(ack));
+
+    let rollout = |id: &str, created_ms: i64, state: RolloutState| Rollout {
+        id: id.into(),
+        org_id: "acme".into(),
+        version: PolicyVersion::new(2),
+        previous: PolicyVersion::new(1),
+        state,
+        stage: 0,
+        stages: vec![RolloutStage {
+            percent: 10,
+            agents: vec!["agent-a".into()],
+            soak_secs: 60,
+        }],
+        gate: RolloutGate::default(),
+        stage_started_ms: created_ms,
+        created_ms,
+        updated_ms: created_ms,
+        reason: None,
+    };
+    let before = pair.a.change_seq("acme".into()).await.unwrap();
+    let first = pair
+        .a
+        .put_rollout(
+            rollout("ro_1", 1_000, RolloutState::Aborted),
+            entry("acme", "admin", "rollout_created"),
+        )
+        .await
+        .unwrap();
+    pair.b
+        .put_rollout(
+            rollout("ro_2", 2_000, RolloutState::Running),
+            entry("acme", "admin", "rollout_created"),
+        )
+        .await
+        .unwrap();
+    let moved = pair
+        .a
+        .put_rollout(
+            rollout("ro_2", 2_000, RolloutState::Paused),
+            entry("acme", "admin", "rollout_paused"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.seq, Some(before + 1));
+    assert_eq!(moved.seq, Some(before + 3));
+    let changes = pair.b.changes("acme".into(), before, 10).await.unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.kind.clone()).collect::<Vec<_>>(),
+        [
+            ChangeKind::Rollout { id: "ro_1".into() },
+            ChangeKind::Rollout { id: "ro_2".into() },
+            ChangeKind::Rollout { id: "ro_2".into() },
+        ]
+    );
+    let latest = pair.b.latest_rollout("acme".into()).await.unwrap().unwrap();
+    assert_eq!(latest, rollout("ro_2", 2_000, RolloutState::Paused));
+    assert_eq!(
+        pair.a.rollout("ro_1".into()).await.unwrap(),
+        Some(rollout("ro_1", 1_000, RolloutState::Aborted))
+    );
+    let ids: Vec<String> = pair
+        .a
+        .rollouts("acme".into(), 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["ro_2", "ro_1"]);
+    assert_eq!(pair.b.latest_rollout("beta".into()).await.unwrap(), None);
+    let trail = pair
+        .b
+        .audit(AuditFilter {
+            org_id: "acme".into(),
+            action: Some("rollout_paused".into()),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(trail.entries.len(), 1);
+
+    // The rollout is of the latest version: a new stream's snapshot has its previous one.
+    let snapshot = pair
+        .b
+        .stream_snapshot(
+            "acme".into(),
+            "agent-a".into(),
+            Utc::now().timestamp_millis(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(snapshot.seq, before + 3);
+    assert_eq!(
+        snapshot.policy.map(|p| p.version),
+        Some(PolicyVersion::new(2))
+    );
+    assert_eq!(snapshot.rollout.map(|r| r.id), Some("ro_2".into()));
+    assert_eq!(snapshot.fallback.map(|p| p.id), Some("pol_1".into()));
+
+    pair.a
+        .insert_approval(
+            approval("apr_1", "acme", "agent-a", 4_000_000_000_000),
+            entry("acme", "agent-a", "approval_requested"),
+        )
+        .await
+        .unwrap();
+    let fleet = pair.b.fleet_summary().await.unwrap();
+    let figures: Vec<_> = fleet
+        .iter()
+        .map(|o| {
+            (
+                o.org_id.as_str(),
+                o.latest_version.map(|v| v.number()),
+                o.agents.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+                o.approvals.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        figures,
+        [
+            (
+                "acme",
+                Some(2),
+                vec!["agent-a"],
+                vec![(ApprovalStatus::Pending, 1)]
+            ),
+            ("beta", Some(1), vec![], vec![]),
+            ("gamma", None, vec!["agent-g"], vec![]),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_console_rollout_and_summary_reads_agree() {
+    console_rollout_and_summary_reads_agree(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_console_rollout_and_summary_reads_agree_across_replicas() {
+    console_rollout_and_summary_reads_agree(postgres().await).await;
 }
 
 #[tokio::test]
