@@ -251,7 +251,7 @@ impl ServerMetrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// One fan-out of `event` (`policy`, `overrides`, `block`, `unblock`, `approval`).
+    /// One fan-out of `event` (`policy`, `overrides`, `block`, `unblock`, `approval`, `rollout`).
     pub fn broadcast(&self, event: &'static str, elapsed: Duration, queued: usize, dropped: usize) {
         self.broadcast_seconds
             .get_or_create(&EventLabels { event })
