@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::postgres::{TestDatabase, admin_sql, with_database};
 use common::*;
+use futures_util::StreamExt;
 use reference_server::{Database, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -207,6 +208,48 @@ async fn next_version(stream: &mut Stream) -> (String, Value) {
     (event.id, event.data["rollbackFrom"].clone())
 }
 
+/// The admin event stream of the global admin on `t` (org `default`), past its `ready` event.
+async fn admin_events(t: &TestServer) -> reqwest_eventsource::EventSource {
+    let request = t
+        .client
+        .get(format!("{}/api/admin/events", t.base))
+        .bearer_auth(ADMIN);
+    let mut source = reqwest_eventsource::EventSource::new(request).unwrap();
+    loop {
+        match tokio::time::timeout(DEADLINE, source.next()).await {
+            Ok(Some(Ok(reqwest_eventsource::Event::Open))) => continue,
+            Ok(Some(Ok(reqwest_eventsource::Event::Message(m)))) => {
+                assert_eq!(m.event, "ready", "{}", m.data);
+                return source;
+            }
+            other => panic!("expected the admin stream to open, got {other:?}"),
+        }
+    }
+}
+
+/// Reads `changed` events until one names `topic`.
+async fn changed_until(source: &mut reqwest_eventsource::EventSource, topic: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, source.next()).await {
+            Ok(Some(Ok(reqwest_eventsource::Event::Message(m)))) => {
+                assert_eq!(m.event, "changed");
+                let data: Value = serde_json::from_str(&m.data).unwrap();
+                if data["topics"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t == topic)
+                {
+                    return;
+                }
+            }
+            other => panic!("expected a `changed` event naming `{topic}`, got {other:?}"),
+        }
+    }
+}
+
 /// Starts a rollout of `name` on `t`: stage 1 agent `first`, stage 2 agent `second` (soaking
 /// an hour, so it never advances on its own), stage 3 everyone; returns its id.
 async fn start_rollout(t: &TestServer, name: &str, first: &str, second: &str) -> String {
@@ -269,10 +312,13 @@ async fn a_rollout_moved_on_either_replica_reaches_the_stage_agents_of_the_other
         next_version(&mut on_b_second).await,
         ("2".into(), Value::Null)
     );
+    // The console's admin stream on B hears of what A does to the org's policies.
+    let mut console = admin_events(&b).await;
     operate(&a, &id, "abort", "aborted").await;
     for stream in [&mut on_b_first, &mut on_b_second] {
         assert_eq!(next_version(stream).await, ("1".into(), json!("v2")));
     }
+    changed_until(&mut console, "policies").await;
     // A plain version as a fence: nothing else came before it.
     a.post_policy(ADMIN, fleet_policy("v3", 9)).await;
     for stream in [&mut outside, &mut on_b_first, &mut on_b_second] {

@@ -104,7 +104,7 @@ struct Args {
     data_dir: Option<PathBuf>,
 }
 
-const ADMIN: &str = "fleet-sim-admin";
+const ADMIN: &str = "fleet-sim-admin-token";
 
 /// How long a request other than an event stream may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);

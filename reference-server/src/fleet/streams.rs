@@ -178,6 +178,8 @@ impl Publisher {
             let last = store.change_seq(org_id.clone()).await?;
             if pushed.get(&org_id).is_some_and(|cursor| cursor.seq < last) {
                 tracing::info!(org = %org_id, last, "catching up on changes");
+                // Their notices were lost: the org's admin streams did not hear of them either.
+                self.changes.changed(&org_id, &Topic::ALL);
                 self.catch_up_locked(store, &org_id, &mut pushed).await?;
             }
         }
