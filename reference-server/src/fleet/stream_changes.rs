@@ -276,3 +276,36 @@ async fn assigned(
         })
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(version: u64) -> StreamView {
+        StreamView {
+            version: Some(PolicyVersion::new(version)),
+            ..StreamView::default()
+        }
+    }
+
+    fn assigned(version: u64, rollback_from: Option<u64>) -> Assignment {
+        Assignment {
+            version: PolicyVersion::new(version),
+            rollback_from: rollback_from.map(PolicyVersion::new),
+            reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_stream_gets_a_newer_version_and_an_older_one_only_as_a_rollback() {
+        assert!(needs(&StreamView::default(), &assigned(1, None)));
+        assert!(needs(&view(1), &assigned(2, None)));
+        assert!(!needs(&view(2), &assigned(2, None)));
+        // Already rolled back to it: not again.
+        assert!(!needs(&view(1), &assigned(1, Some(2))));
+        // A version older than the stream's, but not a rollback (a replica catching up on a
+        // change whose version the stream already passed): never sent.
+        assert!(!needs(&view(3), &assigned(2, None)));
+        assert!(needs(&view(2), &assigned(1, Some(2))));
+    }
+}
