@@ -4,6 +4,7 @@
 pub mod action;
 #[cfg(all(feature = "agent", target_os = "linux"))]
 pub mod agent;
+pub mod budget;
 pub mod condition;
 pub mod engine;
 pub mod event;

@@ -2,6 +2,7 @@
 //!
 //! `bytes -> json::parse_strict -> validate -> Policy`, and `Policy -> wire -> JSON` back.
 
+mod budgets;
 mod duration;
 mod error;
 pub mod json;
@@ -16,6 +17,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use budgets::{
+    Budget, Budgets, DEFAULT_BUDGETS, DEFAULT_FLEET_BUDGET, DEFAULT_ON_EXCEED, FleetBudget, Limit,
+    MAX_BUDGET, OnExceed,
+};
 pub use duration::{DurationError, DurationUnit, MAX_DURATION, PolicyDuration};
 pub use error::{PolicyError, ValidationError};
 pub use json::{JsonError, JsonLimits, parse_strict};
@@ -55,6 +60,9 @@ pub struct Policy {
     pub org_id: Option<String>,
     /// The rules, in the order they are evaluated and their actions emitted.
     pub rules: Vec<Rule>,
+    /// How many dangerous actions a host may take per window, and fleet blocks per org
+    /// (defaults for whatever is left out).
+    pub budgets: Budgets,
 }
 
 impl Policy {
