@@ -398,6 +398,7 @@ impl AgentBuilder {
                 dry_run: self.dry_run,
             },
             metrics.clone(),
+            live.clone(),
         );
         let fleet = fleet::spawn(fleet_queue, dispatcher.clone(), &self.state_dir);
         let (stop, _) = watch::channel(false);

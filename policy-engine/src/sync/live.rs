@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use super::{ApplyError, PolicyUpdate, StoredPolicy};
 use crate::engine::{Engine, EngineConfig, Evaluation};
 use crate::event::ThreatEvent;
-use crate::policy::{Policy, PolicyVersion};
+use crate::policy::{Budgets, Policy, PolicyVersion};
 use crate::protocol::{AckStatus, VersionAck};
 use crate::signing::{KeyRing, SignatureError};
 
@@ -112,6 +112,8 @@ struct Inner {
     status: watch::Sender<SyncStatus>,
     /// Actions emitted since the running policy was applied, by action name.
     counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// The running policy's action budgets, apart so that the dispatcher reads them cheaply.
+    budgets: Mutex<Budgets>,
 }
 
 /// What an agent pinned to operator keys checks: the keys, and the org they must have signed
@@ -142,6 +144,7 @@ impl LiveEngine {
                 signatures,
                 status: watch::Sender::new(SyncStatus::default()),
                 counts: Mutex::new(BTreeMap::new()),
+                budgets: Mutex::new(Budgets::default()),
             }),
         }
     }
@@ -179,6 +182,11 @@ impl LiveEngine {
     /// events pays for one lock and sees one policy. Keep batches short: a policy swap waits.
     pub fn with_engine<R>(&self, f: impl FnOnce(Option<&mut Engine>) -> R) -> R {
         f(lock(&self.inner.engine).as_mut())
+    }
+
+    /// The action budgets of the running policy (the defaults before the first policy).
+    pub fn budgets(&self) -> Budgets {
+        *lock(&self.inner.budgets)
     }
 
     /// Version of the running policy.
@@ -319,6 +327,7 @@ impl LiveEngine {
                 }
             }
         }
+        *lock(&self.inner.budgets) = stored.policy.budgets;
         *applied = Some(stored);
         drop(applied);
         lock(&self.inner.counts).clear();
