@@ -9,7 +9,30 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::action::Action;
 use crate::policy::{Budgets, Limit, ResponseAction};
+
+/// The budget `action` counts against on a host, if any: `kill_process`, `quarantine_file`,
+/// `isolate_host` and `block_ip` (either scope).
+///
+/// ```
+/// use policy_engine::budget::budgeted;
+/// use policy_engine::policy::ResponseAction;
+/// use policy_engine::Action;
+/// let kill = Action::KillProcess { pid: 42, process: None };
+/// assert_eq!(budgeted(&kill), Some(ResponseAction::KillProcess));
+/// assert_eq!(budgeted(&Action::IsolateHost { host: None }), Some(ResponseAction::IsolateHost));
+/// assert_eq!(budgeted(&Action::ApprovalRequest { request: Box::new(kill) }), None);
+/// ```
+pub fn budgeted(action: &Action) -> Option<ResponseAction> {
+    match action {
+        Action::KillProcess { .. } => Some(ResponseAction::KillProcess),
+        Action::QuarantineFile { .. } => Some(ResponseAction::QuarantineFile),
+        Action::IsolateHost { .. } => Some(ResponseAction::IsolateHost),
+        Action::BlockIp { .. } => Some(ResponseAction::BlockIp),
+        Action::Alert { .. } | Action::ApprovalRequest { .. } | Action::Custom { .. } => None,
+    }
+}
 
 /// The times of the actions admitted within the window, oldest first.
 ///

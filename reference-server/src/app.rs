@@ -9,6 +9,7 @@ use anyhow::Context;
 use crate::auth::{FailedAuth, TokenCache, check_admin_token};
 use crate::config::ServerConfig;
 use crate::fleet::agents::bootstrap_admin;
+use crate::fleet::budgets::FleetBudgets;
 use crate::fleet::checks::{NeverBlock, own_addresses};
 use crate::fleet::notify::Notifier;
 use crate::fleet::policies::SignedOrgs;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub never_block: NeverBlock,
     /// See [`ServerConfig::signed_orgs`].
     pub signed_orgs: SignedOrgs,
+    /// The orgs' fleet-block budget windows.
+    pub fleet_budgets: FleetBudgets,
 }
 
 impl AppState {
@@ -88,6 +91,7 @@ impl AppState {
                 ranges: config.never_block.clone(),
             },
             signed_orgs: config.signed_orgs.clone(),
+            fleet_budgets: FleetBudgets::default(),
             store,
             metrics,
         });
@@ -103,6 +107,7 @@ impl AppState {
             approval_ttl: self.approval_ttl,
             quotas: &self.quotas,
             never_block: &self.never_block,
+            fleet_budgets: &self.fleet_budgets,
         }
     }
 }

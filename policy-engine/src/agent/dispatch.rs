@@ -28,9 +28,9 @@ use tokio::task::JoinHandle;
 use super::metrics::AgentMetrics;
 use super::report::{Origin, ReportQueue};
 use crate::action::{Action, ActionRecord};
-use crate::budget::{BudgetLedger, Verdict};
+use crate::budget::{BudgetLedger, Verdict, budgeted};
 use crate::executor::{Executor, Outcome, describe};
-use crate::policy::{OnExceed, ResponseAction};
+use crate::policy::OnExceed;
 use crate::sync::LiveEngine;
 
 /// Actions waiting in one lane before new ones fail at once ("not executed: ... waiting").
@@ -206,7 +206,7 @@ impl Dispatcher {
     /// An engine action under the budgets: queued as it is within them; beyond them queued as
     /// an `approval_request`, or dropped and reported.
     fn budgeted(&self, record: ActionRecord) {
-        let Some(kind) = budgeted_kind(&record.action) else {
+        let Some(kind) = budgeted(&record.action) else {
             return self.submit(Job::Execute {
                 record,
                 origin: Origin::Local,
@@ -307,17 +307,6 @@ impl Dispatcher {
             settle(&inner, job, outcome).await;
             finish(&inner);
         });
-    }
-}
-
-/// The budget an action counts against, if any.
-fn budgeted_kind(action: &Action) -> Option<ResponseAction> {
-    match action {
-        Action::KillProcess { .. } => Some(ResponseAction::KillProcess),
-        Action::QuarantineFile { .. } => Some(ResponseAction::QuarantineFile),
-        Action::IsolateHost { .. } => Some(ResponseAction::IsolateHost),
-        Action::BlockIp { .. } => Some(ResponseAction::BlockIp),
-        Action::Alert { .. } | Action::ApprovalRequest { .. } | Action::Custom { .. } => None,
     }
 }
 

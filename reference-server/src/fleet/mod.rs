@@ -12,7 +12,8 @@
 //!   report-id idempotency;
 //! - [`rollouts`]: staged rollouts, the gate and rollback; [`assignment`]: which version each
 //!   agent gets;
-//! - [`blocks`], [`approvals`]: fleet blocks and approval requests;
+//! - [`blocks`], [`approvals`]: fleet blocks and approval requests; [`budgets`]: the org's
+//!   fleet-block budget;
 //! - [`notify`]: alert channels and delivery; [`audit`]: the trail;
 //! - [`views`]: records as the protocol shows them; [`sweeper`]: expiry in the background;
 //! - [`changes`]: what changed, for the admin event streams of the console; [`admin`]: who an
@@ -26,6 +27,7 @@ pub mod approvals;
 pub mod assignment;
 pub mod audit;
 pub mod blocks;
+pub mod budgets;
 pub mod changes;
 pub mod checks;
 pub mod gauges;
