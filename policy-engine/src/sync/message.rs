@@ -65,7 +65,7 @@ impl PolicyUpdate {
             })
         })?;
         let signed = event.signed.clone().map(|part| SignedUpdate {
-            document: document(&event.name, event.description.as_deref(), part.rules),
+            document: event.signed_document(part.rules),
             signature: part.signature,
             disabled_rules: part.disabled_rules,
         });
@@ -76,19 +76,6 @@ impl PolicyUpdate {
             document: event.into_document(),
         })
     }
-}
-
-fn document(name: &str, description: Option<&str>, rules: Vec<Value>) -> Value {
-    let mut document = serde_json::Map::new();
-    document.insert("name".to_owned(), Value::String(name.to_owned()));
-    if let Some(description) = description {
-        document.insert(
-            "description".to_owned(),
-            Value::String(description.to_owned()),
-        );
-    }
-    document.insert("rules".to_owned(), Value::Array(rules));
-    Value::Object(document)
 }
 
 #[cfg(test)]

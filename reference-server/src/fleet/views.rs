@@ -24,6 +24,7 @@ pub fn policy_view(
         description: policy.policy.description.clone(),
         version: policy.version,
         rules: policy.policy.to_document().rules,
+        budgets: budgets(policy),
         broadcasted_to,
         created_at: policy.created_at,
         signature: policy.signature.clone(),
@@ -48,10 +49,20 @@ pub fn policy_event(
         name: policy.policy.name.clone(),
         description: policy.policy.description.clone(),
         rules: resolved_rules(policy, agent_id, list),
+        budgets: budgets(policy),
         created_at: Some(policy.created_at),
         signed,
         rollback_from: None,
     }
+}
+
+/// The policy's `budgets` as written, when it has some.
+fn budgets(policy: &StoredPolicy) -> Option<serde_json::Value> {
+    policy
+        .policy
+        .to_document()
+        .budgets
+        .and_then(|b| serde_json::to_value(b).ok())
 }
 
 /// The rules `agent_id` runs: `policy`'s with its overrides applied. Overrides that no longer
