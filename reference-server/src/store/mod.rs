@@ -137,6 +137,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// One rollout by id.
     async fn rollout(&self, id: String) -> Result<Option<Rollout>, StoreError>;
 
+    /// The org's rollouts, newest first, at most `limit`.
+    async fn rollouts(&self, org_id: String, limit: u32) -> Result<Vec<Rollout>, StoreError>;
+
     /// Enrolls an agent and stores its token hash, together.
     async fn insert_agent(
         &self,
