@@ -110,6 +110,28 @@ mod tests {
         assert!(crate::Policy::from_value(&update.document).is_ok());
     }
 
+    /// `budgets` are part of the document, signed or not, and validated strictly with it.
+    #[test]
+    fn budgets_travel_in_the_document_and_the_signed_document() {
+        let mut event: Value = serde_json::from_str(GOLDEN).unwrap();
+        event["budgets"] = json!({"kill_process": {"max": 3, "window": "1m"}});
+        event["signed"] = json!({"rules": event["rules"], "disabledRules": [],
+            "signature": {"keyId": "ac9cbb12e481cf9d", "algorithm": "ed25519",
+                          "value": "c2lnbmF0dXJl"}});
+        let update = PolicyUpdate::from_event(&event.to_string()).unwrap();
+        let policy = crate::Policy::from_value(&update.document).unwrap();
+        assert_eq!(policy.budgets.kill_process.map(|b| b.max), Some(3));
+        let signed = update.signed.unwrap();
+        assert_eq!(signed.document["budgets"], event["budgets"]);
+        event["budgets"]["kill_process"]["max"] = json!(-1);
+        let update = PolicyUpdate::from_event(&event.to_string()).unwrap();
+        let errors = crate::Policy::from_value(&update.document).unwrap_err();
+        assert_eq!(
+            errors.errors[0].to_string(),
+            "budgets.kill_process.max: expected an integer from 0 to 10000, found `-1`"
+        );
+    }
+
     #[test]
     fn the_document_itself_stays_strict() {
         let mut event: Value = serde_json::from_str(GOLDEN).unwrap();
