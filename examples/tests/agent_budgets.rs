@@ -3,7 +3,12 @@
 //! `GET /api/approvals`), runs once approved, and in `drop` mode a kill beyond the budget is
 //! not executed but reported (`refused`, with why) and counted in the agent's metrics.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod agent_common;
 
