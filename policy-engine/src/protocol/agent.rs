@@ -193,6 +193,18 @@ pub struct VersionAck {
     /// `kill_process`, `alert`, ...); empty for a refused version.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub actions: BTreeMap<String, u64>,
+    /// Events its engine evaluated since it applied the version (what the rates of a rollout's
+    /// gate are measured against); absent from agents older than it, and for a refused version.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub events: u64,
+    /// Of those events, how many had at least one `custom` condition fail (missing field,
+    /// wrong type: evaluated as false).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub condition_errors: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What an agent did with an offered version.
@@ -226,7 +238,15 @@ impl VersionAck {
         let map = fields.object(
             value,
             path,
-            &["version", "status", "error", "at", "actions"],
+            &[
+                "version",
+                "status",
+                "error",
+                "at",
+                "actions",
+                "events",
+                "conditionErrors",
+            ],
         )?;
         let errors_before = fields.errors.len();
         let version = version_field(fields, map, path, "version");
@@ -269,6 +289,24 @@ impl VersionAck {
             None | Some(Value::Null) => BTreeMap::new(),
             Some(actions) => read_action_counts(fields, actions, &join_key(path, "actions")),
         };
+        let mut count = |key: &str| match map.get(key) {
+            None | Some(Value::Null) => 0,
+            Some(value) => value.as_u64().unwrap_or_else(|| {
+                fields.push(
+                    &join_key(path, key),
+                    format!("expected a non-negative integer, found {}", describe(value)),
+                );
+                0
+            }),
+        };
+        let events = count("events");
+        let condition_errors = count("conditionErrors");
+        if condition_errors > events {
+            fields.push(
+                &join_key(path, "conditionErrors"),
+                format!("expected at most `events` ({events}), found {condition_errors}"),
+            );
+        }
         if fields.errors.len() > errors_before {
             return None;
         }
@@ -278,6 +316,8 @@ impl VersionAck {
             error,
             at: at?,
             actions,
+            events,
+            condition_errors,
         })
     }
 }

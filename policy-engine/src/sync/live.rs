@@ -1,6 +1,7 @@
 //! The running engine shared by the event loop and the sync task, swapped atomically on update.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -8,7 +9,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::{ApplyError, PolicyUpdate, StoredPolicy};
-use crate::engine::{Engine, EngineConfig, Evaluation};
+use crate::engine::{Diagnostic, Engine, EngineConfig, Evaluation};
 use crate::event::ThreatEvent;
 use crate::policy::{Budgets, Policy, PolicyVersion};
 use crate::protocol::{AckStatus, VersionAck};
@@ -112,6 +113,10 @@ struct Inner {
     status: watch::Sender<SyncStatus>,
     /// Actions emitted since the running policy was applied, by action name.
     counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// Events evaluated since the running policy was applied.
+    events: AtomicU64,
+    /// Of those, events on which at least one condition failed.
+    condition_errors: AtomicU64,
     /// The running policy's action budgets, apart so that the dispatcher reads them cheaply.
     budgets: Mutex<Budgets>,
 }
@@ -144,16 +149,29 @@ impl LiveEngine {
                 signatures,
                 status: watch::Sender::new(SyncStatus::default()),
                 counts: Mutex::new(BTreeMap::new()),
+                events: AtomicU64::new(0),
+                condition_errors: AtomicU64::new(0),
                 budgets: Mutex::new(Budgets::default()),
             }),
         }
     }
 
     /// Runs one event through the current policy at time `now`.
-    /// Counts its actions for the version's ack.
+    /// Counts it, whether a condition failed on it, and its actions for the version's ack.
     pub fn process(&self, event: &ThreatEvent, now: DateTime<Utc>) -> Evaluation {
         let evaluation = match lock(&self.inner.engine).as_mut() {
-            Some(engine) => engine.process(event, now),
+            Some(engine) => {
+                let evaluation = engine.process(event, now);
+                self.inner.events.fetch_add(1, Ordering::Relaxed);
+                if evaluation
+                    .diagnostics
+                    .iter()
+                    .any(|d| matches!(d, Diagnostic::ConditionError { .. }))
+                {
+                    self.inner.condition_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                evaluation
+            }
             None => Evaluation::default(),
         };
         if !evaluation.actions.is_empty() {
@@ -165,8 +183,27 @@ impl LiveEngine {
         evaluation
     }
 
-    /// The ack of the last version offered, with the actions [`LiveEngine::process`] emitted
-    /// since the running version was applied (for an applied one); `None` before any offer.
+    /// The ack of the last version offered, with the events [`LiveEngine::process`] evaluated,
+    /// those on which a condition failed, and the actions it emitted since the running version
+    /// was applied (for an applied one); `None` before any offer.
+    ///
+    /// ```
+    /// use chrono::Utc;
+    /// use policy_engine::engine::EngineConfig;
+    /// use policy_engine::protocol::PolicyEvent;
+    /// use policy_engine::sync::{LiveEngine, PolicyUpdate};
+    /// use policy_engine::ThreatEvent;
+    /// let live = LiveEngine::new(EngineConfig::default());
+    /// let update = PolicyUpdate::from_event(r#"{"version": "v1", "name": "p", "rules": [
+    ///     {"type": "custom", "config": {"condition": "pid > 10", "action": "kill_process"}}]}"#).unwrap();
+    /// live.apply_update(&update).unwrap();
+    /// for event in [r#"{"type": "x", "pid": 42}"#, r#"{"type": "x"}"#] {
+    ///     live.process(&ThreatEvent::from_json(event.as_bytes()).unwrap(), Utc::now());
+    /// }
+    /// let ack = live.ack().unwrap();
+    /// assert_eq!((ack.events, ack.condition_errors), (2, 1));
+    /// assert_eq!(ack.actions["kill_process"], 1);
+    /// ```
     pub fn ack(&self) -> Option<VersionAck> {
         let mut ack = self.inner.status.borrow().ack.clone()?;
         if ack.status == AckStatus::Applied {
@@ -174,6 +211,12 @@ impl LiveEngine {
                 .iter()
                 .map(|(name, count)| ((*name).to_owned(), *count))
                 .collect();
+            ack.events = self.inner.events.load(Ordering::Relaxed);
+            ack.condition_errors = self
+                .inner
+                .condition_errors
+                .load(Ordering::Relaxed)
+                .min(ack.events);
         }
         Some(ack)
     }
@@ -331,6 +374,8 @@ impl LiveEngine {
         *applied = Some(stored);
         drop(applied);
         lock(&self.inner.counts).clear();
+        self.inner.events.store(0, Ordering::Relaxed);
+        self.inner.condition_errors.store(0, Ordering::Relaxed);
         self.inner.status.send_modify(|status| {
             status.applied = Some(version);
             status.last_error = None;
@@ -345,6 +390,8 @@ impl LiveEngine {
             error,
             at: Utc::now(),
             actions: BTreeMap::new(),
+            events: 0,
+            condition_errors: 0,
         };
         self.inner
             .status

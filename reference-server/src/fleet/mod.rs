@@ -10,8 +10,8 @@
 //! - [`streams`]: the event streams, the publish lock, what a new stream gets first;
 //! - [`reports`]: what the server does with an agent's report, one workflow per kind, and
 //!   report-id idempotency;
-//! - [`rollouts`]: staged rollouts, the gate and rollback; [`assignment`]: which version each
-//!   agent gets;
+//! - [`rollouts`]: staged rollouts, the gate and rollback ([`health`]: its rate criteria);
+//!   [`assignment`]: which version each agent gets;
 //! - [`blocks`], [`approvals`]: fleet blocks and approval requests; [`budgets`]: the org's
 //!   fleet-block budget;
 //! - [`notify`]: alert channels and delivery; [`audit`]: the trail;
@@ -31,6 +31,7 @@ pub mod budgets;
 pub mod changes;
 pub mod checks;
 pub mod gauges;
+pub mod health;
 pub mod notify;
 pub mod overrides;
 pub mod plan;

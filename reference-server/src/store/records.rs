@@ -148,6 +148,23 @@ pub struct RolloutGate {
     pub max_silent: u32,
     /// An agent is silent when its last heartbeat is older than this, in seconds (default 300).
     pub silent_after_secs: u64,
+    /// Most percent of the stage's events on which a condition failed (`None`: not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_condition_error_percent: Option<u32>,
+    /// Most actions per event of the stage, in percent of the previous version's on the
+    /// agents outside the stage (`None`: not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_action_rate_percent: Option<u32>,
+    /// Events needed before a rate is judged (default 100).
+    #[serde(default = "default_min_events")]
+    pub min_events: u64,
+}
+
+/// The default of [`RolloutGate::min_events`].
+pub const DEFAULT_MIN_EVENTS: u64 = 100;
+
+fn default_min_events() -> u64 {
+    DEFAULT_MIN_EVENTS
 }
 
 impl Default for RolloutGate {
@@ -156,6 +173,9 @@ impl Default for RolloutGate {
             max_failures: 0,
             max_silent: 0,
             silent_after_secs: 300,
+            max_condition_error_percent: None,
+            max_action_rate_percent: None,
+            min_events: DEFAULT_MIN_EVENTS,
         }
     }
 }
