@@ -111,3 +111,21 @@ impl AppState {
         }
     }
 }
+
+/// Evaluates the gates of running rollouts every `every` (besides heartbeats, reads and
+/// operations), until the app state is gone or its store closed.
+pub fn spawn_gate_timer(state: std::sync::Weak<AppState>, every: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every.max(Duration::from_millis(10)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(state) = state.upgrade() else { break };
+            match crate::fleet::rollouts::check_all_gates(&*state.store, &state.publisher).await {
+                Ok(()) => {}
+                Err(crate::store::StoreError::Closed) => break,
+                Err(error) => tracing::warn!(%error, "cannot evaluate the rollout gates"),
+            }
+        }
+    });
+}

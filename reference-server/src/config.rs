@@ -59,6 +59,9 @@ pub struct ServerConfig {
     pub approval_ttl: Duration,
     /// How often expired approval requests are marked expired (with their audit entry).
     pub approval_sweep: Duration,
+    /// How often the gates of running rollouts are evaluated on a timer (besides every
+    /// heartbeat, read and operation), so that silent agents fail a gate with nobody looking.
+    pub rollout_gate_interval: Duration,
     /// Where to serve the Prometheus metrics (`GET /metrics`, plain HTTP, no token); `None`
     /// serves none. Bind it to loopback or a monitoring network: the figures name orgs.
     pub metrics_listen: Option<SocketAddr>,
@@ -89,6 +92,7 @@ impl Default for ServerConfig {
             notify: None,
             approval_ttl: Duration::from_secs(3600),
             approval_sweep: Duration::from_secs(5),
+            rollout_gate_interval: Duration::from_secs(5),
             metrics_listen: None,
             connections: ConnectionLimits::default(),
             auth_failures_per_minute: 30,

@@ -7,7 +7,9 @@
 //! operators pause, resume, advance or abort. Every transition is audited with the record.
 //!
 //! The gate is evaluated on every heartbeat of an agent of the org, on every read of the
-//! rollout and on every operator action.
+//! rollout, on every operator action, and on a timer ([`check_all_gates`], every
+//! `rollout_gate_interval`, 5 s by default) so that a stage whose agents all went silent fails
+//! with nobody looking.
 
 use std::sync::Arc;
 
@@ -456,6 +458,20 @@ pub async fn operate(
     drop(publishing);
     publisher.changed(&rollout.org_id, CHANGED);
     view_of(store, rollout).await
+}
+
+/// Evaluates the gate of every org's running or paused rollout (the timer's round); an org
+/// whose evaluation fails is logged and the others go on.
+pub async fn check_all_gates(
+    store: &dyn Store,
+    publisher: &Publisher,
+) -> Result<(), crate::store::StoreError> {
+    for org in store.orgs().await? {
+        if let Err(error) = check_gate(store, publisher, &org).await {
+            tracing::warn!(org = org.as_str(), %error, "cannot evaluate the rollout gate");
+        }
+    }
+    Ok(())
 }
 
 /// Evaluates the gate of `org`'s running or paused rollout: a failed gate rolls it back; a
