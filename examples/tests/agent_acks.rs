@@ -91,6 +91,9 @@ async fn agents_ack_each_version_applied_or_refused_with_their_action_counts() {
         })
         .await;
     assert_eq!(counted["ack"]["actions"], json!({"kill_process": 2}));
+    // And the events evaluated since, with those on which a condition failed (none here).
+    assert_eq!(counted["ack"]["events"], 2, "{counted}");
+    assert!(counted["ack"].get("conditionErrors").is_none(), "{counted}");
 
     // The agent's view says what it runs and why.
     let (status, view) = admin
