@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use super::outbox::{Outbox, Pending};
+use super::outbox::{DropCause, Outbox, Pending};
 use crate::action::ActionRecord;
 use crate::protocol::{Outcome, Report, ReportId, ReportOutcome};
 use crate::sync::{ApiClient, Backoff, BackoffConfig, LiveEngine, SyncError};
@@ -84,7 +84,7 @@ impl ReportQueue {
         let outbox = self.outbox.clone();
         let written = tokio::task::spawn_blocking(move || {
             outbox.push(&body).inspect_err(|_| {
-                let _ = outbox.count_drops(1);
+                let _ = outbox.count_drops(1, DropCause::Unwritable);
             })
         })
         .await;
@@ -260,9 +260,12 @@ impl ReportSender {
     /// Removes a report the server will never take and counts it as dropped.
     async fn drop_for_good(&self, pending: Pending) {
         let outbox = self.queue.outbox.clone();
-        let done =
-            tokio::task::spawn_blocking(move || outbox.remove(pending).and(outbox.count_drops(1)))
-                .await;
+        let done = tokio::task::spawn_blocking(move || {
+            outbox
+                .remove(pending)
+                .and(outbox.count_drops(1, DropCause::Refused))
+        })
+        .await;
         if !matches!(done, Ok(Ok(()))) {
             tracing::warn!("cannot delete or count a dropped action report");
         }
