@@ -5,13 +5,14 @@ use serde_json::{Map, Value};
 use super::json::{describe, join_index, join_key};
 use super::{
     AlertThreshold, AutoRespond, BlockIp, CustomRule, MAX_NAME_CHARS, MAX_RULES, MAX_THRESHOLD,
-    Policy, PolicyDuration, PolicyError, ResponseAction, Rule, RuleKind, Scope, ValidationError,
+    Policy, PolicyDuration, PolicyError, ResponseAction, Rule, RuleKind, RuleMode, Scope,
+    ValidationError,
 };
 use crate::condition::Condition;
 use crate::severity::Severity;
 
 const POLICY_FIELDS: &[&str] = &["name", "description", "rules", "org_id", "orgId"];
-const RULE_FIELDS: &[&str] = &["type", "config", "enabled"];
+const RULE_FIELDS: &[&str] = &["type", "config", "enabled", "mode"];
 const RULE_TYPES: &[&str] = &["block_ip", "alert_threshold", "auto_respond", "custom"];
 const BLOCK_IP_FIELDS: &[&str] = &["trigger", "threshold", "duration", "scope", "window"];
 const ALERT_FIELDS: &[&str] = &["severity", "countPerHour", "notifyChannels"];
@@ -117,6 +118,20 @@ fn rule(value: &Value, path: &str, errors: &mut Errors) -> Option<Rule> {
         Some((v, p)) => errors.boolean(v, &p),
         None => Some(true),
     };
+    let mode = match fields.optional("mode") {
+        Some((v, p)) => errors.string(v, &p).and_then(|name| match name {
+            "enforce" => Some(RuleMode::Enforce),
+            "shadow" => Some(RuleMode::Shadow),
+            other => {
+                errors.push(
+                    &p,
+                    format!("unknown mode `{other}`, expected `enforce` or `shadow`"),
+                );
+                None
+            }
+        }),
+        None => Some(RuleMode::Enforce),
+    };
     let rule_type = fields.required("type", errors).and_then(|(v, p)| {
         let name = errors.string(v, &p)?;
         if RULE_TYPES.contains(&name) {
@@ -145,6 +160,7 @@ fn rule(value: &Value, path: &str, errors: &mut Errors) -> Option<Rule> {
     };
     Some(Rule {
         enabled: enabled?,
+        mode: mode?,
         kind: kind?,
     })
 }
