@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::assignment;
 use super::rollouts;
+use super::shadows;
 use super::streams::{EventHub, Publisher};
 use crate::auth::{Principal, TokenCache, TokenHash, generate_token, random_hex};
 use crate::clock;
@@ -105,6 +106,7 @@ pub async fn enroll(
                 policy_version: None,
                 last_error: None,
                 ack: None,
+                shadow: None,
             },
             hash,
         )
@@ -154,12 +156,23 @@ pub async fn heartbeat(
 ) -> Result<HeartbeatAnswer, ApiError> {
     let version = request.policy_version;
     let acked = request.ack.is_some();
+    let shadow = match request.shadow {
+        Some(report) => match shadows::check_report(store, &org, &agent_id, report).await {
+            Ok(checked) => Some(checked),
+            Err(error) => {
+                shadows::audit_refusal(store, &org, &agent_id, &error).await;
+                return Err(error);
+            }
+        },
+        None => None,
+    };
     store
         .heartbeat(Heartbeat {
             agent_id: agent_id.clone(),
             policy_version: version,
             last_error: request.last_error,
             ack: request.ack,
+            shadow,
             at: clock::now(),
         })
         .await?;
@@ -180,6 +193,7 @@ pub async fn heartbeat(
         current_policy_version: current,
         outdated: current.is_some() && version != current,
         accepts_acks: true,
+        accepts_shadow: true,
     })
 }
 
