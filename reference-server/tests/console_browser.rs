@@ -463,6 +463,7 @@ async fn operators_work_the_fleet_from_the_console() {
     blocks(&page, &server, &web).await;
     audit(&page, &server, &web).await;
     fleet_with_versions(&page, &server, &web, &evil).await;
+    rollout(&page, &server, &web).await;
     org_admin(&page, &server).await;
     server_gone(&page, server).await;
 
@@ -988,6 +989,63 @@ async fn fleet_with_versions(page: &Page, server: &Server, web: &Agent, evil: &A
     )
     .await;
     page.shot("fleet").await;
+}
+
+/// A staged rollout of v3 to `web` alone: the policies page shows it with its stages, the fleet
+/// page says why `web` should run v3; the operator pauses it, then aborts it (confirmed).
+async fn rollout(page: &Page, server: &Server, web: &Agent) {
+    let created = server
+        .admin(
+            reqwest::Method::POST,
+            "/api/rollouts",
+            Some(json!({
+                "policy": {"name": "Staged threshold", "rules": [{"type": "block_ip", "config":
+                    {"trigger": "brute_force", "threshold": 20, "duration": "1h", "scope": "host"}}]},
+                "stages": [{"agents": [web.id], "soakSecs": 3600}, {"percent": 100}]
+            })),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["version"], "v3", "{created}");
+    page.go("fleet", "Fleet").await;
+    page.text(
+        &format!("#fleet-rows tr[data-key='{}']", web.id),
+        &format!("v3: in stage 1 of rollout `{id}`"),
+    )
+    .await;
+    page.go("policies", "Policies").await;
+    page.text("#version-title", "v3").await;
+    page.text("#rollout-title", &id).await;
+    page.text("#rollout-state", "running").await;
+    page.text("#rollout", "from v2 · stage 1 of 2").await;
+    page.text("#rollout ol.stages li.current", &web.id).await;
+    page.click("#rollout-pause").await;
+    page.text("#rollout-state", "paused").await;
+    page.find("#rollout-resume").await;
+    page.shot("policies-rollout").await;
+    page.click("#rollout-abort").await;
+    page.click("dialog.confirm button.danger").await;
+    page.text("#rollout-state", "aborted").await;
+    page.text("#rollout-reason", "aborted by").await;
+    assert!(
+        page.c
+            .find_all(Locator::Css("#rollout .actions button"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "an aborted rollout offers no operation"
+    );
+    let stored = server
+        .admin(reqwest::Method::GET, &format!("/api/rollouts/{id}"), None)
+        .await;
+    assert_eq!(stored["state"], "aborted", "{stored}");
+    // Back on the fleet page, where the next step starts: `web` is sent v2 again.
+    page.go("fleet", "Fleet").await;
+    page.text(
+        &format!("#fleet-rows tr[data-key='{}']", web.id),
+        &format!("v2: rollout `{id}` of v3 was aborted: back to v2"),
+    )
+    .await;
 }
 
 async fn org_admin(page: &Page, server: &Server) {

@@ -508,6 +508,29 @@ async fn fixtures(server: &TestServer) -> Fixtures {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // Rollouts: org `beta` has a first version for the `staged` exchange to roll out after;
+    // org `gamma` runs the rollout the examples name `ro_0123456789abcdef` (its first stage
+    // soaks an hour, so it stays at stage 0 while the exchanges read and pause it).
+    for org in ["beta", "gamma"] {
+        let (status, body) = server
+            .post(
+                &format!("/api/policy?org_id={org}"),
+                ADMIN,
+                json!({"name": "first", "rules": [{"type": "block_ip", "config": {"trigger": "brute_force", "threshold": 50, "duration": "1h", "scope": "host"}}]}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, rollout) = server
+        .post(
+            "/api/rollouts?org_id=gamma",
+            ADMIN,
+            json!({"policy": {"name": "second", "rules": [{"type": "block_ip", "config": {"trigger": "brute_force", "threshold": 50, "duration": "1h", "scope": "host"}}]},
+                   "stages": [{"percent": 10, "soakSecs": 3600}, {"percent": 100}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    let rollout = rollout["data"]["id"].as_str().unwrap().to_owned();
     let fixtures = Fixtures {
         agent_token: token,
         substitutions: vec![
@@ -515,6 +538,7 @@ async fn fixtures(server: &TestServer) -> Fixtures {
             ("apr_0123456789abcdef", approvals[0].clone()),
             ("apr_fedcba9876543210", approvals[1].clone()),
             ("apr_5a5a5a5a5a5a5a5a", approvals[2].clone()),
+            ("ro_0123456789abcdef", rollout),
         ],
     };
     stream.close();

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 pub use super::assignment::{Assignment, assigned_policy, bucket, check_no_active};
 use super::assignment::{assign, in_stage, state_name};
+use super::changes::Topic;
 use super::notify::NotifyConfig;
 use super::policies::{self, Checked, Publication, SignedOrgs};
 use super::streams::Publisher;
@@ -325,6 +326,7 @@ pub async fn create(
         .push_to(store, &stored, None, |agent| in_stage(&first, 0, agent))
         .await;
     drop(publishing);
+    publisher.changed(&rollout.org_id, CHANGED);
     view_of(store, rollout).await
 }
 
@@ -333,30 +335,48 @@ pub async fn get(
     store: &dyn Store,
     publisher: &Publisher,
     principal: &Principal,
+    org: Option<&str>,
     id: &str,
 ) -> Result<RolloutView, ApiError> {
-    let rollout = visible(store, principal, id).await?;
+    let rollout = visible(store, principal, org, id).await?;
     check_gate(store, publisher, &rollout.org_id).await?;
-    let rollout = visible(store, principal, id).await?;
+    let rollout = visible(store, principal, org, id).await?;
     view_of(store, rollout).await
 }
+
+/// The rollouts of `org` (newest first, at most `limit`), the running one's gate evaluated
+/// first; the console's policies page reads them.
+pub async fn list(
+    store: &dyn Store,
+    publisher: &Publisher,
+    org: String,
+    limit: u32,
+) -> Result<Vec<Rollout>, ApiError> {
+    check_gate(store, publisher, &org).await?;
+    Ok(store.rollouts(org, limit).await?)
+}
+
+/// What a rollout's change shows on the console: the versions agents get, their status, the
+/// audit entry.
+const CHANGED: &[Topic] = &[Topic::Policies, Topic::Agents, Topic::Audit];
 
 /// Applies an operator's `operation` to rollout `id`.
 pub async fn operate(
     store: &dyn Store,
     publisher: &Publisher,
     principal: &Principal,
+    org: Option<&str>,
     id: &str,
     operation: Operation,
 ) -> Result<RolloutView, ApiError> {
     check_gate(
         store,
         publisher,
-        &visible(store, principal, id).await?.org_id,
+        &visible(store, principal, org, id).await?.org_id,
     )
     .await?;
     let publishing = publisher.begin().await;
-    let mut rollout = visible(store, principal, id).await?;
+    let mut rollout = visible(store, principal, org, id).await?;
     if !rollout.state.is_active() {
         return Err(ApiError::conflict(format!(
             "rollout `{id}` is {}{}",
@@ -415,6 +435,7 @@ pub async fn operate(
         }
     }
     drop(publishing);
+    publisher.changed(&rollout.org_id, CHANGED);
     view_of(store, rollout).await
 }
 
@@ -446,6 +467,7 @@ pub async fn check_gate(
         Verdict::Advance => {
             let target = stored_version(store, &rollout, rollout.version).await?;
             advance(store, &publishing, &mut rollout, &target, "server").await?;
+            publisher.changed(org, CHANGED);
         }
         Verdict::Fail(reason) => {
             let previous = stored_version(store, &rollout, rollout.previous).await?;
@@ -460,6 +482,7 @@ pub async fn check_gate(
                 "server",
             )
             .await?;
+            publisher.changed(org, CHANGED);
         }
     }
     Ok(())
@@ -625,10 +648,18 @@ async fn stored_version(
         })
 }
 
-async fn visible(store: &dyn Store, principal: &Principal, id: &str) -> Result<Rollout, ApiError> {
+/// Rollout `id` if `principal` may see it; a named `org` (`?org_id=`, as the console sends
+/// for the org it shows) must be the rollout's, else it is not found there.
+async fn visible(
+    store: &dyn Store,
+    principal: &Principal,
+    org: Option<&str>,
+    id: &str,
+) -> Result<Rollout, ApiError> {
     let rollout = store
         .rollout(id.to_owned())
         .await?
+        .filter(|r| org.is_none_or(|org| r.org_id == org))
         .ok_or_else(|| ApiError::not_found(format!("unknown rollout `{id}`")))?;
     principal.check_org(&rollout.org_id)?;
     Ok(rollout)

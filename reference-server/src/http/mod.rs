@@ -43,6 +43,8 @@ mod params {
     pub const AUDIT: &[&str] = &[
         "agent", "ip", "action", "from", "to", "limit", "cursor", "org_id",
     ];
+    /// `GET /api/rollouts`.
+    pub const ROLLOUTS: &[&str] = &["limit", "org_id"];
     /// `GET /api/policy/versions`.
     pub const VERSIONS: &[&str] = &["limit", "cursor", "org_id"];
 }
@@ -70,8 +72,9 @@ mod params {
 /// | `POST /api/approvals/:id/approve`, `/deny` | admin | `org_id` |
 /// | `GET /api/audit` | admin | `agent`, `ip`, `action`, `from`, `to`, `limit`, `cursor`, `org_id` |
 /// | `POST /api/rollouts` | admin | `org_id` |
-/// | `GET /api/rollouts/:id` | admin | |
-/// | `POST /api/rollouts/:id/{pause,resume,advance,abort}` | admin | |
+/// | `GET /api/rollouts` | admin | `limit`, `org_id` |
+/// | `GET /api/rollouts/:id` | admin | `org_id` |
+/// | `POST /api/rollouts/:id/{pause,resume,advance,abort}` | admin | `org_id` |
 /// | `POST /api/policy/validate` | admin | `org_id` |
 /// | `GET /api/policy/versions` | admin | `limit`, `cursor`, `org_id` |
 /// | `GET /api/policy/versions/:version` | admin | `org_id` |
@@ -324,7 +327,13 @@ fn docs_routes() -> [BoxedFilter<(Response,)>; 1] {
 }
 
 /// `/api/rollouts`: staged rollouts and the operator's actions on them.
-fn rollout_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 3] {
+fn rollout_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 4] {
+    let list = warp::path!("api" / "rollouts")
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::ROLLOUTS))
+        .and(with_state(s))
+        .then(rollouts::list);
     let create = warp::path!("api" / "rollouts")
         .and(warp::post())
         .and(admin(s))
@@ -335,16 +344,16 @@ fn rollout_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 3] {
     let get = warp::path!("api" / "rollouts" / String)
         .and(warp::get())
         .and(admin(s))
-        .and(query(params::NONE))
+        .and(query(params::ORG))
         .and(with_state(s))
         .then(rollouts::get);
     let operate = warp::path!("api" / "rollouts" / String / String)
         .and(warp::post())
         .and(admin(s))
-        .and(query(params::NONE))
+        .and(query(params::ORG))
         .and(with_state(s))
         .then(rollouts::operate);
-    [boxed(create), boxed(get), boxed(operate)]
+    [boxed(list), boxed(create), boxed(get), boxed(operate)]
 }
 
 /// A route answering a reply (its own errors included), boxed.

@@ -105,6 +105,11 @@ impl Store for MeteredStore {
             .await
     }
 
+    async fn rollouts(&self, org_id: String, limit: u32) -> Result<Vec<Rollout>, StoreError> {
+        self.timed("rollouts", self.inner.rollouts(org_id, limit))
+            .await
+    }
+
     async fn policy(
         &self,
         org_id: String,

@@ -143,6 +143,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The org's latest shadow run (the highest number), ended or not.
     async fn shadow_run(&self, org_id: String) -> Result<Option<ShadowRun>, StoreError>;
 
+    /// The org's rollouts, newest first, at most `limit`.
+    async fn rollouts(&self, org_id: String, limit: u32) -> Result<Vec<Rollout>, StoreError>;
+
     /// Enrolls an agent and stores its token hash, together.
     async fn insert_agent(
         &self,

@@ -1,5 +1,6 @@
 // The fleet: every agent of the org with whether it is online, when it was last seen, the
-// policy version it runs, whether that is outdated, and its last error; filtered by state and
+// policy version it runs, whether that is outdated (against the version the server assigns
+// it: the org's latest, or a rollout's stage), a version it refused, and its last error; filtered by state and
 // searched by host, id, version or error (`/` focuses the search).
 
 import {api} from '../api.js';
@@ -13,6 +14,13 @@ const FILTERS = [
   ['outdated', 'Outdated'],
   ['errors', 'Reporting an error'],
 ];
+
+/** What the agent said of the last version offered, when it did not run it. */
+function ackBadge(agent) {
+  const ack = agent.ack;
+  if (!ack || ack.status === 'applied') return null;
+  return h('span', {class: 'badge refused', title: ack.error || null, text: `${ack.status} ${ack.version}`});
+}
 
 export default function fleet() {
   let agents = null;
@@ -87,7 +95,10 @@ export default function fleet() {
         : h('span', {class: 'badge off', text: 'offline'})),
       h('td', {}, time(agent.lastSeen)),
       h('td', {}, agent.policyVersion ? h('span', {class: 'mono', text: agent.policyVersion}) : h('span', {class: 'muted', text: 'none'}),
-        agent.outdated ? h('span', {class: 'badge warn', text: 'outdated'}) : null),
+        agent.outdated ? h('span', {class: 'badge warn', title: agent.assignedVersion ? `should run ${agent.assignedVersion}` : null, text: 'outdated'}) : null,
+        ackBadge(agent),
+        agent.assignment && agent.assignment !== "the org's latest version"
+          ? h('span', {class: 'assignment muted', text: ` ${agent.assignedVersion}: ${agent.assignment}`}) : null),
       h('td', {class: 'error-text'}, agent.lastError ? agent.lastError : h('span', {class: 'muted', text: '—'})),
       h('td', {}, time(agent.enrolledAt)));
   }

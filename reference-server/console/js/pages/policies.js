@@ -1,10 +1,11 @@
 // Policies: the org's versions (newest first, paged; signed ones marked with their key id),
-// one version's signature, rules and JSON, and a line diff between any two versions. The page is a list beside a detail made of sections
+// one version's signature, rules and JSON, its staged rollout (state, stages, where each agent
+// stands; pause, resume, advance, abort), and a line diff between any two versions. The page is a list beside a detail made of sections
 // (`sections(version)`), so later views of a version (its rollout and stages) are one more
 // section, and the routes (`#/policies/v3`, `#/policies/diff/v1/v3`) one more case.
 
 import {api, policyVersion} from '../api.js';
-import {h, replace, empty, failure, field, time} from '../dom.js';
+import {h, replace, empty, failure, field, notify, confirm, time} from '../dom.js';
 import {count, describeConfig, exact} from '../format.js';
 import {diffLines} from '../diff.js';
 import {setDraft} from './editor.js';
@@ -23,6 +24,9 @@ export default function policies({params, navigate}) {
   const compare = h('form', {class: 'compare', id: 'compare-form', 'aria-label': 'Compare two versions'},
     h('h2', {text: 'Compare'}), field('From', from), field('To', to),
     h('button', {type: 'submit', class: 'primary small', id: 'compare', text: 'Show diff'}));
+  // The rollout of the version shown: redrawn on every load (a rollout moves; versions do not).
+  const rolloutBox = h('section', {class: 'rollout', id: 'rollout', 'aria-labelledby': 'rollout-title', hidden: true});
+  let rollouts = [];
   const detail = h('div', {class: 'detail', id: 'policy-detail'}, h('p', {class: 'loading', text: 'Loading versions…'}));
   const aside = h('aside', {class: 'side', 'aria-label': 'Versions'}, h('h2', {text: 'Versions'}), list, more, compare);
   const node = h('section', {class: 'page policies', 'aria-labelledby': 'policies-title'},
@@ -100,7 +104,9 @@ export default function policies({params, navigate}) {
       h('p', {class: 'meta'}, `Created ${exact(policy.createdAt)} · ${count(policy.rules.length, 'rule')}, ${enabled} enabled · `,
         h('span', {class: 'mono', text: policy.id})),
       signatureLine(policy),
+      rolloutBox,
       ...sections(policy));
+    renderRollout(policy.version);
   }
 
   /** The sections of a version's detail, in order. */
@@ -119,6 +125,64 @@ export default function policies({params, navigate}) {
         h('h3', {id: 'document-title', text: 'Document'}),
         h('pre', {class: 'json', id: 'policy-json', tabindex: '0', text: JSON.stringify(documentOf(policy), null, 2)})),
     ];
+  }
+
+  /** The newest rollout of `version`, if any, with its stages, agents and operations. */
+  function renderRollout(version) {
+    const rollout = rollouts.find((r) => r.version === version);
+    rolloutBox.hidden = !rollout;
+    if (!rollout) {
+      replace(rolloutBox);
+      return;
+    }
+    const active = rollout.state === 'running' || rollout.state === 'paused';
+    const stateClass = {running: 'ok', paused: 'warn', completed: 'ok', rolled_back: 'refused', aborted: 'off'}[rollout.state] || 'off';
+    const operations = active ? (rollout.state === 'running' ? ['pause', 'advance', 'abort'] : ['resume', 'advance', 'abort']) : [];
+    const buttons = operations.map((operation) => {
+      const button = h('button', {type: 'button', class: operation === 'abort' ? 'danger small' : 'secondary small',
+        id: `rollout-${operation}`, text: operation[0].toUpperCase() + operation.slice(1)});
+      button.addEventListener('click', () => operate(rollout, operation, button));
+      return button;
+    });
+    const stages = rollout.stages.map((stage, index) => h('li', {class: index === rollout.stage && active ? 'current' : index < rollout.stage ? 'done' : ''},
+      `Stage ${index + 1}: `,
+      stage.percent ? `${stage.percent} % of the agents` : null,
+      stage.percent && stage.agents && stage.agents.length ? ' and ' : null,
+      stage.agents && stage.agents.length ? h('span', {class: 'mono', text: stage.agents.join(', ')}) : null,
+      stage.soakSecs ? ` · soaks ${stage.soakSecs} s` : null,
+      index === rollout.stage && active ? h('span', {class: 'badge ok', text: 'in force'}) : null));
+    replace(rolloutBox,
+      h('h3', {id: 'rollout-title'}, 'Rollout ', h('span', {class: 'mono', text: rollout.id})),
+      h('p', {class: 'meta'},
+        h('span', {class: `badge ${stateClass}`, id: 'rollout-state', text: rollout.state.replace('_', ' ')}),
+        ` from ${rollout.previous} · stage ${Math.min(rollout.stage + 1, rollout.stages.length)} of ${rollout.stages.length}`,
+        ` · gate: at most ${count(rollout.gate.maxFailures, 'refusal')}, ${count(rollout.gate.maxSilent, 'silent agent')} (silent after ${rollout.gate.silentAfterSecs} s)`),
+      rollout.reason ? h('p', {class: 'error-text', id: 'rollout-reason', text: rollout.reason}) : null,
+      h('ol', {class: 'stages'}, stages),
+      buttons.length ? h('div', {class: 'actions'}, buttons) : null);
+  }
+
+  async function operate(rollout, operation, button) {
+    if (operation === 'abort') {
+      const yes = await confirm({
+        title: `Abort the rollout of ${rollout.version}?`,
+        body: [`The agents of its stage are sent ${rollout.previous} again now.`, 'An aborted rollout cannot be resumed.'],
+        confirmLabel: 'Abort rollout',
+        danger: true,
+      });
+      if (!yes) {
+        button.focus();
+        return;
+      }
+    }
+    button.disabled = true;
+    try {
+      const answer = await api('POST', `/api/rollouts/${encodeURIComponent(rollout.id)}/${operation}`);
+      notify('ok', `Rollout of ${answer.version}: ${answer.state.replace('_', ' ')}.`);
+    } catch (error) {
+      notify('error', `Could not ${operation} the rollout of ${rollout.version}: ${error.message}`);
+    }
+    await load();
   }
 
   async function showDiff(a, b) {
@@ -153,7 +217,8 @@ export default function policies({params, navigate}) {
 
   async function load() {
     try {
-      await page(null);
+      [, rollouts] = await Promise.all([page(null),
+        api('GET', '/api/rollouts', {params: {limit: 20}}).then((answer) => answer.rollouts)]);
       if (versions.length === 0) {
         replace(detail, empty('No policy has been published in this org yet.', 'Write one in the Editor: it is checked by the server before you publish it.'));
         return;
@@ -161,7 +226,10 @@ export default function policies({params, navigate}) {
       // Versions never change: the detail is redrawn only when what it shows is another one
       // (a new latest version), so a refresh keeps the reader's place and focus.
       const key = params[0] === 'diff' ? `diff/${params[1]}/${params[2]}` : params[0] || latest.version;
-      if (key === shown) return;
+      if (key === shown) {
+        if (params[0] !== 'diff') renderRollout(params[0] || latest.version);
+        return;
+      }
       if (params[0] === 'diff') await showDiff(params[1], params[2]);
       else await showVersion(params[0] || latest.version);
       shown = key;

@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
+use serde::Serialize;
 use serde_json::Value;
 use warp::http::StatusCode;
 
+use super::approvals::page_limit;
 use super::policies::publication;
 use super::{Answer, ok};
 use crate::app::AppState;
@@ -13,6 +15,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::fleet::rollouts::{self, Operation, RolloutRequest};
 use crate::http::filters::{Query, org_query};
+use crate::store::Rollout;
 
 /// `POST /api/rollouts` (admin): stores `policy` as the org's next version and starts its
 /// rollout; 201 with the rollout.
@@ -38,9 +41,31 @@ pub async fn create(
     ok(StatusCode::CREATED, &view)
 }
 
+/// `GET /api/rollouts?limit=` (admin): the org's rollouts, newest first.
+pub async fn list(principal: Principal, query: Query, state: Arc<AppState>) -> Answer {
+    let org = principal.read_org(org_query(&query))?;
+    let limit = page_limit(&query)?;
+    let rollouts = rollouts::list(&*state.store, &state.publisher, org, limit).await?;
+    ok(StatusCode::OK, &RolloutList { rollouts })
+}
+
+/// `GET /api/rollouts` answer.
+#[derive(Debug, Serialize)]
+struct RolloutList {
+    /// Newest first.
+    rollouts: Vec<Rollout>,
+}
+
 /// `GET /api/rollouts/:id` (admin of its org): the rollout and where each agent stands.
-pub async fn get(id: String, principal: Principal, _query: Query, state: Arc<AppState>) -> Answer {
-    let view = rollouts::get(&*state.store, &state.publisher, &principal, &id).await?;
+pub async fn get(id: String, principal: Principal, query: Query, state: Arc<AppState>) -> Answer {
+    let view = rollouts::get(
+        &*state.store,
+        &state.publisher,
+        &principal,
+        org_query(&query),
+        &id,
+    )
+    .await?;
     ok(StatusCode::OK, &view)
 }
 
@@ -49,7 +74,7 @@ pub async fn operate(
     id: String,
     operation: String,
     principal: Principal,
-    _query: Query,
+    query: Query,
     state: Arc<AppState>,
 ) -> Answer {
     let operation = Operation::parse(&operation).ok_or_else(|| {
@@ -57,7 +82,14 @@ pub async fn operate(
             "unknown rollout operation `{operation}`, expected `pause`, `resume`, `advance` or `abort`"
         ))
     })?;
-    let view =
-        rollouts::operate(&*state.store, &state.publisher, &principal, &id, operation).await?;
+    let view = rollouts::operate(
+        &*state.store,
+        &state.publisher,
+        &principal,
+        org_query(&query),
+        &id,
+        operation,
+    )
+    .await?;
     ok(StatusCode::OK, &view)
 }

@@ -202,6 +202,11 @@ impl Store for SqliteStore {
         self.call(move |conn| shadows::latest(conn, &org_id)).await
     }
 
+    async fn rollouts(&self, org_id: String, limit: u32) -> Result<Vec<Rollout>> {
+        self.call(move |conn| rollouts::of_org(conn, &org_id, limit))
+            .await
+    }
+
     async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<()> {
         if sent.is_empty() {
             return Ok(());

@@ -45,3 +45,18 @@ pub fn one(conn: &mut Connection, id: &str) -> Result<Option<Rollout>> {
         .optional()?;
     Ok(text.map(|t| serde_json::from_str(&t)).transpose()?)
 }
+
+/// The rollouts of `org_id`, newest first, at most `limit`.
+pub fn of_org(conn: &mut Connection, org_id: &str, limit: u32) -> Result<Vec<Rollout>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT record FROM rollouts WHERE org_id = ?1
+         ORDER BY created_ms DESC, rowid DESC LIMIT ?2",
+    )?;
+    let texts = stmt
+        .query_map(params![org_id, limit], |row| row.get::<_, String>(0))?
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(texts
+        .iter()
+        .map(|t| serde_json::from_str(t))
+        .collect::<std::result::Result<Vec<_>, _>>()?)
+}
