@@ -243,6 +243,12 @@ async fn the_shadow_difference_is_what_enforcement_then_does_on_the_same_events(
         .collect();
     assert_eq!(actions, ["shadow_ended", "shadow_started"]);
 
+    let line = agent_b.next_line().await;
+    assert!(
+        line.contains("\"block_ip\"") && line.contains("198.51.100.9"),
+        "{line}"
+    );
+
     let (code, _) = agent_a.finish().await;
     assert_eq!(code, Some(0));
     let (code, _) = agent_b.finish().await;
