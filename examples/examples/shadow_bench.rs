@@ -54,11 +54,11 @@ fn live(document: &str, shadow: Option<&str>) -> anyhow::Result<LiveEngine> {
         Policy::from_json(document.as_bytes())?,
     )?;
     if let Some(shadow) = shadow {
-        let value: Value = serde_json::from_str(shadow)?;
-        let mut event: ShadowEvent = serde_json::from_value(serde_json::json!({
-            "shadow": 1, "name": value["name"], "rules": value["rules"]
-        }))?;
-        event.created_at = None;
+        let mut value: Value = serde_json::from_str(shadow)?;
+        if let Some(document) = value.as_object_mut() {
+            document.insert("shadow".to_owned(), Value::from(1));
+        }
+        let event: ShadowEvent = serde_json::from_value(value)?;
         live.start_shadow(event)?;
     }
     Ok(live)

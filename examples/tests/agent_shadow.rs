@@ -5,7 +5,12 @@
 //! version, replaying the same events makes the enforced counts per rule equal the shadow
 //! run's earlier would-be counts, and the agents' acks count the same actions.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod agent_common;
 
