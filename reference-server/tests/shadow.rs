@@ -164,6 +164,10 @@ async fn a_shadow_run_is_pushed_checked_and_compared_without_touching_the_enforc
             (Some(*path), Some(*message))
         );
     }
+    // The refused heartbeats still counted: the agent was seen and runs v1.
+    let (_, agents) = t.get("/api/agents", ADMIN).await;
+    assert_eq!(agents["data"][0]["policyVersion"], "v1");
+    assert!(agents["data"][0]["lastSeen"].is_string(), "{agents}");
     let (_, audit) = t.get("/api/audit?action=shadow_report", ADMIN).await;
     assert_eq!(
         audit["data"]["entries"].as_array().unwrap().len(),

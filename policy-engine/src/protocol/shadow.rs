@@ -121,7 +121,8 @@ pub struct ShadowReport {
     #[serde(with = "time::millis")]
     pub since: DateTime<Utc>,
     /// The enforced version: per rule, the actions it emitted (executed for rules in enforce
-    /// mode, would-be for rules in shadow mode).
+    /// mode, would-be for rules in shadow mode); only its shadow-mode rules while no shadow
+    /// run runs.
     pub enforced: EnforcedTally,
     /// The shadow run's would-be actions per rule, when one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,12 +5,12 @@
 //! enforced engine saw, after it: the enforced engine's state and latency do not change, and
 //! nothing the shadow emits reaches an executor.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use chrono::{DateTime, Utc};
 
-use crate::action::ActionRecord;
-use crate::engine::{Engine, EngineConfig};
+use crate::action::{Action, ActionRecord};
+use crate::engine::{ActionCounts, Engine, EngineConfig};
 use crate::event::ThreatEvent;
 use crate::policy::{Policy, PolicyVersion};
 use crate::protocol::{
@@ -24,6 +24,8 @@ pub(crate) struct Shadows {
     candidate: Option<Candidate>,
     /// Whether the enforced policy has rules in shadow mode.
     shadow_rules: bool,
+    /// Rules of the enforced policy (the size of its tally).
+    enforced_rules: usize,
     since: Option<DateTime<Utc>>,
     enforced: Tally,
 }
@@ -35,14 +37,16 @@ struct Candidate {
     tally: Tally,
 }
 
-/// Per rule index: actions by name and the latest samples.
+/// Per rule index: actions by type and the latest ones with their time. Kept cheap on the
+/// event path (a counter, a move or clone of the action into a ring of
+/// [`MAX_SHADOW_SAMPLES_PER_RULE`]); names and targets are written only for a report.
 #[derive(Debug, Default)]
-struct Tally(BTreeMap<usize, RuleCounts>);
+struct Tally(Vec<RuleCounts>);
 
 #[derive(Debug, Default)]
 struct RuleCounts {
-    actions: BTreeMap<&'static str, u64>,
-    samples: VecDeque<ActionSample>,
+    actions: ActionCounts,
+    samples: VecDeque<(Action, DateTime<Utc>)>,
 }
 
 impl Shadows {
@@ -59,6 +63,7 @@ impl Shadows {
     /// A new enforced policy: its tallies start over.
     pub(crate) fn enforced_changed(&mut self, policy: &Policy, now: DateTime<Utc>) {
         self.shadow_rules = policy.rules.iter().any(|r| !r.mode.is_enforce());
+        self.enforced_rules = policy.rules.len();
         self.restart(now);
     }
 
@@ -73,8 +78,8 @@ impl Shadows {
     ) {
         self.candidate = Some(Candidate {
             shadow,
+            tally: Tally::sized(policy.rules.len()),
             engine: Engine::new(policy, PolicyVersion::new(0), config),
-            tally: Tally::default(),
         });
         self.restart(now);
     }
@@ -91,14 +96,15 @@ impl Shadows {
 
     fn restart(&mut self, now: DateTime<Utc>) {
         self.since = Some(now);
-        self.enforced = Tally::default();
+        self.enforced = Tally::sized(self.enforced_rules);
         if let Some(candidate) = &mut self.candidate {
-            candidate.tally = Tally::default();
+            candidate.tally = Tally::sized(candidate.engine.policy().rules.len());
         }
     }
 
-    /// Counts what the enforced engine emitted for one event (executed and would-be), then runs
-    /// the event through the shadow run's engine and counts what it would have done.
+    /// Counts what the enforced engine emitted for one event (executed and would-be; only the
+    /// would-be actions while no shadow run needs the enforced side), then runs the event
+    /// through the shadow run's engine and counts what it would have done.
     pub(crate) fn observe(
         &mut self,
         enforced: &[ActionRecord],
@@ -106,13 +112,18 @@ impl Shadows {
         event: &ThreatEvent,
         now: DateTime<Utc>,
     ) {
-        for record in enforced.iter().chain(would_be) {
-            self.enforced.count(record, now);
+        if self.candidate.is_some() {
+            for record in enforced {
+                self.enforced.count(record.rule, record.action.clone(), now);
+            }
+        }
+        for record in would_be {
+            self.enforced.count(record.rule, record.action.clone(), now);
         }
         if let Some(candidate) = &mut self.candidate {
             let evaluation = candidate.engine.process(event, now);
-            for record in evaluation.actions.iter().chain(&evaluation.shadow) {
-                candidate.tally.count(record, now);
+            for record in evaluation.actions.into_iter().chain(evaluation.shadow) {
+                candidate.tally.count(record.rule, record.action, now);
             }
         }
     }
@@ -141,40 +152,53 @@ impl Shadows {
 }
 
 impl Tally {
-    fn count(&mut self, record: &ActionRecord, now: DateTime<Utc>) {
-        let counts = self.0.entry(record.rule).or_default();
-        let name = record.action.name();
-        *counts.actions.entry(name).or_default() += 1;
+    fn sized(rules: usize) -> Self {
+        Self(
+            std::iter::repeat_with(RuleCounts::default)
+                .take(rules)
+                .collect(),
+        )
+    }
+
+    fn count(&mut self, rule: usize, action: Action, now: DateTime<Utc>) {
+        let Some(counts) = self.0.get_mut(rule) else {
+            return;
+        };
+        counts.actions.record(&action);
         if counts.samples.len() == MAX_SHADOW_SAMPLES_PER_RULE {
             counts.samples.pop_front();
         }
-        counts.samples.push_back(ActionSample {
-            action: name.to_owned(),
-            target: action_target(&record.action),
-            at: now,
-        });
+        counts.samples.push_back((action, now));
     }
 
+    /// The rules that counted something, with their latest samples within `budget`.
     fn rules(&self, budget: &mut usize) -> Vec<RuleTally> {
         self.0
             .iter()
-            .map(|(&rule, counts)| {
+            .enumerate()
+            .filter(|(_, counts)| !counts.actions.is_zero())
+            .map(|(rule, counts)| {
                 let take = counts.samples.len().min(*budget);
                 *budget -= take;
+                let skip = counts.samples.len() - take;
                 RuleTally {
                     rule,
                     actions: counts
                         .actions
+                        .by_type()
                         .iter()
+                        .filter(|(_, n)| *n > 0)
                         .map(|(name, n)| ((*name).to_owned(), *n))
                         .collect(),
                     samples: counts
                         .samples
                         .iter()
-                        .rev()
-                        .take(take)
-                        .rev()
-                        .cloned()
+                        .skip(skip)
+                        .map(|(action, at)| ActionSample {
+                            action: action.name().to_owned(),
+                            target: action_target(action),
+                            at: *at,
+                        })
                         .collect(),
                 }
             })
@@ -238,21 +262,27 @@ mod tests {
 
     #[test]
     fn samples_keep_the_latest_per_rule() {
-        let mut tally = Tally::default();
+        let mut tally = Tally::sized(3);
         let now: DateTime<Utc> = "2026-03-07T12:00:00Z".parse().unwrap();
         for pid in 0..(MAX_SHADOW_SAMPLES_PER_RULE as u32 + 3) {
-            tally.count(
-                &ActionRecord {
-                    action: crate::Action::KillProcess { pid, process: None },
-                    rule: 2,
-                    policy_version: PolicyVersion::new(1),
-                    event_id: None,
-                },
-                now,
-            );
+            tally.count(2, Action::KillProcess { pid, process: None }, now);
         }
+        tally.count(
+            7,
+            Action::KillProcess {
+                pid: 1,
+                process: None,
+            },
+            now,
+        );
         let mut budget = 3;
         let rules = tally.rules(&mut budget);
+        assert_eq!(
+            rules.len(),
+            1,
+            "only rules that counted, none past the policy's"
+        );
+        assert_eq!(rules[0].rule, 2);
         assert_eq!(rules[0].actions["kill_process"], 8);
         let targets: Vec<&str> = rules[0].samples.iter().map(|s| s.target.as_str()).collect();
         assert_eq!(

@@ -157,14 +157,15 @@ pub async fn heartbeat(
     let version = request.policy_version;
     let acked = request.ack.is_some();
     let shadow = match request.shadow {
-        Some(report) => match shadows::check_report(store, &org, &agent_id, report).await {
-            Ok(checked) => Some(checked),
-            Err(error) => {
-                shadows::audit_refusal(store, &org, &agent_id, &error).await;
-                return Err(error);
-            }
-        },
+        Some(report) => Some(shadows::check_report(store, &org, &agent_id, report).await),
         None => None,
+    };
+    // A refused shadow report is answered 422, but the heartbeat itself still counts: the
+    // agent is alive and runs what it says (a rollout gate must not see it as silent).
+    let (shadow, refused) = match shadow {
+        Some(Ok(checked)) => (Some(checked), None),
+        Some(Err(error)) => (None, Some(error)),
+        None => (None, None),
     };
     store
         .heartbeat(Heartbeat {
@@ -176,6 +177,10 @@ pub async fn heartbeat(
             at: clock::now(),
         })
         .await?;
+    if let Some(error) = refused {
+        shadows::audit_refusal(store, &org, &agent_id, &error).await;
+        return Err(error);
+    }
     if acked
         || store
             .latest_rollout(org.clone())
