@@ -598,3 +598,111 @@ pub async fn audit_refusal(store: &dyn Store, org: &str, agent_id: &str, error: 
     )
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy_engine::protocol::{ActionSample, CandidateTally, EnforcedTally};
+    use serde_json::json;
+
+    fn policy(rules: serde_json::Value) -> Policy {
+        Policy::from_value(&json!({"name": "p", "rules": rules})).unwrap()
+    }
+
+    fn tally(rule: usize, name: &str, n: u64, targets: &[&str]) -> RuleTally {
+        RuleTally {
+            rule,
+            actions: [(name.to_owned(), n)].into(),
+            samples: targets
+                .iter()
+                .map(|t| ActionSample {
+                    action: name.to_owned(),
+                    target: (*t).to_owned(),
+                    at: clock::from_ms(0),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn rules_produce_only_their_own_action_names() {
+        let rules = policy(json!([
+            {"type": "block_ip", "config": {"trigger": "bf", "threshold": 3, "duration": "1h", "scope": "host"}},
+            {"type": "auto_respond", "config": {"trigger": "m", "action": "kill_process", "minConfidence": 0.5}},
+            {"type": "custom", "config": {"condition": "type == \"x\"", "action": "quarantine_file"}},
+            {"type": "custom", "config": {"condition": "type == \"x\"", "action": "notify_soc"}},
+            {"type": "alert_threshold", "config": {"severity": "high", "countPerHour": 1, "notifyChannels": ["ops"]}}
+        ]))
+        .rules;
+        let can = |i: usize, name: &str| produces(&rules[i], name);
+        assert!(can(0, "block_ip") && !can(0, "alert"));
+        assert!(can(1, "kill_process") && can(1, "approval_request") && !can(1, "block_ip"));
+        assert!(can(2, "quarantine_file") && !can(2, "custom"));
+        assert!(can(3, "custom") && !can(3, "notify_soc"));
+        assert!(can(4, "alert") && !can(4, "kill_process"));
+    }
+
+    /// Rule 1 of the enforced version is in shadow mode: not counted as executed; rule 1 of
+    /// the run is enforced: all of it would be added.
+    #[test]
+    fn the_difference_counts_what_each_side_would_execute() {
+        let enforced = policy(json!([
+            {"type": "block_ip", "config": {"trigger": "bf", "threshold": 5, "duration": "1h", "scope": "host"}},
+            {"type": "auto_respond", "mode": "shadow", "config": {"trigger": "m", "action": "kill_process", "minConfidence": 0.5}}
+        ]));
+        let candidate = policy(json!([
+            {"type": "block_ip", "config": {"trigger": "bf", "threshold": 3, "duration": "1h", "scope": "host"}},
+            {"type": "auto_respond", "config": {"trigger": "m", "action": "kill_process", "minConfidence": 0.5}}
+        ]));
+        let report = |shadow_blocks, enforced_blocks, targets: &[&str]| ShadowReport {
+            since: clock::from_ms(0),
+            enforced: EnforcedTally {
+                version: PolicyVersion::new(1),
+                rules: vec![
+                    tally(0, "block_ip", enforced_blocks, &[]),
+                    tally(1, "kill_process", 2, &["42"]),
+                ],
+            },
+            candidate: Some(CandidateTally {
+                shadow: 1,
+                rules: vec![
+                    tally(0, "block_ip", shadow_blocks, targets),
+                    tally(1, "kill_process", 2, &["42"]),
+                ],
+            }),
+        };
+        let a = report(4, 1, &["203.0.113.7", "203.0.113.8"]);
+        let b = report(1, 3, &["203.0.113.7"]);
+        let diffs = rule_diffs(
+            &candidate,
+            Some(&enforced),
+            &[("agent-a", &a), ("agent-b", &b)],
+        );
+        let json = serde_json::to_value(&diffs).unwrap();
+        assert_eq!(
+            json,
+            json!([
+                {"rule": 0, "type": "block_ip", "enforcedType": "block_ip",
+                 "shadow": {"block_ip": 5}, "enforced": {"block_ip": 4},
+                 "added": {"block_ip": 1}, "removed": {},
+                 "topTargets": [{"action": "block_ip", "target": "203.0.113.7", "count": 2},
+                                {"action": "block_ip", "target": "203.0.113.8", "count": 1}],
+                 "byAgent": [{"agentId": "agent-a", "shadow": 4, "enforced": 1},
+                             {"agentId": "agent-b", "shadow": 1, "enforced": 3}]},
+                {"rule": 1, "type": "auto_respond", "enforcedType": "auto_respond",
+                 "shadow": {"kill_process": 4}, "enforced": {},
+                 "added": {"kill_process": 4}, "removed": {},
+                 "topTargets": [{"action": "kill_process", "target": "42", "count": 2}],
+                 "byAgent": [{"agentId": "agent-a", "shadow": 2, "enforced": 0},
+                             {"agentId": "agent-b", "shadow": 2, "enforced": 0}]}
+            ])
+        );
+        let views = shadow_rule_views(&enforced, &[("agent-a", &a)]);
+        assert_eq!(
+            serde_json::to_value(&views).unwrap(),
+            json!([{"rule": 1, "type": "auto_respond", "wouldBe": {"kill_process": 2},
+                    "topTargets": [{"action": "kill_process", "target": "42", "count": 1}],
+                    "byAgent": [{"agentId": "agent-a", "wouldBe": 2}]}])
+        );
+    }
+}
