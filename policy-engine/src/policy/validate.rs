@@ -6,13 +6,13 @@ use super::json::{describe, join_index, join_key};
 use super::{
     AlertThreshold, AutoRespond, BlockIp, Budget, Budgets, CustomRule, FleetBudget, MAX_BUDGET,
     MAX_NAME_CHARS, MAX_RULES, MAX_THRESHOLD, OnExceed, Policy, PolicyDuration, PolicyError,
-    ResponseAction, Rule, RuleKind, Scope, ValidationError,
+    ResponseAction, Rule, RuleKind, RuleMode, Scope, ValidationError,
 };
 use crate::condition::Condition;
 use crate::severity::Severity;
 
 const POLICY_FIELDS: &[&str] = &["name", "description", "rules", "org_id", "orgId", "budgets"];
-const RULE_FIELDS: &[&str] = &["type", "config", "enabled"];
+const RULE_FIELDS: &[&str] = &["type", "config", "enabled", "mode"];
 const RULE_TYPES: &[&str] = &["block_ip", "alert_threshold", "auto_respond", "custom"];
 const BLOCK_IP_FIELDS: &[&str] = &["trigger", "threshold", "duration", "scope", "window"];
 const ALERT_FIELDS: &[&str] = &["severity", "countPerHour", "notifyChannels"];
@@ -133,6 +133,20 @@ fn rule(value: &Value, path: &str, errors: &mut Errors) -> Option<Rule> {
         Some((v, p)) => errors.boolean(v, &p),
         None => Some(true),
     };
+    let mode = match fields.optional("mode") {
+        Some((v, p)) => errors.string(v, &p).and_then(|name| match name {
+            "enforce" => Some(RuleMode::Enforce),
+            "shadow" => Some(RuleMode::Shadow),
+            other => {
+                errors.push(
+                    &p,
+                    format!("unknown mode `{other}`, expected `enforce` or `shadow`"),
+                );
+                None
+            }
+        }),
+        None => Some(RuleMode::Enforce),
+    };
     let rule_type = fields.required("type", errors).and_then(|(v, p)| {
         let name = errors.string(v, &p)?;
         if RULE_TYPES.contains(&name) {
@@ -161,6 +175,7 @@ fn rule(value: &Value, path: &str, errors: &mut Errors) -> Option<Rule> {
     };
     Some(Rule {
         enabled: enabled?,
+        mode: mode?,
         kind: kind?,
     })
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::{
     AlertThreshold, AutoRespond, BlockIp, Budget, Budgets, CustomRule, FleetBudget, OnExceed,
-    Policy, PolicyDuration, ResponseAction, Rule, RuleKind, Scope,
+    Policy, PolicyDuration, ResponseAction, Rule, RuleKind, RuleMode, Scope,
 };
 use crate::severity::Severity;
 
@@ -101,7 +101,8 @@ impl From<&Budgets> for BudgetsDocument {
     }
 }
 
-/// One rule: `{"type", "config", "enabled"}`.
+/// One rule: `{"type", "config", "enabled", "mode"?}`. `mode` is written only for a shadow
+/// rule, so that documents without shadow rules are exactly what agents before rule modes read.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RuleDocument {
     /// `type` and `config`
@@ -109,6 +110,9 @@ pub struct RuleDocument {
     pub config: RuleConfig,
     /// `enabled`
     pub enabled: bool,
+    /// `mode`
+    #[serde(skip_serializing_if = "RuleMode::is_enforce")]
+    pub mode: RuleMode,
 }
 
 /// The `type` tag with its `config` object.
@@ -242,6 +246,7 @@ impl From<&Rule> for RuleDocument {
         Self {
             config,
             enabled: rule.enabled,
+            mode: rule.mode,
         }
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::fields::{Fields, org_field};
+use super::shadow::ShadowReport;
 use super::time;
 use crate::policy::json::{describe, join_key};
 use crate::policy::{PolicyVersion, ValidationError};
@@ -108,7 +109,7 @@ pub struct AgentIdentity {
 /// ```
 /// use policy_engine::PolicyVersion;
 /// use policy_engine::protocol::HeartbeatRequest;
-/// let request = HeartbeatRequest { policy_version: Some(PolicyVersion::new(2)), last_error: None, ack: None };
+/// let request = HeartbeatRequest { policy_version: Some(PolicyVersion::new(2)), last_error: None, ack: None, shadow: None };
 /// let json = serde_json::to_value(&request).unwrap();
 /// assert_eq!(json, serde_json::json!({"policyVersion": "v2"}));
 /// assert_eq!(HeartbeatRequest::from_value(&json).unwrap(), request);
@@ -126,6 +127,10 @@ pub struct HeartbeatRequest {
     /// heartbeat answer said [`HeartbeatAnswer::accepts_acks`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ack: Option<VersionAck>,
+    /// Would-be actions of what runs in shadow, per rule, beside the enforced version's; sent
+    /// only to a server whose heartbeat answer said [`HeartbeatAnswer::accepts_shadow`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowReport>,
 }
 
 impl HeartbeatRequest {
@@ -133,8 +138,8 @@ impl HeartbeatRequest {
     /// [`MAX_LAST_ERROR_CHARS`].
     pub fn from_value(value: &Value) -> Result<Self, Vec<ValidationError>> {
         let mut fields = Fields::default();
-        let (policy_version, last_error, ack) =
-            match fields.object(value, "", &["policyVersion", "lastError", "ack"]) {
+        let (policy_version, last_error, ack, shadow) =
+            match fields.object(value, "", &["policyVersion", "lastError", "ack", "shadow"]) {
                 Some(map) => {
                     let version = version_field(&mut fields, map, "", "policyVersion");
                     let last_error = fields
@@ -144,15 +149,20 @@ impl HeartbeatRequest {
                         None | Some(Value::Null) => None,
                         Some(ack) => VersionAck::read(&mut fields, ack, "ack"),
                     };
-                    (version, last_error, ack)
+                    let shadow = match map.get("shadow") {
+                        None | Some(Value::Null) => None,
+                        Some(shadow) => ShadowReport::read(&mut fields, shadow, "shadow"),
+                    };
+                    (version, last_error, ack, shadow)
                 }
-                None => (None, None, None),
+                None => (None, None, None, None),
             };
         fields.finish()?;
         Ok(Self {
             policy_version,
             last_error,
             ack,
+            shadow,
         })
     }
 }
@@ -322,7 +332,11 @@ impl VersionAck {
     }
 }
 
-fn read_action_counts(fields: &mut Fields, value: &Value, path: &str) -> BTreeMap<String, u64> {
+pub(super) fn read_action_counts(
+    fields: &mut Fields,
+    value: &Value,
+    path: &str,
+) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     let Value::Object(map) = value else {
         fields.push(
@@ -364,7 +378,7 @@ fn read_action_counts(fields: &mut Fields, value: &Value, path: &str) -> BTreeMa
 }
 
 /// An optional policy version field.
-fn version_field(
+pub(super) fn version_field(
     fields: &mut Fields,
     map: &Map<String, Value>,
     path: &str,
@@ -399,4 +413,7 @@ pub struct HeartbeatAnswer {
     /// The server reads [`HeartbeatRequest::ack`] (absent from older servers: `false`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accepts_acks: bool,
+    /// The server reads [`HeartbeatRequest::shadow`] (absent from older servers: `false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accepts_shadow: bool,
 }

@@ -1,18 +1,19 @@
 //! The running engine shared by the event loop and the sync task, swapped atomically on update.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+use super::shadow::Shadows;
 use super::{ApplyError, PolicyUpdate, StoredPolicy};
 use crate::engine::{Diagnostic, Engine, EngineConfig, Evaluation};
 use crate::event::ThreatEvent;
 use crate::policy::{Budgets, Policy, PolicyVersion};
-use crate::protocol::{AckStatus, VersionAck};
+use crate::protocol::{AckStatus, ShadowEvent, ShadowReport, VersionAck};
 use crate::signing::{KeyRing, SignatureError};
 
 /// What the agent's sync side knows, published on every change (see [`LiveEngine::subscribe`]).
@@ -119,6 +120,10 @@ struct Inner {
     condition_errors: AtomicU64,
     /// The running policy's action budgets, apart so that the dispatcher reads them cheaply.
     budgets: Mutex<Budgets>,
+    /// The shadow run and the per-rule tallies; locked only while something runs in shadow.
+    shadows: Mutex<Shadows>,
+    /// Whether something runs in shadow (a shadow run, or a rule in shadow mode).
+    shadow_active: AtomicBool,
 }
 
 /// What an agent pinned to operator keys checks: the keys, and the org they must have signed
@@ -152,12 +157,17 @@ impl LiveEngine {
                 events: AtomicU64::new(0),
                 condition_errors: AtomicU64::new(0),
                 budgets: Mutex::new(Budgets::default()),
+                shadows: Mutex::new(Shadows::default()),
+                shadow_active: AtomicBool::new(false),
             }),
         }
     }
 
     /// Runs one event through the current policy at time `now`.
     /// Counts it, whether a condition failed on it, and its actions for the version's ack.
+    /// While something runs in shadow, the evaluation's actions and would-be actions are
+    /// tallied per rule and the event then runs through the shadow run's engine (after the
+    /// enforced engine's lock is released).
     pub fn process(&self, event: &ThreatEvent, now: DateTime<Utc>) -> Evaluation {
         let evaluation = match lock(&self.inner.engine).as_mut() {
             Some(engine) => {
@@ -174,6 +184,9 @@ impl LiveEngine {
             }
             None => Evaluation::default(),
         };
+        if self.inner.shadow_active.load(Ordering::Acquire) {
+            lock(&self.inner.shadows).observe(&evaluation.actions, &evaluation.shadow, event, now);
+        }
         if !evaluation.actions.is_empty() {
             let mut counts = lock(&self.inner.counts);
             for record in &evaluation.actions {
@@ -371,6 +384,13 @@ impl LiveEngine {
             }
         }
         *lock(&self.inner.budgets) = stored.policy.budgets;
+        {
+            let mut shadows = lock(&self.inner.shadows);
+            shadows.enforced_changed(&stored.policy, Utc::now());
+            self.inner
+                .shadow_active
+                .store(shadows.active(), Ordering::Release);
+        }
         *applied = Some(stored);
         drop(applied);
         lock(&self.inner.counts).clear();
@@ -381,6 +401,46 @@ impl LiveEngine {
             status.last_error = None;
         });
         Ok(Applied::Swapped { previous })
+    }
+
+    /// Starts the shadow run of a `shadow` event: its document is validated (strictly, as a
+    /// policy's) and evaluated beside the enforced policy from now on, replacing any shadow run
+    /// before it; nothing it emits is executed. The same run again changes nothing.
+    pub fn start_shadow(&self, event: ShadowEvent) -> Result<(), ApplyError> {
+        let shadow = event.shadow;
+        let policy = Policy::from_value(&event.into_document()).map_err(|error| {
+            ApplyError::Malformed(format!("shadow run {shadow} refused: {error}"))
+        })?;
+        let mut shadows = lock(&self.inner.shadows);
+        if shadows.running() != Some(shadow) {
+            shadows.start(shadow, policy, self.inner.config.clone(), Utc::now());
+        }
+        self.inner
+            .shadow_active
+            .store(shadows.active(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Ends shadow run `shadow`; false when it is not the one running.
+    pub fn end_shadow(&self, shadow: u64) -> bool {
+        let mut shadows = lock(&self.inner.shadows);
+        let ended = shadows.end(shadow, Utc::now());
+        self.inner
+            .shadow_active
+            .store(shadows.active(), Ordering::Release);
+        ended
+    }
+
+    /// The shadow run's number, if one runs.
+    pub fn shadow_run(&self) -> Option<u64> {
+        lock(&self.inner.shadows).running()
+    }
+
+    /// What runs in shadow counted since its start (see [`ShadowReport`]); `None` when nothing
+    /// runs in shadow or no policy is applied.
+    pub fn shadow_report(&self) -> Option<ShadowReport> {
+        let version = self.version();
+        lock(&self.inner.shadows).report(version)
     }
 
     fn set_ack(&self, version: PolicyVersion, status: AckStatus, error: Option<String>) {

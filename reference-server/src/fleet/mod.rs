@@ -39,6 +39,7 @@ pub mod policies;
 pub mod quotas;
 pub mod reports;
 pub mod rollouts;
+pub mod shadows;
 pub mod streams;
 pub mod sweeper;
 pub mod views;

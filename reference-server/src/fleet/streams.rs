@@ -16,7 +16,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use super::changes::{Changes, Topic};
 use super::overrides::{self, Override};
-use super::views::{approval_event, block_event, policy_event};
+use super::views::{approval_event, block_event, policy_event, shadow_event};
 use crate::clock;
 use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
@@ -182,6 +182,11 @@ impl Publishing<'_> {
         })
     }
 
+    /// Queues a frame (a shadow run's start or end) to every stream of `org_id`.
+    pub fn send_frame(&self, org_id: &str, frame: &Frame) -> Delivery {
+        self.timed(frame.event, || self.hub.send_org(org_id, frame, None))
+    }
+
     /// Queues a fleet event to the open streams of one agent.
     pub fn send_agent(&self, org_id: &str, agent_id: &str, event: &FleetEvent) -> Delivery {
         self.timed(event.name(), || {
@@ -204,7 +209,8 @@ pub fn sent(agent_id: String, policy: &StoredPolicy, list: &[Override], now_ms: 
 /// version assigned to it, see [`assignment::assign`](super::assignment::assign)),
 /// then one `block` per fleet block of its org in force (reported by anyone, the agent itself
 /// included: a restarted reporter needs them too), then one `approval` per approved request of
-/// its own not yet executed; then every change as it happens. 503 once the server is stopping.
+/// its own not yet executed, then the org's shadow run if one runs; then every change as it
+/// happens. 503 once the server is stopping.
 pub async fn open(
     store: &dyn Store,
     publisher: &Publisher,
@@ -240,6 +246,13 @@ pub async fn open(
         initial.push(Frame::fleet(&FleetEvent::Approval(approval_event(
             &approval,
         ))));
+    }
+    if let Some(run) = store
+        .shadow_run(org_id.to_owned())
+        .await?
+        .filter(|r| r.ended_ms.is_none())
+    {
+        initial.push(Frame::shadow(&shadow_event(&run)));
     }
     let subscription = publishing
         .hub

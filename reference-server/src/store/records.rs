@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use policy_engine::protocol::{
-    ApprovalStatus, PolicySignature, ReportId, ReportKind, VersionAck, time,
+    ApprovalStatus, PolicySignature, ReportId, ReportKind, ShadowReport, VersionAck, time,
 };
 use policy_engine::{Action, ActionRecord, Policy, PolicyDuration, PolicyVersion};
 use serde::Serialize;
@@ -199,6 +199,39 @@ pub struct AgentRecord {
     pub last_error: Option<String>,
     /// The last ack it sent: what became of the last version offered to it.
     pub ack: Option<VersionAck>,
+    /// The last shadow report it sent (checked), with when it arrived.
+    pub shadow: Option<StoredShadowReport>,
+}
+
+/// A shadow report as stored with its agent: the report and when the server received it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredShadowReport {
+    /// When it arrived (the server's clock), in milliseconds since the epoch.
+    pub received_ms: i64,
+    /// The report.
+    pub report: ShadowReport,
+}
+
+/// A shadow run of an org (see `fleet::shadows`): a policy document every agent of the org
+/// evaluates beside its enforced version without executing it. The record the store keeps
+/// whole (as JSON in SQLite).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowRun {
+    /// Its org.
+    pub org_id: String,
+    /// Its number in the org: 1, 2, ...
+    pub shadow: u64,
+    /// The normalized policy document evaluated in shadow.
+    pub document: serde_json::Value,
+    /// Who started it (`admin`, `admin:<org>`).
+    pub started_by: String,
+    /// When it started, in milliseconds since the epoch.
+    pub started_ms: i64,
+    /// When an operator ended it; `None` while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<i64>,
 }
 
 /// One heartbeat of an agent.
@@ -212,6 +245,8 @@ pub struct Heartbeat {
     pub last_error: Option<String>,
     /// Its ack, if it sent one (`None` keeps the stored one).
     pub ack: Option<VersionAck>,
+    /// Its shadow report, checked, if it sent one (`None` keeps the stored one).
+    pub shadow: Option<StoredShadowReport>,
     /// When it arrived.
     pub at: DateTime<Utc>,
 }

@@ -138,6 +138,19 @@ CREATE TABLE rollouts (
 );
 CREATE INDEX rollouts_by_org ON rollouts (org_id, created_ms);
 "#,
+    // 9: an agent's last shadow report (`StoredShadowReport` JSON).
+    r#"
+ALTER TABLE agents ADD COLUMN shadow TEXT;
+"#,
+    // 10: shadow runs (the record as JSON), numbered per org.
+    r#"
+CREATE TABLE shadow_runs (
+    org_id TEXT    NOT NULL,
+    shadow INTEGER NOT NULL,
+    record TEXT    NOT NULL,
+    PRIMARY KEY (org_id, shadow)
+);
+"#,
 ];
 
 /// Applies the migrations `conn` lacks, each in its own transaction.

@@ -15,6 +15,7 @@ mod receipts;
 mod rollouts;
 mod rows;
 mod sent;
+mod shadows;
 mod summary;
 
 use std::collections::HashMap;
@@ -34,8 +35,8 @@ use serde_json::Value;
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, DecideError, Decision, Finish, FleetBlock,
     Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, OrgSummary, PendingDelivery,
-    PolicySummary, ReportReceipt, Rollout, SentPolicy, Store, StoreError, StoredOverrides,
-    StoredPolicy, Upserted,
+    PolicySummary, ReportReceipt, Rollout, SentPolicy, ShadowRun, Store, StoreError,
+    StoredOverrides, StoredPolicy, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -190,6 +191,15 @@ impl Store for SqliteStore {
 
     async fn rollout(&self, id: String) -> Result<Option<Rollout>> {
         self.call(move |conn| rollouts::one(conn, &id)).await
+    }
+
+    async fn put_shadow_run(&self, run: ShadowRun, entry: NewEntry) -> Result<()> {
+        self.call(move |conn| shadows::put(conn, &run, &entry))
+            .await
+    }
+
+    async fn shadow_run(&self, org_id: String) -> Result<Option<ShadowRun>> {
+        self.call(move |conn| shadows::latest(conn, &org_id)).await
     }
 
     async fn rollouts(&self, org_id: String, limit: u32) -> Result<Vec<Rollout>> {
