@@ -170,6 +170,7 @@ mod tests {
                 events,
                 condition_errors: errors,
             }),
+            shadow: None,
         }
     }
 

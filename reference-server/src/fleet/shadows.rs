@@ -551,6 +551,7 @@ fn run_policy(run: &ShadowRun) -> Policy {
         description: None,
         org_id: None,
         rules: Vec::new(),
+        budgets: Default::default(),
     })
 }
 
