@@ -350,8 +350,8 @@ async fn a_full_outbox_drops_the_oldest_and_the_heartbeat_says_so() {
     let error = seen["lastError"].as_str().unwrap();
     assert!(
         error.ends_with(
-            "(the outbox keeps at most 3 reports and 1048576 bytes while the server is \
-             unreachable); the audit misses them"
+            ": 2 because the outbox was full (it keeps at most 3 reports and 1048576 bytes \
+             while the server is unreachable); the audit misses them"
         ),
         "{error}"
     );
