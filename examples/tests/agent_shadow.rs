@@ -15,6 +15,7 @@
 mod agent_common;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agent_common::*;
@@ -67,30 +68,11 @@ async fn the_shadow_difference_is_what_enforcement_then_does_on_the_same_events(
     let ca = ca_file(data.path());
     let (id_a, token_a) = admin.enroll("a").await;
     let (id_b, token_b) = admin.enroll("b").await;
-    let args = |token: &str, state: &std::path::Path| -> Vec<String> {
-        [
-            "--server",
-            base.as_str(),
-            "--ca-cert",
-            ca.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--token",
-            token,
-            "--dry-run",
-            "--heartbeat-secs",
-            "0.2",
-            "--first-policy-wait-secs",
-            "0.2",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
-    };
+    let args = |token: &str, state: &Path| agent_args(&base, &ca, token, state);
     let args_a = args(&token_a, state_a.path());
     let args_b = args(&token_b, state_b.path());
-    let mut agent_a = AgentProcess::spawn(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
-    let mut agent_b = AgentProcess::spawn(&args_b.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut agent_a = AgentProcess::spawn_owned(&args_a);
+    let mut agent_b = AgentProcess::spawn_owned(&args_b);
 
     admin.post_policy(enforced()).await;
     for id in [&id_a, &id_b] {
