@@ -158,6 +158,21 @@ fn print_summary(engine: &Engine, skipped: &[LineError], skipped_count: usize) {
             by_type.join(", ")
         );
     }
+    let shadow: Vec<String> = stats
+        .shadow_actions
+        .by_type()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
+    if !shadow.is_empty() {
+        // Rules in shadow mode: their actions are not printed (nothing would execute them).
+        eprintln!(
+            "shadow actions (would-be, not taken): {} ({})",
+            stats.shadow_actions.total(),
+            shadow.join(", ")
+        );
+    }
     eprintln!("condition errors: {}", stats.condition_errors);
     eprintln!("missing targets: {}", stats.missing_targets);
     if stats.invalid_params > 0 {

@@ -7,6 +7,7 @@
 mod agent_common;
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 use agent_common::*;
 use policy_engine::signing::SigningKey;
@@ -29,26 +30,7 @@ async fn agents_ack_each_version_applied_or_refused_with_their_action_counts() {
 
     let (plain_id, plain_token) = admin.enroll("plain").await;
     let (pinned_id, pinned_token) = admin.enroll("pinned").await;
-    let args = |token: &str, state: &std::path::Path| -> Vec<String> {
-        [
-            "--server",
-            base.as_str(),
-            "--ca-cert",
-            ca.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--token",
-            token,
-            "--dry-run",
-            "--heartbeat-secs",
-            "0.2",
-            "--first-policy-wait-secs",
-            "0.2",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
-    };
+    let args = |token: &str, state: &Path| agent_args(&base, &ca, token, state);
     let plain_args = args(&plain_token, plain_state.path());
     let mut pinned_args = args(&pinned_token, pinned_state.path());
     pinned_args.extend([
@@ -57,8 +39,8 @@ async fn agents_ack_each_version_applied_or_refused_with_their_action_counts() {
         "--policy-org".to_owned(),
         "default".to_owned(),
     ]);
-    let mut plain = AgentProcess::spawn(&as_strs(&plain_args));
-    let _pinned = AgentProcess::spawn(&as_strs(&pinned_args));
+    let mut plain = AgentProcess::spawn_owned(&plain_args);
+    let _pinned = AgentProcess::spawn_owned(&pinned_args);
 
     admin.post_policy(policy(5)).await;
     let applied = admin
@@ -91,6 +73,9 @@ async fn agents_ack_each_version_applied_or_refused_with_their_action_counts() {
         })
         .await;
     assert_eq!(counted["ack"]["actions"], json!({"kill_process": 2}));
+    // And the events evaluated since, with those on which a condition failed (none here).
+    assert_eq!(counted["ack"]["events"], 2, "{counted}");
+    assert!(counted["ack"].get("conditionErrors").is_none(), "{counted}");
 
     // The agent's view says what it runs and why.
     let (status, view) = admin
@@ -119,8 +104,4 @@ async fn agents_ack_each_version_applied_or_refused_with_their_action_counts() {
         .await;
     assert_eq!(reapplied["ack"]["status"], "applied");
     assert!(reapplied["ack"].get("actions").is_none(), "{reapplied}");
-}
-
-fn as_strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
 }

@@ -206,10 +206,12 @@ async fn an_outages_actions_reach_the_audit_once_and_its_fleet_block_the_fleet()
 #[tokio::test]
 async fn a_kill_during_a_burst_of_reports_leaves_only_whole_reports() {
     let state = tempfile::tempdir().unwrap();
+    // A budget that lets the whole burst through (the default is 20 kills a minute).
     let policy = policy_engine::Policy::from_value(&json!({
         "name": "kills",
         "rules": [{"type": "auto_respond", "config": {"trigger": "malware",
-                   "action": "kill_process", "minConfidence": 0.5}}]
+                   "action": "kill_process", "minConfidence": 0.5}}],
+        "budgets": {"kill_process": {"max": 10000, "window": "1m"}}
     }))
     .unwrap();
     policy_engine::sync::StateStore::new(state.path())
@@ -348,8 +350,8 @@ async fn a_full_outbox_drops_the_oldest_and_the_heartbeat_says_so() {
     let error = seen["lastError"].as_str().unwrap();
     assert!(
         error.ends_with(
-            "(the outbox keeps at most 3 reports and 1048576 bytes while the server is \
-             unreachable); the audit misses them"
+            ": 2 because the outbox was full (it keeps at most 3 reports and 1048576 bytes \
+             while the server is unreachable); the audit misses them"
         ),
         "{error}"
     );

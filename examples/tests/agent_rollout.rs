@@ -8,36 +8,10 @@
 mod agent_common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 
 use agent_common::*;
 use policy_engine::signing::SigningKey;
 use serde_json::json;
-
-fn agent_args(base: &str, ca: &Path, token: &str, state: &Path) -> Vec<String> {
-    [
-        "--server",
-        base,
-        "--ca-cert",
-        ca.to_str().unwrap(),
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--token",
-        token,
-        "--dry-run",
-        "--heartbeat-secs",
-        "0.2",
-        "--first-policy-wait-secs",
-        "0.2",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
-}
-
-fn spawn(args: &[String]) -> AgentProcess {
-    AgentProcess::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_with_an_agent_that_refuses_the_version_halts_and_rolls_back() {
@@ -64,9 +38,10 @@ async fn a_stage_with_an_agent_that_refuses_the_version_halts_and_rolls_back() {
         ]
         .map(str::to_owned),
     );
-    let _good = spawn(&agent_args(&base, &ca, &good_token, states[0].path()));
-    let _bad = spawn(&bad_args);
-    let _outside = spawn(&agent_args(&base, &ca, &outside_token, states[2].path()));
+    let _good = AgentProcess::spawn_owned(&agent_args(&base, &ca, &good_token, states[0].path()));
+    let _bad = AgentProcess::spawn_owned(&bad_args);
+    let _outside =
+        AgentProcess::spawn_owned(&agent_args(&base, &ca, &outside_token, states[2].path()));
 
     admin.post_policy(policy(5)).await;
     for agent in [&good, &outside] {

@@ -79,3 +79,41 @@ fn an_invalid_policy_is_refused_with_its_errors() {
         "{stderr}"
     );
 }
+
+/// A rule in shadow mode: its actions are counted in the summary, never printed as actions.
+#[test]
+fn shadow_rules_are_counted_not_acted_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(
+        &policy,
+        POLICY.replace(
+            r#"{"type":"custom","config""#,
+            r#"{"type":"custom","mode":"shadow","config""#,
+        ),
+    )
+    .unwrap();
+    std::fs::write(&events, EVENTS).unwrap();
+    let output = Command::new(example_bin("simulate"))
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--events")
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains(r#""action":"block_ip""#), "{stdout}");
+    let summary = String::from_utf8(output.stderr).unwrap();
+    for line in [
+        "actions: 1 (block_ip 1)",
+        "shadow actions (would-be, not taken): 1 (isolate_host 1)",
+    ] {
+        assert!(
+            summary.lines().any(|l| l == line),
+            "{line:?} not in\n{summary}"
+        );
+    }
+}

@@ -4,6 +4,7 @@
 pub mod action;
 #[cfg(all(feature = "agent", target_os = "linux"))]
 pub mod agent;
+pub mod budget;
 pub mod condition;
 pub mod engine;
 pub mod event;
@@ -25,6 +26,6 @@ pub use engine::{Diagnostic, Engine, EngineConfig, EngineStats, Evaluation};
 pub use event::ThreatEvent;
 pub use policy::{
     AlertThreshold, AutoRespond, BlockIp, CustomRule, DEFAULT_ORG, Policy, PolicyDuration,
-    PolicyError, PolicyVersion, ResponseAction, Rule, RuleKind, Scope, ValidationError,
+    PolicyError, PolicyVersion, ResponseAction, Rule, RuleKind, RuleMode, Scope, ValidationError,
 };
 pub use severity::Severity;

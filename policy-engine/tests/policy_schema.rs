@@ -470,6 +470,8 @@ fn interesting_values() -> Vec<Value> {
         "critical",
         "urgent",
         "brute_force",
+        "approval",
+        "drop",
     ] {
         values.push(json!(name));
     }
@@ -499,6 +501,14 @@ const FIELD_NAMES: &[&str] = &[
     "requireApproval",
     "condition",
     "params",
+    "budgets",
+    "onExceed",
+    "kill_process",
+    "quarantine_file",
+    "isolate_host",
+    "block_ip",
+    "fleet_block",
+    "max",
     "treshold",
 ];
 
@@ -514,6 +524,29 @@ fn field_values(name: &str) -> Vec<Value> {
         ],
         "description" => vec![json!(""), json!("x"), json!(1)],
         "rules" => vec![json!([]), json!({}), json!("x")],
+        "budgets" => vec![
+            json!({}),
+            json!([]),
+            json!({"kill_process": {"max": 3, "window": "1m"}}),
+            json!({"fleet_block": {"max": 3, "window": "1m", "onExceed": "drop"}}),
+        ],
+        "kill_process" | "quarantine_file" | "isolate_host" | "block_ip" | "fleet_block" => vec![
+            json!({}),
+            json!({"max": 3, "window": "1m"}),
+            json!({"max": 3, "window": "1m", "onExceed": "drop"}),
+            json!({"max": 3}),
+            json!(3),
+        ],
+        "onExceed" => vec![json!("approval"), json!("drop"), json!("Drop"), json!(true)],
+        "max" => vec![
+            json!(0),
+            json!(10_000),
+            json!(10_001),
+            json!(10_000.0),
+            json!(2.5),
+            json!(-1),
+            json!("3"),
+        ],
         "org_id" | "orgId" => vec![
             json!(""),
             json!("acme"),
@@ -754,7 +787,17 @@ fn apply(document: &mut Value, mutation: &Mutation, values: &[Value]) {
 /// a mutation inserts these with their boundary values, and one unknown field.
 fn fields_of(document: &Value, path: &[String]) -> Vec<&'static str> {
     match path {
-        [] => vec!["name", "description", "rules", "org_id", "orgId"],
+        [] => vec!["name", "description", "rules", "org_id", "orgId", "budgets"],
+        [budgets] if budgets == "budgets" => vec![
+            "onExceed",
+            "kill_process",
+            "quarantine_file",
+            "isolate_host",
+            "block_ip",
+            "fleet_block",
+        ],
+        [budgets, kind] if budgets == "budgets" && kind == "fleet_block" => vec!["max", "window"],
+        [budgets, _] if budgets == "budgets" => vec!["max", "window", "onExceed"],
         [rules, _] if rules == "rules" => vec!["type", "config", "enabled"],
         [rules, index, config] if rules == "rules" && config == "config" => match document["rules"]
             [index.parse::<usize>().unwrap()]["type"]

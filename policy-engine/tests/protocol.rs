@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use policy_engine::protocol::{
     AckStatus, AgentIdentity, AgentPolicyView, ApprovalEvent, ApprovalStatus, BlockEvent,
     EnrollAnswer, EnrollRequest, ErrorEnvelope, FleetEvent, HeartbeatAnswer, HeartbeatRequest,
-    Outcome, PolicyEvent, PolicyView, Report, ReportAnswer, ReportKind, ReportOutcome,
-    SignedPolicy, UnblockEvent,
+    MAX_SHADOW_SAMPLES_PER_RULE, MAX_SHADOW_TARGET_CHARS, Outcome, PolicyEvent, PolicyView, Report,
+    ReportAnswer, ReportKind, ReportOutcome, SHADOW_END_EVENT, SHADOW_EVENT, ShadowEndEvent,
+    ShadowEvent, SignedPolicy, UnblockEvent,
 };
 use policy_engine::{Action, PolicyVersion, ValidationError};
 use serde::Serialize;
@@ -87,6 +88,17 @@ fn stream_events_match_their_golden_files() {
     assert_eq!(unblock.by, "admin:acme");
     let approval: ApprovalEvent = check_read("approval_event.json");
     assert_eq!(approval.approval_id, "apr_0123456789abcdef");
+    let shadow: ShadowEvent = check_read("shadow_event.json");
+    assert_eq!(shadow.shadow, 2);
+    let document = shadow.into_document();
+    let policy = policy_engine::Policy::from_value(&document).unwrap();
+    assert_eq!(policy.rules[1].mode, policy_engine::RuleMode::Shadow);
+    let end: ShadowEndEvent = check_read("shadow_end_event.json");
+    assert_eq!(end.shadow, 2);
+    // Fleet events are not shadow events: an agent that knows only fleet events ignores them.
+    for name in [SHADOW_EVENT, SHADOW_END_EVENT] {
+        assert!(FleetEvent::parse(name, "{}").unwrap().is_none(), "{name}");
+    }
 
     for (name, file) in [
         ("block", "block_event.json"),
@@ -127,6 +139,65 @@ fn agent_endpoints_match_their_golden_files() {
     let ack = acked.ack.unwrap();
     assert_eq!(ack.status, AckStatus::Applied);
     assert_eq!(ack.actions["kill_process"], 1);
+    assert!(reply.accepts_shadow);
+    assert!(
+        !older.accepts_shadow,
+        "an older server announces no shadow reports"
+    );
+    let shadowed = check_request(
+        "heartbeat_request_shadow.json",
+        HeartbeatRequest::from_value,
+    );
+    let report = shadowed.shadow.unwrap();
+    assert_eq!(report.enforced.version, PolicyVersion::new(3));
+    let candidate = report.candidate.unwrap();
+    assert_eq!((candidate.shadow, candidate.rules.len()), (2, 2));
+    assert_eq!(candidate.rules[1].samples[0].target, "4242 (nc)");
+}
+
+#[test]
+fn shadow_reports_are_bounded_and_say_where() {
+    let sample =
+        json!({"action": "block_ip", "target": "203.0.113.7", "at": "2026-03-07T12:00:00.000Z"});
+    let too_many = vec![sample.clone(); MAX_SHADOW_SAMPLES_PER_RULE + 1];
+    let long_target = json!({"action": "block_ip", "target": "x".repeat(MAX_SHADOW_TARGET_CHARS + 1),
+        "at": "2026-03-07T12:00:00.000Z"});
+    let body = json!({"shadow": {
+        "since": "yesterday",
+        "enforced": {"rules": [
+            {"rule": 0, "actions": {"block_ip": 1}, "samples": too_many},
+            {"rule": 0, "actions": {"block_ip": -1}},
+            {"rule": 1, "actions": {}, "samples": [long_target], "extra": true}
+        ]},
+        "candidate": {"shadow": "one", "rules": {}}
+    }});
+    assert_eq!(
+        errors(HeartbeatRequest::from_value(&body)),
+        [
+            "shadow.since: expected an RFC 3339 time like `2026-03-07T12:00:00.000Z`, found `yesterday`",
+            "shadow.enforced.version: missing required field `version`",
+            "shadow.enforced.rules[0].samples: expected at most 5 samples, found 6",
+            "shadow.enforced.rules[1].rule: rule 0 is listed twice",
+            "shadow.enforced.rules[1].actions.block_ip: expected a non-negative integer, found `-1`",
+            "shadow.enforced.rules[2].extra: unknown field `extra`, expected one of `rule`, `actions`, `samples`",
+            "shadow.enforced.rules[2].samples[0].target: expected at most 256 characters",
+            "shadow.candidate.shadow: expected a non-negative integer, found the string `one`",
+            "shadow.candidate.rules: expected an array, found an object",
+        ]
+    );
+    // At most MAX_SHADOW_SAMPLES in all, over every rule and both sides.
+    let rules: Vec<Value> = (0..41)
+        .map(|rule| {
+            json!({"rule": rule, "actions": {"block_ip": 5},
+            "samples": vec![sample.clone(); MAX_SHADOW_SAMPLES_PER_RULE]})
+        })
+        .collect();
+    let body = json!({"shadow": {"since": "2026-03-07T12:00:00.000Z",
+        "enforced": {"version": "v1", "rules": rules}}});
+    assert_eq!(
+        errors(HeartbeatRequest::from_value(&body)),
+        ["shadow: expected at most 200 samples in all, found 205"]
+    );
 }
 
 #[test]

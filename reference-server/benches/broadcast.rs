@@ -13,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use reference_server::transport::ConnectionLimits;
 use reference_server::{ServerConfig, TlsMode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -84,6 +85,13 @@ async fn main() {
             TlsMode::Plain
         },
         admin_token: Some(ADMIN.to_owned()),
+        // Every simulated agent connects from 127.0.0.1: the default cap per source address
+        // (256, for a real fleet whose agents have addresses of their own) would refuse most.
+        connections: ConnectionLimits {
+            max_connections: options.agents + 64,
+            max_per_address: options.agents + 64,
+            ..ConnectionLimits::sized_for(4 * options.agents as u64 + 256)
+        },
         ..ServerConfig::default()
     })
     .await

@@ -9,6 +9,7 @@ use anyhow::Context;
 use crate::auth::{FailedAuth, TokenCache, check_admin_token};
 use crate::config::{Database, ServerConfig};
 use crate::fleet::agents::bootstrap_admin;
+use crate::fleet::budgets::FleetBudgets;
 use crate::fleet::checks::{NeverBlock, own_addresses};
 use crate::fleet::notify::Notifier;
 use crate::fleet::policies::SignedOrgs;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub never_block: NeverBlock,
     /// See [`ServerConfig::signed_orgs`].
     pub signed_orgs: SignedOrgs,
+    /// The orgs' fleet-block budget windows.
+    pub fleet_budgets: FleetBudgets,
 }
 
 impl AppState {
@@ -105,6 +108,7 @@ impl AppState {
                 ranges: config.never_block.clone(),
             },
             signed_orgs: config.signed_orgs.clone(),
+            fleet_budgets: FleetBudgets::default(),
             store,
             metrics,
         });
@@ -120,6 +124,25 @@ impl AppState {
             approval_ttl: self.approval_ttl,
             quotas: &self.quotas,
             never_block: &self.never_block,
+            fleet_budgets: &self.fleet_budgets,
         }
     }
+}
+
+/// Evaluates the gates of running rollouts every `every` (besides heartbeats, reads and
+/// operations), until the app state is gone or its store closed.
+pub fn spawn_gate_timer(state: std::sync::Weak<AppState>, every: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every.max(Duration::from_millis(10)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(state) = state.upgrade() else { break };
+            match crate::fleet::rollouts::check_all_gates(&*state.store, &state.publisher).await {
+                Ok(()) => {}
+                Err(crate::store::StoreError::Closed) => break,
+                Err(error) => tracing::warn!(%error, "cannot evaluate the rollout gates"),
+            }
+        }
+    });
 }

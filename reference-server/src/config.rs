@@ -79,6 +79,9 @@ pub struct ServerConfig {
     /// How many new event streams may open at once and per second (beyond: 503 with
     /// `Retry-After`).
     pub admission: AdmissionConfig,
+    /// How often the gates of running rollouts are evaluated on a timer (besides every
+    /// heartbeat, read and operation), so that silent agents fail a gate with nobody looking.
+    pub rollout_gate_interval: Duration,
     /// Where to serve the Prometheus metrics (`GET /metrics`, plain HTTP, no token); `None`
     /// serves none. Bind it to loopback or a monitoring network: the figures name orgs.
     pub metrics_listen: Option<SocketAddr>,
@@ -112,6 +115,7 @@ impl Default for ServerConfig {
             database: Database::Sqlite,
             resync: Duration::from_secs(5),
             admission: AdmissionConfig::default(),
+            rollout_gate_interval: Duration::from_secs(5),
             metrics_listen: None,
             connections: ConnectionLimits::default(),
             auth_failures_per_minute: 30,

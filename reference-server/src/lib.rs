@@ -132,6 +132,7 @@ impl RunningServer {
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (state, generated_admin_token) = AppState::open(&config).await?;
     fleet::sweeper::spawn(Arc::downgrade(&state.store), config.approval_sweep);
+    app::spawn_gate_timer(Arc::downgrade(&state), config.rollout_gate_interval);
     state.notifier.spawn_worker();
     let acceptor = match &config.tls {
         TlsMode::Plain => None,

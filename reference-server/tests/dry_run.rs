@@ -142,7 +142,7 @@ async fn a_dry_run_refuses_what_the_post_would_refuse_and_typos_stay_400() {
     for (query, message) in [
         (
             "dryrun=true",
-            "unknown query parameter `dryrun`, expected one of `dryRun`, `org_id`",
+            "unknown query parameter `dryrun`, expected one of `dryRun`, `shadow`, `org_id`",
         ),
         (
             "dryRun=yes",

@@ -146,7 +146,7 @@ async fn heartbeats_report_outdated_agents() {
     assert_eq!(
         body["data"],
         json!({"agentId": a, "policyVersion": null, "currentPolicyVersion": null, "outdated": false,
-               "acceptsAcks": true})
+               "acceptsAcks": true, "acceptsShadow": true})
     );
 
     t.post_policy(ADMIN, block_ip_policy("one", 5)).await;
@@ -162,7 +162,7 @@ async fn heartbeats_report_outdated_agents() {
     assert_eq!(
         body["data"],
         json!({"agentId": a, "policyVersion": "v1", "currentPolicyVersion": "v2", "outdated": true,
-               "acceptsAcks": true})
+               "acceptsAcks": true, "acceptsShadow": true})
     );
 
     let (status, body) = t.get("/api/agents", ADMIN).await;

@@ -531,6 +531,18 @@ async fn fixtures(server: &TestServer) -> Fixtures {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{rollout}");
     let rollout = rollout["data"]["id"].as_str().unwrap().to_owned();
+    // A shadow run of org `default` runs, so that the agent's stream starts with it; the test
+    // ends it and starts run 2 once the stream is open (`shadow_end`, `shadow`), which the
+    // heartbeat example reports about and the `DELETE /api/policy/shadow` exchange ends.
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/policy?shadow=true",
+            Some(ADMIN),
+            Some(shadow_document()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     let fixtures = Fixtures {
         agent_token: token,
         substitutions: vec![
@@ -543,6 +555,13 @@ async fn fixtures(server: &TestServer) -> Fixtures {
     };
     stream.close();
     fixtures
+}
+
+/// The document of the fixtures' shadow runs.
+fn shadow_document() -> Value {
+    json!({"name": "fixture shadow", "rules": [
+        {"type": "block_ip", "config": {"trigger": "brute_force", "threshold": 10, "duration": "24h", "scope": "host"}}
+    ]})
 }
 
 /// One request as the description builds it, and the answer it expects.
@@ -728,6 +747,20 @@ async fn every_documented_exchange_gets_a_documented_answer_from_a_real_server()
     // The agent's stream until the `GET /api/events` exchange replaces it: it gets v1 and the
     // fleet's block first, then the events of the exchanges before that one.
     let mut stream = server.stream(&fixtures.agent_token, "default").await;
+    let (status, body) = server
+        .call(Method::DELETE, "/api/policy/shadow", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = server
+        .call(
+            Method::POST,
+            "/api/policy?shadow=true",
+            Some(ADMIN),
+            Some(shadow_document()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["data"]["shadow"], 2);
     // The signed examples post to org `acme`, whose agent sees the signed version.
     let (status, enrolled) = server
         .post(

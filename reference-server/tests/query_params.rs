@@ -28,7 +28,7 @@ async fn a_typo_in_the_query_is_refused_on_every_endpoint_and_changes_nothing() 
     assert_eq!(
         body["error"],
         json!({"code": "bad_request",
-               "message": "unknown query parameter `dryrun`, expected one of `dryRun`, `org_id`"})
+               "message": "unknown query parameter `dryrun`, expected one of `dryRun`, `shadow`, `org_id`"})
     );
     let (status, _) = t.get("/api/policy/active", ADMIN).await;
     assert_eq!(status, StatusCode::NOT_FOUND);

@@ -4,7 +4,8 @@
 //! its change, a report is acted on once whichever replica gets it, an expired approval expires
 //! once however many replicas sweep, an alert delivery is claimed by one replica, a replica
 //! hears of the other's commits, and what the console, the metrics and rollouts read (version
-//! lists, orgs, acks, rollouts with their changes, the fleet summary) reads alike.
+//! lists, orgs, acks and shadow reports, rollouts and shadow runs with their changes, the fleet
+//! summary) reads alike.
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -16,8 +17,8 @@ use std::time::Duration;
 use chrono::Utc;
 use common::postgres::TestDatabase;
 use policy_engine::protocol::{
-    AckStatus, ApprovalStatus, PolicySignature, ReportId, ReportKind, RolloutTerms,
-    SignatureAlgorithm, VersionAck,
+    AckStatus, ApprovalStatus, EnforcedTally, PolicySignature, ReportId, ReportKind, RolloutTerms,
+    ShadowReport, SignatureAlgorithm, VersionAck,
 };
 use policy_engine::{Action, ActionRecord, Policy, PolicyVersion};
 use reference_server::auth::{Principal, TokenHash};
@@ -26,7 +27,8 @@ use reference_server::store::sqlite::SqliteStore;
 use reference_server::store::{
     AgentRecord, Approval, AuditFilter, ChangeKind, Decision, Heartbeat, MAX_SENT_PER_AGENT,
     NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, ReportReceipt, Rollout, RolloutGate,
-    RolloutStage, RolloutState, SentPolicy, Store, StoreError, StoredOverrides,
+    RolloutStage, RolloutState, SentPolicy, ShadowRun, Store, StoreError, StoredOverrides,
+    StoredShadowReport,
 };
 use serde_json::json;
 
@@ -116,6 +118,7 @@ fn agent(id: &str, org: &str) -> AgentRecord {
         policy_version: None,
         last_error: None,
         ack: None,
+        shadow: None,
     }
 }
 
@@ -898,18 +901,41 @@ async fn console_rollout_and_summary_reads_agree(pair: Pair) {
         error: Some("unsigned".into()),
         at: chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
         actions: Default::default(),
+        events: 40,
+        condition_errors: 1,
     };
-    let beat = |ack: Option<VersionAck>| Heartbeat {
+    let report = StoredShadowReport {
+        received_ms: 1_700_000_000_500,
+        report: ShadowReport {
+            since: chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+            enforced: EnforcedTally {
+                version: PolicyVersion::new(1),
+                rules: vec![],
+            },
+            candidate: None,
+        },
+    };
+    let beat = |ack: Option<VersionAck>, shadow: Option<StoredShadowReport>| Heartbeat {
         agent_id: "agent-a".into(),
         policy_version: Some(PolicyVersion::new(1)),
         last_error: None,
         ack,
+        shadow,
         at: Utc::now(),
     };
-    pair.a.heartbeat(beat(Some(ack.clone()))).await.unwrap();
-    pair.b.heartbeat(beat(None)).await.unwrap();
+    pair.a
+        .heartbeat(beat(Some(ack.clone()), None))
+        .await
+        .unwrap();
+    pair.b
+        .heartbeat(beat(None, Some(report.clone())))
+        .await
+        .unwrap();
+    pair.a.heartbeat(beat(None, None)).await.unwrap();
+    // Each kept until one replaces it, whichever replica wrote it.
     let stored = pair.b.agent("agent-a".into()).await.unwrap().unwrap();
     assert_eq!(stored.ack, Some(ack));
+    assert_eq!(stored.shadow, Some(report));
 
     let rollout = |id: &str, created_ms: i64, state: RolloutState| Rollout {
         id: id.into(),
@@ -1009,6 +1035,59 @@ async fn console_rollout_and_summary_reads_agree(pair: Pair) {
     );
     assert_eq!(snapshot.rollout.map(|r| r.id), Some("ro_2".into()));
     assert_eq!(snapshot.fallback.map(|p| p.id), Some("pol_1".into()));
+
+    // Shadow runs: started on one replica, ended on the other, each a change; a new stream's
+    // snapshot has the latest run.
+    let run = |shadow: u64, ended_ms: Option<i64>| ShadowRun {
+        org_id: "acme".into(),
+        shadow,
+        document: json!({"name": format!("shadow {shadow}"), "rules": []}),
+        started_by: "admin".into(),
+        started_ms: 5_000,
+        ended_ms,
+    };
+    assert_eq!(pair.b.shadow_run("acme".into()).await.unwrap(), None);
+    let started = pair
+        .a
+        .put_shadow_run(run(1, None), entry("acme", "admin", "shadow_started"))
+        .await
+        .unwrap();
+    assert_eq!(started.seq, Some(before + 4));
+    assert_eq!(
+        pair.b.shadow_run("acme".into()).await.unwrap(),
+        Some(run(1, None))
+    );
+    let ended = pair
+        .b
+        .put_shadow_run(run(1, Some(6_000)), entry("acme", "admin", "shadow_ended"))
+        .await
+        .unwrap();
+    pair.a
+        .put_shadow_run(run(2, None), entry("acme", "admin", "shadow_started"))
+        .await
+        .unwrap();
+    assert_eq!(ended.seq, Some(before + 5));
+    let changes = pair.a.changes("acme".into(), before + 3, 10).await.unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.kind.clone()).collect::<Vec<_>>(),
+        [
+            ChangeKind::ShadowStarted { shadow: 1 },
+            ChangeKind::ShadowEnded { shadow: 1 },
+            ChangeKind::ShadowStarted { shadow: 2 },
+        ]
+    );
+    let snapshot = pair
+        .b
+        .stream_snapshot(
+            "acme".into(),
+            "agent-a".into(),
+            Utc::now().timestamp_millis(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(snapshot.seq, before + 6);
+    assert_eq!(snapshot.shadow, Some(run(2, None)));
+    assert_eq!(pair.a.shadow_run("beta".into()).await.unwrap(), None);
 
     pair.a
         .insert_approval(

@@ -199,6 +199,7 @@ async fn requests(agent: Identity, fleet: Fleet, version: Arc<AtomicU64>) {
                 policy_version,
                 last_error: None,
                 ack: None,
+                shadow: None,
             };
             (fleet.client.post(&heartbeat_url).json(&body), true)
         } else {

@@ -273,6 +273,29 @@ pub async fn wait_stored(state_dir: &Path, version: PolicyVersion) {
 /// How long a test waits for the agent binary to print or exit.
 pub const PROCESS_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The arguments of a reference agent in dry run against `base` (trusting `ca`), with its
+/// token and state dir, heartbeats every 0.2 s and a short wait for its first policy.
+pub fn agent_args(base: &str, ca: &Path, token: &str, state: &Path) -> Vec<String> {
+    [
+        "--server",
+        base,
+        "--ca-cert",
+        ca.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--token",
+        token,
+        "--dry-run",
+        "--heartbeat-secs",
+        "0.2",
+        "--first-policy-wait-secs",
+        "0.2",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
 /// A running agent process; killed on drop so a failing test leaves nothing behind.
 pub struct AgentProcess {
     child: Child,
@@ -284,6 +307,11 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
+    /// [`spawn`](Self::spawn) with owned arguments (as [`agent_args`] makes them).
+    pub fn spawn_owned(args: &[String]) -> Self {
+        Self::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     pub fn spawn(args: &[&str]) -> Self {
         Self::spawn_with(args, &[])
     }

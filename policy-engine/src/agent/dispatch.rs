@@ -8,11 +8,18 @@
 //! back go to the executor as one batch (one `nft` transaction), so a flood of sources costs a
 //! few transactions, not one each. `kill_process` actions do not wait for each other: each waits
 //! out its own grace period, up to [`MAX_PARALLEL_KILLS`] at once.
+//!
+//! The engine's own actions pass the host's action budgets first (the running policy's
+//! `budgets`, [`crate::budget`]): a `kill_process`, `quarantine_file`, `isolate_host` or
+//! `block_ip` beyond its budget becomes an `approval_request` (sent to the server like any
+//! other) or is dropped (reported `refused`, not executed), as the budget says. Fleet blocks
+//! and approved actions are not budgeted: the server's fleet-block budget and an operator
+//! already decided on them.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -21,7 +28,10 @@ use tokio::task::JoinHandle;
 use super::metrics::AgentMetrics;
 use super::report::{Origin, ReportQueue};
 use crate::action::{Action, ActionRecord};
+use crate::budget::{BudgetLedger, Verdict, budgeted};
 use crate::executor::{Executor, Outcome, describe};
+use crate::policy::OnExceed;
+use crate::sync::LiveEngine;
 
 /// Actions waiting in one lane before new ones fail at once ("not executed: ... waiting").
 pub const LANE_CAPACITY: usize = 1024;
@@ -128,6 +138,10 @@ struct Inner {
     runtime: Handle,
     config: DispatchConfig,
     kill_slots: Arc<Semaphore>,
+    /// Where the running policy's budgets are read.
+    live: LiveEngine,
+    /// This host's budget windows.
+    ledger: Mutex<BudgetLedger>,
     /// Jobs accepted and not yet finished (executed and reported).
     busy: AtomicUsize,
     idle: Notify,
@@ -143,12 +157,14 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    /// Starts one task per lane on the current runtime; outcomes are counted into `metrics`.
+    /// Starts one task per lane on the current runtime; outcomes are counted into `metrics`;
+    /// the engine's actions are held to the budgets of `live`'s running policy.
     pub fn start(
         executor: Arc<dyn Executor>,
         reports: ReportQueue,
         config: DispatchConfig,
         metrics: AgentMetrics,
+        live: LiveEngine,
     ) -> Self {
         let mut senders = Vec::with_capacity(LANES.len());
         let mut receivers = Vec::with_capacity(LANES.len());
@@ -165,6 +181,8 @@ impl Dispatcher {
             runtime: Handle::current(),
             config,
             kill_slots: Arc::new(Semaphore::new(MAX_PARALLEL_KILLS)),
+            live,
+            ledger: Mutex::new(BudgetLedger::default()),
             busy: AtomicUsize::new(0),
             idle: Notify::new(),
         });
@@ -176,9 +194,66 @@ impl Dispatcher {
         Self { inner }
     }
 
-    /// Queues `record` for execution; `origin` says how to report it.
+    /// Queues `record` for execution; `origin` says how to report it. An action of the
+    /// engine ([`Origin::Local`]) passes the host's budgets first.
     pub fn execute(&self, record: ActionRecord, origin: Origin) {
-        self.submit(Job::Execute { record, origin });
+        match origin {
+            Origin::Local => self.budgeted(record),
+            origin => self.submit(Job::Execute { record, origin }),
+        }
+    }
+
+    /// An engine action under the budgets: queued as it is within them; beyond them queued as
+    /// an `approval_request`, or dropped and reported.
+    fn budgeted(&self, record: ActionRecord) {
+        let Some(kind) = budgeted(&record.action) else {
+            return self.submit(Job::Execute {
+                record,
+                origin: Origin::Local,
+            });
+        };
+        let budgets = self.inner.live.budgets();
+        let verdict = self
+            .inner
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(kind, &budgets, Instant::now());
+        let Verdict::Exceeded { limit, .. } = &verdict else {
+            return self.submit(Job::Execute {
+                record,
+                origin: Origin::Local,
+            });
+        };
+        let reason = verdict.reason().unwrap_or_default();
+        self.inner.metrics.over_budget(kind, limit.on_exceed);
+        match limit.on_exceed {
+            OnExceed::Approval => {
+                tracing::warn!(action = %describe(&record.action), %reason, "asking for approval");
+                let record = ActionRecord {
+                    action: Action::ApprovalRequest {
+                        request: Box::new(record.action),
+                    },
+                    ..record
+                };
+                self.submit(Job::Execute {
+                    record,
+                    origin: Origin::OverBudget(reason),
+                });
+            }
+            OnExceed::Drop => {
+                tracing::warn!(action = %describe(&record.action), %reason, "action dropped");
+                let outcome = Outcome::skipped(format!("not executed: {reason}"));
+                self.inner.busy.fetch_add(1, Ordering::AcqRel);
+                self.settle_later(
+                    Job::Execute {
+                        record,
+                        origin: Origin::OverBudget(reason),
+                    },
+                    outcome,
+                );
+            }
+        }
     }
 
     /// Queues lifting the fleet block on `ip`.
@@ -220,13 +295,18 @@ impl Dispatcher {
                     "not executed: {LANE_CAPACITY} actions of this kind are already waiting \
                      (the executor is stuck or overwhelmed)"
                 ));
-                let inner = self.inner.clone();
-                self.inner.runtime.spawn(async move {
-                    settle(&inner, job, outcome).await;
-                    finish(&inner);
-                });
+                self.settle_later(job, outcome);
             }
         }
+    }
+
+    /// Reports an accepted `job` with `outcome` without executing it, off the caller's thread.
+    fn settle_later(&self, job: Job, outcome: Outcome) {
+        let inner = self.inner.clone();
+        self.inner.runtime.spawn(async move {
+            settle(&inner, job, outcome).await;
+            finish(&inner);
+        });
     }
 }
 
@@ -396,8 +476,9 @@ mod tests {
 
     use super::*;
     use crate::agent::outbox::{Outbox, OutboxLimits};
-    use crate::policy::PolicyVersion;
-    use crate::protocol::Report;
+    use crate::engine::EngineConfig;
+    use crate::policy::{Policy, PolicyVersion};
+    use crate::protocol::{Report, ReportOutcome};
 
     /// A gate the test opens; executor calls wait at it.
     #[derive(Default)]
@@ -501,15 +582,21 @@ mod tests {
 
     struct Harness {
         executor: Arc<Scripted>,
+        metrics: AgentMetrics,
         outbox: Arc<Outbox>,
         dispatcher: Dispatcher,
         _dir: tempfile::TempDir,
     }
 
     fn harness(executor: Scripted, deadline: Duration) -> Harness {
+        harness_with(executor, deadline, LiveEngine::new(EngineConfig::default()))
+    }
+
+    fn harness_with(executor: Scripted, deadline: Duration, live: LiveEngine) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Arc::new(Outbox::open(dir.path(), OutboxLimits::default()).unwrap());
         let executor = Arc::new(executor);
+        let metrics = AgentMetrics::new();
         let dispatcher = Dispatcher::start(
             executor.clone(),
             ReportQueue::new(outbox.clone()),
@@ -517,10 +604,12 @@ mod tests {
                 deadline,
                 dry_run: false,
             },
-            AgentMetrics::new(),
+            metrics.clone(),
+            live,
         );
         Harness {
             executor,
+            metrics,
             outbox,
             dispatcher,
             _dir: dir,
@@ -546,6 +635,18 @@ mod tests {
                 self.outbox.remove(next).unwrap();
             }
             reports
+        }
+
+        /// Waits (at most 10 s) until `n` reports are in the outbox, leaving them there.
+        async fn reports_so_far(&self, n: usize) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while self.outbox.len() < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{n} reports never came"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
 
         fn log(&self) -> Vec<String> {
@@ -709,5 +810,90 @@ mod tests {
         h.dispatcher.execute(block("192.0.2.3"), Origin::Local);
         let after = h.reports(1).await;
         assert_eq!(after[0].detail.as_deref(), Some("blocked"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn engine_actions_beyond_their_budget_become_approval_requests_or_are_dropped() {
+        let live = LiveEngine::new(EngineConfig::default());
+        let policy = Policy::from_json(
+            br#"{"name": "b", "rules": [{"type": "custom", "config": {"condition": "true",
+                "action": "kill_process"}}],
+                "budgets": {"kill_process": {"max": 2, "window": "1h"},
+                            "quarantine_file": {"max": 0, "window": "1h", "onExceed": "drop"}}}"#,
+        )
+        .unwrap();
+        live.apply(PolicyVersion::new(1), policy).unwrap();
+        let executor = Scripted {
+            kills: 1,
+            ..Scripted::default()
+        };
+        let h = harness_with(executor, Duration::from_secs(10), live);
+        for pid in 1..=3 {
+            h.dispatcher.execute(kill(pid), Origin::Local);
+            h.reports_so_far(pid as usize).await;
+        }
+        let quarantine = record(Action::QuarantineFile {
+            path: "/tmp/x".into(),
+        });
+        h.dispatcher.execute(quarantine, Origin::Local);
+        h.reports_so_far(4).await;
+        // Approved actions and fleet blocks are not budgeted.
+        h.dispatcher
+            .execute(kill(9), Origin::Approval("apr_1".into()));
+        let reports = h.reports(5).await;
+        let summary: Vec<(String, ReportOutcome, Option<String>)> = reports
+            .iter()
+            .map(|r| {
+                (
+                    serde_json::to_string(&r.record.action).unwrap(),
+                    r.outcome(),
+                    r.detail.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    r#"{"action":"kill_process","pid":1}"#.to_owned(),
+                    ReportOutcome::Executed,
+                    Some("together".to_owned())
+                ),
+                (
+                    r#"{"action":"kill_process","pid":2}"#.to_owned(),
+                    ReportOutcome::Executed,
+                    Some("together".to_owned())
+                ),
+                (
+                    r#"{"action":"approval_request","request":{"action":"kill_process","pid":3}}"#
+                        .to_owned(),
+                    ReportOutcome::Requested,
+                    Some("budget of `kill_process` exceeded (2 per 1h)".to_owned())
+                ),
+                (
+                    r#"{"action":"quarantine_file","path":"/tmp/x"}"#.to_owned(),
+                    ReportOutcome::Refused,
+                    Some("budget of `quarantine_file` exceeded (0 per 1h)".to_owned())
+                ),
+                (
+                    r#"{"action":"kill_process","pid":9}"#.to_owned(),
+                    ReportOutcome::Executed,
+                    Some("together".to_owned())
+                ),
+            ]
+        );
+        // The dropped quarantine never reached the executor.
+        assert!(
+            !h.log().iter().any(|l| l.contains("quarantine")),
+            "{:?}",
+            h.log()
+        );
+        let text = h.metrics.encode();
+        for line in [
+            r#"policy_agent_budget_exceeded_total{action="kill_process",on_exceed="approval"} 1"#,
+            r#"policy_agent_budget_exceeded_total{action="quarantine_file",on_exceed="drop"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
     }
 }

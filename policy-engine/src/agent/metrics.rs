@@ -28,6 +28,7 @@ use super::outbox::Outbox;
 use super::report::Origin;
 use crate::action::ActionRecord;
 use crate::executor::Outcome;
+use crate::policy::{OnExceed, ResponseAction};
 use crate::sync::LiveEngine;
 
 /// Content type of [`AgentMetrics::encode`]'s text.
@@ -42,6 +43,13 @@ pub(crate) struct ActionLabels {
     action: &'static str,
     outcome: &'static str,
     origin: &'static str,
+}
+
+/// `action` and `on_exceed` of `policy_agent_budget_exceeded_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    action: &'static str,
+    on_exceed: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -88,6 +96,7 @@ struct Families {
     evaluation: Histogram,
     matches: Family<RuleLabels, Counter>,
     actions: Family<ActionLabels, Counter>,
+    over_budget: Family<BudgetLabels, Counter>,
     state: Arc<State>,
 }
 
@@ -109,6 +118,7 @@ impl AgentMetrics {
             evaluation: Histogram::new(exponential_buckets(0.000_001, 2.0, 16)),
             matches: Family::default(),
             actions: Family::default(),
+            over_budget: Family::default(),
             state: Arc::new(State::default()),
         };
         let mut registry = Registry::default();
@@ -183,8 +193,21 @@ impl AgentMetrics {
                 Origin::Local => "local",
                 Origin::Fleet => "fleet",
                 Origin::Approval(_) => "approval",
+                Origin::OverBudget(_) => "budget",
             },
         }
+    }
+
+    /// One engine action beyond its budget, turned into an approval request or dropped.
+    pub(crate) fn over_budget(&self, action: ResponseAction, on_exceed: OnExceed) {
+        self.inner
+            .families
+            .over_budget
+            .get_or_create(&BudgetLabels {
+                action: action.as_str(),
+                on_exceed: on_exceed.as_str(),
+            })
+            .inc();
     }
 
     /// One action carried out (or not), by its [`AgentMetrics::action_labels`].
@@ -230,8 +253,13 @@ impl Families {
         );
         registry.register(
             "actions",
-            "Actions carried out, by type, outcome (`done`, `skipped`, `failed`) and origin (`local`, `fleet`, `approval`)",
+            "Actions carried out, by type, outcome (`done`, `skipped`, `failed`) and origin (`local`, `fleet`, `approval`, `budget`)",
             self.actions,
+        );
+        registry.register(
+            "budget_exceeded",
+            "Engine actions beyond the host's budget, by action and what became of them (`approval`, `drop`)",
+            self.over_budget,
         );
         registry.register_collector(Box::new(self.state));
     }

@@ -72,7 +72,7 @@ pub use dispatch::{LANE_CAPACITY, MAX_BATCH, MAX_PARALLEL_KILLS};
 pub use error::AgentError;
 pub use fleet::{APPROVALS_FILE, ApprovalDecision, ApprovalLedger};
 pub use metrics::{AgentMetrics, MetricsServer};
-pub use outbox::{Dropped, Outbox, OutboxError, OutboxLimits, Pending};
+pub use outbox::{DropCause, Dropped, Outbox, OutboxError, OutboxLimits, Pending};
 pub use pipeline::{Pipeline, PipelineStats};
 pub use source::{Source, SourceError};
 
@@ -398,6 +398,7 @@ impl AgentBuilder {
                 dry_run: self.dry_run,
             },
             metrics.clone(),
+            live.clone(),
         );
         let fleet = fleet::spawn(fleet_queue, dispatcher.clone(), &self.state_dir);
         let (stop, _) = watch::channel(false);

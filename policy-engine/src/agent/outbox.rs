@@ -58,10 +58,27 @@ pub struct OutboxError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Dropped {
-    /// How many.
+    /// How many, whatever the cause.
     pub count: u64,
+    /// Of them, how many the server refused for good (a report it will never take).
+    #[serde(default)]
+    pub refused: u64,
+    /// Of them, how many could not be written (a full or failing disk).
+    #[serde(default)]
+    pub unwritable: u64,
     /// When the last one was dropped.
     pub last: Option<DateTime<Utc>>,
+}
+
+/// Why reports were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropCause {
+    /// The outbox was full (the oldest made room), or one report was larger than its limit.
+    Full,
+    /// The server refused them for good.
+    Refused,
+    /// They could not be written.
+    Unwritable,
 }
 
 impl Dropped {
@@ -69,13 +86,29 @@ impl Dropped {
     pub fn note(&self, now: DateTime<Utc>, limits: OutboxLimits) -> Option<String> {
         let last = self.last?;
         (self.count > 0 && now - last < chrono::Duration::days(1)).then(|| {
+            let full = self
+                .count
+                .saturating_sub(self.refused)
+                .saturating_sub(self.unwritable);
+            let mut causes = Vec::new();
+            if full > 0 {
+                causes.push(format!(
+                    "{full} because the outbox was full (it keeps at most {} reports and {} \
+                     bytes while the server is unreachable)",
+                    limits.max_reports, limits.max_bytes
+                ));
+            }
+            if self.refused > 0 {
+                causes.push(format!("{} refused by the server for good", self.refused));
+            }
+            if self.unwritable > 0 {
+                causes.push(format!("{} that could not be written", self.unwritable));
+            }
             format!(
-                "outbox: {} action reports dropped, the last at {} (the outbox keeps at most {} \
-                 reports and {} bytes while the server is unreachable); the audit misses them",
+                "outbox: {} action reports dropped, the last at {}: {}; the audit misses them",
                 self.count,
                 last.to_rfc3339_opts(SecondsFormat::Secs, true),
-                limits.max_reports,
-                limits.max_bytes
+                causes.join(", ")
             )
         })
     }
@@ -191,7 +224,7 @@ impl Outbox {
     pub fn push(&self, body: &[u8]) -> Result<Option<Pending>, OutboxError> {
         let size = body.len() as u64;
         if size > self.limits.max_bytes || self.limits.max_reports == 0 {
-            self.count_drops(1)?;
+            self.count_drops(1, DropCause::Full)?;
             return Ok(None);
         }
         let _writing = lock(&self.writer);
@@ -227,7 +260,7 @@ impl Outbox {
                 dropped = evicted.len(),
                 "outbox full: dropped the oldest action reports"
             );
-            self.count_drops(evicted.len() as u64)?;
+            self.count_drops(evicted.len() as u64, DropCause::Full)?;
         }
         Ok(Some(pending))
     }
@@ -292,12 +325,16 @@ impl Outbox {
         self.limits
     }
 
-    /// Counts `n` more drops (also used for reports the server refused for good or that could
-    /// not be written) and persists the counter.
-    pub fn count_drops(&self, n: u64) -> Result<(), OutboxError> {
+    /// Counts `n` more drops for `cause` and persists the counter.
+    pub fn count_drops(&self, n: u64, cause: DropCause) -> Result<(), OutboxError> {
         let dropped = {
             let mut queue = lock(&self.queue);
             queue.dropped.count += n;
+            match cause {
+                DropCause::Full => {}
+                DropCause::Refused => queue.dropped.refused += n,
+                DropCause::Unwritable => queue.dropped.unwritable += n,
+            }
             queue.dropped.last = Some(Utc::now());
             queue.dropped
         };
@@ -383,8 +420,9 @@ mod tests {
         assert_eq!(
             note,
             format!(
-                "outbox: 2 action reports dropped, the last at {} (the outbox keeps at most 100 \
-                 reports and 20 bytes while the server is unreachable); the audit misses them",
+                "outbox: 2 action reports dropped, the last at {}: 2 because the outbox was full \
+                 (it keeps at most 100 reports and 20 bytes while the server is unreachable); \
+                 the audit misses them",
                 now.to_rfc3339_opts(SecondsFormat::Secs, true)
             )
         );
@@ -396,6 +434,45 @@ mod tests {
             Outbox::open(dir.path(), limits(100, 20)).unwrap().dropped(),
             dropped
         );
+    }
+
+    #[test]
+    fn the_note_names_each_cause_of_the_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path(), limits(1, 1 << 20)).unwrap();
+        outbox.count_drops(3, DropCause::Refused).unwrap();
+        let refused = outbox.dropped();
+        let at = refused
+            .last
+            .unwrap()
+            .to_rfc3339_opts(SecondsFormat::Secs, true);
+        assert_eq!(
+            refused
+                .note(refused.last.unwrap(), outbox.limits())
+                .unwrap(),
+            format!(
+                "outbox: 3 action reports dropped, the last at {at}: 3 refused by the server for \
+                 good; the audit misses them"
+            )
+        );
+        outbox.push(b"1").unwrap();
+        outbox.push(b"2").unwrap();
+        outbox.count_drops(1, DropCause::Unwritable).unwrap();
+        let all = outbox.dropped();
+        assert_eq!((all.count, all.refused, all.unwritable), (5, 3, 1));
+        let at = all.last.unwrap().to_rfc3339_opts(SecondsFormat::Secs, true);
+        assert_eq!(
+            all.note(all.last.unwrap(), outbox.limits()).unwrap(),
+            format!(
+                "outbox: 5 action reports dropped, the last at {at}: 1 because the outbox was \
+                 full (it keeps at most 1 reports and 1048576 bytes while the server is \
+                 unreachable), 3 refused by the server for good, 1 that could not be written; \
+                 the audit misses them"
+            )
+        );
+        // A counter written before the causes were kept reads as drops of a full outbox.
+        let old: Dropped = serde_json::from_str(r#"{"count":2,"last":null}"#).unwrap();
+        assert_eq!((old.count, old.refused, old.unwritable), (2, 0, 0));
     }
 
     #[test]

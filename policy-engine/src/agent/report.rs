@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use super::outbox::{Outbox, Pending};
+use super::outbox::{DropCause, Outbox, Pending};
 use crate::action::ActionRecord;
-use crate::protocol::{Outcome, Report, ReportId};
+use crate::protocol::{Outcome, Report, ReportId, ReportOutcome};
 use crate::sync::{ApiClient, Backoff, BackoffConfig, LiveEngine, SyncError};
 
 /// Answers that say the body itself is wrong (400 malformed, 413 too large, 422 invalid):
@@ -31,15 +31,26 @@ pub(crate) enum Origin {
     Fleet,
     /// An action executed under the approval with this id.
     Approval(String),
+    /// An engine action beyond its budget, with why: an `approval_request` sent instead
+    /// (`requested`), or the action dropped (`refused`).
+    OverBudget(String),
 }
 
 /// The JSON body of the report of `record`, with a new report id: `approval_request`s are
 /// `requested` (the server stores them for approval), everything else carries the executor's
-/// outcome; an approved action names its approval.
+/// outcome; an approved action names its approval; an action beyond its budget says so in
+/// `detail`, and is `refused` when it was dropped.
 fn report_body(record: ActionRecord, outcome: &Outcome, origin: Origin) -> Vec<u8> {
     let mut report = Report::local(record, outcome);
-    if let Origin::Approval(id) = origin {
-        report.approval_id = Some(id);
+    match origin {
+        Origin::Approval(id) => report.approval_id = Some(id),
+        Origin::OverBudget(reason) => {
+            if report.outcome() != ReportOutcome::Requested {
+                report.outcome = Some(ReportOutcome::Refused);
+            }
+            report.detail = Some(reason);
+        }
+        Origin::Local | Origin::Fleet => {}
     }
     report.report_id = new_report_id();
     serde_json::to_vec(&report).unwrap_or_default()
@@ -73,7 +84,7 @@ impl ReportQueue {
         let outbox = self.outbox.clone();
         let written = tokio::task::spawn_blocking(move || {
             outbox.push(&body).inspect_err(|_| {
-                let _ = outbox.count_drops(1);
+                let _ = outbox.count_drops(1, DropCause::Unwritable);
             })
         })
         .await;
@@ -249,9 +260,12 @@ impl ReportSender {
     /// Removes a report the server will never take and counts it as dropped.
     async fn drop_for_good(&self, pending: Pending) {
         let outbox = self.queue.outbox.clone();
-        let done =
-            tokio::task::spawn_blocking(move || outbox.remove(pending).and(outbox.count_drops(1)))
-                .await;
+        let done = tokio::task::spawn_blocking(move || {
+            outbox
+                .remove(pending)
+                .and(outbox.count_drops(1, DropCause::Refused))
+        })
+        .await;
         if !matches!(done, Ok(Ok(()))) {
             tracing::warn!("cannot delete or count a dropped action report");
         }

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use crate::action::ActionRecord;
 use crate::condition::EventView;
 use crate::event::ThreatEvent;
-use crate::policy::{Policy, PolicyDuration, PolicyVersion, Scope};
+use crate::policy::{Policy, PolicyDuration, PolicyVersion, RuleMode, Scope};
 
 pub use report::{ActionCounts, Diagnostic, EngineStats};
 
@@ -81,6 +81,9 @@ pub struct Evaluation {
     pub actions: Vec<ActionRecord>,
     /// Condition errors, missing targets and bad params, in rule order.
     pub diagnostics: Vec<Diagnostic>,
+    /// Would-be actions of the rules in shadow mode ([`RuleMode::Shadow`]), in rule order:
+    /// to be counted and reported, never executed.
+    pub shadow: Vec<ActionRecord>,
 }
 
 /// A policy at run time.
@@ -118,6 +121,8 @@ pub struct Engine {
     retired_evictions: u64,
     /// `custom` rules to evaluate for the current event (kept to reuse its allocation).
     candidates: Vec<usize>,
+    /// Per rule, whether it runs in shadow mode; empty when none does.
+    shadow: Vec<bool>,
 }
 
 impl Engine {
@@ -137,7 +142,6 @@ impl Engine {
         let alerts = AlertCounters::rebuild(&AlertCounters::default(), &mut rules);
         let (index, sweeps) = RuleIndex::build(&rules, &blocks);
         Engine {
-            policy,
             version,
             config,
             rules,
@@ -149,6 +153,8 @@ impl Engine {
             now_ms: i64::MIN,
             retired_evictions: 0,
             candidates: Vec::new(),
+            shadow: shadow_rules(&policy),
+            policy,
         }
     }
 
@@ -171,6 +177,7 @@ impl Engine {
             rule: 0,
             out: &mut out,
             stats: &mut self.stats,
+            shadow: &self.shadow,
             block: BlockDefaults {
                 duration: self.config.default_block_duration,
                 scope: self.config.default_block_scope,
@@ -223,6 +230,7 @@ impl Engine {
         // Rules were visited by kind; each emits at most one action or diagnostic per event.
         out.actions.sort_by_key(|action| action.rule);
         out.diagnostics.sort_by_key(Diagnostic::rule);
+        out.shadow.sort_by_key(|action| action.rule);
         out
     }
 
@@ -275,6 +283,7 @@ impl Engine {
         self.alerts = AlertCounters::rebuild(&self.alerts, &mut rules);
         (self.index, self.sweeps) = RuleIndex::build(&rules, &self.blocks);
         self.rules = rules;
+        self.shadow = shadow_rules(&policy);
         self.policy = policy;
         self.version = version;
         self.refresh_key_stats();
@@ -323,6 +332,19 @@ impl Engine {
         self.stats.tracked_keys = keys;
         self.stats.evictions = self.retired_evictions + evictions;
     }
+}
+
+/// Per rule whether it runs in shadow mode, or nothing when no rule does (the common case costs
+/// one empty-slice lookup per action).
+fn shadow_rules(policy: &Policy) -> Vec<bool> {
+    if policy.rules.iter().all(|r| r.mode.is_enforce()) {
+        return Vec::new();
+    }
+    policy
+        .rules
+        .iter()
+        .map(|r| r.mode == RuleMode::Shadow)
+        .collect()
 }
 
 /// The key stores and their sweep schedule, borrowed together for one event.

@@ -93,6 +93,9 @@ pub struct EngineStats {
     pub events: u64,
     /// Actions emitted, by type.
     pub actions: ActionCounts,
+    /// Would-be actions of rules in shadow mode, by type (not in `actions`).
+    #[serde(skip_serializing_if = "ActionCounts::is_zero")]
+    pub shadow_actions: ActionCounts,
     /// Condition evaluations that failed (and counted as false).
     pub condition_errors: u64,
     /// Actions not emitted because the event lacked their target.
@@ -151,6 +154,11 @@ impl ActionCounts {
             ("approval_request", self.approval_request),
             ("custom", self.custom),
         ]
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_zero(&self) -> bool {
+        self.total() == 0
     }
 
     /// All actions.

@@ -64,12 +64,20 @@ pub(crate) struct Sink<'a> {
     pub(crate) out: &'a mut Evaluation,
     pub(crate) stats: &'a mut EngineStats,
     pub(crate) block: BlockDefaults,
+    /// Per rule whether it runs in shadow mode (empty: none does).
+    pub(crate) shadow: &'a [bool],
 }
 
 impl Sink<'_> {
     fn emit(&mut self, action: Action) {
-        self.stats.actions.record(&action);
-        self.out.actions.push(ActionRecord {
+        let shadow = self.shadow.get(self.rule).copied().unwrap_or(false);
+        let (counts, out) = if shadow {
+            (&mut self.stats.shadow_actions, &mut self.out.shadow)
+        } else {
+            (&mut self.stats.actions, &mut self.out.actions)
+        };
+        counts.record(&action);
+        out.push(ActionRecord {
             action,
             rule: self.rule,
             policy_version: self.version,

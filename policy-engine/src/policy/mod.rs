@@ -2,6 +2,7 @@
 //!
 //! `bytes -> json::parse_strict -> validate -> Policy`, and `Policy -> wire -> JSON` back.
 
+mod budgets;
 mod duration;
 mod error;
 pub mod json;
@@ -16,6 +17,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use budgets::{
+    Budget, Budgets, DEFAULT_BUDGETS, DEFAULT_FLEET_BUDGET, DEFAULT_ON_EXCEED, FleetBudget, Limit,
+    MAX_BUDGET, OnExceed,
+};
 pub use duration::{DurationError, DurationUnit, MAX_DURATION, PolicyDuration};
 pub use error::{PolicyError, ValidationError};
 pub use json::{JsonError, JsonLimits, parse_strict};
@@ -55,6 +60,9 @@ pub struct Policy {
     pub org_id: Option<String>,
     /// The rules, in the order they are evaluated and their actions emitted.
     pub rules: Vec<Rule>,
+    /// How many dangerous actions a host may take per window, and fleet blocks per org
+    /// (defaults for whatever is left out).
+    pub budgets: Budgets,
 }
 
 impl Policy {
@@ -100,8 +108,46 @@ pub const DEFAULT_ORG: &str = "default";
 pub struct Rule {
     /// Disabled rules never fire.
     pub enabled: bool,
+    /// Whether the rule's actions are carried out or only counted (`"mode"`, default enforce).
+    pub mode: RuleMode,
     /// The rule type and its validated configuration.
     pub kind: RuleKind,
+}
+
+/// What happens to a rule's actions: carried out (`enforce`, the default), or evaluated on the
+/// same events and only counted and reported as would-be actions (`shadow`), so a new rule can
+/// be tried inside a live policy without acting.
+///
+/// ```
+/// use policy_engine::{Policy, RuleMode};
+/// let policy = Policy::from_json(br#"{"name": "p", "rules": [{"type": "auto_respond",
+///   "mode": "shadow", "config": {"trigger": "malware", "action": "kill_process",
+///   "minConfidence": 0.9}}]}"#).unwrap();
+/// assert_eq!(policy.rules[0].mode, RuleMode::Shadow);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleMode {
+    /// The rule's actions are executed.
+    #[default]
+    Enforce,
+    /// The rule's actions are counted as would-be actions, never executed.
+    Shadow,
+}
+
+impl RuleMode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Shadow => "shadow",
+        }
+    }
+
+    /// Whether this is the default (`enforce`), which documents leave out.
+    pub fn is_enforce(&self) -> bool {
+        *self == Self::Enforce
+    }
 }
 
 /// The four rule types of the API.

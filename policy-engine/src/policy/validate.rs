@@ -4,19 +4,30 @@ use serde_json::{Map, Value};
 
 use super::json::{describe, join_index, join_key};
 use super::{
-    AlertThreshold, AutoRespond, BlockIp, CustomRule, MAX_NAME_CHARS, MAX_RULES, MAX_THRESHOLD,
-    Policy, PolicyDuration, PolicyError, ResponseAction, Rule, RuleKind, Scope, ValidationError,
+    AlertThreshold, AutoRespond, BlockIp, Budget, Budgets, CustomRule, FleetBudget, MAX_BUDGET,
+    MAX_NAME_CHARS, MAX_RULES, MAX_THRESHOLD, OnExceed, Policy, PolicyDuration, PolicyError,
+    ResponseAction, Rule, RuleKind, RuleMode, Scope, ValidationError,
 };
 use crate::condition::Condition;
 use crate::severity::Severity;
 
-const POLICY_FIELDS: &[&str] = &["name", "description", "rules", "org_id", "orgId"];
-const RULE_FIELDS: &[&str] = &["type", "config", "enabled"];
+const POLICY_FIELDS: &[&str] = &["name", "description", "rules", "org_id", "orgId", "budgets"];
+const RULE_FIELDS: &[&str] = &["type", "config", "enabled", "mode"];
 const RULE_TYPES: &[&str] = &["block_ip", "alert_threshold", "auto_respond", "custom"];
 const BLOCK_IP_FIELDS: &[&str] = &["trigger", "threshold", "duration", "scope", "window"];
 const ALERT_FIELDS: &[&str] = &["severity", "countPerHour", "notifyChannels"];
 const AUTO_RESPOND_FIELDS: &[&str] = &["trigger", "action", "minConfidence", "requireApproval"];
 const CUSTOM_FIELDS: &[&str] = &["condition", "action", "params"];
+const BUDGETS_FIELDS: &[&str] = &[
+    "onExceed",
+    "kill_process",
+    "quarantine_file",
+    "isolate_host",
+    "block_ip",
+    "fleet_block",
+];
+const BUDGET_FIELDS: &[&str] = &["max", "window", "onExceed"];
+const FLEET_BUDGET_FIELDS: &[&str] = &["max", "window"];
 const MAX_ORG_ID_CHARS: usize = 64;
 
 pub(super) fn policy(value: &Value) -> Result<Policy, PolicyError> {
@@ -45,13 +56,18 @@ pub(super) fn policy(value: &Value) -> Result<Policy, PolicyError> {
     let rules = fields
         .required("rules", &mut errors)
         .and_then(|(v, path)| rules(v, &path, &mut errors));
+    let budgets = match fields.optional("budgets") {
+        Some((v, path)) => budgets(v, &path, &mut errors),
+        None => Some(Budgets::default()),
+    };
 
-    match (name, rules, errors.is_empty()) {
-        (Some(name), Some(rules), true) => Ok(Policy {
+    match (name, rules, budgets, errors.is_empty()) {
+        (Some(name), Some(rules), Some(budgets), true) => Ok(Policy {
             name,
             description,
             org_id,
             rules,
+            budgets,
         }),
         _ => Err(errors.into_error()),
     }
@@ -117,6 +133,20 @@ fn rule(value: &Value, path: &str, errors: &mut Errors) -> Option<Rule> {
         Some((v, p)) => errors.boolean(v, &p),
         None => Some(true),
     };
+    let mode = match fields.optional("mode") {
+        Some((v, p)) => errors.string(v, &p).and_then(|name| match name {
+            "enforce" => Some(RuleMode::Enforce),
+            "shadow" => Some(RuleMode::Shadow),
+            other => {
+                errors.push(
+                    &p,
+                    format!("unknown mode `{other}`, expected `enforce` or `shadow`"),
+                );
+                None
+            }
+        }),
+        None => Some(RuleMode::Enforce),
+    };
     let rule_type = fields.required("type", errors).and_then(|(v, p)| {
         let name = errors.string(v, &p)?;
         if RULE_TYPES.contains(&name) {
@@ -145,6 +175,7 @@ fn rule(value: &Value, path: &str, errors: &mut Errors) -> Option<Rule> {
     };
     Some(Rule {
         enabled: enabled?,
+        mode: mode?,
         kind: kind?,
     })
 }
@@ -328,6 +359,82 @@ fn custom(config: &Map<String, Value>, path: &str, errors: &mut Errors) -> Optio
     })
 }
 
+fn budgets(value: &Value, path: &str, errors: &mut Errors) -> Option<Budgets> {
+    let object = errors.object(value, path)?;
+    let fields = Fields::new(object, path, BUDGETS_FIELDS, errors);
+    let on_exceed = match fields.optional("onExceed") {
+        Some((v, p)) => errors.on_exceed(v, &p).map(Some),
+        None => Some(None),
+    };
+    let mut action = |name: &str| match fields.optional(name) {
+        Some((v, p)) => budget(v, &p, errors).map(Some),
+        None => Some(None),
+    };
+    let kill_process = action("kill_process");
+    let quarantine_file = action("quarantine_file");
+    let isolate_host = action("isolate_host");
+    let block_ip = action("block_ip");
+    let fleet_block = match fields.optional("fleet_block") {
+        Some((v, p)) => fleet_budget(v, &p, errors).map(Some),
+        None => Some(None),
+    };
+    Some(Budgets {
+        on_exceed: on_exceed?,
+        kill_process: kill_process?,
+        quarantine_file: quarantine_file?,
+        isolate_host: isolate_host?,
+        block_ip: block_ip?,
+        fleet_block: fleet_block?,
+    })
+}
+
+fn budget(value: &Value, path: &str, errors: &mut Errors) -> Option<Budget> {
+    let object = errors.object(value, path)?;
+    let fields = Fields::new(object, path, BUDGET_FIELDS, errors);
+    let (max, window) = max_and_window(&fields, errors);
+    let on_exceed = match fields.optional("onExceed") {
+        Some((v, p)) => errors.on_exceed(v, &p).map(Some),
+        None => Some(None),
+    };
+    Some(Budget {
+        max: max?,
+        window: window?,
+        on_exceed: on_exceed?,
+    })
+}
+
+fn fleet_budget(value: &Value, path: &str, errors: &mut Errors) -> Option<FleetBudget> {
+    let object = errors.object(value, path)?;
+    let fields = Fields::new(object, path, FLEET_BUDGET_FIELDS, errors);
+    let (max, window) = max_and_window(&fields, errors);
+    Some(FleetBudget {
+        max: max?,
+        window: window?,
+    })
+}
+
+fn max_and_window(
+    fields: &Fields<'_>,
+    errors: &mut Errors,
+) -> (Option<u32>, Option<PolicyDuration>) {
+    let max = fields.required("max", errors).and_then(|(v, p)| {
+        errors
+            .integer(v, &p, 0, u64::from(MAX_BUDGET))
+            .and_then(|n| u32::try_from(n).ok())
+    });
+    let window =
+        fields
+            .required("window", errors)
+            .and_then(|(v, p)| match errors.duration(v, &p)? {
+                PolicyDuration::Permanent => {
+                    errors.push(&p, "the budget window must be finite, found `permanent`");
+                    None
+                }
+                finite => Some(finite),
+            });
+    (max, window)
+}
+
 /// The fields of one object, checked against the allowed names on creation.
 struct Fields<'a> {
     object: &'a Map<String, Value>,
@@ -455,6 +562,20 @@ impl Errors {
                         "expected an integer from {min} to {max}, found {}",
                         describe(value)
                     ),
+                );
+                None
+            }
+        }
+    }
+
+    fn on_exceed(&mut self, value: &Value, path: &str) -> Option<OnExceed> {
+        match self.string(value, path)? {
+            "approval" => Some(OnExceed::Approval),
+            "drop" => Some(OnExceed::Drop),
+            other => {
+                self.push(
+                    path,
+                    format!("expected `approval` or `drop`, found `{other}`"),
                 );
                 None
             }

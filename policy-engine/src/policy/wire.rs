@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{
-    AlertThreshold, AutoRespond, BlockIp, CustomRule, Policy, PolicyDuration, ResponseAction, Rule,
-    RuleKind, Scope,
+    AlertThreshold, AutoRespond, BlockIp, Budget, Budgets, CustomRule, FleetBudget, OnExceed,
+    Policy, PolicyDuration, ResponseAction, Rule, RuleKind, RuleMode, Scope,
 };
 use crate::severity::Severity;
 
@@ -27,9 +27,82 @@ pub struct PolicyDocument {
     /// `org_id`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub org_id: Option<String>,
+    /// `budgets`, only when the policy wrote some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budgets: Option<BudgetsDocument>,
 }
 
-/// One rule: `{"type", "config", "enabled"}`.
+/// `budgets`: only the parts the policy wrote (the defaults stay implicit).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BudgetsDocument {
+    /// `onExceed`
+    #[serde(rename = "onExceed", skip_serializing_if = "Option::is_none")]
+    pub on_exceed: Option<OnExceed>,
+    /// `kill_process`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kill_process: Option<BudgetDocument>,
+    /// `quarantine_file`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine_file: Option<BudgetDocument>,
+    /// `isolate_host`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolate_host: Option<BudgetDocument>,
+    /// `block_ip`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_ip: Option<BudgetDocument>,
+    /// `fleet_block`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_block: Option<BudgetDocument>,
+}
+
+/// One budget: `{"max", "window", "onExceed"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetDocument {
+    /// `max`
+    pub max: u32,
+    /// `window`
+    pub window: PolicyDuration,
+    /// `onExceed`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_exceed: Option<OnExceed>,
+}
+
+impl From<Budget> for BudgetDocument {
+    fn from(budget: Budget) -> Self {
+        Self {
+            max: budget.max,
+            window: budget.window,
+            on_exceed: budget.on_exceed,
+        }
+    }
+}
+
+impl From<FleetBudget> for BudgetDocument {
+    fn from(budget: FleetBudget) -> Self {
+        Self {
+            max: budget.max,
+            window: budget.window,
+            on_exceed: None,
+        }
+    }
+}
+
+impl From<&Budgets> for BudgetsDocument {
+    fn from(budgets: &Budgets) -> Self {
+        Self {
+            on_exceed: budgets.on_exceed,
+            kill_process: budgets.kill_process.map(Into::into),
+            quarantine_file: budgets.quarantine_file.map(Into::into),
+            isolate_host: budgets.isolate_host.map(Into::into),
+            block_ip: budgets.block_ip.map(Into::into),
+            fleet_block: budgets.fleet_block.map(Into::into),
+        }
+    }
+}
+
+/// One rule: `{"type", "config", "enabled", "mode"?}`. `mode` is written only for a shadow
+/// rule, so that documents without shadow rules are exactly what agents before rule modes read.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RuleDocument {
     /// `type` and `config`
@@ -37,6 +110,9 @@ pub struct RuleDocument {
     pub config: RuleConfig,
     /// `enabled`
     pub enabled: bool,
+    /// `mode`
+    #[serde(skip_serializing_if = "RuleMode::is_enforce")]
+    pub mode: RuleMode,
 }
 
 /// The `type` tag with its `config` object.
@@ -116,6 +192,7 @@ impl From<&Policy> for PolicyDocument {
             description: policy.description.clone(),
             rules: policy.rules.iter().map(RuleDocument::from).collect(),
             org_id: policy.org_id.clone(),
+            budgets: (!policy.budgets.is_empty()).then(|| BudgetsDocument::from(&policy.budgets)),
         }
     }
 }
@@ -169,6 +246,7 @@ impl From<&Rule> for RuleDocument {
         Self {
             config,
             enabled: rule.enabled,
+            mode: rule.mode,
         }
     }
 }

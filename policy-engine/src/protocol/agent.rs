@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::fields::{Fields, org_field};
+use super::shadow::ShadowReport;
 use super::time;
 use crate::policy::json::{describe, join_key};
 use crate::policy::{PolicyVersion, ValidationError};
@@ -108,7 +109,7 @@ pub struct AgentIdentity {
 /// ```
 /// use policy_engine::PolicyVersion;
 /// use policy_engine::protocol::HeartbeatRequest;
-/// let request = HeartbeatRequest { policy_version: Some(PolicyVersion::new(2)), last_error: None, ack: None };
+/// let request = HeartbeatRequest { policy_version: Some(PolicyVersion::new(2)), last_error: None, ack: None, shadow: None };
 /// let json = serde_json::to_value(&request).unwrap();
 /// assert_eq!(json, serde_json::json!({"policyVersion": "v2"}));
 /// assert_eq!(HeartbeatRequest::from_value(&json).unwrap(), request);
@@ -126,6 +127,10 @@ pub struct HeartbeatRequest {
     /// heartbeat answer said [`HeartbeatAnswer::accepts_acks`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ack: Option<VersionAck>,
+    /// Would-be actions of what runs in shadow, per rule, beside the enforced version's; sent
+    /// only to a server whose heartbeat answer said [`HeartbeatAnswer::accepts_shadow`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowReport>,
 }
 
 impl HeartbeatRequest {
@@ -133,8 +138,8 @@ impl HeartbeatRequest {
     /// [`MAX_LAST_ERROR_CHARS`].
     pub fn from_value(value: &Value) -> Result<Self, Vec<ValidationError>> {
         let mut fields = Fields::default();
-        let (policy_version, last_error, ack) =
-            match fields.object(value, "", &["policyVersion", "lastError", "ack"]) {
+        let (policy_version, last_error, ack, shadow) =
+            match fields.object(value, "", &["policyVersion", "lastError", "ack", "shadow"]) {
                 Some(map) => {
                     let version = version_field(&mut fields, map, "", "policyVersion");
                     let last_error = fields
@@ -144,15 +149,20 @@ impl HeartbeatRequest {
                         None | Some(Value::Null) => None,
                         Some(ack) => VersionAck::read(&mut fields, ack, "ack"),
                     };
-                    (version, last_error, ack)
+                    let shadow = match map.get("shadow") {
+                        None | Some(Value::Null) => None,
+                        Some(shadow) => ShadowReport::read(&mut fields, shadow, "shadow"),
+                    };
+                    (version, last_error, ack, shadow)
                 }
-                None => (None, None, None),
+                None => (None, None, None, None),
             };
         fields.finish()?;
         Ok(Self {
             policy_version,
             last_error,
             ack,
+            shadow,
         })
     }
 }
@@ -193,6 +203,18 @@ pub struct VersionAck {
     /// `kill_process`, `alert`, ...); empty for a refused version.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub actions: BTreeMap<String, u64>,
+    /// Events its engine evaluated since it applied the version (what the rates of a rollout's
+    /// gate are measured against); absent from agents older than it, and for a refused version.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub events: u64,
+    /// Of those events, how many had at least one `custom` condition fail (missing field,
+    /// wrong type: evaluated as false).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub condition_errors: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What an agent did with an offered version.
@@ -226,7 +248,15 @@ impl VersionAck {
         let map = fields.object(
             value,
             path,
-            &["version", "status", "error", "at", "actions"],
+            &[
+                "version",
+                "status",
+                "error",
+                "at",
+                "actions",
+                "events",
+                "conditionErrors",
+            ],
         )?;
         let errors_before = fields.errors.len();
         let version = version_field(fields, map, path, "version");
@@ -269,6 +299,24 @@ impl VersionAck {
             None | Some(Value::Null) => BTreeMap::new(),
             Some(actions) => read_action_counts(fields, actions, &join_key(path, "actions")),
         };
+        let mut count = |key: &str| match map.get(key) {
+            None | Some(Value::Null) => 0,
+            Some(value) => value.as_u64().unwrap_or_else(|| {
+                fields.push(
+                    &join_key(path, key),
+                    format!("expected a non-negative integer, found {}", describe(value)),
+                );
+                0
+            }),
+        };
+        let events = count("events");
+        let condition_errors = count("conditionErrors");
+        if condition_errors > events {
+            fields.push(
+                &join_key(path, "conditionErrors"),
+                format!("expected at most `events` ({events}), found {condition_errors}"),
+            );
+        }
         if fields.errors.len() > errors_before {
             return None;
         }
@@ -278,11 +326,17 @@ impl VersionAck {
             error,
             at: at?,
             actions,
+            events,
+            condition_errors,
         })
     }
 }
 
-fn read_action_counts(fields: &mut Fields, value: &Value, path: &str) -> BTreeMap<String, u64> {
+pub(super) fn read_action_counts(
+    fields: &mut Fields,
+    value: &Value,
+    path: &str,
+) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     let Value::Object(map) = value else {
         fields.push(
@@ -324,7 +378,7 @@ fn read_action_counts(fields: &mut Fields, value: &Value, path: &str) -> BTreeMa
 }
 
 /// An optional policy version field.
-fn version_field(
+pub(super) fn version_field(
     fields: &mut Fields,
     map: &Map<String, Value>,
     path: &str,
@@ -359,4 +413,7 @@ pub struct HeartbeatAnswer {
     /// The server reads [`HeartbeatRequest::ack`] (absent from older servers: `false`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accepts_acks: bool,
+    /// The server reads [`HeartbeatRequest::shadow`] (absent from older servers: `false`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accepts_shadow: bool,
 }

@@ -5,10 +5,10 @@
 //! | where | shape |
 //! |---|---|
 //! | every answer | [`Envelope`] `{"ok":true,"data"}`, [`ErrorEnvelope`] `{"ok":false,"error"}` |
-//! | `GET /api/events` | [`PolicyEvent`] (`event: policy`), [`FleetEvent`]: [`BlockEvent`], [`UnblockEvent`], [`ApprovalEvent`] |
+//! | `GET /api/events` | [`PolicyEvent`] (`event: policy`), [`FleetEvent`]: [`BlockEvent`], [`UnblockEvent`], [`ApprovalEvent`]; [`ShadowEvent`], [`ShadowEndEvent`] |
 //! | `POST /api/agents/enroll` | [`EnrollRequest`] -> [`EnrollAnswer`] |
 //! | `GET /api/agents/me` | [`AgentIdentity`] |
-//! | `POST /api/agents/:id/heartbeat` | [`HeartbeatRequest`] (with [`VersionAck`]) -> [`HeartbeatAnswer`] |
+//! | `POST /api/agents/:id/heartbeat` | [`HeartbeatRequest`] (with [`VersionAck`], [`ShadowReport`]) -> [`HeartbeatAnswer`] |
 //! | `POST /api/agents/:id/reports` | [`Report`] (with [`ReportId`], [`ReportOutcome`]) -> [`ReportAnswer`] |
 //! | `GET /api/policy/active`, `/api/policy/agent/:id` | [`PolicyView`], [`AgentPolicyView`] |
 //! | `GET /api/blocks`, approvals | [`BlockView`], [`ApprovalView`] ([`ApprovalStatus`]) |
@@ -39,7 +39,8 @@
 //!   [`Report`]) are read with their `from_value` readers, which refuse unknown fields with
 //!   their JSON path (422), as every body the server reads. A newer agent therefore sends a new
 //!   request field only to a server that announced it understands it (the heartbeat answer is
-//!   where such announcements go: `acceptsAcks` for [`HeartbeatRequest::ack`]).
+//!   where such announcements go: `acceptsAcks` for [`HeartbeatRequest::ack`], `acceptsShadow`
+//!   for [`HeartbeatRequest::shadow`]).
 //! - **New fields are optional.** A field added later is an `Option` (absent means what it
 //!   meant before), so messages of older peers still parse; a known field never changes type or
 //!   meaning.
@@ -52,6 +53,7 @@ pub mod envelope;
 pub mod fields;
 mod outcome;
 pub mod report;
+pub mod shadow;
 pub mod signature;
 pub mod stream;
 pub mod time;
@@ -64,6 +66,11 @@ pub use agent::{
 pub use envelope::{Envelope, ErrorBody, ErrorEnvelope, ErrorItem};
 pub use outcome::Outcome;
 pub use report::{Report, ReportAnswer, ReportId, ReportIdError, ReportKind, ReportOutcome};
+pub use shadow::{
+    ActionSample, CandidateTally, EnforcedTally, MAX_SHADOW_SAMPLES, MAX_SHADOW_SAMPLES_PER_RULE,
+    MAX_SHADOW_TARGET_CHARS, RuleTally, SHADOW_END_EVENT, SHADOW_EVENT, ShadowEndEvent,
+    ShadowEvent, ShadowReport, action_target,
+};
 pub use signature::{PolicySignature, RolloutTerms, SignatureAlgorithm, SignedPolicy};
 pub use stream::{
     APPROVAL_EVENT, ApprovalEvent, BLOCK_EVENT, BlockEvent, FleetEvent, FleetEventError,

@@ -38,10 +38,11 @@ pub const APPROVAL_EVENT: &str = "approval";
 ///
 /// The **envelope** (this struct) tolerates fields it does not know: a newer server may add
 /// metadata beside these and older agents keep applying policies. The **document** it carries
-/// (`name`, `description`, `rules`) is validated strictly by
+/// (`name`, `description`, `rules`, `budgets`) is validated strictly by
 /// [`Policy::from_value`](crate::Policy::from_value): an unknown field inside a rule is refused,
-/// never ignored. A top-level field other than `name`, `description` and `rules` is therefore
-/// metadata by definition; anything that changes what a policy does belongs inside the rules.
+/// never ignored. A top-level field other than `name`, `description`, `rules` and `budgets` is
+/// therefore metadata by definition; anything else that changes what a policy does belongs
+/// inside the rules. (An agent older than `budgets` ignores them and runs without budgets.)
 ///
 /// ```
 /// use policy_engine::PolicyVersion;
@@ -73,6 +74,11 @@ pub struct PolicyEvent<R = Value> {
     pub description: Option<String>,
     /// Document: the rules, normalized (defaults filled in), overrides applied.
     pub rules: Vec<R>,
+    /// Document: the policy's action budgets as written
+    /// ([`BudgetsDocument`](crate::policy::wire::BudgetsDocument)), when it has some; signed
+    /// with the rules, untouched by overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budgets: Option<Value>,
     /// When the version was created. Always sent by the server; agents do not need it.
     #[serde(
         default,
@@ -112,17 +118,40 @@ pub struct SignedRules<R = Value> {
 }
 
 impl PolicyEvent {
-    /// The policy document (`name`, `description`, `rules`) for
+    /// The policy document (`name`, `description`, `rules`, `budgets`) for
     /// [`Policy::from_value`](crate::Policy::from_value), without the envelope.
     pub fn into_document(self) -> Value {
-        let mut document = Map::new();
-        document.insert("name".to_owned(), Value::String(self.name));
-        if let Some(description) = self.description {
-            document.insert("description".to_owned(), Value::String(description));
-        }
-        document.insert("rules".to_owned(), Value::Array(self.rules));
-        Value::Object(document)
+        document(self.name, self.description, self.rules, self.budgets)
     }
+
+    /// The document as signed: the event's `name`, `description` and `budgets` with the
+    /// signed `rules`.
+    pub fn signed_document(&self, rules: Vec<Value>) -> Value {
+        document(
+            self.name.clone(),
+            self.description.clone(),
+            rules,
+            self.budgets.clone(),
+        )
+    }
+}
+
+fn document(
+    name: String,
+    description: Option<String>,
+    rules: Vec<Value>,
+    budgets: Option<Value>,
+) -> Value {
+    let mut document = Map::new();
+    document.insert("name".to_owned(), Value::String(name));
+    if let Some(description) = description {
+        document.insert("description".to_owned(), Value::String(description));
+    }
+    document.insert("rules".to_owned(), Value::Array(rules));
+    if let Some(budgets) = budgets {
+        document.insert("budgets".to_owned(), budgets);
+    }
+    Value::Object(document)
 }
 
 /// The `data` of a `block` event: block an address another agent reported with `scope: fleet`.

@@ -30,6 +30,10 @@ pub struct PolicyView<R = Value> {
     pub version: PolicyVersion,
     /// The normalized rules.
     pub rules: Vec<R>,
+    /// The action budgets as written, when the policy has some (see
+    /// [`PolicyEvent::budgets`](super::PolicyEvent::budgets)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budgets: Option<Value>,
     /// Agents whose event stream received it (`POST` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcasted_to: Option<usize>,

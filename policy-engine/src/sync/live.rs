@@ -1,17 +1,19 @@
 //! The running engine shared by the event loop and the sync task, swapped atomically on update.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
+use super::shadow::Shadows;
 use super::{ApplyError, PolicyUpdate, StoredPolicy};
-use crate::engine::{Engine, EngineConfig, Evaluation};
+use crate::engine::{Diagnostic, Engine, EngineConfig, Evaluation};
 use crate::event::ThreatEvent;
-use crate::policy::{Policy, PolicyVersion};
-use crate::protocol::{AckStatus, VersionAck};
+use crate::policy::{Budgets, Policy, PolicyVersion};
+use crate::protocol::{AckStatus, ShadowEvent, ShadowReport, VersionAck};
 use crate::signing::{KeyRing, SignatureError};
 
 /// What the agent's sync side knows, published on every change (see [`LiveEngine::subscribe`]).
@@ -112,6 +114,16 @@ struct Inner {
     status: watch::Sender<SyncStatus>,
     /// Actions emitted since the running policy was applied, by action name.
     counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// Events evaluated since the running policy was applied.
+    events: AtomicU64,
+    /// Of those, events on which at least one condition failed.
+    condition_errors: AtomicU64,
+    /// The running policy's action budgets, apart so that the dispatcher reads them cheaply.
+    budgets: Mutex<Budgets>,
+    /// The shadow run and the per-rule tallies; locked only while something runs in shadow.
+    shadows: Mutex<Shadows>,
+    /// Whether something runs in shadow (a shadow run, or a rule in shadow mode).
+    shadow_active: AtomicBool,
 }
 
 /// What an agent pinned to operator keys checks: the keys, and the org they must have signed
@@ -142,17 +154,39 @@ impl LiveEngine {
                 signatures,
                 status: watch::Sender::new(SyncStatus::default()),
                 counts: Mutex::new(BTreeMap::new()),
+                events: AtomicU64::new(0),
+                condition_errors: AtomicU64::new(0),
+                budgets: Mutex::new(Budgets::default()),
+                shadows: Mutex::new(Shadows::default()),
+                shadow_active: AtomicBool::new(false),
             }),
         }
     }
 
     /// Runs one event through the current policy at time `now`.
-    /// Counts its actions for the version's ack.
+    /// Counts it, whether a condition failed on it, and its actions for the version's ack.
+    /// While something runs in shadow, the evaluation's actions and would-be actions are
+    /// tallied per rule and the event then runs through the shadow run's engine (after the
+    /// enforced engine's lock is released).
     pub fn process(&self, event: &ThreatEvent, now: DateTime<Utc>) -> Evaluation {
         let evaluation = match lock(&self.inner.engine).as_mut() {
-            Some(engine) => engine.process(event, now),
+            Some(engine) => {
+                let evaluation = engine.process(event, now);
+                self.inner.events.fetch_add(1, Ordering::Relaxed);
+                if evaluation
+                    .diagnostics
+                    .iter()
+                    .any(|d| matches!(d, Diagnostic::ConditionError { .. }))
+                {
+                    self.inner.condition_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                evaluation
+            }
             None => Evaluation::default(),
         };
+        if self.inner.shadow_active.load(Ordering::Acquire) {
+            lock(&self.inner.shadows).observe(&evaluation.actions, &evaluation.shadow, event, now);
+        }
         if !evaluation.actions.is_empty() {
             let mut counts = lock(&self.inner.counts);
             for record in &evaluation.actions {
@@ -162,8 +196,27 @@ impl LiveEngine {
         evaluation
     }
 
-    /// The ack of the last version offered, with the actions [`LiveEngine::process`] emitted
-    /// since the running version was applied (for an applied one); `None` before any offer.
+    /// The ack of the last version offered, with the events [`LiveEngine::process`] evaluated,
+    /// those on which a condition failed, and the actions it emitted since the running version
+    /// was applied (for an applied one); `None` before any offer.
+    ///
+    /// ```
+    /// use chrono::Utc;
+    /// use policy_engine::engine::EngineConfig;
+    /// use policy_engine::protocol::PolicyEvent;
+    /// use policy_engine::sync::{LiveEngine, PolicyUpdate};
+    /// use policy_engine::ThreatEvent;
+    /// let live = LiveEngine::new(EngineConfig::default());
+    /// let update = PolicyUpdate::from_event(r#"{"version": "v1", "name": "p", "rules": [
+    ///     {"type": "custom", "config": {"condition": "pid > 10", "action": "kill_process"}}]}"#).unwrap();
+    /// live.apply_update(&update).unwrap();
+    /// for event in [r#"{"type": "x", "pid": 42}"#, r#"{"type": "x"}"#] {
+    ///     live.process(&ThreatEvent::from_json(event.as_bytes()).unwrap(), Utc::now());
+    /// }
+    /// let ack = live.ack().unwrap();
+    /// assert_eq!((ack.events, ack.condition_errors), (2, 1));
+    /// assert_eq!(ack.actions["kill_process"], 1);
+    /// ```
     pub fn ack(&self) -> Option<VersionAck> {
         let mut ack = self.inner.status.borrow().ack.clone()?;
         if ack.status == AckStatus::Applied {
@@ -171,6 +224,12 @@ impl LiveEngine {
                 .iter()
                 .map(|(name, count)| ((*name).to_owned(), *count))
                 .collect();
+            ack.events = self.inner.events.load(Ordering::Relaxed);
+            ack.condition_errors = self
+                .inner
+                .condition_errors
+                .load(Ordering::Relaxed)
+                .min(ack.events);
         }
         Some(ack)
     }
@@ -179,6 +238,11 @@ impl LiveEngine {
     /// events pays for one lock and sees one policy. Keep batches short: a policy swap waits.
     pub fn with_engine<R>(&self, f: impl FnOnce(Option<&mut Engine>) -> R) -> R {
         f(lock(&self.inner.engine).as_mut())
+    }
+
+    /// The action budgets of the running policy (the defaults before the first policy).
+    pub fn budgets(&self) -> Budgets {
+        *lock(&self.inner.budgets)
     }
 
     /// Version of the running policy.
@@ -319,14 +383,64 @@ impl LiveEngine {
                 }
             }
         }
+        *lock(&self.inner.budgets) = stored.policy.budgets;
+        {
+            let mut shadows = lock(&self.inner.shadows);
+            shadows.enforced_changed(&stored.policy, Utc::now());
+            self.inner
+                .shadow_active
+                .store(shadows.active(), Ordering::Release);
+        }
         *applied = Some(stored);
         drop(applied);
         lock(&self.inner.counts).clear();
+        self.inner.events.store(0, Ordering::Relaxed);
+        self.inner.condition_errors.store(0, Ordering::Relaxed);
         self.inner.status.send_modify(|status| {
             status.applied = Some(version);
             status.last_error = None;
         });
         Ok(Applied::Swapped { previous })
+    }
+
+    /// Starts the shadow run of a `shadow` event: its document is validated (strictly, as a
+    /// policy's) and evaluated beside the enforced policy from now on, replacing any shadow run
+    /// before it; nothing it emits is executed. The same run again changes nothing.
+    pub fn start_shadow(&self, event: ShadowEvent) -> Result<(), ApplyError> {
+        let shadow = event.shadow;
+        let policy = Policy::from_value(&event.into_document()).map_err(|error| {
+            ApplyError::Malformed(format!("shadow run {shadow} refused: {error}"))
+        })?;
+        let mut shadows = lock(&self.inner.shadows);
+        if shadows.running() != Some(shadow) {
+            shadows.start(shadow, policy, self.inner.config.clone(), Utc::now());
+        }
+        self.inner
+            .shadow_active
+            .store(shadows.active(), Ordering::Release);
+        Ok(())
+    }
+
+    /// Ends shadow run `shadow`; false when it is not the one running.
+    pub fn end_shadow(&self, shadow: u64) -> bool {
+        let mut shadows = lock(&self.inner.shadows);
+        let ended = shadows.end(shadow, Utc::now());
+        self.inner
+            .shadow_active
+            .store(shadows.active(), Ordering::Release);
+        ended
+    }
+
+    /// The shadow run's number, if one runs.
+    pub fn shadow_run(&self) -> Option<u64> {
+        lock(&self.inner.shadows).running()
+    }
+
+    /// What runs in shadow counted since its start (see [`ShadowReport`]); `None` when nothing
+    /// runs in shadow or no policy is applied.
+    pub fn shadow_report(&self) -> Option<ShadowReport> {
+        let version = self.version();
+        lock(&self.inner.shadows).report(version)
     }
 
     fn set_ack(&self, version: PolicyVersion, status: AckStatus, error: Option<String>) {
@@ -336,6 +450,8 @@ impl LiveEngine {
             error,
             at: Utc::now(),
             actions: BTreeMap::new(),
+            events: 0,
+            condition_errors: 0,
         };
         self.inner
             .status

@@ -65,7 +65,7 @@ impl PolicyUpdate {
             })
         })?;
         let signed = event.signed.clone().map(|part| SignedUpdate {
-            document: document(&event.name, event.description.as_deref(), part.rules),
+            document: event.signed_document(part.rules),
             signature: part.signature,
             disabled_rules: part.disabled_rules,
         });
@@ -76,19 +76,6 @@ impl PolicyUpdate {
             document: event.into_document(),
         })
     }
-}
-
-fn document(name: &str, description: Option<&str>, rules: Vec<Value>) -> Value {
-    let mut document = serde_json::Map::new();
-    document.insert("name".to_owned(), Value::String(name.to_owned()));
-    if let Some(description) = description {
-        document.insert(
-            "description".to_owned(),
-            Value::String(description.to_owned()),
-        );
-    }
-    document.insert("rules".to_owned(), Value::Array(rules));
-    Value::Object(document)
 }
 
 #[cfg(test)]
@@ -121,6 +108,28 @@ mod tests {
         let update = PolicyUpdate::from_event(&event.to_string()).unwrap();
         assert_eq!(update.version, PolicyVersion::new(3));
         assert!(crate::Policy::from_value(&update.document).is_ok());
+    }
+
+    /// `budgets` are part of the document, signed or not, and validated strictly with it.
+    #[test]
+    fn budgets_travel_in_the_document_and_the_signed_document() {
+        let mut event: Value = serde_json::from_str(GOLDEN).unwrap();
+        event["budgets"] = json!({"kill_process": {"max": 3, "window": "1m"}});
+        event["signed"] = json!({"rules": event["rules"], "disabledRules": [],
+            "signature": {"keyId": "ac9cbb12e481cf9d", "algorithm": "ed25519",
+                          "value": "c2lnbmF0dXJl"}});
+        let update = PolicyUpdate::from_event(&event.to_string()).unwrap();
+        let policy = crate::Policy::from_value(&update.document).unwrap();
+        assert_eq!(policy.budgets.kill_process.map(|b| b.max), Some(3));
+        let signed = update.signed.unwrap();
+        assert_eq!(signed.document["budgets"], event["budgets"]);
+        event["budgets"]["kill_process"]["max"] = json!(-1);
+        let update = PolicyUpdate::from_event(&event.to_string()).unwrap();
+        let errors = crate::Policy::from_value(&update.document).unwrap_err();
+        assert_eq!(
+            errors.errors[0].to_string(),
+            "budgets.kill_process.max: expected an integer from 0 to 10000, found `-1`"
+        );
     }
 
     #[test]

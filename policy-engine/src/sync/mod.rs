@@ -25,6 +25,7 @@ mod error;
 pub mod fleet;
 mod live;
 mod message;
+mod shadow;
 mod state;
 mod task;
 

@@ -18,7 +18,9 @@ use super::{
     PolicyUpdate, StateStore, SyncError, TlsTrust,
 };
 use crate::policy::PolicyVersion;
-use crate::protocol::HeartbeatRequest;
+use crate::protocol::{
+    HeartbeatRequest, SHADOW_END_EVENT, SHADOW_EVENT, ShadowEndEvent, ShadowEvent,
+};
 
 /// Everything the sync tasks need to know.
 #[derive(Debug, Clone)]
@@ -315,6 +317,8 @@ async fn follow_stream(
                     if on_policy(context, &message.data).await {
                         backoff.reset();
                     }
+                } else if message.event == SHADOW_EVENT || message.event == SHADOW_END_EVENT {
+                    on_shadow(context, &message.event, &message.data);
                 } else if let Some(fleet) = &context.config.fleet {
                     if !fleet.dispatch(&message.event, &message.data) {
                         tracing::debug!(event = %message.event, "ignoring an unknown stream event");
@@ -413,6 +417,36 @@ async fn on_policy(context: &Context, data: &str) -> bool {
     }
 }
 
+/// Starts or ends a shadow run; a refusal is logged and reported as the last error (the
+/// enforced policy is not concerned).
+fn on_shadow(context: &Context, event: &str, data: &str) {
+    let live = &context.live;
+    let result = if event == SHADOW_EVENT {
+        serde_json::from_str::<ShadowEvent>(data)
+            .map_err(|e| ApplyError::Malformed(format!("malformed `shadow` event: {e}")))
+            .and_then(|shadow| {
+                let number = shadow.shadow;
+                live.start_shadow(shadow).map(|()| number)
+            })
+            .map(|number| tracing::info!(shadow = number, "shadow run started"))
+    } else {
+        serde_json::from_str::<ShadowEndEvent>(data)
+            .map_err(|e| ApplyError::Malformed(format!("malformed `shadow_end` event: {e}")))
+            .map(|end| {
+                if live.end_shadow(end.shadow) {
+                    tracing::info!(shadow = end.shadow, "shadow run ended");
+                }
+            })
+    };
+    match result {
+        Ok(()) => context.heartbeat_now.notify_one(),
+        Err(err) => {
+            tracing::warn!(%err, "shadow event refused");
+            live.record_error(err.to_string());
+        }
+    }
+}
+
 async fn persist(context: &Context) {
     let Some(stored) = context.live.applied() else {
         return;
@@ -479,6 +513,8 @@ async fn heartbeat_loop(context: Arc<Context>, mut shutdown: watch::Receiver<boo
     let mut suspect = None;
     // Acks go only to a server that announced it reads them (the protocol's compatibility rule).
     let mut accepts_acks = false;
+    // Shadow reports likewise only to a server that announced it reads them.
+    let mut accepts_shadow = false;
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -497,6 +533,7 @@ async fn heartbeat_loop(context: Arc<Context>, mut shutdown: watch::Receiver<boo
                     policy_version: status.applied,
                     last_error: status.heartbeat_error(),
                     ack,
+                    shadow: context.live.shadow_report().filter(|_| accepts_shadow),
                 },
             )
             .await;
@@ -510,6 +547,7 @@ async fn heartbeat_loop(context: Arc<Context>, mut shutdown: watch::Receiver<boo
                     context.heartbeat_now.notify_one();
                 }
                 accepts_acks = reply.accepts_acks;
+                accepts_shadow = reply.accepts_shadow;
                 suspect = watch_stream(&context, &reply, status.applied, suspect);
             }
             Err(err @ SyncError::Unauthorized { .. }) => {

@@ -28,7 +28,7 @@ pub enum Step {
     /// Process this event at this time.
     Event(Box<ThreatEvent>, DateTime<Utc>),
     /// Swap in this policy.
-    Update(Policy),
+    Update(Box<Policy>),
 }
 
 /// Reads choices from bytes; zeros once they run out.
@@ -369,7 +369,7 @@ pub fn decode(bytes: &[u8], max_rules: usize, max_steps: usize) -> Case {
         if src.chance(1) {
             let (next, next_rules) = updated(&mut src, &rules, max_rules);
             rules = next_rules;
-            steps.push(Step::Update(next));
+            steps.push(Step::Update(Box::new(next)));
             continue;
         }
         let step_ms: i64 = match src.below(8) {

@@ -11,7 +11,7 @@ pub mod cases;
 pub mod model;
 
 use policy_engine::condition::Evaluator;
-use policy_engine::{Condition, Engine, PolicyVersion};
+use policy_engine::{Condition, Engine, Policy, PolicyVersion};
 
 use cases::{Case, Source, Step};
 use model::LinearEngine;
@@ -43,7 +43,7 @@ pub fn compare_engines(case: &Case) -> Result<(), String> {
             }
             Step::Update(policy) => {
                 version += 1;
-                engine.update_policy(policy.clone(), PolicyVersion::new(version));
+                engine.update_policy(Policy::clone(policy), PolicyVersion::new(version));
                 reference.update_policy(policy, PolicyVersion::new(version));
             }
         }

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::assignment;
 use super::rollouts;
+use super::shadows;
 use super::streams::{EventHub, Publisher};
 use crate::auth::{Principal, TokenCache, TokenHash, generate_token, random_hex};
 use crate::clock;
@@ -105,6 +106,7 @@ pub async fn enroll(
                 policy_version: None,
                 last_error: None,
                 ack: None,
+                shadow: None,
             },
             hash,
         )
@@ -154,15 +156,31 @@ pub async fn heartbeat(
 ) -> Result<HeartbeatAnswer, ApiError> {
     let version = request.policy_version;
     let acked = request.ack.is_some();
+    let shadow = match request.shadow {
+        Some(report) => Some(shadows::check_report(store, &org, &agent_id, report).await),
+        None => None,
+    };
+    // A refused shadow report is answered 422, but the heartbeat itself still counts: the
+    // agent is alive and runs what it says (a rollout gate must not see it as silent).
+    let (shadow, refused) = match shadow {
+        Some(Ok(checked)) => (Some(checked), None),
+        Some(Err(error)) => (None, Some(error)),
+        None => (None, None),
+    };
     store
         .heartbeat(Heartbeat {
             agent_id: agent_id.clone(),
             policy_version: version,
             last_error: request.last_error,
             ack: request.ack,
+            shadow,
             at: clock::now(),
         })
         .await?;
+    if let Some(error) = refused {
+        shadows::audit_refusal(store, &org, &agent_id, &error).await;
+        return Err(error);
+    }
     if acked
         || store
             .latest_rollout(org.clone())
@@ -180,6 +198,7 @@ pub async fn heartbeat(
         current_policy_version: current,
         outdated: current.is_some() && version != current,
         accepts_acks: true,
+        accepts_shadow: true,
     })
 }
 

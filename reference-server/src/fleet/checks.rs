@@ -6,7 +6,10 @@
 //!   action can produce the reported action (as the agent's resolved policy had it): a fleet
 //!   block needs a `block_ip` rule with `scope: fleet` and that duration, or a `custom` rule
 //!   whose action is `block_ip` with `params.scope: fleet`; an approval request an
-//!   `auto_respond` rule with `requireApproval` for that action; an alert an `alert_threshold`
+//!   `auto_respond` rule with `requireApproval` for that action, or any rule that can produce
+//!   the requested `kill_process`, `quarantine_file`, `isolate_host` or `block_ip` when the
+//!   version's budget of that action goes to approval (`budgets`, the agent asks beyond it),
+//!   and the outcome of such an approved action likewise; an alert an `alert_threshold`
 //!   rule of that severity whose `notifyChannels` hold every reported channel (or a `custom`
 //!   `alert` with those `params.channels`); a custom action the rule's name and params.
 //! - **Targets**: a fleet block never targets loopback, unspecified, link-local, multicast or
@@ -22,7 +25,8 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use policy_engine::policy::{ResponseAction, Rule, RuleKind};
+use policy_engine::budget::budgeted;
+use policy_engine::policy::{Budgets, OnExceed, ResponseAction, Rule, RuleKind};
 use policy_engine::{Action, EngineConfig, PolicyDuration, Scope};
 use serde_json::{Map, Value};
 
@@ -180,7 +184,13 @@ pub async fn check(
     let mut first_refusal = None;
     for list in &sent {
         let rule = resolved_rule(&policy, list, index).unwrap_or_else(|| base.clone());
-        match can_produce(&rule, index, &report.action, approved) {
+        match can_produce(
+            &rule,
+            index,
+            &report.action,
+            approved,
+            &policy.policy.budgets,
+        ) {
             Ok(()) => return Ok(()),
             Err(refusal) => {
                 first_refusal.get_or_insert(refusal);
@@ -246,10 +256,30 @@ fn can_block_an_address(rule: &Rule, index: usize) -> Result<(), Refusal> {
     }
 }
 
-/// Whether `rule` (number `index`, as the agent had it) can produce `action`.
-fn can_produce(rule: &Rule, index: usize, action: &Action, approved: bool) -> Result<(), Refusal> {
+/// Whether `rule` (number `index`, as the agent had it) can produce `action`, under the
+/// version's `budgets`.
+fn can_produce(
+    rule: &Rule,
+    index: usize,
+    action: &Action,
+    approved: bool,
+    budgets: &Budgets,
+) -> Result<(), Refusal> {
     if !rule.enabled {
         return Err(Refusal::new("rule", format!("rule {index} is disabled")));
+    }
+    // Beyond its budget an action the rule produces is asked for, then run once approved.
+    let asked = match action {
+        Action::ApprovalRequest { request } => Some(request.as_ref()),
+        action if approved => Some(action),
+        _ => None,
+    };
+    if let Some(requested) = asked {
+        let asks = budgeted(requested)
+            .is_some_and(|kind| budgets.limit(kind).on_exceed == OnExceed::Approval);
+        if asks && can_produce(rule, index, requested, false, budgets).is_ok() {
+            return Ok(());
+        }
     }
     let defaults = EngineConfig::default();
     let cannot = |path: &str| {
@@ -494,8 +524,14 @@ mod tests {
     fn rules_produce_only_their_own_actions() {
         let rules = rules();
         let check = |index: usize, value: serde_json::Value, approved: bool| {
-            can_produce(&rules[index], index, &action(value), approved)
-                .map_err(|r| (r.path, r.message))
+            can_produce(
+                &rules[index],
+                index,
+                &action(value),
+                approved,
+                &Budgets::default(),
+            )
+            .map_err(|r| (r.path, r.message))
         };
         let block = |scope: &str, duration: &str| json!({"action": "block_ip", "ip": "203.0.113.7", "duration": duration, "scope": scope});
         assert_eq!(check(0, block("fleet", "1h"), false), Ok(()));
@@ -556,6 +592,62 @@ mod tests {
         assert_eq!(
             check(4, json!({"action": "isolate_host"}), false),
             Err(("rule".into(), "rule 4 is disabled".into()))
+        );
+    }
+
+    /// Beyond a budget whose `onExceed` is `approval` (the default) the agent asks for any
+    /// budgeted action its rule produces, and runs it once approved; with `drop` it never asks.
+    #[test]
+    fn budgets_let_a_rule_ask_for_approval_of_what_it_produces() {
+        let rules = rules();
+        let policy = |budgets: serde_json::Value| {
+            Policy::from_value(&json!({"name": "b", "rules": [
+                {"type": "custom", "config": {"condition": "true", "action": "tag_host"}}],
+                "budgets": budgets}))
+            .unwrap()
+            .budgets
+        };
+        let ask = policy(json!({}));
+        let drop = policy(json!({"onExceed": "drop"}));
+        let check = |index: usize, value: serde_json::Value, approved: bool, budgets: &Budgets| {
+            can_produce(&rules[index], index, &action(value), approved, budgets)
+                .map_err(|r| (r.path, r.message))
+        };
+        let block = json!({"action": "block_ip", "ip": "203.0.113.7", "duration": "1h",
+                           "scope": "fleet"});
+        let request = json!({"action": "approval_request", "request": block});
+        assert_eq!(check(0, request.clone(), false, &ask), Ok(()));
+        assert_eq!(check(0, block.clone(), true, &ask), Ok(()));
+        let refused = Err((
+            "action".into(),
+            "rule 0 is `custom` with action `block_ip`, which cannot produce an \
+             `approval_request` for `block_ip`"
+                .into(),
+        ));
+        assert_eq!(check(0, request, false, &drop), refused);
+        // Only what the rule itself produces: rule 0 blocks for 1h, not 2h.
+        let longer = json!({"action": "approval_request", "request": {"action": "block_ip",
+            "ip": "203.0.113.7", "duration": "2h", "scope": "fleet"}});
+        assert_eq!(
+            check(0, longer, false, &ask),
+            Err((
+                "action".into(),
+                "rule 0 is `custom` with action `block_ip`, which cannot produce an \
+                 `approval_request` for `block_ip`"
+                    .into()
+            ))
+        );
+        // An alert has no budget.
+        let alert = json!({"action": "approval_request", "request": {"action": "alert",
+            "severity": "high", "count": 1, "channels": ["ops"]}});
+        assert_eq!(
+            check(1, alert, false, &ask),
+            Err((
+                "action".into(),
+                "rule 1 is `custom` with action `alert`, which cannot produce an \
+                 `approval_request` for `alert`"
+                    .into()
+            ))
         );
     }
 

@@ -12,9 +12,10 @@
 //!   frames (the version each stream is assigned, after a rollout too); [`replicas`]: the notices of other server replicas' commits (a shared database);
 //! - [`reports`]: what the server does with an agent's report, one workflow per kind, and
 //!   report-id idempotency;
-//! - [`rollouts`]: staged rollouts, the gate and rollback; [`assignment`]: which version each
-//!   agent gets;
-//! - [`blocks`], [`approvals`]: fleet blocks and approval requests;
+//! - [`rollouts`]: staged rollouts, the gate and rollback ([`health`]: its rate criteria);
+//!   [`assignment`]: which version each agent gets;
+//! - [`blocks`], [`approvals`]: fleet blocks and approval requests; [`budgets`]: the org's
+//!   fleet-block budget;
 //! - [`notify`]: alert channels and delivery; [`audit`]: the trail;
 //! - [`views`]: records as the protocol shows them; [`sweeper`]: expiry in the background;
 //! - [`changes`]: what changed, for the admin event streams of the console; [`admin`]: who an
@@ -28,9 +29,11 @@ pub mod approvals;
 pub mod assignment;
 pub mod audit;
 pub mod blocks;
+pub mod budgets;
 pub mod changes;
 pub mod checks;
 pub mod gauges;
+pub mod health;
 pub mod notify;
 pub mod overrides;
 pub mod plan;
@@ -39,6 +42,7 @@ pub mod quotas;
 pub mod replicas;
 pub mod reports;
 pub mod rollouts;
+pub mod shadows;
 pub mod stream_changes;
 pub mod streams;
 pub mod sweeper;

@@ -1,7 +1,8 @@
 //! Agent reports (`POST /api/agents/:id/reports`): what an agent did or requests, and what the
 //! server does with it. One workflow per kind of report:
 //!
-//! - a fleet-scope `block_ip` executed -> `fleet_block`: a fleet block pushed to the others;
+//! - a fleet-scope `block_ip` executed -> `fleet_block`: a fleet block pushed to the others
+//!   (within the org's fleet-block budget, [`super::budgets`]; beyond it only recorded);
 //! - an `approval_request` -> `approval_request`: a stored request awaiting an admin;
 //! - a report with `approvalId` -> `approval_outcome`: the approval closed;
 //! - an `alert` -> `alert`: deliveries queued to its channels;
@@ -20,6 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use policy_engine::policy::Budgets;
 use policy_engine::protocol::{
     ApprovalStatus, Report, ReportAnswer, ReportId, ReportKind, ReportOutcome, time,
 };
@@ -28,6 +30,7 @@ use serde_json::{Value, json};
 
 use super::audit;
 use super::blocks;
+use super::budgets::FleetBudgets;
 use super::checks::{self, CheckError, NeverBlock, Refusal};
 use super::notify::{Alert, Notifier};
 use super::quotas::Quotas;
@@ -57,6 +60,8 @@ pub struct ReportContext<'a> {
     pub quotas: &'a Quotas,
     /// Addresses never blocked fleet-wide.
     pub never_block: &'a NeverBlock,
+    /// The orgs' fleet-block budgets.
+    pub fleet_budgets: &'a FleetBudgets,
 }
 
 /// The agent a report comes from.
@@ -310,12 +315,13 @@ async fn approval_outcome(
 }
 
 /// A fleet-scope block executed by the reporter: stored (or collapsed into the one in force)
-/// and pushed to the other agents when it is new or later.
+/// and pushed to the other agents when it is new or later; beyond the org's fleet-block
+/// budget only recorded (`fleet_budget_exceeded`, answered as `recorded`).
 async fn fleet_block(
     ctx: ReportContext<'_>,
     reporter: Reporter<'_>,
     report: &Report,
-    entry: NewEntry,
+    mut entry: NewEntry,
     answer: ReportAnswer,
 ) -> Result<ReportAnswer, Handled> {
     let Action::BlockIp { ip, duration, .. } = &report.record.action else {
@@ -323,6 +329,34 @@ async fn fleet_block(
             "a fleet block report without a block",
         )));
     };
+    let limit = ctx
+        .store
+        .policy(reporter.org_id.to_owned(), report.record.policy_version)
+        .await?
+        .map(|stored| stored.policy.budgets.fleet_limit())
+        .unwrap_or_else(|| Budgets::default().fleet_limit());
+    if let Err(exceeded) =
+        ctx.fleet_budgets
+            .admit(reporter.org_id, *ip, limit, std::time::Instant::now())
+    {
+        let budget = exceeded.limit.describe();
+        tracing::warn!(
+            org = reporter.org_id,
+            agent = reporter.agent_id,
+            %ip,
+            budget = budget.as_str(),
+            "fleet block beyond the org's budget: recorded, not pushed"
+        );
+        entry.outcome = "fleet_budget_exceeded".to_owned();
+        if let Some(detail) = entry.detail.as_mut().and_then(Value::as_object_mut) {
+            detail.insert("fleetBudget".to_owned(), json!(budget));
+        }
+        if let Some(receipt) = entry.receipt.as_mut() {
+            receipt.kind = ReportKind::Recorded;
+        }
+        recorded(ctx, entry).await?;
+        return Ok(ReportAnswer::of(ReportKind::Recorded, answer.report_id));
+    }
     let new = NewBlock {
         org_id: reporter.org_id.to_owned(),
         ip: *ip,

@@ -1,12 +1,15 @@
 //! Staged rollouts: a new version goes to a growing set of the org's agents (stages by a stable
 //! hash of the agent id, or named agents), each stage soaking for a minimum time; agents
 //! outside the stage keep the previous version (the server chooses what each stream gets:
-//! [`assign`]); a gate (refusals or load errors among the stage's agents, agents going silent)
+//! [`assign`]); a gate (refusals or load errors among the stage's agents, agents going silent,
+//! condition errors and action rates from their acks: [`health`])
 //! halts the rollout and sends the stage's agents the previous version with `rollbackFrom`;
 //! operators pause, resume, advance or abort. Every transition is audited with the record.
 //!
 //! The gate is evaluated on every heartbeat of an agent of the org, on every read of the
-//! rollout and on every operator action.
+//! rollout, on every operator action, and on a timer ([`check_all_gates`], every
+//! `rollout_gate_interval`, 5 s by default) so that a stage whose agents all went silent fails
+//! with nobody looking.
 
 use std::sync::Arc;
 
@@ -19,6 +22,7 @@ use serde_json::Value;
 pub use super::assignment::{Assignment, assigned_policy, bucket, check_no_active};
 use super::assignment::{assign, in_stage, state_name};
 use super::changes::Topic;
+use super::health;
 use super::notify::NotifyConfig;
 use super::policies::{self, Checked, Publication, SignedOrgs};
 use super::streams::Publisher;
@@ -156,21 +160,29 @@ fn read_gate(fields: &mut Fields, value: &Value) -> RolloutGate {
     let Some(map) = fields.object(
         value,
         "gate",
-        &["maxFailures", "maxSilent", "silentAfterSecs"],
+        &[
+            "maxFailures",
+            "maxSilent",
+            "silentAfterSecs",
+            "maxConditionErrorPercent",
+            "maxActionRatePercent",
+            "minEvents",
+        ],
     ) else {
         return gate;
     };
-    let mut number = |key: &str, max: u64| -> Option<u64> {
+    let mut number_from = |key: &str, min: u64, max: u64| -> Option<u64> {
         let v = map.get(key)?;
-        let n = v.as_u64().filter(|n| *n <= max);
+        let n = v.as_u64().filter(|n| (min..=max).contains(n));
         if n.is_none() {
             fields.push(
                 &format!("gate.{key}"),
-                format!("expected an integer from 0 to {max}"),
+                format!("expected an integer from {min} to {max}"),
             );
         }
         n
     };
+    let mut number = |key: &str, max: u64| number_from(key, 0, max);
     if let Some(n) = number("maxFailures", 1_000_000) {
         gate.max_failures = u32::try_from(n).unwrap_or(u32::MAX);
     }
@@ -179,6 +191,15 @@ fn read_gate(fields: &mut Fields, value: &Value) -> RolloutGate {
     }
     if let Some(n) = number("silentAfterSecs", 86_400) {
         gate.silent_after_secs = n.max(1);
+    }
+    if let Some(n) = number("maxConditionErrorPercent", 100) {
+        gate.max_condition_error_percent = u32::try_from(n).ok();
+    }
+    if let Some(n) = number_from("maxActionRatePercent", 1, 1_000_000) {
+        gate.max_action_rate_percent = u32::try_from(n).ok();
+    }
+    if let Some(n) = number_from("minEvents", 1, 1_000_000_000) {
+        gate.min_events = n;
     }
     gate
 }
@@ -442,6 +463,20 @@ pub async fn operate(
     view_of(store, rollout).await
 }
 
+/// Evaluates the gate of every org's running or paused rollout (the timer's round); an org
+/// whose evaluation fails is logged and the others go on.
+pub async fn check_all_gates(
+    store: &dyn Store,
+    publisher: &Publisher,
+) -> Result<(), crate::store::StoreError> {
+    for org in store.orgs().await? {
+        if let Err(error) = check_gate(store, publisher, &org).await {
+            tracing::warn!(org = org.as_str(), %error, "cannot evaluate the rollout gate");
+        }
+    }
+    Ok(())
+}
+
 /// Evaluates the gate of `org`'s running or paused rollout: a failed gate rolls it back; a
 /// running stage whose agents all applied the version and whose soak has passed advances.
 pub async fn check_gate(
@@ -503,10 +538,11 @@ pub enum Verdict {
 }
 
 /// The gate of `rollout`'s stage in force over `agents` (the org's) at `now_ms`: more failed
-/// acks (refused or invalid) of the version than `maxFailures`, or more silent agents than
-/// `maxSilent` (no heartbeat for `silentAfterSecs`, counted once the stage is that old), fail
-/// it; a running stage advances when every agent in it acked the version as applied and its
-/// soak time has passed.
+/// acks (refused or invalid) of the version than `maxFailures`, more silent agents than
+/// `maxSilent` (no heartbeat for `silentAfterSecs`, counted once the stage is that old), or a
+/// rate criterion ([`health::judge_rates`]: condition errors, actions versus the previous
+/// version) fail it; a running stage advances when every agent in it acked the version as
+/// applied, the rate criteria were judged and its soak time has passed.
 pub fn evaluate(rollout: &Rollout, agents: &[AgentRecord], now_ms: i64) -> Verdict {
     let stage: Vec<&AgentRecord> = agents
         .iter()
@@ -555,6 +591,10 @@ pub fn evaluate(rollout: &Rollout, agents: &[AgentRecord], now_ms: i64) -> Verdi
             ));
         }
     }
+    let rates_judged = match health::judge_rates(rollout, agents, &stage) {
+        Ok(judged) => judged,
+        Err(reason) => return Verdict::Fail(reason),
+    };
     let all_applied = stage.iter().all(|a| {
         a.ack
             .as_ref()
@@ -565,6 +605,7 @@ pub fn evaluate(rollout: &Rollout, agents: &[AgentRecord], now_ms: i64) -> Verdi
     });
     if rollout.state == RolloutState::Running
         && all_applied
+        && rates_judged
         && now_ms.saturating_sub(rollout.stage_started_ms) >= soak_ms
     {
         Verdict::Advance

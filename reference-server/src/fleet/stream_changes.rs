@@ -1,6 +1,6 @@
 //! One numbered change of the store pushed to the open streams of its org: the rows it names
-//! are read (a policy version, an agent's overrides, a block, an approval, a rollout) and
-//! turned into the frames each stream gets. Streams whose initial state already included the
+//! are read (a policy version, an agent's overrides, a block, an approval, a rollout, a shadow
+//! run) and turned into the frames each stream gets. Streams whose initial state already included the
 //! change ([`StreamView::since`]) are skipped.
 //!
 //! A policy version and a rollout's transition push to each stream the version its agent is
@@ -13,11 +13,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use policy_engine::PolicyVersion;
-use policy_engine::protocol::{ApprovalStatus, FleetEvent, UnblockEvent};
+use policy_engine::protocol::{ApprovalStatus, FleetEvent, ShadowEndEvent, UnblockEvent};
 
 use super::assignment::{Assignment, assign};
 use super::overrides::{self, Override, stored_list};
-use super::views::{approval_event, block_event, policy_event};
+use super::views::{approval_event, block_event, policy_event, shadow_event};
 use crate::clock;
 use crate::store::{Change, ChangeKind, Rollout, SentPolicy, Store, StoreError, StoredPolicy};
 use crate::transport::{Delivery, Frame, Hub};
@@ -67,6 +67,8 @@ pub fn event_name(kind: &ChangeKind) -> &'static str {
         ChangeKind::Unblock { .. } => "unblock",
         ChangeKind::Approved { .. } => "approval",
         ChangeKind::Rollout { .. } => "rollout",
+        ChangeKind::ShadowStarted { .. } => "shadow",
+        ChangeKind::ShadowEnded { .. } => "shadow_end",
     }
 }
 
@@ -149,6 +151,19 @@ pub async fn apply(
             hub.visit_org(org_id, |agent, view| {
                 (fresh(view) && agent == agent_id).then(|| frame.clone())
             })
+        }
+        ChangeKind::ShadowStarted { shadow } => {
+            let run = store.shadow_run(org_id.to_owned()).await?;
+            let Some(run) = run.filter(|r| r.shadow == *shadow && r.ended_ms.is_none()) else {
+                // Ended or replaced meanwhile: its own change pushes that.
+                return Ok(Delivery::default());
+            };
+            let frame = Frame::shadow(&shadow_event(&run));
+            hub.visit_org(org_id, |_, view| fresh(view).then(|| frame.clone()))
+        }
+        ChangeKind::ShadowEnded { shadow } => {
+            let frame = Frame::shadow_end(&ShadowEndEvent { shadow: *shadow });
+            hub.visit_org(org_id, |_, view| fresh(view).then(|| frame.clone()))
         }
     })
 }

@@ -31,7 +31,7 @@ use super::assignment::assign;
 use super::changes::{Changes, Topic};
 use super::stream_changes;
 pub use super::stream_changes::{AgentOverrides, EventHub, StreamView, policy_frame, sent};
-use super::views::{approval_event, block_event, policy_event};
+use super::views::{approval_event, block_event, policy_event, shadow_event};
 use crate::clock;
 use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
@@ -95,8 +95,8 @@ impl Publisher {
         self.changes.changed(org, topics);
     }
 
-    /// Held while deciding a rollout's next state or a plain post (read the rollout, then
-    /// write): decisions on this replica are taken one at a time. Pushes do not need it (the
+    /// Held while deciding a rollout's next state, a plain post (read the rollout, then
+    /// write) or a shadow run's number: decisions on this replica are taken one at a time. Pushes do not need it (the
     /// store's changes order them).
     pub async fn rollout_lock(&self) -> MutexGuard<'_, ()> {
         self.rollouts.lock().await
@@ -255,7 +255,8 @@ impl Publisher {
 /// version assigned to it, see [`assign`]; and unless `last_event_id` says the agent already
 /// runs that version and it has no overrides that could have changed it), then one `block` per fleet block of its org in force (reported
 /// by anyone, the agent itself included: a restarted reporter needs them too), then one
-/// `approval` per approved request of its own not yet executed; then every change as it
+/// `approval` per approved request of its own not yet executed, then the org's shadow run if
+/// one runs; then every change as it
 /// happens. 503 once the server is stopping.
 pub async fn open(
     store: &dyn Store,
@@ -347,6 +348,9 @@ fn initial_state(
         initial.push(Frame::fleet(&FleetEvent::Approval(approval_event(
             approval,
         ))));
+    }
+    if let Some(run) = snapshot.shadow.as_ref().filter(|r| r.ended_ms.is_none()) {
+        initial.push(Frame::shadow(&shadow_event(run)));
     }
     let view = StreamView {
         overrides: Arc::new(list),

@@ -4,13 +4,14 @@
 use chrono::{DateTime, Utc};
 use policy_engine::policy::wire::RuleDocument;
 use policy_engine::protocol::{
-    ApprovalEvent, ApprovalView, BlockEvent, BlockView, PolicyEvent, PolicyView, SignedRules,
+    ApprovalEvent, ApprovalView, BlockEvent, BlockView, PolicyEvent, PolicyView, ShadowEvent,
+    SignedRules,
 };
 use policy_engine::{Action, ActionRecord, PolicyDuration, Scope};
 
 use super::overrides::{self, Override};
 use crate::clock;
-use crate::store::{Approval, FleetBlock, StoredOverrides, StoredPolicy};
+use crate::store::{Approval, FleetBlock, ShadowRun, StoredOverrides, StoredPolicy};
 
 /// A stored policy as `GET /api/policy/active` shows it; `POST /api/policy` adds
 /// `broadcastedTo`.
@@ -24,6 +25,7 @@ pub fn policy_view(
         description: policy.policy.description.clone(),
         version: policy.version,
         rules: policy.policy.to_document().rules,
+        budgets: budgets(policy),
         broadcasted_to,
         created_at: policy.created_at,
         signature: policy.signature.clone(),
@@ -48,10 +50,20 @@ pub fn policy_event(
         name: policy.policy.name.clone(),
         description: policy.policy.description.clone(),
         rules: resolved_rules(policy, agent_id, list),
+        budgets: budgets(policy),
         created_at: Some(policy.created_at),
         signed,
         rollback_from: None,
     }
+}
+
+/// The policy's `budgets` as written, when it has some.
+fn budgets(policy: &StoredPolicy) -> Option<serde_json::Value> {
+    policy
+        .policy
+        .to_document()
+        .budgets
+        .and_then(|b| serde_json::to_value(b).ok())
 }
 
 /// The rules `agent_id` runs: `policy`'s with its overrides applied. Overrides that no longer
@@ -154,5 +166,28 @@ pub fn approval_event(approval: &Approval) -> ApprovalEvent {
         approval_id: approval.id.clone(),
         expires_at: clock::from_ms(approval.expires_ms),
         action: approval.request.clone(),
+    }
+}
+
+/// The `shadow` event of a shadow run: its normalized document (without `org_id`).
+pub fn shadow_event(run: &ShadowRun) -> ShadowEvent {
+    let document = &run.document;
+    ShadowEvent {
+        shadow: run.shadow,
+        name: document
+            .get("name")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        description: document
+            .get("description")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned),
+        rules: document
+            .get("rules")
+            .and_then(serde_json::Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+        created_at: Some(clock::from_ms(run.started_ms)),
     }
 }

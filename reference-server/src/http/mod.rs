@@ -23,6 +23,7 @@ use self::filters::{
 };
 use self::handlers::{
     admin as admin_api, agents, approvals, audit, blocks, events, policies, reports, rollouts,
+    shadows,
 };
 use self::recover::recover;
 use crate::app::AppState;
@@ -35,7 +36,7 @@ mod params {
     /// The org a global admin acts on.
     pub const ORG: &[&str] = &["org_id"];
     /// `POST /api/policy`.
-    pub const PUBLISH: &[&str] = &["dryRun", "org_id"];
+    pub const PUBLISH: &[&str] = &["dryRun", "shadow", "org_id"];
     /// `GET /api/approvals`.
     pub const APPROVALS: &[&str] = &["status", "limit", "org_id"];
     /// `GET /api/audit`.
@@ -52,7 +53,9 @@ mod params {
 ///
 /// | route | who | query |
 /// |---|---|---|
-/// | `POST /api/policy` | admin | `dryRun`, `org_id` |
+/// | `POST /api/policy` | admin | `dryRun`, `shadow`, `org_id` |
+/// | `GET /api/policy/shadow` | admin | `org_id` |
+/// | `DELETE /api/policy/shadow` | admin | `org_id` |
 /// | `GET /api/policy/active` | admin, agent | `org_id` |
 /// | `GET /api/policy/agent/:id` | admin, that agent | `org_id` |
 /// | `PUT /api/policy/agent/:id/overrides` | admin | `org_id` |
@@ -95,11 +98,30 @@ pub fn routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .chain(console::routes())
         .chain(docs_routes())
         .chain(rollout_routes(&state))
+        .chain(shadow_routes(&state))
         .fold(first, |tree, route| tree.or(route).unify().boxed())
         .recover(recover)
         .unify()
         .boxed();
     metrics::observed(tree, state.metrics.clone())
+}
+
+/// `/api/policy/shadow`: the org's shadow run against its enforced version, and its end (a
+/// run starts with `POST /api/policy?shadow=true`).
+fn shadow_routes(s: &Arc<AppState>) -> [BoxedFilter<(Response,)>; 2] {
+    let diff = warp::path!("api" / "policy" / "shadow")
+        .and(warp::get())
+        .and(admin(s))
+        .and(query(params::ORG))
+        .and(with_state(s))
+        .then(shadows::diff);
+    let end = warp::path!("api" / "policy" / "shadow")
+        .and(warp::delete())
+        .and(admin(s))
+        .and(query(params::ORG))
+        .and(with_state(s))
+        .then(shadows::end);
+    [boxed(diff), boxed(end)]
 }
 
 /// `/api/policy`: publish, validate, the versions, the active policy, an agent's rules, its

@@ -16,8 +16,8 @@ use serde_json::Value;
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, Change, DecideError, Decision, Finish,
     FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, OrgSummary,
-    PendingDelivery, PolicySummary, Pushed, ReportReceipt, Rollout, SentPolicy, Store, StoreError,
-    StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
+    PendingDelivery, PolicySummary, Pushed, ReportReceipt, Rollout, SentPolicy, ShadowRun, Store,
+    StoreError, StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 use crate::metrics::ServerMetrics;
@@ -97,6 +97,20 @@ impl Store for MeteredStore {
 
     async fn rollout(&self, id: String) -> Result<Option<Rollout>, StoreError> {
         self.timed("rollout", self.inner.rollout(id)).await
+    }
+
+    async fn put_shadow_run(
+        &self,
+        run: ShadowRun,
+        entry: NewEntry,
+    ) -> Result<Pushed<()>, StoreError> {
+        self.timed("put_shadow_run", self.inner.put_shadow_run(run, entry))
+            .await
+    }
+
+    async fn shadow_run(&self, org_id: String) -> Result<Option<ShadowRun>, StoreError> {
+        self.timed("shadow_run", self.inner.shadow_run(org_id))
+            .await
     }
 
     async fn rollouts(&self, org_id: String, limit: u32) -> Result<Vec<Rollout>, StoreError> {

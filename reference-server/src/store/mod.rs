@@ -29,8 +29,8 @@ pub use records::{
     AgentRecord, Approval, AuditEntry, AuditFilter, AuditPage, Change, ChangeKind, DecideError,
     Decision, Finish, FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy,
     OrgSummary, PendingDelivery, PolicySummary, Pushed, ReportReceipt, Rollout, RolloutGate,
-    RolloutStage, RolloutState, SentPolicy, StoredOverrides, StoredPolicy, StreamSnapshot,
-    Upserted,
+    RolloutStage, RolloutState, SentPolicy, ShadowRun, StoredOverrides, StoredPolicy,
+    StoredShadowReport, StreamSnapshot, Upserted,
 };
 
 /// How many (version, overrides) sends are remembered per agent, newest first: a report about
@@ -166,6 +166,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// One rollout by id.
     async fn rollout(&self, id: String) -> Result<Option<Rollout>, StoreError>;
+
+    /// Stores a shadow run (a new one, or its end) with its audit entry and its change
+    /// ([`ChangeKind::ShadowStarted`] or [`ChangeKind::ShadowEnded`]), atomically.
+    async fn put_shadow_run(
+        &self,
+        run: ShadowRun,
+        entry: NewEntry,
+    ) -> Result<Pushed<()>, StoreError>;
+
+    /// The org's latest shadow run (the highest number), ended or not.
+    async fn shadow_run(&self, org_id: String) -> Result<Option<ShadowRun>, StoreError>;
 
     /// The org's rollouts, newest first, at most `limit`.
     async fn rollouts(&self, org_id: String, limit: u32) -> Result<Vec<Rollout>, StoreError>;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use policy_engine::protocol::{
-    ApprovalStatus, PolicySignature, ReportId, ReportKind, VersionAck, time,
+    ApprovalStatus, PolicySignature, ReportId, ReportKind, ShadowReport, VersionAck, time,
 };
 use policy_engine::{Action, ActionRecord, Policy, PolicyDuration, PolicyVersion};
 use serde::Serialize;
@@ -148,6 +148,23 @@ pub struct RolloutGate {
     pub max_silent: u32,
     /// An agent is silent when its last heartbeat is older than this, in seconds (default 300).
     pub silent_after_secs: u64,
+    /// Most percent of the stage's events on which a condition failed (`None`: not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_condition_error_percent: Option<u32>,
+    /// Most actions per event of the stage, in percent of the previous version's on the
+    /// agents outside the stage (`None`: not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_action_rate_percent: Option<u32>,
+    /// Events needed before a rate is judged (default 100).
+    #[serde(default = "default_min_events")]
+    pub min_events: u64,
+}
+
+/// The default of [`RolloutGate::min_events`].
+pub const DEFAULT_MIN_EVENTS: u64 = 100;
+
+fn default_min_events() -> u64 {
+    DEFAULT_MIN_EVENTS
 }
 
 impl Default for RolloutGate {
@@ -156,6 +173,9 @@ impl Default for RolloutGate {
             max_failures: 0,
             max_silent: 0,
             silent_after_secs: 300,
+            max_condition_error_percent: None,
+            max_action_rate_percent: None,
+            min_events: DEFAULT_MIN_EVENTS,
         }
     }
 }
@@ -179,6 +199,39 @@ pub struct AgentRecord {
     pub last_error: Option<String>,
     /// The last ack it sent: what became of the last version offered to it.
     pub ack: Option<VersionAck>,
+    /// The last shadow report it sent (checked), with when it arrived.
+    pub shadow: Option<StoredShadowReport>,
+}
+
+/// A shadow report as stored with its agent: the report and when the server received it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredShadowReport {
+    /// When it arrived (the server's clock), in milliseconds since the epoch.
+    pub received_ms: i64,
+    /// The report.
+    pub report: ShadowReport,
+}
+
+/// A shadow run of an org (see `fleet::shadows`): a policy document every agent of the org
+/// evaluates beside its enforced version without executing it. The record the store keeps
+/// whole (as JSON in SQLite).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowRun {
+    /// Its org.
+    pub org_id: String,
+    /// Its number in the org: 1, 2, ...
+    pub shadow: u64,
+    /// The normalized policy document evaluated in shadow.
+    pub document: serde_json::Value,
+    /// Who started it (`admin`, `admin:<org>`).
+    pub started_by: String,
+    /// When it started, in milliseconds since the epoch.
+    pub started_ms: i64,
+    /// When an operator ended it; `None` while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<i64>,
 }
 
 /// One heartbeat of an agent.
@@ -192,6 +245,8 @@ pub struct Heartbeat {
     pub last_error: Option<String>,
     /// Its ack, if it sent one (`None` keeps the stored one).
     pub ack: Option<VersionAck>,
+    /// Its shadow report, checked, if it sent one (`None` keeps the stored one).
+    pub shadow: Option<StoredShadowReport>,
     /// When it arrived.
     pub at: DateTime<Utc>,
 }
@@ -607,6 +662,16 @@ pub enum ChangeKind {
         /// The rollout.
         id: String,
     },
+    /// A shadow run was started: every agent of the org runs it beside its version.
+    ShadowStarted {
+        /// The run's number in the org.
+        shadow: u64,
+    },
+    /// A shadow run was ended.
+    ShadowEnded {
+        /// The run's number in the org.
+        shadow: u64,
+    },
 }
 
 impl ChangeKind {
@@ -619,6 +684,8 @@ impl ChangeKind {
             Self::Unblock { .. } => "unblock",
             Self::Approved { .. } => "approved",
             Self::Rollout { .. } => "rollout",
+            Self::ShadowStarted { .. } => "shadow",
+            Self::ShadowEnded { .. } => "shadow_end",
         }
     }
 
@@ -650,6 +717,9 @@ impl ChangeKind {
                 columns.reference = Some(approval_id.clone());
             }
             Self::Rollout { id } => columns.reference = Some(id.clone()),
+            Self::ShadowStarted { shadow } | Self::ShadowEnded { shadow } => {
+                columns.version = i64::try_from(*shadow).ok();
+            }
         }
         columns
     }
@@ -679,6 +749,12 @@ impl ChangeKind {
             "rollout" => Self::Rollout {
                 id: columns.reference?,
             },
+            "shadow" => Self::ShadowStarted {
+                shadow: u64::try_from(columns.version?).ok()?,
+            },
+            "shadow_end" => Self::ShadowEnded {
+                shadow: u64::try_from(columns.version?).ok()?,
+            },
             _ => return None,
         })
     }
@@ -695,7 +771,7 @@ pub struct ChangeColumns {
     pub ip: Option<String>,
     /// The reporter, the lifter, the approval id or the rollout id.
     pub reference: Option<String>,
-    /// The policy version.
+    /// The policy version, or the shadow run's number.
     pub version: Option<i64>,
 }
 
@@ -728,6 +804,8 @@ pub struct StreamSnapshot {
     pub blocks: Vec<FleetBlock>,
     /// The agent's approved requests not yet executed.
     pub approved: Vec<Approval>,
+    /// The org's latest shadow run, ended or not.
+    pub shadow: Option<ShadowRun>,
 }
 
 /// An alert delivery queued with the alert's audit entry (one per channel).

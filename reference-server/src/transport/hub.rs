@@ -18,7 +18,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
-use policy_engine::protocol::{FleetEvent, POLICY_EVENT, PolicyEvent};
+use policy_engine::protocol::{
+    FleetEvent, POLICY_EVENT, PolicyEvent, SHADOW_END_EVENT, SHADOW_EVENT, ShadowEndEvent,
+    ShadowEvent,
+};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use warp::sse::Event;
@@ -26,7 +29,8 @@ use warp::sse::Event;
 /// One event, serialized: `data` is shared by every stream that gets the same payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
-    /// The SSE `event:` name: `policy`, `block`, `unblock` or `approval`.
+    /// The SSE `event:` name: `policy`, `block`, `unblock`, `approval`, `shadow` or
+    /// `shadow_end`.
     pub event: &'static str,
     /// The SSE `id:`: the version number of `policy` events; fleet events carry none, so an
     /// agent's last event id stays its policy version.
@@ -42,6 +46,26 @@ impl Frame {
         Self {
             event: POLICY_EVENT,
             id: Some(event.version.number()),
+            data: Arc::from(data),
+        }
+    }
+
+    /// A `shadow` event (no `id:`: an agent's last event id stays its policy version).
+    pub fn shadow<R: Serialize>(event: &ShadowEvent<R>) -> Self {
+        let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
+        Self {
+            event: SHADOW_EVENT,
+            id: None,
+            data: Arc::from(data),
+        }
+    }
+
+    /// A `shadow_end` event.
+    pub fn shadow_end(event: &ShadowEndEvent) -> Self {
+        let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
+        Self {
+            event: SHADOW_END_EVENT,
+            id: None,
             data: Arc::from(data),
         }
     }

@@ -11,6 +11,7 @@ pub mod events;
 pub mod policies;
 pub mod reports;
 pub mod rollouts;
+pub mod shadows;
 
 use policy_engine::protocol::Envelope;
 use serde::Serialize;

@@ -17,7 +17,7 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::fleet::policies::Publication;
-use crate::fleet::{agents, plan, policies};
+use crate::fleet::{agents, plan, policies, shadows};
 use crate::http::body::parse_json;
 use crate::http::filters::{Query, org_query};
 use crate::store::AgentRecord;
@@ -25,11 +25,31 @@ use crate::store::AgentRecord;
 /// `POST /api/policy` (admin): 201 with the stored version and `broadcastedTo`. The body is a
 /// policy document, or a signed policy file (`{"orgId", "version", "policy", "signature"}`,
 /// told apart by its `signature` field). With `?dryRun=true`: 200 with the [`plan`] of what
-/// the post would do, and nothing changes.
+/// the post would do, and nothing changes. With `?shadow=true`: 201 with the org's new
+/// [shadow run](shadows), evaluated by every agent beside its enforced version and never
+/// executed; the enforced version does not change.
 pub async fn post(principal: Principal, query: Query, body: Bytes, state: Arc<AppState>) -> Answer {
-    let dry_run = dry_run(&query)?;
+    let dry_run = flag(&query, "dryRun")?;
+    let shadow = flag(&query, "shadow")?;
+    if dry_run && shadow {
+        return Err(ApiError::bad_request(
+            "query parameters `dryRun` and `shadow` cannot both be `true`",
+        ));
+    }
     let value = parse_json(&body)?;
     let publication = publication(&value, "")?;
+    if shadow {
+        let run = shadows::start(
+            &*state.store,
+            &state.publisher,
+            state.notifier.config(),
+            &principal,
+            org_query(&query),
+            publication,
+        )
+        .await?;
+        return ok(StatusCode::CREATED, &run);
+    }
     if dry_run {
         let checked = policies::check(
             state.notifier.config(),
@@ -139,15 +159,16 @@ pub fn publication(value: &Value, at: &str) -> Result<Publication, ApiError> {
     })
 }
 
-/// `dryRun=true|false` (absent: false); any other value is a 400, so a typo never publishes.
-fn dry_run(query: &Query) -> Result<bool, ApiError> {
-    match query.get("dryRun").map(String::as_str) {
+/// `name=true|false` (absent: false) for `dryRun` and `shadow`; any other value is a 400, so a
+/// typo never publishes.
+fn flag(query: &Query, name: &str) -> Result<bool, ApiError> {
+    match query.get(name).map(String::as_str) {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
         Some(other) => {
             let shown: String = other.chars().take(64).collect();
             Err(ApiError::bad_request(format!(
-                "query parameter `dryRun` must be `true` or `false`, found `{shown}`"
+                "query parameter `{name}` must be `true` or `false`, found `{shown}`"
             )))
         }
     }

@@ -84,17 +84,22 @@ pub async fn all(client: &impl GenericClient) -> Result<Vec<AgentRecord>> {
         .collect()
 }
 
-/// Records a heartbeat; one without an ack keeps the stored ack.
+/// Records a heartbeat; one without an ack (or without a shadow report) keeps the stored one.
 pub async fn heartbeat(client: &impl GenericClient, heartbeat: &Heartbeat) -> Result<()> {
     let ack = heartbeat
         .ack
         .as_ref()
         .map(serde_json::to_string)
         .transpose()?;
+    let shadow = heartbeat
+        .shadow
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()?;
     let statement = client
         .prepare_cached(
             "UPDATE agents SET last_seen = $2, policy_version = $3, last_error = $4,
-                               ack = COALESCE($5, ack)
+                               ack = COALESCE($5, ack), shadow = COALESCE($6, shadow)
              WHERE id = $1",
         )
         .await?;
@@ -107,6 +112,7 @@ pub async fn heartbeat(client: &impl GenericClient, heartbeat: &Heartbeat) -> Re
                 &heartbeat.policy_version.map(|v| v.to_string()),
                 &heartbeat.last_error,
                 &ack,
+                &shadow,
             ],
         )
         .await?;
@@ -247,7 +253,7 @@ fn from_columns(role: &str, org_id: Option<String>, agent_id: Option<String>) ->
 }
 
 const AGENT_COLUMNS: &str = "SELECT id, org_id, hostname, enrolled_at, last_seen, policy_version, \
-                             last_error, ack FROM agents";
+                             last_error, ack, shadow FROM agents";
 
 fn agent_row(row: &Row) -> Result<AgentRecord> {
     Ok(AgentRecord {
@@ -259,5 +265,6 @@ fn agent_row(row: &Row) -> Result<AgentRecord> {
         policy_version: parsed_opt(row, "policy_version")?,
         last_error: get(row, "last_error")?,
         ack: json_opt(row, "ack")?,
+        shadow: json_opt(row, "shadow")?,
     })
 }

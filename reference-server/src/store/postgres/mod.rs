@@ -24,6 +24,7 @@ mod rollouts;
 mod rows;
 mod schema;
 mod sent;
+mod shadows;
 mod summary;
 
 use std::collections::HashMap;
@@ -44,8 +45,8 @@ use tokio_postgres::{IsolationLevel, NoTls};
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, Change, DecideError, Decision, Finish,
     FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, OrgSummary,
-    PendingDelivery, PolicySummary, Pushed, ReportReceipt, Rollout, SentPolicy, Store, StoreError,
-    StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
+    PendingDelivery, PolicySummary, Pushed, ReportReceipt, Rollout, SentPolicy, ShadowRun, Store,
+    StoreError, StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -322,6 +323,21 @@ impl Store for PgStore {
         rollouts::of_org(&self.client().await?, &org_id, limit).await
     }
 
+    async fn put_shadow_run(&self, run: ShadowRun, entry: NewEntry) -> Result<Pushed<()>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let seq = shadows::put(&tx, &run, &entry).await?;
+        tx.commit().await?;
+        Ok(Pushed {
+            value: (),
+            seq: Some(seq),
+        })
+    }
+
+    async fn shadow_run(&self, org_id: String) -> Result<Option<ShadowRun>> {
+        shadows::latest(&self.client().await?, &org_id).await
+    }
+
     async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<()> {
         if sent.is_empty() {
             return Ok(());
@@ -579,7 +595,7 @@ impl Store for PgStore {
         agent_id: String,
         now_ms: i64,
     ) -> Result<StreamSnapshot> {
-        let (seq, version, rollout, overrides, blocks, approved) = {
+        let (seq, version, rollout, overrides, blocks, approved, shadow) = {
             let mut client = self.client().await?;
             let tx = client
                 .build_transaction()
@@ -594,6 +610,7 @@ impl Store for PgStore {
                 policies::overrides(&tx, &agent_id).await?,
                 fleet::blocks_in_force(&tx, &org_id, now_ms).await?,
                 fleet::approved_for(&tx, &agent_id, now_ms).await?,
+                shadows::latest(&tx, &org_id).await?,
             );
             tx.commit().await?;
             read
@@ -614,6 +631,7 @@ impl Store for PgStore {
             overrides,
             blocks,
             approved,
+            shadow,
         })
     }
 

@@ -150,7 +150,20 @@ CREATE TABLE rollouts (
 );
 CREATE INDEX rollouts_by_org ON rollouts (org_id, created_ms, seq);
 "#,
-    // 9: numbered changes per org, what event streams are pushed (see `store::records::Change`).
+    // 9: an agent's last shadow report (`StoredShadowReport` JSON).
+    r#"
+ALTER TABLE agents ADD COLUMN shadow text;
+"#,
+    // 10: shadow runs (the record as JSON), numbered per org.
+    r#"
+CREATE TABLE shadow_runs (
+    org_id text   NOT NULL,
+    shadow bigint NOT NULL,
+    record text   NOT NULL,
+    PRIMARY KEY (org_id, shadow)
+);
+"#,
+    // 11: numbered changes per org, what event streams are pushed (see `store::records::Change`).
     r#"
 CREATE TABLE org_changes (
     org_id text   PRIMARY KEY,

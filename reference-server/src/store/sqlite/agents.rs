@@ -56,7 +56,7 @@ pub fn all(conn: &Connection) -> Result<Vec<AgentRecord>> {
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Records a heartbeat (one without an ack keeps the stored ack), committed without waiting
+/// Records a heartbeat (one without an ack, e.g. a shadow report only, keeps the stored ack), committed without waiting
 /// for the disk (`synchronous=NORMAL` for this one statement): a heartbeat is soft state that
 /// the next one replaces, and fsyncing each of them serializes the store behind the disk
 /// (10,000 agents every 30 s are 333 commits a second; one fsync takes milliseconds). In WAL
@@ -77,16 +77,23 @@ fn update_heartbeat(conn: &Connection, heartbeat: &Heartbeat) -> Result<()> {
         .map(serde_json::to_string)
         .transpose()
         .map_err(|e| StoreError::Backend(e.to_string()))?;
+    let shadow = heartbeat
+        .shadow
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
     conn.execute(
         "UPDATE agents SET last_seen = ?2, policy_version = ?3, last_error = ?4,
-                           ack = COALESCE(?5, ack)
+                           ack = COALESCE(?5, ack), shadow = COALESCE(?6, shadow)
          WHERE id = ?1",
         params![
             heartbeat.agent_id,
             time_text(&heartbeat.at),
             heartbeat.policy_version.map(|v| v.to_string()),
             heartbeat.last_error,
-            ack
+            ack,
+            shadow
         ],
     )?;
     Ok(())
@@ -209,7 +216,7 @@ fn from_columns(role: &str, org_id: Option<String>, agent_id: Option<String>) ->
 }
 
 const AGENT_COLUMNS: &str = "SELECT id, org_id, hostname, enrolled_at, last_seen, policy_version, \
-                             last_error, ack FROM agents";
+                             last_error, ack, shadow FROM agents";
 
 fn agent_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRecord> {
     Ok(AgentRecord {
@@ -221,6 +228,7 @@ fn agent_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRecord> {
         policy_version: parsed_opt(row, 5)?,
         last_error: row.get(6)?,
         ack: json_opt(row, 7)?,
+        shadow: json_opt(row, 8)?,
     })
 }
 
@@ -253,6 +261,7 @@ mod tests {
                 policy_version: Some(policy_engine::PolicyVersion::new(3)),
                 last_error: None,
                 ack: None,
+                shadow: None,
                 at,
             },
         )

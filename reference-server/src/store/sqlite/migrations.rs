@@ -138,7 +138,20 @@ CREATE TABLE rollouts (
 );
 CREATE INDEX rollouts_by_org ON rollouts (org_id, created_ms);
 "#,
-    // 9: numbered changes per org, what event streams are pushed (see `store::records::Change`).
+    // 9: an agent's last shadow report (`StoredShadowReport` JSON).
+    r#"
+ALTER TABLE agents ADD COLUMN shadow TEXT;
+"#,
+    // 10: shadow runs (the record as JSON), numbered per org.
+    r#"
+CREATE TABLE shadow_runs (
+    org_id TEXT    NOT NULL,
+    shadow INTEGER NOT NULL,
+    record TEXT    NOT NULL,
+    PRIMARY KEY (org_id, shadow)
+);
+"#,
+    // 11: numbered changes per org, what event streams are pushed (see `store::records::Change`).
     r#"
 CREATE TABLE org_changes (
     org_id TEXT    PRIMARY KEY,

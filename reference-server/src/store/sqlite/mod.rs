@@ -17,6 +17,7 @@ mod receipts;
 mod rollouts;
 mod rows;
 mod sent;
+mod shadows;
 mod summary;
 
 use std::collections::HashMap;
@@ -36,8 +37,8 @@ use serde_json::Value;
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, Change, DecideError, Decision, Finish,
     FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, OrgSummary,
-    PendingDelivery, PolicySummary, Pushed, ReportReceipt, Rollout, SentPolicy, Store, StoreError,
-    StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
+    PendingDelivery, PolicySummary, Pushed, ReportReceipt, Rollout, SentPolicy, ShadowRun, Store,
+    StoreError, StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -205,6 +206,15 @@ impl Store for SqliteStore {
 
     async fn rollout(&self, id: String) -> Result<Option<Rollout>> {
         self.call(move |conn| rollouts::one(conn, &id)).await
+    }
+
+    async fn put_shadow_run(&self, run: ShadowRun, entry: NewEntry) -> Result<Pushed<()>> {
+        self.call(move |conn| shadows::put(conn, &run, &entry))
+            .await
+    }
+
+    async fn shadow_run(&self, org_id: String) -> Result<Option<ShadowRun>> {
+        self.call(move |conn| shadows::latest(conn, &org_id)).await
     }
 
     async fn rollouts(&self, org_id: String, limit: u32) -> Result<Vec<Rollout>> {
@@ -428,7 +438,7 @@ impl Store for SqliteStore {
         agent_id: String,
         now_ms: i64,
     ) -> Result<StreamSnapshot> {
-        let (seq, row, rollout, fallback, overrides, blocks, approved) = self
+        let (seq, row, rollout, fallback, overrides, blocks, approved, shadow) = self
             .call(move |conn| {
                 // One thread writes: these reads see one state without a transaction.
                 let row = policies::latest_row(conn, &org_id)?;
@@ -447,6 +457,7 @@ impl Store for SqliteStore {
                     policies::overrides(conn, &agent_id)?,
                     blocks::in_force(conn, &org_id, now_ms)?,
                     approvals::approved_for(conn, &agent_id, now_ms)?,
+                    shadows::latest(conn, &org_id)?,
                 ))
             })
             .await?;
@@ -458,6 +469,7 @@ impl Store for SqliteStore {
             overrides,
             blocks,
             approved,
+            shadow,
         })
     }
 
