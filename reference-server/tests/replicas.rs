@@ -18,7 +18,7 @@ use common::postgres::{TestDatabase, admin_sql, with_database};
 use common::*;
 use futures_util::StreamExt;
 use reference_server::{Database, ServerConfig};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -610,4 +610,72 @@ async fn rollout_stages_made_while_a_replica_cannot_listen_reach_it_once_when_it
     drop(a);
     drop(b);
     admin_sql(&format!("DROP ROLE IF EXISTS {role}")).await;
+}
+
+/// A shadow run started on A reaches the agent streaming from B (and a stream opened on B
+/// while it runs starts with it); its end, on B, reaches the agent streaming from A; both
+/// replicas show the same run; nothing is sent twice (a plain version is the next event).
+#[tokio::test]
+async fn a_shadow_run_started_on_one_replica_and_ended_on_the_other_reaches_both() {
+    let db = TestDatabase::create().await;
+    let a = replica(&db.url, Duration::from_secs(5)).await;
+    let b = replica(&db.url, Duration::from_secs(5)).await;
+    a.post_policy(ADMIN, fleet_policy("v1", 5)).await;
+    let (_, on_a_token) = a.enroll(ADMIN, "host-a").await;
+    let (_, on_b_token) = a.enroll(ADMIN, "host-b").await;
+    knows(&b, &on_b_token).await;
+    let mut on_a = a.stream(&on_a_token, "default").await;
+    let mut on_b = b.stream(&on_b_token, "default").await;
+    for stream in [&mut on_a, &mut on_b] {
+        assert_eq!(next_version(stream).await, ("1".into(), Value::Null));
+    }
+
+    let (status, body) = a
+        .call(
+            Method::POST,
+            "/api/policy?shadow=true",
+            Some(ADMIN),
+            Some(fleet_policy("candidate", 3)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["data"]["shadow"], 1, "{body}");
+    for stream in [&mut on_a, &mut on_b] {
+        let event = stream.next_event().await;
+        assert_eq!(event.event, "shadow", "{:?}", event.data);
+        assert_eq!(event.data["shadow"], 1);
+        assert_eq!(event.data["name"], "candidate");
+    }
+    // A stream opened on B now starts with its version, then the run.
+    on_b.close();
+    let mut on_b = b.stream(&on_b_token, "default").await;
+    assert_eq!(next_version(&mut on_b).await, ("1".into(), Value::Null));
+    let event = on_b.next_event().await;
+    assert_eq!(
+        (event.event.as_str(), &event.data["shadow"]),
+        ("shadow", &json!(1))
+    );
+
+    let (status, body) = b
+        .call(Method::DELETE, "/api/policy/shadow", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["data"]["endedAt"].is_string(), "{body}");
+    for stream in [&mut on_a, &mut on_b] {
+        let event = stream.next_event().await;
+        assert_eq!(event.event, "shadow_end", "{:?}", event.data);
+        assert_eq!(event.data, json!({"shadow": 1}));
+    }
+    for t in [&a, &b] {
+        let (status, body) = t.get("/api/policy/shadow", ADMIN).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["data"]["run"]["shadow"], 1, "{body}");
+        assert_eq!(body["data"]["run"]["name"], "candidate", "{body}");
+        assert!(body["data"]["run"]["endedAt"].is_string(), "{body}");
+    }
+    // A plain version as a fence: nothing else came before it.
+    b.post_policy(ADMIN, fleet_policy("v2", 6)).await;
+    for stream in [&mut on_a, &mut on_b] {
+        assert_eq!(next_version(stream).await, ("2".into(), Value::Null));
+    }
 }
