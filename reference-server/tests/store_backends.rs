@@ -1325,3 +1325,119 @@ async fn postgres_urls_that_cannot_work_are_refused_with_the_reason() {
          invalid value for option `port`"
     );
 }
+
+/// Two decisions taken at once from the same read of a rollout (both replicas' gate timers
+/// rolling it back, say) move it once: one is stored with its audit entry and change, the
+/// other is refused with `RolloutMoved` and writes nothing; a decision from a stale read is
+/// refused too.
+async fn a_rollout_moves_once_from_one_state(pair: Pair) {
+    let running = Rollout {
+        id: "ro_once".into(),
+        org_id: "acme".into(),
+        version: PolicyVersion::new(2),
+        previous: PolicyVersion::new(1),
+        state: RolloutState::Running,
+        stage: 0,
+        stages: vec![RolloutStage {
+            percent: 10,
+            agents: vec![],
+            soak_secs: 60,
+        }],
+        gate: RolloutGate::default(),
+        stage_started_ms: 1_000,
+        created_ms: 1_000,
+        updated_ms: 1_000,
+        reason: None,
+    };
+    pair.a
+        .put_rollout(running.clone(), entry("acme", "admin", "rollout_created"))
+        .await
+        .unwrap();
+    let before = pair.a.change_seq("acme".into()).await.unwrap();
+    let rolled_back = |by: &str| Rollout {
+        state: RolloutState::RolledBack,
+        reason: Some(format!("gate failed on {by}")),
+        updated_ms: 2_000,
+        ..running.clone()
+    };
+    let (on_a, on_b) = tokio::join!(
+        pair.a.move_rollout(
+            running.clone(),
+            rolled_back("a"),
+            entry("acme", "server", "rollout_rolled_back"),
+        ),
+        pair.b.move_rollout(
+            running.clone(),
+            rolled_back("b"),
+            entry("acme", "server", "rollout_rolled_back"),
+        ),
+    );
+    let (won, lost) = match (on_a, on_b) {
+        (Ok(pushed), Err(error)) => (("a", pushed), error),
+        (Err(error), Ok(pushed)) => (("b", pushed), error),
+        other => panic!("expected exactly one move, got {other:?}"),
+    };
+    assert_eq!(lost.to_string(), "rollout `ro_once` was changed meanwhile");
+    assert!(matches!(lost, StoreError::RolloutMoved { ref id } if id == "ro_once"));
+    assert_eq!(won.1.seq, Some(before + 1));
+    assert_eq!(pair.a.change_seq("acme".into()).await.unwrap(), before + 1);
+    assert_eq!(
+        pair.b.rollout("ro_once".into()).await.unwrap(),
+        Some(rolled_back(won.0))
+    );
+    let trail = pair
+        .a
+        .audit(AuditFilter {
+            org_id: "acme".into(),
+            action: Some("rollout_rolled_back".into()),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(trail.entries.len(), 1);
+    // A decision on the old read is refused; one on the stored state is taken.
+    let paused = Rollout {
+        state: RolloutState::Paused,
+        ..running.clone()
+    };
+    let stale = pair
+        .b
+        .move_rollout(
+            running.clone(),
+            paused,
+            entry("acme", "admin", "rollout_paused"),
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::RolloutMoved { .. })),
+        "{stale:?}"
+    );
+    let aborted = Rollout {
+        state: RolloutState::Aborted,
+        updated_ms: 3_000,
+        ..rolled_back(won.0)
+    };
+    pair.b
+        .move_rollout(
+            rolled_back(won.0),
+            aborted.clone(),
+            entry("acme", "admin", "rollout_aborted"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        pair.a.latest_rollout("acme".into()).await.unwrap(),
+        Some(aborted)
+    );
+}
+
+#[tokio::test]
+async fn sqlite_a_rollout_moves_once_from_one_state() {
+    a_rollout_moves_once_from_one_state(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_a_rollout_moves_once_from_one_state_across_replicas() {
+    a_rollout_moves_once_from_one_state(postgres().await).await;
+}

@@ -31,7 +31,7 @@ use crate::clock;
 use crate::error::ApiError;
 use crate::store::{
     AgentRecord, NewEntry, NewPolicy, Rollout, RolloutGate, RolloutStage, RolloutState, Store,
-    StoredPolicy,
+    StoreError, StoredPolicy,
 };
 
 /// Most stages of a rollout.
@@ -327,11 +327,13 @@ pub async fn create(
     let pushed = match stored {
         Ok(stored) if stored.value.version == version => stored.seq,
         other => {
+            let created = rollout.clone();
             rollout.state = RolloutState::Aborted;
             rollout.reason = Some("the version could not be stored".to_owned());
             rollout.updated_ms = clock::now_ms();
             let aborted = store
-                .put_rollout(
+                .move_rollout(
+                    created,
                     rollout.clone(),
                     entry(&rollout, "server", "rollout_aborted", None),
                 )
@@ -434,10 +436,11 @@ pub async fn operate(
                     state_name(from)
                 )));
             }
+            let read = rollout.clone();
             rollout.state = to;
             rollout.updated_ms = clock::now_ms();
             store
-                .put_rollout(rollout.clone(), entry(&rollout, &actor, action, None))
+                .move_rollout(read, rollout.clone(), entry(&rollout, &actor, action, None))
                 .await?
                 .seq
         }
@@ -500,11 +503,11 @@ pub async fn check_gate(
         return Ok(());
     }
     let agents = store.agents(org.to_owned()).await?;
-    let pushed = match evaluate(&rollout, &agents, clock::now_ms()) {
+    let moved = match evaluate(&rollout, &agents, clock::now_ms()) {
         Verdict::Hold => return Ok(()),
         Verdict::Advance => {
             stored_version(store, &rollout, rollout.version).await?;
-            advance(store, &mut rollout, "server").await?
+            advance(store, &mut rollout, "server").await
         }
         Verdict::Fail(reason) => {
             stored_version(store, &rollout, rollout.previous).await?;
@@ -516,8 +519,17 @@ pub async fn check_gate(
                 reason,
                 "server",
             )
-            .await?
+            .await
         }
+    };
+    let pushed = match moved {
+        Ok(pushed) => pushed,
+        // Another replica's gate (or an operator) decided first; its change is pushed here too.
+        Err(StoreError::RolloutMoved { id }) => {
+            tracing::debug!(rollout = %id, "the rollout was moved meanwhile");
+            return Ok(());
+        }
+        Err(other) => return Err(other.into()),
     };
     drop(decisions);
     let delivery = publisher.push(store, org, pushed).await;
@@ -620,7 +632,8 @@ async fn advance(
     store: &dyn Store,
     rollout: &mut Rollout,
     actor: &str,
-) -> Result<Option<u64>, ApiError> {
+) -> Result<Option<u64>, StoreError> {
+    let read = rollout.clone();
     let next = rollout.stage + 1;
     let action = if next >= rollout.stages.len() {
         rollout.state = RolloutState::Completed;
@@ -632,7 +645,7 @@ async fn advance(
     };
     rollout.updated_ms = clock::now_ms();
     Ok(store
-        .put_rollout(rollout.clone(), entry(rollout, actor, action, None))
+        .move_rollout(read, rollout.clone(), entry(rollout, actor, action, None))
         .await?
         .seq)
 }
@@ -646,7 +659,8 @@ async fn roll_back(
     state: RolloutState,
     reason: String,
     actor: &str,
-) -> Result<Option<u64>, ApiError> {
+) -> Result<Option<u64>, StoreError> {
+    let read = rollout.clone();
     rollout.state = state;
     rollout.reason = Some(reason);
     rollout.updated_ms = clock::now_ms();
@@ -655,7 +669,7 @@ async fn roll_back(
         _ => "rollout_rolled_back",
     };
     Ok(store
-        .put_rollout(rollout.clone(), entry(rollout, actor, action, None))
+        .move_rollout(read, rollout.clone(), entry(rollout, actor, action, None))
         .await?
         .seq)
 }

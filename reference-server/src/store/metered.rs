@@ -90,6 +90,16 @@ impl Store for MeteredStore {
             .await
     }
 
+    async fn move_rollout(
+        &self,
+        from: Rollout,
+        to: Rollout,
+        entry: NewEntry,
+    ) -> Result<Pushed<()>, StoreError> {
+        self.timed("move_rollout", self.inner.move_rollout(from, to, entry))
+            .await
+    }
+
     async fn latest_rollout(&self, org_id: String) -> Result<Option<Rollout>, StoreError> {
         self.timed("latest_rollout", self.inner.latest_rollout(org_id))
             .await

@@ -73,6 +73,13 @@ pub enum StoreError {
         /// The report's id.
         report_id: String,
     },
+    /// A rollout was not as the caller read it: another decision (on another server replica, or
+    /// an operator) moved it first.
+    #[error("rollout `{id}` was changed meanwhile")]
+    RolloutMoved {
+        /// The rollout.
+        id: String,
+    },
 }
 
 /// What a backend shared by several servers tells each of them about the others' commits.
@@ -101,6 +108,9 @@ impl From<StoreError> for ApiError {
                 "{error}: sign the policy again for that version and post it"
             ))
             .at("version"),
+            StoreError::RolloutMoved { .. } => ApiError::conflict(format!(
+                "{error}: read it again and decide on its new state"
+            )),
             other => ApiError::internal(other),
         }
     }
@@ -152,12 +162,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Pending approval requests of `agent_id`.
     async fn pending_approvals(&self, agent_id: String) -> Result<usize, StoreError>;
 
-    /// Stores a rollout (a new one, or a new state of one) with its audit entry and its
+    /// Stores a rollout (a new one, or a new state of one; see [`Store::move_rollout`] for a
+    /// decision on one read before) with its audit entry and its
     /// [`ChangeKind::Rollout`] (the versions its org's agents get may have changed),
     /// atomically.
     async fn put_rollout(
         &self,
         rollout: Rollout,
+        entry: NewEntry,
+    ) -> Result<Pushed<()>, StoreError>;
+
+    /// Stores `to`, the next state of rollout `from`, with its audit entry and its
+    /// [`ChangeKind::Rollout`], atomically, only if the stored rollout is still `from`:
+    /// otherwise [`StoreError::RolloutMoved`] and nothing is written. Decisions taken at once
+    /// by several replicas (their gate timers, operators) thus move a rollout once.
+    async fn move_rollout(
+        &self,
+        from: Rollout,
+        to: Rollout,
         entry: NewEntry,
     ) -> Result<Pushed<()>, StoreError>;
 

@@ -311,6 +311,22 @@ impl Store for PgStore {
         })
     }
 
+    async fn move_rollout(
+        &self,
+        from: Rollout,
+        to: Rollout,
+        entry: NewEntry,
+    ) -> Result<Pushed<()>> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let seq = rollouts::move_to(&tx, &from, &to, &entry).await?;
+        tx.commit().await?;
+        Ok(Pushed {
+            value: (),
+            seq: Some(seq),
+        })
+    }
+
     async fn latest_rollout(&self, org_id: String) -> Result<Option<Rollout>> {
         rollouts::latest(&self.client().await?, &org_id).await
     }

@@ -34,6 +34,34 @@ pub async fn put(tx: &impl GenericClient, rollout: &Rollout, entry: &NewEntry) -
     record_change(tx, &rollout.org_id, &kind, clock::now_ms()).await
 }
 
+/// Stores `to` in place of `from` (same id), its audit entry and its change in the caller's
+/// transaction, only if the stored record is still `from`'s (under the org's lock, so two
+/// replicas deciding at once move it once); returns the change's number.
+pub async fn move_to(
+    tx: &impl GenericClient,
+    from: &Rollout,
+    to: &Rollout,
+    entry: &NewEntry,
+) -> Result<u64> {
+    lock_org(tx, &from.org_id).await?;
+    let expected = serde_json::to_string(from)?;
+    let text = serde_json::to_string(to)?;
+    let statement = tx
+        .prepare_cached("UPDATE rollouts SET record = $3 WHERE id = $1 AND record = $2")
+        .await?;
+    let moved = tx
+        .execute(&statement, &[&from.id, &expected, &text])
+        .await?;
+    if moved == 0 || from.id != to.id {
+        return Err(StoreError::RolloutMoved {
+            id: from.id.clone(),
+        });
+    }
+    audit::insert(tx, clock::from_ms(to.updated_ms), entry).await?;
+    let kind = ChangeKind::Rollout { id: to.id.clone() };
+    record_change(tx, &to.org_id, &kind, clock::now_ms()).await
+}
+
 /// The most recent rollout of `org_id`.
 pub async fn latest(client: &impl GenericClient, org_id: &str) -> Result<Option<Rollout>> {
     let statement = client

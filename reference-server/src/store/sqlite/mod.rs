@@ -200,6 +200,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn move_rollout(
+        &self,
+        from: Rollout,
+        to: Rollout,
+        entry: NewEntry,
+    ) -> Result<Pushed<()>> {
+        self.call(move |conn| rollouts::move_to(conn, &from, &to, &entry))
+            .await
+    }
+
     async fn latest_rollout(&self, org_id: String) -> Result<Option<Rollout>> {
         self.call(move |conn| rollouts::latest(conn, &org_id)).await
     }

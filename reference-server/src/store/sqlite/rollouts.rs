@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::Result;
 use super::{audit, changes};
 use crate::clock;
-use crate::store::{ChangeKind, NewEntry, Pushed, Rollout};
+use crate::store::{ChangeKind, NewEntry, Pushed, Rollout, StoreError};
 
 /// Stores `rollout` (insert or replace), its audit entry and its change in one transaction.
 pub fn put(conn: &mut Connection, rollout: &Rollout, entry: &NewEntry) -> Result<Pushed<()>> {
@@ -21,6 +21,36 @@ pub fn put(conn: &mut Connection, rollout: &Rollout, entry: &NewEntry) -> Result
         id: rollout.id.clone(),
     };
     let seq = changes::record(&tx, &rollout.org_id, &kind, clock::now_ms())?;
+    tx.commit()?;
+    Ok(Pushed {
+        value: (),
+        seq: Some(seq),
+    })
+}
+
+/// Stores `to` in place of `from` (same id), its audit entry and its change in one
+/// transaction, only if the stored record is still `from`'s.
+pub fn move_to(
+    conn: &mut Connection,
+    from: &Rollout,
+    to: &Rollout,
+    entry: &NewEntry,
+) -> Result<Pushed<()>> {
+    let expected = serde_json::to_string(from)?;
+    let text = serde_json::to_string(to)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let moved = tx.execute(
+        "UPDATE rollouts SET record = ?3 WHERE id = ?1 AND record = ?2",
+        params![from.id, expected, text],
+    )?;
+    if moved == 0 || from.id != to.id {
+        return Err(StoreError::RolloutMoved {
+            id: from.id.clone(),
+        });
+    }
+    audit::insert(&tx, clock::from_ms(to.updated_ms), entry)?;
+    let kind = ChangeKind::Rollout { id: to.id.clone() };
+    let seq = changes::record(&tx, &to.org_id, &kind, clock::now_ms())?;
     tx.commit()?;
     Ok(Pushed {
         value: (),
