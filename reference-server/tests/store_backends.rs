@@ -1067,6 +1067,19 @@ async fn console_rollout_and_summary_reads_agree(pair: Pair) {
         .await
         .unwrap();
     assert_eq!(ended.seq, Some(before + 5));
+    // A new run under a number taken (another replica started one at once) writes nothing.
+    let taken = pair
+        .b
+        .put_shadow_run(run(1, None), entry("acme", "admin", "shadow_started"))
+        .await;
+    assert_eq!(
+        taken.map_err(|e| e.to_string()),
+        Err("shadow run 1 of org `acme` was started meanwhile".to_owned())
+    );
+    assert_eq!(
+        pair.a.shadow_run("acme".into()).await.unwrap(),
+        Some(run(2, None))
+    );
     let changes = pair.a.changes("acme".into(), before + 3, 10).await.unwrap();
     assert_eq!(
         changes.iter().map(|c| c.kind.clone()).collect::<Vec<_>>(),

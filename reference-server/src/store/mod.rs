@@ -73,6 +73,14 @@ pub enum StoreError {
         /// The report's id.
         report_id: String,
     },
+    /// A shadow run with this number was started already (by another server replica at once).
+    #[error("shadow run {shadow} of org `{org_id}` was started meanwhile")]
+    ShadowTaken {
+        /// The org.
+        org_id: String,
+        /// The run's number.
+        shadow: u64,
+    },
     /// A rollout was not as the caller read it: another decision (on another server replica, or
     /// an operator) moved it first.
     #[error("rollout `{id}` was changed meanwhile")]
@@ -190,7 +198,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn rollout(&self, id: String) -> Result<Option<Rollout>, StoreError>;
 
     /// Stores a shadow run (a new one, or its end) with its audit entry and its change
-    /// ([`ChangeKind::ShadowStarted`] or [`ChangeKind::ShadowEnded`]), atomically.
+    /// ([`ChangeKind::ShadowStarted`] or [`ChangeKind::ShadowEnded`]), atomically. A new run
+    /// (not ended) whose number is taken is [`StoreError::ShadowTaken`], and nothing is written.
     async fn put_shadow_run(
         &self,
         run: ShadowRun,

@@ -18,14 +18,28 @@ pub async fn put(tx: &impl GenericClient, run: &ShadowRun, entry: &NewEntry) -> 
     lock_org(tx, &run.org_id).await?;
     let text = serde_json::to_string(run)?;
     let shadow = i64::try_from(run.shadow).unwrap_or(i64::MAX);
-    let statement = tx
-        .prepare_cached(
+    // A run's end replaces its record; a new run takes a free number only.
+    let sql = match run.ended_ms {
+        None => {
             "INSERT INTO shadow_runs (org_id, shadow, record) VALUES ($1, $2, $3)
-             ON CONFLICT (org_id, shadow) DO UPDATE SET record = EXCLUDED.record",
-        )
-        .await?;
-    tx.execute(&statement, &[&run.org_id, &shadow, &text])
-        .await?;
+             ON CONFLICT (org_id, shadow) DO NOTHING"
+        }
+        Some(_) => {
+            "INSERT INTO shadow_runs (org_id, shadow, record) VALUES ($1, $2, $3)
+             ON CONFLICT (org_id, shadow) DO UPDATE SET record = EXCLUDED.record"
+        }
+    };
+    let statement = tx.prepare_cached(sql).await?;
+    if tx
+        .execute(&statement, &[&run.org_id, &shadow, &text])
+        .await?
+        == 0
+    {
+        return Err(StoreError::ShadowTaken {
+            org_id: run.org_id.clone(),
+            shadow: run.shadow,
+        });
+    }
     let at = run.ended_ms.unwrap_or(run.started_ms);
     audit::insert(tx, clock::from_ms(at), entry).await?;
     let kind = match run.ended_ms {

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::Result;
 use super::{audit, changes};
 use crate::clock;
-use crate::store::{ChangeKind, NewEntry, Pushed, ShadowRun};
+use crate::store::{ChangeKind, NewEntry, Pushed, ShadowRun, StoreError};
 
 /// Stores `run` (insert or replace), its audit entry and its change (started, or ended) in one
 /// transaction.
@@ -13,11 +13,23 @@ pub fn put(conn: &mut Connection, run: &ShadowRun, entry: &NewEntry) -> Result<P
     let text = serde_json::to_string(run)?;
     let shadow = i64::try_from(run.shadow).unwrap_or(i64::MAX);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
-        "INSERT INTO shadow_runs (org_id, shadow, record) VALUES (?1, ?2, ?3)
-         ON CONFLICT (org_id, shadow) DO UPDATE SET record = ?3",
-        params![run.org_id, shadow, text],
-    )?;
+    // A run's end replaces its record; a new run takes a free number only.
+    let sql = match run.ended_ms {
+        None => {
+            "INSERT INTO shadow_runs (org_id, shadow, record) VALUES (?1, ?2, ?3)
+             ON CONFLICT (org_id, shadow) DO NOTHING"
+        }
+        Some(_) => {
+            "INSERT INTO shadow_runs (org_id, shadow, record) VALUES (?1, ?2, ?3)
+             ON CONFLICT (org_id, shadow) DO UPDATE SET record = ?3"
+        }
+    };
+    if tx.execute(sql, params![run.org_id, shadow, text])? == 0 {
+        return Err(StoreError::ShadowTaken {
+            org_id: run.org_id.clone(),
+            shadow: run.shadow,
+        });
+    }
     let at = run.ended_ms.unwrap_or(run.started_ms);
     audit::insert(&tx, clock::from_ms(at), entry)?;
     let kind = match run.ended_ms {
