@@ -14,9 +14,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::http_sink::HttpSink;
 use common::postgres::{TestDatabase, admin_sql, with_database};
 use common::*;
 use futures_util::StreamExt;
+use reference_server::notify::NotifyConfig;
 use reference_server::{Database, ServerConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -24,6 +26,15 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A replica on `url` (plain HTTP on loopback: TLS is tested elsewhere).
 async fn replica(url: &str, resync: Duration) -> TestServer {
+    replica_notifying(url, resync, None).await
+}
+
+/// A replica on `url` with alert channels `notify`.
+async fn replica_notifying(
+    url: &str,
+    resync: Duration,
+    notify: Option<NotifyConfig>,
+) -> TestServer {
     let dir = tempfile::Builder::new()
         .prefix(&format!("policy-replica-{}-", std::process::id()))
         .tempdir()
@@ -32,6 +43,7 @@ async fn replica(url: &str, resync: Duration) -> TestServer {
     TestServer::start_in(dir, move |dir| ServerConfig {
         database: Database::Postgres(url.clone()),
         resync,
+        notify: notify.clone(),
         ..config(dir, false)
     })
     .await
@@ -678,4 +690,57 @@ async fn a_shadow_run_started_on_one_replica_and_ended_on_the_other_reaches_both
     for stream in [&mut on_a, &mut on_b] {
         assert_eq!(next_version(stream).await, ("2".into(), Value::Null));
     }
+}
+
+/// An alert report sent to A and resent (same `reportId`, as an agent's outbox does when it
+/// did not see the answer) to B notifies the webhook once: both answers are the first one,
+/// and B queued no delivery of its own. A different alert sent to B afterwards is the fence:
+/// once its delivery arrived, the webhook got exactly two, one per report.
+#[tokio::test]
+async fn an_alert_resent_to_the_other_replica_notifies_once() {
+    let db = TestDatabase::create().await;
+    let sink = HttpSink::start(0).await;
+    let notify: NotifyConfig = serde_json::from_value(json!({
+        "channels": {"telegram": {"type": "webhook", "url": format!("http://{}/hook", sink.addr)}},
+        "retry": {"attempts": 3, "initialBackoffMs": 10, "maxBackoffMs": 50, "timeoutMs": 5000}
+    }))
+    .unwrap();
+    let a = replica_notifying(&db.url, Duration::from_secs(5), Some(notify.clone())).await;
+    let b = replica_notifying(&db.url, Duration::from_secs(5), Some(notify)).await;
+    a.post_policy(ADMIN, fleet_policy("v1", 5)).await;
+    let (agent, token) = a.enroll(ADMIN, "host-1").await;
+    knows(&b, &token).await;
+    // The report is checked against the version sent to the agent: it streams first.
+    let mut stream = a.stream(&token, "default").await;
+    assert_eq!(next_version(&mut stream).await, ("1".into(), Value::Null));
+
+    let alert = |count: u32, id: &str| {
+        json!({"action": "alert", "severity": "critical", "count": count,
+               "channels": ["telegram"], "rule": 1, "policyVersion": "v1", "reportId": id})
+    };
+    let path = format!("/api/agents/{agent}/reports");
+    let (status, first) = a.post(&path, &token, alert(6, "rpt-alert-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["data"]["notified"], json!(["telegram"]), "{first}");
+    let (status, again) = b.post(&path, &token, alert(6, "rpt-alert-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    assert_eq!(again["data"], first["data"]);
+    let (status, fence) = b.post(&path, &token, alert(9, "rpt-alert-2")).await;
+    assert_eq!(status, StatusCode::CREATED, "{fence}");
+
+    wait_for(|| sink.requests().len() >= 2).await;
+    let counts: Vec<Value> = sink
+        .requests()
+        .iter()
+        .map(|(path, body)| {
+            assert_eq!(path, "/hook");
+            body["alert"]["count"].clone()
+        })
+        .collect();
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert!(
+        counts.contains(&json!(6)) && counts.contains(&json!(9)),
+        "{counts:?}"
+    );
+    stream.close();
 }

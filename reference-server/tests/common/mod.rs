@@ -7,6 +7,7 @@
     clippy::indexing_slicing
 )]
 
+pub mod http_sink;
 pub mod postgres;
 
 use std::path::Path;
