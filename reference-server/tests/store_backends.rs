@@ -703,6 +703,49 @@ async fn sent_policies_are_remembered_and_bounded(pair: Pair) {
     assert_eq!(pending, [1, 1, 0]);
 }
 
+/// A recording begun (`begin_record_sent`) is seen by every store call made after it, before
+/// it is awaited: a broadcast queues its frames in between, and a report on one of them must
+/// find its row. Then it commits.
+async fn a_begun_recording_is_seen_by_later_calls(pair: Pair) {
+    let rows: Vec<SentPolicy> = (0..2_000)
+        .map(|i| SentPolicy {
+            agent_id: format!("agent-{i:04}"),
+            version: PolicyVersion::new(7),
+            overrides: json!([]),
+            sent_ms: 1_000,
+        })
+        .collect();
+    let recording = pair.a.begin_record_sent(rows).await.unwrap();
+    let before_commit = pair
+        .b
+        .sent_overrides("agent-1999".to_owned(), 7)
+        .await
+        .unwrap();
+    recording.await.unwrap();
+    assert_eq!(before_commit, [json!([])]);
+    assert_eq!(
+        pair.b
+            .sent_overrides("agent-0000".to_owned(), 7)
+            .await
+            .unwrap(),
+        [json!([])]
+    );
+    assert_eq!(
+        pair.b
+            .sent_overrides("agent-0000".to_owned(), 6)
+            .await
+            .unwrap(),
+        Vec::<serde_json::Value>::new()
+    );
+    // Nothing to record: done at once.
+    pair.a
+        .begin_record_sent(Vec::new())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
 /// An alert's audit entries (its receipt with its answer) and deliveries are stored together;
 /// the same report again queues nothing; a delivery is handed out to one handle only (on two
 /// replicas: to the one that claimed it) and ends once, with one audit entry.
@@ -1154,6 +1197,16 @@ async fn sqlite_sent_policies_are_remembered_and_bounded() {
 #[tokio::test]
 async fn postgres_sent_policies_are_remembered_and_bounded_across_replicas() {
     sent_policies_are_remembered_and_bounded(postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_a_begun_recording_is_seen_by_later_calls() {
+    a_begun_recording_is_seen_by_later_calls(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_a_begun_recording_is_seen_by_later_calls_across_replicas() {
+    a_begun_recording_is_seen_by_later_calls(postgres().await).await;
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use reference_server::transport::AdmissionConfig;
+use reference_server::transport::limits::raise_nofile_limit;
+use reference_server::transport::{AdmissionConfig, ConnectionLimits};
 use reference_server::{Database, ServerConfig, TlsMode};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -30,7 +31,9 @@ pub struct ServeArgs {
 
 /// Runs one replica until stdin closes (the simulator ends or kills it).
 pub fn serve(args: &ServeArgs) -> Result<()> {
-    super::raise_fd_limit();
+    // Sized for the raised file limit, as the `reference-server` binary does: the defaults
+    // (a 1,024 limit) would cap the fleet at 768 streams.
+    let connections = ConnectionLimits::sized_for(raise_nofile_limit());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -46,6 +49,7 @@ pub fn serve(args: &ServeArgs) -> Result<()> {
                 .map_or(Database::Sqlite, Database::Postgres),
             // The simulator's agents queue every broadcast; a slow one is not dropped early.
             stream_queue: 64,
+            connections,
             admission: AdmissionConfig {
                 per_second: args.opens_per_sec,
                 ..AdmissionConfig::default()

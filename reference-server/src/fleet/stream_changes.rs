@@ -8,6 +8,12 @@
 //! only as a rollback (`rollbackFrom`). The rollout is read when the change is pushed, so a
 //! replica catching up on several changes sends each stream the version it is assigned now,
 //! once, never a version in between that it was no longer to run.
+//!
+//! Reports are checked against what was sent to their agent, so who gets which version (with
+//! which overrides) is recorded before its frame is queued; the frames do not wait for that
+//! write's commit where the store can order it before every later call
+//! ([`Store::begin_record_sent`]): a broadcast to 10,000 agents on SQLite is queued at once
+//! instead of after a 10,000-row transaction.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -82,13 +88,30 @@ pub fn sent(agent_id: String, policy: &StoredPolicy, list: &[Override], now_ms: 
     }
 }
 
-/// Remembers who gets `policy` with which overrides before it is queued (reports are checked
-/// against what was sent). A failure is logged: the version is stored already, its push must
-/// not be lost.
-async fn record_sent(store: &dyn Store, policy: &StoredPolicy, sent: Vec<SentPolicy>) {
-    if let Err(error) = store.record_sent(sent).await {
-        tracing::error!(%error, version = %policy.version, "cannot record the policy's recipients");
+/// Remembers who gets which policy version with which overrides, then queues the frames with
+/// `queue` while the rows are written ([`Store::begin_record_sent`]: a report on a frame queued
+/// here is checked against them), and waits for their commit. A failure is logged: the
+/// versions are stored already, their push must not be lost.
+async fn record_then_queue(
+    store: &dyn Store,
+    sent: Vec<SentPolicy>,
+    queue: impl FnOnce() -> Delivery,
+) -> Delivery {
+    if sent.is_empty() {
+        return queue();
     }
+    let recording = match store.begin_record_sent(sent).await {
+        Ok(recording) => recording,
+        Err(error) => {
+            tracing::error!(%error, "cannot record the policy's recipients");
+            return queue();
+        }
+    };
+    let delivery = queue();
+    if let Err(error) = recording.await {
+        tracing::error!(%error, "cannot record the policy's recipients");
+    }
+    delivery
 }
 
 /// Queues change `change` to the streams that do not have it yet.
@@ -193,18 +216,21 @@ async fn overrides(
         }
     }
     let now = clock::now_ms();
-    for policy in policies.values() {
-        let recipients = vec![sent(agent_id.to_owned(), policy, &list, now)];
-        record_sent(store, policy, recipients).await;
-    }
-    Ok(hub.visit_org(org_id, |agent, view| {
-        if agent != agent_id || view.since >= change.seq {
-            return None;
-        }
-        view.overrides = list.clone();
-        let policy = view.version.and_then(|v| policies.get(&v))?;
-        Some(assigned_frame(policy, view.rollback_from, agent_id, &list))
-    }))
+    let recipients = policies
+        .values()
+        .map(|policy| sent(agent_id.to_owned(), policy, &list, now))
+        .collect();
+    Ok(record_then_queue(store, recipients, || {
+        hub.visit_org(org_id, |agent, view| {
+            if agent != agent_id || view.since >= change.seq {
+                return None;
+            }
+            view.overrides = list.clone();
+            let policy = view.version.and_then(|v| policies.get(&v))?;
+            Some(assigned_frame(policy, view.rollback_from, agent_id, &list))
+        })
+    })
+    .await)
 }
 
 /// Whether a stream that has `view` must be sent `assignment`: a version it does not have,
@@ -219,7 +245,7 @@ fn needs(view: &StreamView, assignment: &Assignment) -> bool {
 
 /// Queues to each stream (without change `change` yet) the version its agent is assigned when
 /// `latest` is its org's latest version and `rollout` its latest rollout, if the stream lacks
-/// it ([`needs`]), after recording who gets which version.
+/// it ([`needs`]), recording who gets which version first ([`record_then_queue`]).
 async fn assigned(
     store: &dyn Store,
     hub: &EventHub,
@@ -254,42 +280,38 @@ async fn assigned(
         }
     }
     let now = clock::now_ms();
-    let mut recipients: HashMap<PolicyVersion, Vec<SentPolicy>> = HashMap::new();
-    for (agent_id, list, assignment) in targets {
-        if let Some(policy) = policies.get(&assignment.version) {
-            recipients
-                .entry(policy.version)
-                .or_default()
-                .push(sent(agent_id, policy, &list, now));
-        }
-    }
-    for (version, list) in recipients {
-        if let Some(policy) = policies.get(&version) {
-            record_sent(store, policy, list).await;
-        }
-    }
+    let recipients: Vec<SentPolicy> = targets
+        .into_iter()
+        .filter_map(|(agent_id, list, assignment)| {
+            let policy = policies.get(&assignment.version)?;
+            Some(sent(agent_id, policy, &list, now))
+        })
+        .collect();
     // One serialized frame per (version, rollback) for the streams without overrides.
     let mut shared: HashMap<(PolicyVersion, Option<PolicyVersion>), Frame> = HashMap::new();
-    Ok(hub.visit_org(org_id, |agent_id, view| {
-        if !fresh(view) {
-            return None;
-        }
-        let assignment = assign(rollout, latest, agent_id);
-        if !needs(view, &assignment) {
-            return None;
-        }
-        let policy = policies.get(&assignment.version)?;
-        view.version = Some(assignment.version);
-        view.rollback_from = assignment.rollback_from;
-        Some(if view.overrides.is_empty() {
-            shared
-                .entry((assignment.version, assignment.rollback_from))
-                .or_insert_with(|| assigned_frame(policy, assignment.rollback_from, "", &[]))
-                .clone()
-        } else {
-            assigned_frame(policy, assignment.rollback_from, agent_id, &view.overrides)
+    Ok(record_then_queue(store, recipients, || {
+        hub.visit_org(org_id, |agent_id, view| {
+            if !fresh(view) {
+                return None;
+            }
+            let assignment = assign(rollout, latest, agent_id);
+            if !needs(view, &assignment) {
+                return None;
+            }
+            let policy = policies.get(&assignment.version)?;
+            view.version = Some(assignment.version);
+            view.rollback_from = assignment.rollback_from;
+            Some(if view.overrides.is_empty() {
+                shared
+                    .entry((assignment.version, assignment.rollback_from))
+                    .or_insert_with(|| assigned_frame(policy, assignment.rollback_from, "", &[]))
+                    .clone()
+            } else {
+                assigned_frame(policy, assignment.rollback_from, agent_id, &view.overrides)
+            })
         })
-    }))
+    })
+    .await)
 }
 
 #[cfg(test)]

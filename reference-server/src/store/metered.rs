@@ -16,8 +16,8 @@ use serde_json::Value;
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, Change, DecideError, Decision, Finish,
     FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, OrgSummary,
-    PendingDelivery, PolicySummary, Pushed, ReportReceipt, Rollout, SentPolicy, ShadowRun, Store,
-    StoreError, StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
+    PendingDelivery, PolicySummary, Pushed, Recording, ReportReceipt, Rollout, SentPolicy,
+    ShadowRun, Store, StoreError, StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 use crate::metrics::ServerMetrics;
@@ -42,19 +42,20 @@ impl MeteredStore {
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let result = call.await;
-        // A refusal of the request (a version taken, a report already received) is the
-        // database doing its job, not an error of it.
-        let failed = matches!(
-            result,
-            Err(StoreError::Backend(_)
-                | StoreError::Corrupt(_)
-                | StoreError::Closed
-                | StoreError::Open(_))
-        );
+        let failed = result.as_ref().err().is_some_and(fails);
         self.metrics
             .db_operation(operation, started.elapsed(), !failed);
         result
     }
+}
+
+/// Whether `error` is a failure of the database. A refusal of the request (a version taken, a
+/// report already received) is the database doing its job, not an error of it.
+fn fails(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Backend(_) | StoreError::Corrupt(_) | StoreError::Closed | StoreError::Open(_)
+    )
 }
 
 #[async_trait]
@@ -140,6 +141,26 @@ impl Store for MeteredStore {
     async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<(), StoreError> {
         self.timed("record_sent", self.inner.record_sent(sent))
             .await
+    }
+
+    async fn begin_record_sent(&self, sent: Vec<SentPolicy>) -> Result<Recording, StoreError> {
+        // Timed from the start to the commit, as `record_sent` (the same write).
+        let started = Instant::now();
+        let begun = self.inner.begin_record_sent(sent).await;
+        let metrics = self.metrics.clone();
+        let recording = match begun {
+            Ok(recording) => recording,
+            Err(error) => {
+                metrics.db_operation("record_sent", started.elapsed(), !fails(&error));
+                return Err(error);
+            }
+        };
+        Ok(Recording::pending(async move {
+            let result = recording.await;
+            let failed = result.as_ref().err().is_some_and(fails);
+            metrics.db_operation("record_sent", started.elapsed(), !failed);
+            result
+        }))
     }
 
     async fn sent_overrides(

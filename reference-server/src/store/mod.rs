@@ -17,7 +17,10 @@ pub mod postgres;
 pub mod records;
 pub mod sqlite;
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -39,6 +42,36 @@ pub const MAX_SENT_PER_AGENT: usize = 64;
 
 use crate::auth::{Principal, TokenHash};
 use crate::error::ApiError;
+
+/// A write begun by [`Store::begin_record_sent`]: awaiting it gives its commit's outcome.
+#[must_use = "a recording's outcome is known only once it is awaited"]
+pub struct Recording(Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>);
+
+impl Recording {
+    /// A write that is committed already.
+    pub fn done() -> Self {
+        Self(Box::pin(std::future::ready(Ok(()))))
+    }
+
+    /// A write that commits when `commit` resolves.
+    pub fn pending(commit: impl Future<Output = Result<(), StoreError>> + Send + 'static) -> Self {
+        Self(Box::pin(commit))
+    }
+}
+
+impl std::fmt::Debug for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recording")
+    }
+}
+
+impl Future for Recording {
+    type Output = Result<(), StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +192,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Remembers that these policy versions (with these overrides) were sent to these agents,
     /// in one transaction; each agent keeps its newest [`MAX_SENT_PER_AGENT`].
     async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<(), StoreError>;
+
+    /// [`Store::record_sent`] in two steps, so that a broadcast can queue its frames while the
+    /// rows are written: once this returns, every store call made afterwards sees the rows
+    /// (a report on a frame queued after it is checked against them); the [`Recording`]
+    /// resolves when they are committed. The default commits first (right for a store whose
+    /// calls may run in any order, such as a connection pool); a store that runs its calls one
+    /// after another, in order, queues the write and returns at once.
+    async fn begin_record_sent(&self, sent: Vec<SentPolicy>) -> Result<Recording, StoreError> {
+        self.record_sent(sent).await?;
+        Ok(Recording::done())
+    }
 
     /// The override lists `version` was sent to `agent_id` with; empty when it never was.
     async fn sent_overrides(

@@ -37,8 +37,8 @@ use serde_json::Value;
 use super::{
     AgentRecord, Approval, AuditFilter, AuditPage, Change, DecideError, Decision, Finish,
     FleetBlock, Heartbeat, NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, OrgSummary,
-    PendingDelivery, PolicySummary, Pushed, ReportReceipt, Rollout, SentPolicy, ShadowRun, Store,
-    StoreError, StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
+    PendingDelivery, PolicySummary, Pushed, Recording, ReportReceipt, Rollout, SentPolicy,
+    ShadowRun, Store, StoreError, StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
 
@@ -104,16 +104,24 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
+        self.enqueue(f)?.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues `f` for the database thread now (it runs after every job queued before and before
+    /// every job queued after) and gives the receiver of its result.
+    fn enqueue<T, F>(&self, f: F) -> Result<tokio::sync::oneshot::Receiver<Result<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
         let (reply, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let _ = reply.send(f(conn));
         });
-        {
-            let jobs = self.jobs.lock().map_err(|_| StoreError::Closed)?;
-            let sender = jobs.as_ref().ok_or(StoreError::Closed)?;
-            sender.send(job).map_err(|_| StoreError::Closed)?;
-        }
-        result.await.map_err(|_| StoreError::Closed)?
+        let jobs = self.jobs.lock().map_err(|_| StoreError::Closed)?;
+        let sender = jobs.as_ref().ok_or(StoreError::Closed)?;
+        sender.send(job).map_err(|_| StoreError::Closed)?;
+        Ok(result)
     }
 
     /// The cached policy of `org_id` if it is `version`.
@@ -237,6 +245,18 @@ impl Store for SqliteStore {
             return Ok(());
         }
         self.call(move |conn| sent::record(conn, &sent)).await
+    }
+
+    /// Queues the write and returns: the database thread runs jobs in the order they were
+    /// queued, so every call made after this one reads the rows.
+    async fn begin_record_sent(&self, sent: Vec<SentPolicy>) -> Result<Recording> {
+        if sent.is_empty() {
+            return Ok(Recording::done());
+        }
+        let committed = self.enqueue(move |conn| sent::record(conn, &sent))?;
+        Ok(Recording::pending(async move {
+            committed.await.map_err(|_| StoreError::Closed)?
+        }))
     }
 
     async fn sent_overrides(&self, agent_id: String, version: u64) -> Result<Vec<Value>> {
