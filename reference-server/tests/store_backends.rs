@@ -27,8 +27,8 @@ use reference_server::store::sqlite::SqliteStore;
 use reference_server::store::{
     AgentRecord, Approval, AuditFilter, ChangeKind, Decision, Heartbeat, MAX_SENT_PER_AGENT,
     NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, ReportReceipt, Rollout, RolloutGate,
-    RolloutStage, RolloutState, SentPolicy, ShadowRun, Store, StoreError, StoredOverrides,
-    StoredShadowReport,
+    RolloutStage, RolloutState, SMALL_SENT_BATCH, SentPolicy, ShadowRun, Store, StoreError,
+    StoredOverrides, StoredShadowReport,
 };
 use serde_json::json;
 
@@ -663,6 +663,42 @@ async fn sent_policies_are_remembered_and_bounded(pair: Pair) {
     assert_eq!(
         pair.a
             .sent_overrides("agent-2".to_owned(), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Broadcasts (more than SMALL_SENT_BATCH agents each) drop each recipient's rows of
+    // versions MAX_SENT_PER_AGENT or more below the one it gets, and touch no one else.
+    let fleet: Vec<String> = (0..=SMALL_SENT_BATCH)
+        .map(|i| format!("fleet-{i:02}"))
+        .collect();
+    let last = 100 + u64::try_from(MAX_SENT_PER_AGENT).unwrap() + 2;
+    for version in 100..=last {
+        let broadcast = fleet
+            .iter()
+            .map(|agent| sent(agent, version, json!([]), i64::try_from(version).unwrap()))
+            .collect();
+        pair.a.record_sent(broadcast).await.unwrap();
+    }
+    let window = u64::try_from(MAX_SENT_PER_AGENT).unwrap();
+    let mut kept = Vec::new();
+    for agent in [&fleet[0], &fleet[SMALL_SENT_BATCH]] {
+        for version in [100, last - window, last - window + 1, last] {
+            let lists = pair.b.sent_overrides(agent.clone(), version).await.unwrap();
+            kept.push((version, lists.len()));
+        }
+    }
+    let expected = [
+        (100, 0),
+        (last - window, 0),
+        (last - window + 1, 1),
+        (last, 1),
+    ];
+    assert_eq!(kept, [expected, expected].concat());
+    assert_eq!(
+        pair.b
+            .sent_overrides("agent-1".to_owned(), 9 + count)
             .await
             .unwrap()
             .len(),

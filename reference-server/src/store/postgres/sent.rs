@@ -1,5 +1,5 @@
 //! `agent_policies`: which policy versions (with which overrides) were sent to each agent, the
-//! newest [`MAX_SENT_PER_AGENT`] per agent; and the pending approvals of an agent (its quota).
+//! newest ones per agent (see [`MAX_SENT_PER_AGENT`]); and the pending approvals of an agent (its quota).
 
 use std::collections::BTreeMap;
 
@@ -8,11 +8,11 @@ use serde_json::Value;
 
 use super::Result;
 use super::rows::{big, get};
-use crate::store::{MAX_SENT_PER_AGENT, SentPolicy};
+use crate::store::{MAX_SENT_PER_AGENT, SMALL_SENT_BATCH, SentPolicy};
 
 /// Records `sent` in the caller's transaction, in two statements whatever its size (a broadcast
-/// to a whole org); a row sent again gets its time refreshed. Each agent keeps its newest
-/// [`MAX_SENT_PER_AGENT`] rows.
+/// to a whole org); a row sent again gets its time refreshed. Pruned as [`MAX_SENT_PER_AGENT`]
+/// says: by count when the write names at most [`SMALL_SENT_BATCH`] agents, else by version.
 pub async fn record(tx: &impl GenericClient, sent: &[SentPolicy]) -> Result<()> {
     // One row per key (an upsert may not touch a row twice), in key order (concurrent
     // transactions lock rows in the same order).
@@ -45,19 +45,41 @@ pub async fn record(tx: &impl GenericClient, sent: &[SentPolicy]) -> Result<()> 
         .await?;
     tx.execute(&upsert, &[&agents, &versions, &overrides, &times])
         .await?;
-    agents.dedup();
-    let prune = tx
-        .prepare_cached(
-            "DELETE FROM agent_policies WHERE id IN (
-                 SELECT id FROM (
-                     SELECT id, row_number() OVER (
-                         PARTITION BY agent_id ORDER BY sent_ms DESC, id DESC) AS n
-                     FROM agent_policies WHERE agent_id = ANY($1)) ranked
-                 WHERE n > $2)",
-        )
-        .await?;
+    // Each agent with the newest version it gets here (rows are in agent order).
+    let mut newest: Vec<(String, i64)> = Vec::new();
+    for (agent, version) in agents.into_iter().zip(versions) {
+        match newest.last_mut() {
+            Some((last, max)) if *last == agent => *max = (*max).max(version),
+            _ => newest.push((agent, version)),
+        }
+    }
     let keep = i64::try_from(MAX_SENT_PER_AGENT).unwrap_or(i64::MAX);
-    tx.execute(&prune, &[&agents, &keep]).await?;
+    if newest.len() <= SMALL_SENT_BATCH {
+        let agents: Vec<String> = newest.into_iter().map(|(agent, _)| agent).collect();
+        let prune = tx
+            .prepare_cached(
+                "DELETE FROM agent_policies WHERE id IN (
+                     SELECT id FROM (
+                         SELECT id, row_number() OVER (
+                             PARTITION BY agent_id ORDER BY sent_ms DESC, id DESC) AS n
+                         FROM agent_policies WHERE agent_id = ANY($1)) ranked
+                     WHERE n > $2)",
+            )
+            .await?;
+        tx.execute(&prune, &[&agents, &keep]).await?;
+    } else {
+        let (agents, cuts): (Vec<String>, Vec<i64>) = newest
+            .into_iter()
+            .map(|(agent, version)| (agent, version.saturating_sub(keep)))
+            .unzip();
+        let prune = tx
+            .prepare_cached(
+                "DELETE FROM agent_policies p USING unnest($1::text[], $2::bigint[]) AS c(agent_id, cut)
+                 WHERE p.agent_id = c.agent_id AND p.version <= c.cut",
+            )
+            .await?;
+        tx.execute(&prune, &[&agents, &cuts]).await?;
+    }
     Ok(())
 }
 
