@@ -49,6 +49,37 @@ async fn replica_notifying(
     .await
 }
 
+/// A replica that connects as a role of its own (`replica_<name>_<pid>`), so that a test can
+/// keep its listener out, and with no periodic resync: only a reconnect catches it up.
+async fn replica_of_own_role(db: &TestDatabase, name: &str) -> (String, TestServer) {
+    let role = format!("replica_{name}_{}", std::process::id());
+    admin_sql(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} SUPERUSER LOGIN"
+    ))
+    .await;
+    let url = with_database(
+        &db.url.replacen("postgres@", &format!("{role}@"), 1),
+        &db.name,
+    );
+    let server = replica(&url, Duration::from_secs(3600)).await;
+    (role, server)
+}
+
+/// Drops the listening connection of `role`'s replica and keeps it from coming back.
+async fn cut_listener(role: &str) {
+    admin_sql(&format!(
+        "ALTER ROLE {role} NOLOGIN;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE usename = '{role}' AND application_name = 'policy-server-listen'"
+    ))
+    .await;
+}
+
+/// Lets `role`'s replica listen again.
+async fn restore_listener(role: &str) {
+    admin_sql(&format!("ALTER ROLE {role} LOGIN")).await;
+}
+
 /// Waits until `t` knows `token` (tokens created on another replica arrive with a notice).
 async fn knows(t: &TestServer, token: &str) {
     let deadline = Instant::now() + DEADLINE;
@@ -349,34 +380,18 @@ async fn a_rollout_moved_on_either_replica_reaches_the_stage_agents_of_the_other
 #[tokio::test]
 async fn changes_made_while_a_replica_cannot_listen_reach_it_when_it_reconnects() {
     let db = TestDatabase::create().await;
-    // B connects as a role of its own, so that the test can keep B's listener out.
-    let role = format!("replica_b_{}", std::process::id());
-    admin_sql(&format!(
-        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} SUPERUSER LOGIN"
-    ))
-    .await;
-    let b_url = with_database(
-        &db.url.replacen("postgres@", &format!("{role}@"), 1),
-        &db.name,
-    );
     let a = replica(&db.url, Duration::from_secs(5)).await;
-    // No periodic resync on B: only the reconnect can catch up.
-    let b = replica(&b_url, Duration::from_secs(3600)).await;
+    let (role, b) = replica_of_own_role(&db, "b").await;
     a.post_policy(ADMIN, fleet_policy("v1", 5)).await;
     let (_, token) = a.enroll(ADMIN, "host-1").await;
     knows(&b, &token).await;
     let mut on_b = b.stream(&token, "default").await;
     assert_eq!(next(&mut on_b).await.2, json!("v1"));
 
-    admin_sql(&format!(
-        "ALTER ROLE {role} NOLOGIN;
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE usename = '{role}' AND application_name = 'policy-server-listen'"
-    ))
-    .await;
+    cut_listener(&role).await;
     a.post_policy(ADMIN, fleet_policy("v2", 6)).await;
     a.post_policy(ADMIN, fleet_policy("v3", 7)).await;
-    admin_sql(&format!("ALTER ROLE {role} LOGIN")).await;
+    restore_listener(&role).await;
     // B missed both notices; it reads the changes and pushes them in order.
     assert_eq!(
         next(&mut on_b).await,
@@ -569,17 +584,8 @@ async fn a_replica_killed_during_a_broadcast_loses_no_version_for_its_agents() {
 #[tokio::test]
 async fn rollout_stages_made_while_a_replica_cannot_listen_reach_it_once_when_it_reconnects() {
     let db = TestDatabase::create().await;
-    let role = format!("replica_r_{}", std::process::id());
-    admin_sql(&format!(
-        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} SUPERUSER LOGIN"
-    ))
-    .await;
-    let b_url = with_database(
-        &db.url.replacen("postgres@", &format!("{role}@"), 1),
-        &db.name,
-    );
     let a = replica(&db.url, Duration::from_secs(5)).await;
-    let b = replica(&b_url, Duration::from_secs(3600)).await;
+    let (role, b) = replica_of_own_role(&db, "r").await;
     a.post_policy(ADMIN, fleet_policy("v1", 5)).await;
     let (_, outside_token) = a.enroll(ADMIN, "host-outside").await;
     let (first, first_token) = a.enroll(ADMIN, "host-first").await;
@@ -594,15 +600,10 @@ async fn rollout_stages_made_while_a_replica_cannot_listen_reach_it_once_when_it
         assert_eq!(next_version(stream).await, ("1".into(), Value::Null));
     }
 
-    admin_sql(&format!(
-        "ALTER ROLE {role} NOLOGIN;
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-          WHERE usename = '{role}' AND application_name = 'policy-server-listen'"
-    ))
-    .await;
+    cut_listener(&role).await;
     let id = start_rollout(&a, "v2", &first, &second).await;
     operate(&a, &id, "advance", "running").await;
-    admin_sql(&format!("ALTER ROLE {role} LOGIN")).await;
+    restore_listener(&role).await;
     assert_eq!(
         next_version(&mut first_stream).await,
         ("2".into(), Value::Null)

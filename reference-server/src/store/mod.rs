@@ -53,6 +53,31 @@ pub const SMALL_SENT_BATCH: usize = 16;
 use crate::auth::{Principal, TokenHash};
 use crate::error::ApiError;
 
+/// How a [`Store::record_sent`] write of `sent` prunes its agents' rows (see
+/// [`MAX_SENT_PER_AGENT`]): `None` by count (it names at most [`SMALL_SENT_BATCH`] agents), else
+/// each agent named with the version at or below which its rows are dropped (the newest version
+/// it gets here, less [`MAX_SENT_PER_AGENT`]), in agent order.
+pub fn version_cuts(sent: &[SentPolicy]) -> Option<Vec<(&str, i64)>> {
+    let mut newest: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for row in sent {
+        let max = newest.entry(row.agent_id.as_str()).or_default();
+        *max = (*max).max(row.version.number());
+    }
+    if newest.len() <= SMALL_SENT_BATCH {
+        return None;
+    }
+    let keep = i64::try_from(MAX_SENT_PER_AGENT).unwrap_or(i64::MAX);
+    Some(
+        newest
+            .into_iter()
+            .map(|(agent, version)| {
+                let version = i64::try_from(version).unwrap_or(i64::MAX);
+                (agent, version.saturating_sub(keep))
+            })
+            .collect(),
+    )
+}
+
 /// A write begun by [`Store::begin_record_sent`]: awaiting it gives its commit's outcome.
 #[must_use = "a recording's outcome is known only once it is awaited"]
 pub struct Recording(Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>);

@@ -785,6 +785,16 @@ pub struct Pushed<T> {
     pub seq: Option<u64>,
 }
 
+impl Pushed<()> {
+    /// A write that returns nothing and recorded change `seq`.
+    pub fn change(seq: u64) -> Self {
+        Self {
+            value: (),
+            seq: Some(seq),
+        }
+    }
+}
+
 /// What a new event stream starts from: the state of its org and agent as of change `seq`,
 /// read in one transaction.
 #[derive(Debug, Clone, PartialEq)]

@@ -305,10 +305,7 @@ impl Store for PgStore {
         let tx = client.transaction().await?;
         let seq = rollouts::put(&tx, &rollout, &entry).await?;
         tx.commit().await?;
-        Ok(Pushed {
-            value: (),
-            seq: Some(seq),
-        })
+        Ok(Pushed::change(seq))
     }
 
     async fn move_rollout(
@@ -321,10 +318,7 @@ impl Store for PgStore {
         let tx = client.transaction().await?;
         let seq = rollouts::move_to(&tx, &from, &to, &entry).await?;
         tx.commit().await?;
-        Ok(Pushed {
-            value: (),
-            seq: Some(seq),
-        })
+        Ok(Pushed::change(seq))
     }
 
     async fn latest_rollout(&self, org_id: String) -> Result<Option<Rollout>> {
@@ -344,10 +338,7 @@ impl Store for PgStore {
         let tx = client.transaction().await?;
         let seq = shadows::put(&tx, &run, &entry).await?;
         tx.commit().await?;
-        Ok(Pushed {
-            value: (),
-            seq: Some(seq),
-        })
+        Ok(Pushed::change(seq))
     }
 
     async fn shadow_run(&self, org_id: String) -> Result<Option<ShadowRun>> {
@@ -440,10 +431,7 @@ impl Store for PgStore {
         let tx = client.transaction().await?;
         let seq = policies::set_overrides(&tx, &org_id, &agent_id, &overrides).await?;
         tx.commit().await?;
-        Ok(Pushed {
-            value: (),
-            seq: Some(seq),
-        })
+        Ok(Pushed::change(seq))
     }
 
     async fn upsert_block(&self, new: NewBlock, entry: NewEntry) -> Result<Pushed<Upserted>> {

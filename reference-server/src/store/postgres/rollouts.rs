@@ -27,11 +27,7 @@ pub async fn put(tx: &impl GenericClient, rollout: &Rollout, entry: &NewEntry) -
         &[&rollout.id, &rollout.org_id, &rollout.created_ms, &text],
     )
     .await?;
-    audit::insert(tx, clock::from_ms(rollout.updated_ms), entry).await?;
-    let kind = ChangeKind::Rollout {
-        id: rollout.id.clone(),
-    };
-    record_change(tx, &rollout.org_id, &kind, clock::now_ms()).await
+    audited(tx, rollout, entry).await
 }
 
 /// Stores `to` in place of `from` (same id), its audit entry and its change in the caller's
@@ -57,9 +53,17 @@ pub async fn move_to(
             id: from.id.clone(),
         });
     }
-    audit::insert(tx, clock::from_ms(to.updated_ms), entry).await?;
-    let kind = ChangeKind::Rollout { id: to.id.clone() };
-    record_change(tx, &to.org_id, &kind, clock::now_ms()).await
+    audited(tx, to, entry).await
+}
+
+/// Adds the audit entry and the change of `rollout`, just stored in `tx`; returns the change's
+/// number.
+async fn audited(tx: &impl GenericClient, rollout: &Rollout, entry: &NewEntry) -> Result<u64> {
+    audit::insert(tx, clock::from_ms(rollout.updated_ms), entry).await?;
+    let kind = ChangeKind::Rollout {
+        id: rollout.id.clone(),
+    };
+    record_change(tx, &rollout.org_id, &kind, clock::now_ms()).await
 }
 
 /// The most recent rollout of `org_id`.

@@ -8,11 +8,11 @@ use serde_json::Value;
 
 use super::Result;
 use super::rows::{big, get};
-use crate::store::{MAX_SENT_PER_AGENT, SMALL_SENT_BATCH, SentPolicy};
+use crate::store::{MAX_SENT_PER_AGENT, SentPolicy, version_cuts};
 
 /// Records `sent` in the caller's transaction, in two statements whatever its size (a broadcast
 /// to a whole org); a row sent again gets its time refreshed. Pruned as [`MAX_SENT_PER_AGENT`]
-/// says: by count when the write names at most [`SMALL_SENT_BATCH`] agents, else by version.
+/// says, by count or by version ([`version_cuts`]).
 pub async fn record(tx: &impl GenericClient, sent: &[SentPolicy]) -> Result<()> {
     // One row per key (an upsert may not touch a row twice), in key order (concurrent
     // transactions lock rows in the same order).
@@ -45,17 +45,18 @@ pub async fn record(tx: &impl GenericClient, sent: &[SentPolicy]) -> Result<()> 
         .await?;
     tx.execute(&upsert, &[&agents, &versions, &overrides, &times])
         .await?;
-    // Each agent with the newest version it gets here (rows are in agent order).
-    let mut newest: Vec<(String, i64)> = Vec::new();
-    for (agent, version) in agents.into_iter().zip(versions) {
-        match newest.last_mut() {
-            Some((last, max)) if *last == agent => *max = (*max).max(version),
-            _ => newest.push((agent, version)),
-        }
-    }
-    let keep = i64::try_from(MAX_SENT_PER_AGENT).unwrap_or(i64::MAX);
-    if newest.len() <= SMALL_SENT_BATCH {
-        let agents: Vec<String> = newest.into_iter().map(|(agent, _)| agent).collect();
+    if let Some(cuts) = version_cuts(sent) {
+        let (agents, cuts): (Vec<&str>, Vec<i64>) = cuts.into_iter().unzip();
+        let prune = tx
+            .prepare_cached(
+                "DELETE FROM agent_policies p USING unnest($1::text[], $2::bigint[]) AS c(agent_id, cut)
+                 WHERE p.agent_id = c.agent_id AND p.version <= c.cut",
+            )
+            .await?;
+        tx.execute(&prune, &[&agents, &cuts]).await?;
+    } else {
+        agents.dedup();
+        let keep = i64::try_from(MAX_SENT_PER_AGENT).unwrap_or(i64::MAX);
         let prune = tx
             .prepare_cached(
                 "DELETE FROM agent_policies WHERE id IN (
@@ -67,18 +68,6 @@ pub async fn record(tx: &impl GenericClient, sent: &[SentPolicy]) -> Result<()> 
             )
             .await?;
         tx.execute(&prune, &[&agents, &keep]).await?;
-    } else {
-        let (agents, cuts): (Vec<String>, Vec<i64>) = newest
-            .into_iter()
-            .map(|(agent, version)| (agent, version.saturating_sub(keep)))
-            .unzip();
-        let prune = tx
-            .prepare_cached(
-                "DELETE FROM agent_policies p USING unnest($1::text[], $2::bigint[]) AS c(agent_id, cut)
-                 WHERE p.agent_id = c.agent_id AND p.version <= c.cut",
-            )
-            .await?;
-        tx.execute(&prune, &[&agents, &cuts]).await?;
     }
     Ok(())
 }

@@ -259,8 +259,5 @@ pub fn set_overrides(
         overrides.updated_at.timestamp_millis(),
     )?;
     tx.commit()?;
-    Ok(Pushed {
-        value: (),
-        seq: Some(seq),
-    })
+    Ok(Pushed::change(seq))
 }

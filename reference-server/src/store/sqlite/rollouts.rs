@@ -1,6 +1,6 @@
 //! `rollouts`: staged rollouts, each kept whole as JSON beside its org and id.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::Result;
 use super::{audit, changes};
@@ -16,16 +16,7 @@ pub fn put(conn: &mut Connection, rollout: &Rollout, entry: &NewEntry) -> Result
          ON CONFLICT (id) DO UPDATE SET record = ?4",
         params![rollout.id, rollout.org_id, rollout.created_ms, text],
     )?;
-    audit::insert(&tx, clock::from_ms(rollout.updated_ms), entry)?;
-    let kind = ChangeKind::Rollout {
-        id: rollout.id.clone(),
-    };
-    let seq = changes::record(&tx, &rollout.org_id, &kind, clock::now_ms())?;
-    tx.commit()?;
-    Ok(Pushed {
-        value: (),
-        seq: Some(seq),
-    })
+    audited(tx, rollout, entry)
 }
 
 /// Stores `to` in place of `from` (same id), its audit entry and its change in one
@@ -48,14 +39,18 @@ pub fn move_to(
             id: from.id.clone(),
         });
     }
-    audit::insert(&tx, clock::from_ms(to.updated_ms), entry)?;
-    let kind = ChangeKind::Rollout { id: to.id.clone() };
-    let seq = changes::record(&tx, &to.org_id, &kind, clock::now_ms())?;
+    audited(tx, to, entry)
+}
+
+/// Adds the audit entry and the change of `rollout`, just stored in `tx`, and commits.
+fn audited(tx: Transaction<'_>, rollout: &Rollout, entry: &NewEntry) -> Result<Pushed<()>> {
+    audit::insert(&tx, clock::from_ms(rollout.updated_ms), entry)?;
+    let kind = ChangeKind::Rollout {
+        id: rollout.id.clone(),
+    };
+    let seq = changes::record(&tx, &rollout.org_id, &kind, clock::now_ms())?;
     tx.commit()?;
-    Ok(Pushed {
-        value: (),
-        seq: Some(seq),
-    })
+    Ok(Pushed::change(seq))
 }
 
 /// The most recent rollout of `org_id`.

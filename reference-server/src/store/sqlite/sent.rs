@@ -5,28 +5,18 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use serde_json::Value;
 
 use super::Result;
-use crate::store::{MAX_SENT_PER_AGENT, SMALL_SENT_BATCH, SentPolicy};
+use crate::store::{MAX_SENT_PER_AGENT, SentPolicy, version_cuts};
 
 /// Records `sent` in one transaction; a row sent again gets its time refreshed. Pruned as
-/// [`MAX_SENT_PER_AGENT`] says: by count when the write names at most [`SMALL_SENT_BATCH`]
-/// agents, else by version.
+/// [`MAX_SENT_PER_AGENT`] says, by count or by version ([`version_cuts`]).
 pub fn record(conn: &mut Connection, sent: &[SentPolicy]) -> Result<()> {
     let keep = i64::try_from(MAX_SENT_PER_AGENT).unwrap_or(i64::MAX);
+    let cuts = version_cuts(sent);
     // By agent: a broadcast's rows then touch each page of the indexes once, in turn,
     // instead of at random (10,000 agents in hash order thrashed the page cache). The sort
     // is stable, so one agent's rows keep their order (and the prune its outcome).
     let mut sorted: Vec<&SentPolicy> = sent.iter().collect();
     sorted.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-    // Each agent with the newest version it gets here.
-    let mut newest: Vec<(&str, i64)> = Vec::new();
-    for row in &sorted {
-        let version = i64::try_from(row.version.number()).unwrap_or(i64::MAX);
-        match newest.last_mut() {
-            Some((agent, max)) if *agent == row.agent_id.as_str() => *max = (*max).max(version),
-            _ => newest.push((row.agent_id.as_str(), version)),
-        }
-    }
-    let by_count = newest.len() <= SMALL_SENT_BATCH;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut upsert = tx.prepare_cached(
@@ -45,14 +35,12 @@ pub fn record(conn: &mut Connection, sent: &[SentPolicy]) -> Result<()> {
             let overrides = serde_json::to_string(&row.overrides)?;
             let version = i64::try_from(row.version.number()).unwrap_or(i64::MAX);
             upsert.execute(params![row.agent_id, version, overrides, row.sent_ms])?;
-            if by_count {
+            if cuts.is_none() {
                 prune_count.execute(params![row.agent_id, keep])?;
             }
         }
-        if !by_count {
-            for (agent, version) in newest {
-                prune_versions.execute(params![agent, version.saturating_sub(keep)])?;
-            }
+        for (agent, cut) in cuts.into_iter().flatten() {
+            prune_versions.execute(params![agent, cut])?;
         }
     }
     tx.commit()?;

@@ -38,10 +38,7 @@ pub fn put(conn: &mut Connection, run: &ShadowRun, entry: &NewEntry) -> Result<P
     };
     let seq = changes::record(&tx, &run.org_id, &kind, clock::now_ms())?;
     tx.commit()?;
-    Ok(Pushed {
-        value: (),
-        seq: Some(seq),
-    })
+    Ok(Pushed::change(seq))
 }
 
 /// The shadow run of `org_id` with the highest number.
