@@ -378,6 +378,41 @@ async fn finding_2_fleet_blocks_are_checked_against_addresses_rules_and_versions
     assert_eq!(refused, refusals);
 }
 
+/// A broadcast to many agents (more than the 16 remembered one row each) is remembered as one
+/// row naming them: a recipient's report on it is checked as before, and an agent it did not
+/// reach (no stream open) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_on_a_broadcast_to_many_agents_are_checked_against_its_recipients() {
+    let server = Server::start(&[]);
+    server.post_policy(policy()).await;
+    let mut fleet = Vec::new();
+    for i in 0..20 {
+        let (id, token) = server.enroll(&format!("host-{i}")).await;
+        let mut events = server.events(&token).await;
+        assert_eq!(events.next().await.unwrap().0, "policy");
+        fleet.push((id, token, events));
+    }
+    let (offline, offline_token) = server.enroll("host-offline").await;
+    let created = server.post_policy(policy()).await;
+    assert_eq!(created["broadcastedTo"], 20);
+    for (_, _, events) in &mut fleet {
+        assert_eq!(events.next().await.unwrap().1["version"], "v2");
+    }
+    let mut on_v2 = fleet_block("203.0.113.7");
+    on_v2["policyVersion"] = json!("v2");
+    let (status, answer) = server.report(&offline, &offline_token, on_v2.clone()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["error"]["path"], "policyVersion");
+    assert_eq!(
+        answer["error"]["message"],
+        "policy version `v2` was not sent to this agent"
+    );
+    for (id, token, _) in [&fleet[0], &fleet[19]] {
+        let (status, answer) = server.report(id, token, on_v2.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+}
+
 /// Finding 3: one alert listing 2,000 channels wrote 2,000 audit rows and 2,000 log lines.
 /// Channels must be the rule's own; a report naming others is refused with one audit entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -590,6 +590,7 @@ async fn signed_versions_are_taken_once(pair: Pair) {
 /// again, and bounded per agent; pending approvals are counted per agent.
 async fn sent_policies_are_remembered_and_bounded(pair: Pair) {
     let sent = |agent: &str, version: u64, overrides: serde_json::Value, sent_ms: i64| SentPolicy {
+        org_id: "acme".to_owned(),
         agent_id: agent.to_owned(),
         version: PolicyVersion::new(version),
         overrides,
@@ -609,7 +610,7 @@ async fn sent_policies_are_remembered_and_bounded(pair: Pair) {
         .unwrap();
     assert_eq!(
         pair.b
-            .sent_overrides("agent-1".to_owned(), 1)
+            .sent_overrides("acme".to_owned(), "agent-1".to_owned(), 1)
             .await
             .unwrap(),
         [other.clone(), json!([])]
@@ -621,21 +622,21 @@ async fn sent_policies_are_remembered_and_bounded(pair: Pair) {
         .unwrap();
     assert_eq!(
         pair.a
-            .sent_overrides("agent-1".to_owned(), 1)
+            .sent_overrides("acme".to_owned(), "agent-1".to_owned(), 1)
             .await
             .unwrap(),
-        [json!([]), other]
+        [json!([]), other.clone()]
     );
     assert_eq!(
         pair.a
-            .sent_overrides("agent-1".to_owned(), 2)
+            .sent_overrides("acme".to_owned(), "agent-1".to_owned(), 2)
             .await
             .unwrap(),
         Vec::<serde_json::Value>::new()
     );
     assert_eq!(
         pair.a
-            .sent_overrides("agent-2".to_owned(), 2)
+            .sent_overrides("acme".to_owned(), "agent-2".to_owned(), 2)
             .await
             .unwrap(),
         [json!([])]
@@ -650,7 +651,7 @@ async fn sent_policies_are_remembered_and_bounded(pair: Pair) {
     for version in [1, 2, 10, 14, 15, 9 + count] {
         let lists = pair
             .a
-            .sent_overrides("agent-1".to_owned(), version)
+            .sent_overrides("acme".to_owned(), "agent-1".to_owned(), version)
             .await
             .unwrap();
         kept.push((version, lists.len()));
@@ -662,30 +663,38 @@ async fn sent_policies_are_remembered_and_bounded(pair: Pair) {
     // Another agent's rows are not pruned with it.
     assert_eq!(
         pair.a
-            .sent_overrides("agent-2".to_owned(), 1)
+            .sent_overrides("acme".to_owned(), "agent-2".to_owned(), 1)
             .await
             .unwrap()
             .len(),
         1
     );
-    // Broadcasts (more than SMALL_SENT_BATCH agents each) drop each recipient's rows of
-    // versions MAX_SENT_PER_AGENT or more below the one it gets, and touch no one else.
+    // A broadcast (more than SMALL_SENT_BATCH agents getting one version with one override
+    // list) is one row naming them: it was sent to each of them, to no one else (not to an
+    // agent whose id another's contains, nor to the same agent id of another org), and an
+    // agent with other overrides in the same write keeps its own row. An org keeps the
+    // broadcasts of its newest MAX_SENT_PER_AGENT versions.
     let fleet: Vec<String> = (0..=SMALL_SENT_BATCH)
         .map(|i| format!("fleet-{i:02}"))
         .collect();
     let last = 100 + u64::try_from(MAX_SENT_PER_AGENT).unwrap() + 2;
     for version in 100..=last {
-        let broadcast = fleet
+        let mut broadcast: Vec<SentPolicy> = fleet
             .iter()
             .map(|agent| sent(agent, version, json!([]), i64::try_from(version).unwrap()))
             .collect();
+        broadcast.push(sent("fleet-x", version, other.clone(), 7));
         pair.a.record_sent(broadcast).await.unwrap();
     }
     let window = u64::try_from(MAX_SENT_PER_AGENT).unwrap();
     let mut kept = Vec::new();
     for agent in [&fleet[0], &fleet[SMALL_SENT_BATCH]] {
         for version in [100, last - window, last - window + 1, last] {
-            let lists = pair.b.sent_overrides(agent.clone(), version).await.unwrap();
+            let lists = pair
+                .b
+                .sent_overrides("acme".to_owned(), agent.clone(), version)
+                .await
+                .unwrap();
             kept.push((version, lists.len()));
         }
     }
@@ -698,7 +707,40 @@ async fn sent_policies_are_remembered_and_bounded(pair: Pair) {
     assert_eq!(kept, [expected, expected].concat());
     assert_eq!(
         pair.b
-            .sent_overrides("agent-1".to_owned(), 9 + count)
+            .sent_overrides("acme".to_owned(), "fleet-x".to_owned(), last)
+            .await
+            .unwrap(),
+        [other]
+    );
+    for (org, agent) in [
+        ("acme", "fleet-0"),
+        ("acme", "leet-01"),
+        ("other", "fleet-01"),
+    ] {
+        assert_eq!(
+            pair.b
+                .sent_overrides(org.to_owned(), agent.to_owned(), last)
+                .await
+                .unwrap(),
+            Vec::<serde_json::Value>::new(),
+            "{org}/{agent}"
+        );
+    }
+    // The same version to the same agent alone later: both sends, newest first, one list.
+    pair.a
+        .record_sent(vec![sent(&fleet[1], last, json!([]), 1_000_000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        pair.b
+            .sent_overrides("acme".to_owned(), fleet[1].clone(), last)
+            .await
+            .unwrap(),
+        [json!([])]
+    );
+    assert_eq!(
+        pair.b
+            .sent_overrides("acme".to_owned(), "agent-1".to_owned(), 9 + count)
             .await
             .unwrap()
             .len(),
@@ -745,6 +787,7 @@ async fn sent_policies_are_remembered_and_bounded(pair: Pair) {
 async fn a_begun_recording_is_seen_by_later_calls(pair: Pair) {
     let rows: Vec<SentPolicy> = (0..2_000)
         .map(|i| SentPolicy {
+            org_id: "acme".to_owned(),
             agent_id: format!("agent-{i:04}"),
             version: PolicyVersion::new(7),
             overrides: json!([]),
@@ -754,21 +797,21 @@ async fn a_begun_recording_is_seen_by_later_calls(pair: Pair) {
     let recording = pair.a.begin_record_sent(rows).await.unwrap();
     let before_commit = pair
         .b
-        .sent_overrides("agent-1999".to_owned(), 7)
+        .sent_overrides("acme".to_owned(), "agent-1999".to_owned(), 7)
         .await
         .unwrap();
     recording.await.unwrap();
     assert_eq!(before_commit, [json!([])]);
     assert_eq!(
         pair.b
-            .sent_overrides("agent-0000".to_owned(), 7)
+            .sent_overrides("acme".to_owned(), "agent-0000".to_owned(), 7)
             .await
             .unwrap(),
         [json!([])]
     );
     assert_eq!(
         pair.b
-            .sent_overrides("agent-0000".to_owned(), 6)
+            .sent_overrides("acme".to_owned(), "agent-0000".to_owned(), 6)
             .await
             .unwrap(),
         Vec::<serde_json::Value>::new()

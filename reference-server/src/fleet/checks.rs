@@ -172,7 +172,7 @@ pub async fn check(
         return can_block_an_address(base, index).map_err(CheckError::Refused);
     }
     let sent = store
-        .sent_overrides(agent_id.to_owned(), version.number())
+        .sent_overrides(org_id.to_owned(), agent_id.to_owned(), version.number())
         .await?;
     if sent.is_empty() {
         return Err(Refusal::new(

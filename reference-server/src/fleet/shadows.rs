@@ -254,7 +254,7 @@ pub async fn check_report(
 ) -> Result<StoredShadowReport, ApiError> {
     let version = report.enforced.version;
     let sent = store
-        .sent_overrides(agent_id.to_owned(), version.number())
+        .sent_overrides(org.to_owned(), agent_id.to_owned(), version.number())
         .await?;
     let enforced = match store.policy(org.to_owned(), version).await? {
         Some(policy) if !sent.is_empty() => policy,

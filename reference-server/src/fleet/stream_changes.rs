@@ -12,8 +12,8 @@
 //! Reports are checked against what was sent to their agent, so who gets which version (with
 //! which overrides) is recorded before its frame is queued; the frames do not wait for that
 //! write's commit where the store can order it before every later call
-//! ([`Store::begin_record_sent`]): a broadcast to 10,000 agents on SQLite is queued at once
-//! instead of after a 10,000-row transaction.
+//! ([`Store::begin_record_sent`]); a broadcast is one row however many agents it names
+//! ([`crate::store::split_sent`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,6 +81,7 @@ pub fn event_name(kind: &ChangeKind) -> &'static str {
 /// The record of `policy` sent to `agent_id` with `list`.
 pub fn sent(agent_id: String, policy: &StoredPolicy, list: &[Override], now_ms: i64) -> SentPolicy {
     SentPolicy {
+        org_id: policy.org_id.clone(),
         agent_id,
         version: policy.version,
         overrides: overrides::to_value(list),

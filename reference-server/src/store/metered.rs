@@ -165,12 +165,13 @@ impl Store for MeteredStore {
 
     async fn sent_overrides(
         &self,
+        org_id: String,
         agent_id: String,
         version: u64,
     ) -> Result<Vec<Value>, StoreError> {
         self.timed(
             "sent_overrides",
-            self.inner.sent_overrides(agent_id, version),
+            self.inner.sent_overrides(org_id, agent_id, version),
         )
         .await
     }

@@ -36,46 +36,132 @@ pub use records::{
     StoredShadowReport, StreamSnapshot, Upserted,
 };
 
-/// How many (version, overrides) sends are remembered per agent, newest first: a report about
-/// an older one is refused. A write naming few agents (a stream opening, an agent's overrides)
-/// keeps each agent's newest this many rows; a broadcast (more than
-/// [`SMALL_SENT_BATCH`] agents) drops each recipient's rows of versions this many or more below
-/// the one it gets, which reads only the rows it deletes (counting every agent's rows cost a
-/// broadcast to 10,000 agents 0.8 s on PostgreSQL once they had 64 each; this, 40 ms). So an
-/// agent keeps the sends of its newest 64 versions: 64 rows after a write naming it alone, up
-/// to twice that after a run of broadcasts (one row per agent each).
+/// How many sends are remembered: an agent's newest this many (version, overrides) rows of its
+/// own (a stream opening, an overrides change), and each org's broadcasts of its newest this
+/// many versions (a broadcast of a version this many or more below the newest one broadcast
+/// is dropped). A report about a send no longer remembered is refused.
 pub const MAX_SENT_PER_AGENT: usize = 64;
 
-/// The most agents a [`Store::record_sent`] write may name for each of them to be pruned to
-/// its newest [`MAX_SENT_PER_AGENT`] rows by count.
+/// The most agents a [`Store::record_sent`] write may name with one version and override list
+/// for them to be remembered one row per agent; more are one broadcast row naming them all
+/// (a broadcast to 10,000 agents wrote 10,000 rows, about 250 ms of the database thread on
+/// SQLite and 100 ms on PostgreSQL; one row costs a few milliseconds).
 pub const SMALL_SENT_BATCH: usize = 16;
+
+/// What separates (and surrounds) the agents named by a broadcast row: agent ids never
+/// contain it (an agent id that does is remembered in its own row).
+pub const SENT_AGENTS_SEPARATOR: char = '\n';
 
 use crate::auth::{Principal, TokenHash};
 use crate::error::ApiError;
 
-/// How a [`Store::record_sent`] write of `sent` prunes its agents' rows (see
-/// [`MAX_SENT_PER_AGENT`]): `None` by count (it names at most [`SMALL_SENT_BATCH`] agents), else
-/// each agent named with the version at or below which its rows are dropped (the newest version
-/// it gets here, less [`MAX_SENT_PER_AGENT`]), in agent order.
-pub fn version_cuts(sent: &[SentPolicy]) -> Option<Vec<(&str, i64)>> {
-    let mut newest: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+/// A [`Store::record_sent`] write as both backends store it.
+#[derive(Debug, Default, PartialEq)]
+pub struct SentRows<'a> {
+    /// Sends remembered per agent (few agents got their version with their overrides), in
+    /// agent order.
+    pub single: Vec<&'a SentPolicy>,
+    /// Sends to many agents at once, one row each.
+    pub broadcasts: Vec<SentBroadcast>,
+    /// Per org, the version at or below which its broadcast rows are dropped (the newest
+    /// version broadcast here, less [`MAX_SENT_PER_AGENT`]).
+    pub broadcast_cuts: Vec<(String, i64)>,
+}
+
+/// One version with one override list sent to many agents of an org.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentBroadcast {
+    /// The org.
+    pub org_id: String,
+    /// The version.
+    pub version: i64,
+    /// The override list, as JSON.
+    pub overrides: String,
+    /// When (the latest of the sends), ms since the epoch.
+    pub sent_ms: i64,
+    /// The agents, sorted, each followed by [`SENT_AGENTS_SEPARATOR`], which also leads: one
+    /// is named when `\n<agent>\n` occurs ([`sent_agent_needle`]).
+    pub agents: String,
+}
+
+/// What a broadcast row's `agents` contains when it names `agent_id`.
+pub fn sent_agent_needle(agent_id: &str) -> String {
+    format!("{SENT_AGENTS_SEPARATOR}{agent_id}{SENT_AGENTS_SEPARATOR}")
+}
+
+/// Splits a [`Store::record_sent`] write into the rows to store: per (org, version,
+/// overrides), more than [`SMALL_SENT_BATCH`] agents make one broadcast row, fewer one row
+/// per agent.
+pub fn split_sent(sent: &[SentPolicy]) -> Result<SentRows<'_>, serde_json::Error> {
+    use std::collections::{BTreeMap, BTreeSet};
+    type Group<'a> = (Vec<&'a SentPolicy>, i64);
+    let mut groups: BTreeMap<(&str, u64, String), Group<'_>> = BTreeMap::new();
     for row in sent {
-        let max = newest.entry(row.agent_id.as_str()).or_default();
-        *max = (*max).max(row.version.number());
+        let key = (
+            row.org_id.as_str(),
+            row.version.number(),
+            serde_json::to_string(&row.overrides)?,
+        );
+        let (rows, at) = groups.entry(key).or_insert((Vec::new(), row.sent_ms));
+        rows.push(row);
+        *at = (*at).max(row.sent_ms);
     }
-    if newest.len() <= SMALL_SENT_BATCH {
-        return None;
-    }
-    let keep = i64::try_from(MAX_SENT_PER_AGENT).unwrap_or(i64::MAX);
-    Some(
-        newest
+    let mut split = SentRows::default();
+    let mut newest: BTreeMap<&str, u64> = BTreeMap::new();
+    for ((org_id, version, overrides), (rows, sent_ms)) in groups {
+        let (named, odd): (Vec<&SentPolicy>, Vec<&SentPolicy>) = rows
             .into_iter()
-            .map(|(agent, version)| {
-                let version = i64::try_from(version).unwrap_or(i64::MAX);
-                (agent, version.saturating_sub(keep))
-            })
-            .collect(),
-    )
+            .partition(|row| !row.agent_id.contains(SENT_AGENTS_SEPARATOR));
+        let agents: BTreeSet<&str> = named.iter().map(|row| row.agent_id.as_str()).collect();
+        if agents.len() <= SMALL_SENT_BATCH {
+            split.single.extend(named);
+            split.single.extend(odd);
+            continue;
+        }
+        split.single.extend(odd);
+        let mut list = String::with_capacity(agents.iter().map(|a| a.len() + 1).sum::<usize>() + 1);
+        list.push(SENT_AGENTS_SEPARATOR);
+        for agent in agents {
+            list.push_str(agent);
+            list.push(SENT_AGENTS_SEPARATOR);
+        }
+        let max = newest.entry(org_id).or_default();
+        *max = (*max).max(version);
+        split.broadcasts.push(SentBroadcast {
+            org_id: org_id.to_owned(),
+            version: i64::try_from(version).unwrap_or(i64::MAX),
+            overrides,
+            sent_ms,
+            agents: list,
+        });
+    }
+    // By agent: a write's rows then touch each page of the indexes once, in turn (10,000
+    // agents in hash order thrashed SQLite's page cache). Stable: an agent's rows keep their
+    // order.
+    split.single.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    let keep = i64::try_from(MAX_SENT_PER_AGENT).unwrap_or(i64::MAX);
+    split.broadcast_cuts = newest
+        .into_iter()
+        .map(|(org, version)| {
+            let version = i64::try_from(version).unwrap_or(i64::MAX);
+            (org.to_owned(), version.saturating_sub(keep))
+        })
+        .collect();
+    Ok(split)
+}
+
+/// The distinct override lists of `rows` (JSON text with its time), newest first: what
+/// [`Store::sent_overrides`] answers.
+pub fn newest_lists(mut rows: Vec<(String, i64)>) -> Result<Vec<Value>, serde_json::Error> {
+    rows.sort_by_key(|row| std::cmp::Reverse(row.1));
+    let mut lists: Vec<Value> = Vec::with_capacity(rows.len());
+    for (text, _) in rows {
+        let list: Value = serde_json::from_str(&text)?;
+        if !lists.contains(&list) {
+            lists.push(list);
+        }
+    }
+    Ok(lists)
 }
 
 /// A write begun by [`Store::begin_record_sent`]: awaiting it gives its commit's outcome.
@@ -225,7 +311,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<StoredPolicy>, StoreError>;
 
     /// Remembers that these policy versions (with these overrides) were sent to these agents,
-    /// in one transaction; each agent keeps its newest ones (see [`MAX_SENT_PER_AGENT`]).
+    /// in one transaction ([`split_sent`]: many agents sent the same are one row); the newest
+    /// ones are kept (see [`MAX_SENT_PER_AGENT`]).
     async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<(), StoreError>;
 
     /// [`Store::record_sent`] in two steps, so that a broadcast can queue its frames while the
@@ -239,9 +326,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok(Recording::done())
     }
 
-    /// The override lists `version` was sent to `agent_id` with; empty when it never was.
+    /// The override lists `version` of `org_id` was sent to its agent `agent_id` with, newest
+    /// first; empty when it never was.
     async fn sent_overrides(
         &self,
+        org_id: String,
         agent_id: String,
         version: u64,
     ) -> Result<Vec<Value>, StoreError>;

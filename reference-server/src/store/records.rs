@@ -314,6 +314,8 @@ pub struct NewBlock {
 /// A policy version sent to an agent, with the overrides it was resolved with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SentPolicy {
+    /// The agent's org.
+    pub org_id: String,
     /// The agent.
     pub agent_id: String,
     /// The version.

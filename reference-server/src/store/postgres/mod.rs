@@ -356,8 +356,13 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn sent_overrides(&self, agent_id: String, version: u64) -> Result<Vec<Value>> {
-        sent::overrides(&self.client().await?, &agent_id, version).await
+    async fn sent_overrides(
+        &self,
+        org_id: String,
+        agent_id: String,
+        version: u64,
+    ) -> Result<Vec<Value>> {
+        sent::overrides(&self.client().await?, &org_id, &agent_id, version).await
     }
 
     async fn pending_approvals(&self, agent_id: String) -> Result<usize> {

@@ -181,6 +181,19 @@ CREATE TABLE changes (
     PRIMARY KEY (org_id, seq)
 );
 "#,
+    // 12: what a broadcast sent: one row per version and override list sent to many agents at
+    // once, naming them (newline-separated), instead of one `agent_policies` row per agent.
+    r#"
+CREATE TABLE sent_broadcasts (
+    id        bigserial PRIMARY KEY,
+    org_id    text   NOT NULL,
+    version   bigint NOT NULL,
+    overrides text   NOT NULL,
+    sent_ms   bigint NOT NULL,
+    agents    text   NOT NULL
+);
+CREATE INDEX sent_broadcasts_by_version ON sent_broadcasts (org_id, version);
+"#,
 ];
 
 /// Applies the migrations the database lacks, in one transaction, holding the migration lock.

@@ -1,5 +1,7 @@
-//! `agent_policies`: which policy versions (with which overrides) were sent to each agent, the
-//! newest ones per agent (see [`MAX_SENT_PER_AGENT`]); and the pending approvals of an agent (its quota).
+//! `agent_policies` and `sent_broadcasts`: which policy versions (with which overrides) were
+//! sent to each agent, one row per agent for a send to few agents, one row per broadcast for
+//! a send to many ([`split_sent`]); the newest ones (see [`MAX_SENT_PER_AGENT`]); and the
+//! pending approvals of an agent (its quota).
 
 use std::collections::BTreeMap;
 
@@ -8,53 +10,47 @@ use serde_json::Value;
 
 use super::Result;
 use super::rows::{big, get};
-use crate::store::{MAX_SENT_PER_AGENT, SentPolicy, version_cuts};
+use crate::store::{MAX_SENT_PER_AGENT, SentPolicy, newest_lists, sent_agent_needle, split_sent};
 
-/// Records `sent` in the caller's transaction, in two statements whatever its size (a broadcast
-/// to a whole org); a row sent again gets its time refreshed. Pruned as [`MAX_SENT_PER_AGENT`]
-/// says, by count or by version ([`version_cuts`]).
+/// Records `sent` in the caller's transaction, in a few statements whatever its size (a
+/// broadcast to a whole org); a row sent again gets its time refreshed. Each agent keeps its
+/// newest [`MAX_SENT_PER_AGENT`] rows of its own, each org the broadcasts of its newest
+/// [`MAX_SENT_PER_AGENT`] versions.
 pub async fn record(tx: &impl GenericClient, sent: &[SentPolicy]) -> Result<()> {
-    // One row per key (an upsert may not touch a row twice), in key order (concurrent
-    // transactions lock rows in the same order).
-    let mut rows: BTreeMap<(String, i64, String), i64> = BTreeMap::new();
-    for row in sent {
-        let key = (
-            row.agent_id.clone(),
-            big(row.version.number()),
-            serde_json::to_string(&row.overrides)?,
-        );
-        let at = rows.entry(key).or_insert(row.sent_ms);
-        *at = (*at).max(row.sent_ms);
-    }
-    let mut agents = Vec::with_capacity(rows.len());
-    let mut versions = Vec::with_capacity(rows.len());
-    let mut overrides = Vec::with_capacity(rows.len());
-    let mut times = Vec::with_capacity(rows.len());
-    for ((agent, version, list), at) in rows {
-        agents.push(agent);
-        versions.push(version);
-        overrides.push(list);
-        times.push(at);
-    }
-    let upsert = tx
-        .prepare_cached(
-            "INSERT INTO agent_policies (agent_id, version, overrides, sent_ms)
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[])
-             ON CONFLICT (agent_id, version, overrides) DO UPDATE SET sent_ms = excluded.sent_ms",
-        )
-        .await?;
-    tx.execute(&upsert, &[&agents, &versions, &overrides, &times])
-        .await?;
-    if let Some(cuts) = version_cuts(sent) {
-        let (agents, cuts): (Vec<&str>, Vec<i64>) = cuts.into_iter().unzip();
-        let prune = tx
+    let split = split_sent(sent)?;
+    if !split.single.is_empty() {
+        // One row per key (an upsert may not touch a row twice), in key order (concurrent
+        // transactions lock rows in the same order).
+        let mut rows: BTreeMap<(String, i64, String), i64> = BTreeMap::new();
+        for row in &split.single {
+            let key = (
+                row.agent_id.clone(),
+                big(row.version.number()),
+                serde_json::to_string(&row.overrides)?,
+            );
+            let at = rows.entry(key).or_insert(row.sent_ms);
+            *at = (*at).max(row.sent_ms);
+        }
+        let mut agents = Vec::with_capacity(rows.len());
+        let mut versions = Vec::with_capacity(rows.len());
+        let mut overrides = Vec::with_capacity(rows.len());
+        let mut times = Vec::with_capacity(rows.len());
+        for ((agent, version, list), at) in rows {
+            agents.push(agent);
+            versions.push(version);
+            overrides.push(list);
+            times.push(at);
+        }
+        let upsert = tx
             .prepare_cached(
-                "DELETE FROM agent_policies p USING unnest($1::text[], $2::bigint[]) AS c(agent_id, cut)
-                 WHERE p.agent_id = c.agent_id AND p.version <= c.cut",
+                "INSERT INTO agent_policies (agent_id, version, overrides, sent_ms)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[])
+                 ON CONFLICT (agent_id, version, overrides)
+                 DO UPDATE SET sent_ms = GREATEST(agent_policies.sent_ms, excluded.sent_ms)",
             )
             .await?;
-        tx.execute(&prune, &[&agents, &cuts]).await?;
-    } else {
+        tx.execute(&upsert, &[&agents, &versions, &overrides, &times])
+            .await?;
         agents.dedup();
         let keep = i64::try_from(MAX_SENT_PER_AGENT).unwrap_or(i64::MAX);
         let prune = tx
@@ -69,30 +65,71 @@ pub async fn record(tx: &impl GenericClient, sent: &[SentPolicy]) -> Result<()> 
             .await?;
         tx.execute(&prune, &[&agents, &keep]).await?;
     }
+    if !split.broadcasts.is_empty() {
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO sent_broadcasts (org_id, version, overrides, sent_ms, agents)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .await?;
+        for broadcast in &split.broadcasts {
+            tx.execute(
+                &insert,
+                &[
+                    &broadcast.org_id,
+                    &broadcast.version,
+                    &broadcast.overrides,
+                    &broadcast.sent_ms,
+                    &broadcast.agents,
+                ],
+            )
+            .await?;
+        }
+        let prune = tx
+            .prepare_cached("DELETE FROM sent_broadcasts WHERE org_id = $1 AND version <= $2")
+            .await?;
+        for (org_id, cut) in &split.broadcast_cuts {
+            tx.execute(&prune, &[org_id, cut]).await?;
+        }
+    }
     Ok(())
 }
 
-/// The override lists `version` was sent to `agent_id` with (empty: never sent), newest first.
+/// The override lists `version` of `org_id` was sent to `agent_id` with, newest first (empty:
+/// never sent).
 pub async fn overrides(
     client: &impl GenericClient,
+    org_id: &str,
     agent_id: &str,
     version: u64,
 ) -> Result<Vec<Value>> {
     let statement = client
         .prepare_cached(
-            "SELECT overrides FROM agent_policies WHERE agent_id = $1 AND version = $2
-             ORDER BY sent_ms DESC, id DESC",
+            "SELECT overrides, sent_ms FROM agent_policies WHERE agent_id = $1 AND version = $2
+             UNION ALL
+             SELECT overrides, sent_ms FROM sent_broadcasts
+             WHERE org_id = $3 AND version = $2 AND strpos(agents, $4) > 0
+             ORDER BY sent_ms DESC",
         )
         .await?;
     let rows = client
-        .query(&statement, &[&agent_id, &big(version)])
+        .query(
+            &statement,
+            &[
+                &agent_id,
+                &big(version),
+                &org_id,
+                &sent_agent_needle(agent_id),
+            ],
+        )
         .await?;
-    let mut lists = Vec::with_capacity(rows.len());
+    let mut found = Vec::with_capacity(rows.len());
     for row in &rows {
         let text: String = get(row, "overrides")?;
-        lists.push(serde_json::from_str(&text)?);
+        let at: i64 = get(row, "sent_ms")?;
+        found.push((text, at));
     }
-    Ok(lists)
+    Ok(newest_lists(found)?)
 }
 
 /// Pending requests of `agent_id`.

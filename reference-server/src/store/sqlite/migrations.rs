@@ -169,6 +169,19 @@ CREATE TABLE changes (
     PRIMARY KEY (org_id, seq)
 );
 "#,
+    // 12: what a broadcast sent: one row per version and override list sent to many agents at
+    // once, naming them (newline-separated), instead of one `agent_policies` row per agent.
+    r#"
+CREATE TABLE sent_broadcasts (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    org_id    TEXT    NOT NULL,
+    version   INTEGER NOT NULL,
+    overrides TEXT    NOT NULL,
+    sent_ms   INTEGER NOT NULL,
+    agents    TEXT    NOT NULL
+);
+CREATE INDEX sent_broadcasts_by_version ON sent_broadcasts (org_id, version);
+"#,
 ];
 
 /// Applies the migrations `conn` lacks, each in its own transaction.

@@ -259,8 +259,13 @@ impl Store for SqliteStore {
         }))
     }
 
-    async fn sent_overrides(&self, agent_id: String, version: u64) -> Result<Vec<Value>> {
-        self.call(move |conn| sent::overrides(conn, &agent_id, version))
+    async fn sent_overrides(
+        &self,
+        org_id: String,
+        agent_id: String,
+        version: u64,
+    ) -> Result<Vec<Value>> {
+        self.call(move |conn| sent::overrides(conn, &org_id, &agent_id, version))
             .await
     }
 
