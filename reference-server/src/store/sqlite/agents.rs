@@ -12,20 +12,20 @@ use crate::store::{AgentRecord, Heartbeat, StoreError};
 pub fn insert(conn: &mut Connection, agent: AgentRecord, token: TokenHash) -> Result<AgentRecord> {
     let enrolled_at = time_text(&agent.enrolled_at);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO agents (id, org_id, hostname, enrolled_at) VALUES (?1, ?2, ?3, ?4)",
-        params![agent.id, agent.org_id, agent.hostname, enrolled_at],
-    )?;
-    tx.execute(
+    )?
+    .execute(params![agent.id, agent.org_id, agent.hostname, enrolled_at])?;
+    tx.prepare_cached(
         "INSERT INTO tokens (hash, role, org_id, agent_id, created_at)
          VALUES (?1, 'agent', ?2, ?3, ?4)",
-        params![
-            token.as_bytes().as_slice(),
-            agent.org_id,
-            agent.id,
-            enrolled_at
-        ],
-    )?;
+    )?
+    .execute(params![
+        token.as_bytes().as_slice(),
+        agent.org_id,
+        agent.id,
+        enrolled_at
+    ])?;
     tx.commit()?;
     Ok(agent)
 }
@@ -83,19 +83,19 @@ fn update_heartbeat(conn: &Connection, heartbeat: &Heartbeat) -> Result<()> {
         .map(serde_json::to_string)
         .transpose()
         .map_err(|e| StoreError::Backend(e.to_string()))?;
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE agents SET last_seen = ?2, policy_version = ?3, last_error = ?4,
                            ack = COALESCE(?5, ack), shadow = COALESCE(?6, shadow)
          WHERE id = ?1",
-        params![
-            heartbeat.agent_id,
-            time_text(&heartbeat.at),
-            heartbeat.policy_version.map(|v| v.to_string()),
-            heartbeat.last_error,
-            ack,
-            shadow
-        ],
-    )?;
+    )?
+    .execute(params![
+        heartbeat.agent_id,
+        time_text(&heartbeat.at),
+        heartbeat.policy_version.map(|v| v.to_string()),
+        heartbeat.last_error,
+        ack,
+        shadow
+    ])?;
     Ok(())
 }
 
@@ -107,32 +107,30 @@ pub fn insert_token(
     now: DateTime<Utc>,
 ) -> Result<()> {
     let (role, org, agent) = columns(principal);
-    conn.execute(
+    conn.prepare_cached(
         "INSERT OR IGNORE INTO tokens (hash, role, org_id, agent_id, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            token.as_bytes().as_slice(),
-            role,
-            org,
-            agent,
-            time_text(&now)
-        ],
-    )?;
+    )?
+    .execute(params![
+        token.as_bytes().as_slice(),
+        role,
+        org,
+        agent,
+        time_text(&now)
+    ])?;
     Ok(())
 }
 
 /// Makes `token` the only global admin token.
 pub fn set_global_admin(conn: &mut Connection, token: TokenHash, now: DateTime<Utc>) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
-        "DELETE FROM tokens WHERE role = 'admin' AND org_id IS NULL AND hash != ?1",
-        params![token.as_bytes().as_slice()],
-    )?;
-    tx.execute(
+    tx.prepare_cached("DELETE FROM tokens WHERE role = 'admin' AND org_id IS NULL AND hash != ?1")?
+        .execute(params![token.as_bytes().as_slice()])?;
+    tx.prepare_cached(
         "INSERT OR IGNORE INTO tokens (hash, role, org_id, agent_id, created_at)
          VALUES (?1, 'admin', NULL, NULL, ?2)",
-        params![token.as_bytes().as_slice(), time_text(&now)],
-    )?;
+    )?
+    .execute(params![token.as_bytes().as_slice(), time_text(&now)])?;
     tx.commit()?;
     Ok(())
 }

@@ -15,19 +15,19 @@ use crate::store::{Approval, ChangeKind, DecideError, Decision, Finish, NewEntry
 /// Stores a new request with its audit entry.
 pub fn insert(conn: &mut Connection, approval: &Approval, entry: &NewEntry) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO approvals (id, org_id, agent_id, request, status, created_ms, expires_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            approval.id,
-            approval.org_id,
-            approval.agent_id,
-            serde_json::to_string(&approval.request)?,
-            approval.status.as_str(),
-            approval.created_ms,
-            approval.expires_ms
-        ],
-    )?;
+    )?
+    .execute(params![
+        approval.id,
+        approval.org_id,
+        approval.agent_id,
+        serde_json::to_string(&approval.request)?,
+        approval.status.as_str(),
+        approval.created_ms,
+        approval.expires_ms
+    ])?;
     audit::insert(&tx, clock::from_ms(approval.created_ms), entry)?;
     tx.commit()?;
     Ok(())
@@ -58,11 +58,11 @@ pub fn expire(conn: &mut Connection, now_ms: i64) -> Result<usize> {
             .collect()
     };
     for approval in &stale {
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE approvals SET status = 'expired', decided_ms = ?2,
                 decided_by = COALESCE(decided_by, 'server') WHERE id = ?1",
-            params![approval.id, now_ms],
-        )?;
+        )?
+        .execute(params![approval.id, now_ms])?;
         let mut entry = entry_for(approval, "server", "approval_expired", "expired");
         entry.detail = Some(serde_json::json!({
             "approvalId": approval.id,
@@ -130,28 +130,28 @@ pub fn decide(
         Decided::Refused(refused) => Ok(Err(refused)),
         Decided::Expired(approval) => {
             // Expired before anyone swept it: record that, then refuse.
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE approvals SET status = 'expired', decided_ms = ?2, decided_by = 'server'
                  WHERE id = ?1",
-                params![approval.id, decision.now_ms],
-            )?;
+            )?
+            .execute(params![approval.id, decision.now_ms])?;
             let entry = entry_for(&approval, "server", "approval_expired", "expired");
             audit::insert(&tx, at, &entry)?;
             tx.commit()?;
             Ok(Err(DecideError::NotPending(Box::new(approval))))
         }
         Decided::Changed(approval) => {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE approvals SET status = ?2, decided_ms = ?3, decided_by = ?4, reason = ?5
                  WHERE id = ?1",
-                params![
-                    approval.id,
-                    approval.status.as_str(),
-                    approval.decided_ms,
-                    approval.decided_by,
-                    approval.reason
-                ],
-            )?;
+            )?
+            .execute(params![
+                approval.id,
+                approval.status.as_str(),
+                approval.decided_ms,
+                approval.decided_by,
+                approval.reason
+            ])?;
             let operation = if decision.approve {
                 "approval_approved"
             } else {
@@ -196,11 +196,17 @@ pub fn finish(conn: &mut Connection, finish: &Finish, entry: &NewEntry) -> Resul
         ApprovalStatus::Failed
     };
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let changed = tx.execute(
-        "UPDATE approvals SET status = ?3, decided_ms = ?4
+    let changed = tx
+        .prepare_cached(
+            "UPDATE approvals SET status = ?3, decided_ms = ?4
          WHERE id = ?1 AND agent_id = ?2 AND status = 'approved'",
-        params![finish.id, finish.agent_id, status.as_str(), finish.now_ms],
-    )?;
+        )?
+        .execute(params![
+            finish.id,
+            finish.agent_id,
+            status.as_str(),
+            finish.now_ms
+        ])?;
     audit::insert(&tx, clock::from_ms(finish.now_ms), entry)?;
     tx.commit()?;
     Ok(changed == 1)

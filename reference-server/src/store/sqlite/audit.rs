@@ -19,23 +19,23 @@ pub fn insert(conn: &Connection, at: DateTime<Utc>, entry: &NewEntry) -> Result<
         .as_ref()
         .map(serde_json::to_string)
         .transpose()?;
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO audit (time, org_id, agent_id, actor, rule, policy_version, action, ip,
                             outcome, detail)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        rusqlite::params![
-            time_text(&at),
-            entry.org_id,
-            entry.agent_id,
-            entry.actor,
-            entry.rule.and_then(|r| i64::try_from(r).ok()),
-            entry.policy_version.map(|v| v.to_string()),
-            entry.action,
-            entry.ip.map(|ip| ip.to_string()),
-            entry.outcome,
-            detail
-        ],
-    )?;
+    )?
+    .execute(rusqlite::params![
+        time_text(&at),
+        entry.org_id,
+        entry.agent_id,
+        entry.actor,
+        entry.rule.and_then(|r| i64::try_from(r).ok()),
+        entry.policy_version.map(|v| v.to_string()),
+        entry.action,
+        entry.ip.map(|ip| ip.to_string()),
+        entry.outcome,
+        detail
+    ])?;
     Ok(conn.last_insert_rowid())
 }
 

@@ -31,28 +31,26 @@ pub fn upsert(
     let upserted = merge_block(existing, new);
     let block = &upserted.block;
     if upserted.changed {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO blocks (org_id, ip, duration, expires_ms, agent_id, rule,
                 policy_version, reports, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                block.org_id,
-                ip,
-                block.duration.to_string(),
-                block.expires_ms,
-                block.agent_id,
-                block.rule.and_then(|r| i64::try_from(r).ok()),
-                block.policy_version.map(|v| v.to_string()),
-                block.reports,
-                time_text(&block.created_at),
-                time_text(&block.updated_at)
-            ],
-        )?;
+        )?
+        .execute(params![
+            block.org_id,
+            ip,
+            block.duration.to_string(),
+            block.expires_ms,
+            block.agent_id,
+            block.rule.and_then(|r| i64::try_from(r).ok()),
+            block.policy_version.map(|v| v.to_string()),
+            block.reports,
+            time_text(&block.created_at),
+            time_text(&block.updated_at)
+        ])?;
     } else {
-        tx.execute(
-            "UPDATE blocks SET reports = ?3 WHERE org_id = ?1 AND ip = ?2",
-            params![block.org_id, ip, block.reports],
-        )?;
+        tx.prepare_cached("UPDATE blocks SET reports = ?3 WHERE org_id = ?1 AND ip = ?2")?
+            .execute(params![block.org_id, ip, block.reports])?;
     }
     if let Some(detail) = entry.detail.as_mut().and_then(|d| d.as_object_mut()) {
         let fleet = if upserted.changed {
@@ -92,10 +90,10 @@ pub fn one(conn: &Connection, org_id: &str, ip: IpAddr) -> Result<Option<FleetBl
 
 /// Blocks of `org_id` in force at `now_ms`, by address; expired rows are deleted.
 pub fn active(conn: &mut Connection, org_id: &str, now_ms: i64) -> Result<Vec<FleetBlock>> {
-    conn.execute(
+    conn.prepare_cached(
         "DELETE FROM blocks WHERE org_id = ?1 AND expires_ms IS NOT NULL AND expires_ms <= ?2",
-        params![org_id, now_ms],
-    )?;
+    )?
+    .execute(params![org_id, now_ms])?;
     in_force(conn, org_id, now_ms)
 }
 
@@ -127,10 +125,8 @@ pub fn remove(
             block_row,
         )
         .optional()?;
-    tx.execute(
-        "DELETE FROM blocks WHERE org_id = ?1 AND ip = ?2",
-        params![org_id, ip],
-    )?;
+    tx.prepare_cached("DELETE FROM blocks WHERE org_id = ?1 AND ip = ?2")?
+        .execute(params![org_id, ip])?;
     let active = existing.filter(|b| b.in_force(now_ms));
     let mut seq = None;
     if active.is_some() {

@@ -16,20 +16,20 @@ pub fn record(tx: &Transaction<'_>, org_id: &str, kind: &ChangeKind, now_ms: i64
         |row| row.get(0),
     )?;
     let columns = kind.columns();
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO changes (org_id, seq, kind, agent_id, ip, reference, version, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![
-            org_id,
-            seq,
-            columns.kind,
-            columns.agent_id,
-            columns.ip,
-            columns.reference,
-            columns.version,
-            now_ms
-        ],
-    )?;
+    )?
+    .execute(params![
+        org_id,
+        seq,
+        columns.kind,
+        columns.agent_id,
+        columns.ip,
+        columns.reference,
+        columns.version,
+        now_ms
+    ])?;
     u64::try_from(seq).map_err(|_| StoreError::Corrupt(format!("change number {seq}")))
 }
 

@@ -21,16 +21,16 @@ pub fn insert_alert(
         audit::insert(&tx, at, entry)?;
     }
     for delivery in deliveries {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO alert_deliveries (org_id, channel, alert, created_ms)
              VALUES (?1, ?2, ?3, ?4)",
-            params![
-                delivery.org_id,
-                delivery.channel,
-                serde_json::to_string(&delivery.alert)?,
-                at.timestamp_millis()
-            ],
-        )?;
+        )?
+        .execute(params![
+            delivery.org_id,
+            delivery.channel,
+            serde_json::to_string(&delivery.alert)?,
+            at.timestamp_millis()
+        ])?;
     }
     tx.commit()?;
     Ok(())
@@ -64,7 +64,11 @@ pub fn pending(conn: &mut Connection, after_id: i64, limit: u32) -> Result<Vec<P
 /// gone already (finished before: it has its one audit entry).
 pub fn finish(conn: &mut Connection, id: i64, entry: &NewEntry, at: DateTime<Utc>) -> Result<()> {
     let tx = conn.transaction()?;
-    if tx.execute("DELETE FROM alert_deliveries WHERE id = ?1", params![id])? == 0 {
+    if tx
+        .prepare_cached("DELETE FROM alert_deliveries WHERE id = ?1")?
+        .execute(params![id])?
+        == 0
+    {
         return Ok(());
     }
     audit::insert(&tx, at, entry)?;

@@ -44,18 +44,18 @@ pub fn insert(conn: &mut Connection, new: NewPolicy) -> Result<Pushed<StoredPoli
             });
         }
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO policies (org_id, version, id, document, created_at, signature)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            org_id,
-            next,
-            id,
-            text,
-            time_text(&created_at),
-            signature_text
-        ],
-    )?;
+    )?
+    .execute(params![
+        org_id,
+        next,
+        id,
+        text,
+        time_text(&created_at),
+        signature_text
+    ])?;
     let seq = changes::record(
         &tx,
         &org_id,
@@ -245,11 +245,11 @@ pub fn set_overrides(
 ) -> Result<Pushed<()>> {
     let text = serde_json::to_string(&overrides.list)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO overrides (agent_id, list, updated_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (agent_id) DO UPDATE SET list = ?2, updated_at = ?3",
-        params![agent_id, text, time_text(&overrides.updated_at)],
-    )?;
+    )?
+    .execute(params![agent_id, text, time_text(&overrides.updated_at)])?;
     let seq = changes::record(
         &tx,
         org_id,

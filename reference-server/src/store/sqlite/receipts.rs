@@ -17,17 +17,18 @@ pub fn insert(conn: &Connection, receipt: &ReportReceipt, now_ms: i64) -> Result
         .as_ref()
         .map(serde_json::to_string)
         .transpose()?;
-    let inserted = conn.execute(
-        "INSERT OR IGNORE INTO report_receipts (agent_id, report_id, kind, answer, created_ms)
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO report_receipts (agent_id, report_id, kind, answer, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
+        )?
+        .execute(params![
             receipt.agent_id,
             receipt.report_id.as_str(),
             receipt.kind.as_str(),
             answer,
             now_ms
-        ],
-    )?;
+        ])?;
     if inserted == 0 {
         return Err(StoreError::DuplicateReport {
             agent_id: receipt.agent_id.clone(),
@@ -70,17 +71,20 @@ pub fn set_answer(
     report_id: &ReportId,
     answer: &Value,
 ) -> Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE report_receipts SET answer = ?3 WHERE agent_id = ?1 AND report_id = ?2",
-        params![agent_id, report_id.as_str(), serde_json::to_string(answer)?],
-    )?;
+    )?
+    .execute(params![
+        agent_id,
+        report_id.as_str(),
+        serde_json::to_string(answer)?
+    ])?;
     Ok(())
 }
 
 /// Forgets receipts older than `before_ms`.
 pub fn prune(conn: &mut Connection, before_ms: i64) -> Result<usize> {
-    Ok(conn.execute(
-        "DELETE FROM report_receipts WHERE created_ms < ?1",
-        params![before_ms],
-    )?)
+    Ok(conn
+        .prepare_cached("DELETE FROM report_receipts WHERE created_ms < ?1")?
+        .execute(params![before_ms])?)
 }

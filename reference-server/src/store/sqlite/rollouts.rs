@@ -11,11 +11,16 @@ use crate::store::{ChangeKind, NewEntry, Pushed, Rollout, StoreError};
 pub fn put(conn: &mut Connection, rollout: &Rollout, entry: &NewEntry) -> Result<Pushed<()>> {
     let text = serde_json::to_string(rollout)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO rollouts (id, org_id, created_ms, record) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT (id) DO UPDATE SET record = ?4",
-        params![rollout.id, rollout.org_id, rollout.created_ms, text],
-    )?;
+    )?
+    .execute(params![
+        rollout.id,
+        rollout.org_id,
+        rollout.created_ms,
+        text
+    ])?;
     audited(tx, rollout, entry)
 }
 
@@ -30,10 +35,9 @@ pub fn move_to(
     let expected = serde_json::to_string(from)?;
     let text = serde_json::to_string(to)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let moved = tx.execute(
-        "UPDATE rollouts SET record = ?3 WHERE id = ?1 AND record = ?2",
-        params![from.id, expected, text],
-    )?;
+    let moved = tx
+        .prepare_cached("UPDATE rollouts SET record = ?3 WHERE id = ?1 AND record = ?2")?
+        .execute(params![from.id, expected, text])?;
     if moved == 0 || from.id != to.id {
         return Err(StoreError::RolloutMoved {
             id: from.id.clone(),
