@@ -1,4 +1,5 @@
-//! One simulated agent: its own TLS connection holding its event stream (reconnecting as the
+//! One simulated agent: its own TLS connection holding its event stream (read by
+//! [`StreamClient`]; reconnecting as the
 //! real agent does: `Last-Event-ID`, `Retry-After` on 503, a random moment of the next seconds
 //! after a stream ends), and, once the load phase starts, heartbeats and reports on the shared
 //! client's pooled connections. What it sees goes to the simulator as [`Seen`].
@@ -12,6 +13,7 @@ use policy_engine::{Action, ActionRecord, PolicyDuration, PolicyVersion, Scope};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 
+use super::sse::{Opened, StreamClient};
 use super::stats::Samples;
 
 /// What an agent tells the simulator.
@@ -64,7 +66,9 @@ pub struct Load {
 /// What every agent shares.
 #[derive(Debug, Clone)]
 pub struct Fleet {
-    /// One HTTP/1.1 client: a connection per open stream, pooled ones for requests.
+    /// Event streams: a TLS connection each ([`StreamClient`]).
+    pub streams: StreamClient,
+    /// One HTTP/1.1 client for heartbeats and reports, on pooled connections.
     pub client: reqwest::Client,
     /// Where agents tell what they see.
     pub seen: mpsc::UnboundedSender<Seen>,
@@ -99,57 +103,39 @@ fn count(fleet: &Fleet, what: impl FnOnce(&mut Load)) {
 }
 
 async fn stream(agent: Identity, fleet: Fleet, version: Arc<AtomicU64>) {
-    let url = format!("{}/api/events", agent.base);
     let mut opened_before = false;
     loop {
-        let mut request = fleet.client.get(&url).bearer_auth(&agent.token);
         let last = version.load(Ordering::Acquire);
-        if last > 0 {
-            request = request.header("Last-Event-ID", last.to_string());
-        }
-        let mut response = match request.send().await {
-            Ok(response) => response,
-            Err(_) => {
+        let opened = fleet
+            .streams
+            .open(&agent.base, &agent.token, (last > 0).then_some(last))
+            .await;
+        let mut events = match opened {
+            Ok(Opened::Stream(events)) => events,
+            Ok(Opened::Busy(wait)) => {
+                count(&fleet, |l| l.busy += 1);
+                tokio::time::sleep(wait + random_within(wait)).await;
+                continue;
+            }
+            Ok(Opened::Refused) | Err(_) => {
                 count(&fleet, |l| l.errors += 1);
                 tokio::time::sleep(random_within(fleet.spread)).await;
                 continue;
             }
         };
-        if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
-            let wait: u64 = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1);
-            count(&fleet, |l| l.busy += 1);
-            let wait = Duration::from_secs(wait);
-            tokio::time::sleep(wait + random_within(wait)).await;
-            continue;
-        }
-        if !response.status().is_success() {
-            count(&fleet, |l| l.errors += 1);
-            tokio::time::sleep(random_within(fleet.spread)).await;
-            continue;
-        }
         if opened_before {
             count(&fleet, |l| l.reconnects += 1);
         }
         opened_before = true;
         let _ = fleet.seen.send(Seen::Opened { agent: agent.index });
-        let mut pending: Vec<u8> = Vec::with_capacity(512);
-        while let Ok(Some(chunk)) = response.chunk().await {
-            pending.extend_from_slice(&chunk);
-            while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
-                let frame: Vec<u8> = pending.drain(..end + 2).collect();
-                if let Some(number) = policy_id(&frame) {
-                    version.store(number, Ordering::Release);
-                    let _ = fleet.seen.send(Seen::Policy {
-                        agent: agent.index,
-                        version: number,
-                        at: Instant::now(),
-                    });
-                }
+        while let Ok(Some(frame)) = events.next_frame().await {
+            if let Some(number) = policy_id(&frame) {
+                version.store(number, Ordering::Release);
+                let _ = fleet.seen.send(Seen::Policy {
+                    agent: agent.index,
+                    version: number,
+                    at: Instant::now(),
+                });
             }
         }
         // The stream ended (the replica restarted or died): back at a random moment.

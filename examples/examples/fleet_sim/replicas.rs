@@ -134,8 +134,7 @@ impl Spawned {
     }
 }
 
-/// The data dir's self-signed certificate, which clients trust.
-pub fn certificate(data_dir: &Path) -> Result<reqwest::Certificate> {
-    let pem = std::fs::read(data_dir.join("tls/cert.pem")).context("the replica's certificate")?;
-    Ok(reqwest::Certificate::from_pem(&pem)?)
+/// The data dir's self-signed certificate (PEM), which clients trust.
+pub fn certificate_pem(data_dir: &Path) -> Result<Vec<u8>> {
+    std::fs::read(data_dir.join("tls/cert.pem")).context("the replica's certificate")
 }
