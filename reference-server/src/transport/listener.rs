@@ -1,8 +1,9 @@
 //! The listener: TCP accept within the connection caps (backing off when out of file
 //! descriptors), the TLS handshake with a deadline, HTTP/1.1 and HTTP/2 through hyper-util's
 //! connection builder (header-read timeout, keep-alive pings) serving `warp::service(routes)`,
-//! idle connections closed, one log line per request, and graceful shutdown. It serves whatever
-//! routes it is given.
+//! HTTP/1.1 event streams on the lean path (`lean.rs`: the same service, without hyper's
+//! per-connection buffers), idle connections closed, one log line per request, and graceful
+//! shutdown. It serves whatever routes it is given.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,15 +16,16 @@ use std::time::{Duration, Instant};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use super::lean::{self, Ended, First, Rewind};
 use super::limits::{ConnectionLimits, Gate, Refused};
 use crate::metrics::ServerMetrics;
 
@@ -149,7 +151,7 @@ async fn run(
     shutdown: Shutdown,
     metrics: Option<Arc<ServerMetrics>>,
 ) {
-    let routes = warp::service(serving.routes);
+    let routes = serving.routes;
     let limits = serving.gate.limits().clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -162,7 +164,9 @@ async fn run(
         .keep_alive_interval(limits.keep_alive_interval)
         .keep_alive_timeout(limits.keep_alive_timeout);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a receiver: the signal starts their graceful end, and the
+    // last one dropped ends the wait (hyper's connections and lean streams alike).
+    let (stopping, _) = watch::channel(());
     let mut backoff = AcceptBackoff::default();
     let mut refusals = RateLimitedLog::new(Duration::from_secs(10));
     loop {
@@ -197,53 +201,24 @@ async fn run(
         let _ = stream.set_nodelay(true);
         let open = metrics.as_ref().map(|m| m.connection());
         let acceptor = serving.acceptor.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let routes = routes.clone();
-        let limits = limits.clone();
+        let connection = Connection {
+            peer,
+            limits: limits.clone(),
+            routes: routes.clone(),
+            builder: builder.clone(),
+            stopping: stopping.subscribe(),
+        };
         tokio::spawn(async move {
-            let activity = Arc::new(Activity::new());
-            let tracked = activity.clone();
-            let service =
-                hyper::service::service_fn(move |mut request: warp::http::Request<Incoming>| {
-                    request.extensions_mut().insert(PeerAddr(peer));
-                    let method = request.method().clone();
-                    let path = request.uri().path().to_owned();
-                    let started = Instant::now();
-                    let mut routes = routes.clone();
-                    let busy = tracked.begin();
-                    let response = routes.call(request);
-                    async move {
-                        let response = response.await;
-                        if let Ok(response) = &response {
-                            tracing::info!(
-                                %peer,
-                                %method,
-                                path = path.as_str(),
-                                status = response.status().as_u16(),
-                                elapsed_us = started.elapsed().as_micros() as u64,
-                                "request"
-                            );
-                        }
-                        response.map(|r| r.map(|body| Tracked { body, _busy: busy }))
-                    }
-                });
-            let connection = Connection {
-                peer,
-                limits: &limits,
-                activity: &activity,
-            };
-            connection
-                .serve(stream, acceptor, &builder, watcher, service)
-                .await;
+            connection.serve(stream, acceptor).await;
             drop(permit);
             drop(open);
         });
     }
     drop(listener);
     (shutdown.close_streams)();
+    stopping.send_replace(());
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = stopping.closed() => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!("connections still open after the grace period; dropping them");
         }
@@ -253,67 +228,127 @@ async fn run(
 }
 
 /// One accepted connection.
-struct Connection<'a> {
+struct Connection {
     peer: SocketAddr,
-    limits: &'a ConnectionLimits,
-    activity: &'a Activity,
+    limits: ConnectionLimits,
+    routes: BoxedFilter<(Response,)>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Changes when the server stops.
+    stopping: watch::Receiver<()>,
 }
 
-impl Connection<'_> {
+impl Connection {
     /// TLS (within the handshake timeout), then HTTP until the peer leaves, the server stops,
-    /// or the connection stays idle past the idle timeout.
-    async fn serve<S, B>(
-        &self,
-        stream: TcpStream,
-        acceptor: Option<TlsAcceptor>,
-        builder: &auto::Builder<TokioExecutor>,
-        watcher: hyper_util::server::graceful::Watcher,
-        service: S,
-    ) where
-        S: hyper::service::Service<
-                warp::http::Request<Incoming>,
-                Response = warp::http::Response<B>,
-                Error = std::convert::Infallible,
-            > + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    /// or the connection stays idle past the idle timeout. HTTP/2 (ALPN `h2`) goes to hyper;
+    /// HTTP/1 connections have their first request head looked at first.
+    async fn serve(self, stream: TcpStream, acceptor: Option<TlsAcceptor>) {
+        let peer = self.peer;
+        let Some(acceptor) = acceptor else {
+            return self.http1(stream).await;
+        };
+        let handshake =
+            tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(stream));
+        match handshake.await {
+            Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => self.hyper(tls).await,
+            Ok(Ok(tls)) => self.http1(tls).await,
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    }
+
+    /// Reads the first request head (within the header-read timeout): an event stream request
+    /// is served on the lean path, anything else by hyper with the bytes read replayed.
+    async fn http1<IO>(mut self, mut io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let peer = self.peer;
-        let served = match acceptor {
-            Some(acceptor) => {
-                let handshake = tokio::time::timeout(
-                    self.limits.tls_handshake_timeout,
-                    acceptor.accept(stream),
-                );
-                match handshake.await {
-                    Ok(Ok(tls)) => {
-                        let connection = watcher.watch(
-                            builder
-                                .serve_connection(TokioIo::new(tls), service)
-                                .into_owned(),
-                        );
-                        self.until_idle(connection).await
-                    }
-                    Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                }
+        let within = self.limits.header_read_timeout;
+        let first = tokio::select! {
+            first = tokio::time::timeout(within, lean::read_first(&mut io)) => first,
+            _ = self.stopping.changed() => {
+                tracing::debug!(%peer, "connection closed at shutdown before its first request");
+                return lean::close(&mut io, CLOSE_WITHIN).await;
             }
-            None => {
-                let connection = watcher.watch(
-                    builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned(),
-                );
-                self.until_idle(connection).await
+        };
+        match first {
+            Ok(Ok(First::Events(request))) => self.lean(io, request).await,
+            Ok(Ok(First::Other(read))) => self.hyper(Rewind::new(read, io)).await,
+            Ok(Ok(First::Closed)) => {}
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "connection ended with an error"),
+            Err(_) => {
+                tracing::debug!(%peer, "no request head within the header-read timeout");
+                lean::close(&mut io, CLOSE_WITHIN).await;
+            }
+        }
+    }
+
+    /// Serves an event stream request without hyper: the routes answer it, its answer is
+    /// written here; the connection ends with it.
+    async fn lean<IO>(self, mut io: IO, mut request: warp::http::Request<lean::NoBody>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let peer = self.peer;
+        request.extensions_mut().insert(PeerAddr(peer));
+        let response = {
+            let logged = Logged::of(peer, &request);
+            let response = match warp::service(self.routes.clone()).call(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            logged.answered(response.status());
+            response
+        };
+        match lean::respond(&mut io, response, self.limits.idle_timeout).await {
+            Ok(Ended::Done) => lean::close(&mut io, CLOSE_WITHIN).await,
+            Ok(Ended::PeerClosed) => tracing::debug!(%peer, "event stream closed by the client"),
+            Err(error) => tracing::debug!(%peer, %error, "event stream ended with an error"),
+        }
+    }
+
+    /// Serves the connection with hyper until it ends, the server stops (gracefully: requests
+    /// in flight finish) or it stays idle past the idle timeout.
+    async fn hyper<IO>(self, io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = self.peer;
+        let activity = Arc::new(Activity::new());
+        let tracked = activity.clone();
+        let routes = warp::service(self.routes.clone());
+        let service =
+            hyper::service::service_fn(move |mut request: warp::http::Request<Incoming>| {
+                request.extensions_mut().insert(PeerAddr(peer));
+                let logged = Logged::of(peer, &request);
+                let busy = tracked.begin();
+                let response = routes.clone().call(request);
+                async move {
+                    let response = response.await;
+                    if let Ok(response) = &response {
+                        logged.answered(response.status());
+                    }
+                    response.map(|r| r.map(|body| Tracked { body, _busy: busy }))
+                }
+            });
+        let connection = self
+            .builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        let mut connection = std::pin::pin!(connection);
+        let mut stopping = self.stopping;
+        let idle = activity.idle_for(self.limits.idle_timeout);
+        let mut idle = std::pin::pin!(idle);
+        let served = tokio::select! {
+            result = connection.as_mut() => Some(result),
+            () = idle.as_mut() => None,
+            // Graceful: no new requests; the ones in flight (and the stream) finish.
+            _ = stopping.changed() => {
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => Some(result),
+                    () = idle.as_mut() => None,
+                }
             }
         };
         match served {
@@ -324,17 +359,38 @@ impl Connection<'_> {
             None => tracing::debug!(%peer, "idle connection closed"),
         }
     }
+}
 
-    /// Runs `connection` until it ends (`Some`) or has been idle for the idle timeout (`None`).
-    async fn until_idle<F, E>(&self, connection: F) -> Option<Result<(), E>>
-    where
-        F: Future<Output = Result<(), E>>,
-    {
-        let idle = self.limits.idle_timeout;
-        tokio::select! {
-            result = connection => Some(result),
-            () = self.activity.idle_for(idle) => None,
+/// Longest wait for a closing write (TLS close_notify) before the connection is dropped.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+/// The request log line, written once the answer's status is known (before its body).
+struct Logged {
+    peer: SocketAddr,
+    method: warp::http::Method,
+    path: String,
+    started: Instant,
+}
+
+impl Logged {
+    fn of<B>(peer: SocketAddr, request: &warp::http::Request<B>) -> Self {
+        Self {
+            peer,
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            started: Instant::now(),
         }
+    }
+
+    fn answered(self, status: warp::http::StatusCode) {
+        tracing::info!(
+            peer = %self.peer,
+            method = %self.method,
+            path = self.path.as_str(),
+            status = status.as_u16(),
+            elapsed_us = self.started.elapsed().as_micros() as u64,
+            "request"
+        );
     }
 }
 
