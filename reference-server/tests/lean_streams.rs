@@ -5,7 +5,12 @@
 //! with a body larger than the head the listener reads first, is still served by hyper after
 //! the replay; HTTP/2 is untouched; shutdown ends a lean stream within the grace period.
 
-#![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 

@@ -72,7 +72,7 @@ pub async fn read_first<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<First> {
         filled += read;
         match parse(buf.get(..filled).unwrap_or_default()) {
             Parsed::Partial => {}
-            Parsed::Events(request) => return Ok(First::Events(request)),
+            Parsed::Events(request) => return Ok(First::Events(*request)),
             Parsed::Other => {
                 buf.truncate(filled);
                 return Ok(First::Other(Bytes::from(buf)));
@@ -83,7 +83,7 @@ pub async fn read_first<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<First> {
 
 enum Parsed {
     Partial,
-    Events(Request<NoBody>),
+    Events(Box<Request<NoBody>>),
     Other,
 }
 
@@ -94,7 +94,7 @@ fn parse(bytes: &[u8]) -> Parsed {
         Ok(httparse::Status::Partial) => Parsed::Partial,
         // Bytes after the head (a body, a pipelined request) are hyper's to handle.
         Ok(httparse::Status::Complete(length)) if length == bytes.len() => {
-            events_request(&head).map_or(Parsed::Other, Parsed::Events)
+            events_request(&head).map_or(Parsed::Other, |r| Parsed::Events(Box::new(r)))
         }
         _ => Parsed::Other,
     }
