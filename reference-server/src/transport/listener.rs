@@ -1,8 +1,9 @@
 //! The listener: TCP accept within the connection caps (backing off when out of file
 //! descriptors), the TLS handshake with a deadline, HTTP/1.1 and HTTP/2 through hyper-util's
 //! connection builder (header-read timeout, keep-alive pings) serving `warp::service(routes)`,
-//! idle connections closed, one log line per request, and graceful shutdown. It serves whatever
-//! routes it is given.
+//! HTTP/1.1 event streams on the lean path (`lean.rs`: the same service, without hyper's
+//! per-connection buffers), idle connections closed, one log line per request, and graceful
+//! shutdown. It serves whatever routes it is given.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,17 +16,18 @@ use std::time::{Duration, Instant};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use super::limits::{ConnectionLimits, Gate, Refused};
-use crate::metrics::ServerMetrics;
+use super::lean::{self, Ended, First, Rewind};
+use super::limits::{ConnectionLimits, Gate, Permit, Refused};
+use crate::metrics::{OpenConnection, ServerMetrics};
 
 /// The peer address of a request, put into its extensions by the listener (warp's own
 /// `warp::addr::remote()` is empty behind `warp::service`).
@@ -149,8 +151,8 @@ async fn run(
     shutdown: Shutdown,
     metrics: Option<Arc<ServerMetrics>>,
 ) {
-    let routes = warp::service(serving.routes);
-    let limits = serving.gate.limits().clone();
+    let routes = serving.routes;
+    let limits = Arc::new(serving.gate.limits().clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -162,7 +164,9 @@ async fn run(
         .keep_alive_interval(limits.keep_alive_interval)
         .keep_alive_timeout(limits.keep_alive_timeout);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a receiver: the signal starts their graceful end, and the
+    // last one dropped ends the wait (hyper's connections and lean streams alike).
+    let (stopping, _) = watch::channel(());
     let mut backoff = AcceptBackoff::default();
     let mut refusals = RateLimitedLog::new(Duration::from_secs(10));
     loop {
@@ -197,53 +201,22 @@ async fn run(
         let _ = stream.set_nodelay(true);
         let open = metrics.as_ref().map(|m| m.connection());
         let acceptor = serving.acceptor.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let routes = routes.clone();
-        let limits = limits.clone();
-        tokio::spawn(async move {
-            let activity = Arc::new(Activity::new());
-            let tracked = activity.clone();
-            let service =
-                hyper::service::service_fn(move |mut request: warp::http::Request<Incoming>| {
-                    request.extensions_mut().insert(PeerAddr(peer));
-                    let method = request.method().clone();
-                    let path = request.uri().path().to_owned();
-                    let started = Instant::now();
-                    let mut routes = routes.clone();
-                    let busy = tracked.begin();
-                    let response = routes.call(request);
-                    async move {
-                        let response = response.await;
-                        if let Ok(response) = &response {
-                            tracing::info!(
-                                %peer,
-                                %method,
-                                path = path.as_str(),
-                                status = response.status().as_u16(),
-                                elapsed_us = started.elapsed().as_micros() as u64,
-                                "request"
-                            );
-                        }
-                        response.map(|r| r.map(|body| Tracked { body, _busy: busy }))
-                    }
-                });
-            let connection = Connection {
-                peer,
-                limits: &limits,
-                activity: &activity,
-            };
-            connection
-                .serve(stream, acceptor, &builder, watcher, service)
-                .await;
-            drop(permit);
-            drop(open);
-        });
+        let connection = Connection {
+            peer,
+            limits: limits.clone(),
+            routes: routes.clone(),
+            builder: builder.clone(),
+            stopping: stopping.subscribe(),
+            _permit: permit,
+            _open: open,
+        };
+        tokio::spawn(connection.serve(stream, acceptor));
     }
     drop(listener);
     (shutdown.close_streams)();
+    stopping.send_replace(());
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = stopping.closed() => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!("connections still open after the grace period; dropping them");
         }
@@ -252,68 +225,148 @@ async fn run(
     tracing::info!("policy server stopped");
 }
 
-/// One accepted connection.
-struct Connection<'a> {
+/// One accepted connection: what serving it needs, and its place in the caps and the
+/// metrics, held until it is dropped with the connection's last task.
+struct Connection {
     peer: SocketAddr,
-    limits: &'a ConnectionLimits,
-    activity: &'a Activity,
+    limits: Arc<ConnectionLimits>,
+    routes: BoxedFilter<(Response,)>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Changes when the server stops; the server waits for every receiver to be dropped.
+    stopping: watch::Receiver<()>,
+    _permit: Permit,
+    _open: Option<OpenConnection>,
 }
 
-impl Connection<'_> {
+impl Connection {
     /// TLS (within the handshake timeout), then HTTP until the peer leaves, the server stops,
-    /// or the connection stays idle past the idle timeout.
-    async fn serve<S, B>(
-        &self,
-        stream: TcpStream,
-        acceptor: Option<TlsAcceptor>,
-        builder: &auto::Builder<TokioExecutor>,
-        watcher: hyper_util::server::graceful::Watcher,
-        service: S,
-    ) where
-        S: hyper::service::Service<
-                warp::http::Request<Incoming>,
-                Response = warp::http::Response<B>,
-                Error = std::convert::Infallible,
-            > + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    /// or the connection stays idle past the idle timeout. HTTP/2 (ALPN `h2`) goes to hyper;
+    /// HTTP/1 connections have their first request head looked at first.
+    async fn serve(self, stream: TcpStream, acceptor: Option<TlsAcceptor>) {
+        let peer = self.peer;
+        let Some(acceptor) = acceptor else {
+            return self.http1(stream).await;
+        };
+        // Boxed: the handshake's state (a session being built) is freed with it instead of
+        // sizing the connection's task for its whole life.
+        let handshake = Box::pin(tokio::time::timeout(
+            self.limits.tls_handshake_timeout,
+            acceptor.accept(stream),
+        ));
+        match handshake.await {
+            // Boxed: hyper's connection state would otherwise size every connection's task,
+            // lean streams included.
+            Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                Box::pin(self.hyper(tls)).await
+            }
+            // Boxed: the session (1.2 KiB) moves down the calls as a pointer instead of being
+            // copied into each one's state.
+            Ok(Ok(tls)) => self.http1(Box::new(tls)).await,
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    }
+
+    /// Reads the first request head (within the header-read timeout): an event stream request
+    /// is served on the lean path, anything else by hyper with the bytes read replayed.
+    async fn http1<IO>(mut self, mut io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let peer = self.peer;
-        let served = match acceptor {
-            Some(acceptor) => {
-                let handshake = tokio::time::timeout(
-                    self.limits.tls_handshake_timeout,
-                    acceptor.accept(stream),
-                );
-                match handshake.await {
-                    Ok(Ok(tls)) => {
-                        let connection = watcher.watch(
-                            builder
-                                .serve_connection(TokioIo::new(tls), service)
-                                .into_owned(),
-                        );
-                        self.until_idle(connection).await
-                    }
-                    Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                }
+        let within = self.limits.header_read_timeout;
+        let first = tokio::select! {
+            // Boxed: the head buffer's read is freed with it, not kept in the task's size.
+            first = Box::pin(tokio::time::timeout(within, lean::read_first(&mut io))) => first,
+            _ = self.stopping.changed() => {
+                tracing::debug!(%peer, "connection closed at shutdown before its first request");
+                return lean::close(&mut io, CLOSE_WITHIN).await;
             }
-            None => {
-                let connection = watcher.watch(
-                    builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .into_owned(),
-                );
-                self.until_idle(connection).await
+        };
+        match first {
+            // A task of its own, sized for the stream alone (this one, sized for every kind
+            // of connection, ends here).
+            Ok(Ok(First::Events(request))) => {
+                tokio::spawn(self.lean(io, request));
+            }
+            // Boxed: hyper's connection state would otherwise size every connection's task,
+            // lean streams included.
+            Ok(Ok(First::Other(read))) => Box::pin(self.hyper(Rewind::new(read, io))).await,
+            Ok(Ok(First::Closed)) => {}
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "connection ended with an error"),
+            Err(_) => {
+                tracing::debug!(%peer, "no request head within the header-read timeout");
+                lean::close(&mut io, CLOSE_WITHIN).await;
+            }
+        }
+    }
+
+    /// Serves an event stream request without hyper: the routes answer it, its answer is
+    /// written here; the connection ends with it.
+    async fn lean<IO>(self, io: IO, request: warp::http::Request<lean::NoBody>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        // Boxed: the routes' state is freed once they answered, the stream's task keeps only
+        // the writing's.
+        let response = Box::pin(self.answer(request)).await;
+        write_lean(self.peer, io, response, self.limits.idle_timeout).await;
+    }
+
+    /// The routes' answer to a lean request, logged.
+    async fn answer(&self, mut request: warp::http::Request<lean::NoBody>) -> Response {
+        request.extensions_mut().insert(PeerAddr(self.peer));
+        let logged = Logged::of(self.peer, &request);
+        let response = match warp::service(self.routes.clone()).call(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        logged.answered(response.status());
+        response
+    }
+
+    /// Serves the connection with hyper until it ends, the server stops (gracefully: requests
+    /// in flight finish) or it stays idle past the idle timeout.
+    async fn hyper<IO>(self, io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = self.peer;
+        let activity = Arc::new(Activity::new());
+        let tracked = activity.clone();
+        let routes = warp::service(self.routes.clone());
+        let service =
+            hyper::service::service_fn(move |mut request: warp::http::Request<Incoming>| {
+                request.extensions_mut().insert(PeerAddr(peer));
+                let logged = Logged::of(peer, &request);
+                let busy = tracked.begin();
+                let response = routes.clone().call(request);
+                async move {
+                    let response = response.await;
+                    if let Ok(response) = &response {
+                        logged.answered(response.status());
+                    }
+                    response.map(|r| r.map(|body| Tracked { body, _busy: busy }))
+                }
+            });
+        let connection = self
+            .builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        let mut connection = std::pin::pin!(connection);
+        let mut stopping = self.stopping;
+        let idle = activity.idle_for(self.limits.idle_timeout);
+        let mut idle = std::pin::pin!(idle);
+        let served = tokio::select! {
+            result = connection.as_mut() => Some(result),
+            () = idle.as_mut() => None,
+            // Graceful: no new requests; the ones in flight (and the stream) finish.
+            _ = stopping.changed() => {
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => Some(result),
+                    () = idle.as_mut() => None,
+                }
             }
         };
         match served {
@@ -324,17 +377,50 @@ impl Connection<'_> {
             None => tracing::debug!(%peer, "idle connection closed"),
         }
     }
+}
 
-    /// Runs `connection` until it ends (`Some`) or has been idle for the idle timeout (`None`).
-    async fn until_idle<F, E>(&self, connection: F) -> Option<Result<(), E>>
-    where
-        F: Future<Output = Result<(), E>>,
-    {
-        let idle = self.limits.idle_timeout;
-        tokio::select! {
-            result = connection => Some(result),
-            () = self.activity.idle_for(idle) => None,
+/// Writes a lean answer, then closes the connection (unless the client did).
+async fn write_lean<IO>(peer: SocketAddr, mut io: IO, response: Response, write_within: Duration)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    match Box::pin(lean::respond(&mut io, response, write_within)).await {
+        Ok(Ended::Done) => lean::close(&mut io, CLOSE_WITHIN).await,
+        Ok(Ended::PeerClosed) => tracing::debug!(%peer, "event stream closed by the client"),
+        Err(error) => tracing::debug!(%peer, %error, "event stream ended with an error"),
+    }
+}
+
+/// Longest wait for a closing write (TLS close_notify) before the connection is dropped.
+const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+/// The request log line, written once the answer's status is known (before its body).
+struct Logged {
+    peer: SocketAddr,
+    method: warp::http::Method,
+    path: String,
+    started: Instant,
+}
+
+impl Logged {
+    fn of<B>(peer: SocketAddr, request: &warp::http::Request<B>) -> Self {
+        Self {
+            peer,
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            started: Instant::now(),
         }
+    }
+
+    fn answered(self, status: warp::http::StatusCode) {
+        tracing::info!(
+            peer = %self.peer,
+            method = %self.method,
+            path = self.path.as_str(),
+            status = status.as_u16(),
+            elapsed_us = self.started.elapsed().as_micros() as u64,
+            "request"
+        );
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod feed;
 pub mod hub;
+mod lean;
 pub mod limits;
 pub mod listener;
 pub mod tls;

@@ -1,0 +1,464 @@
+//! The lean HTTP/1.1 path of agent event streams: the first request head of an HTTP/1.1
+//! connection is read here (httparse, a small buffer); `GET /api/events` is answered without
+//! hyper, anything else goes to hyper with the bytes already read replayed first ([`Rewind`]).
+//!
+//! Why: an open event stream is an idle connection for hours, and hyper's HTTP/1 connection
+//! keeps an 8 KiB read buffer, an 8 KiB write buffer and its dispatcher for the whole of it.
+//! Here a stream keeps its TLS session, the response body and nothing else: each event is
+//! written as one chunk and flushed, and the peer's leaving is noticed by a one-byte read.
+//! The request itself still goes through the one warp service (auth, limits, admission,
+//! logging, metrics); only the HTTP/1.1 framing of its answer is written here, as hyper wrote
+//! it (status line, headers, `transfer-encoding: chunked`, `date`, uppercase chunk sizes).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Body;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+
+/// The one path served on the lean path (any query string goes along to the route).
+pub const EVENTS_PATH: &str = "/api/events";
+
+/// The first read of a connection: request heads of agents are a few hundred bytes.
+const FIRST_READ: usize = 1024;
+
+/// Longest head read here; a longer one goes to hyper as it is (with hyper's own limits).
+pub const HEAD_CAP: usize = 4096;
+
+/// Most headers of a lean request; more go to hyper.
+const MAX_HEADERS: usize = 32;
+
+/// The body of a lean request: stream requests have none.
+pub type NoBody = Empty<Bytes>;
+
+/// What the first bytes of an HTTP/1 connection were.
+#[derive(Debug)]
+pub enum First {
+    /// A whole `GET /api/events` head (HTTP/1.1, no body, nothing after it).
+    Events(Request<NoBody>),
+    /// Anything else (another request, a head longer than [`HEAD_CAP`], bytes that do not
+    /// parse, a body): the bytes read, for hyper.
+    Other(Bytes),
+    /// The peer closed before sending a byte.
+    Closed,
+}
+
+/// Reads the first request head of `io`, up to [`HEAD_CAP`] bytes.
+pub async fn read_first<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<First> {
+    let mut buf = vec![0u8; FIRST_READ];
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            if buf.len() >= HEAD_CAP {
+                return Ok(First::Other(Bytes::from(buf)));
+            }
+            buf.resize(HEAD_CAP, 0);
+        }
+        let free = buf.get_mut(filled..).unwrap_or_default();
+        let read = io.read(free).await?;
+        if read == 0 {
+            buf.truncate(filled);
+            return Ok(if filled == 0 {
+                First::Closed
+            } else {
+                First::Other(Bytes::from(buf))
+            });
+        }
+        filled += read;
+        match parse(buf.get(..filled).unwrap_or_default()) {
+            Parsed::Partial => {}
+            Parsed::Events(request) => return Ok(First::Events(*request)),
+            Parsed::Other => {
+                buf.truncate(filled);
+                return Ok(First::Other(Bytes::from(buf)));
+            }
+        }
+    }
+}
+
+enum Parsed {
+    Partial,
+    Events(Box<Request<NoBody>>),
+    Other,
+}
+
+fn parse(bytes: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    match head.parse(bytes) {
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        // Bytes after the head (a body, a pipelined request) are hyper's to handle.
+        Ok(httparse::Status::Complete(length)) if length == bytes.len() => {
+            events_request(&head).map_or(Parsed::Other, |r| Parsed::Events(Box::new(r)))
+        }
+        _ => Parsed::Other,
+    }
+}
+
+/// The request, when `head` is a stream request the lean path serves.
+fn events_request(head: &httparse::Request<'_, '_>) -> Option<Request<NoBody>> {
+    let path = head.path?;
+    if head.method? != "GET" || head.version? != 1 || path.split('?').next()? != EVENTS_PATH {
+        return None;
+    }
+    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    for header in head.headers.iter() {
+        let name = HeaderName::from_bytes(header.name.as_bytes()).ok()?;
+        // A body, an upgrade or an expectation: not a plain stream request.
+        if matches!(
+            name.as_str(),
+            "content-length" | "transfer-encoding" | "upgrade" | "expect"
+        ) {
+            return None;
+        }
+        headers.append(name, HeaderValue::from_bytes(header.value).ok()?);
+    }
+    let mut request = Request::builder()
+        .method(Method::GET)
+        .uri(path.parse::<Uri>().ok()?)
+        .version(Version::HTTP_11)
+        .body(NoBody::new())
+        .ok()?;
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+/// How a lean response ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The whole answer was written (a refusal, or a stream whose body ended).
+    Done,
+    /// The peer closed its side during the stream.
+    PeerClosed,
+}
+
+/// Writes `response` to `io`: an event stream (200 `text/event-stream`) chunk by chunk until
+/// its body ends or the peer leaves; anything else whole, with `connection: close`. Each write
+/// must finish within `write_within`. Bytes from the client during a stream end it (an SSE
+/// client sends nothing after its request; a pipelined request is not served). The caller
+/// closes `io`.
+pub async fn respond<IO, B>(
+    io: &mut IO,
+    response: warp::http::Response<B>,
+    write_within: Duration,
+) -> io::Result<Ended>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let (parts, body) = response.into_parts();
+    let event_stream = parts.status == StatusCode::OK
+        && parts
+            .headers
+            .get(warp::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == b"text/event-stream");
+    // Owned from here on: the futures below hold no borrow of the response.
+    let head = head(parts.status, &parts.headers);
+    drop(parts);
+    if event_stream {
+        stream(io, head, body, write_within).await
+    } else {
+        whole(io, head, body, write_within).await
+    }
+}
+
+async fn stream<IO, B>(
+    io: &mut IO,
+    mut head: Vec<u8>,
+    mut body: B,
+    write_within: Duration,
+) -> io::Result<Ended>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    end_head(&mut head);
+    write(io, Bytes::from(head), write_within).await?;
+    loop {
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            frame = body.frame() => match frame {
+                Some(Ok(frame)) => {
+                    // Trailers are not sent (event streams have none); empty data is no chunk.
+                    let data = frame.into_data().unwrap_or_default();
+                    if data.has_remaining() {
+                        write(io, chunk(&data), write_within).await?;
+                    }
+                }
+                // As hyper does: no last chunk, so the client sees the stream broken.
+                Some(Err(error)) => return Err(io::Error::other(error.to_string())),
+                None => {
+                    write(io, Bytes::from_static(b"0\r\n\r\n"), write_within).await?;
+                    return Ok(Ended::Done);
+                }
+            },
+            read = io.read(&mut byte) => match read? {
+                0 => return Ok(Ended::PeerClosed),
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the client sent bytes during its event stream",
+                    ));
+                }
+            },
+        }
+    }
+}
+
+async fn whole<IO, B>(
+    io: &mut IO,
+    mut answer: Vec<u8>,
+    body: B,
+    write_within: Duration,
+) -> io::Result<Ended>
+where
+    IO: AsyncWrite + Unpin,
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    // The answers of the stream route besides the stream itself are small JSON errors.
+    let body = body
+        .collect()
+        .await
+        .map_err(|error| io::Error::other(error.to_string()))?
+        .to_bytes();
+    answer.extend_from_slice(b"content-length: ");
+    answer.extend_from_slice(body.len().to_string().as_bytes());
+    answer.extend_from_slice(b"\r\nconnection: close\r\n");
+    end_head(&mut answer);
+    answer.extend_from_slice(&body);
+    write(io, Bytes::from(answer), write_within).await?;
+    Ok(Ended::Done)
+}
+
+/// The status line and the response's own headers (framing headers are written by the
+/// caller).
+fn head(status: StatusCode, headers: &HeaderMap) -> Vec<u8> {
+    let mut head = Vec::with_capacity(192);
+    if status == StatusCode::OK {
+        head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        head.extend_from_slice(b"HTTP/1.1 ");
+        head.extend_from_slice(status.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        if matches!(
+            name.as_str(),
+            "connection" | "content-length" | "transfer-encoding"
+        ) {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head
+}
+
+/// The `date` header and the blank line ending the head.
+fn end_head(head: &mut Vec<u8>) {
+    let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT");
+    head.extend_from_slice(format!("date: {date}\r\n\r\n").as_bytes());
+}
+
+/// One chunk of a chunked body: the size in uppercase hex (as hyper writes it), the data.
+fn chunk(data: &Bytes) -> Bytes {
+    let size = format!("{:X}\r\n", data.len());
+    let mut chunk = Vec::with_capacity(size.len() + data.len() + 2);
+    chunk.extend_from_slice(size.as_bytes());
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(b"\r\n");
+    Bytes::from(chunk)
+}
+
+/// Writes and flushes `bytes` within `within` (a client that takes nothing for that long is
+/// gone: its connection is not kept for it).
+async fn write<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    mut bytes: Bytes,
+    within: Duration,
+) -> io::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    tokio::time::timeout_at(deadline, io.write_all_buf(&mut bytes))
+        .await
+        .map_err(|_| write_timed_out())??;
+    tokio::time::timeout_at(deadline, io.flush())
+        .await
+        .map_err(|_| write_timed_out())?
+}
+
+fn write_timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the client took nothing within the write timeout",
+    )
+}
+
+/// Ends `io` (TLS: close_notify, then the TCP write side), waiting at most `within`.
+pub async fn close<IO: AsyncWrite + Unpin>(io: &mut IO, within: Duration) {
+    let _ = tokio::time::timeout(within, io.shutdown()).await;
+}
+
+/// An IO whose first reads return `prefix` (the bytes read while looking at the first head),
+/// then read from `inner`; writes go to `inner`.
+#[derive(Debug)]
+pub struct Rewind<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    /// `inner`, with `prefix` read first.
+    pub fn new(prefix: Bytes, inner: T) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.prefix.has_remaining() {
+            let n = self.prefix.len().min(buf.remaining());
+            let replayed = self.prefix.split_to(n);
+            buf.put_slice(&replayed);
+            if !self.prefix.has_remaining() {
+                // Free the replayed bytes for good, not only their view.
+                self.prefix = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first(bytes: &[u8]) -> String {
+        match parse(bytes) {
+            Parsed::Partial => "partial".to_owned(),
+            Parsed::Other => "other".to_owned(),
+            Parsed::Events(request) => format!(
+                "{} {} {:?}",
+                request.method(),
+                request.uri(),
+                request.headers().get("authorization")
+            ),
+        }
+    }
+
+    #[test]
+    fn only_whole_bodyless_http11_event_stream_heads_take_the_lean_path() {
+        let get = b"GET /api/events?x=1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer t\r\n\r\n";
+        assert_eq!(first(get), r#"GET /api/events?x=1 Some("Bearer t")"#);
+        assert_eq!(first(&get[..20]), "partial");
+        let mut pipelined = get.to_vec();
+        pipelined.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(first(&pipelined), "other");
+        for other in [
+            &b"GET /api/eventsx HTTP/1.1\r\n\r\n"[..],
+            b"GET /api/events/x HTTP/1.1\r\n\r\n",
+            b"HEAD /api/events HTTP/1.1\r\n\r\n",
+            b"GET /api/events HTTP/1.0\r\n\r\n",
+            b"GET /api/events HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
+            b"GET /api/events HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET /api/events HTTP/1.1\r\nbad header\r\n\r\n",
+        ] {
+            assert_eq!(first(other), "other", "{}", String::from_utf8_lossy(other));
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
+        let many = format!("GET /api/events HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(first(many.as_bytes()), "other");
+    }
+
+    #[tokio::test]
+    async fn a_head_longer_than_the_cap_and_a_partial_head_go_to_hyper_whole() {
+        let long = format!(
+            "GET /api/events HTTP/1.1\r\nx-pad: {}\r\n\r\n",
+            "p".repeat(HEAD_CAP)
+        );
+        let mut io = long.as_bytes();
+        let First::Other(read) = read_first(&mut io).await.unwrap() else {
+            panic!("not handed over")
+        };
+        assert_eq!(read.len(), HEAD_CAP);
+        let mut rewound = Rewind::new(read, io);
+        let mut all = Vec::new();
+        rewound.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, long.as_bytes());
+
+        let mut partial = &b"GET /api/ev"[..];
+        let First::Other(read) = read_first(&mut partial).await.unwrap() else {
+            panic!("not handed over")
+        };
+        assert_eq!(&read[..], b"GET /api/ev");
+        let mut empty = &b""[..];
+        assert!(matches!(
+            read_first(&mut empty).await.unwrap(),
+            First::Closed
+        ));
+    }
+
+    #[test]
+    fn heads_and_chunks_are_framed_as_hyper_frames_them() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.insert("retry-after", HeaderValue::from_static("1"));
+        headers.insert("content-length", HeaderValue::from_static("9"));
+        let head = head(StatusCode::SERVICE_UNAVAILABLE, &headers);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+             retry-after: 1\r\n"
+        );
+        let data = Bytes::from(vec![b'x'; 26]);
+        assert_eq!(chunk(&data), [&b"1A\r\n"[..], &data, b"\r\n"].concat());
+    }
+}
