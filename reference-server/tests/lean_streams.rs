@@ -42,6 +42,18 @@ struct Head {
     headers: Vec<String>,
 }
 
+impl Head {
+    /// The `content-length` header's value.
+    fn content_length(&self) -> usize {
+        self.headers
+            .iter()
+            .find_map(|h| h.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
 async fn tls(t: &TestServer, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(t.dir.path().join("tls/cert.pem")).unwrap() {
@@ -352,13 +364,7 @@ async fn other_requests_are_served_by_hyper_after_the_replay() {
     client.send(request.as_bytes()).await;
     let head = client.head().await;
     assert_eq!(head.status, "HTTP/1.1 201 Created", "{head:?}");
-    let length: usize = head
-        .headers
-        .iter()
-        .find_map(|h| h.strip_prefix("content-length: "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let length = head.content_length();
     let created: Value = serde_json::from_str(&client.body(length).await).unwrap();
     assert_eq!(created["data"]["version"], json!("v1"));
     assert_eq!(created["data"]["description"], policy["description"]);
@@ -376,13 +382,7 @@ async fn other_requests_are_served_by_hyper_after_the_replay() {
         !head.headers.iter().any(|h| h == "connection: close"),
         "{head:?}"
     );
-    let length: usize = head
-        .headers
-        .iter()
-        .find_map(|h| h.strip_prefix("content-length: "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let length = head.content_length();
     let current: Value = serde_json::from_str(&client.body(length).await).unwrap();
     assert_eq!(current["data"]["name"], json!(name));
 

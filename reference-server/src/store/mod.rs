@@ -58,9 +58,9 @@ use crate::error::ApiError;
 /// A [`Store::record_sent`] write as both backends store it.
 #[derive(Debug, Default, PartialEq)]
 pub struct SentRows<'a> {
-    /// Sends remembered per agent (few agents got their version with their overrides), in
-    /// agent order.
-    pub single: Vec<&'a SentPolicy>,
+    /// Sends remembered per agent (few agents got their version with their overrides), with
+    /// their override list as JSON, in agent order.
+    pub single: Vec<(&'a SentPolicy, String)>,
     /// Sends to many agents at once, one row each.
     pub broadcasts: Vec<SentBroadcast>,
     /// Per org, the version at or below which its broadcast rows are dropped (the newest
@@ -114,11 +114,15 @@ pub fn split_sent(sent: &[SentPolicy]) -> Result<SentRows<'_>, serde_json::Error
             .partition(|row| !row.agent_id.contains(SENT_AGENTS_SEPARATOR));
         let agents: BTreeSet<&str> = named.iter().map(|row| row.agent_id.as_str()).collect();
         if agents.len() <= SMALL_SENT_BATCH {
-            split.single.extend(named);
-            split.single.extend(odd);
+            let rows = named.into_iter().chain(odd);
+            split
+                .single
+                .extend(rows.map(|row| (row, overrides.clone())));
             continue;
         }
-        split.single.extend(odd);
+        split
+            .single
+            .extend(odd.into_iter().map(|row| (row, overrides.clone())));
         let mut list = String::with_capacity(agents.iter().map(|a| a.len() + 1).sum::<usize>() + 1);
         list.push(SENT_AGENTS_SEPARATOR);
         for agent in agents {
@@ -138,7 +142,7 @@ pub fn split_sent(sent: &[SentPolicy]) -> Result<SentRows<'_>, serde_json::Error
     // By agent: a write's rows then touch each page of the indexes once, in turn (10,000
     // agents in hash order thrashed SQLite's page cache). Stable: an agent's rows keep their
     // order.
-    split.single.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    split.single.sort_by(|a, b| a.0.agent_id.cmp(&b.0.agent_id));
     let keep = i64::try_from(MAX_SENT_PER_AGENT).unwrap_or(i64::MAX);
     split.broadcast_cuts = newest
         .into_iter()

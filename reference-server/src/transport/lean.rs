@@ -275,9 +275,11 @@ fn end_head(head: &mut Vec<u8>) {
 
 /// One chunk of a chunked body: the size in uppercase hex (as hyper writes it), the data.
 fn chunk(data: &Bytes) -> Bytes {
-    let size = format!("{:X}\r\n", data.len());
-    let mut chunk = Vec::with_capacity(size.len() + data.len() + 2);
-    chunk.extend_from_slice(size.as_bytes());
+    use std::io::Write as _;
+    // One allocation per chunk (this runs for every event of every stream): at most 16 hex
+    // digits and two CRLFs around the data.
+    let mut chunk = Vec::with_capacity(data.len() + 20);
+    let _ = write!(chunk, "{:X}\r\n", data.len());
     chunk.extend_from_slice(data);
     chunk.extend_from_slice(b"\r\n");
     Bytes::from(chunk)

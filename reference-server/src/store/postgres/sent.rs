@@ -22,11 +22,11 @@ pub async fn record(tx: &impl GenericClient, sent: &[SentPolicy]) -> Result<()> 
         // One row per key (an upsert may not touch a row twice), in key order (concurrent
         // transactions lock rows in the same order).
         let mut rows: BTreeMap<(String, i64, String), i64> = BTreeMap::new();
-        for row in &split.single {
+        for (row, overrides) in &split.single {
             let key = (
                 row.agent_id.clone(),
                 big(row.version.number()),
-                serde_json::to_string(&row.overrides)?,
+                overrides.clone(),
             );
             let at = rows.entry(key).or_insert(row.sent_ms);
             *at = (*at).max(row.sent_ms);

@@ -27,15 +27,14 @@ pub fn record(conn: &mut Connection, sent: &[SentPolicy]) -> Result<()> {
                  SELECT rowid FROM agent_policies WHERE agent_id = ?1
                  ORDER BY sent_ms DESC, rowid DESC LIMIT ?2)",
         )?;
-        for (index, row) in split.single.iter().enumerate() {
-            let overrides = serde_json::to_string(&row.overrides)?;
+        for (index, (row, overrides)) in split.single.iter().enumerate() {
             let version = i64::try_from(row.version.number()).unwrap_or(i64::MAX);
             upsert.execute(params![row.agent_id, version, overrides, row.sent_ms])?;
             // Once per agent, after its last row.
             let next = split
                 .single
                 .get(index + 1)
-                .map(|next| next.agent_id.as_str());
+                .map(|(next, _)| next.agent_id.as_str());
             if next != Some(row.agent_id.as_str()) {
                 prune_count.execute(params![row.agent_id, keep])?;
             }
