@@ -42,46 +42,74 @@ pub struct Assignment {
     pub reason: String,
 }
 
-/// What `agent_id` gets when `latest` is its org's latest version and `rollout` its latest
-/// rollout: a rollout decides only while its version is the latest.
-pub fn assign(rollout: Option<&Rollout>, latest: PolicyVersion, agent_id: &str) -> Assignment {
-    let plain = |reason: String| Assignment {
+/// The version an agent gets, without the why: what a broadcast decides for each stream of an
+/// org (no allocation per agent; [`assign`] adds the reason for the operator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// The version.
+    pub version: PolicyVersion,
+    /// Set when it is the rollback of that version.
+    pub rollback_from: Option<PolicyVersion>,
+}
+
+/// The version `agent_id` gets when `latest` is its org's latest version and `rollout` its
+/// latest rollout: a rollout decides only while its version is the latest.
+pub fn target(rollout: Option<&Rollout>, latest: PolicyVersion, agent_id: &str) -> Target {
+    let latest_plain = Target {
         version: latest,
         rollback_from: None,
-        reason,
     };
     let Some(r) = rollout.filter(|r| r.version == latest) else {
-        return plain("the org's latest version".to_owned());
+        return latest_plain;
     };
     match r.state {
-        RolloutState::Completed => plain(format!("rollout `{}` completed", r.id)),
-        RolloutState::RolledBack | RolloutState::Aborted => Assignment {
+        RolloutState::Completed => latest_plain,
+        RolloutState::RolledBack | RolloutState::Aborted => Target {
             version: r.previous,
             rollback_from: Some(r.version),
-            reason: format!(
+        },
+        RolloutState::Running | RolloutState::Paused => {
+            if in_stage(r, r.stage, agent_id) {
+                latest_plain
+            } else {
+                Target {
+                    version: r.previous,
+                    rollback_from: None,
+                }
+            }
+        }
+    }
+}
+
+/// What `agent_id` gets ([`target`]) and why.
+pub fn assign(rollout: Option<&Rollout>, latest: PolicyVersion, agent_id: &str) -> Assignment {
+    let target = target(rollout, latest, agent_id);
+    let reason = match rollout.filter(|r| r.version == latest) {
+        None => "the org's latest version".to_owned(),
+        Some(r) => match r.state {
+            RolloutState::Completed => format!("rollout `{}` completed", r.id),
+            RolloutState::RolledBack | RolloutState::Aborted => format!(
                 "rollout `{}` of {} was {}: back to {}",
                 r.id,
                 r.version,
                 state_name(r.state),
                 r.previous
             ),
-        },
-        RolloutState::Running | RolloutState::Paused => {
-            if in_stage(r, r.stage, agent_id) {
-                plain(format!("in stage {} of rollout `{}`", r.stage + 1, r.id))
-            } else {
-                Assignment {
-                    version: r.previous,
-                    rollback_from: None,
-                    reason: format!(
-                        "not yet in rollout `{}` (stage {} of {})",
-                        r.id,
-                        r.stage + 1,
-                        r.stages.len()
-                    ),
-                }
+            RolloutState::Running | RolloutState::Paused if target.version == latest => {
+                format!("in stage {} of rollout `{}`", r.stage + 1, r.id)
             }
-        }
+            RolloutState::Running | RolloutState::Paused => format!(
+                "not yet in rollout `{}` (stage {} of {})",
+                r.id,
+                r.stage + 1,
+                r.stages.len()
+            ),
+        },
+    };
+    Assignment {
+        version: target.version,
+        rollback_from: target.rollback_from,
+        reason,
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use policy_engine::PolicyVersion;
 use policy_engine::protocol::{ApprovalStatus, FleetEvent, ShadowEndEvent, UnblockEvent};
 
-use super::assignment::{Assignment, assign};
+use super::assignment::{Target, target};
 use super::overrides::{self, Override, stored_list};
 use super::views::{approval_event, block_event, policy_event, shadow_event};
 use crate::clock;
@@ -236,7 +236,7 @@ async fn overrides(
 
 /// Whether a stream that has `view` must be sent `assignment`: a version it does not have,
 /// newer than its own, or older only as a rollback.
-fn needs(view: &StreamView, assignment: &Assignment) -> bool {
+fn needs(view: &StreamView, assignment: &Target) -> bool {
     match view.version {
         None => true,
         Some(current) if current == assignment.version => false,
@@ -257,15 +257,16 @@ async fn assigned(
     let org_id = change.org_id.as_str();
     let seq = change.seq;
     let fresh = move |view: &StreamView| view.since < seq;
-    let targets: Vec<(String, AgentOverrides, Assignment)> = hub
-        .views(org_id)
-        .into_iter()
-        .filter(|(_, view)| fresh(view))
-        .filter_map(|(agent_id, view)| {
-            let assignment = assign(rollout, latest, &agent_id);
-            needs(&view, &assignment).then_some((agent_id, view.overrides, assignment))
-        })
-        .collect();
+    // One pass over the streams, cloning only what the record needs of each.
+    let targets: Vec<(String, AgentOverrides, Target)> =
+        hub.collect_org(org_id, |agent_id, view| {
+            if !fresh(view) {
+                return None;
+            }
+            let assignment = target(rollout, latest, agent_id);
+            needs(view, &assignment)
+                .then(|| (agent_id.to_owned(), view.overrides.clone(), assignment))
+        });
     let mut policies: HashMap<PolicyVersion, StoredPolicy> = HashMap::new();
     for (_, _, assignment) in &targets {
         if policies.contains_key(&assignment.version) {
@@ -295,7 +296,7 @@ async fn assigned(
             if !fresh(view) {
                 return None;
             }
-            let assignment = assign(rollout, latest, agent_id);
+            let assignment = target(rollout, latest, agent_id);
             if !needs(view, &assignment) {
                 return None;
             }
@@ -326,11 +327,10 @@ mod tests {
         }
     }
 
-    fn assigned(version: u64, rollback_from: Option<u64>) -> Assignment {
-        Assignment {
+    fn assigned(version: u64, rollback_from: Option<u64>) -> Target {
+        Target {
             version: PolicyVersion::new(version),
             rollback_from: rollback_from.map(PolicyVersion::new),
-            reason: String::new(),
         }
     }
 

@@ -11,12 +11,12 @@
 //! hub only knows frames and a per-stream view `V` its owner uses to tailor broadcasts.
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::Stream;
 use policy_engine::protocol::{
     FleetEvent, POLICY_EVENT, PolicyEvent, SHADOW_END_EVENT, SHADOW_EVENT, ShadowEndEvent,
@@ -24,9 +24,9 @@ use policy_engine::protocol::{
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
-use warp::sse::Event;
 
-/// One event, serialized: `data` is shared by every stream that gets the same payload.
+/// One event, serialized once as the SSE text every stream that gets it writes: the bytes are
+/// shared (a broadcast to 10,000 streams encodes its frame once, not 10,000 times).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     /// The SSE `event:` name: `policy`, `block`, `unblock`, `approval`, `shadow` or
@@ -35,48 +35,67 @@ pub struct Frame {
     /// The SSE `id:`: the version number of `policy` events; fleet events carry none, so an
     /// agent's last event id stays its policy version.
     pub id: Option<u64>,
-    /// The JSON payload.
-    pub data: Arc<str>,
+    /// The event as written on the stream ([`Frame::encode`]).
+    wire: Bytes,
 }
 
 impl Frame {
+    /// The frame of event `event` with `id` and the JSON payload `data`.
+    pub fn new(event: &'static str, id: Option<u64>, data: &str) -> Self {
+        Self {
+            event,
+            id,
+            wire: Self::encode(event, id, data),
+        }
+    }
+
+    /// The SSE text of an event: `event:`, one `data:` line per line of `data`, `id:` when
+    /// given, and the blank line (the field order and spelling warp's `sse::Event` writes, so
+    /// agents see the same bytes as before).
+    fn encode(event: &str, id: Option<u64>, data: &str) -> Bytes {
+        use std::fmt::Write as _;
+        let mut text = String::with_capacity(event.len() + data.len() + 40);
+        text.push_str("event:");
+        text.push_str(event);
+        text.push('\n');
+        for line in data.split('\n') {
+            text.push_str("data:");
+            text.push_str(line);
+            text.push('\n');
+        }
+        if let Some(id) = id {
+            let _ = writeln!(text, "id:{id}");
+        }
+        text.push('\n');
+        Bytes::from(text)
+    }
+
+    /// The event as written on the stream.
+    pub fn wire(&self) -> &Bytes {
+        &self.wire
+    }
+
     /// A `policy` event.
     pub fn policy<R: Serialize>(event: &PolicyEvent<R>) -> Self {
         let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
-        Self {
-            event: POLICY_EVENT,
-            id: Some(event.version.number()),
-            data: Arc::from(data),
-        }
+        Self::new(POLICY_EVENT, Some(event.version.number()), &data)
     }
 
     /// A `shadow` event (no `id:`: an agent's last event id stays its policy version).
     pub fn shadow<R: Serialize>(event: &ShadowEvent<R>) -> Self {
         let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
-        Self {
-            event: SHADOW_EVENT,
-            id: None,
-            data: Arc::from(data),
-        }
+        Self::new(SHADOW_EVENT, None, &data)
     }
 
     /// A `shadow_end` event.
     pub fn shadow_end(event: &ShadowEndEvent) -> Self {
         let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
-        Self {
-            event: SHADOW_END_EVENT,
-            id: None,
-            data: Arc::from(data),
-        }
+        Self::new(SHADOW_END_EVENT, None, &data)
     }
 
     /// A fleet event (`block`, `unblock`, `approval`).
     pub fn fleet(event: &FleetEvent) -> Self {
-        Self {
-            event: event.name(),
-            id: None,
-            data: Arc::from(event.data()),
-        }
+        Self::new(event.name(), None, &event.data())
     }
 }
 
@@ -216,6 +235,26 @@ impl<V> Hub<V> {
         delivery
     }
 
+    /// What `pick` takes of each stream of `org_id` (its agent and view), in one pass: a
+    /// broadcast's recipients, without cloning every view.
+    pub fn collect_org<T>(
+        &self,
+        org_id: &str,
+        mut pick: impl FnMut(&str, &V) -> Option<T>,
+    ) -> Vec<T> {
+        let inner = self.lock();
+        let Some(conns) = inner.orgs.get(org_id) else {
+            return Vec::new();
+        };
+        let mut picked = Vec::with_capacity(conns.len());
+        picked.extend(
+            conns
+                .values()
+                .filter_map(|conn| pick(&conn.agent_id, &conn.view)),
+        );
+        picked
+    }
+
     /// The views of the open streams of one agent.
     pub fn views_of(&self, org_id: &str, agent_id: &str) -> Vec<V>
     where
@@ -237,23 +276,6 @@ impl<V> Hub<V> {
     /// Orgs with at least one open stream.
     pub fn orgs(&self) -> Vec<String> {
         self.lock().orgs.keys().cloned().collect()
-    }
-
-    /// The agent and view of every open stream of `org`.
-    pub fn views(&self, org_id: &str) -> Vec<(String, V)>
-    where
-        V: Clone,
-    {
-        self.lock()
-            .orgs
-            .get(org_id)
-            .map(|conns| {
-                conns
-                    .values()
-                    .map(|c| (c.agent_id.clone(), c.view.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     /// Agents of `org` with an open stream.
@@ -319,19 +341,13 @@ pub struct Subscription<V> {
 }
 
 impl<V> Stream for Subscription<V> {
-    type Item = Result<Event, Infallible>;
+    /// The SSE text of each event ([`Frame::wire`]).
+    type Item = Bytes;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx).map(|frame| {
-            frame.map(|frame| {
-                let event = Event::default().event(frame.event);
-                let event = match frame.id {
-                    Some(id) => event.id(id.to_string()),
-                    None => event,
-                };
-                Ok(event.data(&*frame.data))
-            })
-        })
+        self.rx
+            .poll_recv(cx)
+            .map(|frame| frame.map(|frame| frame.wire))
     }
 }
 
@@ -357,10 +373,29 @@ mod tests {
     use super::*;
 
     fn frame(data: &str) -> Frame {
-        Frame {
-            event: "block",
-            id: None,
-            data: Arc::from(data),
+        Frame::new("block", None, data)
+    }
+
+    #[test]
+    fn frames_are_written_as_warp_wrote_sse_events() {
+        for (event, id, data) in [
+            ("policy", Some(7), r#"{"version":"v7","rules":[]}"#),
+            ("block", None, r#"{"ip":"198.51.100.7"}"#),
+            ("shadow", None, "two\nlines"),
+            ("unblock", None, ""),
+        ] {
+            let warp = warp::sse::Event::default().event(event);
+            let warp = match id {
+                Some(id) => warp.id(id.to_string()),
+                None => warp,
+            };
+            let expected = warp.data(data).to_string();
+            let frame = Frame::new(event, id, data);
+            assert_eq!(
+                std::str::from_utf8(frame.wire()).unwrap(),
+                expected,
+                "{event} {id:?}"
+            );
         }
     }
 

@@ -21,6 +21,8 @@ use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
+use super::events::EventReply;
+
 /// The one path served on the lean path (any query string goes along to the route).
 pub const EVENTS_PATH: &str = "/api/events";
 
@@ -152,6 +154,13 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    let mut response = response;
+    if let Some(events) = EventReply::take(&mut response) {
+        let (parts, _) = response.into_parts();
+        let head = head(parts.status, &parts.headers);
+        drop(parts);
+        return stream(io, head, events, write_within).await;
+    }
     let (parts, body) = response.into_parts();
     let event_stream = parts.status == StatusCode::OK
         && parts
@@ -190,7 +199,7 @@ where
                     // Trailers are not sent (event streams have none); empty data is no chunk.
                     let data = frame.into_data().unwrap_or_default();
                     if data.has_remaining() {
-                        write(io, chunk(&data), write_within).await?;
+                        write_chunk(io, data, write_within).await?;
                     }
                 }
                 // As hyper does: no last chunk, so the client sees the stream broken.
@@ -273,23 +282,29 @@ fn end_head(head: &mut Vec<u8>) {
     head.extend_from_slice(format!("date: {date}\r\n\r\n").as_bytes());
 }
 
-/// One chunk of a chunked body: the size in uppercase hex (as hyper writes it), the data.
-fn chunk(data: &Bytes) -> Bytes {
+/// Writes `data` as one chunk of a chunked body (the size in uppercase hex, as hyper writes
+/// it), and flushes, within `within`. The size line, the data and the CRLF go out in one
+/// vectored write: the data (a frame shared by every stream) is not copied.
+async fn write_chunk<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    data: Bytes,
+    within: Duration,
+) -> io::Result<()> {
     use std::io::Write as _;
-    // One allocation per chunk (this runs for every event of every stream): at most 16 hex
-    // digits and two CRLFs around the data.
-    let mut chunk = Vec::with_capacity(data.len() + 20);
-    let _ = write!(chunk, "{:X}\r\n", data.len());
-    chunk.extend_from_slice(data);
-    chunk.extend_from_slice(b"\r\n");
-    Bytes::from(chunk)
+    let mut size = [0u8; 18];
+    let mut free = &mut size[..];
+    let _ = write!(free, "{:X}\r\n", data.len());
+    let written = 18 - free.len();
+    let line: &[u8] = size.get(..written).unwrap_or_default();
+    let chunk = Buf::chain(Buf::chain(line, data), &b"\r\n"[..]);
+    write(io, chunk, within).await
 }
 
 /// Writes and flushes `bytes` within `within` (a client that takes nothing for that long is
 /// gone: its connection is not kept for it).
-async fn write<IO: AsyncWrite + Unpin>(
+async fn write<IO: AsyncWrite + Unpin, B: Buf>(
     io: &mut IO,
-    mut bytes: Bytes,
+    mut bytes: B,
     within: Duration,
 ) -> io::Result<()> {
     let deadline = tokio::time::Instant::now() + within;
@@ -448,8 +463,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn heads_and_chunks_are_framed_as_hyper_frames_them() {
+    #[tokio::test]
+    async fn heads_and_chunks_are_framed_as_hyper_frames_them() {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/json"));
         headers.insert("retry-after", HeaderValue::from_static("1"));
@@ -461,6 +476,10 @@ mod tests {
              retry-after: 1\r\n"
         );
         let data = Bytes::from(vec![b'x'; 26]);
-        assert_eq!(chunk(&data), [&b"1A\r\n"[..], &data, b"\r\n"].concat());
+        let mut written = Vec::new();
+        write_chunk(&mut written, data.clone(), Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(written, [&b"1A\r\n"[..], &data, b"\r\n"].concat());
     }
 }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use http_body_util::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -25,6 +26,7 @@ use tower_service::Service;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use super::events::EventReply;
 use super::lean::{self, Ended, First, Rewind};
 use super::limits::{ConnectionLimits, Gate, Permit, Refused};
 use crate::metrics::{OpenConnection, ServerMetrics};
@@ -346,7 +348,17 @@ impl Connection {
                     if let Ok(response) = &response {
                         logged.answered(response.status());
                     }
-                    response.map(|r| r.map(|body| Tracked { body, _busy: busy }))
+                    // An event stream's body travels in the response's extensions.
+                    response.map(|mut r| {
+                        let events = EventReply::take(&mut r);
+                        r.map(|body| Tracked {
+                            body: match events {
+                                Some(events) => Either::Right(events),
+                                None => Either::Left(body),
+                            },
+                            _busy: busy,
+                        })
+                    })
                 }
             });
         let connection = self

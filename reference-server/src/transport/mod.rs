@@ -5,6 +5,7 @@
 //! the bits it is given.
 
 pub mod admission;
+pub mod events;
 pub mod feed;
 pub mod hub;
 mod lean;
@@ -13,6 +14,7 @@ pub mod listener;
 pub mod tls;
 
 pub use admission::{Admission, AdmissionConfig, Admitted};
+pub use events::{EventBody, EventReply};
 pub use feed::{Feed, WatchError, Watcher};
 pub use hub::{Delivery, Frame, Hub, Subscription};
 pub use limits::ConnectionLimits;

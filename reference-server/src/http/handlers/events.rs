@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::fleet::changes::{Changes, Topic};
 use crate::fleet::streams;
 use crate::http::filters::{AgentToken, Query};
-use crate::transport::PeerAddr;
+use crate::transport::{EventBody, PeerAddr};
 
 /// Opens the stream: the agent's current state first, then every change; a keep-alive comment
 /// after each silence of the configured length. `Last-Event-ID` (the version the agent runs)
@@ -59,10 +59,7 @@ pub async fn open(
         let _held = &closed;
         event
     });
-    let stream = warp::sse::keep_alive()
-        .interval(state.hub.keep_alive())
-        .stream(subscription);
-    Ok(warp::sse::reply(stream).into_response())
+    Ok(EventBody::new(subscription, state.hub.keep_alive()).into_response())
 }
 
 /// 503 `busy` with `Retry-After`: too many streams opening (a fleet reconnecting at once).
