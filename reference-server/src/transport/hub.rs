@@ -26,27 +26,27 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 /// One event, serialized once as the SSE text every stream that gets it writes: the bytes are
-/// shared (a broadcast to 10,000 streams encodes its frame once, not 10,000 times).
+/// shared (a broadcast to 10,000 streams encodes its frame once, not 10,000 times), and a
+/// frame is one pointer, so the queue of an idle stream stays small (its first block holds 32
+/// of them).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
-    /// The SSE `event:` name: `policy`, `block`, `unblock`, `approval`, `shadow` or
-    /// `shadow_end`.
-    pub event: &'static str,
-    /// The SSE `id:`: the version number of `policy` events; fleet events carry none, so an
-    /// agent's last event id stays its policy version.
-    pub id: Option<u64>,
-    /// The event as written on the stream ([`Frame::encode`]).
+pub struct Frame(Arc<Encoded>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Encoded {
+    event: &'static str,
+    id: Option<u64>,
     wire: Bytes,
 }
 
 impl Frame {
     /// The frame of event `event` with `id` and the JSON payload `data`.
     pub fn new(event: &'static str, id: Option<u64>, data: &str) -> Self {
-        Self {
+        Self(Arc::new(Encoded {
             event,
             id,
             wire: Self::encode(event, id, data),
-        }
+        }))
     }
 
     /// The SSE text of an event: `event:`, one `data:` line per line of `data`, `id:` when
@@ -70,9 +70,21 @@ impl Frame {
         Bytes::from(text)
     }
 
+    /// The SSE `event:` name: `policy`, `block`, `unblock`, `approval`, `shadow` or
+    /// `shadow_end`.
+    pub fn event(&self) -> &'static str {
+        self.0.event
+    }
+
+    /// The SSE `id:`: the version number of `policy` events; fleet events carry none, so an
+    /// agent's last event id stays its policy version.
+    pub fn id(&self) -> Option<u64> {
+        self.0.id
+    }
+
     /// The event as written on the stream.
     pub fn wire(&self) -> &Bytes {
-        &self.wire
+        &self.0.wire
     }
 
     /// A `policy` event.
@@ -347,7 +359,7 @@ impl<V> Stream for Subscription<V> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.rx
             .poll_recv(cx)
-            .map(|frame| frame.map(|frame| frame.wire))
+            .map(|frame| frame.map(|frame| frame.wire().clone()))
     }
 }
 
@@ -391,6 +403,7 @@ mod tests {
             };
             let expected = warp.data(data).to_string();
             let frame = Frame::new(event, id, data);
+            assert_eq!((frame.event(), frame.id()), (event, id));
             assert_eq!(
                 std::str::from_utf8(frame.wire()).unwrap(),
                 expected,
