@@ -93,6 +93,10 @@ struct Args {
     /// Streams a local replica admits per second (its --stream-opens-per-sec).
     #[arg(long, default_value_t = 2000)]
     opens_per_sec: u32,
+    /// Worker threads of the simulator's own runtime (it shares the servers' cores when they
+    /// are local: 1 and 2 measured the same on 2 cores, within the runs' spread).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
     /// After the broadcasts, kill (SIGKILL) and restart the first local replica and time its
     /// agents' return.
     #[arg(long)]
@@ -148,7 +152,7 @@ fn main() -> Result<()> {
     }
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(args.threads.max(1))
         .enable_all()
         .build()?;
     runtime.block_on(run(args))

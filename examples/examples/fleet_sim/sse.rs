@@ -185,7 +185,7 @@ impl EventStream {
     pub async fn next_frame(&mut self) -> Result<Option<Vec<u8>>> {
         loop {
             self.decode()?;
-            if let Some(end) = self.body.windows(2).position(|w| w == b"\n\n") {
+            if let Some(end) = memchr::memmem::find(&self.body, b"\n\n") {
                 return Ok(Some(self.body.drain(..end + 2).collect()));
             }
             if self.chunk == Chunk::Done {
