@@ -115,13 +115,30 @@ fn check_common(stdout: &str, replicas: &str) {
 
 #[test]
 fn one_sqlite_server_with_a_restart() {
-    let stdout = run(&[]);
+    let stdout = run(&["--receive-timestamps"]);
     assert!(
         stdout.starts_with("fleet_sim: 8 agents, 1 server(s), "),
         "{stdout}"
     );
     check_common(&stdout, "1 replica");
     assert!(!stdout.contains("cross-replica"), "{stdout}");
+    // The kernel's receive time of each broadcast on the last agent's socket: one per post,
+    // and never after the simulator read it (1 ms for the two clocks' start moments).
+    let socket =
+        "POST -> last of 8 agents' sockets (kernel receive time, before the simulator decrypts): ";
+    assert_eq!(samples(line(&stdout, socket)), 3);
+    let (socket_p50, socket_p99) = percentiles(figure(
+        &stdout,
+        "policy broadcast to 8 TLS SSE agents, 1 replica(s) (POST -> the last agent's socket)",
+    ));
+    let (read_p50, read_p99) = percentiles(figure(
+        &stdout,
+        "policy broadcast to 8 TLS SSE agents, 1 replica (POST -> last agent)",
+    ));
+    assert!(
+        socket_p50 <= read_p50 + 1.0 && socket_p99 <= read_p99 + 1.0,
+        "{stdout}"
+    );
 }
 
 #[tokio::test]
@@ -147,4 +164,6 @@ async fn two_replicas_on_postgresql_with_a_restart() {
         )),
         3
     );
+    // Without --receive-timestamps the streams read plainly and print no socket times.
+    assert!(!stdout.contains("agents' sockets"), "{stdout}");
 }

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use policy_engine::protocol::{HeartbeatRequest, Report, ReportOutcome};
 use policy_engine::{Action, ActionRecord, PolicyDuration, PolicyVersion, Scope};
@@ -32,6 +32,9 @@ pub enum Seen {
         version: u64,
         /// When it was read.
         at: Instant,
+        /// When the kernel received it on the agent's socket, before the simulator decrypted
+        /// and parsed it.
+        received: Option<SystemTime>,
     },
 }
 
@@ -135,6 +138,7 @@ async fn stream(agent: Identity, fleet: Fleet, version: Arc<AtomicU64>) {
                     agent: agent.index,
                     version: number,
                     at: Instant::now(),
+                    received: events.received(),
                 });
             }
         }

@@ -24,12 +24,13 @@
 mod agent;
 mod replicas;
 mod sse;
+mod stamped;
 mod stats;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -97,6 +98,12 @@ struct Args {
     /// are local: 1 and 2 measured the same on 2 cores, within the runs' spread).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Also time each broadcast to the moment the kernel received it on the last agent's
+    /// socket (`SO_TIMESTAMPNS`), before the simulator decrypted and parsed it: tells the
+    /// server's delivery apart from the simulator's own lag (reading with `recvmsg` costs the
+    /// simulator a little more per frame).
+    #[arg(long)]
+    receive_timestamps: bool,
     /// After the broadcasts, kill (SIGKILL) and restart the first local replica and time its
     /// agents' return.
     #[arg(long)]
@@ -202,7 +209,7 @@ async fn servers(args: &Args) -> Result<Servers> {
                 .clone()
                 .context("--server needs --admin-token")?,
             client: client.build()?,
-            streams: sse::StreamClient::new(&pems)?,
+            streams: sse::StreamClient::new(&pems, args.receive_timestamps)?,
             _data: None,
         });
     }
@@ -227,7 +234,7 @@ async fn servers(args: &Args) -> Result<Servers> {
     let client = builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&pem)?)
         .build()?;
-    let streams = sse::StreamClient::new(&[pem])?;
+    let streams = sse::StreamClient::new(&[pem], args.receive_timestamps)?;
     Ok(Servers {
         bases: spawned.iter().map(|s| s.base.clone()).collect(),
         pids: spawned.iter().map(|s| s.pid).collect(),
@@ -410,17 +417,25 @@ async fn run(args: Args) -> Result<()> {
     let mut to_other = Samples::default();
     let mut responses = Samples::default();
     let pace = Duration::from_secs_f64(args.load_secs / args.posts.max(1) as f64);
+    let mut to_socket = Samples::default();
     for post in 1..=args.posts {
         let sent = Instant::now();
+        let sent_wall = SystemTime::now();
         let version = post_policy(&servers, post + 1).await?;
         responses.push(sent.elapsed());
         if version != first + post {
             bail!("expected v{}, the server stored v{version}", first + post);
         }
-        let (last, last_other) = wait_for_version(&mut seen, &replica_of, version, sent, n).await?;
-        to_last.push(last);
-        if let Some(other) = last_other {
+        let arrived = wait_for_version(&mut seen, &replica_of, version, sent, n).await?;
+        to_last.push(arrived.last);
+        if let Some(other) = arrived.last_other {
             to_other.push(other);
+        }
+        if let Some(socket) = arrived
+            .last_received
+            .and_then(|at| at.duration_since(sent_wall).ok())
+        {
+            to_socket.push(socket);
         }
         // Pacing, not waiting for a condition: the load phase lasts --load-secs.
         tokio::time::sleep_until((sent + pace).into()).await;
@@ -431,6 +446,18 @@ async fn run(args: Args) -> Result<()> {
         .unwrap_or_default();
     println!("POST /api/policy response: {}", responses.detail());
     println!("POST -> last of {n} agents: {}", to_last.detail());
+    if to_socket.len() > 0 {
+        println!(
+            "POST -> last of {n} agents' sockets (kernel receive time, before the simulator decrypts): {}",
+            to_socket.detail()
+        );
+        figure(
+            &format!(
+                "policy broadcast to {n} TLS SSE agents, {replicas} replica(s) (POST -> the last agent's socket)"
+            ),
+            to_socket.summary(),
+        );
+    }
     figure(
         &format!(
             "policy broadcast to {n} TLS SSE agents, {replicas} replica{} (POST -> last agent)",
@@ -488,18 +515,30 @@ async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Waits until every agent got `version`; returns the time from `sent` to the last of them,
-/// and to the last of those on replicas other than the first.
+/// When a version reached the fleet.
+struct Arrived {
+    /// From the POST to the last agent reading it.
+    last: Duration,
+    /// From the POST to the last agent on replicas other than the first reading it.
+    last_other: Option<Duration>,
+    /// When the kernel received it on the last agent's socket (`None` unless every agent's
+    /// socket said).
+    last_received: Option<SystemTime>,
+}
+
+/// Waits until every agent got `version`, sent at `sent`.
 async fn wait_for_version(
     seen: &mut mpsc::UnboundedReceiver<Seen>,
     replica_of: &[usize],
     version: u64,
     sent: Instant,
     n: usize,
-) -> Result<(Duration, Option<Duration>)> {
+) -> Result<Arrived> {
     let mut got: HashSet<usize> = HashSet::new();
     let mut last = sent;
     let mut last_other: Option<Instant> = None;
+    let mut last_received: Option<SystemTime> = None;
+    let mut all_received = true;
     let deadline = Instant::now() + Duration::from_secs(60);
     while got.len() < n {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -508,11 +547,19 @@ async fn wait_for_version(
                 agent,
                 version: v,
                 at,
+                received,
             })) if v == version => {
                 if got.insert(agent) {
                     last = last.max(at);
                     if replica_of.get(agent).is_some_and(|&r| r != 0) {
                         last_other = Some(last_other.map_or(at, |l| l.max(at)));
+                    }
+                    match received {
+                        Some(received) => {
+                            last_received =
+                                Some(last_received.map_or(received, |l| l.max(received)))
+                        }
+                        None => all_received = false,
                     }
                 }
             }
@@ -520,7 +567,11 @@ async fn wait_for_version(
             _ => bail!("v{version} reached {} of {n} agents within 60 s", got.len()),
         }
     }
-    Ok((last - sent, last_other.map(|l| l - sent)))
+    Ok(Arrived {
+        last: last - sent,
+        last_other: last_other.map(|l| l - sent),
+        last_received: last_received.filter(|_| all_received),
+    })
 }
 
 /// Kills the first replica, restarts it, and times its agents' return; then a new version must
@@ -590,10 +641,10 @@ async fn restart_storm(
     if stored != version {
         bail!("expected v{version} after the restart, the server stored v{stored}");
     }
-    let (last, _) = wait_for_version(seen, replica_of, version, sent, n).await?;
+    let arrived = wait_for_version(seen, replica_of, version, sent, n).await?;
     println!(
         "after the storm, v{version} reached all {n} agents in {:.1} ms",
-        ms(last)
+        ms(arrived.last)
     );
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! simulator as much as the server. A real agent has its own machine for that work.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use rustls::pki_types::pem::PemObject;
@@ -18,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
+
+use super::stamped::Stamped;
 
 /// The longest response head read (the server's are a few hundred bytes).
 const MAX_HEAD: usize = 16 * 1024;
@@ -30,6 +32,8 @@ const MAX_FRAME: usize = 4 * 1024 * 1024;
 #[derive(Clone)]
 pub struct StreamClient {
     tls: TlsConnector,
+    /// Whether streams record when the kernel received their bytes ([`Stamped`]).
+    receive_timestamps: bool,
 }
 
 impl std::fmt::Debug for StreamClient {
@@ -51,8 +55,9 @@ pub enum Opened {
 
 impl StreamClient {
     /// Trusts the certificates in `pems` (PEM files' contents: the local replicas' self-signed
-    /// certificate, or `--ca`) and the web PKI's roots. HTTP/1.1 only.
-    pub fn new(pems: &[Vec<u8>]) -> Result<Self> {
+    /// certificate, or `--ca`) and the web PKI's roots. HTTP/1.1 only. With
+    /// `receive_timestamps`, streams record when the kernel received their bytes.
+    pub fn new(pems: &[Vec<u8>], receive_timestamps: bool) -> Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         for pem in pems {
@@ -71,6 +76,7 @@ impl StreamClient {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             tls: TlsConnector::from(Arc::new(config)),
+            receive_timestamps,
         })
     }
 
@@ -91,7 +97,10 @@ impl StreamClient {
         let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())?;
-        let mut io = self.tls.connect(name, tcp).await?;
+        let mut io = self
+            .tls
+            .connect(name, Stamped::new(tcp, self.receive_timestamps)?)
+            .await?;
         let resume = last_event_id
             .map(|id| format!("Last-Event-ID: {id}\r\n"))
             .unwrap_or_default();
@@ -164,7 +173,7 @@ enum Chunk {
 
 /// An open event stream.
 pub struct EventStream {
-    io: TlsStream<TcpStream>,
+    io: TlsStream<Stamped>,
     /// Read, not decoded yet.
     raw: Vec<u8>,
     /// Decoded body bytes not yet cut into frames.
@@ -200,6 +209,12 @@ impl EventStream {
                 return Ok(None);
             }
         }
+    }
+
+    /// When the kernel received the bytes of the latest read (the end of the frame just
+    /// returned, when it came in one read), before the simulator decrypted them.
+    pub fn received(&self) -> Option<SystemTime> {
+        self.io.get_ref().0.last_received()
     }
 
     /// Moves what `raw` holds of the body into `body`.
