@@ -1,6 +1,6 @@
 //! The lean path of HTTP/1.1 event streams, over a real socket and real TLS, read byte by byte:
 //! `GET /api/events` gets the status line, headers, chunked framing, events and keep-alive
-//! comments hyper sent before the path existed; refused streams get the same status, headers
+//! comments hyper sent before the path existed, plus `connection: close`; refused streams get the same status, headers
 //! and whole body (then `connection: close`); every other request, on a fresh connection and
 //! with a body larger than the head the listener reads first, is still served by hyper after
 //! the replay; HTTP/2 is untouched; shutdown ends a lean stream within the grace period.
@@ -185,6 +185,8 @@ fn stream_head() -> Head {
         headers: vec![
             "content-type: text/event-stream".to_owned(),
             "cache-control: no-cache".to_owned(),
+            // The connection ends with the stream (hyper kept it open): no client may pool it.
+            "connection: close".to_owned(),
             "transfer-encoding: chunked".to_owned(),
             "date: <date>".to_owned(),
         ],

@@ -8,7 +8,10 @@
 //! written as one chunk and flushed, and the peer's leaving is noticed by a one-byte read.
 //! The request itself still goes through the one warp service (auth, limits, admission,
 //! logging, metrics); only the HTTP/1.1 framing of its answer is written here, as hyper wrote
-//! it (status line, headers, `transfer-encoding: chunked`, `date`, uppercase chunk sizes).
+//! it (status line, headers, `transfer-encoding: chunked`, `date`, uppercase chunk sizes), with
+//! `connection: close`: the connection ends with the stream, so a client must not put it back
+//! in its pool once the stream ended (hyper kept it open; a pooled client reusing it here got
+//! its next request cut off).
 
 use std::io;
 use std::pin::Pin;
@@ -188,7 +191,9 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    // The connection ends with the stream: said up front, so that a client does not reuse it
+    // for another request once the stream ended (a newer stream replaced it, the server stops).
+    head.extend_from_slice(b"connection: close\r\ntransfer-encoding: chunked\r\n");
     end_head(&mut head);
     write(io, Bytes::from(head), write_within).await?;
     loop {
