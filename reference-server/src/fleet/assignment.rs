@@ -52,63 +52,83 @@ pub struct Target {
     pub rollback_from: Option<PolicyVersion>,
 }
 
-/// The version `agent_id` gets when `latest` is its org's latest version and `rollout` its
-/// latest rollout: a rollout decides only while its version is the latest.
-pub fn target(rollout: Option<&Rollout>, latest: PolicyVersion, agent_id: &str) -> Target {
-    let latest_plain = Target {
-        version: latest,
-        rollback_from: None,
-    };
+/// Why an agent gets its version: the one decision [`target`] and [`assign`] share.
+enum Why<'a> {
+    /// No rollout of the latest version.
+    Latest,
+    /// The rollout of the latest version completed.
+    Completed(&'a Rollout),
+    /// The rollout was rolled back or aborted: the previous version, as a rollback.
+    Back(&'a Rollout),
+    /// The agent is in the running (or paused) rollout's stages so far.
+    InStage(&'a Rollout),
+    /// The agent is not yet in the running (or paused) rollout.
+    NotYet(&'a Rollout),
+}
+
+fn decide<'a>(rollout: Option<&'a Rollout>, latest: PolicyVersion, agent_id: &str) -> Why<'a> {
     let Some(r) = rollout.filter(|r| r.version == latest) else {
-        return latest_plain;
+        return Why::Latest;
     };
     match r.state {
-        RolloutState::Completed => latest_plain,
-        RolloutState::RolledBack | RolloutState::Aborted => Target {
-            version: r.previous,
-            rollback_from: Some(r.version),
-        },
-        RolloutState::Running | RolloutState::Paused => {
-            if in_stage(r, r.stage, agent_id) {
-                latest_plain
-            } else {
-                Target {
-                    version: r.previous,
-                    rollback_from: None,
-                }
-            }
+        RolloutState::Completed => Why::Completed(r),
+        RolloutState::RolledBack | RolloutState::Aborted => Why::Back(r),
+        RolloutState::Running | RolloutState::Paused if in_stage(r, r.stage, agent_id) => {
+            Why::InStage(r)
+        }
+        RolloutState::Running | RolloutState::Paused => Why::NotYet(r),
+    }
+}
+
+impl Why<'_> {
+    /// The version this decision gives, `latest` being the org's latest.
+    fn target(&self, latest: PolicyVersion) -> Target {
+        let (version, rollback_from) = match self {
+            Why::Latest | Why::Completed(_) | Why::InStage(_) => (latest, None),
+            Why::Back(r) => (r.previous, Some(r.version)),
+            Why::NotYet(r) => (r.previous, None),
+        };
+        Target {
+            version,
+            rollback_from,
         }
     }
 }
 
+/// The version `agent_id` gets when `latest` is its org's latest version and `rollout` its
+/// latest rollout: a rollout decides only while its version is the latest.
+pub fn target(rollout: Option<&Rollout>, latest: PolicyVersion, agent_id: &str) -> Target {
+    decide(rollout, latest, agent_id).target(latest)
+}
+
 /// What `agent_id` gets ([`target`]) and why.
 pub fn assign(rollout: Option<&Rollout>, latest: PolicyVersion, agent_id: &str) -> Assignment {
-    let target = target(rollout, latest, agent_id);
-    let reason = match rollout.filter(|r| r.version == latest) {
-        None => "the org's latest version".to_owned(),
-        Some(r) => match r.state {
-            RolloutState::Completed => format!("rollout `{}` completed", r.id),
-            RolloutState::RolledBack | RolloutState::Aborted => format!(
-                "rollout `{}` of {} was {}: back to {}",
-                r.id,
-                r.version,
-                state_name(r.state),
-                r.previous
-            ),
-            RolloutState::Running | RolloutState::Paused if target.version == latest => {
-                format!("in stage {} of rollout `{}`", r.stage + 1, r.id)
-            }
-            RolloutState::Running | RolloutState::Paused => format!(
-                "not yet in rollout `{}` (stage {} of {})",
-                r.id,
-                r.stage + 1,
-                r.stages.len()
-            ),
-        },
+    let why = decide(rollout, latest, agent_id);
+    let Target {
+        version,
+        rollback_from,
+    } = why.target(latest);
+    let reason = match why {
+        Why::Latest => "the org's latest version".to_owned(),
+        Why::Completed(r) => format!("rollout `{}` completed", r.id),
+        Why::Back(r) => format!(
+            "rollout `{}` of {} was {}: back to {}",
+            r.id,
+            r.version,
+            state_name(r.state),
+            r.previous
+        ),
+        Why::InStage(r) => format!("in stage {} of rollout `{}`", r.stage + 1, r.id),
+        Why::NotYet(r) => format!(
+            "not yet in rollout `{}` (stage {} of {})",
+            r.id,
+            r.stage + 1,
+            r.stages.len()
+        ),
     };
     Assignment {
-        version: target.version,
-        rollback_from: target.rollback_from,
+        version,
+        rollback_from,
         reason,
     }
 }

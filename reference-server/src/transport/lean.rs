@@ -19,12 +19,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
+use futures_util::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
-use super::events::EventReply;
+use super::events::{EventBody, EventReply};
 
 /// The one path served on the lean path (any query string goes along to the route).
 pub const EVENTS_PATH: &str = "/api/events";
@@ -142,54 +143,40 @@ pub enum Ended {
     PeerClosed,
 }
 
-/// Writes `response` to `io`: an event stream (200 `text/event-stream`) chunk by chunk until
-/// its body ends or the peer leaves; anything else whole, with `connection: close`. Each write
-/// must finish within `write_within`. Bytes from the client during a stream end it (an SSE
-/// client sends nothing after its request; a pipelined request is not served). The caller
-/// closes `io`.
+/// Writes `response` to `io`: an event stream (a response carrying an [`EventReply`]) chunk by
+/// chunk until its body ends or the peer leaves; anything else whole, with `connection: close`.
+/// Each write must finish within `write_within`. Bytes from the client during a stream end it
+/// (an SSE client sends nothing after its request; a pipelined request is not served). The
+/// caller closes `io`.
 pub async fn respond<IO, B>(
     io: &mut IO,
-    response: warp::http::Response<B>,
+    mut response: warp::http::Response<B>,
     write_within: Duration,
 ) -> io::Result<Ended>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    B: Body<Data = Bytes> + Unpin,
+    B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    let mut response = response;
-    if let Some(events) = EventReply::take(&mut response) {
-        let (parts, _) = response.into_parts();
-        let head = head(parts.status, &parts.headers);
-        drop(parts);
-        return stream(io, head, events, write_within).await;
-    }
+    let events = EventReply::take(&mut response);
     let (parts, body) = response.into_parts();
-    let event_stream = parts.status == StatusCode::OK
-        && parts
-            .headers
-            .get(warp::http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes() == b"text/event-stream");
     // Owned from here on: the futures below hold no borrow of the response.
     let head = head(parts.status, &parts.headers);
     drop(parts);
-    if event_stream {
-        stream(io, head, body, write_within).await
-    } else {
-        whole(io, head, body, write_within).await
+    match events {
+        Some(events) => stream(io, head, events, write_within).await,
+        None => whole(io, head, body, write_within).await,
     }
 }
 
-async fn stream<IO, B>(
+async fn stream<IO>(
     io: &mut IO,
     mut head: Vec<u8>,
-    mut body: B,
+    mut events: EventBody,
     write_within: Duration,
 ) -> io::Result<Ended>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
 {
     // The connection ends with the stream: said up front, so that a client does not reuse it
     // for another request once the stream ended (a newer stream replaced it, the server stops).
@@ -199,16 +186,13 @@ where
     loop {
         let mut byte = [0u8; 1];
         tokio::select! {
-            frame = body.frame() => match frame {
-                Some(Ok(frame)) => {
-                    // Trailers are not sent (event streams have none); empty data is no chunk.
-                    let data = frame.into_data().unwrap_or_default();
+            data = events.next() => match data {
+                // Empty data is no chunk (an empty chunk would end the body).
+                Some(data) => {
                     if data.has_remaining() {
                         write_chunk(io, data, write_within).await?;
                     }
                 }
-                // As hyper does: no last chunk, so the client sees the stream broken.
-                Some(Err(error)) => return Err(io::Error::other(error.to_string())),
                 None => {
                     write(io, Bytes::from_static(b"0\r\n\r\n"), write_within).await?;
                     return Ok(Ended::Done);
