@@ -7,6 +7,10 @@
 #[path = "../../reference-server/tests/common/postgres.rs"]
 mod postgres;
 
+// The simulator's frame parsing, with its unit test.
+#[path = "../examples/fleet_sim/frame.rs"]
+mod frame;
+
 use std::process::Command;
 
 use examples::example_bin;

@@ -22,6 +22,7 @@
 //! ```
 
 mod agent;
+mod frame;
 mod replicas;
 mod sse;
 mod stamped;
