@@ -612,15 +612,18 @@ impl Store for PgStore {
                 .read_only(true)
                 .start()
                 .await?;
-            let read = (
-                policies::last_change(&tx, &org_id).await?,
-                policies::latest_version(&tx, &org_id).await?,
-                rollouts::latest(&tx, &org_id).await?,
-                policies::overrides(&tx, &agent_id).await?,
-                fleet::blocks_in_force(&tx, &org_id, now_ms).await?,
-                fleet::approved_for(&tx, &agent_id, now_ms).await?,
-                shadows::latest(&tx, &org_id).await?,
-            );
+            // Sent together: tokio-postgres pipelines the queries of one connection, so the
+            // seven reads cost one round trip, not seven (a fleet reconnecting after a restart
+            // opens thousands of streams at once).
+            let read = tokio::try_join!(
+                policies::last_change(&tx, &org_id),
+                policies::latest_version(&tx, &org_id),
+                rollouts::latest(&tx, &org_id),
+                policies::overrides(&tx, &agent_id),
+                fleet::blocks_in_force(&tx, &org_id, now_ms),
+                fleet::approved_for(&tx, &agent_id, now_ms),
+                shadows::latest(&tx, &org_id),
+            )?;
             tx.commit().await?;
             read
         };
