@@ -586,6 +586,71 @@ async fn signed_versions_are_taken_once(pair: Pair) {
     assert_eq!(pair.a.change_seq("acme".to_owned()).await.unwrap(), 3);
 }
 
+/// Many writes at once (a fleet's streams reopening after a restart; PostgreSQL commits them
+/// together) are each remembered as on their own: an agent's own row, which an org's newer
+/// broadcasts do not prune (a broadcast row naming them all would be); and a failing write
+/// fails alone.
+async fn writes_at_once_keep_their_own_rows(pair: Pair) {
+    let sent = |agent: String, version: u64, sent_ms: i64| SentPolicy {
+        org_id: "acme".to_owned(),
+        agent_id: agent,
+        version: PolicyVersion::new(version),
+        overrides: json!([]),
+        sent_ms,
+    };
+    let opened: Vec<String> = (0..3 * SMALL_SENT_BATCH)
+        .map(|i| format!("open-{i}"))
+        .collect();
+    let writes = opened.iter().enumerate().map(|(i, agent)| {
+        let store = if i % 2 == 0 { &pair.a } else { &pair.b };
+        store.record_sent(vec![sent(agent.clone(), 1, 1_000)])
+    });
+    for outcome in futures_util::future::join_all(writes).await {
+        outcome.unwrap();
+    }
+    // A broadcast MAX_SENT_PER_AGENT versions later drops the org's broadcasts of version 1.
+    let newer = 1 + u64::try_from(MAX_SENT_PER_AGENT).unwrap();
+    let fleet = (0..=SMALL_SENT_BATCH).map(|i| sent(format!("fleet-{i}"), newer, 2_000));
+    pair.a.record_sent(fleet.collect()).await.unwrap();
+    for agent in &opened {
+        assert_eq!(
+            pair.b
+                .sent_overrides("acme".to_owned(), agent.clone(), 1)
+                .await
+                .unwrap(),
+            [json!([])],
+            "{agent}"
+        );
+    }
+    // A write PostgreSQL cannot store (text with a NUL byte) fails there, alone: the writes
+    // committed with it are not lost. (SQLite stores it.)
+    let together = [
+        pair.a
+            .record_sent(vec![sent("late-1".to_owned(), 2, 3_000)]),
+        pair.a
+            .record_sent(vec![sent("bad\0agent".to_owned(), 2, 3_000)]),
+        pair.a
+            .record_sent(vec![sent("late-2".to_owned(), 2, 3_000)]),
+    ];
+    let outcomes = futures_util::future::join_all(together).await;
+    assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+    if pair.shared {
+        let error = outcomes[1].as_ref().unwrap_err().to_string();
+        assert!(error.contains("0x00"), "{error}");
+    } else {
+        assert!(outcomes[1].is_ok(), "{outcomes:?}");
+    }
+    for agent in ["late-1", "late-2"] {
+        assert_eq!(
+            pair.b
+                .sent_overrides("acme".to_owned(), agent.to_owned(), 2)
+                .await
+                .unwrap(),
+            [json!([])]
+        );
+    }
+}
+
 /// What was sent to an agent is remembered on either handle, newest first, refreshed when sent
 /// again, and bounded per agent; pending approvals are counted per agent.
 async fn sent_policies_are_remembered_and_bounded(pair: Pair) {
@@ -1266,6 +1331,16 @@ async fn sqlite_console_rollout_and_summary_reads_agree() {
 #[tokio::test]
 async fn postgres_console_rollout_and_summary_reads_agree_across_replicas() {
     console_rollout_and_summary_reads_agree(postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_writes_at_once_keep_their_own_rows() {
+    writes_at_once_keep_their_own_rows(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_writes_at_once_keep_their_own_rows_across_replicas() {
+    writes_at_once_keep_their_own_rows(postgres().await).await;
 }
 
 #[tokio::test]

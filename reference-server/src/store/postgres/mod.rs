@@ -38,7 +38,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use policy_engine::PolicyVersion;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::{IsolationLevel, NoTls};
 
@@ -56,6 +56,10 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Connections in the pool of one replica.
 pub const POOL_SIZE: usize = 16;
 
+/// Most sent records written in one transaction by the writer of [`PgStore::record_sent`]
+/// (one write bigger than this, a broadcast to a whole org, is written alone).
+const SENT_BATCH: usize = 4096;
+
 /// Notices queued before the server reads them (beyond, one resync replaces them).
 const NOTICE_QUEUE: usize = 4096;
 
@@ -68,6 +72,8 @@ pub struct PgStore {
     /// only reads and validates the document again when it changed.
     latest: Mutex<HashMap<String, StoredPolicy>>,
     notices: Mutex<Option<mpsc::Receiver<Notice>>>,
+    /// The writer of sent records ([`write_sent`]).
+    sent: mpsc::UnboundedSender<SentWrite>,
     stop: watch::Sender<bool>,
 }
 
@@ -167,7 +173,10 @@ impl PgStore {
             .await
             .map_err(|e| StoreError::Open(format!("PostgreSQL at {target}: cannot listen: {e}")))?;
         tracing::info!(database = %target, "PostgreSQL store open");
+        let (sent, writes) = mpsc::unbounded_channel();
+        tokio::spawn(write_sent(pool.clone(), writes));
         Ok(Self {
+            sent,
             pool,
             latest: Mutex::new(HashMap::new()),
             notices: Mutex::new(Some(notices)),
@@ -216,6 +225,54 @@ impl PgStore {
         }
         Ok(found)
     }
+}
+
+/// Sent records to write, answered once committed.
+#[derive(Debug)]
+struct SentWrite {
+    sent: Vec<SentPolicy>,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// Writes sent records (a stream opening, a broadcast): each transaction takes every write
+/// waiting, up to [`SENT_BATCH`] records, so that thousands of streams opening at once after a
+/// restart cost a few commits instead of one each (the database, not the pool, is what a
+/// reconnect storm runs short of). Each write keeps its own rows ([`sent::record`]); a
+/// transaction that fails is retried write by write, so that one write's failure is its own.
+/// Ends when the store is dropped.
+async fn write_sent(pool: Pool, mut writes: mpsc::UnboundedReceiver<SentWrite>) {
+    while let Some(first) = writes.recv().await {
+        let mut records = first.sent.len();
+        let mut batch = vec![first];
+        while records < SENT_BATCH {
+            let Ok(next) = writes.try_recv() else { break };
+            records += next.sent.len();
+            batch.push(next);
+        }
+        let all: Vec<&[SentPolicy]> = batch.iter().map(|w| w.sent.as_slice()).collect();
+        let outcome = record_in_transaction(&pool, &all).await;
+        if outcome.is_ok() || batch.len() == 1 {
+            let mut outcome = Some(outcome);
+            for write in batch {
+                let result = outcome.take().unwrap_or(Ok(()));
+                let _ = write.done.send(result);
+            }
+            continue;
+        }
+        for write in batch {
+            let result = record_in_transaction(&pool, &[write.sent.as_slice()]).await;
+            let _ = write.done.send(result);
+        }
+    }
+}
+
+/// Records `writes` in one transaction.
+async fn record_in_transaction(pool: &Pool, writes: &[&[SentPolicy]]) -> Result<()> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    sent::record(&tx, writes).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// `host:port/db` of a config, without user or password, for messages.
@@ -345,15 +402,17 @@ impl Store for PgStore {
         shadows::latest(&self.client().await?, &org_id).await
     }
 
+    /// Handed to the writer ([`write_sent`]), which commits the records of many callers in one
+    /// transaction when they come at once (a fleet reconnecting); answered once committed.
     async fn record_sent(&self, sent: Vec<SentPolicy>) -> Result<()> {
         if sent.is_empty() {
             return Ok(());
         }
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        sent::record(&tx, &sent).await?;
-        tx.commit().await?;
-        Ok(())
+        let (done, committed) = oneshot::channel();
+        self.sent
+            .send(SentWrite { sent, done })
+            .map_err(|_| StoreError::Closed)?;
+        committed.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn sent_overrides(

@@ -10,14 +10,24 @@ use serde_json::Value;
 
 use super::Result;
 use super::rows::{big, get};
-use crate::store::{MAX_SENT_PER_AGENT, SentPolicy, newest_lists, sent_agent_needle, split_sent};
+use crate::store::{
+    MAX_SENT_PER_AGENT, SentPolicy, SentRows, newest_lists, sent_agent_needle, split_sent,
+};
 
-/// Records `sent` in the caller's transaction, in a few statements whatever its size (a
-/// broadcast to a whole org); a row sent again gets its time refreshed. Each agent keeps its
-/// newest [`MAX_SENT_PER_AGENT`] rows of its own, each org the broadcasts of its newest
+/// Records the writes `writes` in the caller's transaction, each as it would be on its own
+/// ([`split_sent`] per write: many opening streams recorded together stay rows of their
+/// agents, not a broadcast row), in a few statements whatever their size (a broadcast to a
+/// whole org); a row sent again gets its time refreshed. Each agent keeps its newest
+/// [`MAX_SENT_PER_AGENT`] rows of its own, each org the broadcasts of its newest
 /// [`MAX_SENT_PER_AGENT`] versions.
-pub async fn record(tx: &impl GenericClient, sent: &[SentPolicy]) -> Result<()> {
-    let split = split_sent(sent)?;
+pub async fn record(tx: &impl GenericClient, writes: &[&[SentPolicy]]) -> Result<()> {
+    let mut split = SentRows::default();
+    for write in writes {
+        let part = split_sent(write)?;
+        split.single.extend(part.single);
+        split.broadcasts.extend(part.broadcasts);
+        split.broadcast_cuts.extend(part.broadcast_cuts);
+    }
     if !split.single.is_empty() {
         // One row per key (an upsert may not touch a row twice), in key order (concurrent
         // transactions lock rows in the same order).
