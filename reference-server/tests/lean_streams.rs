@@ -1,9 +1,10 @@
 //! The lean path of HTTP/1.1 event streams, over a real socket and real TLS, read byte by byte:
 //! `GET /api/events` gets the status line, headers, chunked framing, events and keep-alive
-//! comments hyper sent before the path existed, plus `connection: close`; refused streams get the same status, headers
-//! and whole body (then `connection: close`); every other request, on a fresh connection and
-//! with a body larger than the head the listener reads first, is still served by hyper after
-//! the replay; HTTP/2 is untouched; shutdown ends a lean stream within the grace period.
+//! comments hyper sent before the path existed, plus `connection: close`; refused streams get
+//! the same status, headers and whole body (then `connection: close`); every other request, on
+//! a fresh connection and with a body larger than the head the listener reads first, is still
+//! served by hyper after the replay; HTTP/2 is untouched; shutdown ends a lean stream within
+//! the grace period.
 
 #![allow(
     clippy::unwrap_used,

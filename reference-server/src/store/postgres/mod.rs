@@ -72,7 +72,9 @@ pub struct PgStore {
     /// only reads and validates the document again when it changed.
     latest: Mutex<HashMap<String, StoredPolicy>>,
     notices: Mutex<Option<mpsc::Receiver<Notice>>>,
-    /// The writer of sent records ([`write_sent`]).
+    /// The writer of sent records ([`write_sent`]). Unbounded, but each caller waits for its
+    /// answer: what waits is at most one write per opening stream (admission bounds them) and
+    /// per broadcast.
     sent: mpsc::UnboundedSender<SentWrite>,
     stop: watch::Sender<bool>,
 }
@@ -250,18 +252,23 @@ async fn write_sent(pool: Pool, mut writes: mpsc::UnboundedReceiver<SentWrite>) 
             batch.push(next);
         }
         let all: Vec<&[SentPolicy]> = batch.iter().map(|w| w.sent.as_slice()).collect();
-        let outcome = record_in_transaction(&pool, &all).await;
-        if outcome.is_ok() || batch.len() == 1 {
-            let mut outcome = Some(outcome);
-            for write in batch {
-                let result = outcome.take().unwrap_or(Ok(()));
-                let _ = write.done.send(result);
+        match record_in_transaction(&pool, &all).await {
+            Ok(()) => {
+                for write in batch {
+                    let _ = write.done.send(Ok(()));
+                }
             }
-            continue;
-        }
-        for write in batch {
-            let result = record_in_transaction(&pool, &[write.sent.as_slice()]).await;
-            let _ = write.done.send(result);
+            Err(error) if batch.len() == 1 => {
+                if let Some(write) = batch.pop() {
+                    let _ = write.done.send(Err(error));
+                }
+            }
+            Err(_) => {
+                for write in batch {
+                    let result = record_in_transaction(&pool, &[write.sent.as_slice()]).await;
+                    let _ = write.done.send(result);
+                }
+            }
         }
     }
 }
