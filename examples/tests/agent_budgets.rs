@@ -10,13 +10,11 @@
     clippy::indexing_slicing
 )]
 
-mod agent_common;
-
 use std::net::SocketAddr;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use agent_common::*;
+use crate::agent_common::*;
 use serde_json::{Value, json};
 
 /// Kills `malware` processes, at most 3 per hour (`onExceed` as given).

@@ -5,13 +5,11 @@
 // The process guard below is test code too: it fails loudly like the tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod agent_common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_common::*;
+use crate::agent_common::*;
 use policy_engine::PolicyVersion;
 use policy_engine::sync::{StateStore, StoredPolicy};
 

@@ -10,13 +10,11 @@
     clippy::indexing_slicing
 )]
 
-mod agent_common;
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_common::{enforcing_version, wait_status, wait_version};
+use crate::agent_common::{enforcing_version, wait_status, wait_version};
 use policy_engine::sync::{BackoffConfig, LiveEngine, PolicySync, SyncConfig};
 use policy_engine::{EngineConfig, PolicyVersion};
 use serde_json::Value;

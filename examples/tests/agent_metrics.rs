@@ -11,17 +11,14 @@
     clippy::indexing_slicing
 )]
 
-mod agent_common;
-#[path = "../../reference-server/tests/metrics_docs/mod.rs"]
-mod metrics_docs;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_common::*;
+use crate::agent_common::*;
+use crate::metrics_docs;
 use policy_engine::agent::{Agent, Settings, Source};
 use policy_engine::executor::{Executor, Outcome};
 use policy_engine::sync::{BackoffConfig, StateStore, StoredPolicy, TlsTrust};

@@ -15,14 +15,12 @@
     clippy::indexing_slicing
 )]
 
-mod agent_common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use agent_common::*;
+use crate::agent_common::*;
 use serde_json::{Value, json};
 
 const ATTACKER: &str = "198.51.100.23";

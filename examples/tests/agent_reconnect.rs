@@ -12,12 +12,10 @@
     clippy::indexing_slicing
 )]
 
-mod agent_common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_common::wait_version;
+use crate::agent_common::wait_version;
 use policy_engine::sync::{BackoffConfig, LiveEngine, PolicySync, SyncConfig};
 use policy_engine::{EngineConfig, PolicyVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod agent_common;
-
 use std::net::SocketAddr;
 
-use agent_common::*;
+use crate::agent_common::*;
 use policy_engine::signing::SigningKey;
 use serde_json::json;
 

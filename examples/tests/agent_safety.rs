@@ -15,8 +15,6 @@
     clippy::indexing_slicing
 )]
 
-mod agent_common;
-
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -24,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use agent_common::*;
+use crate::agent_common::*;
 use examples::example_bin;
 use serde_json::{Value, json};
 

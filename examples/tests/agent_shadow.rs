@@ -12,13 +12,11 @@
     clippy::indexing_slicing
 )]
 
-mod agent_common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_common::*;
+use crate::agent_common::*;
 use serde_json::{Value, json};
 
 /// The enforced version: rule 2 runs in shadow mode.

@@ -4,12 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod agent_common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 
-use agent_common::*;
+use crate::agent_common::*;
 use policy_engine::signing::SigningKey;
 use policy_engine::{Policy, PolicyVersion};
 use serde_json::{Value, json};

@@ -14,15 +14,13 @@
     clippy::indexing_slicing
 )]
 
-mod agent_common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_common::*;
+use crate::agent_common::*;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 

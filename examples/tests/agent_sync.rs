@@ -2,12 +2,10 @@
 //! TLS: live updates, outages (server and agent restarts), catching up, outdated/current in
 //! `GET /api/agents`, refusals, a corrupted state file and a wrong token.
 
-mod agent_common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use agent_common::*;
+use crate::agent_common::*;
 use policy_engine::PolicyVersion;
 use policy_engine::sync::{StateStore, StoredPolicy};
 

@@ -12,14 +12,12 @@
     clippy::indexing_slicing
 )]
 
-mod agent_common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_common::*;
+use crate::agent_common::*;
 use reference_server::notify::NotifyConfig;
 use reference_server::{RunningServer, ServerConfig, TlsMode};
 use serde_json::{Value, json};

@@ -6,15 +6,14 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-mod agent_common;
-
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_common::{ADMIN_TOKEN, ca_file, wait_version};
+use crate::agent_common;
+use crate::agent_common::{ADMIN_TOKEN, ca_file, wait_version};
 use policy_engine::agent::{Agent, AgentHandle, RunSummary, Settings};
 use policy_engine::executor::{Executor, HostConfig, HostExecutor, Outcome};
 use policy_engine::protocol::{ApprovalEvent, BlockEvent, FleetEvent};

@@ -5,12 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use reqwest_eventsource::{Event, EventSource};

@@ -5,9 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use reference_server::ServerConfig;
 use reference_server::notify::NotifyConfig;
 use reqwest::StatusCode;

@@ -4,13 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::http_sink::HttpSink;
-use common::*;
+use crate::common::http_sink::HttpSink;
+use crate::common::*;
 use reference_server::ServerConfig;
 use reference_server::notify::NotifyConfig;
 use reqwest::{Method, StatusCode};

@@ -6,11 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-mod hostile_common;
-
 use std::time::{Duration, Instant};
 
-use hostile_common::*;
+use crate::hostile_common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;

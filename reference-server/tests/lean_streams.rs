@@ -13,12 +13,10 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use reference_server::ServerConfig;
 use reference_server::transport::AdmissionConfig;
 use rustls::pki_types::pem::PemObject;

@@ -8,13 +8,11 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-mod metrics_docs;
-
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use common::{ADMIN, DEADLINE, TestServer, config};
+use crate::common::{ADMIN, DEADLINE, TestServer, config};
+use crate::metrics_docs;
 use reference_server::ServerConfig;
 use reference_server::notify::NotifyConfig;
 use reqwest::StatusCode;

@@ -20,14 +20,13 @@
     clippy::indexing_slicing
 )]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use common::{ADMIN, DEADLINE, TestServer};
+use crate::common;
+use crate::common::{ADMIN, DEADLINE, TestServer};
 use jsonschema::Validator;
 use reference_server::ServerConfig;
 use reference_server::http::openapi::DOCUMENT;

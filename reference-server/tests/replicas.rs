@@ -8,15 +8,13 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::http_sink::HttpSink;
-use common::postgres::{TestDatabase, admin_sql, with_database};
-use common::*;
+use crate::common::http_sink::HttpSink;
+use crate::common::postgres::{TestDatabase, admin_sql, with_database};
+use crate::common::*;
 use futures_util::StreamExt;
 use reference_server::notify::NotifyConfig;
 use reference_server::{Database, ServerConfig};

@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use reference_server::ServerConfig;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

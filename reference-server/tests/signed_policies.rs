@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use policy_engine::signing::SigningKey;
 use policy_engine::{Policy, PolicyVersion};
 use reference_server::ServerConfig;

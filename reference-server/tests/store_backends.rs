@@ -9,13 +9,11 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::postgres::TestDatabase;
 use chrono::Utc;
-use common::postgres::TestDatabase;
 use policy_engine::protocol::{
     AckStatus, ApprovalStatus, EnforcedTally, PolicySignature, ReportId, ReportKind, RolloutTerms,
     ShadowReport, SignatureAlgorithm, VersionAck,

@@ -4,11 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use reference_server::ServerConfig;
 use reference_server::transport::AdmissionConfig;
 use reqwest::StatusCode;
