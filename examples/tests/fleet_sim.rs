@@ -32,6 +32,10 @@ fn run(extra: &[&str]) -> String {
             "--spread-secs",
             "0.5",
             "--restart",
+            "--settle-secs",
+            "0.3",
+            "--warmup-posts",
+            "2",
         ])
         .args(extra)
         .output()
@@ -84,6 +88,20 @@ fn check_common(stdout: &str, replicas: &str) {
         &format!("policy broadcast to 8 TLS SSE agents, {replicas} (POST -> last agent)"),
     ));
     assert_eq!(samples(line(stdout, "POST -> last of 8 agents: ")), 3);
+    // The warm-up broadcasts are printed apart, each timed, and not counted above.
+    let warmups: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warm-up broadcast "))
+        .collect();
+    let [_, second] = warmups[..] else {
+        panic!("not two warm-up broadcasts:\n{stdout}");
+    };
+    assert!(
+        second.starts_with(
+            "warm-up broadcast 2 of 2 (not in the figures): POST -> last of 8 agents "
+        ) && second.ends_with(" ms"),
+        "{stdout}"
+    );
     percentiles(figure(
         stdout,
         "heartbeat round trip with 8 agents streaming",
