@@ -14,9 +14,10 @@
 //!
 //! The measured broadcasts are steady state: heartbeats and reports start, run `--settle-secs`,
 //! then `--warmup-posts` broadcasts go out, each printed on its own `warm-up broadcast` line
-//! and left out of the figures (the first broadcast after 10,000 streams opened meets cold
-//! heaps, socket buffers and database caches: on two PostgreSQL replicas it took 250-300 ms
-//! where the next ones took 120-200 ms).
+//! and left out of the figures. Before, the first broadcast went out at the very moment 10,000
+//! request loops started, onto heaps, socket buffers and database caches not used since the
+//! streams opened: on two PostgreSQL replicas the first two took 296 and 248 ms in one run
+//! where the next 28 took 122-199 ms.
 //!
 //! ```text
 //! cargo run --release -p examples --example fleet_sim -- --agents 10000
