@@ -52,6 +52,19 @@ pub struct Identity {
     pub base: String,
 }
 
+/// How many failures [`Load::first_errors`] describes.
+pub const FIRST_ERRORS: usize = 5;
+
+impl Load {
+    /// Counts a failure, described by `what` if it is one of the first.
+    fn error(&mut self, what: impl FnOnce() -> String) {
+        self.errors += 1;
+        if self.first_errors.len() < FIRST_ERRORS {
+            self.first_errors.push(what());
+        }
+    }
+}
+
 /// Counters and samples of the whole fleet.
 #[derive(Debug, Default)]
 pub struct Load {
@@ -63,6 +76,8 @@ pub struct Load {
     pub busy: u64,
     /// Failed requests (connection errors, other statuses).
     pub errors: u64,
+    /// What the first [`FIRST_ERRORS`] failures were (which request, and why).
+    pub first_errors: Vec<String>,
     /// Streams that ended and were opened again.
     pub reconnects: u64,
 }
@@ -121,8 +136,13 @@ async fn stream(agent: Identity, fleet: Fleet, version: Arc<AtomicU64>) {
                 tokio::time::sleep(wait + random_within(wait)).await;
                 continue;
             }
-            Ok(Opened::Refused) | Err(_) => {
-                count(&fleet, |l| l.errors += 1);
+            Ok(Opened::Refused) => {
+                count(&fleet, |l| l.error(|| "stream: refused".to_owned()));
+                tokio::time::sleep(random_within(fleet.spread)).await;
+                continue;
+            }
+            Err(error) => {
+                count(&fleet, |l| l.error(|| format!("stream: {error:#}")));
                 tokio::time::sleep(random_within(fleet.spread)).await;
                 continue;
             }
@@ -217,7 +237,15 @@ async fn requests(agent: Identity, fleet: Fleet, version: Arc<AtomicU64>) {
                     }
                 });
             }
-            _ => count(&fleet, |l| l.errors += 1),
+            answer => {
+                let kind = if heartbeat { "heartbeat" } else { "report" };
+                count(&fleet, |l| {
+                    l.error(|| match answer {
+                        Ok(response) => format!("{kind}: HTTP {}", response.status()),
+                        Err(error) => format!("{kind}: {error}"),
+                    })
+                });
+            }
         }
     }
 }

@@ -524,6 +524,13 @@ async fn run(args: Args) -> Result<()> {
         "errors: {}, busy answers: {}, reconnects: {}",
         steady.0, steady.1, steady.2
     );
+    let first_errors = load
+        .lock()
+        .map(|l| l.first_errors.clone())
+        .unwrap_or_default();
+    for error in &first_errors {
+        println!("  error: {error}");
+    }
     figure(
         &format!("errors with {n} agents streaming (connect, broadcasts, heartbeats, reports)"),
         steady.0,
