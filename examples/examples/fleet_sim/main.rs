@@ -433,34 +433,29 @@ async fn run(args: Args) -> Result<()> {
     // Broadcasts, with heartbeats and reports running (started, then settled).
     let _ = load_on.send(true);
     tokio::time::sleep(Duration::from_secs_f64(args.settle_secs)).await;
-    for warmup in 1..=args.warmup_posts {
-        let sent = Instant::now();
-        let version = post_policy(&servers, warmup + 1).await?;
-        if version != first + warmup {
-            bail!("expected v{}, the server stored v{version}", first + warmup);
-        }
-        let arrived = wait_for_version(&mut seen, &replica_of, version, sent, n).await?;
-        println!(
-            "warm-up broadcast {warmup} of {} (not in the figures): POST -> last of {n} agents {:.1} ms",
-            args.warmup_posts,
-            arrived.last.as_secs_f64() * 1000.0
-        );
-    }
-    let first = first + args.warmup_posts;
     let mut to_last = Samples::default();
     let mut to_other = Samples::default();
     let mut responses = Samples::default();
     let pace = Duration::from_secs_f64(args.load_secs / args.posts.max(1) as f64);
     let mut to_socket = Samples::default();
-    for post in 1..=args.posts {
+    for post in 1..=args.warmup_posts + args.posts {
         let sent = Instant::now();
         let sent_wall = SystemTime::now();
-        let version = post_policy(&servers, args.warmup_posts + post + 1).await?;
-        responses.push(sent.elapsed());
+        let version = post_policy(&servers, post + 1).await?;
+        let response = sent.elapsed();
         if version != first + post {
             bail!("expected v{}, the server stored v{version}", first + post);
         }
         let arrived = wait_for_version(&mut seen, &replica_of, version, sent, n).await?;
+        if post <= args.warmup_posts {
+            println!(
+                "warm-up broadcast {post} of {} (not in the figures): POST -> last of {n} agents {:.1} ms",
+                args.warmup_posts,
+                arrived.last.as_secs_f64() * 1000.0
+            );
+            continue;
+        }
+        responses.push(response);
         to_last.push(arrived.last);
         if let Some(other) = arrived.last_other {
             to_other.push(other);
@@ -548,7 +543,7 @@ async fn run(args: Args) -> Result<()> {
             &mut seen,
             &replica_of,
             &load,
-            first + args.posts + 1,
+            first + args.warmup_posts + args.posts + 1,
             n,
         )
         .await?;
