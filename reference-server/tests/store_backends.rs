@@ -339,6 +339,11 @@ async fn pushed_writes_record_their_changes(pair: Pair) {
         .unwrap();
     assert_eq!(of_agent_1.overrides.map(|o| o.list), Some(overrides.list));
     assert!(of_agent_1.approved.is_empty());
+    let listed = b.active_blocks("acme".to_owned(), now + 20).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|b| b.ip.to_string()).collect::<Vec<_>>(),
+        ["203.0.113.7"]
+    );
     let mut lift = entry("acme", "admin:acme", "unblock");
     lift.ip = Some("203.0.113.7".parse().unwrap());
     let lifted = b
@@ -406,6 +411,21 @@ async fn pushed_writes_record_their_changes(pair: Pair) {
         })
     );
     assert_eq!(b.token(TokenHash::of("nope")).await.unwrap(), None);
+    // The console's list leaves out, and deletes, a block whose time is up.
+    let short: std::net::IpAddr = "198.51.100.9".parse().unwrap();
+    a.upsert_block(
+        NewBlock {
+            ip: short,
+            ..new_block("agent-2", "1m", now)
+        },
+        entry("acme", "agent-2", "block_ip"),
+    )
+    .await
+    .unwrap();
+    assert!(b.block("acme".to_owned(), short).await.unwrap().is_some());
+    let later = now + 120_000;
+    assert_eq!(b.active_blocks("acme".to_owned(), later).await.unwrap(), []);
+    assert_eq!(a.block("acme".to_owned(), short).await.unwrap(), None);
 }
 
 /// The same report sent to both replicas at once: one acts on it, the other is told it is a

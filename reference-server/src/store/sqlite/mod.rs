@@ -1,7 +1,12 @@
-//! The SQLite backend of [`Store`]: one connection on a dedicated thread (WAL,
-//! `synchronous=FULL`, migrations by `user_version`), queries by table in the submodules.
+//! The SQLite backend of [`Store`]: a read-write connection on a dedicated thread (WAL,
+//! `synchronous=FULL`, migrations by `user_version`) and a read-only one on another, queries
+//! by table in the submodules.
 //!
-//! Invariant: rusqlite is only ever called on the store's own thread, never on an async worker.
+//! Invariant: rusqlite is only ever called on the store's own two threads, never on an async
+//! worker. Every write runs on the writer's; the reads of the broadcast, of a stream's connect,
+//! of a request's token and of the views run on the reader's, so a commit waiting for a slow
+//! fsync (up to a second measured on a VM disk) holds back writes only. A read that must see a
+//! write only queued before it (the sent records, report receipts) runs on the writer's.
 //! Every write commits before its future resolves, durably (fsynced) except heartbeats (soft
 //! state, see `agents::heartbeat`).
 
@@ -19,19 +24,18 @@ mod rows;
 mod sent;
 mod shadows;
 mod summary;
+mod worker;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use policy_engine::PolicyVersion;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 
 use super::{
@@ -41,17 +45,20 @@ use super::{
     ShadowRun, Store, StoreError, StoredOverrides, StoredPolicy, StreamSnapshot, Upserted,
 };
 use crate::auth::{Principal, TokenHash};
+use worker::Worker;
 
-/// What a query on the store thread returns.
+/// What a query on a store thread returns.
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
-
-/// Handle to the database thread.
+/// Handle to the database's two connections, each on a thread of its own.
 #[derive(Debug)]
 pub struct SqliteStore {
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// The read-write connection: every write, and the reads that must see a write queued
+    /// before them (see [`SqliteStore::read`]).
+    writer: Worker,
+    /// A read-only connection: WAL readers never wait for the writer, so what the broadcast
+    /// and a stream's connect read does not queue behind a commit waiting for its fsync.
+    reader: Worker,
     /// The latest policy of each org read or written so far: reads of the active policy
     /// (heartbeats, stream connects) need no database round trip or re-validation. Valid
     /// because this process is the only writer of its database file.
@@ -73,6 +80,9 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
+/// Statements each connection keeps prepared (about 60 distinct ones; the default keeps 16).
+const STATEMENT_CACHE: usize = 128;
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, in WAL mode, and migrates it.
     pub async fn open(path: &Path) -> Result<Self> {
@@ -80,50 +90,45 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Every statement is prepared once (about 60 distinct ones; the default keeps 16).
-        conn.set_prepared_statement_cache_capacity(128);
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrations::migrate(&mut conn)?;
-        let (tx, rx) = mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("policy-store".to_owned())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    job(&mut conn);
-                }
-            })
-            .map_err(|e| StoreError::Open(format!("cannot start the database thread: {e}")))?;
+        // Opened after the writer made the file a migrated WAL database.
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .map_err(|e| StoreError::Open(format!("read-only connection: {e}")))?;
+        reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Self {
-            jobs: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
+            writer: Worker::start("policy-store", conn)?,
+            reader: Worker::start("policy-store-read", reader)?,
             latest: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Runs `f` on the database thread and waits for its result.
+    /// Runs `f` on the writer's thread, after every job queued there before.
     async fn call<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        self.enqueue(f)?.await.map_err(|_| StoreError::Closed)?
+        self.writer.call(f).await
     }
 
-    /// Queues `f` for the database thread now (it runs after every job queued before and before
-    /// every job queued after) and gives the receiver of its result.
-    fn enqueue<T, F>(&self, f: F) -> Result<tokio::sync::oneshot::Receiver<Result<T>>>
+    /// Runs the read `f` on the read-only connection. It sees every write whose call has
+    /// returned, and never waits for the writer: not for a commit's fsync, not for the jobs
+    /// queued on the writer. So it must not need a write that was only queued
+    /// ([`Store::begin_record_sent`]): those reads go through [`SqliteStore::call`].
+    async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     {
-        let (reply, result) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let _ = reply.send(f(conn));
-        });
-        let jobs = self.jobs.lock().map_err(|_| StoreError::Closed)?;
-        let sender = jobs.as_ref().ok_or(StoreError::Closed)?;
-        sender.send(job).map_err(|_| StoreError::Closed)?;
-        Ok(result)
+        self.reader.call(f).await
     }
 
     /// The cached policy of `org_id` if it is `version`.
@@ -171,7 +176,7 @@ impl Store for SqliteStore {
             return Ok(Some(known));
         }
         let row = self
-            .call(move |conn| policies::version_row(conn, &org_id, version))
+            .read(move |conn| policies::version_row(conn, &org_id, version))
             .await?;
         self.resolve(row)
     }
@@ -186,7 +191,7 @@ impl Store for SqliteStore {
             return Ok(Some(known));
         }
         let row = self
-            .call(move |conn| policies::latest_row(conn, &org_id))
+            .read(move |conn| policies::latest_row(conn, &org_id))
             .await?;
         self.resolve(row)
     }
@@ -197,12 +202,12 @@ impl Store for SqliteStore {
         before: Option<PolicyVersion>,
         limit: u32,
     ) -> Result<Vec<PolicySummary>> {
-        self.call(move |conn| policies::versions(conn, &org_id, before, limit))
+        self.read(move |conn| policies::versions(conn, &org_id, before, limit))
             .await
     }
 
     async fn orgs(&self) -> Result<Vec<String>> {
-        self.call(policies::orgs).await
+        self.read(policies::orgs).await
     }
 
     async fn put_rollout(&self, rollout: Rollout, entry: NewEntry) -> Result<Pushed<()>> {
@@ -221,11 +226,11 @@ impl Store for SqliteStore {
     }
 
     async fn latest_rollout(&self, org_id: String) -> Result<Option<Rollout>> {
-        self.call(move |conn| rollouts::latest(conn, &org_id)).await
+        self.read(move |conn| rollouts::latest(conn, &org_id)).await
     }
 
     async fn rollout(&self, id: String) -> Result<Option<Rollout>> {
-        self.call(move |conn| rollouts::one(conn, &id)).await
+        self.read(move |conn| rollouts::one(conn, &id)).await
     }
 
     async fn put_shadow_run(&self, run: ShadowRun, entry: NewEntry) -> Result<Pushed<()>> {
@@ -234,11 +239,11 @@ impl Store for SqliteStore {
     }
 
     async fn shadow_run(&self, org_id: String) -> Result<Option<ShadowRun>> {
-        self.call(move |conn| shadows::latest(conn, &org_id)).await
+        self.read(move |conn| shadows::latest(conn, &org_id)).await
     }
 
     async fn rollouts(&self, org_id: String, limit: u32) -> Result<Vec<Rollout>> {
-        self.call(move |conn| rollouts::of_org(conn, &org_id, limit))
+        self.read(move |conn| rollouts::of_org(conn, &org_id, limit))
             .await
     }
 
@@ -255,7 +260,7 @@ impl Store for SqliteStore {
         if sent.is_empty() {
             return Ok(Recording::done());
         }
-        let committed = self.enqueue(move |conn| sent::record(conn, &sent))?;
+        let committed = self.writer.enqueue(move |conn| sent::record(conn, &sent))?;
         Ok(Recording::pending(async move {
             committed.await.map_err(|_| StoreError::Closed)?
         }))
@@ -282,11 +287,11 @@ impl Store for SqliteStore {
     }
 
     async fn agent(&self, id: String) -> Result<Option<AgentRecord>> {
-        self.call(move |conn| agents::one(conn, &id)).await
+        self.read(move |conn| agents::one(conn, &id)).await
     }
 
     async fn agents(&self, org_id: String) -> Result<Vec<AgentRecord>> {
-        self.call(move |conn| agents::of_org(conn, &org_id)).await
+        self.read(move |conn| agents::of_org(conn, &org_id)).await
     }
 
     async fn heartbeat(&self, heartbeat: Heartbeat) -> Result<()> {
@@ -314,7 +319,7 @@ impl Store for SqliteStore {
     }
 
     async fn token(&self, token: TokenHash) -> Result<Option<Principal>> {
-        self.call(move |conn| agents::token(conn, &token)).await
+        self.read(move |conn| agents::token(conn, &token)).await
     }
 
     async fn has_global_admin(&self) -> Result<bool> {
@@ -322,7 +327,7 @@ impl Store for SqliteStore {
     }
 
     async fn overrides(&self, agent_id: String) -> Result<Option<StoredOverrides>> {
-        self.call(move |conn| policies::overrides(conn, &agent_id))
+        self.read(move |conn| policies::overrides(conn, &agent_id))
             .await
     }
 
@@ -342,10 +347,11 @@ impl Store for SqliteStore {
     }
 
     async fn block(&self, org_id: String, ip: IpAddr) -> Result<Option<FleetBlock>> {
-        self.call(move |conn| blocks::one(conn, &org_id, ip)).await
+        self.read(move |conn| blocks::one(conn, &org_id, ip)).await
     }
 
     async fn active_blocks(&self, org_id: String, now_ms: i64) -> Result<Vec<FleetBlock>> {
+        // A write too: it deletes the expired rows.
         self.call(move |conn| blocks::active(conn, &org_id, now_ms))
             .await
     }
@@ -371,7 +377,7 @@ impl Store for SqliteStore {
     }
 
     async fn approval(&self, id: String) -> Result<Option<Approval>> {
-        self.call(move |conn| approvals::one(conn, &id)).await
+        self.read(move |conn| approvals::one(conn, &id)).await
     }
 
     async fn approvals(
@@ -380,7 +386,7 @@ impl Store for SqliteStore {
         status: Option<ApprovalStatus>,
         limit: u32,
     ) -> Result<Vec<Approval>> {
-        self.call(move |conn| approvals::list(conn, &org_id, status, limit))
+        self.read(move |conn| approvals::list(conn, &org_id, status, limit))
             .await
     }
 
@@ -398,7 +404,7 @@ impl Store for SqliteStore {
     }
 
     async fn approved_for(&self, agent_id: String, now_ms: i64) -> Result<Vec<Approval>> {
-        self.call(move |conn| approvals::approved_for(conn, &agent_id, now_ms))
+        self.read(move |conn| approvals::approved_for(conn, &agent_id, now_ms))
             .await
     }
 
@@ -413,7 +419,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit(&self, filter: AuditFilter) -> Result<AuditPage> {
-        self.call(move |conn| audit::query(conn, &filter)).await
+        self.read(move |conn| audit::query(conn, &filter)).await
     }
 
     async fn report_receipt(
@@ -461,12 +467,12 @@ impl Store for SqliteStore {
     }
 
     async fn changes(&self, org_id: String, after: u64, limit: u32) -> Result<Vec<Change>> {
-        self.call(move |conn| changes::after(conn, &org_id, after, limit))
+        self.read(move |conn| changes::after(conn, &org_id, after, limit))
             .await
     }
 
     async fn change_seq(&self, org_id: String) -> Result<u64> {
-        self.call(move |conn| changes::last(conn, &org_id)).await
+        self.read(move |conn| changes::last(conn, &org_id)).await
     }
 
     async fn stream_snapshot(
@@ -476,8 +482,10 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<StreamSnapshot> {
         let (seq, row, rollout, fallback, overrides, blocks, approved, shadow) = self
-            .call(move |conn| {
-                // One thread writes: these reads see one state without a transaction.
+            .read(move |conn| {
+                // One read transaction: one committed state, whatever commits meanwhile.
+                let tx = conn.transaction()?;
+                let conn = &*tx;
                 let row = policies::latest_row(conn, &org_id)?;
                 let rollout = rollouts::latest(conn, &org_id)?;
                 let fallback = match (&row, &rollout) {
@@ -486,7 +494,7 @@ impl Store for SqliteStore {
                     }
                     _ => None,
                 };
-                Ok((
+                let snapshot = (
                     changes::last(conn, &org_id)?,
                     row,
                     rollout,
@@ -495,7 +503,9 @@ impl Store for SqliteStore {
                     blocks::in_force(conn, &org_id, now_ms)?,
                     approvals::approved_for(conn, &agent_id, now_ms)?,
                     shadows::latest(conn, &org_id)?,
-                ))
+                );
+                tx.commit()?;
+                Ok(snapshot)
             })
             .await?;
         Ok(StreamSnapshot {
@@ -516,16 +526,14 @@ impl Store for SqliteStore {
     }
 
     async fn fleet_summary(&self) -> Result<Vec<OrgSummary>> {
-        self.call(summary::fleet).await
+        self.read(summary::fleet).await
     }
 
     async fn close(&self) {
-        if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.take();
-        }
-        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        self.reader.close().await;
+        self.writer.close().await;
     }
 }
+
+#[cfg(test)]
+mod tests;
