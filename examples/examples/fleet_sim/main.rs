@@ -127,6 +127,12 @@ struct Args {
     /// agents' return.
     #[arg(long)]
     restart: bool,
+    /// Where the local servers' data dir (SQLite database, TLS certificate) is made (default:
+    /// the system's temporary dir). `/dev/shm` leaves the disk out of the figures: every
+    /// policy POST waits for its commit's fsync, and a VM's disk can take hundreds of
+    /// milliseconds for one.
+    #[arg(long, conflicts_with = "servers")]
+    work_dir: Option<PathBuf>,
     /// Internal: run one replica (what the simulator starts).
     #[arg(long, hide = true)]
     serve: bool,
@@ -192,7 +198,8 @@ struct Servers {
     admin: String,
     client: reqwest::Client,
     streams: sse::StreamClient,
-    _data: Option<tempfile::TempDir>,
+    /// The local servers' data dir, removed when the run ends.
+    data: Option<tempfile::TempDir>,
 }
 
 impl Servers {
@@ -229,12 +236,18 @@ async fn servers(args: &Args) -> Result<Servers> {
                 .context("--server needs --admin-token")?,
             client: client.build()?,
             streams: sse::StreamClient::new(&pems, args.receive_timestamps)?,
-            _data: None,
+            data: None,
         });
     }
-    let data = tempfile::Builder::new()
-        .prefix(&format!("fleet-sim-{}-", std::process::id()))
-        .tempdir()?;
+    let prefix = format!("fleet-sim-{}-", std::process::id());
+    let mut data = tempfile::Builder::new();
+    data.prefix(&prefix);
+    let data = match &args.work_dir {
+        Some(dir) => data
+            .tempdir_in(dir)
+            .with_context(|| format!("--work-dir {}", dir.display()))?,
+        None => data.tempdir()?,
+    };
     let mut spawned = Vec::new();
     for _ in 0..args.replicas.max(1) {
         // One data dir: one self-signed certificate, made by the first replica.
@@ -261,7 +274,7 @@ async fn servers(args: &Args) -> Result<Servers> {
         admin: ADMIN.to_owned(),
         client,
         streams,
-        _data: Some(data),
+        data: Some(data),
     })
 }
 
@@ -355,6 +368,13 @@ async fn run(args: Args) -> Result<()> {
         "fleet_sim: {n} agents, {replicas} server(s), {} cores",
         std::thread::available_parallelism().map_or(0, |c| c.get())
     );
+    if let Some(data) = &servers.data {
+        let database = match &args.database {
+            Some(_) => "PostgreSQL",
+            None => "SQLite",
+        };
+        println!("{database}; local data dir {}", data.path().display());
+    }
     // The servers may hold policies already (a PostgreSQL database, remote servers): versions
     // are expected from the one this post stored on.
     let first = post_policy(&servers, 1).await?;
