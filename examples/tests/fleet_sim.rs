@@ -102,6 +102,23 @@ fn check_common(stdout: &str, replicas: &str) {
         ) && second.ends_with(" ms"),
         "{stdout}"
     );
+    // The CPU each side spent per broadcast, and the wall time it needs at least on these cores.
+    let cpu = line(
+        stdout,
+        "CPU from POST to last agent, p50 per broadcast: server",
+    );
+    let numbers: Vec<f64> = cpu
+        .split([' ', ',', ';'])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [server, simulator, cores, floor] = numbers[..] else {
+        panic!("not `server X ms, simulator Y ms; on C cores ... Z ms`: {cpu:?}");
+    };
+    assert!(server > 0.0 && simulator > 0.0 && cores >= 1.0, "{cpu:?}");
+    assert!(
+        ((server + simulator) / cores - floor).abs() < 0.1,
+        "{cpu:?}"
+    );
     percentiles(figure(
         stdout,
         "heartbeat round trip with 8 agents streaming",
@@ -137,11 +154,20 @@ fn check_common(stdout: &str, replicas: &str) {
 
 #[test]
 fn one_sqlite_server_with_a_restart() {
-    let stdout = run(&["--receive-timestamps"]);
+    let work = tempfile::tempdir().unwrap();
+    let work_dir = work.path().to_str().unwrap();
+    let stdout = run(&["--receive-timestamps", "--work-dir", work_dir]);
     assert!(
         stdout.starts_with("fleet_sim: 8 agents, 1 server(s), "),
         "{stdout}"
     );
+    // The server's database where --work-dir said, removed after the run.
+    let data_dir = line(&stdout, "SQLite; local data dir ");
+    assert!(
+        data_dir.starts_with(&format!("{work_dir}/fleet-sim-")),
+        "{stdout}"
+    );
+    assert!(!std::path::Path::new(data_dir).exists(), "{data_dir}");
     check_common(&stdout, "1 replica");
     assert!(!stdout.contains("cross-replica"), "{stdout}");
     // The kernel's receive time of each broadcast on the last agent's socket: one per post,

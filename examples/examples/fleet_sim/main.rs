@@ -9,7 +9,10 @@
 //! heartbeats and reports running; with several replicas also from a POST to replica A to the
 //! last agent on the others), heartbeat and report round trips,
 //! errors, and the server's resident memory per connection when the servers are local (spawned
-//! here, or named with `--server-pid`). Optionally it kills and restarts a replica and times the
+//! here, or named with `--server-pid`). For local servers it also prints the CPU time the
+//! servers and the simulator spent from each POST to the last agent's frame (per thread
+//! `schedstat`), and the wall time that CPU needs at least on the machine's cores: when that
+//! is close to the broadcast's latency, the machine is saturated. Optionally it kills and restarts a replica and times the
 //! reconnect storm.
 //!
 //! The measured broadcasts are steady state: heartbeats and reports start, run `--settle-secs`,
@@ -49,7 +52,7 @@ use tokio::sync::{mpsc, watch};
 
 use agent::{Fleet, Identity, Load, Seen};
 use replicas::{ServeArgs, Spawned};
-use stats::{Samples, ms, rss_bytes};
+use stats::{Samples, cpu_time, ms, rss_bytes};
 
 /// A simulated fleet against reference servers.
 #[derive(Debug, Parser)]
@@ -458,7 +461,18 @@ async fn run(args: Args) -> Result<()> {
     let mut responses = Samples::default();
     let pace = Duration::from_secs_f64(args.load_secs / args.posts.max(1) as f64);
     let mut to_socket = Samples::default();
+    let own_pid = std::process::id();
+    // Local servers only (spawned here or named with --server-pid).
+    let server_cpu = || -> Option<Duration> {
+        if servers.pids.is_empty() {
+            return None;
+        }
+        servers.pids.iter().map(|&p| cpu_time(p)).sum()
+    };
+    let mut cpu_servers = Samples::default();
+    let mut cpu_simulator = Samples::default();
     for post in 1..=args.warmup_posts + args.posts {
+        let cpu_before = (server_cpu(), cpu_time(own_pid));
         let sent = Instant::now();
         let sent_wall = SystemTime::now();
         let version = post_policy(&servers, post + 1).await?;
@@ -467,6 +481,7 @@ async fn run(args: Args) -> Result<()> {
             bail!("expected v{}, the server stored v{version}", first + post);
         }
         let arrived = wait_for_version(&mut seen, &replica_of, version, sent, n).await?;
+        let cpu_after = (server_cpu(), cpu_time(own_pid));
         if post <= args.warmup_posts {
             println!(
                 "warm-up broadcast {post} of {} (not in the figures): POST -> last of {n} agents {:.1} ms",
@@ -477,6 +492,12 @@ async fn run(args: Args) -> Result<()> {
         }
         responses.push(response);
         to_last.push(arrived.last);
+        if let (Some(before), Some(after)) = (cpu_before.0, cpu_after.0) {
+            cpu_servers.push(after.saturating_sub(before));
+        }
+        if let (Some(before), Some(after)) = (cpu_before.1, cpu_after.1) {
+            cpu_simulator.push(after.saturating_sub(before));
+        }
         if let Some(other) = arrived.last_other {
             to_other.push(other);
         }
@@ -495,6 +516,25 @@ async fn run(args: Args) -> Result<()> {
         .unwrap_or_default();
     println!("POST /api/policy response: {}", responses.detail());
     println!("POST -> last of {n} agents: {}", to_last.detail());
+    if cpu_servers.len() > 0 && cpu_simulator.len() > 0 {
+        // CPU spent from each POST to the last agent's frame, heartbeats and reports included.
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let (servers_ms, simulator_ms) = (
+            ms(cpu_servers.quantile(0.5)),
+            ms(cpu_simulator.quantile(0.5)),
+        );
+        println!(
+            "CPU from POST to last agent, p50 per broadcast: server{} {servers_ms:.1} ms{}, simulator {simulator_ms:.1} ms; \
+             on {cores} cores that is at least {:.1} ms of wall time",
+            if replicas == 1 { "" } else { "s" },
+            if args.database.is_some() {
+                " (PostgreSQL not counted)"
+            } else {
+                ""
+            },
+            (servers_ms + simulator_ms) / cores as f64
+        );
+    }
     if to_socket.len() > 0 {
         println!(
             "POST -> last of {n} agents' sockets (kernel receive time, before the simulator decrypts): {}",

@@ -64,3 +64,20 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// The CPU time process `pid` has run so far, summed over its live threads (the first field
+/// of each `/proc/PID/task/TID/schedstat`, in nanoseconds; threads that already exited are
+/// not counted).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(task) = task else { continue };
+        // A thread may exit between the listing and the read.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+        total = total.saturating_add(ns);
+    }
+    Some(Duration::from_nanos(total))
+}
