@@ -12,8 +12,8 @@
 //! here, or named with `--server-pid`). For local servers it also prints the CPU time the
 //! servers and the simulator spent from each POST to the last agent's frame (per thread
 //! `schedstat`), and the wall time that CPU needs at least on the machine's cores: when that
-//! is close to the broadcast's latency, the machine is saturated. Optionally it kills and restarts a replica and times the
-//! reconnect storm.
+//! is close to the broadcast's latency, the machine is saturated. Optionally it kills and
+//! restarts a replica and times the reconnect storm.
 //!
 //! The measured broadcasts are steady state: heartbeats and reports start, run `--settle-secs`,
 //! then `--warmup-posts` broadcasts go out, each printed on its own `warm-up broadcast` line
@@ -359,8 +359,13 @@ async fn enroll(servers: &Servers, count: usize) -> Result<Vec<Identity>> {
     Ok(identities)
 }
 
-fn rss_total(pids: &[u32]) -> Option<u64> {
-    pids.iter().map(|&pid| rss_bytes(pid)).sum()
+/// The sum of `of` over the local servers' processes: none without local servers (remote ones
+/// without `--server-pid`) or when one cannot be read.
+fn local_total<T: std::iter::Sum>(pids: &[u32], of: impl Fn(u32) -> Option<T>) -> Option<T> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| of(pid)).sum()
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -388,7 +393,7 @@ async fn run(args: Args) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let baseline = rss_total(&servers.pids);
+    let baseline = local_total(&servers.pids, rss_bytes);
     let (seen_tx, mut seen) = mpsc::unbounded_channel::<Seen>();
     let (load_on, busy_phase) = watch::channel(false);
     let load = Arc::new(Mutex::new(Load::default()));
@@ -436,7 +441,7 @@ async fn run(args: Args) -> Result<()> {
     );
     // Idle streams: let the allocator settle, then the memory they cost.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let connected = rss_total(&servers.pids);
+    let connected = local_total(&servers.pids, rss_bytes);
     if let (Some(before), Some(after)) = (baseline, connected) {
         let per = after.saturating_sub(before) as f64 / n as f64 / 1024.0;
         println!(
@@ -462,13 +467,7 @@ async fn run(args: Args) -> Result<()> {
     let pace = Duration::from_secs_f64(args.load_secs / args.posts.max(1) as f64);
     let mut to_socket = Samples::default();
     let own_pid = std::process::id();
-    // Local servers only (spawned here or named with --server-pid).
-    let server_cpu = || -> Option<Duration> {
-        if servers.pids.is_empty() {
-            return None;
-        }
-        servers.pids.iter().map(|&p| cpu_time(p)).sum()
-    };
+    let server_cpu = || local_total(&servers.pids, cpu_time);
     let mut cpu_servers = Samples::default();
     let mut cpu_simulator = Samples::default();
     for post in 1..=args.warmup_posts + args.posts {
