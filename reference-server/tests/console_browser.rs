@@ -24,10 +24,12 @@ use std::time::{Duration, Instant};
 
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::elements::Element;
+use fantoccini::error::CmdError;
 use fantoccini::key::Key;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use policy_engine::protocol::RolloutTerms;
 use policy_engine::signing::SigningKey;
 use policy_engine::{Policy, PolicyVersion};
@@ -321,8 +323,61 @@ impl Page {
         self.c.execute(script, vec![]).await.unwrap()
     }
 
+    /// Runs `op` on the element matching `css`. The console re-renders a page when a live
+    /// update arrives, so the element found can be replaced before `op` reaches it; WebDriver
+    /// then answers "stale element reference" and nothing happened, so `op` is retried on the
+    /// element now on the page, as a person's click would hit it.
+    async fn on<T>(
+        &self,
+        css: &str,
+        op: impl Fn(Element) -> BoxFuture<'static, Result<T, CmdError>>,
+    ) -> T {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match op(self.find(css).await).await {
+                Ok(value) => return value,
+                Err(e) if e.is_stale_element_reference() => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "`{css}` was replaced before every try until the deadline"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("`{css}`: {e}"),
+            }
+        }
+    }
+
     async fn click(&self, css: &str) {
-        self.find(css).await.click().await.unwrap();
+        self.on(css, |e| Box::pin(async move { e.click().await }))
+            .await;
+    }
+
+    async fn select(&self, css: &str, value: &'static str) {
+        self.on(css, move |e| {
+            Box::pin(async move { e.select_by_value(value).await })
+        })
+        .await;
+    }
+
+    async fn enabled(&self, css: &str) -> bool {
+        self.on(css, |e| Box::pin(async move { e.is_enabled().await }))
+            .await
+    }
+
+    /// The text of the element matching `css` now.
+    async fn text_now(&self, css: &str) -> String {
+        self.on(css, |e| Box::pin(async move { e.text().await }))
+            .await
+    }
+
+    /// The texts of every element matching `css`, read at one moment.
+    async fn texts(&self, css: &str) -> Vec<String> {
+        let script = format!(
+            "return Array.from(document.querySelectorAll({}), (e) => e.innerText)",
+            Value::from(css)
+        );
+        serde_json::from_value(self.js(&script).await).unwrap()
     }
 
     async fn go(&self, nav: &str, heading: &str) {
@@ -537,18 +592,7 @@ async fn sign_in(page: &Page, server: &Server) {
 async fn fleet(page: &Page, server: &Server, web: &Agent) {
     page.count("#fleet-rows tr", 2).await;
     // Markup in a hostname or an error is shown as text; nothing of it runs or renders.
-    let hosts: Vec<String> = {
-        let mut hosts = Vec::new();
-        for cell in page
-            .c
-            .find_all(Locator::Css("#fleet-rows th.host"))
-            .await
-            .unwrap()
-        {
-            hosts.push(cell.text().await.unwrap());
-        }
-        hosts
-    };
+    let hosts = page.texts("#fleet-rows th.host").await;
     assert!(hosts.contains(&EVIL_HOST.to_owned()), "{hosts:?}");
     page.text("#fleet-rows td.error-text", "<b>nft</b> failed: <script>")
         .await;
@@ -585,17 +629,9 @@ async fn fleet(page: &Page, server: &Server, web: &Agent) {
     page.set_text("#fleet-search", "nothing-like-this").await;
     page.text("#fleet-none", "No agent matches").await;
     page.find("#fleet-search").await.clear().await.unwrap();
-    page.find("#fleet-filter")
-        .await
-        .select_by_value("errors")
-        .await
-        .unwrap();
+    page.select("#fleet-filter", "errors").await;
     page.count("#fleet-rows tr", 1).await;
-    page.find("#fleet-filter")
-        .await
-        .select_by_value("all")
-        .await
-        .unwrap();
+    page.select("#fleet-filter", "all").await;
     page.count("#fleet-rows tr", 2).await;
 
     // A reload keeps the session (sessionStorage); then, from the keyboard, the first Tab
@@ -634,7 +670,7 @@ async fn editor(page: &Page, server: &Server, key: &SigningKey) {
         first.contains("unknown field `treshold`") && first.contains("line 4"),
         "{first}"
     );
-    assert!(!page.find("#publish").await.is_enabled().await.unwrap());
+    assert!(!page.enabled("#publish").await);
     // Each error is marked at its place in the text, and a click selects it.
     let marks = page.count(".backdrop mark", 2).await;
     assert_eq!(marks[1].text().await.unwrap(), "\"severity\": \"urgent\"");
@@ -686,9 +722,13 @@ async fn policies(page: &Page, key: &SigningKey) {
     page.text("#policy-json", "\"threshold\": 10").await;
     // v2 is signed: the list marks it with the key in its tooltip, the detail names the key
     // and the signed rollback terms; v1 is unsigned.
-    let badges = page.count("#version-list .badge.signed", 1).await;
+    page.count("#version-list .badge.signed", 1).await;
     assert_eq!(
-        badges[0].attr("title").await.unwrap().unwrap(),
+        page.on("#version-list .badge.signed", |e| Box::pin(async move {
+            e.attr("title").await
+        }))
+        .await
+        .unwrap(),
         format!("Signed by operator key {key_id}")
     );
     page.text("#version-list li:first-child", "signed").await;
@@ -699,20 +739,9 @@ async fn policies(page: &Page, key: &SigningKey) {
         ),
     )
     .await;
-    assert_eq!(
-        page.find("#signature .key-id").await.text().await.unwrap(),
-        key_id
-    );
-    page.find("#diff-from")
-        .await
-        .select_by_value("v1")
-        .await
-        .unwrap();
-    page.find("#diff-to")
-        .await
-        .select_by_value("v2")
-        .await
-        .unwrap();
+    assert_eq!(page.text_now("#signature .key-id").await, key_id);
+    page.select("#diff-from", "v1").await;
+    page.select("#diff-to", "v2").await;
     page.click("#compare").await;
     page.text("#diff-summary", "1 line added, 1 line removed")
         .await;
@@ -964,7 +993,7 @@ async fn audit(page: &Page, server: &Server, web: &Agent) {
     page.count("#audit-rows tr", 5).await;
     page.text("#audit-rows tr:last-child", "Kill process 1000")
         .await;
-    assert!(!page.find("#audit-older").await.is_enabled().await.unwrap());
+    assert!(!page.enabled("#audit-older").await);
     page.click("#audit-newer").await;
     page.count("#audit-rows tr", 25).await;
 }
