@@ -118,7 +118,7 @@ impl Default for ServerConfig {
             rollout_gate_interval: Duration::from_secs(5),
             metrics_listen: None,
             connections: ConnectionLimits::default(),
-            auth_failures_per_minute: 30,
+            auth_failures_per_minute: 600,
             quotas: QuotaConfig::default(),
             never_block: Vec::new(),
             signed_orgs: SignedOrgs::default(),

@@ -102,7 +102,7 @@ struct Args {
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     h2_keep_alive_secs: u64,
     /// Failed authentications per source address and minute before 429 (0: no limit).
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 600)]
     auth_failures_per_minute: u32,
     /// Reports per agent and minute before 429 (0: no limit).
     #[arg(long, default_value_t = 600)]

@@ -187,5 +187,5 @@ async fn streams_without_overrides_get_the_same_payload() {
     // Encoded once: both streams write the very same bytes, not two copies.
     assert_eq!(first, second);
     assert_eq!(first.as_ptr(), second.as_ptr());
-    assert!(first.starts_with(b"event:policy\n"));
+    assert!(first.starts_with(b"event: policy\n"));
 }

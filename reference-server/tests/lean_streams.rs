@@ -192,11 +192,11 @@ fn stream_head() -> Head {
     }
 }
 
-/// The policy event of `version` as one chunk: `event`, `data`, `id`, blank line.
+/// The policy event of `version` as one chunk: `event`, `id`, `data`, blank line.
 fn assert_policy_event(chunk: &str, version: u64) {
     let data = chunk
-        .strip_prefix("event:policy\ndata:")
-        .and_then(|rest| rest.strip_suffix(&format!("\nid:{version}\n\n")))
+        .strip_prefix(&format!("event: policy\nid: {version}\ndata: "))
+        .and_then(|rest| rest.strip_suffix("\n\n"))
         .unwrap_or_else(|| panic!("not a policy event {version}: {chunk:?}"));
     let data: Value = serde_json::from_str(data).unwrap();
     assert_eq!(data["version"], json!(format!("v{version}")), "{data}");

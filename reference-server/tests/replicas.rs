@@ -499,7 +499,7 @@ fn follow(
                 pending.push_str(&String::from_utf8_lossy(&chunk));
                 while let Some(end) = pending.find("\n\n") {
                     let frame: String = pending.drain(..end + 2).collect();
-                    if !frame.lines().any(|l| l == "event:policy") {
+                    if !frame.lines().any(|l| l == "event: policy") {
                         continue;
                     }
                     let id = frame.lines().find_map(|l| l.strip_prefix("id:"));

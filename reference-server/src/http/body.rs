@@ -10,19 +10,10 @@ use policy_engine::policy::json::{JsonError, JsonLimits, parse_strict};
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::transport::unread::{DRAIN_BYTES, DRAIN_TIME};
 
 /// Largest request body accepted, in bytes (1 MiB); larger bodies get 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// Most bytes of an oversized body read and thrown away before answering 413.
-///
-/// Over HTTP/2, answering while the client is still sending makes hyper reset the stream, and
-/// clients such as curl then report a framing error instead of the 413. Draining a bounded
-/// amount (in bounded time) lets ordinary oversized requests see their 413; anything larger or
-/// slower gets the reset.
-const DRAIN_BYTES: usize = 16 * 1024 * 1024;
-/// Longest time spent draining an oversized body.
-const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// Longest time a request body may take to arrive (a slow upload holds a connection and a
 /// task; the header-read timeout does not cover bodies).
@@ -84,7 +75,11 @@ where
     Ok(collected.freeze())
 }
 
-/// Reads and discards the rest of a body, up to [`DRAIN_BYTES`] and [`DRAIN_TIME`].
+/// Reads and discards the rest of an oversized body, up to [`DRAIN_BYTES`] and [`DRAIN_TIME`],
+/// before the 413 is answered: a client still sending then reads the 413 (over HTTP/1.1 an
+/// answer before the body ends is followed by the connection's close, which can reset what the
+/// client has not read yet; over HTTP/2 by a reset of the stream, see
+/// [`crate::transport::unread`]). Anything larger or slower is cut off.
 async fn drain<S, B>(mut body: std::pin::Pin<&mut S>)
 where
     S: Stream<Item = Result<B, warp::Error>>,

@@ -49,22 +49,24 @@ impl Frame {
         }))
     }
 
-    /// The SSE text of an event: `event:`, one `data:` line per line of `data`, `id:` when
-    /// given, and the blank line (the field order and spelling warp's `sse::Event` writes, so
-    /// agents see the same bytes as before).
+    /// The SSE text of an event as the contract and the README show it: `event: NAME`,
+    /// `id: N` when given, one `data: ` line per line of `data`, and the blank line. (warp's
+    /// `sse::Event` wrote `event:NAME`, `data:` before `id:`, without the space: the same
+    /// event to an SSE parser, which drops one space after the colon, but not the text the
+    /// contract shows, which a client matching lines literally looks for.)
     fn encode(event: &str, id: Option<u64>, data: &str) -> Bytes {
         use std::fmt::Write as _;
         let mut text = String::with_capacity(event.len() + data.len() + 40);
-        text.push_str("event:");
-        text.push_str(event);
-        text.push('\n');
-        for line in data.split('\n') {
-            text.push_str("data:");
-            text.push_str(line);
-            text.push('\n');
-        }
+        let _ = writeln!(text, "event: {event}");
         if let Some(id) = id {
-            let _ = writeln!(text, "id:{id}");
+            let _ = writeln!(text, "id: {id}");
+        }
+        for line in data.split('\n') {
+            if line.is_empty() {
+                text.push_str("data:\n");
+            } else {
+                let _ = writeln!(text, "data: {line}");
+            }
         }
         text.push('\n');
         Bytes::from(text)
@@ -389,24 +391,33 @@ mod tests {
     }
 
     #[test]
-    fn frames_are_written_as_warp_wrote_sse_events() {
-        for (event, id, data) in [
-            ("policy", Some(7), r#"{"version":"v7","rules":[]}"#),
-            ("block", None, r#"{"ip":"198.51.100.7"}"#),
-            ("shadow", None, "two\nlines"),
-            ("unblock", None, ""),
+    fn frames_are_written_as_the_contract_shows_them() {
+        for (event, id, data, wire) in [
+            (
+                "policy",
+                Some(7),
+                r#"{"version":"v7","rules":[]}"#,
+                "event: policy\nid: 7\ndata: {\"version\":\"v7\",\"rules\":[]}\n\n",
+            ),
+            (
+                "block",
+                None,
+                r#"{"ip":"198.51.100.7"}"#,
+                "event: block\ndata: {\"ip\":\"198.51.100.7\"}\n\n",
+            ),
+            (
+                "shadow",
+                None,
+                "two\nlines",
+                "event: shadow\ndata: two\ndata: lines\n\n",
+            ),
+            ("unblock", None, "", "event: unblock\ndata:\n\n"),
         ] {
-            let warp = warp::sse::Event::default().event(event);
-            let warp = match id {
-                Some(id) => warp.id(id.to_string()),
-                None => warp,
-            };
-            let expected = warp.data(data).to_string();
             let frame = Frame::new(event, id, data);
             assert_eq!((frame.event(), frame.id()), (event, id));
             assert_eq!(
                 std::str::from_utf8(frame.wire()).unwrap(),
-                expected,
+                wire,
                 "{event} {id:?}"
             );
         }

@@ -29,6 +29,7 @@ use warp::reply::Response;
 use super::events::EventReply;
 use super::lean::{self, Ended, First, Rewind};
 use super::limits::{ConnectionLimits, Gate, Permit, Refused};
+use super::unread::DrainUnread;
 use crate::metrics::{OpenConnection, ServerMetrics};
 
 /// The peer address of a request, put into its extensions by the listener (warp's own
@@ -342,6 +343,14 @@ impl Connection {
                 request.extensions_mut().insert(PeerAddr(peer));
                 let logged = Logged::of(peer, &request);
                 let busy = tracked.begin();
+                let head = request.method() == warp::http::Method::HEAD;
+                // HTTP/2: a body the routes answer without reading is read to its end after
+                // the answer instead of resetting the stream (`unread.rs`).
+                let request = if request.version() == warp::http::Version::HTTP_2 {
+                    request.map(|body| Either::Right(DrainUnread::new(body)))
+                } else {
+                    request.map(Either::Left)
+                };
                 let response = routes.clone().call(request);
                 async move {
                     let response = response.await;
@@ -353,6 +362,9 @@ impl Connection {
                         let events = EventReply::take(&mut r);
                         r.map(|body| Tracked {
                             body: match events {
+                                // An answer to HEAD has the headers of the GET's and no body
+                                // (hyper drops it on HTTP/1.1, but sends it on HTTP/2).
+                                _ if head => Either::Left(Default::default()),
                                 Some(events) => Either::Right(events),
                                 None => Either::Left(body),
                             },

@@ -12,6 +12,7 @@ mod lean;
 pub mod limits;
 pub mod listener;
 pub mod tls;
+pub mod unread;
 
 pub use admission::{Admission, AdmissionConfig, Admitted};
 pub use events::{EventBody, EventReply};

@@ -1,0 +1,145 @@
+//! HTTP/2 against the real binary over TLS, looked at frame by frame with the `h2` client:
+//! answers given before the request body was read, and answers to `HEAD`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use serde_json::Value;
+use warp::http::{Method, Request, StatusCode};
+
+use crate::hostile_common::*;
+
+/// How long the test waits after an early answer before sending the rest of its body: time
+/// for a reset the server would send to arrive.
+const CLIENT_PAUSE: Duration = Duration::from_millis(300);
+
+/// An HTTP/2 connection to `server` (ALPN `h2`).
+async fn connect(server: &Server) -> SendRequest<Bytes> {
+    let tls = server.tls_from(ip("127.0.0.1"), "h2").await;
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client.ready().await.unwrap()
+}
+
+/// Reads a response body to its end.
+async fn body_of(mut body: h2::RecvStream) -> Value {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(DEADLINE, body.data())
+        .await
+        .unwrap_or_else(|_| panic!("the body ends within the deadline"))
+    {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// curl 7.88 sends a POST's headers, then its body: when the answer came first (no token,
+/// the wrong role, an unknown query parameter, an unknown path) the server reset the stream
+/// once it had answered (`RST_STREAM`, `NO_ERROR`), and curl threw the answer away ("stream
+/// error in the HTTP/2 framing layer", no status). Now the rest of the body is read after the
+/// answer: the client finishes sending, the stream ends without a reset, and the answer is
+/// read whole. Over one connection, which stays usable throughout.
+#[tokio::test]
+async fn answers_before_the_body_end_the_stream_without_a_reset() {
+    let server = Server::start(&[]);
+    let (_, agent_token) = server.enroll("h2-agent").await;
+    let mut client = connect(&server).await;
+    let cases = [
+        (
+            "/api/policy",
+            None,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            "/api/policy",
+            Some(agent_token.as_str()),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            "/api/policy?dryrun=true",
+            Some(ADMIN),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        ("/api/nope", Some(ADMIN), StatusCode::NOT_FOUND, "not_found"),
+    ];
+    for (path, token, status, code) in cases {
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("https://localhost{path}"))
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let (response, mut send) = client
+            .send_request(request.body(()).unwrap(), false)
+            .unwrap();
+        send.send_data(Bytes::from_static(b"{\"name\": \"early\", "), false)
+            .unwrap();
+        let response = tokio::time::timeout(DEADLINE, response)
+            .await
+            .unwrap_or_else(|_| panic!("an answer within the deadline"))
+            .unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        tokio::time::sleep(CLIENT_PAUSE).await;
+        // A reset stream would refuse the rest of the body, or report the reset.
+        let reset = std::future::poll_fn(|cx| std::task::Poll::Ready(send.poll_reset(cx))).await;
+        assert!(
+            matches!(reset, std::task::Poll::Pending),
+            "{path}: the server reset the stream after its {status} answer: {reset:?}"
+        );
+        send.send_data(Bytes::from_static(b"\"rules\": []}"), true)
+            .unwrap_or_else(|e| panic!("{path}: the rest of the body was refused: {e}"));
+        let answer = body_of(response.into_body()).await;
+        assert_eq!(answer["ok"], false, "{path}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{path}: {answer}");
+    }
+    // The same connection still serves.
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri("https://localhost/api/agents")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_of(response.into_body()).await["ok"], true);
+}
+
+/// `HEAD` over HTTP/2: the headers of the answer and no body. The server sent the 405's JSON
+/// body in a DATA frame, which a client must treat as a protocol error (curl: "stream 1 was not
+/// closed cleanly: PROTOCOL_ERROR").
+#[tokio::test]
+async fn head_answers_carry_no_body() {
+    let server = Server::start(&[]);
+    let mut client = connect(&server).await;
+    let request = Request::builder()
+        .method(Method::HEAD)
+        .uri("https://localhost/api/policy/active")
+        .header("authorization", format!("Bearer {ADMIN}"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(DEADLINE, response)
+        .await
+        .unwrap_or_else(|_| panic!("an answer within the deadline"))
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let mut body = response.into_body();
+    assert!(
+        tokio::time::timeout(DEADLINE, body.data())
+            .await
+            .unwrap_or_else(|_| panic!("the stream ends within the deadline"))
+            .is_none(),
+        "a HEAD answer carried a body"
+    );
+}
