@@ -100,6 +100,21 @@ impl Principal {
     }
 }
 
+/// The org a write names: the body's `org_id`, else the query's `?org_id=`. A body and a query
+/// naming two different orgs is a 400: which one was meant is a guess the server does not make
+/// (as with a signed file, whose org must match both).
+pub fn named_org<'a>(
+    body: Option<&'a str>,
+    query: Option<&'a str>,
+) -> Result<Option<&'a str>, ApiError> {
+    match (body, query) {
+        (Some(body), Some(query)) if body != query => Err(ApiError::bad_request(format!(
+            "`?org_id={query}` names another org than the body's `org_id` (`{body}`): name it once"
+        ))),
+        _ => Ok(body.or(query)),
+    }
+}
+
 fn outside_org(own: &str, other: &str) -> ApiError {
     ApiError::forbidden(format!(
         "this token belongs to org `{own}` and cannot act on org `{other}`"

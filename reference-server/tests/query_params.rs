@@ -194,3 +194,62 @@ async fn a_typo_in_the_query_is_refused_on_every_endpoint_and_changes_nothing() 
     let (status, answer) = t.get("/api/policy/active?orgId=default", ADMIN).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
 }
+
+/// A global admin naming one org in the body and another in the query gets a 400 and nothing
+/// is written: the body used to win silently (audit, 2026-12-01). The same org named twice is
+/// fine.
+#[tokio::test]
+async fn a_body_and_a_query_naming_two_orgs_are_refused() {
+    let t = TestServer::start(false).await;
+    let mut policy = block_ip_policy("two orgs", 5);
+    policy["org_id"] = json!("beta");
+    let message =
+        "`?org_id=acme` names another org than the body's `org_id` (`beta`): name it once";
+    for path in [
+        "/api/policy?org_id=acme",
+        "/api/policy?org_id=acme&dryRun=true",
+        "/api/policy/validate?org_id=acme",
+        "/api/policy?org_id=acme&shadow=true",
+    ] {
+        let (status, body) = t
+            .call(Method::POST, path, Some(ADMIN), Some(policy.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(
+            body["error"],
+            json!({"code": "bad_request", "message": message}),
+            "{path}"
+        );
+    }
+    let (status, body) = t
+        .call(
+            Method::POST,
+            "/api/agents/enroll?org_id=acme",
+            Some(ADMIN),
+            Some(json!({"hostname": "h", "org_id": "beta"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["message"], message);
+    for org in ["acme", "beta"] {
+        let (status, _) = t
+            .get(&format!("/api/policy/active?org_id={org}"), ADMIN)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{org}");
+        let (_, agents) = t.get(&format!("/api/agents?org_id={org}"), ADMIN).await;
+        assert_eq!(agents["data"], json!([]), "{org}");
+    }
+    // Named twice, the same org: published there.
+    let (status, body) = t
+        .call(
+            Method::POST,
+            "/api/policy?org_id=beta",
+            Some(ADMIN),
+            Some(policy),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, active) = t.get("/api/policy/active?org_id=beta", ADMIN).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(active["data"]["version"], "v1");
+}

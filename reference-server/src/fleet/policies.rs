@@ -18,7 +18,7 @@ use super::notify::{self, NotifyConfig};
 use super::overrides;
 use super::streams::Publisher;
 use super::views::{applied_at, policy_view, resolved_rules};
-use crate::auth::{Principal, random_hex};
+use crate::auth::{Principal, named_org, random_hex};
 use crate::clock;
 use crate::error::ApiError;
 use crate::store::{
@@ -129,7 +129,7 @@ fn publishable(
     if !unknown_channels.is_empty() {
         return Err(ApiError::from_validation(unknown_channels));
     }
-    principal.write_org(policy.org_id.as_deref().or(org_query))
+    principal.write_org(named_org(policy.org_id.as_deref(), org_query)?)
 }
 
 /// The refusal of an unsigned policy for an org that takes only signed ones.
@@ -249,7 +249,7 @@ pub fn check(
 ) -> Result<Checked, ApiError> {
     let (policy, org, signed) = match publication {
         Publication::Unsigned(policy) => {
-            let org = principal.write_org(policy.org_id.as_deref().or(org_query))?;
+            let org = principal.write_org(named_org(policy.org_id.as_deref(), org_query)?)?;
             if signed_orgs.required(&org) {
                 return Err(signature_required(&org));
             }

@@ -20,7 +20,7 @@ use super::changes::Topic;
 use super::notify::{self, NotifyConfig};
 use super::policies::Publication;
 use super::streams::Publisher;
-use crate::auth::Principal;
+use crate::auth::{Principal, named_org};
 use crate::clock;
 use crate::error::ApiError;
 use crate::store::{NewEntry, ShadowRun, Store, StoredShadowReport};
@@ -171,7 +171,7 @@ pub async fn start(
 ) -> Result<ShadowRunView, ApiError> {
     let (policy, org) = match publication {
         Publication::Unsigned(policy) => {
-            let org = principal.write_org(policy.org_id.as_deref().or(org_query))?;
+            let org = principal.write_org(named_org(policy.org_id.as_deref(), org_query)?)?;
             (policy, org)
         }
         Publication::Signed { policy, org_id, .. } => {

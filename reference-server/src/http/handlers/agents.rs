@@ -10,7 +10,7 @@ use warp::http::StatusCode;
 
 use super::{Answer, ok};
 use crate::app::AppState;
-use crate::auth::Principal;
+use crate::auth::{Principal, named_org};
 use crate::error::ApiError;
 use crate::fleet::agents;
 use crate::fleet::changes::Topic;
@@ -24,7 +24,7 @@ pub async fn enroll(
     state: Arc<AppState>,
 ) -> Answer {
     let request = EnrollRequest::from_value(&body)?;
-    let org = principal.write_org(request.org_id.as_deref().or(org_query(&query)))?;
+    let org = principal.write_org(named_org(request.org_id.as_deref(), org_query(&query))?)?;
     let answer = agents::enroll(&*state.store, &state.tokens, org, request).await?;
     state.publisher.changed(&answer.org_id, &[Topic::Agents]);
     ok(StatusCode::CREATED, &answer)
