@@ -174,6 +174,17 @@ fn hostile_inputs_are_rejected_without_panic_or_overflow() {
         ["name: expected 1 to 200 characters, found 201"]
     );
 
+    // A name of spaces, tabs and line breaks names nothing.
+    let blank_name = serde_json::to_vec(&serde_json::json!({
+        "name": " \t\n ",
+        "rules": [{"type":"custom","config":{"condition":"true","action":"x"}}]
+    }))
+    .unwrap();
+    assert_eq!(
+        verdict_quickly(&blank_name).unwrap(),
+        ["name: expected a name with a visible character, found only whitespace"]
+    );
+
     for garbage in [&b""[..], b"\xff\xfe", b"null", b"\"x\"", b"{\"name\":"] {
         assert!(verdict_quickly(garbage).is_some());
     }

@@ -47,6 +47,13 @@ pub(super) fn policy(value: &Value) -> Result<Policy, PolicyError> {
             );
             return None;
         }
+        if name.trim().is_empty() {
+            errors.push(
+                &path,
+                "expected a name with a visible character, found only whitespace",
+            );
+            return None;
+        }
         Some(name.to_owned())
     });
     let description = fields
