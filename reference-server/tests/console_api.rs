@@ -473,3 +473,33 @@ async fn console_files_carry_a_strict_policy_and_revalidate_by_etag() {
     let body: Value = missing.json().await.unwrap();
     assert_eq!(body["error"]["message"], "no console file `js/nope.js`");
 }
+
+/// The admin stream's frames are written as the agents' are and as the README shows them:
+/// `event: ready`, then `data: ` and the JSON, then a blank line (warp's `sse` wrote
+/// `event:ready` without the space).
+#[tokio::test]
+async fn the_admin_stream_writes_its_frames_as_documented() {
+    let t = TestServer::start(true).await;
+    let mut response = t
+        .client
+        .get(format!("{}/api/admin/events", t.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(DEADLINE, response.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert_eq!(
+        text,
+        "event: ready\ndata: {\"orgId\":\"default\",\"topics\":[\"agents\",\"policies\",\"approvals\",\"blocks\",\"audit\"]}\n\n"
+    );
+}

@@ -1,14 +1,12 @@
 //! `/api/admin`: what the console asks for itself: who the token is, the orgs it may pick,
 //! and the admin event stream that tells it what changed.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use serde::Serialize;
-use warp::Reply;
 use warp::http::StatusCode;
-use warp::sse::Event;
 
 use super::{Answer, ok};
 use crate::app::AppState;
@@ -16,6 +14,7 @@ use crate::auth::Principal;
 use crate::fleet::admin;
 use crate::fleet::changes::{Ready, Topic};
 use crate::http::filters::{Query, org_query};
+use crate::transport::{EventBody, Frame};
 
 /// `GET /api/admin/me` (admin): `{actor, global, orgId}`.
 pub async fn me(principal: Principal, _query: Query) -> Answer {
@@ -31,7 +30,8 @@ pub async fn orgs(principal: Principal, _query: Query, state: Arc<AppState>) -> 
 }
 
 /// `GET /api/admin/events?org_id=` (admin): SSE, `ready` first, then `changed` with the topics
-/// that changed (at most one event per 250 ms); a keep-alive comment after each silence.
+/// that changed (at most one event per 250 ms); a keep-alive comment after each silence. The
+/// frames are written as the agents' are ([`Frame`]: `event: ready`, `data: {...}`).
 pub async fn events(principal: Principal, query: Query, state: Arc<AppState>) -> Answer {
     let org = principal.read_org(org_query(&query))?;
     let changes = state.publisher.changes().watch(&org)?;
@@ -44,14 +44,11 @@ pub async fn events(principal: Principal, query: Query, state: Arc<AppState>) ->
     );
     let events = stream::once(async move { ready })
         .chain(changes.map(|changed| sse_event("changed", &changed)));
-    let stream = warp::sse::keep_alive()
-        .interval(state.hub.keep_alive())
-        .stream(events);
-    Ok(warp::sse::reply(stream).into_response())
+    Ok(EventBody::new(events, state.hub.keep_alive()).into_response())
 }
 
-fn sse_event<T: Serialize>(name: &'static str, data: &T) -> Result<Event, Infallible> {
+fn sse_event<T: Serialize>(name: &'static str, data: &T) -> Bytes {
     // These shapes hold only strings and lists: serializing cannot fail.
     let json = serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned());
-    Ok(Event::default().event(name).data(json))
+    Frame::new(name, None, &json).wire().clone()
 }
