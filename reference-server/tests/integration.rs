@@ -18,7 +18,7 @@ mod fleet_overrides;
 mod fleet_server;
 mod handlers;
 mod hostile;
-mod http2;
+mod http_framing;
 mod layering;
 mod lean_streams;
 mod metrics;

@@ -160,7 +160,8 @@ async fn run(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HTTP1_HEAD);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -414,6 +415,12 @@ where
         Err(error) => tracing::debug!(%peer, %error, "event stream ended with an error"),
     }
 }
+
+/// Longest HTTP/1.1 request head (request line and headers) read, in bytes: past it hyper
+/// answers `431` and closes the connection. (HTTP/2's limit on a header list is hyper's 16 KiB.)
+/// Without it hyper buffered up to about 400 KiB, and over TLS a head of 128 KiB or more got no
+/// answer at all: the connection was closed by the header-read timeout.
+pub const MAX_HTTP1_HEAD: usize = 64 * 1024;
 
 /// Longest wait for a closing write (TLS close_notify) before the connection is dropped.
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
