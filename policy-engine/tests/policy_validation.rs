@@ -148,10 +148,35 @@ fn hostile_inputs_are_rejected_without_panic_or_overflow() {
         ["invalid JSON at line 1 column 105: expected value"]
     );
 
+    // Duplicate keys are reported with every other error of the document (contract: all errors
+    // of a document); the document is validated with the first value of each.
     let duplicate_top = br#"{"name":"a","name":"b","rules":[]}"#;
     assert_eq!(
         verdict_quickly(duplicate_top).unwrap(),
-        ["name: duplicate key `name`"]
+        [
+            "name: duplicate key `name`",
+            "rules: expected 1 to 1000 rules, found 0"
+        ]
+    );
+    let duplicates_and_more = br#"{"name":"","rules":[
+        {"type":"custom","config":{"condition":"true","action":"alert"}},
+        {"type":"custom","config":{"condition":"true","action":"a","action":"b"}},
+        {"type":"block_ip","config":{"trigger":"t","threshold":0,"threshold":1,
+         "duration":"1h","scope":"host"}}],"zz":1}"#;
+    assert_eq!(
+        verdict_quickly(duplicates_and_more).unwrap(),
+        [
+            "rules[1].config.action: duplicate key `action`",
+            "rules[2].config.threshold: duplicate key `threshold`",
+            "zz: unknown field `zz`, expected one of `name`, `description`, `rules`, `org_id`, `orgId`, `budgets`",
+            "name: expected 1 to 200 characters, found 0",
+            "rules[2].config.threshold: expected an integer from 1 to 1000000, found `0`",
+        ]
+    );
+    // Valid but for a duplicate: still refused.
+    assert_eq!(
+        verdict_quickly(br#"{"name":"a","rules":[{"type":"custom","config":{"condition":"true","action":"x","action":"x"}}]}"#).unwrap(),
+        ["rules[0].config.action: duplicate key `action`"]
     );
 
     let many_rules = serde_json::to_vec(&serde_json::json!({

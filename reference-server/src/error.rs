@@ -150,6 +150,27 @@ impl ApiError {
         }
     }
 
+    /// `result` with the duplicate keys found while reading its document: a 422 listing them
+    /// first, then the document's other validation errors (if `result` is one); a document
+    /// valid but for its duplicates is refused all the same. Other errors stay as they are.
+    pub fn with_duplicates<T>(
+        result: Result<T, Self>,
+        duplicates: Vec<ValidationError>,
+    ) -> Result<T, Self> {
+        if duplicates.is_empty() {
+            return result;
+        }
+        match result {
+            Ok(_) => Err(Self::from_validation(duplicates)),
+            Err(error) if error.code == "validation_failed" => {
+                let mut errors = duplicates;
+                errors.extend(error.errors);
+                Err(Self::from_validation(errors))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// A document rejected by the policy library: syntax errors are 400, the rest 422.
     pub fn from_policy(error: PolicyError) -> Self {
         match error.first() {

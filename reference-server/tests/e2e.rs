@@ -450,13 +450,35 @@ async fn errors_use_the_envelope_and_change_nothing() {
         "invalid JSON at line 1 column 13: EOF while parsing a value",
         None,
     );
-    check(
-        raw(br#"{"name":"x","name":"y","rules":[]}"#.to_vec()).await,
-        422,
-        "validation_failed",
-        "duplicate key `name`",
-        Some("name"),
-    );
+    // A duplicate key comes first, with the document's other errors after it (contract: all
+    // errors of a document), on `POST /api/policy` and `POST /api/policy/validate` alike.
+    for path in ["/api/policy", "/api/policy/validate"] {
+        let response = t
+            .client
+            .post(format!("{}{path}", t.base))
+            .bearer_auth(ADMIN)
+            .body(&br#"{"name":"x","name":"y","rules":[]}"#[..])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        check(
+            (status, body.clone()),
+            422,
+            "validation_failed",
+            "duplicate key `name`",
+            Some("name"),
+        );
+        assert_eq!(
+            body["error"]["errors"],
+            json!([
+                {"path": "name", "message": "duplicate key `name`"},
+                {"path": "rules", "message": "expected 1 to 1000 rules, found 0"}
+            ]),
+            "{path}"
+        );
+    }
     let mut bad = block_ip_policy("x", 1);
     bad["rules"][0]["config"]["treshold"] = json!(3);
     let (status, body) = t.post("/api/policy", ADMIN, bad).await;

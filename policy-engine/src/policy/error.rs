@@ -40,7 +40,8 @@ impl std::error::Error for ValidationError {}
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", display_errors(.errors))]
 pub struct PolicyError {
-    /// All errors of the document, in document order. Never empty.
+    /// All errors of the document: its duplicate keys first (when read from bytes), then the
+    /// rest in document order. Never empty.
     pub errors: Vec<ValidationError>,
 }
 

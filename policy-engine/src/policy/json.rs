@@ -1,6 +1,8 @@
 //! Strict JSON reading, shared by the policy parser and the server's request bodies: size,
 //! depth and string-length limits and duplicate-key rejection, enforced while parsing so that
-//! hostile documents cost no more than their limits.
+//! hostile documents cost no more than their limits. [`parse_strict`] stops at the first
+//! duplicate key; [`parse_collecting`] records every one and reads on, for callers that report
+//! them with the document's other errors.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -21,13 +23,18 @@ pub struct JsonLimits {
     pub max_string_bytes: usize,
 }
 
+impl JsonLimits {
+    /// The contract's limits: 1 MiB, nesting 64, strings 64 KiB.
+    pub const DEFAULT: Self = Self {
+        max_bytes: 1024 * 1024,
+        max_depth: 64,
+        max_string_bytes: 64 * 1024,
+    };
+}
+
 impl Default for JsonLimits {
     fn default() -> Self {
-        Self {
-            max_bytes: 1024 * 1024,
-            max_depth: 64,
-            max_string_bytes: 64 * 1024,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -64,6 +71,36 @@ impl JsonError {
 /// assert_eq!(err.to_string(), "a: duplicate key `a`");
 /// ```
 pub fn parse_strict(input: &[u8], limits: JsonLimits) -> Result<Value, JsonError> {
+    let parsed = parse_collecting(input, limits)?;
+    match parsed.duplicates.into_iter().next() {
+        Some(first) => Err(JsonError::Rejected(first)),
+        None => Ok(parsed.value),
+    }
+}
+
+/// A document read by [`parse_collecting`]: its value and every duplicate key in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Collected {
+    /// The document, each duplicated key holding its first value.
+    pub value: Value,
+    /// One error per duplicate key (`duplicate key `k``, at the later key's path), in
+    /// document order.
+    pub duplicates: Vec<ValidationError>,
+}
+
+/// [`parse_strict`] that goes on past duplicate keys: each is recorded and the rest of the
+/// document is still read (the later value too, within the limits, then dropped), so that a
+/// caller can report every duplicate together with what else is wrong with the document
+/// (contract: all errors of a document are reported). Syntax errors and limits still stop it.
+///
+/// ```
+/// use policy_engine::policy::json::{parse_collecting, JsonLimits};
+/// let parsed = parse_collecting(br#"{"a":1,"a":2,"b":{"c":3,"c":4}}"#, JsonLimits::default()).unwrap();
+/// assert_eq!(parsed.value, serde_json::json!({"a": 1, "b": {"c": 3}}));
+/// let found: Vec<String> = parsed.duplicates.iter().map(ToString::to_string).collect();
+/// assert_eq!(found, ["a: duplicate key `a`", "b.c: duplicate key `c`"]);
+/// ```
+pub fn parse_collecting(input: &[u8], limits: JsonLimits) -> Result<Collected, JsonError> {
     if input.len() > limits.max_bytes {
         return Err(JsonError::Rejected(ValidationError::new(
             "",
@@ -75,6 +112,7 @@ pub fn parse_strict(input: &[u8], limits: JsonLimits) -> Result<Value, JsonError
         )));
     }
     let failure = RefCell::new(None);
+    let duplicates = RefCell::new(Vec::new());
     let mut de = serde_json::Deserializer::from_slice(input);
     // Our own depth limit (64) is far below serde_json's (128), which stays as a backstop.
     let seed = StrictSeed {
@@ -82,13 +120,17 @@ pub fn parse_strict(input: &[u8], limits: JsonLimits) -> Result<Value, JsonError
         path: String::new(),
         limits,
         failure: &failure,
+        duplicates: &duplicates,
     };
     let result = seed.deserialize(&mut de).and_then(|value| {
         de.end()?;
         Ok(value)
     });
     match result {
-        Ok(value) => Ok(value),
+        Ok(value) => Ok(Collected {
+            value,
+            duplicates: duplicates.into_inner(),
+        }),
         Err(err) => {
             if let Some(structured) = failure.into_inner() {
                 return Err(JsonError::Rejected(structured));
@@ -121,6 +163,7 @@ struct StrictSeed<'a> {
     path: String,
     limits: JsonLimits,
     failure: &'a RefCell<Option<ValidationError>>,
+    duplicates: &'a RefCell<Vec<ValidationError>>,
 }
 
 impl StrictSeed<'_> {
@@ -138,6 +181,7 @@ impl StrictSeed<'_> {
             path,
             limits: self.limits,
             failure: self.failure,
+            duplicates: self.duplicates,
         }
     }
 
@@ -289,7 +333,11 @@ impl<'de> Visitor<'de> for StrictSeed<'_> {
                 ));
             }
             if object.contains_key(&key) {
-                return Err(self.fail(&path, format!("duplicate key `{key}`")));
+                let error = ValidationError::new(&path, format!("duplicate key `{key}`"));
+                self.duplicates.borrow_mut().push(error);
+                // Read within the limits like any value, then dropped: the first one stays.
+                map.next_value_seed(self.child(path))?;
+                continue;
             }
             let value = map.next_value_seed(self.child(path))?;
             object.insert(key, value);

@@ -23,7 +23,7 @@ pub use budgets::{
 };
 pub use duration::{DurationError, DurationUnit, MAX_DURATION, PolicyDuration};
 pub use error::{PolicyError, ValidationError};
-pub use json::{JsonError, JsonLimits, parse_strict};
+pub use json::{Collected, JsonError, JsonLimits, parse_collecting, parse_strict};
 pub use schema::JSON_SCHEMA;
 
 use crate::condition::Condition;
@@ -72,10 +72,14 @@ impl Policy {
     }
 
     /// Parses and validates a policy document with explicit limits.
+    ///
+    /// Duplicate keys are reported together with every other error of the document (the
+    /// document is validated with the first value of each duplicated key); syntax errors and
+    /// the size, depth and string limits stop at once.
     pub fn from_json_with_limits(input: &[u8], limits: JsonLimits) -> Result<Self, PolicyError> {
-        let value = json::parse_strict(input, limits)
+        let parsed = json::parse_collecting(input, limits)
             .map_err(|e| PolicyError::single(e.into_validation_error()))?;
-        Self::from_value(&value)
+        with_duplicates(Self::from_value(&parsed.value), parsed.duplicates)
     }
 
     /// Validates an already parsed document. The size, depth and duplicate-key checks of
@@ -98,6 +102,22 @@ impl Policy {
     pub fn org(&self) -> &str {
         self.org_id.as_deref().unwrap_or(DEFAULT_ORG)
     }
+}
+
+/// `result` with the duplicate keys found while reading its document: they come first, then the
+/// validation's own errors; a document valid but for its duplicates is still refused.
+pub fn with_duplicates<T>(
+    result: Result<T, PolicyError>,
+    duplicates: Vec<ValidationError>,
+) -> Result<T, PolicyError> {
+    if duplicates.is_empty() {
+        return result;
+    }
+    let mut errors = duplicates;
+    if let Err(error) = result {
+        errors.extend(error.errors);
+    }
+    Err(PolicyError { errors })
 }
 
 /// The org of policies and agents that name none.

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use policy_engine::policy::json::{JsonError, JsonLimits, parse_strict};
+use policy_engine::policy::json::{
+    Collected, JsonError, JsonLimits, parse_collecting, parse_strict,
+};
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -101,14 +103,27 @@ where
 /// system): syntax errors are 400 with line and column, duplicate keys and limit violations are
 /// 422 with their path. The body size was already bounded by [`read_limited`].
 pub fn parse_json(input: &[u8]) -> Result<Value, ApiError> {
-    let limits = JsonLimits {
-        max_bytes: usize::MAX,
-        ..JsonLimits::default()
-    };
-    parse_strict(input, limits).map_err(|err| match err {
+    parse_strict(input, BODY_LIMITS).map_err(json_error)
+}
+
+/// [`parse_json`] that reads on past duplicate keys and returns them with the value, for a
+/// policy document whose duplicates are reported together with its other errors
+/// ([`ApiError::with_duplicates`]).
+pub fn parse_json_collecting(input: &[u8]) -> Result<Collected, ApiError> {
+    parse_collecting(input, BODY_LIMITS).map_err(json_error)
+}
+
+/// The JSON limits of a body (its size was bounded by [`read_limited`]).
+const BODY_LIMITS: JsonLimits = JsonLimits {
+    max_bytes: usize::MAX,
+    ..JsonLimits::DEFAULT
+};
+
+fn json_error(err: JsonError) -> ApiError {
+    match err {
         JsonError::Syntax(e) => ApiError::malformed(e.message),
         JsonError::Rejected(e) => ApiError::from_validation(vec![e]),
-    })
+    }
 }
 
 #[cfg(test)]

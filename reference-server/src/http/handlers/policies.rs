@@ -18,7 +18,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::fleet::policies::Publication;
 use crate::fleet::{agents, plan, policies, shadows};
-use crate::http::body::parse_json;
+use crate::http::body::parse_json_collecting;
 use crate::http::filters::{Query, org_query};
 use crate::store::AgentRecord;
 
@@ -36,8 +36,8 @@ pub async fn post(principal: Principal, query: Query, body: Bytes, state: Arc<Ap
             "query parameters `dryRun` and `shadow` cannot both be `true`",
         ));
     }
-    let value = parse_json(&body)?;
-    let publication = publication(&value, "")?;
+    let parsed = parse_json_collecting(&body)?;
+    let publication = ApiError::with_duplicates(publication(&parsed.value, ""), parsed.duplicates)?;
     if shadow {
         let run = shadows::start(
             &*state.store,
