@@ -33,7 +33,11 @@ struct Args {
     #[arg(long, default_value = "v1")]
     version: PolicyVersion,
     /// Most source IPs each block_ip rule tracks.
-    #[arg(long, default_value_t = EngineConfig::default().max_keys_per_rule)]
+    #[arg(
+        long,
+        default_value_t = EngineConfig::default().max_keys_per_rule,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
     max_keys: usize,
     /// Also list each condition error and missing target on stderr.
     #[arg(long)]

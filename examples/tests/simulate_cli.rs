@@ -80,6 +80,22 @@ fn an_invalid_policy_is_refused_with_its_errors() {
     );
 }
 
+/// A key cap of 0 cannot hold the key being counted: refused before anything is read (it
+/// acted as 1 before).
+#[test]
+fn a_key_cap_of_zero_is_refused() {
+    let output = Command::new(example_bin("simulate"))
+        .args(["--max-keys", "0", "--policy", "-", "--events", "-"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains("invalid value '0' for '--max-keys <MAX_KEYS>': 0 is not in 1.."),
+        "{stderr}"
+    );
+}
+
 /// A rule in shadow mode: its actions are counted in the summary, never printed as actions.
 #[test]
 fn shadow_rules_are_counted_not_acted_on() {

@@ -52,7 +52,8 @@ pub const DEFAULT_MAX_KEYS_PER_RULE: usize = 100_000;
 pub struct EngineConfig {
     /// Most source IPs a `block_ip` rule tracks (counting or blocked); at the cap the least
     /// recently seen counting key is evicted (blocked keys only when no counting key is left).
-    /// Values above 536,870,911 count as that.
+    /// Values above 536,870,911 count as that; 0 counts as 1 (a rule must hold the key it is
+    /// counting).
     pub max_keys_per_rule: usize,
     /// Block duration of `block_ip` actions from `auto_respond` rules and `custom` rules without
     /// a `duration` param (those rule types state none).
