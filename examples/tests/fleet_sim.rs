@@ -156,9 +156,11 @@ fn check_common(stdout: &str, replicas: &str) {
 fn one_sqlite_server_with_a_restart() {
     let work = tempfile::tempdir().unwrap();
     let work_dir = work.path().to_str().unwrap();
-    let stdout = run(&["--receive-timestamps", "--work-dir", work_dir]);
+    let stdout = run(&["--nice", "19", "--work-dir", work_dir]);
+    let header = stdout.lines().next().unwrap();
     assert!(
-        stdout.starts_with("fleet_sim: 8 agents, 1 server(s), "),
+        header.starts_with("fleet_sim: 8 agents, 1 server(s), ")
+            && header.ends_with(" cores, simulator worker threads at nice 19"),
         "{stdout}"
     );
     // The server's database where --work-dir said, removed after the run.
@@ -170,19 +172,15 @@ fn one_sqlite_server_with_a_restart() {
     assert!(!std::path::Path::new(data_dir).exists(), "{data_dir}");
     check_common(&stdout, "1 replica");
     assert!(!stdout.contains("cross-replica"), "{stdout}");
-    // The kernel's receive time of each broadcast on the last agent's socket: one per post,
-    // and never after the simulator read it (1 ms for the two clocks' start moments).
-    let socket =
-        "POST -> last of 8 agents' sockets (kernel receive time, before the simulator decrypts): ";
-    assert_eq!(samples(line(&stdout, socket)), 3);
-    let (socket_p50, socket_p99) = percentiles(figure(
-        &stdout,
-        "policy broadcast to 8 TLS SSE agents, 1 replica(s) (POST -> the last agent's socket)",
-    ));
-    let (read_p50, read_p99) = percentiles(figure(
-        &stdout,
-        "policy broadcast to 8 TLS SSE agents, 1 replica (POST -> last agent)",
-    ));
+    // Without --receive-timestamps the streams read plainly and print no socket times.
+    assert!(!stdout.contains("agents' sockets"), "{stdout}");
+}
+
+/// `socket` (kernel receive times) is never after `read` (the simulator read the frames), with
+/// 1 ms for the two clocks' start moments.
+fn socket_not_after_read(stdout: &str, socket: &str, read: &str) {
+    let (socket_p50, socket_p99) = percentiles(figure(stdout, socket));
+    let (read_p50, read_p99) = percentiles(figure(stdout, read));
     assert!(
         socket_p50 <= read_p50 + 1.0 && socket_p99 <= read_p99 + 1.0,
         "{stdout}"
@@ -193,11 +191,20 @@ fn one_sqlite_server_with_a_restart() {
 async fn two_replicas_on_postgresql_with_a_restart() {
     let database = postgres::TestDatabase::create().await;
     let url = database.url.clone();
-    let stdout = tokio::task::spawn_blocking(move || run(&["--replicas", "2", "--database", &url]))
-        .await
-        .unwrap();
+    let stdout = tokio::task::spawn_blocking(move || {
+        run(&[
+            "--replicas",
+            "2",
+            "--database",
+            &url,
+            "--receive-timestamps",
+        ])
+    })
+    .await
+    .unwrap();
     assert!(
-        stdout.starts_with("fleet_sim: 8 agents, 2 server(s), "),
+        stdout.starts_with("fleet_sim: 8 agents, 2 server(s), ")
+            && stdout.lines().next().unwrap().ends_with(" at nice 0"),
         "{stdout}"
     );
     check_common(&stdout, "2 replicas");
@@ -212,6 +219,21 @@ async fn two_replicas_on_postgresql_with_a_restart() {
         )),
         3
     );
-    // Without --receive-timestamps the streams read plainly and print no socket times.
-    assert!(!stdout.contains("agents' sockets"), "{stdout}");
+    // The kernel's receive time of each broadcast on the last agent's socket, of all agents
+    // and of those on B: one per post each.
+    let socket =
+        "POST -> last of 8 agents' sockets (kernel receive time, before the simulator decrypts): ";
+    assert_eq!(samples(line(&stdout, socket)), 3);
+    socket_not_after_read(
+        &stdout,
+        "policy broadcast to 8 TLS SSE agents, 2 replica(s) (POST -> the last agent's socket)",
+        "policy broadcast to 8 TLS SSE agents, 2 replicas (POST -> last agent)",
+    );
+    let socket_b = "POST to replica A -> last of 4 agents' sockets on the other replicas (kernel receive time): ";
+    assert_eq!(samples(line(&stdout, socket_b)), 3);
+    socket_not_after_read(
+        &stdout,
+        "cross-replica push, 2 replicas on PostgreSQL (POST to A -> the last socket of 4 agents on B)",
+        "cross-replica push, 2 replicas on PostgreSQL (POST to A -> last of 4 agents on B)",
+    );
 }

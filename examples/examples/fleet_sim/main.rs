@@ -120,6 +120,15 @@ struct Args {
     /// are local: 1 and 2 measured the same on 2 cores, within the runs' spread).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Nice value (0-19) of the simulator's worker threads, where its simulated agents run
+    /// (the thread that starts the local servers and posts the policies keeps its own, so the
+    /// servers it starts do not inherit it). With local servers on the same cores, 19 leaves
+    /// the cores to the servers while they fan a broadcast out, as agents on machines of their
+    /// own would: the simulator then reads its sockets after the fan-out, so time broadcasts
+    /// with `--receive-timestamps` (the kernel's receive time) and read its heartbeat round
+    /// trips as upper bounds.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    nice: i32,
     /// Also time each broadcast to the moment the kernel received it on the last agent's
     /// socket (`SO_TIMESTAMPNS`), before the simulator decrypted and parsed it: tells the
     /// server's delivery apart from the simulator's own lag (reading with `recvmsg` costs the
@@ -186,8 +195,17 @@ fn main() -> Result<()> {
         );
     }
     raise_fd_limit();
+    let nice = args.nice;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
+        .on_thread_start(move || {
+            // Linux: a thread's nice value is its own (`None`: the calling thread).
+            if nice != 0 {
+                if let Err(error) = rustix::process::setpriority_process(None, nice) {
+                    eprintln!("cannot set the nice value {nice} of a worker thread: {error}");
+                }
+            }
+        })
         .enable_all()
         .build()?;
     runtime.block_on(run(args))
@@ -372,9 +390,13 @@ async fn run(args: Args) -> Result<()> {
     let mut servers = servers(&args).await?;
     let n = args.agents;
     let replicas = servers.bases.len();
+    // Read back on a worker thread: what --nice made of them.
+    let nice = tokio::spawn(async { rustix::process::getpriority_process(None) })
+        .await?
+        .context("cannot read the nice value of a worker thread")?;
     println!(
-        "fleet_sim: {n} agents, {replicas} server(s), {} cores",
-        std::thread::available_parallelism().map_or(0, |c| c.get())
+        "fleet_sim: {n} agents, {replicas} server(s), {} cores, simulator worker threads at nice {nice}",
+        std::thread::available_parallelism().map_or(0, |c| c.get()),
     );
     if let Some(data) = &servers.data {
         let database = match &args.database {
@@ -466,6 +488,7 @@ async fn run(args: Args) -> Result<()> {
     let mut responses = Samples::default();
     let pace = Duration::from_secs_f64(args.load_secs / args.posts.max(1) as f64);
     let mut to_socket = Samples::default();
+    let mut to_other_socket = Samples::default();
     let own_pid = std::process::id();
     let server_cpu = || local_total(&servers.pids, cpu_time);
     let mut cpu_servers = Samples::default();
@@ -505,6 +528,12 @@ async fn run(args: Args) -> Result<()> {
             .and_then(|at| at.duration_since(sent_wall).ok())
         {
             to_socket.push(socket);
+        }
+        if let Some(socket) = arrived
+            .last_other_received
+            .and_then(|at| at.duration_since(sent_wall).ok())
+        {
+            to_other_socket.push(socket);
         }
         // Pacing, not waiting for a condition: the load phase lasts --load-secs.
         tokio::time::sleep_until((sent + pace).into()).await;
@@ -565,6 +594,18 @@ async fn run(args: Args) -> Result<()> {
             ),
             to_other.summary(),
         );
+        if to_other_socket.len() > 0 {
+            println!(
+                "POST to replica A -> last of {others} agents' sockets on the other replicas (kernel receive time): {}",
+                to_other_socket.detail()
+            );
+            figure(
+                &format!(
+                    "cross-replica push, {replicas} replicas on PostgreSQL (POST to A -> the last socket of {others} agents on B)"
+                ),
+                to_other_socket.summary(),
+            );
+        }
     }
 
     let heartbeats = load
@@ -619,6 +660,8 @@ struct Arrived {
     /// When the kernel received it on the last agent's socket (`None` unless every agent's
     /// socket said).
     last_received: Option<SystemTime>,
+    /// The same for the agents on replicas other than the first.
+    last_other_received: Option<SystemTime>,
 }
 
 /// Waits until every agent got `version`, sent at `sent`.
@@ -633,6 +676,7 @@ async fn wait_for_version(
     let mut last = sent;
     let mut last_other: Option<Instant> = None;
     let mut last_received: Option<SystemTime> = None;
+    let mut last_other_received: Option<SystemTime> = None;
     let mut all_received = true;
     let deadline = Instant::now() + Duration::from_secs(60);
     while got.len() < n {
@@ -646,13 +690,16 @@ async fn wait_for_version(
             })) if v == version => {
                 if got.insert(agent) {
                     last = last.max(at);
-                    if replica_of.get(agent).is_some_and(|&r| r != 0) {
+                    let other = replica_of.get(agent).is_some_and(|&r| r != 0);
+                    if other {
                         last_other = Some(last_other.map_or(at, |l| l.max(at)));
                     }
                     match received {
                         Some(received) => {
-                            last_received =
-                                Some(last_received.map_or(received, |l| l.max(received)))
+                            last_received = Some(later(last_received, received));
+                            if other {
+                                last_other_received = Some(later(last_other_received, received));
+                            }
                         }
                         None => all_received = false,
                     }
@@ -666,7 +713,12 @@ async fn wait_for_version(
         last: last - sent,
         last_other: last_other.map(|l| l - sent),
         last_received: last_received.filter(|_| all_received),
+        last_other_received: last_other_received.filter(|_| all_received),
     })
+}
+
+fn later(known: Option<SystemTime>, at: SystemTime) -> SystemTime {
+    known.map_or(at, |known| known.max(at))
 }
 
 /// Kills the first replica, restarts it, and times its agents' return; then a new version must
