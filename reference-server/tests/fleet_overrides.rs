@@ -194,3 +194,55 @@ async fn an_inherited_unknown_channel_keeps_the_policy_path() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(overrides_set(&t).await.len(), 1);
 }
+
+#[tokio::test]
+async fn every_error_of_an_override_list_is_reported_in_the_order_of_the_overrides() {
+    let t = TestServer::start(true).await;
+    t.post_policy(ADMIN, policy()).await;
+    let (a, _) = t.enroll(ADMIN, "host-a").await;
+    let before = agent_policy(&t, &a).await;
+
+    // A wrong rule index in one override does not hide the config errors of the others, and
+    // an override's shape error comes before its config's.
+    let (status, body) = put_overrides(
+        &t,
+        &a,
+        json!([{"rule": 5, "enabled": false},
+               {"rule": 0, "config": {"threshold": -1}},
+               {"rule": 1, "enabled": "no", "config": {"severity": "urgent"}}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "validation_failed");
+    assert_eq!(body["error"]["path"], "[0].rule");
+    assert_eq!(
+        body["error"]["message"],
+        "expected a rule index from 0 to 1, found `5`"
+    );
+    let errors: Vec<(&str, &str)> = body["error"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap(), e["message"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            ("[0].rule", "expected a rule index from 0 to 1, found `5`"),
+            (
+                "[1].config.threshold",
+                "expected an integer from 1 to 1000000, found `-1`"
+            ),
+            (
+                "[2].enabled",
+                "expected `true` or `false`, found the string `no`"
+            ),
+            (
+                "[2].config.severity",
+                "expected one of `info`, `low`, `medium`, `high`, `critical`, found `urgent`"
+            ),
+        ]
+    );
+    assert_eq!(agent_policy(&t, &a).await, before);
+    assert!(overrides_set(&t).await.is_empty());
+}

@@ -37,14 +37,29 @@ pub struct Override {
 /// Reads an override list, checking its shape and that each rule index exists in a policy of
 /// `rule_count` rules, at most one override per rule. Every error is reported.
 pub fn parse(value: &Value, rule_count: usize) -> Result<Vec<Override>, ApiError> {
+    let (list, errors) = parse_collecting(value, rule_count)?;
+    if errors.is_empty() {
+        Ok(list.into_iter().map(|(_, o)| o).collect())
+    } else {
+        Err(ApiError::from_validation(errors))
+    }
+}
+
+/// [`parse`], reading on past errors: the overrides that name an existing rule, each with its
+/// index in the list (a field of theirs that is wrong is left out), and every error of the
+/// list's shape, so that the caller
+/// can report the config errors of the readable overrides along with them. Fails outright only
+/// where nothing can be read: not an array, or more than [`MAX_OVERRIDES`].
+pub fn parse_collecting(
+    value: &Value,
+    rule_count: usize,
+) -> Result<(Vec<(usize, Override)>, Vec<ValidationError>), ApiError> {
     let mut fields = Fields::default();
     let Value::Array(items) = value else {
-        fields.push(
+        return Err(ApiError::invalid(
             "",
             format!("expected an array of overrides, found {}", describe(value)),
-        );
-        fields.finish()?;
-        return Ok(Vec::new());
+        ));
     };
     if items.len() > MAX_OVERRIDES {
         return Err(ApiError::invalid(
@@ -113,15 +128,66 @@ pub fn parse(value: &Value, rule_count: usize) -> Result<Vec<Override>, ApiError
             }
         };
         if let Some(rule) = rule {
-            list.push(Override {
-                rule,
-                enabled,
-                config,
-            });
+            list.push((
+                index,
+                Override {
+                    rule,
+                    enabled,
+                    config,
+                },
+            ));
         }
     }
-    fields.finish()?;
-    Ok(list)
+    Ok((list, fields.finish().err().unwrap_or_default()))
+}
+
+/// Validates `body` as the override list of an agent whose org's policy is `document` (of
+/// `rule_count` rules): its shape, under a signature (`signed`: why) that it only disables
+/// rules, and the policy it resolves to. Every error is reported, in the order of the overrides
+/// they point into: a wrong rule index in one override does not hide a wrong threshold in
+/// another.
+pub fn validate(
+    document: &Value,
+    rule_count: usize,
+    body: &Value,
+    signed: Option<&str>,
+) -> Result<(Vec<Override>, Policy), ApiError> {
+    let (readable, mut errors) = parse_collecting(body, rule_count)?;
+    let indexed = || readable.iter().map(|(index, o)| (*index, o));
+    let disable_only = signed.map(|why| disable_only_errors(indexed(), why));
+    let resolved = match disable_only {
+        // A config under a signature is refused as such; its fields are not checked too.
+        Some(refused) if !refused.is_empty() => {
+            errors.extend(refused);
+            None
+        }
+        _ => match apply_indexed(document, indexed()) {
+            Ok(resolved) => Some(resolved),
+            Err(error) if error.code == "validation_failed" => {
+                errors.extend(error.errors);
+                None
+            }
+            Err(error) => return Err(error),
+        },
+    };
+    match resolved {
+        Some(resolved) if errors.is_empty() => {
+            Ok((readable.into_iter().map(|(_, o)| o).collect(), resolved))
+        }
+        _ => {
+            // Stable: within one override, shape errors stay before its config's.
+            errors.sort_by_key(|e| override_index(&e.path));
+            Err(ApiError::from_validation(errors))
+        }
+    }
+}
+
+/// The override an error path points into (`[3].config.threshold`: 3); other paths after all.
+fn override_index(path: &str) -> usize {
+    path.strip_prefix('[')
+        .and_then(|rest| rest.split_once(']'))
+        .and_then(|(digits, _)| digits.parse().ok())
+        .unwrap_or(usize::MAX)
 }
 
 /// The list of an agent as stored (none: empty). A stored list always parsed when it was
@@ -152,9 +218,12 @@ pub fn disabled_rules(list: &[Override]) -> Vec<usize> {
 /// Under a signature an override may only disable a rule: anything else would change what the
 /// operator signed, and agents pinned to the key would refuse it. Errors point into the
 /// override body.
-pub fn check_disable_only(list: &[Override], why: &str) -> Result<(), ApiError> {
+fn disable_only_errors<'o>(
+    list: impl Iterator<Item = (usize, &'o Override)>,
+    why: &str,
+) -> Vec<ValidationError> {
     let mut errors = Vec::new();
-    for (index, o) in list.iter().enumerate() {
+    for (index, o) in list {
         let at = join_index("", index);
         if o.config.is_some() {
             errors.push(ValidationError::new(
@@ -171,11 +240,7 @@ pub fn check_disable_only(list: &[Override], why: &str) -> Result<(), ApiError> 
             ));
         }
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::from_validation(errors))
-    }
+    errors
 }
 
 /// The normalized list as stored and shown.
@@ -201,6 +266,14 @@ pub fn to_value(overrides: &[Override]) -> Value {
 /// Applies `overrides` to a policy document and validates the result into the agent's resolved
 /// policy. Errors point into the override list.
 pub fn apply(document: &Value, overrides: &[Override]) -> Result<Policy, ApiError> {
+    apply_indexed(document, overrides.iter().enumerate())
+}
+
+/// [`apply`] with each override's index in the list its errors point into.
+fn apply_indexed<'o>(
+    document: &Value,
+    overrides: impl Iterator<Item = (usize, &'o Override)>,
+) -> Result<Policy, ApiError> {
     let mut resolved = document.clone();
     let mut origin: HashMap<usize, usize> = HashMap::new();
     {
@@ -209,7 +282,7 @@ pub fn apply(document: &Value, overrides: &[Override]) -> Result<Policy, ApiErro
             .and_then(Value::as_array_mut)
             .ok_or_else(|| ApiError::internal("stored policy has no rules array"))?;
         let count = rules.len();
-        for (index, o) in overrides.iter().enumerate() {
+        for (index, o) in overrides {
             let Some(rule) = rules.get_mut(o.rule).and_then(Value::as_object_mut) else {
                 return Err(ApiError::invalid(
                     join_key(&join_index("", index), "rule"),
@@ -401,6 +474,61 @@ mod tests {
                 "unknown notification channel `email`; configured channels: `ops`",
                 Some("rules[0].config.notifyChannels[0]")
             )
+        );
+    }
+
+    fn validate_errors(list: Value, signed: Option<&str>) -> Vec<String> {
+        let e = validate(&document(), 2, &list, signed).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (422, "validation_failed"));
+        e.errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn validate_reports_shape_and_config_errors_together_in_override_order() {
+        assert_eq!(
+            validate_errors(
+                json!([{"rule": 1, "config": {"threshold": 0}}, {"rule": 9},
+                       {"rule": 0, "config": {"countPerHour": 0}, "extra": true}]),
+                None
+            ),
+            [
+                "[0].config.threshold: expected an integer from 1 to 1000000, found `0`",
+                "[1].rule: expected a rule index from 0 to 1, found `9`",
+                "[2].extra: unknown field `extra`, expected one of `rule`, `enabled`, `config`",
+                "[2].config.countPerHour: expected an integer from 1 to 4294967295, found `0`",
+            ]
+        );
+        let (list, resolved) = validate(
+            &document(),
+            2,
+            &json!([{"rule": 1, "enabled": false}]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(list.len(), 1);
+        assert!(!resolved.rules[1].enabled);
+    }
+
+    #[test]
+    fn under_a_signature_a_config_is_refused_as_such_beside_the_shape_errors() {
+        assert_eq!(
+            validate_errors(
+                json!([{"rule": 7}, {"rule": 1, "config": {"threshold": 0}}]),
+                Some("v1 is signed")
+            ),
+            [
+                "[0].rule: expected a rule index from 0 to 1, found `7`",
+                "[1].config: v1 is signed: an override may only disable a rule (`\"enabled\": false`); change its config in a newly signed version",
+            ]
+        );
+        assert!(
+            validate(
+                &document(),
+                2,
+                &json!([{"rule": 1, "enabled": false}]),
+                Some("v1 is signed")
+            )
+            .is_ok()
         );
     }
 

@@ -417,15 +417,25 @@ pub async fn set_overrides(
                 agent.org_id
             ))
         })?;
-    let list = overrides::parse(body, policy.policy.rules.len())?;
-    if signed_orgs.required(&agent.org_id) {
-        let why = format!("org `{}` accepts only signed policies", agent.org_id);
-        overrides::check_disable_only(&list, &why)?;
+    let signed = if signed_orgs.required(&agent.org_id) {
+        Some(format!(
+            "org `{}` accepts only signed policies",
+            agent.org_id
+        ))
     } else if policy.signature.is_some() {
-        let why = format!("{} of org `{}` is signed", policy.version, agent.org_id);
-        overrides::check_disable_only(&list, &why)?;
-    }
-    let resolved = overrides::apply(&policy.policy.to_json_value(), &list)?;
+        Some(format!(
+            "{} of org `{}` is signed",
+            policy.version, agent.org_id
+        ))
+    } else {
+        None
+    };
+    let (list, resolved) = overrides::validate(
+        &policy.policy.to_json_value(),
+        policy.policy.rules.len(),
+        body,
+        signed.as_deref(),
+    )?;
     overrides::check_channels(channels, &resolved, &list)?;
     let rules = resolved.to_document().rules;
     let stored = StoredOverrides {
