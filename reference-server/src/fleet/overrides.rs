@@ -37,12 +37,21 @@ pub struct Override {
 /// Reads an override list, checking its shape and that each rule index exists in a policy of
 /// `rule_count` rules, at most one override per rule. Every error is reported.
 pub fn parse(value: &Value, rule_count: usize) -> Result<Vec<Override>, ApiError> {
-    let (list, errors) = parse_collecting(value, rule_count)?;
+    let ReadList { readable, errors } = parse_collecting(value, rule_count)?;
     if errors.is_empty() {
-        Ok(list.into_iter().map(|(_, o)| o).collect())
+        Ok(readable.into_iter().map(|(_, o)| o).collect())
     } else {
         Err(ApiError::from_validation(errors))
     }
+}
+
+/// An override list read on past its errors ([`parse_collecting`]).
+#[derive(Debug)]
+pub struct ReadList {
+    /// The overrides that name an existing rule, each with its index in the list.
+    pub readable: Vec<(usize, Override)>,
+    /// Every error of the list's shape.
+    pub errors: Vec<ValidationError>,
 }
 
 /// [`parse`], reading on past errors: the overrides that name an existing rule, each with its
@@ -50,10 +59,7 @@ pub fn parse(value: &Value, rule_count: usize) -> Result<Vec<Override>, ApiError
 /// list's shape, so that the caller
 /// can report the config errors of the readable overrides along with them. Fails outright only
 /// where nothing can be read: not an array, or more than [`MAX_OVERRIDES`].
-pub fn parse_collecting(
-    value: &Value,
-    rule_count: usize,
-) -> Result<(Vec<(usize, Override)>, Vec<ValidationError>), ApiError> {
+pub fn parse_collecting(value: &Value, rule_count: usize) -> Result<ReadList, ApiError> {
     let mut fields = Fields::default();
     let Value::Array(items) = value else {
         return Err(ApiError::invalid(
@@ -138,7 +144,10 @@ pub fn parse_collecting(
             ));
         }
     }
-    Ok((list, fields.finish().err().unwrap_or_default()))
+    Ok(ReadList {
+        readable: list,
+        errors: fields.finish().err().unwrap_or_default(),
+    })
 }
 
 /// Validates `body` as the override list of an agent whose org's policy is `document` (of
@@ -152,7 +161,10 @@ pub fn validate(
     body: &Value,
     signed: Option<&str>,
 ) -> Result<(Vec<Override>, Policy), ApiError> {
-    let (readable, mut errors) = parse_collecting(body, rule_count)?;
+    let ReadList {
+        readable,
+        mut errors,
+    } = parse_collecting(body, rule_count)?;
     let indexed = || readable.iter().map(|(index, o)| (*index, o));
     let disable_only = signed.map(|why| disable_only_errors(indexed(), why));
     let resolved = match disable_only {
