@@ -127,12 +127,7 @@ async fn validate_answers_like_publishing_and_stores_nothing() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let (_, published) = t.post("/api/policy", ADMIN, invalid).await;
     assert_eq!(body, published, "validate and publish answer alike");
-    let errors: Vec<(&str, &str)> = body["error"]["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["path"].as_str().unwrap(), e["message"].as_str().unwrap()))
-        .collect();
+    let errors = error_list(&body);
     assert_eq!(
         errors,
         [

@@ -219,12 +219,7 @@ async fn every_error_of_an_override_list_is_reported_in_the_order_of_the_overrid
         body["error"]["message"],
         "expected a rule index from 0 to 1, found `5`"
     );
-    let errors: Vec<(&str, &str)> = body["error"]["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["path"].as_str().unwrap(), e["message"].as_str().unwrap()))
-        .collect();
+    let errors = error_list(&body);
     assert_eq!(
         errors,
         [

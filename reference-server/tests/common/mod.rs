@@ -254,6 +254,16 @@ pub fn block_ip_policy(name: &str, threshold: u32) -> Value {
     })
 }
 
+/// The `(path, message)` of every error of a 422 envelope, in order.
+pub fn error_list(body: &Value) -> Vec<(&str, &str)> {
+    body["error"]["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no error list in {body}"))
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap(), e["message"].as_str().unwrap()))
+        .collect()
+}
+
 /// RFC 3339 with milliseconds, UTC: `2026-03-07T12:00:00.000Z`.
 pub fn assert_timestamp(value: &Value) {
     let text = value
