@@ -247,3 +247,60 @@ async fn wrong_token_is_a_clear_error_without_a_tight_loop() {
     agent.shutdown().await;
     server.shutdown().await;
 }
+
+/// Write-ahead: the moment the engine runs a version (and may act on it or report it), that
+/// version is already in the state dir, so a `kill -9` right after restarts on it. (It was
+/// saved after the swap: a pinned agent killed at that moment came back on the version before,
+/// which CI caught once.) A thread polls the running version without pause and reads the
+/// state dir the moment it changes: with the old order it finds the previous version there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_is_on_disk_before_it_runs() {
+    let data = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let server = start_server(data.path(), any_port()).await;
+    let base = server.base_url();
+    let admin = Admin::new(&base, data.path());
+    let (agent_id, token) = admin.enroll("web-1").await;
+    let config = sync_config(
+        &base,
+        &agent_id,
+        &token,
+        state.path(),
+        &ca_file(data.path()),
+    );
+    let agent = start_agent(config).await;
+    wait_status(agent.live(), "the stream to open", |s| s.connected).await;
+    assert_eq!(agent.live().version(), None);
+
+    let live = agent.live().clone();
+    let store = StateStore::new(state.path());
+    let watcher = std::thread::spawn(move || {
+        // (running, on disk at that moment) for each version seen; bounded by the deadline.
+        let mut seen: Vec<(PolicyVersion, Option<PolicyVersion>)> = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while seen.len() < 2 && std::time::Instant::now() < deadline {
+            let Some(running) = live.version() else {
+                std::hint::spin_loop();
+                continue;
+            };
+            if seen.last().map(|(v, _)| *v) != Some(running) {
+                let stored = store.load().ok().flatten().map(|s| s.version);
+                seen.push((running, stored));
+            }
+        }
+        seen
+    });
+    let first = admin.post_policy(policy(5)).await;
+    wait_version(agent.live(), first).await;
+    let second = admin.post_policy(policy(6)).await;
+    wait_version(agent.live(), second).await;
+    let seen = tokio::task::spawn_blocking(move || watcher.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        seen,
+        [(v(1), Some(v(1))), (v(2), Some(v(2)))],
+        "(running, on disk) when each version started to run"
+    );
+    agent.shutdown().await;
+}

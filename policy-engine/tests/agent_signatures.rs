@@ -293,3 +293,54 @@ fn the_signature_and_its_terms_survive_a_restart() {
     apply(&live, &rollback).unwrap();
     assert_eq!(live.version(), Some(v(3)));
 }
+
+/// The two halves of `apply_update` that the sync task puts the state dir's write between: a
+/// checked policy is not running until `apply_checked`, a refusal is recorded at the check, and
+/// the policy already running checks as nothing to do.
+#[test]
+fn a_checked_policy_runs_only_once_applied() {
+    let key = SigningKey::generate().unwrap();
+    let live = pinned(&[&key]);
+    let update = |n: u64, threshold: u32| {
+        let event = event(
+            n,
+            &rules(threshold),
+            Some(&sign(&key, "acme", n, &rules(threshold))),
+        );
+        PolicyUpdate::from_event(&event.to_string()).unwrap()
+    };
+
+    let checked = live.check_update(&update(1, 5)).unwrap().unwrap();
+    assert_eq!(checked.policy().version, v(1));
+    assert!(checked.policy().signature.is_some());
+    assert_eq!(live.version(), None, "checked, not running yet");
+    assert_eq!(
+        live.apply_checked(checked).unwrap(),
+        Applied::Swapped { previous: None }
+    );
+    assert_eq!(live.version(), Some(v(1)));
+
+    // The same version again: nothing to save or run.
+    assert!(live.check_update(&update(1, 5)).unwrap().is_none());
+
+    // A refusal at the check keeps v1 and is the last error.
+    let unsigned = PolicyUpdate::from_event(&event(2, &rules(6), None).to_string()).unwrap();
+    assert_eq!(
+        live.check_update(&unsigned).unwrap_err().to_string(),
+        "policy v2 is not signed, and this agent accepts only signed policies"
+    );
+    assert_eq!(live.version(), Some(v(1)));
+    assert_eq!(
+        live.status().last_error.as_deref(),
+        Some("policy v2 is not signed, and this agent accepts only signed policies")
+    );
+
+    // Checked, then overtaken by a newer version: applying the older one is refused then.
+    let older = live.check_update(&update(2, 6)).unwrap().unwrap();
+    live.apply_update(&update(3, 7)).unwrap();
+    assert_eq!(
+        live.apply_checked(older).unwrap_err().to_string(),
+        "policy v2 refused: older than the applied v3"
+    );
+    assert_eq!(live.version(), Some(v(3)));
+}

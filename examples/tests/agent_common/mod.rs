@@ -253,7 +253,7 @@ pub async fn wait_status(
     );
 }
 
-/// Waits until the state dir holds `version` (it is written right after the swap).
+/// Waits until the state dir holds `version` (it is written before the engine runs it).
 pub async fn wait_stored(state_dir: &Path, version: PolicyVersion) {
     let store = policy_engine::sync::StateStore::new(state_dir);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -61,6 +61,22 @@ impl SyncStatus {
     }
 }
 
+/// A pushed policy that [`LiveEngine::check_update`] accepted and that is not running yet:
+/// what the sync task saves to the state dir before [`LiveEngine::apply_checked`] runs it, so
+/// that whatever the agent runs, acts on and reports is on disk first.
+#[derive(Debug)]
+pub struct Checked {
+    stored: StoredPolicy,
+    rollback_from: Option<PolicyVersion>,
+}
+
+impl Checked {
+    /// The policy to run, with its version and signature (what the state dir keeps).
+    pub fn policy(&self) -> &StoredPolicy {
+        &self.stored
+    }
+}
+
 /// What [`LiveEngine::apply`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -282,12 +298,53 @@ impl LiveEngine {
     /// ([`LiveEngine::with_signatures`]) runs only the signed rules, verified for its org and
     /// the event's version, with the rules its overrides disable switched off.
     pub fn apply_update(&self, update: &PolicyUpdate) -> Result<Applied, ApplyError> {
-        let result = self.check_version(update).and_then(|()| {
-            let stored = self.verified(update)?;
-            self.install(stored, update.rollback_from)
-        });
-        let version = update.version;
-        match &result {
+        match self.check_update(update)? {
+            Some(checked) => self.apply_checked(checked),
+            None => Ok(Applied::Unchanged),
+        }
+    }
+
+    /// The first half of [`LiveEngine::apply_update`]: checks a pushed policy (its version
+    /// against the running one, its signature for a pinned agent, its rules) without running
+    /// it. `None` when exactly that policy is running already (a reconnect re-sends it); a
+    /// refusal is recorded as in `apply_update`.
+    pub fn check_update(&self, update: &PolicyUpdate) -> Result<Option<Checked>, ApplyError> {
+        let stored = match self
+            .check_version(update)
+            .and_then(|()| self.verified(update))
+        {
+            Ok(stored) => stored,
+            Err(err) => {
+                let refused = Err(err);
+                self.settle(update.version, &refused);
+                return refused.map(|_| None);
+            }
+        };
+        let running = lock(&self.inner.applied)
+            .as_ref()
+            .is_some_and(|c| c.version == stored.version && c.policy == stored.policy);
+        if running {
+            self.settle(update.version, &Ok(Applied::Unchanged));
+            return Ok(None);
+        }
+        Ok(Some(Checked {
+            stored,
+            rollback_from: update.rollback_from,
+        }))
+    }
+
+    /// The second half of [`LiveEngine::apply_update`]: runs a checked policy (the version
+    /// order is checked again, in case another policy was applied in between).
+    pub fn apply_checked(&self, checked: Checked) -> Result<Applied, ApplyError> {
+        let version = checked.stored.version;
+        let result = self.install(checked.stored, checked.rollback_from);
+        self.settle(version, &result);
+        result
+    }
+
+    /// Records what became of the offer of `version`: the ack, and a refusal as the last error.
+    fn settle(&self, version: PolicyVersion, result: &Result<Applied, ApplyError>) {
+        match result {
             Err(err) => {
                 let status = match err {
                     ApplyError::Invalid { .. } => AckStatus::Invalid,
@@ -312,7 +369,6 @@ impl LiveEngine {
                 }
             }
         }
-        result
     }
 
     /// The policy an update asks this agent to run, checked against its pinned keys if any.

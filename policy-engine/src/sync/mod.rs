@@ -33,7 +33,7 @@ pub use backoff::{Backoff, BackoffConfig};
 pub use client::{ApiClient, Enrollment, HeartbeatReply, TlsTrust};
 pub use error::{ApplyError, SyncError};
 pub use fleet::FleetEvents;
-pub use live::{Applied, LiveEngine, SignatureCheck, SyncStatus};
+pub use live::{Applied, Checked, LiveEngine, SignatureCheck, SyncStatus};
 pub use message::{PolicyUpdate, SignedUpdate};
 pub use state::{POLICY_FILE, StateError, StateStore, StoredPolicy};
 pub use task::{PolicySync, SyncConfig};

@@ -379,7 +379,22 @@ async fn on_policy(context: &Context, data: &str) -> bool {
     let update =
         PolicyUpdate::from_event(data).inspect_err(|err| live.record_error(err.to_string()));
     let offered = update.as_ref().ok().map(|u| u.version);
-    let applied = update.and_then(|update| live.apply_update(&update));
+    let applied = match update.and_then(|update| live.check_update(&update)) {
+        // Write-ahead: the policy is in the state dir before it runs, so that a version the
+        // agent acted on or reported is the one a restart (even a SIGKILL right after) runs.
+        Ok(Some(checked)) => {
+            let saved = save(context, checked.policy()).await;
+            let applied = live.apply_checked(checked);
+            if let Err(error) = saved {
+                // After applying, which clears the last error.
+                tracing::error!(%error, "the applied policy is not on disk; a restart would run an older one");
+                live.record_error(error);
+            }
+            applied
+        }
+        Ok(None) => Ok(Applied::Unchanged),
+        Err(err) => Err(err),
+    };
     match applied {
         Ok(Applied::Unchanged) => {
             tracing::debug!(version = ?live.version(), "policy already running");
@@ -392,7 +407,6 @@ async fn on_policy(context: &Context, data: &str) -> bool {
                 previous = %version_text(previous),
                 "policy applied"
             );
-            persist(context).await;
             context.heartbeat_now.notify_one();
             true
         }
@@ -447,19 +461,15 @@ fn on_shadow(context: &Context, event: &str, data: &str) {
     }
 }
 
-async fn persist(context: &Context) {
-    let Some(stored) = context.live.applied() else {
-        return;
-    };
+/// Saves `stored` to the state dir (atomically, fsynced), off the async workers.
+async fn save(context: &Context, stored: &super::StoredPolicy) -> Result<(), String> {
     let store = context.store.clone();
-    let saved = tokio::task::spawn_blocking(move || store.save(&stored)).await;
-    let error = match saved {
-        Ok(Ok(())) => return,
-        Ok(Err(err)) => err.to_string(),
-        Err(join) => format!("saving the policy failed: {join}"),
-    };
-    tracing::error!(%error, "the applied policy is not on disk; a restart would run an older one");
-    context.live.record_error(error);
+    let stored = stored.clone();
+    match tokio::task::spawn_blocking(move || store.save(&stored)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(join) => Err(format!("saving the policy failed: {join}")),
+    }
 }
 
 /// Asks the server who this agent is until it answers (`GET /api/agents/me`), with the
