@@ -3,11 +3,13 @@
 //! `GET /api/agents`, refusals, a corrupted state file and a wrong token.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::agent_common::*;
 use policy_engine::PolicyVersion;
-use policy_engine::sync::{StateStore, StoredPolicy};
+use policy_engine::sync::{StateStore, StoredPolicy, SyncConfig};
+use reference_server::RunningServer;
 
 fn v(n: u64) -> PolicyVersion {
     PolicyVersion::new(n)
@@ -17,22 +19,27 @@ fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+/// A server on `data`, an agent enrolled on it as `hostname`, and that agent's sync config with
+/// its state in `state`.
+async fn enrolled(
+    data: &Path,
+    state: &Path,
+    hostname: &str,
+) -> (RunningServer, Admin, String, SyncConfig) {
+    let server = start_server(data, any_port()).await;
+    let base = server.base_url();
+    let admin = Admin::new(&base, data);
+    let (agent_id, token) = admin.enroll(hostname).await;
+    let config = sync_config(&base, &agent_id, &token, state, &ca_file(data));
+    (server, admin, agent_id, config)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_follows_the_server_through_outages() {
     let data = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let server = start_server(data.path(), any_port()).await;
+    let (server, admin, agent_id, config) = enrolled(data.path(), state.path(), "web-1").await;
     let addr = server.local_addr();
-    let base = server.base_url();
-    let admin = Admin::new(&base, data.path());
-    let (agent_id, token) = admin.enroll("web-1").await;
-    let config = sync_config(
-        &base,
-        &agent_id,
-        &token,
-        state.path(),
-        &ca_file(data.path()),
-    );
 
     // A connected agent gets a new policy within a second of the POST.
     let agent = start_agent(config.clone()).await;
@@ -179,18 +186,7 @@ async fn corrupted_state_file_is_ignored_and_replaced() {
         b"{\"format\":1,\"version\":\"v9\",\"sha",
     )
     .unwrap();
-    let server = start_server(data.path(), any_port()).await;
-    let base = server.base_url();
-    let admin = Admin::new(&base, data.path());
-    let (agent_id, token) = admin.enroll("web-3").await;
-
-    let config = sync_config(
-        &base,
-        &agent_id,
-        &token,
-        state.path(),
-        &ca_file(data.path()),
-    );
+    let (server, admin, _, config) = enrolled(data.path(), state.path(), "web-3").await;
     let agent = start_agent(config).await;
     assert_eq!(agent.live().version(), None);
     assert_eq!(
@@ -257,17 +253,7 @@ async fn wrong_token_is_a_clear_error_without_a_tight_loop() {
 async fn a_policy_is_on_disk_before_it_runs() {
     let data = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let server = start_server(data.path(), any_port()).await;
-    let base = server.base_url();
-    let admin = Admin::new(&base, data.path());
-    let (agent_id, token) = admin.enroll("web-1").await;
-    let config = sync_config(
-        &base,
-        &agent_id,
-        &token,
-        state.path(),
-        &ca_file(data.path()),
-    );
+    let (_server, admin, _, config) = enrolled(data.path(), state.path(), "web-1").await;
     let agent = start_agent(config).await;
     wait_status(agent.live(), "the stream to open", |s| s.connected).await;
     assert_eq!(agent.live().version(), None);

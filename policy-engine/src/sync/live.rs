@@ -315,16 +315,15 @@ impl LiveEngine {
         {
             Ok(stored) => stored,
             Err(err) => {
-                let refused = Err(err);
-                self.settle(update.version, &refused);
-                return refused.map(|_| None);
+                self.settle(update.version, Err(&err));
+                return Err(err);
             }
         };
         let running = lock(&self.inner.applied)
             .as_ref()
             .is_some_and(|c| c.version == stored.version && c.policy == stored.policy);
         if running {
-            self.settle(update.version, &Ok(Applied::Unchanged));
+            self.settle(update.version, Ok(Applied::Unchanged));
             return Ok(None);
         }
         Ok(Some(Checked {
@@ -338,12 +337,12 @@ impl LiveEngine {
     pub fn apply_checked(&self, checked: Checked) -> Result<Applied, ApplyError> {
         let version = checked.stored.version;
         let result = self.install(checked.stored, checked.rollback_from);
-        self.settle(version, &result);
+        self.settle(version, result.as_ref().copied());
         result
     }
 
     /// Records what became of the offer of `version`: the ack, and a refusal as the last error.
-    fn settle(&self, version: PolicyVersion, result: &Result<Applied, ApplyError>) {
+    fn settle(&self, version: PolicyVersion, result: Result<Applied, &ApplyError>) {
         match result {
             Err(err) => {
                 let status = match err {

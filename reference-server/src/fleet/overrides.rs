@@ -47,11 +47,11 @@ pub fn parse(value: &Value, rule_count: usize) -> Result<Vec<Override>, ApiError
 
 /// An override list read on past its errors ([`parse_collecting`]).
 #[derive(Debug)]
-pub struct ReadList {
+struct ReadList {
     /// The overrides that name an existing rule, each with its index in the list.
-    pub readable: Vec<(usize, Override)>,
+    readable: Vec<(usize, Override)>,
     /// Every error of the list's shape.
-    pub errors: Vec<ValidationError>,
+    errors: Vec<ValidationError>,
 }
 
 /// [`parse`], reading on past errors: the overrides that name an existing rule, each with its
@@ -59,7 +59,7 @@ pub struct ReadList {
 /// list's shape, so that the caller
 /// can report the config errors of the readable overrides along with them. Fails outright only
 /// where nothing can be read: not an array, or more than [`MAX_OVERRIDES`].
-pub fn parse_collecting(value: &Value, rule_count: usize) -> Result<ReadList, ApiError> {
+fn parse_collecting(value: &Value, rule_count: usize) -> Result<ReadList, ApiError> {
     let mut fields = Fields::default();
     let Value::Array(items) = value else {
         return Err(ApiError::invalid(
@@ -150,21 +150,20 @@ pub fn parse_collecting(value: &Value, rule_count: usize) -> Result<ReadList, Ap
     })
 }
 
-/// Validates `body` as the override list of an agent whose org's policy is `document` (of
-/// `rule_count` rules): its shape, under a signature (`signed`: why) that it only disables
-/// rules, and the policy it resolves to. Every error is reported, in the order of the overrides
+/// Validates `body` as the override list of an agent whose org's policy is `policy`: its shape,
+/// under a signature (`signed`: why) that it only disables rules, and the policy it resolves
+/// to. Every error is reported, in the order of the overrides
 /// they point into: a wrong rule index in one override does not hide a wrong threshold in
 /// another.
 pub fn validate(
-    document: &Value,
-    rule_count: usize,
+    policy: &Policy,
     body: &Value,
     signed: Option<&str>,
 ) -> Result<(Vec<Override>, Policy), ApiError> {
     let ReadList {
         readable,
         mut errors,
-    } = parse_collecting(body, rule_count)?;
+    } = parse_collecting(body, policy.rules.len())?;
     let indexed = || readable.iter().map(|(index, o)| (*index, o));
     let disable_only = signed.map(|why| disable_only_errors(indexed(), why));
     let resolved = match disable_only {
@@ -173,7 +172,7 @@ pub fn validate(
             errors.extend(refused);
             None
         }
-        _ => match apply_indexed(document, indexed()) {
+        _ => match apply_indexed(&policy.to_json_value(), indexed()) {
             Ok(resolved) => Some(resolved),
             Err(error) if error.code == "validation_failed" => {
                 errors.extend(error.errors);
@@ -489,8 +488,12 @@ mod tests {
         );
     }
 
+    fn policy() -> Policy {
+        Policy::from_value(&document()).unwrap()
+    }
+
     fn validate_errors(list: Value, signed: Option<&str>) -> Vec<String> {
-        let e = validate(&document(), 2, &list, signed).unwrap_err();
+        let e = validate(&policy(), &list, signed).unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (422, "validation_failed"));
         e.errors.iter().map(ToString::to_string).collect()
     }
@@ -510,13 +513,8 @@ mod tests {
                 "[2].config.countPerHour: expected an integer from 1 to 4294967295, found `0`",
             ]
         );
-        let (list, resolved) = validate(
-            &document(),
-            2,
-            &json!([{"rule": 1, "enabled": false}]),
-            None,
-        )
-        .unwrap();
+        let (list, resolved) =
+            validate(&policy(), &json!([{"rule": 1, "enabled": false}]), None).unwrap();
         assert_eq!(list.len(), 1);
         assert!(!resolved.rules[1].enabled);
     }
@@ -535,8 +533,7 @@ mod tests {
         );
         assert!(
             validate(
-                &document(),
-                2,
+                &policy(),
                 &json!([{"rule": 1, "enabled": false}]),
                 Some("v1 is signed")
             )

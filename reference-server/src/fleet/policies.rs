@@ -430,12 +430,7 @@ pub async fn set_overrides(
     } else {
         None
     };
-    let (list, resolved) = overrides::validate(
-        &policy.policy.to_json_value(),
-        policy.policy.rules.len(),
-        body,
-        signed.as_deref(),
-    )?;
+    let (list, resolved) = overrides::validate(&policy.policy, body, signed.as_deref())?;
     overrides::check_channels(channels, &resolved, &list)?;
     let rules = resolved.to_document().rules;
     let stored = StoredOverrides {
