@@ -374,3 +374,34 @@ fn an_empty_key_id_is_refused_at_its_path() {
         ["signature.keyId: expected a non-empty string, found an empty one"]
     );
 }
+
+#[test]
+fn numbers_read_back_exactly_so_a_signature_survives_the_wire() {
+    // Each of these is what serde_json writes for some f64 (its shortest form). Its default
+    // reader may land one unit in the last place off, and then read its own output as another
+    // number: 0.9963446783047141 came back as 0.996344678304714, so the agent verified a
+    // different document than the operator signed. Numbers are read correctly rounded.
+    let key = SigningKey::generate().unwrap();
+    let ring = KeyRing::new(vec![key.public_key()]);
+    for confidence in [
+        "0.9963446783047141",
+        "0.9849272623926617",
+        "0.9207521332446403",
+    ] {
+        let text = POLICY.replace("0.9}", &format!("{confidence}}}"));
+        let signed = policy(&text);
+        let document = serde_json::to_value(signed.to_document()).unwrap();
+        assert_eq!(
+            document["rules"][1]["config"]["minConfidence"].as_f64(),
+            Some(confidence.parse::<f64>().unwrap()),
+            "{confidence} was not read as the nearest number"
+        );
+        let signature = key.sign("acme", v(3), &signed);
+        // The server writes the document into its `policy` event; the agent reads it.
+        let wire = serde_json::to_string(&document).unwrap();
+        let received = policy(&wire);
+        assert_eq!(received, signed, "{confidence} changed on the wire: {wire}");
+        ring.verify("acme", v(3), &received, &signature)
+            .unwrap_or_else(|e| panic!("{confidence}: {e}"));
+    }
+}
