@@ -242,7 +242,8 @@ async fn requests(agent: Identity, fleet: Fleet, version: Arc<AtomicU64>) {
                 count(&fleet, |l| {
                     l.error(|| match answer {
                         Ok(response) => format!("{kind}: HTTP {}", response.status()),
-                        Err(error) => format!("{kind}: {error}"),
+                        // The whole chain: reqwest's own message hides the cause.
+                        Err(error) => format!("{kind}: {:#}", anyhow::Error::new(error)),
                     })
                 });
             }
