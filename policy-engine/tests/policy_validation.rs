@@ -214,3 +214,68 @@ fn hostile_inputs_are_rejected_without_panic_or_overflow() {
         assert!(verdict_quickly(garbage).is_some());
     }
 }
+
+/// A policy of `rules` custom rules whose conditions match `process` against `pattern(i)`.
+fn regex_policy(rules: usize, pattern: impl Fn(usize) -> String) -> Vec<u8> {
+    let rules: Vec<Value> = (0..rules)
+        .map(|i| {
+            serde_json::json!({"type": "custom", "config": {
+                "condition": format!(r#"str::regex_matches(process, "{}")"#, pattern(i)),
+                "action": "alert"
+            }})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"name": "regexes", "rules": rules})).unwrap()
+}
+
+#[test]
+fn the_regular_expressions_of_a_policy_are_bounded_one_by_one_and_together() {
+    // A probe of the server sent 100 rules of `\w{200}` (11 MB compiled and 50 ms each): each
+    // is refused at its rule now, and counts the 256 KiB it was built up to, so after 64 of
+    // them the policy's budget is spent and the rest are not compiled.
+    let errors = error_lines(&regex_policy(100, |_| r"\\w{200}".to_owned())).unwrap();
+    assert_eq!(errors.len(), 65, "{errors:?}");
+    for (i, line) in errors.iter().take(64).enumerate() {
+        assert!(
+            line.starts_with(&format!(
+                "rules[{i}].config.condition: at column 30: regular expression `\\w{{200}}` \
+                 needs more than 256 KiB compiled"
+            )),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        errors[64],
+        "rules[64].config.condition: at column 30: the regular expressions of the policy's \
+         conditions need more than 16384 KiB compiled together (`\\w{200}` needs more than 256 \
+         KiB, 0 KiB were left): use fewer or simpler patterns"
+    );
+    // Patterns under the limit each, distinct, and over the policy's 16 MiB together: the rule
+    // that goes past the budget is named, once; the rules after it are not compiled for it.
+    let errors = error_lines(&regex_policy(1000, |i| format!(r"\\w{{4}}{i}"))).unwrap();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (path, message) = errors[0].split_once(": ").unwrap();
+    let index: usize = path
+        .strip_prefix("rules[")
+        .and_then(|rest| rest.strip_suffix("].config.condition"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // About 220 KiB each.
+    assert!((60..90).contains(&index), "{path}");
+    assert!(
+        message.starts_with(&format!(
+            "at column 30: the regular expressions of the policy's conditions need more than \
+             16384 KiB compiled together (`\\w{{4}}{index}` takes "
+        )),
+        "{message}"
+    );
+    // One rule fewer than that fits.
+    assert_eq!(
+        error_lines(&regex_policy(index, |i| format!(r"\\w{{4}}{i}"))),
+        None
+    );
+    // A thousand literal patterns (indicators of compromise) are a few MiB: they fit.
+    let iocs = regex_policy(1000, |i| format!(r"^(evil{i}|dropper-{i}\\.bin)$"));
+    assert_eq!(error_lines(&iocs), None);
+}

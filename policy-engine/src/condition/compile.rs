@@ -9,7 +9,7 @@
 //! evaluates every operand and these trees cannot fail, `&&` and `||` may short-circuit here.
 
 use evalexpr::{Node, Operator, Value};
-use regex::Regex;
+use regex_automata::meta::Regex;
 
 use super::view::{EventView, Field, FieldSet, Kind};
 use super::{Condition, REGEX_MATCHES, unwrap_root};

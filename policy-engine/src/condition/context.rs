@@ -204,10 +204,17 @@ struct EventContext<'a> {
 }
 
 impl EventContext<'_> {
-    fn with_regex<T>(&self, pattern: &str, f: impl FnOnce(&Regex) -> T) -> EvalexprResult<T> {
+    /// `str::regex_matches`: a constant pattern was compiled with the condition, any other is
+    /// built now (and kept a while).
+    fn regex_matches(&self, pattern: &str, subject: &str) -> EvalexprResult<bool> {
         if let Some(regex) = self.condition.regex(pattern) {
-            return Ok(f(regex));
+            return Ok(regex.is_match(subject));
         }
+        self.with_regex(pattern, |regex| regex.is_match(subject))
+    }
+
+    /// Runs `f` with `pattern` built (at most [`REGEX_SIZE_LIMIT`]) and kept a while.
+    fn with_regex<T>(&self, pattern: &str, f: impl FnOnce(&Regex) -> T) -> EvalexprResult<T> {
         let mut cache = self.cache.borrow_mut();
         if !cache.contains_key(pattern) {
             if cache.len() >= REGEX_CACHE_ENTRIES {
@@ -255,7 +262,7 @@ impl Context for EventContext<'_> {
                 };
                 let subject = subject.as_string()?;
                 let pattern = pattern.as_string()?;
-                self.with_regex(&pattern, |regex| Value::Boolean(regex.is_match(&subject)))
+                self.regex_matches(&pattern, &subject).map(Value::Boolean)
             }
             REGEX_REPLACE => {
                 let arguments = argument.as_fixed_len_tuple(3)?;

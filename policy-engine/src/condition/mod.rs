@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use evalexpr::{EvalexprError, Node, Operator, Value};
-use regex::Regex;
+use regex_automata::meta::{self, Regex};
 
 /// Longest accepted condition, in bytes. It also bounds evalexpr's recursive evaluation and
 /// its quadratic parsing of unary chains.
@@ -28,6 +28,56 @@ pub const MAX_CONDITION_NESTING: usize = 256;
 
 /// Name of the function whose regular expressions are compiled at load time.
 pub const REGEX_MATCHES: &str = "str::regex_matches";
+
+/// Largest compiled form of one constant regular expression, in bytes (each of its automata):
+/// compiling one costs at most about a millisecond. `\w{5}` fits; `\w{6}` (Unicode word
+/// characters) does not, `[A-Za-z0-9_]{64}` does.
+pub const MAX_REGEX_BYTES: usize = 256 * 1024;
+
+/// Heap that the constant regular expressions of all of a policy's conditions may use
+/// together, as the regex engine counts it (a short literal pattern takes a few KiB, one at
+/// [`MAX_REGEX_BYTES`] about 300 KiB). Without it a document of 100 KB could make its reader
+/// compile 1,000 rules of large patterns: seconds of CPU and gigabytes.
+pub const MAX_POLICY_REGEX_BYTES: usize = 16 * 1024 * 1024;
+
+/// What is left of [`MAX_POLICY_REGEX_BYTES`] while a policy's conditions compile
+/// ([`Condition::compile_within`]).
+#[derive(Debug, Clone)]
+pub struct RegexBudget {
+    total: usize,
+    left: usize,
+    spent: usize,
+    exhausted: bool,
+}
+
+impl Default for RegexBudget {
+    fn default() -> Self {
+        Self::new(MAX_POLICY_REGEX_BYTES)
+    }
+}
+
+impl RegexBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            total: bytes,
+            left: bytes,
+            spent: 0,
+            exhausted: false,
+        }
+    }
+
+    /// Whether a condition went past it: later conditions compile no regular expressions
+    /// (their policy is refused already, and reading it stays bounded).
+    pub fn is_exhausted(&self) -> bool {
+        self.exhausted
+    }
+
+    /// Bytes the compiled regular expressions use so far.
+    pub fn spent(&self) -> usize {
+        self.spent
+    }
+}
 
 /// A compiled, read-only custom condition.
 ///
@@ -44,12 +94,21 @@ pub struct Condition {
     tree: Node,
     variables: Vec<String>,
     regexes: HashMap<String, Regex>,
+    regex_bytes: usize,
 }
 
 impl Condition {
     /// Compiles `source`, rejecting anything over [`MAX_CONDITION_BYTES`], syntax errors,
-    /// assignments, `;` chains and invalid constant regular expressions.
+    /// assignments, `;` chains, invalid constant regular expressions and constant regular
+    /// expressions over [`MAX_REGEX_BYTES`] or, together, over [`MAX_POLICY_REGEX_BYTES`].
     pub fn compile(source: &str) -> Result<Self, ConditionError> {
+        Self::compile_within(source, &mut RegexBudget::default())
+    }
+
+    /// [`compile`](Self::compile), with the constant regular expressions taken from `budget`,
+    /// which all the conditions of one policy share. Once a condition went past the budget,
+    /// later ones compile no regular expressions (and are not refused for them).
+    pub fn compile_within(source: &str, budget: &mut RegexBudget) -> Result<Self, ConditionError> {
         if source.len() > MAX_CONDITION_BYTES {
             return Err(ConditionError {
                 column: None,
@@ -94,27 +153,51 @@ impl Condition {
             });
         }
         let mut regexes = HashMap::new();
+        let mut regex_bytes = 0;
         for pattern in constant_regex_patterns(&tree) {
+            if budget.exhausted {
+                break;
+            }
             if regexes.contains_key(&pattern) {
                 continue;
             }
-            match Regex::new(&pattern) {
+            // What it costs: its heap, or (past the size limit) the limit it was built up to,
+            // so that a policy of patterns that all fail still does bounded work.
+            let (built, bytes, takes) = match compile_regex(source, &pattern) {
                 Ok(regex) => {
-                    regexes.insert(pattern, regex);
+                    let bytes = regex.memory_usage();
+                    (
+                        Ok(regex),
+                        bytes,
+                        format!("takes {} KiB", bytes.div_ceil(1024)),
+                    )
                 }
-                Err(err) => {
-                    let text = err.to_string();
-                    let last = text.lines().last().unwrap_or_default().trim();
-                    let detail = last.strip_prefix("error: ").unwrap_or(last).to_owned();
-                    let quoted = format!("\"{pattern}\"");
-                    return Err(ConditionError {
-                        column: source
-                            .find(&quoted)
-                            .map(|offset| column_of(source, offset + 1)),
-                        message: format!("invalid regular expression `{pattern}`: {detail}"),
-                    });
-                }
+                Err(Refused::TooBig(error)) => (
+                    Err(error),
+                    MAX_REGEX_BYTES,
+                    format!("needs more than {} KiB", MAX_REGEX_BYTES / 1024),
+                ),
+                Err(Refused::Invalid(error)) => return Err(error),
+            };
+            if bytes > budget.left {
+                budget.exhausted = true;
+                return Err(ConditionError {
+                    column: pattern_column(source, &pattern),
+                    message: format!(
+                        "the regular expressions of the policy's conditions need more than {} KiB \
+                         compiled together (`{}` {takes}, {} KiB were left): use fewer or simpler \
+                         patterns",
+                        budget.total / 1024,
+                        shorten(&pattern),
+                        budget.left / 1024
+                    ),
+                });
             }
+            budget.left -= bytes;
+            budget.spent += bytes;
+            let regex = built?;
+            regex_bytes += bytes;
+            regexes.insert(pattern, regex);
         }
         let mut variables: Vec<String> = tree
             .iter_read_variable_identifiers()
@@ -127,6 +210,7 @@ impl Condition {
             tree,
             variables,
             regexes,
+            regex_bytes,
         })
     }
 
@@ -148,6 +232,12 @@ impl Condition {
     /// The compiled form of a constant pattern passed to `str::regex_matches`.
     pub fn regex(&self, pattern: &str) -> Option<&Regex> {
         self.regexes.get(pattern)
+    }
+
+    /// Heap used by the compiled constant regular expressions, in bytes (what they took of
+    /// the [`RegexBudget`]).
+    pub fn regex_bytes(&self) -> usize {
+        self.regex_bytes
     }
 }
 
@@ -171,6 +261,70 @@ pub struct ConditionError {
     pub column: Option<usize>,
     /// What is wrong.
     pub message: String,
+}
+
+/// Why a constant pattern did not compile.
+enum Refused {
+    /// Over [`MAX_REGEX_BYTES`].
+    TooBig(ConditionError),
+    /// Not a regular expression.
+    Invalid(ConditionError),
+}
+
+/// Compiles a constant pattern of `source` within [`MAX_REGEX_BYTES`], with the syntax of the
+/// `regex` crate evalexpr uses (Unicode, UTF-8), so it matches exactly what evalexpr would.
+fn compile_regex(source: &str, pattern: &str) -> Result<Regex, Refused> {
+    let config = meta::Config::new()
+        .nfa_size_limit(Some(MAX_REGEX_BYTES))
+        .onepass_size_limit(Some(MAX_REGEX_BYTES))
+        .hybrid_cache_capacity(2 * MAX_REGEX_BYTES);
+    Regex::builder()
+        .configure(config)
+        .build(pattern)
+        .map_err(|err| {
+            let column = pattern_column(source, pattern);
+            match err.size_limit() {
+                Some(limit) => Refused::TooBig(ConditionError {
+                    column,
+                    message: format!(
+                        "regular expression `{}` needs more than {} KiB compiled: use a simpler \
+                         pattern (bounded repetitions of Unicode classes such as `\\w{{6}}` are \
+                         large; `[A-Za-z0-9_]` or `(?-u:\\w)` are small)",
+                        shorten(pattern),
+                        limit / 1024
+                    ),
+                }),
+                None => {
+                    // The parser's message, as the `regex` crate words it.
+                    let text = err
+                        .syntax_error()
+                        .map_or_else(|| err.to_string(), ToString::to_string);
+                    let last = text.lines().last().unwrap_or_default().trim();
+                    let detail = last.strip_prefix("error: ").unwrap_or(last);
+                    Refused::Invalid(ConditionError {
+                        column,
+                        message: format!("invalid regular expression `{pattern}`: {detail}"),
+                    })
+                }
+            }
+        })
+}
+
+/// The column of `pattern` as a string literal in `source` (where a backslash or a quote is
+/// written with a backslash before it).
+fn pattern_column(source: &str, pattern: &str) -> Option<usize> {
+    let escaped = pattern.replace('\\', "\\\\").replace('"', "\\\"");
+    source
+        .find(&format!("\"{escaped}\""))
+        .map(|offset| column_of(source, offset + 1))
+}
+
+/// A pattern as quoted in a message: at most 64 characters.
+fn shorten(pattern: &str) -> String {
+    match pattern.char_indices().nth(64) {
+        Some((end, _)) => format!("{}...", pattern.get(..end).unwrap_or(pattern)),
+        None => pattern.to_owned(),
+    }
 }
 
 fn column_of(source: &str, byte_offset: usize) -> usize {

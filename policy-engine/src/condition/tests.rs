@@ -22,6 +22,88 @@ fn precompiles_constant_regexes() {
 }
 
 #[test]
+fn a_constant_regex_over_the_size_limit_is_refused_where_it_is() {
+    // In a condition's string a backslash is written `\\`.
+    assert_eq!(
+        error(r#"type == "x" || str::regex_matches(process, "\\w{200}")"#),
+        "at column 45: regular expression `\\w{200}` needs more than 256 KiB compiled: use a \
+         simpler pattern (bounded repetitions of Unicode classes such as `\\w{6}` are large; \
+         `[A-Za-z0-9_]` or `(?-u:\\w)` are small)"
+    );
+    let long = format!("{}.{{1000}}", "a".repeat(100));
+    assert!(
+        error(&format!(r#"str::regex_matches(process, "{long}")"#)).contains(&format!(
+            "regular expression `{}...` needs more than 256 KiB",
+            "a".repeat(64)
+        ))
+    );
+    // The small spellings of the same idea compile, and match as evalexpr's would.
+    for (written, pattern) in [
+        (r"\\w{5}", r"\w{5}"),
+        (r"[A-Za-z0-9_]{64}", r"[A-Za-z0-9_]{64}"),
+        (r"(?-u:\\w){200}", r"(?-u:\w){200}"),
+    ] {
+        let condition =
+            Condition::compile(&format!(r#"str::regex_matches(process, "{written}")"#)).unwrap();
+        let regex = condition.regex(pattern).unwrap();
+        assert!(regex.is_match("a".repeat(300).as_str()), "{pattern}");
+        assert!(!regex.is_match("a-b"), "{pattern}");
+        assert!(condition.regex_bytes() <= 2 * MAX_REGEX_BYTES, "{pattern}");
+    }
+}
+
+#[test]
+fn the_conditions_of_one_policy_share_a_regex_budget() {
+    let pattern = |i: usize| format!(r#"str::regex_matches(process, "\\w{{4}}{i}")"#);
+    let one = Condition::compile(&pattern(0)).unwrap().regex_bytes();
+    assert!(one > 100 * 1024, "{one}");
+    // Room for two and a half.
+    let mut budget = RegexBudget::new(one * 5 / 2);
+    let first = Condition::compile_within(&pattern(1), &mut budget).unwrap();
+    let second = Condition::compile_within(&pattern(2), &mut budget).unwrap();
+    assert_eq!(budget.spent(), first.regex_bytes() + second.regex_bytes());
+    // The same pattern twice in one condition is compiled once, then the budget runs out.
+    let twice = format!(
+        "{} || {}",
+        pattern(3),
+        pattern(3).replace("process", "user")
+    );
+    let message = Condition::compile_within(&twice, &mut budget)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.starts_with(&format!(
+            "at column 30: the regular expressions of the policy's conditions need more than {} \
+             KiB compiled together (`\\w{{4}}3` takes ",
+            one * 5 / 2 / 1024
+        )),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("use fewer or simpler patterns"),
+        "{message}"
+    );
+    // Past the budget, later conditions compile no regex: their policy is refused already.
+    assert!(budget.is_exhausted());
+    let later = Condition::compile_within(&pattern(4), &mut budget).unwrap();
+    assert_eq!(
+        (later.regex_bytes(), later.regex(r"\w{4}4").is_none()),
+        (0, true)
+    );
+    // Literal patterns are small: a thousand fit in one policy's budget.
+    let mut budget = RegexBudget::default();
+    for i in 0..1000 {
+        let ioc = format!(r#"str::regex_matches(process, "^(evil{i}|dropper-{i}\\.bin)$")"#);
+        Condition::compile_within(&ioc, &mut budget).unwrap();
+    }
+    assert!(
+        budget.spent() < MAX_POLICY_REGEX_BYTES / 2,
+        "{}",
+        budget.spent()
+    );
+}
+
+#[test]
 fn syntax_errors_point_into_the_expression() {
     let cases = [
         ("(a == b", "at column 1: unclosed `(`"),

@@ -8,7 +8,7 @@ use super::{
     MAX_NAME_CHARS, MAX_RULES, MAX_THRESHOLD, OnExceed, Policy, PolicyDuration, PolicyError,
     ResponseAction, Rule, RuleKind, RuleMode, Scope, ValidationError,
 };
-use crate::condition::Condition;
+use crate::condition::{Condition, RegexBudget};
 use crate::severity::Severity;
 
 const POLICY_FIELDS: &[&str] = &["name", "description", "rules", "org_id", "orgId", "budgets"];
@@ -62,7 +62,7 @@ pub(super) fn policy(value: &Value) -> Result<Policy, PolicyError> {
     let org_id = org_id(&fields, &mut errors);
     let rules = fields
         .required("rules", &mut errors)
-        .and_then(|(v, path)| rules(v, &path, &mut errors));
+        .and_then(|(v, path)| rules(v, &path, &mut errors, &mut RegexBudget::default()));
     let budgets = match fields.optional("budgets") {
         Some((v, path)) => budgets(v, &path, &mut errors),
         None => Some(Budgets::default()),
@@ -107,7 +107,13 @@ fn org_id(fields: &Fields<'_>, errors: &mut Errors) -> Option<String> {
     Some(id.to_owned())
 }
 
-fn rules(value: &Value, path: &str, errors: &mut Errors) -> Option<Vec<Rule>> {
+/// The rules at `path`; their conditions' regular expressions share `budget`.
+fn rules(
+    value: &Value,
+    path: &str,
+    errors: &mut Errors,
+    budget: &mut RegexBudget,
+) -> Option<Vec<Rule>> {
     let Value::Array(items) = value else {
         errors.push(
             path,
@@ -125,7 +131,7 @@ fn rules(value: &Value, path: &str, errors: &mut Errors) -> Option<Vec<Rule>> {
     let mut rules = Vec::with_capacity(items.len());
     let mut ok = true;
     for (index, item) in items.iter().enumerate() {
-        match rule(item, &join_index(path, index), errors) {
+        match rule(item, &join_index(path, index), errors, budget) {
             Some(rule) => rules.push(rule),
             None => ok = false,
         }
@@ -133,7 +139,7 @@ fn rules(value: &Value, path: &str, errors: &mut Errors) -> Option<Vec<Rule>> {
     ok.then_some(rules)
 }
 
-fn rule(value: &Value, path: &str, errors: &mut Errors) -> Option<Rule> {
+fn rule(value: &Value, path: &str, errors: &mut Errors, budget: &mut RegexBudget) -> Option<Rule> {
     let object = errors.object(value, path)?;
     let fields = Fields::new(object, path, RULE_FIELDS, errors);
     let enabled = match fields.optional("enabled") {
@@ -178,7 +184,7 @@ fn rule(value: &Value, path: &str, errors: &mut Errors) -> Option<Rule> {
             alert_threshold(config, &config_path, errors).map(RuleKind::AlertThreshold)
         }
         "auto_respond" => auto_respond(config, &config_path, errors).map(RuleKind::AutoRespond),
-        _ => custom(config, &config_path, errors).map(RuleKind::Custom),
+        _ => custom(config, &config_path, errors, budget).map(RuleKind::Custom),
     };
     Some(Rule {
         enabled: enabled?,
@@ -336,11 +342,16 @@ fn auto_respond(
     })
 }
 
-fn custom(config: &Map<String, Value>, path: &str, errors: &mut Errors) -> Option<CustomRule> {
+fn custom(
+    config: &Map<String, Value>,
+    path: &str,
+    errors: &mut Errors,
+    budget: &mut RegexBudget,
+) -> Option<CustomRule> {
     let fields = Fields::new(config, path, CUSTOM_FIELDS, errors);
     let condition = fields.required("condition", errors).and_then(|(v, p)| {
         let source = errors.string(v, &p)?;
-        match Condition::compile(source) {
+        match Condition::compile_within(source, budget) {
             Ok(condition) => Some(condition),
             Err(err) => {
                 errors.push(&p, err.to_string());

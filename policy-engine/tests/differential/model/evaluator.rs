@@ -194,10 +194,10 @@ struct EventContext<'a> {
 }
 
 impl EventContext<'_> {
+    /// Every pattern is built here with the `regex` crate evalexpr uses, constant ones too:
+    /// the engine's own compiled patterns (`regex_automata`'s meta regex, within the policy's
+    /// budget) are what the comparison checks.
     fn with_regex<T>(&self, pattern: &str, f: impl FnOnce(&Regex) -> T) -> EvalexprResult<T> {
-        if let Some(regex) = self.condition.regex(pattern) {
-            return Ok(f(regex));
-        }
         let mut cache = self.cache.borrow_mut();
         if !cache.contains_key(pattern) {
             if cache.len() >= REGEX_CACHE_ENTRIES {
