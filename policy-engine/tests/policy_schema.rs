@@ -376,7 +376,10 @@ fn the_non_empty_patterns_agree_with_trim_on_every_character() {
     let patterns = [
         ("NonEmptyString", &SCHEMA["$defs"]["NonEmptyString"]),
         ("name", &SCHEMA["properties"]["name"]),
-        ("condition", &SCHEMA["$defs"]["CustomConfig"]["properties"]["condition"]),
+        (
+            "condition",
+            &SCHEMA["$defs"]["CustomConfig"]["properties"]["condition"],
+        ),
     ];
     let mut characters: Vec<char> = (0..0x3100u32).filter_map(char::from_u32).collect();
     characters.extend(['\u{feff}', '\u{200b}', '\u{180e}', '\u{2060}', '\u{10ffff}']);
