@@ -129,7 +129,8 @@ pub async fn version(
 
 /// A `POST /api/policy` body (or a rollout's `policy`, at `at`): a policy document, or a
 /// signed policy file told apart by its `signature` field; errors carry their paths under
-/// `at` (a signed file's document is under `policy`).
+/// `at` (a signed file's document is under `policy`). A signed file's own errors and its
+/// document's are reported together.
 pub fn publication(value: &Value, at: &str) -> Result<Publication, ApiError> {
     let under = |prefix: &str, mut errors: Vec<policy_engine::ValidationError>| {
         for e in &mut errors {
@@ -139,23 +140,38 @@ pub fn publication(value: &Value, at: &str) -> Result<Publication, ApiError> {
                 (false, false) => join_key(prefix, &e.path),
             };
         }
-        ApiError::from_validation(errors)
+        errors
     };
     Ok(if SignedPolicy::is_signed_document(value) {
-        let signed = SignedPolicy::from_value(value).map_err(|e| under(at, e))?;
-        let inner = join_key(at, "policy");
-        let policy =
-            Policy::from_value(&signed.policy).map_err(|error| under(&inner, error.errors))?;
-        Publication::Signed {
-            policy,
-            org_id: signed.org_id,
-            version: signed.version,
-            signature: signed.signature,
+        let signed = SignedPolicy::from_value(value);
+        // The document is read even when the file around it is wrong (a missing or
+        // malformed `policy` is the file's own error).
+        let policy = value
+            .get("policy")
+            .filter(|document| document.is_object())
+            .map(Policy::from_value);
+        match (signed, policy) {
+            (Ok(signed), Some(Ok(policy))) => Publication::Signed {
+                policy,
+                org_id: signed.org_id,
+                version: signed.version,
+                signature: signed.signature,
+            },
+            (signed, policy) => {
+                let mut errors = signed.err().map(|e| under(at, e)).unwrap_or_default();
+                if let Some(Err(error)) = policy {
+                    errors.extend(under(&join_key(at, "policy"), error.errors));
+                }
+                return Err(ApiError::from_validation(errors));
+            }
         }
     } else if at.is_empty() {
         Publication::Unsigned(Policy::from_value(value).map_err(ApiError::from_policy)?)
     } else {
-        Publication::Unsigned(Policy::from_value(value).map_err(|e| under(at, e.errors))?)
+        Publication::Unsigned(
+            Policy::from_value(value)
+                .map_err(|e| ApiError::from_validation(under(at, e.errors)))?,
+        )
     })
 }
 
