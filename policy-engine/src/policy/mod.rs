@@ -329,6 +329,13 @@ pub struct CustomRule {
 /// assert_eq!(v.number(), 3);
 /// assert_eq!(v.to_string(), "v3");
 /// assert!(v > PolicyVersion::new(2));
+/// // One spelling per version: what is read is written back the same.
+/// for text in ["v03", "v", "3", "V3", "v+3", "v 3"] {
+///     assert_eq!(
+///         text.parse::<PolicyVersion>().unwrap_err().to_string(),
+///         format!("expected a policy version like `v3`, found `{text}`")
+///     );
+/// }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct PolicyVersion(u64);
@@ -361,7 +368,11 @@ impl FromStr for PolicyVersion {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         s.strip_prefix('v')
-            .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|digits| {
+                !digits.is_empty()
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                    && (*digits == "0" || !digits.starts_with('0'))
+            })
             .and_then(|digits| digits.parse().ok())
             .map(Self)
             .ok_or_else(|| PolicyVersionError(s.to_owned()))
