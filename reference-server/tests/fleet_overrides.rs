@@ -1,7 +1,8 @@
 //! Overrides naming notification channels the server does not have (`--notify-config`): refused
 //! with 422 at the path inside the override body, nothing stored, nothing pushed; a channel the
 //! override did not set (inherited from the policy, since removed from the config) keeps the
-//! policy's path.
+//! policy's path. Every error of a list is reported, in the order of the overrides, each at the
+//! override it is in.
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -238,6 +239,52 @@ async fn every_error_of_an_override_list_is_reported_in_the_order_of_the_overrid
             ),
         ]
     );
+    assert_eq!(agent_policy(&t, &a).await, before);
+    assert!(overrides_set(&t).await.is_empty());
+}
+
+/// Regression (probe finding 5): with two overrides of one rule, the config error of the first
+/// was reported at the second (`[1].config.threshold`; with three, at `[2]`), which has no
+/// config at all.
+#[tokio::test]
+async fn a_config_error_points_into_its_override_when_another_names_the_same_rule() {
+    let t = TestServer::start(true).await;
+    t.post_policy(ADMIN, policy()).await;
+    let (a, _) = t.enroll(ADMIN, "host-a").await;
+    let before = agent_policy(&t, &a).await;
+
+    for list in [
+        json!([{"rule": 0, "config": {"threshold": 0}}, {"rule": 0, "enabled": false}]),
+        json!([{"rule": 0, "config": {"threshold": 0}}, {"rule": 0, "enabled": false},
+               {"rule": 1, "enabled": false}]),
+        json!([{"rule": 0, "config": {"threshold": 0}}, {"rule": 1, "enabled": false},
+               {"rule": 0, "enabled": false}]),
+    ] {
+        let (status, body) = put_overrides(&t, &a, list.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{list}: {body}");
+        assert_eq!(body["error"]["code"], "validation_failed");
+        assert_eq!(body["error"]["path"], "[0].config.threshold", "{list}");
+        assert_eq!(
+            body["error"]["message"],
+            "expected an integer from 1 to 1000000, found `0`"
+        );
+        let duplicate = if list[1]["rule"] == 0 {
+            "[1].rule"
+        } else {
+            "[2].rule"
+        };
+        assert_eq!(
+            error_list(&body),
+            [
+                (
+                    "[0].config.threshold",
+                    "expected an integer from 1 to 1000000, found `0`"
+                ),
+                (duplicate, "rule 0 already has an override at `[0]`"),
+            ],
+            "{list}"
+        );
+    }
     assert_eq!(agent_policy(&t, &a).await, before);
     assert!(overrides_set(&t).await.is_empty());
 }

@@ -286,7 +286,7 @@ fn apply_indexed<'o>(
     overrides: impl Iterator<Item = (usize, &'o Override)>,
 ) -> Result<Policy, ApiError> {
     let mut resolved = document.clone();
-    let mut origin: HashMap<usize, usize> = HashMap::new();
+    let mut origins = Origins::default();
     {
         let rules = resolved
             .get_mut("rules")
@@ -304,7 +304,7 @@ fn apply_indexed<'o>(
                     ),
                 ));
             };
-            origin.insert(o.rule, index);
+            origins.record(index, o);
             if let Some(enabled) = o.enabled {
                 rule.insert("enabled".to_owned(), Value::Bool(enabled));
             }
@@ -322,11 +322,86 @@ fn apply_indexed<'o>(
         Err(error) => {
             let mut errors = error.errors;
             for e in &mut errors {
-                e.path = override_path(&e.path, &origin);
+                e.path = origins.path(&e.path);
             }
             Err(ApiError::from_validation(errors))
         }
     }
+}
+
+/// Which override of a list set each part of the rules it changes, so that an error of the
+/// resolved policy points into the override it is in. Several overrides of one rule (a
+/// duplicate, itself an error) are applied in order, so a field's value is the last one's.
+#[derive(Debug, Default)]
+struct Origins(HashMap<usize, RuleOrigins>);
+
+/// The overrides (by index in the list) that set the parts of one rule.
+#[derive(Debug, Default)]
+struct RuleOrigins {
+    /// The last override of the rule: where an error of no part an override set goes.
+    last: usize,
+    /// The last one that set `enabled`.
+    enabled: Option<usize>,
+    /// The last one with a `config`.
+    config: Option<usize>,
+    /// The last one that set each config field.
+    fields: HashMap<String, usize>,
+}
+
+impl Origins {
+    /// Notes what override `index` sets.
+    fn record(&mut self, index: usize, o: &Override) {
+        let rule = self.0.entry(o.rule).or_default();
+        rule.last = index;
+        if o.enabled.is_some() {
+            rule.enabled = Some(index);
+        }
+        if let Some(config) = &o.config {
+            rule.config = Some(index);
+            for key in config.keys() {
+                rule.fields.insert(key.clone(), index);
+            }
+        }
+    }
+
+    /// `rules[2].config.threshold` -> `[0].config.threshold` when override 0 set the threshold
+    /// of rule 2; paths of rules no override names are kept.
+    fn path(&self, path: &str) -> String {
+        let Some((rule, tail)) = rule_path(path) else {
+            return path.to_owned();
+        };
+        let Some(origins) = self.0.get(&rule) else {
+            return path.to_owned();
+        };
+        let index = if tail.starts_with(".enabled") {
+            origins.enabled
+        } else if let Some(field) = tail.strip_prefix(".config.") {
+            // The longest field an override set that the path names (a key may hold a `.`).
+            origins
+                .fields
+                .iter()
+                .filter(|(key, _)| {
+                    field
+                        .strip_prefix(key.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+                })
+                .max_by_key(|(key, _)| key.len())
+                .map(|(_, index)| *index)
+                .or(origins.config)
+        } else if tail.starts_with(".config") {
+            origins.config
+        } else {
+            None
+        };
+        format!("[{}]{tail}", index.unwrap_or(origins.last))
+    }
+}
+
+/// `rules[2].config.threshold` -> `(2, ".config.threshold")`.
+fn rule_path(path: &str) -> Option<(usize, &str)> {
+    let rest = path.strip_prefix("rules[")?;
+    let (digits, tail) = rest.split_once(']')?;
+    Some((digits.parse().ok()?, tail))
 }
 
 /// Checks the `notifyChannels` of the resolved policy against the configured channels
@@ -362,16 +437,8 @@ pub fn check_channels(
 
 /// `rules[2].config.threshold` -> `[0].config.threshold` when override 0 targets rule 2.
 fn override_path(path: &str, origin: &HashMap<usize, usize>) -> String {
-    let Some(rest) = path.strip_prefix("rules[") else {
-        return path.to_owned();
-    };
-    let Some(end) = rest.find(']') else {
-        return path.to_owned();
-    };
-    let (digits, tail) = rest.split_at(end);
-    let tail = tail.get(1..).unwrap_or_default();
-    match digits.parse::<usize>().ok().and_then(|k| origin.get(&k)) {
-        Some(index) => format!("[{index}]{tail}"),
+    match rule_path(path).and_then(|(rule, tail)| Some((origin.get(&rule)?, tail))) {
+        Some((index, tail)) => format!("[{index}]{tail}"),
         None => path.to_owned(),
     }
 }
@@ -517,6 +584,46 @@ mod tests {
             validate(&policy(), &json!([{"rule": 1, "enabled": false}]), None).unwrap();
         assert_eq!(list.len(), 1);
         assert!(!resolved.rules[1].enabled);
+    }
+
+    /// Regression (probe finding 5): a second override of the same rule took the first's
+    /// config errors (`[1].config.threshold` for the threshold of `[0]`, `[2]...` with three).
+    #[test]
+    fn config_errors_point_into_the_override_they_are_in_beside_a_duplicate() {
+        assert_eq!(
+            validate_errors(
+                json!([{"rule": 1, "config": {"threshold": 0}}, {"rule": 1, "enabled": false}]),
+                None
+            ),
+            [
+                "[0].config.threshold: expected an integer from 1 to 1000000, found `0`",
+                "[1].rule: rule 1 already has an override at `[0]`",
+            ]
+        );
+        assert_eq!(
+            validate_errors(
+                json!([{"rule": 1, "config": {"threshold": 0}}, {"rule": 1, "enabled": false},
+                       {"rule": 1, "config": {"duration": "1y"}}]),
+                None
+            ),
+            [
+                "[0].config.threshold: expected an integer from 1 to 1000000, found `0`",
+                "[1].rule: rule 1 already has an override at `[0]`",
+                "[2].rule: rule 1 already has an override at `[1]`",
+                "[2].config.duration: expected a duration like `30s`, `15m`, `24h`, `7d`, `2w` or `permanent`, found `1y`",
+            ]
+        );
+        // A field set twice holds the last value: its error is the last override's.
+        assert_eq!(
+            validate_errors(
+                json!([{"rule": 1, "config": {"threshold": 5}}, {"rule": 1, "config": {"threshold": 0}}]),
+                None
+            ),
+            [
+                "[1].rule: rule 1 already has an override at `[0]`",
+                "[1].config.threshold: expected an integer from 1 to 1000000, found `0`",
+            ]
+        );
     }
 
     #[test]
