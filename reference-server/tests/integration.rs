@@ -28,6 +28,7 @@ mod query_params;
 mod quick_start;
 mod replicas;
 mod rollout_gates;
+mod rollout_versions;
 mod rollouts;
 mod shadow;
 mod signed_policies;

@@ -2,6 +2,11 @@
 //! that version runs, the previous one for agents outside its stage (and for every agent after
 //! a rollback, with `rollbackFrom`). Used by every path that sends an agent a policy, so that
 //! streams, heartbeats and views agree; [`rollouts`](super::rollouts) moves the rollouts.
+//!
+//! The org's *effective* version ([`effective`]) is what an agent outside every stage gets:
+//! what the org runs. It is the "active" version of the API (`GET /api/policy/active`, the
+//! plan's `activeVersion`, the shadow's `enforcedVersion`) and the `previous` of a new
+//! rollout, so that a version that was rolled back or aborted never comes back as a fallback.
 
 use policy_engine::PolicyVersion;
 use sha2::{Digest, Sha256};
@@ -66,18 +71,26 @@ enum Why<'a> {
     NotYet(&'a Rollout),
 }
 
-fn decide<'a>(rollout: Option<&'a Rollout>, latest: PolicyVersion, agent_id: &str) -> Why<'a> {
+/// The decision for an agent that `staged` says is (or is not) in a rollout's stages so far.
+fn decide<'a>(
+    rollout: Option<&'a Rollout>,
+    latest: PolicyVersion,
+    staged: impl Fn(&Rollout) -> bool,
+) -> Why<'a> {
     let Some(r) = rollout.filter(|r| r.version == latest) else {
         return Why::Latest;
     };
     match r.state {
         RolloutState::Completed => Why::Completed(r),
         RolloutState::RolledBack | RolloutState::Aborted => Why::Back(r),
-        RolloutState::Running | RolloutState::Paused if in_stage(r, r.stage, agent_id) => {
-            Why::InStage(r)
-        }
+        RolloutState::Running | RolloutState::Paused if staged(r) => Why::InStage(r),
         RolloutState::Running | RolloutState::Paused => Why::NotYet(r),
     }
+}
+
+/// The decision for `agent_id`.
+fn decide_for<'a>(rollout: Option<&'a Rollout>, latest: PolicyVersion, agent_id: &str) -> Why<'a> {
+    decide(rollout, latest, |r| in_stage(r, r.stage, agent_id))
 }
 
 impl Why<'_> {
@@ -98,12 +111,19 @@ impl Why<'_> {
 /// The version `agent_id` gets when `latest` is its org's latest version and `rollout` its
 /// latest rollout: a rollout decides only while its version is the latest.
 pub fn target(rollout: Option<&Rollout>, latest: PolicyVersion, agent_id: &str) -> Target {
-    decide(rollout, latest, agent_id).target(latest)
+    decide_for(rollout, latest, agent_id).target(latest)
+}
+
+/// The org's effective version when `latest` is its latest version and `rollout` its latest
+/// rollout: what an agent outside every stage gets. The latest, but the previous one while a
+/// rollout of the latest runs or is paused, and after it was rolled back or aborted.
+pub fn effective(rollout: Option<&Rollout>, latest: PolicyVersion) -> PolicyVersion {
+    decide(rollout, latest, |_| false).target(latest).version
 }
 
 /// What `agent_id` gets ([`target`]) and why.
 pub fn assign(rollout: Option<&Rollout>, latest: PolicyVersion, agent_id: &str) -> Assignment {
-    let why = decide(rollout, latest, agent_id);
+    let why = decide_for(rollout, latest, agent_id);
     let Target {
         version,
         rollback_from,
@@ -156,6 +176,27 @@ pub async fn assigned_policy(
     Ok(Some((policy, assignment)))
 }
 
+/// The org's effective version ([`effective`]): the version an agent outside every stage
+/// runs, which the API calls active; `None` when the org has no policy.
+pub async fn effective_policy(
+    store: &dyn Store,
+    org: &str,
+) -> Result<Option<StoredPolicy>, ApiError> {
+    let Some(latest) = store.latest_policy(org.to_owned()).await? else {
+        return Ok(None);
+    };
+    let rollout = store.latest_rollout(org.to_owned()).await?;
+    let version = effective(rollout.as_ref(), latest.version);
+    if version == latest.version {
+        return Ok(Some(latest));
+    }
+    let policy = store
+        .policy(org.to_owned(), version)
+        .await?
+        .ok_or_else(|| ApiError::internal(format!("{version} of org `{org}` is missing")))?;
+    Ok(Some(policy))
+}
+
 /// Refuses a plain post while a rollout of the org is running or paused.
 pub async fn check_no_active(store: &dyn Store, org: &str) -> Result<(), ApiError> {
     let latest = store.latest_policy(org.to_owned()).await?;
@@ -182,5 +223,58 @@ pub fn state_name(state: RolloutState) -> &'static str {
         RolloutState::Completed => "completed",
         RolloutState::RolledBack => "rolled_back",
         RolloutState::Aborted => "aborted",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RolloutGate, RolloutStage};
+
+    fn rollout(version: u64, previous: u64, state: RolloutState) -> Rollout {
+        Rollout {
+            id: "ro_1".into(),
+            org_id: "default".into(),
+            version: PolicyVersion::new(version),
+            previous: PolicyVersion::new(previous),
+            state,
+            stage: 0,
+            stages: vec![RolloutStage {
+                percent: 100,
+                agents: vec![],
+                soak_secs: 0,
+            }],
+            gate: RolloutGate::default(),
+            stage_started_ms: 0,
+            created_ms: 0,
+            updated_ms: 0,
+            reason: None,
+        }
+    }
+
+    /// The effective version is what an agent outside every stage gets, whatever the stages
+    /// (here 100 %: every agent is in the stage, and still the org runs the previous version
+    /// until the rollout completes).
+    #[test]
+    fn the_effective_version_is_the_one_outside_every_stage() {
+        let v = PolicyVersion::new;
+        assert_eq!(effective(None, v(3)), v(3));
+        // v3's rollout falls back to v1 (v2 was itself rolled back).
+        for (state, expected) in [
+            (RolloutState::Running, v(1)),
+            (RolloutState::Paused, v(1)),
+            (RolloutState::Completed, v(3)),
+            (RolloutState::RolledBack, v(1)),
+            (RolloutState::Aborted, v(1)),
+        ] {
+            let r = rollout(3, 1, state);
+            assert_eq!(effective(Some(&r), v(3)), expected, "{state:?}");
+            // A rollout decides only while its version is the latest.
+            assert_eq!(effective(Some(&r), v(4)), v(4), "{state:?}");
+        }
+        // Agents in the stage of a running rollout get its version; the org still runs v2.
+        let running = rollout(3, 2, RolloutState::Running);
+        assert_eq!(target(Some(&running), v(3), "agent-a").version, v(3));
+        assert_eq!(effective(Some(&running), v(3)), v(2));
     }
 }

@@ -28,7 +28,9 @@ pub struct Plan {
     pub policy: PolicyDocument,
     /// Key id of the signature, for a signed file.
     pub signed_by: Option<String>,
-    /// The org's active version, `null` when it has none (then every rule is added).
+    /// The org's active version (its effective one: what an agent outside every rollout stage
+    /// runs, see [`effective`](super::assignment::effective)), `null` when it has none (then
+    /// every rule is added).
     pub active_version: Option<PolicyVersion>,
     /// The difference to the active version.
     pub diff: PolicyDiff,
@@ -123,8 +125,11 @@ pub struct ReachedAgent {
 /// What publishing `checked` would do now; reads only. A signed file whose version is not the
 /// org's next one is refused with the 409 the real post would answer.
 pub async fn plan(store: &dyn Store, hub: &EventHub, checked: Checked) -> Result<Plan, ApiError> {
-    let active = store.latest_policy(checked.org.clone()).await?;
-    let next = PolicyVersion::new(active.as_ref().map_or(0, |p| p.version.number()) + 1);
+    let latest = store.latest_policy(checked.org.clone()).await?;
+    let next = PolicyVersion::new(latest.as_ref().map_or(0, |p| p.version.number()) + 1);
+    // The diff's base is what the org runs (its effective version), not its latest version,
+    // which may be a rollout's that was rolled back or aborted.
+    let active = super::assignment::effective_policy(store, &checked.org).await?;
     if let Some((signed, _)) = &checked.signed {
         if *signed != next {
             return Err(StoreError::VersionTaken {

@@ -21,9 +21,7 @@ use super::views::{applied_at, policy_view, resolved_rules};
 use crate::auth::{Principal, named_org, random_hex};
 use crate::clock;
 use crate::error::ApiError;
-use crate::store::{
-    AgentRecord, NewEntry, NewPolicy, PolicySummary, Store, StoredOverrides, StoredPolicy,
-};
+use crate::store::{AgentRecord, NewEntry, NewPolicy, PolicySummary, Store, StoredOverrides};
 
 /// One page of `GET /api/policy/versions` (admin only): newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -354,17 +352,14 @@ pub async fn publish(
     Ok(policy_view(&stored, Some(delivery.queued)))
 }
 
-/// The latest version of `org`; 404 when it has none.
-pub async fn latest(store: &dyn Store, org: &str) -> Result<StoredPolicy, ApiError> {
-    store
-        .latest_policy(org.to_owned())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no policy in org `{org}`")))
-}
-
-/// The active policy of `org`.
+/// The active policy of `org`: its effective version, the one an agent outside every rollout
+/// stage runs (the latest, but the previous one while a rollout of the latest runs or after
+/// it was rolled back or aborted); 404 when it has none.
 pub async fn active(store: &dyn Store, org: &str) -> Result<PolicyView<RuleDocument>, ApiError> {
-    Ok(policy_view(&latest(store, org).await?, None))
+    let policy = super::assignment::effective_policy(store, org)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no policy in org `{org}`")))?;
+    Ok(policy_view(&policy, None))
 }
 
 /// The rules `agent` runs: the version assigned to it (its org's latest, or the previous one
@@ -396,9 +391,11 @@ pub async fn for_agent(
     })
 }
 
-/// Replaces `agent`'s overrides with `body` (validated against its org's latest version, errors
-/// at paths inside `body`) and pushes its newly resolved policy to its streams. Under a signed
-/// version, or in an org that requires signatures, overrides may only disable rules.
+/// Replaces `agent`'s overrides with `body` (validated against the version assigned to it, the
+/// one [`for_agent`] shows and its streams get, errors at paths inside `body`) and pushes its
+/// newly resolved policy to its streams; the answer is that version's rules with the new
+/// overrides. Under a signed version, or in an org that requires signatures, overrides may only
+/// disable rules.
 pub async fn set_overrides(
     store: &dyn Store,
     publisher: &Publisher,
@@ -408,8 +405,7 @@ pub async fn set_overrides(
     agent: AgentRecord,
     body: &Value,
 ) -> Result<AgentPolicyView<RuleDocument>, ApiError> {
-    let policy = store
-        .latest_policy(agent.org_id.clone())
+    let (policy, _) = super::assignment::assigned_policy(store, &agent.org_id, &agent.id)
         .await?
         .ok_or_else(|| {
             ApiError::not_found(format!(

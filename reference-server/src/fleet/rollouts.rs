@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use super::assignment::{Assignment, assigned_policy, bucket, check_no_active};
-use super::assignment::{assign, in_stage, state_name};
+use super::assignment::{assign, effective, in_stage, state_name};
 use super::changes::Topic;
 use super::health;
 use super::notify::NotifyConfig;
@@ -277,7 +277,7 @@ pub async fn create(
     } = policies::check(channels, signed_orgs, principal, org_query, publication)?;
     let decisions = publisher.rollout_lock().await;
     check_no_active(store, &org).await?;
-    let previous = store
+    let latest = store
         .latest_policy(org.clone())
         .await?
         .ok_or_else(|| {
@@ -285,13 +285,17 @@ pub async fn create(
                 "org `{org}` has no version to fall back to: post its first version with `POST /api/policy`"
             ))
         })?;
+    // The fallback is what the org runs, not its latest version: after a rollout that was
+    // rolled back or aborted, that rollout's previous version (the one it went back to).
+    let latest_rollout = store.latest_rollout(org.clone()).await?;
+    let previous = effective(latest_rollout.as_ref(), latest.version);
     let now = clock::now_ms();
-    let version = PolicyVersion::new(previous.version.number() + 1);
+    let version = PolicyVersion::new(latest.version.number() + 1);
     let mut rollout = Rollout {
         id: format!("ro_{}", random_hex(8)),
         org_id: org.clone(),
         version,
-        previous: previous.version,
+        previous,
         state: RolloutState::Running,
         stage: 0,
         stages: request.stages,

@@ -62,7 +62,8 @@ pub struct ShadowDiff {
     pub org_id: String,
     /// The org's latest shadow run (running or ended), if any.
     pub run: Option<ShadowRunView>,
-    /// The org's active version: only reports about it are counted.
+    /// The org's active version (its effective one: what an agent outside every rollout stage
+    /// runs): only reports about it are counted.
     pub enforced_version: Option<PolicyVersion>,
     /// Agents of the org, and those whose report is counted.
     pub agents: AgentCounts,
@@ -293,7 +294,7 @@ pub async fn check_report(
 /// enforced version, over the latest report of each agent about the active version.
 pub async fn diff(store: &dyn Store, org: String) -> Result<ShadowDiff, ApiError> {
     let agents = store.agents(org.clone()).await?;
-    let active = store.latest_policy(org.clone()).await?;
+    let active = super::assignment::effective_policy(store, &org).await?;
     let run = store.shadow_run(org.clone()).await?;
     let candidate = run.as_ref().map(run_policy);
     let enforced_version = active.as_ref().map(|p| p.version);
