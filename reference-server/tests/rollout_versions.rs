@@ -3,7 +3,8 @@
 //! or as the version a second abort goes back to); "active" everywhere (`GET
 //! /api/policy/active`, the plan's `activeVersion` and diff, the shadow's `enforcedVersion`)
 //! is what an agent outside every stage runs; overrides are checked against, and answered
-//! with, the version their agent is assigned.
+//! with, the version their agent is assigned; a stage may name only enrolled agents of the
+//! rollout's org.
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -230,4 +231,103 @@ async fn an_aborted_version_never_comes_back_on_sqlite() {
 async fn an_aborted_version_never_comes_back_on_postgres() {
     let db = TestDatabase::create().await;
     an_aborted_version_never_comes_back(&on_postgres(&db).await).await;
+}
+
+/// Regression (probe finding 3): a stage naming only unknown agents was accepted, counted as
+/// acked at once (it had no agents) and completed, pushing the version to the whole org.
+async fn stages_name_only_enrolled_agents_of_the_org(t: &TestServer) {
+    let (agent, _) = t.enroll(ADMIN, "web-1").await;
+    let (status, body) = t
+        .post(
+            "/api/agents/enroll",
+            ADMIN,
+            json!({"hostname": "beta-1", "org_id": "beta"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let other_org = body["data"]["agentId"].as_str().unwrap().to_owned();
+    t.post_policy(ADMIN, block_ip_policy("v1", 5)).await;
+
+    let (status, body) = t
+        .post(
+            "/api/rollouts",
+            ADMIN,
+            json!({"policy": one_rule("typo", 3), "stages": [{"agents": ["agent-nope"]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "validation_failed");
+    assert_eq!(body["error"]["path"], "stages[0].agents[0]");
+    assert_eq!(
+        body["error"]["message"],
+        "`agent-nope` is not an enrolled agent of org `default`"
+    );
+    assert_eq!(
+        error_list(&body),
+        [(
+            "stages[0].agents[0]",
+            "`agent-nope` is not an enrolled agent of org `default`"
+        )]
+    );
+
+    // With the body's other errors, in the body's order; another org's agent is unknown here.
+    let (status, body) = t
+        .post(
+            "/api/rollouts",
+            ADMIN,
+            json!({"policy": one_rule("typo", 3),
+                   "stages": [{"agents": [agent, other_org, 7], "soakSecs": -1},
+                              {"percent": 101, "agents": ["agent-typo"]}],
+                   "gate": {"maxSilnet": 1}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let other = format!("`{other_org}` is not an enrolled agent of org `default`");
+    assert_eq!(
+        error_list(&body),
+        [
+            (
+                "stages[0].agents[2]",
+                "expected an agent id (1 to 128 characters)"
+            ),
+            (
+                "stages[0].soakSecs",
+                "expected whole seconds from 0 to 2592000 (30 days)"
+            ),
+            ("stages[0].agents[1]", other.as_str()),
+            ("stages[1].percent", "expected an integer from 0 to 100"),
+            (
+                "stages[1].agents[0]",
+                "`agent-typo` is not an enrolled agent of org `default`"
+            ),
+            (
+                "gate.maxSilnet",
+                "unknown field `maxSilnet`, expected one of `maxFailures`, `maxSilent`, `silentAfterSecs`, `maxConditionErrorPercent`, `maxActionRatePercent`, `minEvents`"
+            ),
+        ]
+    );
+
+    // Nothing was stored: no rollout, no version, the org still runs v1.
+    let (status, body) = t.get("/api/rollouts", ADMIN).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"]["rollouts"], json!([]));
+    let (_, versions) = t.get("/api/policy/versions", ADMIN).await;
+    assert_eq!(versions["data"]["versions"].as_array().unwrap().len(), 1);
+    assert_eq!(active(t, ADMIN).await, "v1");
+
+    // The enrolled agent alone is a stage.
+    let rollout = start(t, one_rule("v2", 3), &agent).await;
+    assert_eq!(rollout["state"], "running");
+    assert_eq!(assigned_in(&rollout, &agent), "v2");
+}
+
+#[tokio::test]
+async fn stages_name_only_enrolled_agents_of_the_org_on_sqlite() {
+    stages_name_only_enrolled_agents_of_the_org(&TestServer::start(true).await).await;
+}
+
+#[tokio::test]
+async fn stages_name_only_enrolled_agents_of_the_org_on_postgres() {
+    let db = TestDatabase::create().await;
+    stages_name_only_enrolled_agents_of_the_org(&on_postgres(&db).await).await;
 }

@@ -11,11 +11,12 @@
 //! `rollout_gate_interval`, 5 s by default) so that a stage whose agents all went silent fails
 //! with nobody looking.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use policy_engine::PolicyVersion;
 use policy_engine::protocol::AckStatus;
 use policy_engine::protocol::fields::Fields;
+use policy_engine::{PolicyVersion, ValidationError};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -51,11 +52,25 @@ pub struct RolloutRequest {
     pub gate: RolloutGate,
 }
 
+/// A `POST /api/rollouts` body read on past its errors ([`RolloutRequest::read`]).
+#[derive(Debug, Clone)]
+pub struct ReadRollout {
+    /// The request as far as it reads.
+    pub request: RolloutRequest,
+    /// Every error of the body's shape (stages, gate, unknown fields), with its path.
+    pub errors: Vec<ValidationError>,
+    /// Every agent id the stages name, with its path (`stages[0].agents[1]`): they must be
+    /// enrolled agents of the rollout's org, which is known only once its policy is read.
+    pub named: Vec<(String, String)>,
+}
+
 impl RolloutRequest {
-    /// Reads a body; every error with its path (422).
-    pub fn from_value(body: &Value) -> Result<Self, ApiError> {
+    /// Reads a body, on past its errors: each with its path (the caller answers 422 with
+    /// them and with those of the named agents, [`create`]).
+    pub fn read(body: &Value) -> ReadRollout {
         let mut fields = Fields::default();
         let mut stages = Vec::new();
+        let mut named = Vec::new();
         let mut gate = RolloutGate::default();
         let mut policy = Value::Null;
         if let Some(map) = fields.object(body, "", &["policy", "stages", "gate"]) {
@@ -67,8 +82,8 @@ impl RolloutRequest {
             match map.get("stages").and_then(Value::as_array) {
                 Some(list) if !list.is_empty() && list.len() <= MAX_STAGES => {
                     for (i, stage) in list.iter().enumerate() {
-                        if let Some(stage) = read_stage(&mut fields, stage, &format!("stages[{i}]"))
-                        {
+                        let path = format!("stages[{i}]");
+                        if let Some(stage) = read_stage(&mut fields, &mut named, stage, &path) {
                             stages.push(stage);
                         }
                     }
@@ -88,27 +103,38 @@ impl RolloutRequest {
                 fields.push("stages", "stage percents must not decrease");
             }
         }
-        fields.finish().map_err(ApiError::from_validation)?;
-        Ok(Self {
-            policy,
-            stages,
-            gate,
-        })
+        ReadRollout {
+            request: Self {
+                policy,
+                stages,
+                gate,
+            },
+            errors: fields.errors,
+            named,
+        }
     }
 }
 
-fn read_stage(fields: &mut Fields, value: &Value, path: &str) -> Option<RolloutStage> {
+/// Reads one stage; `None` when it cannot be read (its errors in `fields`; the rest of it is
+/// still checked). The agent ids it names go to `named` with their paths, for
+/// [`unknown_agents`] to check.
+fn read_stage(
+    fields: &mut Fields,
+    named: &mut Vec<(String, String)>,
+    value: &Value,
+    path: &str,
+) -> Option<RolloutStage> {
     let map = fields.object(value, path, &["percent", "agents", "soakSecs"])?;
     let percent = match map.get("percent") {
-        None => 0,
+        None => Some(0),
         Some(v) => match v.as_u64().filter(|p| *p <= 100) {
-            Some(p) => u8::try_from(p).unwrap_or(100),
+            Some(p) => Some(u8::try_from(p).unwrap_or(100)),
             None => {
                 fields.push(
                     &format!("{path}.percent"),
                     "expected an integer from 0 to 100",
                 );
-                return None;
+                None
             }
         },
     };
@@ -117,12 +143,13 @@ fn read_stage(fields: &mut Fields, value: &Value, path: &str) -> Option<RolloutS
         match v.as_array() {
             Some(list) if list.len() <= MAX_STAGE_AGENTS => {
                 for (i, id) in list.iter().enumerate() {
+                    let at = format!("{path}.agents[{i}]");
                     match id.as_str().filter(|s| !s.is_empty() && s.len() <= 128) {
-                        Some(id) => agents.push(id.to_owned()),
-                        None => fields.push(
-                            &format!("{path}.agents[{i}]"),
-                            "expected an agent id (1 to 128 characters)",
-                        ),
+                        Some(id) => {
+                            agents.push(id.to_owned());
+                            named.push((at, id.to_owned()));
+                        }
+                        None => fields.push(&at, "expected an agent id (1 to 128 characters)"),
                     }
                 }
             }
@@ -132,7 +159,7 @@ fn read_stage(fields: &mut Fields, value: &Value, path: &str) -> Option<RolloutS
             ),
         }
     }
-    if percent == 0 && agents.is_empty() {
+    if percent == Some(0) && agents.is_empty() {
         fields.push(path, "a stage needs `percent` (1 to 100) or `agents`");
     }
     let soak_secs = match map.get("soakSecs") {
@@ -149,10 +176,58 @@ fn read_stage(fields: &mut Fields, value: &Value, path: &str) -> Option<RolloutS
         },
     };
     Some(RolloutStage {
-        percent,
+        percent: percent?,
         agents,
         soak_secs,
     })
+}
+
+/// The errors of the named stage agents that are not enrolled agents of `org` (an unknown id,
+/// a typo, another org's agent): such a stage would be empty, count as acked at once and
+/// complete the rollout for the whole org.
+async fn unknown_agents(
+    store: &dyn Store,
+    org: &str,
+    named: &[(String, String)],
+) -> Result<Vec<ValidationError>, StoreError> {
+    if named.is_empty() {
+        return Ok(Vec::new());
+    }
+    let enrolled: HashSet<String> = store
+        .agents(org.to_owned())
+        .await?
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    Ok(named
+        .iter()
+        .filter(|(_, id)| !enrolled.contains(id))
+        .map(|(path, id)| {
+            ValidationError::new(
+                path.as_str(),
+                format!("`{id}` is not an enrolled agent of org `{org}`"),
+            )
+        })
+        .collect())
+}
+
+/// Where an error of a rollout body is, for reporting them in the body's order: unknown fields
+/// first, then `policy`, each stage in turn, `gate`.
+fn body_position(path: &str) -> (u8, usize) {
+    if let Some(rest) = path.strip_prefix("stages") {
+        let stage = rest
+            .strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .and_then(|(digits, _)| digits.parse().ok())
+            .unwrap_or(0);
+        (2, stage)
+    } else if path == "policy" || path.starts_with("policy.") {
+        (1, 0)
+    } else if path == "gate" || path.starts_with("gate.") {
+        (3, 0)
+    } else {
+        (0, 0)
+    }
 }
 
 fn read_gate(fields: &mut Fields, value: &Value) -> RolloutGate {
@@ -268,13 +343,30 @@ pub async fn create(
     principal: &Principal,
     org_query: Option<&str>,
     publication: Publication,
-    request: RolloutRequest,
+    read: ReadRollout,
 ) -> Result<RolloutView, ApiError> {
+    let ReadRollout {
+        request,
+        mut errors,
+        named,
+    } = read;
     let Checked {
         policy,
         org,
         signed,
-    } = policies::check(channels, signed_orgs, principal, org_query, publication)?;
+    } = match policies::check(channels, signed_orgs, principal, org_query, publication) {
+        Ok(checked) => checked,
+        // The body's own errors come first, as they always did.
+        Err(_) if !errors.is_empty() => return Err(ApiError::from_validation(errors)),
+        Err(error) => return Err(error),
+    };
+    // Named agents are checked with the body's other errors: a stage of only unknown agents
+    // would be empty, acked at once, and complete the rollout for the whole org.
+    errors.extend(unknown_agents(store, &org, &named).await?);
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| body_position(&e.path));
+        return Err(ApiError::from_validation(errors));
+    }
     let decisions = publisher.rollout_lock().await;
     check_no_active(store, &org).await?;
     let latest = store

@@ -25,8 +25,13 @@ pub async fn create(
     body: Value,
     state: Arc<AppState>,
 ) -> Answer {
-    let request = RolloutRequest::from_value(&body)?;
-    let publication = publication(&request.policy, "policy")?;
+    let read = RolloutRequest::read(&body);
+    let publication = match publication(&read.request.policy, "policy") {
+        Ok(publication) => publication,
+        Err(error) if read.errors.is_empty() => return Err(error),
+        // The body's own errors come first, as they always did.
+        Err(_) => return Err(ApiError::from_validation(read.errors)),
+    };
     let view = rollouts::create(
         &*state.store,
         &state.publisher,
@@ -35,7 +40,7 @@ pub async fn create(
         &principal,
         org_query(&query),
         publication,
-        request,
+        read,
     )
     .await?;
     ok(StatusCode::CREATED, &view)
