@@ -202,3 +202,63 @@ async fn an_oversized_http1_head_gets_431_at_once() {
         );
     }
 }
+
+/// The whole answer to `request` over HTTP/1.1 and TLS, read until the server closes.
+async fn http1_answer(server: &Server, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = server.tls_from(ip("127.0.0.1"), "http/1.1").await;
+    tls.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    // A TLS close without close_notify still ends the answer.
+    let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("the connection was not closed within {DEADLINE:?}"));
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Bytes that are not an HTTP/1 request get a 400 in the API's envelope, like every other
+/// answer (hyper answered them with an empty body), and the connection is closed.
+#[tokio::test]
+async fn malformed_http1_requests_are_answered_in_the_envelope() {
+    let server = Server::start(&[]);
+    for (request, why) in [
+        (&b"GARBAGE\r\n\r\n"[..], "invalid request line"),
+        (b"GET /api/policy/active HTTP/9.9\r\nhost: x\r\n\r\n", "unsupported HTTP version"),
+        (b"GET /api/policy/active HTTP/1.1\r\nno colon here\r\n\r\n", "invalid header line"),
+        (
+            b"POST /api/policy HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n",
+            "invalid Content-Length header",
+        ),
+        (
+            b"POST /api/policy HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}",
+            "invalid Content-Length header",
+        ),
+    ] {
+        let answer = http1_answer(&server, request).await;
+        let shown = String::from_utf8_lossy(request);
+        let (head, body) = answer
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("{shown:?}: no answer head in {answer:?}"));
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{shown:?}: {head}");
+        assert!(head.contains("\r\nconnection: close"), "{shown:?}: {head}");
+        let body: Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("{shown:?}: not JSON ({e}): {body:?}"));
+        assert_eq!(body["ok"], false, "{shown:?}");
+        assert_eq!(body["error"]["code"], "bad_request", "{shown:?}");
+        assert_eq!(
+            body["error"]["message"],
+            format!("malformed HTTP request: {why}"),
+            "{shown:?}"
+        );
+    }
+    // A well-formed request on a new connection is still served.
+    let served = http1_head(
+        &server,
+        format!(
+            "GET /api/policy/active HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN}\r\n\r\n"
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(served.starts_with("HTTP/1.1 404 "), "{served}");
+}

@@ -50,6 +50,9 @@ pub enum First {
     /// Anything else (another request, a head longer than [`HEAD_CAP`], bytes that do not
     /// parse, a body): the bytes read, for hyper.
     Other(Bytes),
+    /// Bytes that are not an HTTP/1 request head (what is wrong): answered with a 400 in the
+    /// API's error envelope, not hyper's empty one.
+    Malformed(&'static str),
     /// The peer closed before sending a byte.
     Closed,
 }
@@ -79,6 +82,7 @@ pub async fn read_first<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<First> {
         match parse(buf.get(..filled).unwrap_or_default()) {
             Parsed::Partial => {}
             Parsed::Events(request) => return Ok(First::Events(*request)),
+            Parsed::Malformed(why) => return Ok(First::Malformed(why)),
             Parsed::Other => {
                 buf.truncate(filled);
                 return Ok(First::Other(Bytes::from(buf)));
@@ -90,20 +94,52 @@ pub async fn read_first<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<First> {
 enum Parsed {
     Partial,
     Events(Box<Request<NoBody>>),
+    Malformed(&'static str),
     Other,
 }
+
+/// The start of HTTP/2's connection preface (`h2c` with prior knowledge): hyper's to serve.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 fn parse(bytes: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut head = httparse::Request::new(&mut headers);
     match head.parse(bytes) {
         Ok(httparse::Status::Partial) => Parsed::Partial,
+        Ok(httparse::Status::Complete(_)) if !content_length_valid(&head) => {
+            Parsed::Malformed("invalid Content-Length header")
+        }
         // Bytes after the head (a body, a pipelined request) are hyper's to handle.
         Ok(httparse::Status::Complete(length)) if length == bytes.len() => {
             events_request(&head).map_or(Parsed::Other, |r| Parsed::Events(Box::new(r)))
         }
-        _ => Parsed::Other,
+        Ok(httparse::Status::Complete(_)) => Parsed::Other,
+        // More headers than read here: hyper reads them with its own limit.
+        Err(httparse::Error::TooManyHeaders) => Parsed::Other,
+        Err(_) if H2_PREFACE.starts_with(bytes) || bytes.starts_with(H2_PREFACE) => Parsed::Other,
+        Err(httparse::Error::Version) => Parsed::Malformed("unsupported HTTP version"),
+        Err(httparse::Error::HeaderName | httparse::Error::HeaderValue) => {
+            Parsed::Malformed("invalid header line")
+        }
+        Err(_) => Parsed::Malformed("invalid request line"),
     }
+}
+
+/// Whether every `Content-Length` of `head` is a number, and all the same (what hyper
+/// requires; it would answer a 400 without a body).
+fn content_length_valid(head: &httparse::Request<'_, '_>) -> bool {
+    let mut lengths = head
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+        .map(|h| h.value);
+    let Some(first) = lengths.next() else {
+        return true;
+    };
+    let number = |value: &[u8]| {
+        !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit)
+    };
+    number(first) && lengths.all(|other| other == first)
 }
 
 /// The request, when `head` is a stream request the lean path serves.
@@ -390,6 +426,7 @@ mod tests {
         match parse(bytes) {
             Parsed::Partial => "partial".to_owned(),
             Parsed::Other => "other".to_owned(),
+            Parsed::Malformed(why) => format!("malformed: {why}"),
             Parsed::Events(request) => format!(
                 "{} {} {:?}",
                 request.method(),
@@ -415,10 +452,34 @@ mod tests {
             b"GET /api/events HTTP/1.1\r\ncontent-length: 0\r\n\r\n",
             b"GET /api/events HTTP/1.1\r\nupgrade: websocket\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-            b"GET /api/events HTTP/1.1\r\nbad header\r\n\r\n",
+            b"PRI * HTTP/2",
         ] {
             assert_eq!(first(other), "other", "{}", String::from_utf8_lossy(other));
         }
+        // Not HTTP/1 at all: answered here in the API's envelope (hyper's 400 has no body).
+        for (malformed, why) in [
+            (
+                &b"GET /api/events HTTP/1.1\r\nbad header\r\n\r\n"[..],
+                "invalid header line",
+            ),
+            (b"GARBAGE\r\n\r\n", "invalid request line"),
+            (b"GET / HTTP/9.9\r\n\r\n", "unsupported HTTP version"),
+            (
+                b"GET / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+                "invalid Content-Length header",
+            ),
+        ] {
+            assert_eq!(
+                first(malformed),
+                format!("malformed: {why}"),
+                "{}",
+                String::from_utf8_lossy(malformed)
+            );
+        }
+        assert_eq!(
+            first(b"POST / HTTP/1.1\r\ncontent-length: 2\r\nContent-Length: 2\r\n\r\n{}"),
+            "other"
+        );
         let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
         let many = format!("GET /api/events HTTP/1.1\r\n{many}\r\n");
         assert_eq!(first(many.as_bytes()), "other");

@@ -30,6 +30,7 @@ use super::events::EventReply;
 use super::lean::{self, Ended, First, Rewind};
 use super::limits::{ConnectionLimits, Gate, Permit, Refused};
 use super::unread::DrainUnread;
+use crate::error::ApiError;
 use crate::metrics::{OpenConnection, ServerMetrics};
 
 /// The peer address of a request, put into its extensions by the listener (warp's own
@@ -296,6 +297,12 @@ impl Connection {
             // Boxed: hyper's connection state would otherwise size every connection's task,
             // lean streams included.
             Ok(Ok(First::Other(read))) => Box::pin(self.hyper(Rewind::new(read, io))).await,
+            // hyper would answer a bare 400; the API answers in its envelope.
+            Ok(Ok(First::Malformed(why))) => {
+                tracing::debug!(%peer, why, "malformed request head");
+                let refusal = ApiError::bad_request(format!("malformed HTTP request: {why}"));
+                write_lean(peer, io, refusal.to_response(), self.limits.idle_timeout).await;
+            }
             Ok(Ok(First::Closed)) => {}
             Ok(Err(error)) => tracing::debug!(%peer, %error, "connection ended with an error"),
             Err(_) => {
