@@ -49,7 +49,15 @@ async fn operators_pause_resume_advance_and_abort_and_stages_reach_only_their_ag
         .iter()
         .map(|e| e["path"].as_str().unwrap())
         .collect();
-    assert_eq!(paths, ["stages[0]", "gate.maxSilnet"]);
+    // The document's errors with the body's own (a bad gate used to hide them).
+    assert_eq!(
+        paths,
+        [
+            "policy.rules[0].config.threshold",
+            "stages[0]",
+            "gate.maxSilnet"
+        ]
+    );
 
     let (status, body) = t
         .post(

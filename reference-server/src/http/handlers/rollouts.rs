@@ -29,7 +29,13 @@ pub async fn create(
     let publication = match publication(&read.request.policy, "policy") {
         Ok(publication) => publication,
         Err(error) if read.errors.is_empty() => return Err(error),
-        // The body's own errors come first, as they always did.
+        // Every error at once, in the body's order (`policy`, then `stages` and `gate`): a
+        // bad gate must not hide the document's errors.
+        Err(error) if error.status == StatusCode::UNPROCESSABLE_ENTITY => {
+            let mut errors = error.errors;
+            errors.extend(read.errors);
+            return Err(ApiError::from_validation(errors));
+        }
         Err(_) => return Err(ApiError::from_validation(read.errors)),
     };
     let view = rollouts::create(
