@@ -53,9 +53,9 @@ async fn operators_pause_resume_advance_and_abort_and_stages_reach_only_their_ag
     assert_eq!(
         paths,
         [
-            "policy.rules[0].config.threshold",
             "stages[0]",
-            "gate.maxSilnet"
+            "gate.maxSilnet",
+            "policy.rules[0].config.threshold"
         ]
     );
 

@@ -122,14 +122,54 @@ async fn an_org_that_requires_signatures_refuses_unsigned_posts() {
         .await;
     assert_eq!(status, StatusCode::OK);
 
-    // Other orgs are unaffected; the signed file goes through.
+    // Other orgs are unaffected; the signed file goes through, and checks as it posts (the
+    // checking endpoint refused a signed file with `unknown field policy`).
     assert_eq!(
         server.post_policy(ADMIN, document.clone()).await["version"],
         "v1"
     );
-    let data = server
-        .post_policy(ADMIN, signed(&key, "acme", 1, &document))
+    let file = signed(&key, "acme", 1, &document);
+    let (status, checked) = server
+        .post("/api/policy/validate", ADMIN, file.clone())
         .await;
+    assert_eq!(status, StatusCode::OK, "{checked}");
+    assert_eq!(
+        (
+            &checked["data"]["valid"],
+            &checked["data"]["orgId"],
+            &checked["data"]["version"],
+            &checked["data"]["rules"]
+        ),
+        (
+            &json!(true),
+            &json!("acme"),
+            &json!("v1"),
+            &document["rules"]
+        )
+    );
+    let mut broken = file.clone();
+    broken["signature"]["algorithm"] = json!("rsa");
+    broken["policy"]["rules"][0]["config"]["threshold"] = json!(0);
+    let (status, checked) = server
+        .post("/api/policy/validate", ADMIN, broken.clone())
+        .await;
+    let (_, posted) = server.post("/api/policy", ADMIN, broken).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{checked}");
+    assert_eq!(
+        error_list(&checked),
+        [
+            (
+                "signature.algorithm",
+                "unknown algorithm `rsa`, expected `ed25519`"
+            ),
+            (
+                "policy.rules[0].config.threshold",
+                "expected an integer from 1 to 1000000, found `0`"
+            )
+        ]
+    );
+    assert_eq!(checked["error"], posted["error"]);
+    let data = server.post_policy(ADMIN, file).await;
     assert_eq!(data["version"], "v1");
 }
 

@@ -89,45 +89,24 @@ pub struct Validated {
     pub description: Option<String>,
     /// Its rules, normalized as they would be stored (`enabled`, `requireApproval` filled in).
     pub rules: Vec<RuleDocument>,
+    /// The version a signed file was signed for (a post stores it as exactly that version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<PolicyVersion>,
 }
 
-/// Checks `policy` as [`publish`] would check it unsigned (channels, the org `principal` may
-/// write, whether that org takes unsigned policies) and stores nothing.
-pub fn validate(
-    channels: Option<&NotifyConfig>,
-    signed_orgs: &SignedOrgs,
-    principal: &Principal,
-    org_query: Option<&str>,
-    policy: &Policy,
-) -> Result<Validated, ApiError> {
-    let org_id = publishable(channels, principal, org_query, policy)?;
-    if signed_orgs.required(&org_id) {
-        return Err(signature_required(&org_id));
-    }
-    let document = policy.to_document();
-    Ok(Validated {
+/// The answer for a publication that passed [`check`] (the checks of [`publish`], storing
+/// nothing): a policy document, or a signed file (whose version and signature [`publish`]
+/// stores as they are).
+pub fn validated(checked: Checked) -> Validated {
+    let document = checked.policy.to_document();
+    Validated {
         valid: true,
-        org_id,
+        org_id: checked.org,
         name: document.name,
         description: document.description,
         rules: document.rules,
-    })
-}
-
-/// What publishing checks beyond the document itself: every `notifyChannels` entry names a
-/// configured channel (when channels are configured), and `principal` may write the org (the
-/// body's `org_id`, else `org_query`). Returns that org.
-fn publishable(
-    channels: Option<&NotifyConfig>,
-    principal: &Principal,
-    org_query: Option<&str>,
-    policy: &Policy,
-) -> Result<String, ApiError> {
-    let unknown_channels = notify::check_policy(channels, policy);
-    if !unknown_channels.is_empty() {
-        return Err(ApiError::from_validation(unknown_channels));
+        version: checked.signed.as_ref().map(|(version, _)| *version),
     }
-    principal.write_org(named_org(policy.org_id.as_deref(), org_query)?)
 }
 
 /// The refusal of an unsigned policy for an org that takes only signed ones.

@@ -82,15 +82,17 @@ pub async fn validate(
     body: Bytes,
     state: Arc<AppState>,
 ) -> Answer {
-    let policy = Policy::from_json(&body).map_err(ApiError::from_policy)?;
-    let validated = policies::validate(
+    // Read and checked as `POST /api/policy` reads and checks it: a document or a signed file.
+    let parsed = parse_json_collecting(&body)?;
+    let publication = ApiError::with_duplicates(publication(&parsed.value, ""), parsed.duplicates)?;
+    let checked = policies::check(
         state.notifier.config(),
         &state.signed_orgs,
         &principal,
         org_query(&query),
-        &policy,
+        publication,
     )?;
-    ok(StatusCode::OK, &validated)
+    ok(StatusCode::OK, &policies::validated(checked))
 }
 
 /// `GET /api/policy/versions?limit=&cursor=` (admin): the org's versions, newest first.

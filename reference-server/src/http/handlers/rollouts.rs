@@ -29,11 +29,11 @@ pub async fn create(
     let publication = match publication(&read.request.policy, "policy") {
         Ok(publication) => publication,
         Err(error) if read.errors.is_empty() => return Err(error),
-        // Every error at once, in the body's order (`policy`, then `stages` and `gate`): a
-        // bad gate must not hide the document's errors.
+        // Every error at once: the body's own first (as they always came), then the
+        // document's, which a bad gate or stage used to hide.
         Err(error) if error.status == StatusCode::UNPROCESSABLE_ENTITY => {
-            let mut errors = error.errors;
-            errors.extend(read.errors);
+            let mut errors = read.errors;
+            errors.extend(error.errors);
             return Err(ApiError::from_validation(errors));
         }
         Err(_) => return Err(ApiError::from_validation(read.errors)),
