@@ -274,7 +274,10 @@ enum Refused {
 /// Compiles a constant pattern of `source` within [`MAX_REGEX_BYTES`], with the syntax of the
 /// `regex` crate evalexpr uses (Unicode, UTF-8), so it matches exactly what evalexpr would.
 fn compile_regex(source: &str, pattern: &str) -> Result<Regex, Refused> {
+    // No full DFA, whatever features other crates turn on (`regex` builds none either): a
+    // pattern's cost and heap must not depend on the build.
     let config = meta::Config::new()
+        .dfa(false)
         .nfa_size_limit(Some(MAX_REGEX_BYTES))
         .onepass_size_limit(Some(MAX_REGEX_BYTES))
         .hybrid_cache_capacity(2 * MAX_REGEX_BYTES);
