@@ -12,6 +12,7 @@ use policy_engine::{Policy, ValidationError};
 use serde_json::{Map, Value, json};
 
 use policy_engine::policy::json::{describe, join_index, join_key};
+use policy_engine::policy::wire::RuleDocument;
 use policy_engine::protocol::fields::Fields;
 
 use super::notify::{self, NotifyConfig};
@@ -274,6 +275,52 @@ pub fn to_value(overrides: &[Override]) -> Value {
     )
 }
 
+/// The rules of `policy` (a stored version, valid) with `overrides` applied, as [`apply`]
+/// resolves them, validating only the rules the overrides touch: the others are the version's
+/// own. This is what an agent with overrides is sent on every connect and broadcast, where
+/// validating the whole resolved policy again cost ~27 ms per agent for 1,000 rules (30 %
+/// custom, release, 2 cores): 10,000 agents with overrides meant minutes of CPU per broadcast.
+/// The whole resolved policy is validated when the overrides are set ([`validate`]).
+pub fn resolve_rules(
+    policy: &Policy,
+    overrides: &[Override],
+) -> Result<Vec<RuleDocument>, ApiError> {
+    let document = policy.to_document();
+    let mut rules = document.rules;
+    if overrides.is_empty() {
+        return Ok(rules);
+    }
+    let mut touched: Vec<usize> = overrides.iter().map(|o| o.rule).collect();
+    touched.sort_unstable();
+    touched.dedup();
+    if touched.last().is_some_and(|&last| last >= rules.len()) {
+        // A rule the version does not have: the whole resolution words the error.
+        return apply(&policy.to_json_value(), overrides).map(|p| p.to_document().rules);
+    }
+    let picked: Vec<Value> = touched
+        .iter()
+        .filter_map(|&i| rules.get(i))
+        .map(|rule| serde_json::to_value(rule).unwrap_or(Value::Null))
+        .collect();
+    let part = json!({ "name": document.name, "rules": picked });
+    // The same overrides, naming the rules by their place in `part`.
+    let renumbered: Vec<Override> = overrides
+        .iter()
+        .map(|o| Override {
+            rule: touched.binary_search(&o.rule).unwrap_or_default(),
+            enabled: o.enabled,
+            config: o.config.clone(),
+        })
+        .collect();
+    let resolved = apply(&part, &renumbered)?.to_document().rules;
+    for (&index, rule) in touched.iter().zip(resolved) {
+        if let Some(slot) = rules.get_mut(index) {
+            *slot = rule;
+        }
+    }
+    Ok(rules)
+}
+
 /// Applies `overrides` to a policy document and validates the result into the agent's resolved
 /// policy. Errors point into the override list.
 pub fn apply(document: &Value, overrides: &[Override]) -> Result<Policy, ApiError> {
@@ -465,6 +512,55 @@ mod tests {
             Err(e) => e,
         };
         (e.message, e.path)
+    }
+
+    #[test]
+    fn resolving_only_the_overridden_rules_gives_what_the_whole_resolution_gives() {
+        let policy = Policy::from_json(
+            br#"{"name":"p","budgets":{"kill_process":{"max":3,"window":"1h"}},"rules":[
+              {"type":"alert_threshold","config":{"severity":"high","countPerHour":5,"notifyChannels":["email"]}},
+              {"type":"block_ip","config":{"trigger":"brute_force","threshold":50,"duration":"24h","scope":"host"}},
+              {"type":"custom","mode":"shadow","config":{"condition":"str::regex_matches(process, \"^nc$\")","action":"alert"}},
+              {"type":"auto_respond","config":{"trigger":"malware","action":"kill_process","minConfidence":0.9}}
+            ]}"#,
+        )
+        .unwrap();
+        let whole =
+            |list: &[Override]| apply(&policy.to_json_value(), list).map(|p| p.to_document().rules);
+        for list in [
+            json!([]),
+            json!([{"rule": 3, "enabled": false}]),
+            json!([{"rule": 2, "config": {"condition": "process == \"sh\""}}, {"rule": 0, "enabled": false}]),
+            json!([{"rule": 1, "config": {"threshold": 5, "window": "10m"}}, {"rule": 3, "config": {"minConfidence": 0.5}}]),
+            // Invalid for this version: the same errors, at the same override paths.
+            json!([{"rule": 3, "enabled": true}, {"rule": 1, "config": {"threshold": 0, "scope": "mars"}}]),
+            json!([{"rule": 2, "config": {"condition": "a = 1"}}]),
+        ] {
+            let list = parse(&list, 4).unwrap();
+            match (resolve_rules(&policy, &list), whole(&list)) {
+                (Ok(part), Ok(all)) => assert_eq!(
+                    serde_json::to_value(part).unwrap(),
+                    serde_json::to_value(all).unwrap(),
+                    "{list:?}"
+                ),
+                (Err(part), Err(all)) => assert_eq!(
+                    (part.message, part.path, part.errors),
+                    (all.message, all.path, all.errors),
+                    "{list:?}"
+                ),
+                (part, all) => panic!("{list:?}: {:?} against {:?}", part.is_ok(), all.is_ok()),
+            }
+        }
+        // A rule the version lacks (the list was set for a longer one).
+        let list = parse(&json!([{"rule": 7, "enabled": false}]), 8).unwrap();
+        let error = resolve_rules(&policy, &list).unwrap_err();
+        assert_eq!(
+            (error.message.as_str(), error.path.as_deref()),
+            (
+                "expected a rule index from 0 to 3, found `7`",
+                Some("[0].rule")
+            )
+        );
     }
 
     #[test]

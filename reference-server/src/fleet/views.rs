@@ -75,8 +75,8 @@ pub fn resolved_rules(
     list: &[Override],
 ) -> Vec<RuleDocument> {
     if !list.is_empty() {
-        match overrides::apply(&policy.policy.to_json_value(), list) {
-            Ok(resolved) => return resolved.to_document().rules,
+        match overrides::resolve_rules(&policy.policy, list) {
+            Ok(resolved) => return resolved,
             Err(error) => tracing::warn!(
                 agent = agent_id,
                 version = %policy.version,
