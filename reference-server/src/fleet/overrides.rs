@@ -278,8 +278,9 @@ pub fn to_value(overrides: &[Override]) -> Value {
 /// The rules of `policy` (a stored version, valid) with `overrides` applied, as [`apply`]
 /// resolves them, validating only the rules the overrides touch: the others are the version's
 /// own. This is what an agent with overrides is sent on every connect and broadcast, where
-/// validating the whole resolved policy again cost ~27 ms per agent for 1,000 rules (30 %
-/// custom, release, 2 cores): 10,000 agents with overrides meant minutes of CPU per broadcast.
+/// validating the whole resolved policy again cost 11 ms per agent for 1,000 rules (30 %
+/// custom, one override; 0.3 ms this way; release, 2 cores): minutes of CPU for a broadcast
+/// to 10,000 agents with overrides.
 /// The whole resolved policy is validated when the overrides are set ([`validate`]).
 pub fn resolve_rules(
     policy: &Policy,
