@@ -17,20 +17,22 @@ use http_body_util::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use policy_engine::protocol::{ErrorBody, ErrorEnvelope};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
+use warp::Reply as _;
 use warp::filters::BoxedFilter;
+use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::events::EventReply;
 use super::lean::{self, Ended, First, Rewind};
 use super::limits::{ConnectionLimits, Gate, Permit, Refused};
 use super::unread::DrainUnread;
-use crate::error::ApiError;
 use crate::metrics::{OpenConnection, ServerMetrics};
 
 /// The peer address of a request, put into its extensions by the listener (warp's own
@@ -300,8 +302,7 @@ impl Connection {
             // hyper would answer a bare 400; the API answers in its envelope.
             Ok(Ok(First::Malformed(why))) => {
                 tracing::debug!(%peer, why, "malformed request head");
-                let refusal = ApiError::bad_request(format!("malformed HTTP request: {why}"));
-                write_lean(peer, io, refusal.to_response(), self.limits.idle_timeout).await;
+                write_lean(peer, io, malformed(why), self.limits.idle_timeout).await;
             }
             Ok(Ok(First::Closed)) => {}
             Ok(Err(error)) => tracing::debug!(%peer, %error, "connection ended with an error"),
@@ -409,6 +410,18 @@ impl Connection {
             None => tracing::debug!(%peer, "idle connection closed"),
         }
     }
+}
+
+/// The 400 of a request head that is not HTTP/1, in the API's error envelope (the one shape
+/// of every error answer; written here, below the HTTP layer's `ApiError`).
+fn malformed(why: &str) -> Response {
+    let body = ErrorEnvelope::new(ErrorBody {
+        code: "bad_request".to_owned(),
+        message: format!("malformed HTTP request: {why}"),
+        path: None,
+        errors: Vec::new(),
+    });
+    warp::reply::with_status(warp::reply::json(&body), StatusCode::BAD_REQUEST).into_response()
 }
 
 /// Writes a lean answer, then closes the connection (unless the client did).
