@@ -269,7 +269,7 @@ fn executor_outcomes_keep_their_shape() {
 
 #[test]
 fn bad_requests_say_what_and_where() {
-    let cases: [(Value, Reader, &[&str]); 5] = [
+    let cases: [(Value, Reader, &[&str]); 8] = [
         (
             json!({"hostname": "", "orgId": "a b"}),
             |v| errors(EnrollRequest::from_value(v)),
@@ -310,6 +310,35 @@ fn bad_requests_say_what_and_where() {
             &[
                 "reportId: expected 1 to 64 letters, digits, `-`, `_`, `.` or `:`, found `rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr`",
             ],
+        ),
+        // Bad values inside the action record: each at its field, all of them (the typed
+        // reader named none and stopped at the first).
+        (
+            json!({"action": "block_ip", "ip": "1.2.3.4x", "duration": "2x", "scope": "planet",
+                   "rule": -1, "policyVersion": "v1", "outcome": "done"}),
+            |v| errors(Report::from_value(v)),
+            &[
+                "outcome: unknown outcome `done`, expected one of `executed`, `failed`, `refused`, `skipped`, `requested`",
+                "duration: expected a duration like `30s`, `15m`, `24h`, `7d`, `2w` or `permanent`, found `2x`",
+                "ip: expected an IP address, found the string `1.2.3.4x`",
+                "rule: expected a rule index (a non-negative integer), found `-1`",
+                "scope: unknown variant `planet`, expected `host` or `fleet`",
+            ],
+        ),
+        (
+            json!({"action": "nuke", "pid": -1, "rule": 0, "policyVersion": "v01"}),
+            |v| errors(Report::from_value(v)),
+            &[
+                "action: unknown action `nuke`, expected one of `block_ip`, `alert`, `kill_process`, `quarantine_file`, `isolate_host`, `approval_request`, `custom`",
+                "pid: expected a process id from 0 to 4294967295, found `-1`",
+                "policyVersion: expected a policy version like `v3`, found `v01`",
+            ],
+        ),
+        (
+            json!({"action": "approval_request", "request": {"action": "kill_process", "pid": "x"},
+                   "rule": 0, "policyVersion": "v1"}),
+            |v| errors(Report::from_value(v)),
+            &["request.pid: expected a process id from 0 to 4294967295, found the string `x`"],
         ),
     ];
     for (body, read, expected) in cases {
@@ -357,4 +386,29 @@ mod agent {
         local.report_id = parsed.report_id.clone();
         assert_eq!(serde_json::to_value(&local).unwrap(), golden_report);
     }
+}
+
+#[test]
+fn reported_addresses_are_read_in_their_canonical_form() {
+    // `::ffff:a.b.c.d` is a.b.c.d (CONTRACT section 2): one block, one audit trail.
+    let ip = |body: Value| match Report::from_value(&body).unwrap().record.action {
+        policy_engine::Action::BlockIp { ip, .. } => ip,
+        policy_engine::Action::ApprovalRequest { request } => match *request {
+            policy_engine::Action::BlockIp { ip, .. } => ip,
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    let block = |address: &str| {
+        json!({"action": "block_ip", "ip": address, "duration": "1h", "scope": "fleet",
+               "rule": 0, "policyVersion": "v1"})
+    };
+    let v4: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+    assert_eq!(ip(block("::ffff:10.0.0.1")), v4);
+    assert_eq!(ip(block("::ffff:a00:1")), v4);
+    assert_eq!(ip(block("10.0.0.1")), v4);
+    assert_eq!(ip(block("2001:db8::1")).to_string(), "2001:db8::1");
+    let request = json!({"action": "approval_request", "rule": 0, "policyVersion": "v1",
+        "request": {"action": "block_ip", "ip": "::ffff:10.0.0.1", "duration": "1h", "scope": "host"}});
+    assert_eq!(ip(request), v4);
 }

@@ -272,15 +272,24 @@ impl Report {
             .collect();
         let rest = Value::Object(rest);
         let record = match serde_json::from_value::<ActionRecord>(rest.clone()) {
-            Ok(record) => {
+            Ok(mut record) => {
                 let back = serde_json::to_value(&record).unwrap_or(Value::Null);
                 unknown_keys(&rest, &back, "", &mut fields);
+                canonical_addresses(&mut record.action);
                 Some(record)
             }
             Err(error) => {
-                let message = error.to_string();
-                let path = missing_field(&message).unwrap_or_default();
-                fields.push(&path, format!("invalid action record: {message}"));
+                // The typed reader stops at the first bad value and names no field: each
+                // field is read on its own for its path, every bad one reported.
+                let before = fields.errors.len();
+                if let Value::Object(record) = &rest {
+                    field_errors(record, "", true, &mut fields);
+                }
+                if fields.errors.len() == before {
+                    let message = error.to_string();
+                    let path = missing_field(&message).unwrap_or_default();
+                    fields.push(&path, format!("invalid action record: {message}"));
+                }
                 None
             }
         };
@@ -311,6 +320,87 @@ fn unknown_keys(input: &Value, parsed: &Value, path: &str, fields: &mut Fields) 
             Some(inner) if key != "params" => unknown_keys(value, inner, &here, fields),
             Some(_) => {}
         }
+    }
+}
+
+/// The action names of [`Action`].
+const ACTIONS: [&str; 7] = [
+    "block_ip",
+    "alert",
+    "kill_process",
+    "quarantine_file",
+    "isolate_host",
+    "approval_request",
+    "custom",
+];
+
+/// The errors of an action record's fields (under `path`), each read as its own type: what
+/// the typed reader refused, with the field's path. `record` is false inside a request, whose
+/// action has no `rule` or `policyVersion` of its own. Unknown and missing fields are the
+/// reader's to report.
+fn field_errors(map: &Map<String, Value>, path: &str, record: bool, fields: &mut Fields) {
+    fn read<T: serde::de::DeserializeOwned>(value: &Value) -> Result<(), String> {
+        serde_json::from_value::<T>(value.clone())
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+    /// `read`, with `expected` said instead of the type's name.
+    fn read_as<T: serde::de::DeserializeOwned>(
+        value: &Value,
+        expected: &str,
+    ) -> Result<(), String> {
+        read::<T>(value).map_err(|_| format!("expected {expected}, found {}", describe(value)))
+    }
+    for (key, value) in map {
+        let checked = match key.as_str() {
+            "action" => match value.as_str() {
+                Some(name) if ACTIONS.contains(&name) => Ok(()),
+                Some(name) => Err(format!(
+                    "unknown action `{name}`, expected one of `{}`",
+                    ACTIONS.join("`, `")
+                )),
+                None => Err(format!(
+                    "expected an action name, found {}",
+                    describe(value)
+                )),
+            },
+            "ip" => read_as::<std::net::IpAddr>(value, "an IP address"),
+            "duration" => read::<crate::policy::PolicyDuration>(value),
+            "scope" => read::<crate::policy::Scope>(value),
+            "severity" => read::<crate::Severity>(value),
+            "count" => read_as::<u64>(value, "a non-negative integer"),
+            "channels" => read::<Vec<String>>(value),
+            "pid" => read_as::<u32>(value, "a process id from 0 to 4294967295"),
+            "process" | "path" | "host" | "name" => read::<String>(value),
+            "params" => read::<Map<String, Value>>(value),
+            "request" => match value {
+                Value::Object(inner) => {
+                    field_errors(inner, &join_key(path, "request"), false, fields);
+                    Ok(())
+                }
+                other => Err(format!(
+                    "expected an action object, found {}",
+                    describe(other)
+                )),
+            },
+            "rule" if record => read_as::<usize>(value, "a rule index (a non-negative integer)"),
+            "policyVersion" if record => read::<crate::PolicyVersion>(value),
+            "eventId" if record => read::<Option<String>>(value),
+            _ => Ok(()),
+        };
+        if let Err(message) = checked {
+            fields.push(&join_key(path, key), message);
+        }
+    }
+}
+
+/// `::ffff:a.b.c.d` is the IPv4 address a.b.c.d (CONTRACT section 2): a block of either form
+/// is one block.
+fn canonical_addresses(action: &mut Action) {
+    match action {
+        Action::BlockIp { ip, .. } => *ip = crate::event::canonical_ip(*ip),
+        Action::ApprovalRequest { request } => canonical_addresses(request),
+        _ => {}
     }
 }
 

@@ -21,11 +21,13 @@ pub async fn get(principal: Principal, query: Query, state: Arc<AppState>) -> An
     let ip = query
         .get("ip")
         .map(|ip| {
-            ip.parse::<IpAddr>().map_err(|_| {
-                ApiError::bad_request(format!(
-                    "invalid query parameter `ip`: `{ip}` is not an IP address"
-                ))
-            })
+            ip.parse::<IpAddr>()
+                .map(policy_engine::event::canonical_ip)
+                .map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "invalid query parameter `ip`: `{ip}` is not an IP address"
+                    ))
+                })
         })
         .transpose()?;
     let filter = AuditFilter {

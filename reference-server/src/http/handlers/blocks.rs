@@ -23,8 +23,10 @@ pub async fn list(principal: Principal, query: Query, state: Arc<AppState>) -> A
 pub async fn lift(ip: String, principal: Principal, query: Query, state: Arc<AppState>) -> Answer {
     let org = principal.read_org(org_query(&query))?;
     let decoded = percent_decode(&ip);
+    // `::ffff:a.b.c.d` names the block of a.b.c.d, as reports are read.
     let addr: IpAddr = decoded
         .parse()
+        .map(policy_engine::event::canonical_ip)
         .map_err(|_| ApiError::bad_request(format!("`{decoded}` is not an IP address")))?;
     let unblocked = blocks::lift(
         &*state.store,
