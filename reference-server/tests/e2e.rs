@@ -543,6 +543,33 @@ async fn errors_use_the_envelope_and_change_nothing() {
         "unknown role `agent`, expected `admin` (agent tokens come from enrollment)",
         Some("role"),
     );
+    // `null` is no org (it made an admin token of an org named "", which nobody else could
+    // name); absent is missing, as before.
+    for (body, path, message) in [
+        (
+            json!({"role": "admin", "org_id": null}),
+            "org_id",
+            "expected an org id, found `null`",
+        ),
+        (
+            json!({"role": "admin", "orgId": null}),
+            "orgId",
+            "expected an org id, found `null`",
+        ),
+        (
+            json!({"role": "admin"}),
+            "org_id",
+            "missing required field `org_id`",
+        ),
+    ] {
+        check(
+            t.post("/api/tokens", ADMIN, body).await,
+            422,
+            "validation_failed",
+            message,
+            Some(path),
+        );
+    }
 
     // Nothing above changed anything: still no policy, still one agent.
     check(

@@ -98,13 +98,24 @@ fn token_request(body: &Value) -> Result<String, ApiError> {
                 }
             }
             let org = org_field(&mut fields, map, "");
-            if !map.contains_key("org_id") && !map.contains_key("orgId") {
-                fields.push("org_id", "missing required field `org_id`");
+            if org.is_none() {
+                // Required: `null` is no org here (it became an org named "").
+                match ["org_id", "orgId"]
+                    .into_iter()
+                    .find(|name| map.get(*name).is_some_and(Value::is_null))
+                {
+                    Some(name) => fields.push(name, "expected an org id, found `null`"),
+                    None if !map.contains_key("org_id") && !map.contains_key("orgId") => {
+                        fields.push("org_id", "missing required field `org_id`")
+                    }
+                    // Given and refused: its error is reported already.
+                    None => {}
+                }
             }
             org
         }
         None => None,
     };
     fields.finish()?;
-    Ok(org.unwrap_or_default())
+    org.ok_or_else(|| ApiError::invalid("org_id", "missing required field `org_id`"))
 }
