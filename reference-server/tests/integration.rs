@@ -10,6 +10,7 @@ mod common;
 mod hostile_common;
 mod metrics_docs;
 
+mod approval_outcomes;
 mod console_api;
 mod dry_run;
 mod e2e;

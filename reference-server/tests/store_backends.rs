@@ -23,10 +23,10 @@ use reference_server::auth::{Principal, TokenHash};
 use reference_server::store::postgres::PgStore;
 use reference_server::store::sqlite::SqliteStore;
 use reference_server::store::{
-    AgentRecord, Approval, AuditFilter, ChangeKind, Decision, Heartbeat, MAX_SENT_PER_AGENT,
-    NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, ReportReceipt, Rollout, RolloutGate,
-    RolloutStage, RolloutState, SMALL_SENT_BATCH, SentPolicy, ShadowRun, Store, StoreError,
-    StoredOverrides, StoredShadowReport,
+    AgentRecord, Approval, AuditFilter, ChangeKind, Decision, Finish, Heartbeat,
+    MAX_SENT_PER_AGENT, NewBlock, NewDelivery, NewEntry, NewPolicy, Notice, ReportReceipt, Rollout,
+    RolloutGate, RolloutStage, RolloutState, SMALL_SENT_BATCH, SentPolicy, ShadowRun, Store,
+    StoreError, StoredOverrides, StoredShadowReport,
 };
 use serde_json::json;
 
@@ -538,6 +538,91 @@ async fn expired_approvals_expire_once(pair: Pair) {
         pending.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
         ["apr_live"]
     );
+}
+
+/// Probe 2, findings 2 and 6: an approved request is closed once, by one of two outcome reports
+/// racing on two replicas, and keeps the admin's `decided_ms`; an outcome of a request that is
+/// not approved (pending, already executed, past its expiry, another agent's) writes nothing,
+/// not even its audit entry; an approved request the sweeper expires keeps its decision time.
+async fn an_approval_is_finished_once_and_keeps_its_decision(pair: Pair) {
+    let now = Utc::now().timestamp_millis();
+    for (id, expires_ms) in [
+        ("apr_ok", now + 60_000),
+        ("apr_pending", now + 60_000),
+        ("apr_late", now + 30),
+    ] {
+        pair.a
+            .insert_approval(
+                approval(id, "acme", "agent-1", expires_ms),
+                entry("acme", "agent-1", "approval_request"),
+            )
+            .await
+            .unwrap();
+    }
+    for id in ["apr_ok", "apr_late"] {
+        pair.b
+            .decide_approval(Decision {
+                id: id.to_owned(),
+                org: None,
+                approve: true,
+                by: "admin".to_owned(),
+                reason: None,
+                now_ms: now + 10,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let finish = |id: &str, agent: &str, now_ms: i64| {
+        (
+            Finish {
+                id: id.to_owned(),
+                agent_id: agent.to_owned(),
+                executed: true,
+                now_ms,
+            },
+            entry("acme", agent, "isolate_host"),
+        )
+    };
+    let (f1, e1) = finish("apr_ok", "agent-1", now + 20);
+    let (f2, e2) = finish("apr_ok", "agent-1", now + 20);
+    let (a, b) = tokio::join!(
+        pair.a.finish_approval(f1, e1),
+        pair.b.finish_approval(f2, e2)
+    );
+    assert_eq!([a.unwrap(), b.unwrap()].iter().filter(|c| **c).count(), 1);
+    for (id, agent, at) in [
+        ("apr_ok", "agent-1", now + 30),
+        ("apr_pending", "agent-1", now + 30),
+        ("apr_late", "agent-1", now + 30),
+        ("apr_ok", "agent-2", now + 30),
+    ] {
+        let (f, e) = finish(id, agent, at);
+        assert!(!pair.a.finish_approval(f, e).await.unwrap(), "{id} {agent}");
+    }
+    let read = pair.b.approval("apr_ok".to_owned()).await.unwrap().unwrap();
+    assert_eq!(read.status, ApprovalStatus::Executed);
+    assert_eq!(read.decided_ms, Some(now + 10));
+    let page = pair
+        .a
+        .audit(AuditFilter {
+            org_id: "acme".to_owned(),
+            action: Some("isolate_host".to_owned()),
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.entries.len(), 1);
+    assert_eq!(pair.b.expire_approvals(now + 40).await.unwrap(), 1);
+    let late = pair
+        .a
+        .approval("apr_late".to_owned())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(late.status, ApprovalStatus::Expired);
+    assert_eq!(late.decided_ms, Some(now + 10));
 }
 
 /// A signed version is stored only as the version it was signed for, with its signature, read
@@ -1488,6 +1573,16 @@ async fn sqlite_a_report_is_acted_on_once() {
 #[tokio::test]
 async fn postgres_a_report_is_acted_on_once_across_replicas() {
     a_report_is_acted_on_once(postgres().await).await;
+}
+
+#[tokio::test]
+async fn sqlite_an_approval_is_finished_once_and_keeps_its_decision() {
+    an_approval_is_finished_once_and_keeps_its_decision(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_an_approval_is_finished_once_and_keeps_its_decision_across_replicas() {
+    an_approval_is_finished_once_and_keeps_its_decision(postgres().await).await;
 }
 
 #[tokio::test]

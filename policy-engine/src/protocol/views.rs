@@ -195,7 +195,8 @@ pub struct ApprovalView {
     /// Deadline to approve and execute.
     #[serde(with = "time::millis")]
     pub expires_at: DateTime<Utc>,
-    /// When it was decided, expired or executed.
+    /// When an admin decided it (or, when nobody did, when the server expired it); the
+    /// agent's report of the outcome does not change it.
     #[serde(default, with = "time::millis_opt")]
     pub decided_at: Option<DateTime<Utc>>,
     /// Who decided.

@@ -44,7 +44,8 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    /// A refusal at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
             message: message.into(),

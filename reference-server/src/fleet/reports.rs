@@ -9,9 +9,10 @@
 //! - anything else -> `recorded`: the audit entry only.
 //!
 //! Before any of them: a repeated `reportId` is answered at once (no quota, no check); then the
-//! agent's quotas ([`super::quotas`]: 429) and the checks of what the report claims
-//! ([`super::checks`]: 422, with one audit entry for the refusal); an approval request also
-//! needs room under the agent's pending-approvals quota.
+//! agent's quotas ([`super::quotas`]: 429), the report's `approvalId`
+//! ([`approvals::check_outcome`]) and the checks of what the report claims ([`super::checks`]):
+//! 422, with one audit entry for the refusal; an approval request also needs room under the
+//! agent's pending-approvals quota.
 //!
 //! Each writes the report's audit entry; with a `reportId` the entry carries the report's
 //! receipt, in the same transaction as the effect, so a repeated report (a retry, an outbox
@@ -28,6 +29,7 @@ use policy_engine::protocol::{
 use policy_engine::{Action, ActionRecord, Scope};
 use serde_json::{Value, json};
 
+use super::approvals;
 use super::audit;
 use super::blocks;
 use super::budgets::FleetBudgets;
@@ -87,17 +89,30 @@ pub async fn receive(
     }
     let size = serde_json::to_vec(&report).map_or(0, |bytes| bytes.len());
     ctx.quotas.admit(reporter.agent_id, size)?;
-    let approved = report.approval_id.is_some();
-    match checks::check(
+    // The approval first: whether the action may be one that needs an approval depends on it.
+    let checked = match approvals::check_outcome(
         ctx.store,
-        ctx.never_block,
         reporter.agent_id,
         reporter.org_id,
-        &report.record,
-        approved,
+        &report,
+        clock::now_ms(),
     )
     .await
     {
+        Ok(()) => {
+            checks::check(
+                ctx.store,
+                ctx.never_block,
+                reporter.agent_id,
+                reporter.org_id,
+                &report.record,
+                report.approval_id.is_some(),
+            )
+            .await
+        }
+        Err(error) => Err(error),
+    };
+    match checked {
         Ok(()) => {}
         Err(CheckError::Store(error)) => return Err(error.into()),
         Err(CheckError::Refused(refusal)) => {
@@ -113,15 +128,19 @@ pub async fn receive(
         ctx.quotas.admit_approval(reporter.agent_id, pending)?;
     }
     let Some(report_id) = report.report_id.clone() else {
-        return match act(ctx, reporter, report).await {
+        return match act(ctx, reporter, &report).await {
             Ok(answer) => Ok(to_json(&answer)),
             Err(Handled::Failed(error)) => Err(error),
+            Err(Handled::Refused(refusal)) => {
+                refused(ctx, reporter, &report, &refusal).await;
+                Err(refusal.into())
+            }
             Err(Handled::Duplicate) => Err(ApiError::internal(
                 "a report without an id was taken for a duplicate",
             )),
         };
     };
-    match act(ctx, reporter, report).await {
+    match act(ctx, reporter, &report).await {
         Ok(answer) => {
             let answer = to_json(&answer);
             ctx.store
@@ -134,6 +153,10 @@ pub async fn receive(
         Err(Handled::Duplicate) => replayed(ctx.store, reporter.agent_id, &report_id)
             .await?
             .ok_or_else(|| ApiError::internal("a duplicate report has no receipt")),
+        Err(Handled::Refused(refusal)) => {
+            refused(ctx, reporter, &report, &refusal).await;
+            Err(refusal.into())
+        }
         Err(Handled::Failed(error)) => Err(error),
     }
 }
@@ -196,6 +219,9 @@ fn to_json(answer: &ReportAnswer) -> Value {
 enum Handled {
     /// Its id was received meanwhile; nothing was done.
     Duplicate,
+    /// Refused while acting (the approval it closes was closed or expired meanwhile); nothing
+    /// was done.
+    Refused(Refusal),
     /// Any other failure.
     Failed(ApiError),
 }
@@ -231,21 +257,19 @@ pub fn kind(report: &Report) -> ReportKind {
 async fn act(
     ctx: ReportContext<'_>,
     reporter: Reporter<'_>,
-    report: Report,
+    report: &Report,
 ) -> Result<ReportAnswer, Handled> {
-    let kind = kind(&report);
-    let entry = audit_entry(reporter, &report, kind);
+    let kind = kind(report);
+    let entry = audit_entry(reporter, report, kind);
     let answer = ReportAnswer::of(kind, report.report_id.clone());
     match kind {
-        ReportKind::FleetBlock => fleet_block(ctx, reporter, &report, entry, answer).await,
-        ReportKind::ApprovalRequest => {
-            approval_request(ctx, reporter, &report, entry, answer).await
-        }
+        ReportKind::FleetBlock => fleet_block(ctx, reporter, report, entry, answer).await,
+        ReportKind::ApprovalRequest => approval_request(ctx, reporter, report, entry, answer).await,
         ReportKind::ApprovalOutcome => {
-            approval_outcome(ctx, reporter, &report, entry).await?;
+            approval_outcome(ctx, reporter, report, entry).await?;
             Ok(answer)
         }
-        ReportKind::Alert => alert(ctx, reporter, &report, entry, answer).await,
+        ReportKind::Alert => alert(ctx, reporter, report, entry, answer).await,
         ReportKind::Recorded => {
             recorded(ctx, entry).await?;
             Ok(answer)
@@ -287,31 +311,45 @@ fn report_entry(reporter: Reporter<'_>, report: &Report, outcome: &str, detail: 
     }
 }
 
-/// The outcome of an approved action: closes the approval (`executed` or `failed`) when it is
-/// the requester's report of an approved request.
+/// The outcome of an approved action (checked by [`approvals::check_outcome`]): closes the
+/// approval (`executed` or `failed`) with the report's audit entry. When it was closed or
+/// expired since the check (another report of it, the sweeper), nothing is written and the
+/// report is refused as the check would refuse it now.
 async fn approval_outcome(
     ctx: ReportContext<'_>,
     reporter: Reporter<'_>,
     report: &Report,
     entry: NewEntry,
-) -> Result<(), StoreError> {
+) -> Result<(), Handled> {
     let Some(approval_id) = report.approval_id.clone() else {
         return Ok(());
     };
+    let now_ms = clock::now_ms();
     let finish = Finish {
         id: approval_id.clone(),
         agent_id: reporter.agent_id.to_owned(),
         executed: report.outcome() == ReportOutcome::Executed,
-        now_ms: clock::now_ms(),
+        now_ms,
     };
-    if !ctx.store.finish_approval(finish, entry).await? {
-        tracing::warn!(
-            agent = reporter.agent_id,
-            approval = approval_id.as_str(),
-            "outcome of an approval that is not approved for this agent"
-        );
+    if ctx.store.finish_approval(finish, entry).await? {
+        return Ok(());
     }
-    Ok(())
+    let approval = ctx.store.approval(approval_id.clone()).await?;
+    Err(Handled::Refused(
+        approvals::outcome_refusal(
+            &approval_id,
+            approval.as_ref(),
+            (reporter.agent_id, reporter.org_id),
+            &report.record,
+            now_ms,
+        )
+        .unwrap_or_else(|| {
+            Refusal::new(
+                "approvalId",
+                format!("approval `{approval_id}` is not approved"),
+            )
+        }),
+    ))
 }
 
 /// A fleet-scope block executed by the reporter: stored (or collapsed into the one in force)

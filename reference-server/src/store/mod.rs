@@ -492,7 +492,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Result<Pushed<Approval>, DecideError>, StoreError>;
 
     /// Records the outcome of an approved action with the report's `entry`; returns whether
-    /// it closed the approval (only the requester's report of an approved request does).
+    /// it closed the approval (only the requester's report of an approved request not past
+    /// its expiry does; otherwise nothing is written, the entry neither). The approval's
+    /// `decided_ms` stays the admin's decision.
     async fn finish_approval(&self, finish: Finish, entry: NewEntry) -> Result<bool, StoreError>;
 
     /// Approved requests of `agent_id` not yet executed and not expired.

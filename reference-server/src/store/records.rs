@@ -394,7 +394,8 @@ pub struct Approval {
     pub created_ms: i64,
     /// Deadline to approve and execute, ms since the epoch.
     pub expires_ms: i64,
-    /// Decided (or expired, or executed), ms since the epoch.
+    /// When an admin decided, or (when nobody did) when the server expired it, ms since the
+    /// epoch; executing it does not change it.
     pub decided_ms: Option<i64>,
     /// Who decided.
     pub decided_by: Option<String>,

@@ -209,7 +209,7 @@ pub async fn expire(tx: &impl GenericClient, now_ms: i64) -> Result<usize> {
     let rows = tx.query(&statement, &[&now_ms]).await?;
     let update = tx
         .prepare_cached(
-            "UPDATE approvals SET status = 'expired', decided_ms = $2,
+            "UPDATE approvals SET status = 'expired', decided_ms = COALESCE(decided_ms, $2),
                 decided_by = COALESCE(decided_by, 'server') WHERE id = $1",
         )
         .await?;
@@ -351,7 +351,9 @@ pub async fn decide(
 }
 
 /// Records the agent's outcome of an approved action with the report's audit entry; only the
-/// requester's report of an `approved` request changes the approval.
+/// requester's report of an `approved` request not past its expiry changes the approval (its
+/// `decided_ms` stays the admin's decision). Anything else writes nothing: `false` (the
+/// caller rolls back).
 pub async fn finish(tx: &impl GenericClient, finish: &Finish, entry: &NewEntry) -> Result<bool> {
     let status = if finish.executed {
         ApprovalStatus::Executed
@@ -360,8 +362,8 @@ pub async fn finish(tx: &impl GenericClient, finish: &Finish, entry: &NewEntry) 
     };
     let statement = tx
         .prepare_cached(
-            "UPDATE approvals SET status = $3, decided_ms = $4
-             WHERE id = $1 AND agent_id = $2 AND status = 'approved'",
+            "UPDATE approvals SET status = $3
+             WHERE id = $1 AND agent_id = $2 AND status = 'approved' AND expires_ms > $4",
         )
         .await?;
     let changed = tx
@@ -375,8 +377,11 @@ pub async fn finish(tx: &impl GenericClient, finish: &Finish, entry: &NewEntry) 
             ],
         )
         .await?;
+    if changed != 1 {
+        return Ok(false);
+    }
     audit::insert(tx, clock::from_ms(finish.now_ms), entry).await?;
-    Ok(changed == 1)
+    Ok(true)
 }
 
 /// Approved requests of `agent_id` not yet executed and not expired.

@@ -582,7 +582,12 @@ impl Store for PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let closed = fleet::finish(&tx, &finish, &entry).await?;
-        tx.commit().await?;
+        if closed {
+            tx.commit().await?;
+        } else {
+            // Nothing written (the update matched no row): nothing to keep.
+            tx.rollback().await?;
+        }
         Ok(closed)
     }
 

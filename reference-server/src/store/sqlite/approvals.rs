@@ -59,7 +59,7 @@ pub fn expire(conn: &mut Connection, now_ms: i64) -> Result<usize> {
     };
     for approval in &stale {
         tx.prepare_cached(
-            "UPDATE approvals SET status = 'expired', decided_ms = ?2,
+            "UPDATE approvals SET status = 'expired', decided_ms = COALESCE(decided_ms, ?2),
                 decided_by = COALESCE(decided_by, 'server') WHERE id = ?1",
         )?
         .execute(params![approval.id, now_ms])?;
@@ -188,7 +188,8 @@ pub fn decide(
 }
 
 /// Records the agent's outcome of an approved action with the report's audit entry; only the
-/// requester's report of an `approved` request changes the approval.
+/// requester's report of an `approved` request not past its expiry changes the approval (its
+/// `decided_ms` stays the admin's decision). Anything else writes nothing: `false`.
 pub fn finish(conn: &mut Connection, finish: &Finish, entry: &NewEntry) -> Result<bool> {
     let status = if finish.executed {
         ApprovalStatus::Executed
@@ -198,8 +199,8 @@ pub fn finish(conn: &mut Connection, finish: &Finish, entry: &NewEntry) -> Resul
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let changed = tx
         .prepare_cached(
-            "UPDATE approvals SET status = ?3, decided_ms = ?4
-         WHERE id = ?1 AND agent_id = ?2 AND status = 'approved'",
+            "UPDATE approvals SET status = ?3
+             WHERE id = ?1 AND agent_id = ?2 AND status = 'approved' AND expires_ms > ?4",
         )?
         .execute(params![
             finish.id,
@@ -207,9 +208,12 @@ pub fn finish(conn: &mut Connection, finish: &Finish, entry: &NewEntry) -> Resul
             status.as_str(),
             finish.now_ms
         ])?;
+    if changed != 1 {
+        return Ok(false);
+    }
     audit::insert(&tx, clock::from_ms(finish.now_ms), entry)?;
     tx.commit()?;
-    Ok(changed == 1)
+    Ok(true)
 }
 
 /// Approved requests of `agent_id` not yet executed and not expired.
