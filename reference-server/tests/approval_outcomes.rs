@@ -1,7 +1,7 @@
 //! An agent's report with `approvalId` (the outcome of an approved action) over real TLS:
 //! accepted only for an approval of that agent that is approved, not expired and for exactly
 //! the reported action; refused otherwise (422 at `approvalId`, audited `refused_by_server`,
-//! nothing else changed).
+//! nothing else changed). Copies of one report racing all get the first copy's answer.
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -302,6 +302,45 @@ async fn probe2_an_expired_approval_closes_nothing() {
     let entries = body["data"]["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{body}");
     assert_eq!(entries[0]["outcome"], "refused_by_server");
+}
+
+/// Probe 2, finding 5: copies of one report sent at once got a stub answer
+/// (`{"kind","reportId"}`) instead of the first copy's. Every copy now gets the same body.
+#[tokio::test]
+async fn probe2_racing_copies_of_a_report_all_get_the_first_answer() {
+    let t = TestServer::start(true).await;
+    t.post_policy(ADMIN, policy("default")).await;
+    let (a, a_token) = t.enroll(ADMIN, "host-a").await;
+    let (_b, b_token) = t.enroll(ADMIN, "host-b").await;
+    let mut streams = Vec::new();
+    for token in [&a_token, &b_token] {
+        let mut stream = t.stream(token, "default").await;
+        assert_eq!(stream.next_event().await.event, "policy");
+        streams.push(stream);
+    }
+    const COPIES: usize = 12;
+    for round in 0..8 {
+        let mut block = json!({"action": "block_ip", "ip": format!("203.0.113.{}", 100 + round),
+                               "duration": "24h", "scope": "fleet", "rule": 0,
+                               "policyVersion": "v1"});
+        block["reportId"] = json!(format!("race-block-{round}"));
+        let mut ask = request(5000 + round);
+        ask["reportId"] = json!(format!("race-apr-{round}"));
+        for (body, key) in [(block, "block"), (ask, "approval")] {
+            let copies = (0..COPIES).map(|_| send(&t, &a, &a_token, body.clone()));
+            let answers = futures_util::future::join_all(copies).await;
+            let first = &answers[0].1;
+            assert!(first["data"][key].is_object(), "{first}");
+            for (status, answer) in &answers {
+                assert_eq!(*status, StatusCode::CREATED, "{answer}");
+                assert_eq!(answer, first, "round {round}");
+            }
+        }
+    }
+    let (_, list) = t
+        .get("/api/approvals?status=pending&limit=1000", ADMIN)
+        .await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 8, "{list}");
 }
 
 fn tempdir() -> tempfile::TempDir {

@@ -187,27 +187,44 @@ async fn refused(
     .await;
 }
 
-/// The answer to a report the agent already sent, if it did: the stored one, or (when the
-/// server stopped between the effect and storing its answer) what was done.
+/// How long a repeated report waits for the first copy's answer when the first copy's effect
+/// is committed but its answer not yet stored (two copies racing); past it (the server stopped
+/// in between) the answer is rebuilt from the receipt.
+const ANSWER_WAIT: Duration = Duration::from_secs(3);
+
+/// The answer to a report the agent already sent, if it did: the stored one, waiting up to
+/// [`ANSWER_WAIT`] for it while the first copy is still being answered, or (when the server
+/// stopped between the effect and storing its answer) what was done.
 async fn replayed(
     store: &dyn Store,
     agent_id: &str,
     report_id: &ReportId,
 ) -> Result<Option<Value>, StoreError> {
-    let receipt = store
-        .report_receipt(agent_id.to_owned(), report_id.clone())
-        .await?;
-    Ok(receipt.map(|receipt| {
-        tracing::info!(
-            agent = agent_id,
-            report = report_id.as_str(),
-            kind = receipt.kind.as_str(),
-            "repeated report answered again"
-        );
-        receipt
-            .answer
-            .unwrap_or_else(|| to_json(&ReportAnswer::of(receipt.kind, Some(receipt.report_id))))
-    }))
+    let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let Some(receipt) = store
+            .report_receipt(agent_id.to_owned(), report_id.clone())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let now = tokio::time::Instant::now();
+        if receipt.answer.is_some() || now >= deadline {
+            tracing::info!(
+                agent = agent_id,
+                report = report_id.as_str(),
+                kind = receipt.kind.as_str(),
+                stored = receipt.answer.is_some(),
+                "repeated report answered again"
+            );
+            return Ok(Some(receipt.answer.unwrap_or_else(|| {
+                to_json(&ReportAnswer::of(receipt.kind, Some(receipt.report_id)))
+            })));
+        }
+        tokio::time::sleep(pause.min(deadline.saturating_duration_since(now))).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
 }
 
 fn to_json(answer: &ReportAnswer) -> Value {
