@@ -343,6 +343,41 @@ async fn probe2_racing_copies_of_a_report_all_get_the_first_answer() {
     assert_eq!(list["data"].as_array().unwrap().len(), 8, "{list}");
 }
 
+/// Copies of one approval outcome racing: the first closes the approval, the others get its
+/// answer (not "approval is not approved: it is executed", which is what they found).
+#[tokio::test]
+async fn racing_copies_of_an_approval_outcome_all_get_the_first_answer() {
+    let t = TestServer::start(true).await;
+    t.post_policy(ADMIN, policy("default")).await;
+    let (a, a_token) = t.enroll(ADMIN, "host-a").await;
+    let mut stream = t.stream(&a_token, "default").await;
+    assert_eq!(stream.next_event().await.event, "policy");
+    for round in 0..6 {
+        let pid = 6000 + round;
+        let id = ask(&t, &a, &a_token, pid).await;
+        decide(&t, &id, "approve").await;
+        assert_eq!(stream.next_event().await.event, "approval");
+        let mut body = kill(pid, &id);
+        body["reportId"] = json!(format!("race-outcome-{round}"));
+        let copies = (0..12).map(|_| send(&t, &a, &a_token, body.clone()));
+        let answers = futures_util::future::join_all(copies).await;
+        for (status, answer) in &answers {
+            assert_eq!(*status, StatusCode::CREATED, "round {round}: {answer}");
+            assert_eq!(
+                answer["data"],
+                json!({"kind": "approval_outcome", "reportId": format!("race-outcome-{round}")})
+            );
+        }
+        assert_eq!(approval(&t, &id).await["status"], "executed");
+    }
+    let refused: Vec<Value> = audit(&t, "?action=kill_process&limit=1000")
+        .await
+        .into_iter()
+        .filter(|e| e["outcome"] != "executed")
+        .collect();
+    assert_eq!(refused, Vec::<Value>::new());
+}
+
 fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix(&format!("policy-approval-outcomes-{}-", std::process::id()))

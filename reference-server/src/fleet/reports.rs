@@ -115,10 +115,7 @@ pub async fn receive(
     match checked {
         Ok(()) => {}
         Err(CheckError::Store(error)) => return Err(error.into()),
-        Err(CheckError::Refused(refusal)) => {
-            refused(ctx, reporter, &report, &refusal).await;
-            return Err(refusal.into());
-        }
+        Err(CheckError::Refused(refusal)) => return refuse(ctx, reporter, &report, refusal).await,
     }
     if kind(&report) == ReportKind::ApprovalRequest {
         let pending = ctx
@@ -131,10 +128,7 @@ pub async fn receive(
         return match act(ctx, reporter, &report).await {
             Ok(answer) => Ok(to_json(&answer)),
             Err(Handled::Failed(error)) => Err(error),
-            Err(Handled::Refused(refusal)) => {
-                refused(ctx, reporter, &report, &refusal).await;
-                Err(refusal.into())
-            }
+            Err(Handled::Refused(refusal)) => refuse(ctx, reporter, &report, refusal).await,
             Err(Handled::Duplicate) => Err(ApiError::internal(
                 "a report without an id was taken for a duplicate",
             )),
@@ -153,22 +147,26 @@ pub async fn receive(
         Err(Handled::Duplicate) => replayed(ctx.store, reporter.agent_id, &report_id)
             .await?
             .ok_or_else(|| ApiError::internal("a duplicate report has no receipt")),
-        Err(Handled::Refused(refusal)) => {
-            refused(ctx, reporter, &report, &refusal).await;
-            Err(refusal.into())
-        }
+        Err(Handled::Refused(refusal)) => refuse(ctx, reporter, &report, refusal).await,
         Err(Handled::Failed(error)) => Err(error),
     }
 }
 
-/// One audit entry for a refused report, whatever is wrong with it (its fields are not
-/// repeated: the refusal's path and message say what was refused).
-async fn refused(
+/// Refuses `report`: one audit entry, whatever is wrong with it (its fields are not repeated:
+/// the refusal's path and message say what was refused), and the 422. Unless a copy of it (the
+/// same `reportId`) was acted on meanwhile: that copy's answer is the answer (the copy that
+/// closed an approval made this one's approval look already executed).
+async fn refuse(
     ctx: ReportContext<'_>,
     reporter: Reporter<'_>,
     report: &Report,
-    refusal: &Refusal,
-) {
+    refusal: Refusal,
+) -> Result<Value, ApiError> {
+    if let Some(report_id) = &report.report_id {
+        if let Some(answer) = replayed(ctx.store, reporter.agent_id, report_id).await? {
+            return Ok(answer);
+        }
+    }
     tracing::info!(
         agent = reporter.agent_id,
         path = refusal.path.as_str(),
@@ -185,6 +183,7 @@ async fn refused(
         report_entry(reporter, report, "refused_by_server", detail),
     )
     .await;
+    Err(refusal.into())
 }
 
 /// How long a repeated report waits for the first copy's answer when the first copy's effect
