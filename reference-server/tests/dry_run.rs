@@ -6,7 +6,7 @@
 
 use crate::common::*;
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn a_dry_run_answers_the_plan_and_changes_nothing() {
@@ -177,4 +177,62 @@ async fn a_dry_run_refuses_what_the_post_would_refuse_and_typos_stay_400() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["data"]["version"], json!("v1"));
+}
+
+/// A probe found the plan blind to `budgets` (no change listed when they were added, changed
+/// or removed) and answering a plan while a rollout ran, where the post is a 409.
+#[tokio::test]
+async fn a_dry_run_lists_budget_changes_and_refuses_while_a_rollout_runs() {
+    let t = TestServer::start(false).await;
+    let mut base = block_ip_policy("base", 5);
+    base["budgets"] = json!({"fleet_block": {"max": 1, "window": "1h"}});
+    t.post_policy(ADMIN, base.clone()).await;
+    let mut next = base.clone();
+    next["budgets"] = json!({"fleet_block": {"max": 3, "window": "1h"},
+                             "kill_process": {"max": 0, "window": "1h"}});
+    let plan = |body: Value| async {
+        let (status, answer) = t
+            .call(
+                Method::POST,
+                "/api/policy?dryRun=true",
+                Some(ADMIN),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        answer["data"]["diff"]["document"].clone()
+    };
+    assert_eq!(
+        plan(next).await,
+        json!([
+            {"field": "budgets.fleet_block.max", "from": 1, "to": 3},
+            {"field": "budgets.kill_process", "from": null,
+             "to": {"max": 0, "window": "1h"}}
+        ])
+    );
+    assert_eq!(
+        plan(block_ip_policy("base", 5)).await,
+        json!([{"field": "budgets", "from": {"fleet_block": {"max": 1, "window": "1h"}},
+                "to": null}])
+    );
+
+    let (status, started) = t
+        .post(
+            "/api/rollouts",
+            ADMIN,
+            json!({"policy": block_ip_policy("staged", 6), "stages": [{"percent": 50}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let (status, planned) = t
+        .call(
+            Method::POST,
+            "/api/policy?dryRun=true",
+            Some(ADMIN),
+            Some(base.clone()),
+        )
+        .await;
+    let (_, posted) = t.post("/api/policy", ADMIN, base).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{planned}");
+    assert_eq!(planned["error"], posted["error"]);
 }

@@ -125,6 +125,8 @@ pub struct ReachedAgent {
 /// What publishing `checked` would do now; reads only. A signed file whose version is not the
 /// org's next one is refused with the 409 the real post would answer.
 pub async fn plan(store: &dyn Store, hub: &EventHub, checked: Checked) -> Result<Plan, ApiError> {
+    // The post's own refusal: no plain version while a rollout runs or is paused.
+    super::assignment::check_no_active(store, &checked.org).await?;
     let latest = store.latest_policy(checked.org.clone()).await?;
     let next = PolicyVersion::new(latest.as_ref().map_or(0, |p| p.version.number()) + 1);
     // The diff's base is what the org runs (its effective version), not its latest version,
@@ -242,6 +244,14 @@ fn document_fields(document: &PolicyDocument) -> Value {
     map.insert("name".to_owned(), Value::String(document.name.clone()));
     if let Some(description) = &document.description {
         map.insert("description".to_owned(), Value::String(description.clone()));
+    }
+    // The action budgets are the document's too (a `kill_process` max of 0 turns every kill
+    // into an approval request): each leaf that differs is a change (`budgets.fleet_block.max`).
+    if let Some(budgets) = &document.budgets {
+        map.insert(
+            "budgets".to_owned(),
+            serde_json::to_value(budgets).unwrap_or(Value::Null),
+        );
     }
     Value::Object(map)
 }
