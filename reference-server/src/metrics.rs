@@ -183,7 +183,7 @@ impl ServerMetrics {
         );
         registry.register(
             "agents_outdated",
-            "Agents whose last reported policy version is not their org's latest, by org",
+            "Agents whose last reported policy version is not the one they are assigned (their org's latest, or what a rollout decides), by org",
             metrics.agents_outdated.clone(),
         );
         registry.register(

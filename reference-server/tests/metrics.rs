@@ -307,6 +307,37 @@ async fn the_figures_move_as_the_fleet_works() {
     .await;
     assert_eq!(closed.get("policy_server_agents_online", ORG), 1.0);
 
+    // A rollout of v3 to `a` only: `b`, on v2, runs what it is assigned and is not outdated (the
+    // gauge compared with the latest version while `GET /api/agents` used the assignment).
+    let (status, body) = t
+        .post(
+            &format!("/api/agents/{b}/heartbeat"),
+            &b_token,
+            json!({"policyVersion": "v2"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = t
+        .post(
+            "/api/rollouts",
+            ADMIN,
+            json!({"policy": policy("v3"), "stages": [{"agents": [a]}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let staged = scrape(&url).await;
+    let (_, agents) = t.get("/api/agents", ADMIN).await;
+    let listed = agents["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|agent| agent["outdated"] == true)
+        .count();
+    assert_eq!(
+        (staged.get("policy_server_agents_outdated", ORG), listed),
+        (1.0, 1)
+    );
+
     // This fleet made every metric appear but database errors: the README documents exactly
     // those, and the dashboard queries nothing else.
     metrics_docs::check(

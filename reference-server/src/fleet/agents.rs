@@ -266,12 +266,6 @@ impl Online {
     }
 }
 
-/// Whether `agent` last reported a version other than its org's `current` one (never when the
-/// org has no policy).
-pub fn is_outdated(agent: &AgentRecord, current: Option<PolicyVersion>) -> bool {
-    current.is_some() && agent.policy_version != current
-}
-
 /// A new admin token confined to `org_id`.
 pub async fn create_admin_token(
     store: &dyn Store,
