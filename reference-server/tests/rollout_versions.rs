@@ -78,15 +78,30 @@ async fn active(t: &TestServer, token: &str) -> Value {
 }
 
 /// Every view of "the version the org runs" says `version`: the active policy (admin and
-/// agent tokens), the plan's base and the shadow's enforced version.
-async fn org_runs(t: &TestServer, agent_token: &str, version: &str, next: &str) {
+/// agent tokens), the plan's base and the shadow's enforced version. While a rollout runs
+/// (`rolling`) the plan is the post's 409, as a plain post is refused then.
+async fn org_runs(t: &TestServer, agent_token: &str, version: &str, next: &str, rolling: bool) {
     assert_eq!(active(t, ADMIN).await, version);
     assert_eq!(active(t, agent_token).await, version);
+    let (status, shadow) = t.get("/api/policy/shadow", ADMIN).await;
+    assert_eq!(status, StatusCode::OK, "{shadow}");
+    assert_eq!(shadow["data"]["enforcedVersion"], version, "{shadow}");
     // v1 has two rules with threshold 5; the rollouts' versions have one: a diff against one
     // of them would add rule 1.
     let (status, plan) = t
         .post("/api/policy?dryRun=true", ADMIN, block_ip_policy("plan", 7))
         .await;
+    if rolling {
+        assert_eq!(status, StatusCode::CONFLICT, "{plan}");
+        assert!(
+            plan["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("is running"),
+            "{plan}"
+        );
+        return;
+    }
     assert_eq!(status, StatusCode::OK, "{plan}");
     assert_eq!(plan["data"]["activeVersion"], version, "{plan}");
     assert_eq!(plan["data"]["version"], next, "{plan}");
@@ -98,9 +113,6 @@ async fn org_runs(t: &TestServer, agent_token: &str, version: &str, next: &str) 
             {"field": "config.threshold", "from": 5, "to": 7}]}]),
         "{plan}"
     );
-    let (status, shadow) = t.get("/api/policy/shadow", ADMIN).await;
-    assert_eq!(status, StatusCode::OK, "{shadow}");
-    assert_eq!(shadow["data"]["enforcedVersion"], version, "{shadow}");
 }
 
 /// Regression (probe findings 1 and 2). v1 runs; the rollout of v2 to the canary is aborted;
@@ -120,7 +132,7 @@ async fn an_aborted_version_never_comes_back(t: &TestServer) {
         (&json!("v2"), &json!("v1"))
     );
     // While it runs, the org runs v1, and overrides go against each agent's own version.
-    org_runs(t, &fleet_token, "v1", "v3").await;
+    org_runs(t, &fleet_token, "v1", "v3", true).await;
     let (status, body) = t
         .put(
             &format!("/api/policy/agent/{fleet}/overrides"),
@@ -157,7 +169,7 @@ async fn an_aborted_version_never_comes_back(t: &TestServer) {
     );
 
     abort(t, first["id"].as_str().unwrap()).await;
-    org_runs(t, &fleet_token, "v1", "v3").await;
+    org_runs(t, &fleet_token, "v1", "v3", false).await;
     let (status, body) = t
         .put(
             &format!("/api/policy/agent/{canary}/overrides"),
@@ -179,7 +191,7 @@ async fn an_aborted_version_never_comes_back(t: &TestServer) {
     );
     assert_eq!(assigned_in(&second, &fleet), "v1");
     assert_eq!(assigned_in(&second, &canary), "v3");
-    org_runs(t, &fleet_token, "v1", "v4").await;
+    org_runs(t, &fleet_token, "v1", "v4", true).await;
     let (status, beat) = t
         .post(
             &format!("/api/agents/{fleet}/heartbeat"),
@@ -213,7 +225,7 @@ async fn an_aborted_version_never_comes_back(t: &TestServer) {
     assert_eq!(view["data"]["policyVersion"], "v1");
     let reason = view["data"]["running"]["assignment"].as_str().unwrap();
     assert!(reason.ends_with("was aborted: back to v1"), "{reason}");
-    org_runs(t, &fleet_token, "v1", "v4").await;
+    org_runs(t, &fleet_token, "v1", "v4", false).await;
 
     // A plain version as a fence: the fleet's stream got nothing before it (v2 was pushed).
     t.post_policy(ADMIN, block_ip_policy("v4", 6)).await;

@@ -215,6 +215,16 @@ async fn a_shadow_run_is_pushed_checked_and_compared_without_touching_the_enforc
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{again}");
     assert_eq!(again["error"]["message"], "no shadow run in org `default`");
+    // An agent away when the run ended learns it on its next connect (it was never told, and
+    // an agent ends a run only on `shadow_end`).
+    let mut back = t.stream(&token, "default").await;
+    assert_eq!(back.next_event().await.event, "policy");
+    let event = back.next_event().await;
+    assert_eq!(
+        (event.event.as_str(), event.data.clone()),
+        ("shadow_end", json!({"shadow": 1}))
+    );
+    back.close();
     let (_, audit) = t.get("/api/audit?action=shadow_started", ADMIN).await;
     assert_eq!(audit["data"]["entries"][0]["detail"]["shadow"], 1);
     stream.close();

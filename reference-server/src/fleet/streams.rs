@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use policy_engine::PolicyVersion;
-use policy_engine::protocol::FleetEvent;
+use policy_engine::protocol::{FleetEvent, ShadowEndEvent};
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::assignment::assign;
@@ -256,7 +256,8 @@ impl Publisher {
 /// runs that version and it has no overrides that could have changed it), then one `block` per fleet block of its org in force (reported
 /// by anyone, the agent itself included: a restarted reporter needs them too), then one
 /// `approval` per approved request of its own not yet executed, then the org's shadow run if
-/// one runs; then every change as it
+/// one runs (or the `shadow_end` of its last run, which an agent away when it ended still
+/// runs); then every change as it
 /// happens. 503 once the server is stopping.
 pub async fn open(
     store: &dyn Store,
@@ -349,8 +350,12 @@ fn initial_state(
             approval,
         ))));
     }
-    if let Some(run) = snapshot.shadow.as_ref().filter(|r| r.ended_ms.is_none()) {
-        initial.push(Frame::shadow(&shadow_event(run)));
+    match snapshot.shadow.as_ref() {
+        Some(run) if run.ended_ms.is_none() => initial.push(Frame::shadow(&shadow_event(run))),
+        // The org's last run ended: an agent that was away when it ended still runs it, and
+        // ends it only on `shadow_end` (one it does not run changes nothing).
+        Some(run) => initial.push(Frame::shadow_end(&ShadowEndEvent { shadow: run.shadow })),
+        None => {}
     }
     let view = StreamView {
         overrides: Arc::new(list),
