@@ -45,7 +45,6 @@ pub const MAX_POLICY_REGEX_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct RegexBudget {
     total: usize,
-    left: usize,
     spent: usize,
     exhausted: bool,
 }
@@ -61,7 +60,6 @@ impl RegexBudget {
     pub fn new(bytes: usize) -> Self {
         Self {
             total: bytes,
-            left: bytes,
             spent: 0,
             exhausted: false,
         }
@@ -179,7 +177,8 @@ impl Condition {
                 ),
                 Err(Refused::Invalid(error)) => return Err(error),
             };
-            if bytes > budget.left {
+            let left = budget.total.saturating_sub(budget.spent);
+            if bytes > left {
                 budget.exhausted = true;
                 return Err(ConditionError {
                     column: pattern_column(source, &pattern),
@@ -189,11 +188,10 @@ impl Condition {
                          patterns",
                         budget.total / 1024,
                         shorten(&pattern),
-                        budget.left / 1024
+                        left / 1024
                     ),
                 });
             }
-            budget.left -= bytes;
             budget.spent += bytes;
             let regex = built?;
             regex_bytes += bytes;

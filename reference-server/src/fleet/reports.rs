@@ -90,29 +90,26 @@ pub async fn receive(
     let size = serde_json::to_vec(&report).map_or(0, |bytes| bytes.len());
     ctx.quotas.admit(reporter.agent_id, size)?;
     // The approval first: whether the action may be one that needs an approval depends on it.
-    let checked = match approvals::check_outcome(
-        ctx.store,
-        reporter.agent_id,
-        reporter.org_id,
-        &report,
-        clock::now_ms(),
-    )
-    .await
-    {
-        Ok(()) => {
-            checks::check(
-                ctx.store,
-                ctx.never_block,
-                reporter.agent_id,
-                reporter.org_id,
-                &report.record,
-                report.approval_id.is_some(),
-            )
-            .await
-        }
-        Err(error) => Err(error),
+    let checked = async {
+        approvals::check_outcome(
+            ctx.store,
+            reporter.agent_id,
+            reporter.org_id,
+            &report,
+            clock::now_ms(),
+        )
+        .await?;
+        checks::check(
+            ctx.store,
+            ctx.never_block,
+            reporter.agent_id,
+            reporter.org_id,
+            &report.record,
+            report.approval_id.is_some(),
+        )
+        .await
     };
-    match checked {
+    match checked.await {
         Ok(()) => {}
         Err(CheckError::Store(error)) => return Err(error.into()),
         Err(CheckError::Refused(refusal)) => return refuse(ctx, reporter, &report, refusal).await,
