@@ -152,9 +152,10 @@ fn stored(version: u64) -> StoredPolicy {
 }
 
 /// Queues `policy` to every stream of its org, as a pushed policy change does.
-fn broadcast(hub: &EventHub, policy: &StoredPolicy) -> Delivery {
+async fn broadcast(hub: &EventHub, policy: &StoredPolicy) -> Delivery {
     let frame = policy_frame(policy, "", &[]);
     hub.visit_org(&policy.org_id, |_, _| Some(frame.clone()))
+        .await
 }
 
 #[tokio::test]
@@ -162,9 +163,9 @@ async fn a_slow_agent_is_dropped_instead_of_buffered() {
     let hub = Hub::new(2, Duration::from_secs(15));
     let slow = hub.subscribe("default", "agent-slow", StreamView::default(), None);
     assert_eq!(hub.stream_count("default"), 1);
-    assert_eq!(broadcast(&hub, &stored(1)).queued, 1);
-    assert_eq!(broadcast(&hub, &stored(2)).queued, 1);
-    let third = broadcast(&hub, &stored(3));
+    assert_eq!(broadcast(&hub, &stored(1)).await.queued, 1);
+    assert_eq!(broadcast(&hub, &stored(2)).await.queued, 1);
+    let third = broadcast(&hub, &stored(3)).await;
     assert_eq!((third.queued, third.dropped), (0, 1));
     assert_eq!(hub.stream_count("default"), 0);
     // What was queued is still delivered, then the stream ends.
@@ -181,7 +182,7 @@ async fn streams_without_overrides_get_the_same_payload() {
     let mut b = hub
         .subscribe("default", "agent-b", StreamView::default(), None)
         .unwrap();
-    assert_eq!(broadcast(&hub, &stored(1)).queued, 2);
+    assert_eq!(broadcast(&hub, &stored(1)).await.queued, 2);
     let first = futures_util::StreamExt::next(&mut a).await.unwrap();
     let second = futures_util::StreamExt::next(&mut b).await.unwrap();
     // Encoded once: both streams write the very same bytes, not two copies.

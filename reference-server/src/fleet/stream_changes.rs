@@ -96,19 +96,19 @@ pub fn sent(agent_id: String, policy: &StoredPolicy, list: &[Override], now_ms: 
 async fn record_then_queue(
     store: &dyn Store,
     sent: Vec<SentPolicy>,
-    queue: impl FnOnce() -> Delivery,
+    queue: impl Future<Output = Delivery>,
 ) -> Delivery {
     if sent.is_empty() {
-        return queue();
+        return queue.await;
     }
     let recording = match store.begin_record_sent(sent).await {
         Ok(recording) => recording,
         Err(error) => {
             tracing::error!(%error, "cannot record the policy's recipients");
-            return queue();
+            return queue.await;
         }
     };
-    let delivery = queue();
+    let delivery = queue.await;
     if let Err(error) = recording.await {
         tracing::error!(%error, "cannot record the policy's recipients");
     }
@@ -152,6 +152,7 @@ pub async fn apply(
             hub.visit_org(org_id, |agent_id, view| {
                 (fresh(view) && agent_id != reporter).then(|| frame.clone())
             })
+            .await
         }
         ChangeKind::Unblock { ip, by } => {
             let frame = Frame::fleet(&FleetEvent::Unblock(UnblockEvent {
@@ -159,6 +160,7 @@ pub async fn apply(
                 by: by.clone(),
             }));
             hub.visit_org(org_id, |_, view| fresh(view).then(|| frame.clone()))
+                .await
         }
         ChangeKind::Approved {
             approval_id,
@@ -175,6 +177,7 @@ pub async fn apply(
             hub.visit_org(org_id, |agent, view| {
                 (fresh(view) && agent == agent_id).then(|| frame.clone())
             })
+            .await
         }
         ChangeKind::ShadowStarted { shadow } => {
             let run = store.shadow_run(org_id.to_owned()).await?;
@@ -184,10 +187,12 @@ pub async fn apply(
             };
             let frame = Frame::shadow(&shadow_event(&run));
             hub.visit_org(org_id, |_, view| fresh(view).then(|| frame.clone()))
+                .await
         }
         ChangeKind::ShadowEnded { shadow } => {
             let frame = Frame::shadow_end(&ShadowEndEvent { shadow: *shadow });
             hub.visit_org(org_id, |_, view| fresh(view).then(|| frame.clone()))
+                .await
         }
     })
 }
@@ -221,7 +226,9 @@ async fn overrides(
         .values()
         .map(|policy| sent(agent_id.to_owned(), policy, &list, now))
         .collect();
-    Ok(record_then_queue(store, recipients, || {
+    Ok(record_then_queue(
+        store,
+        recipients,
         hub.visit_org(org_id, |agent, view| {
             if agent != agent_id || view.since >= change.seq {
                 return None;
@@ -229,8 +236,8 @@ async fn overrides(
             view.overrides = list.clone();
             let policy = view.version.and_then(|v| policies.get(&v))?;
             Some(assigned_frame(policy, view.rollback_from, agent_id, &list))
-        })
-    })
+        }),
+    )
     .await)
 }
 
@@ -291,7 +298,9 @@ async fn assigned(
         .collect();
     // One serialized frame per (version, rollback) for the streams without overrides.
     let mut shared: HashMap<(PolicyVersion, Option<PolicyVersion>), Frame> = HashMap::new();
-    Ok(record_then_queue(store, recipients, || {
+    Ok(record_then_queue(
+        store,
+        recipients,
         hub.visit_org(org_id, |agent_id, view| {
             if !fresh(view) {
                 return None;
@@ -311,8 +320,8 @@ async fn assigned(
             } else {
                 assigned_frame(policy, assignment.rollback_from, agent_id, &view.overrides)
             })
-        })
-    })
+        }),
+    )
     .await)
 }
 

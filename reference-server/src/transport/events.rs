@@ -26,18 +26,25 @@ use warp::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 
+use super::hub::{Direct, Subscription};
+
 /// The keep-alive comment (what warp's `sse::keep_alive()` wrote).
-const KEEP_ALIVE: &[u8] = b":\n\n";
+pub(super) const KEEP_ALIVE: &[u8] = b":\n\n";
 
 /// An event stream's body: the SSE bytes of its frames, and a keep-alive comment after each
 /// silence of `keep_alive`. Ends when its frames end.
 pub struct EventBody {
-    frames: Pin<Box<dyn Stream<Item = Bytes> + Send>>,
+    frames: Box<dyn Frames>,
+    /// The frames go straight to the connection's writer ([`EventBody::attach`]): this body
+    /// only tells when the stream ends, and the writer sends the keep-alive comments.
+    attached: bool,
     keep_alive: Duration,
     /// When something was last written.
     last: Instant,
     /// Fires at `last + keep_alive` or later; re-armed only when it fires.
     timer: Pin<Box<Sleep>>,
+    /// What lives as long as the stream ([`EventBody::holding`]).
+    _held: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl std::fmt::Debug for EventBody {
@@ -52,13 +59,52 @@ impl EventBody {
     /// The body of `frames` (SSE text, one event per item), with a keep-alive comment after each
     /// `keep_alive` of silence.
     pub fn new(frames: impl Stream<Item = Bytes> + Send + 'static, keep_alive: Duration) -> Self {
+        Self::of(Box::new(AnyFrames(Box::pin(frames))), keep_alive)
+    }
+
+    /// The body of a hub stream: as [`EventBody::new`], and a connection that can take writes
+    /// from the broadcasting thread may [`attach`](EventBody::attach) to it.
+    pub fn of_hub<V: Send + 'static>(frames: Subscription<V>, keep_alive: Duration) -> Self {
+        Self::of(Box::new(frames), keep_alive)
+    }
+
+    fn of(frames: Box<dyn Frames>, keep_alive: Duration) -> Self {
         let last = Instant::now();
         Self {
-            frames: Box::pin(frames),
+            frames,
+            attached: false,
             keep_alive,
             last,
             timer: Box::pin(tokio::time::sleep_until(last + keep_alive)),
+            _held: None,
         }
+    }
+
+    /// This body, keeping `held` until the stream ends (dropped with the body).
+    pub fn holding(mut self, held: impl Send + 'static) -> Self {
+        self._held = Some(Box::new(held));
+        self
+    }
+
+    /// Hands the frames to `writer` from now on (those queued so far first): a broadcast
+    /// writes them to the connection instead of waking the task that polls this body, which
+    /// then yields only its end (and no keep-alive comments: the writer's job now). `None`
+    /// when these frames are not a hub stream's; `Some(false)` when `writer` refused a queued
+    /// frame.
+    pub fn attach(&mut self, writer: Arc<dyn Direct>) -> Option<bool> {
+        let attached = self.frames.attach(writer)?;
+        self.attached = true;
+        Some(attached)
+    }
+
+    /// Whether [`EventBody::attach`] can hand these frames to a writer (a hub stream's).
+    pub fn attachable(&self) -> bool {
+        self.frames.attachable()
+    }
+
+    /// Longest silence before a keep-alive comment.
+    pub fn keep_alive(&self) -> Duration {
+        self.keep_alive
     }
 
     /// The 200 `text/event-stream` response of this body (the headers warp's `sse::reply`
@@ -81,12 +127,13 @@ impl Stream for EventBody {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         let this = &mut *self;
-        match this.frames.as_mut().poll_next(cx) {
+        match Pin::new(&mut this.frames).poll_next(cx) {
             Poll::Ready(Some(frame)) => {
                 this.last = Instant::now();
                 return Poll::Ready(Some(frame));
             }
             Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending if this.attached => return Poll::Pending,
             Poll::Pending => {}
         }
         loop {
@@ -104,6 +151,46 @@ impl Stream for EventBody {
             // silence (polled again to register the new deadline).
             this.timer.as_mut().reset(due);
         }
+    }
+}
+
+/// What an event body takes its frames from: any stream of them, or a hub stream, which can
+/// also hand them to the connection's writer.
+trait Frames: Stream<Item = Bytes> + Unpin + Send {
+    /// As [`EventBody::attach`]; `None`: not a hub stream.
+    fn attach(&mut self, writer: Arc<dyn Direct>) -> Option<bool>;
+
+    /// Whether [`Frames::attach`] can.
+    fn attachable(&self) -> bool;
+}
+
+struct AnyFrames(Pin<Box<dyn Stream<Item = Bytes> + Send>>);
+
+impl Stream for AnyFrames {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        self.0.as_mut().poll_next(cx)
+    }
+}
+
+impl Frames for AnyFrames {
+    fn attach(&mut self, _writer: Arc<dyn Direct>) -> Option<bool> {
+        None
+    }
+
+    fn attachable(&self) -> bool {
+        false
+    }
+}
+
+impl<V: Send + 'static> Frames for Subscription<V> {
+    fn attach(&mut self, writer: Arc<dyn Direct>) -> Option<bool> {
+        Some(Subscription::attach(self, writer))
+    }
+
+    fn attachable(&self) -> bool {
+        true
     }
 }
 

@@ -9,6 +9,12 @@
 //! reconnects and gets the current state first), so no agent delays the others and no queue
 //! grows without bound. What goes out (policies, fleet events) is the fleet's business; the
 //! hub only knows frames and a per-stream view `V` its owner uses to tailor broadcasts.
+//!
+//! A stream whose connection can take writes from any thread (the lean path's, `lean.rs`) is
+//! attached to its [`Direct`] writer: a broadcast then writes its frame to the connection
+//! itself, from threads of the blocking pool, one share of the streams each, instead of
+//! queueing it and waking the stream's task (at 10,000 streams, the queues, the wake-ups and
+//! the tasks' polls cost as much CPU as the TLS writes themselves).
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -143,12 +149,46 @@ struct Inner<V> {
     opened: u64,
 }
 
-#[derive(Debug)]
 struct Conn<V> {
     agent_id: String,
     tx: mpsc::Sender<Frame>,
+    direct: Outlet,
     view: V,
 }
+
+impl<V: std::fmt::Debug> std::fmt::Debug for Conn<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("agent_id", &self.agent_id)
+            .field("view", &self.view)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stream's connection that frames can be written to from the broadcasting thread, without
+/// waiting: the lean path's.
+pub trait Direct: Send + Sync {
+    /// Writes `wire`, or adds it to what the connection still holds back when the socket does
+    /// not take it now (the stream's own task writes that on). `false` when the stream cannot
+    /// take it: more than `limit` frames are held back already (a client that does not keep
+    /// up), or the connection failed. The hub then drops the stream.
+    fn write(&self, wire: &Bytes, limit: usize) -> bool;
+}
+
+/// Where a stream's frames go once it is attached: shared by the hub's entry and the stream.
+/// A frame is queued or written while this is locked, and attaching drains the queue while it
+/// is, so no frame overtakes another.
+type Outlet = Arc<Mutex<Option<Arc<dyn Direct>>>>;
+
+fn lock_outlet(outlet: &Outlet) -> MutexGuard<'_, Option<Arc<dyn Direct>>> {
+    outlet
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Streams a broadcast writes to on the broadcasting task itself; past that the writes are
+/// shared among threads of the blocking pool ([`DirectWrites`]).
+const WRITE_INLINE: usize = 64;
 
 /// What happened to one broadcast.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -214,11 +254,13 @@ impl<V> Hub<V> {
             }
             tracing::info!(agent = agent_id, "event stream replaced by a new one");
         }
+        let direct = Outlet::default();
         inner.orgs.entry(org_id.to_owned()).or_default().insert(
             id,
             Conn {
                 agent_id: agent_id.to_owned(),
                 tx,
+                direct: direct.clone(),
                 view,
             },
         );
@@ -228,23 +270,57 @@ impl<V> Hub<V> {
             agent_id: agent_id.to_owned(),
             hub: self.inner.clone(),
             rx,
+            direct,
+            queue: self.queue,
         })
     }
 
     /// Visits every stream of `org_id`: `visit` gets its agent and view (which it may update)
-    /// and returns the frame to queue to it, if any (a broadcast tailored per stream).
-    pub fn visit_org(
+    /// and returns the frame to send it, if any (a broadcast tailored per stream). The frames
+    /// are queued, or written to the attached streams' connections, by the time this returns:
+    /// the next broadcast's frames come after them.
+    pub async fn visit_org(
         &self,
         org_id: &str,
         mut visit: impl FnMut(&str, &mut V) -> Option<Frame>,
     ) -> Delivery {
-        let mut inner = self.lock();
         let mut delivery = Delivery::default();
-        if let Some(conns) = inner.orgs.get_mut(org_id) {
-            conns.retain(|_, conn| match visit(&conn.agent_id, &mut conn.view) {
-                Some(frame) => deliver(conn, frame, &mut delivery),
+        let writes = {
+            let mut inner = self.lock();
+            let Some(conns) = inner.orgs.get_mut(org_id) else {
+                return delivery;
+            };
+            let mut writes = DirectWrites::new(conns.len(), self.queue);
+            conns.retain(|id, conn| match visit(&conn.agent_id, &mut conn.view) {
+                Some(frame) => {
+                    let outlet = lock_outlet(&conn.direct);
+                    match &*outlet {
+                        Some(writer) => {
+                            writes.push(*id, writer.clone(), frame);
+                            true
+                        }
+                        None => deliver(conn, frame, &mut delivery),
+                    }
+                }
                 None => true,
             });
+            writes
+        };
+        let (written, failed) = writes.finish().await;
+        delivery.queued += written - failed.len();
+        delivery.dropped += failed.len();
+        if !failed.is_empty() {
+            let mut inner = self.lock();
+            if let Some(conns) = inner.orgs.get_mut(org_id) {
+                for id in &failed {
+                    if let Some(conn) = conns.remove(id) {
+                        tracing::warn!(
+                            agent = conn.agent_id.as_str(),
+                            "event stream does not keep up or failed; dropping it"
+                        );
+                    }
+                }
+            }
         }
         delivery
     }
@@ -325,6 +401,85 @@ impl<V> Hub<V> {
     }
 }
 
+/// A broadcast's writes to attached streams. Past [`WRITE_INLINE`] streams they are shared
+/// among threads of the blocking pool, a few shares per core (a share whose thread is
+/// preempted does not hold up the rest), each share starting as soon as it is collected: the
+/// writes are CPU (TLS and the kernel's send), and the runtime's workers stay free meanwhile.
+struct DirectWrites {
+    limit: usize,
+    share: usize,
+    written: usize,
+    part: Vec<(u64, Arc<dyn Direct>, Frame)>,
+    started: Vec<(Vec<u64>, tokio::task::JoinHandle<Vec<u64>>)>,
+}
+
+impl DirectWrites {
+    /// Writes to at most `streams` streams, each holding back at most `limit` frames.
+    fn new(streams: usize, limit: usize) -> Self {
+        let share = if streams <= WRITE_INLINE {
+            usize::MAX
+        } else {
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            streams.div_ceil(4 * cores).max(WRITE_INLINE)
+        };
+        Self {
+            limit,
+            share,
+            written: 0,
+            part: Vec::new(),
+            started: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, id: u64, writer: Arc<dyn Direct>, frame: Frame) {
+        self.part.push((id, writer, frame));
+        self.written += 1;
+        if self.part.len() >= self.share {
+            self.start();
+        }
+    }
+
+    fn start(&mut self) {
+        let part = std::mem::take(&mut self.part);
+        let ids = part.iter().map(|(id, _, _)| *id).collect();
+        let limit = self.limit;
+        let task = tokio::task::spawn_blocking(move || write_all(&part, limit));
+        self.started.push((ids, task));
+    }
+
+    /// Waits for every write: how many there were, and the streams that could not take theirs.
+    async fn finish(mut self) -> (usize, Vec<u64>) {
+        if self.started.is_empty() {
+            return (self.written, write_all(&self.part, self.limit));
+        }
+        if !self.part.is_empty() {
+            self.start();
+        }
+        let mut failed = Vec::new();
+        for (ids, task) in self.started {
+            match task.await {
+                Ok(part) => failed.extend(part),
+                // A panic, or the runtime's shutdown: those streams may have missed the frame,
+                // so they end (their agents reconnect and get the current state first).
+                Err(error) => {
+                    tracing::error!(%error, "a broadcast's writes did not finish");
+                    failed.extend(ids);
+                }
+            }
+        }
+        (self.written, failed)
+    }
+}
+
+/// Writes each frame to its stream's connection; returns the streams that could not take it.
+fn write_all(writes: &[(u64, Arc<dyn Direct>, Frame)], limit: usize) -> Vec<u64> {
+    writes
+        .iter()
+        .filter(|(_, writer, frame)| !writer.write(frame.wire(), limit))
+        .map(|(id, _, _)| *id)
+        .collect()
+}
+
 /// Queues `frame`; `false` (remove the stream) when the queue is full or the stream is gone.
 fn deliver<V>(conn: &Conn<V>, frame: Frame, delivery: &mut Delivery) -> bool {
     match conn.tx.try_send(frame) {
@@ -345,13 +500,47 @@ fn deliver<V>(conn: &Conn<V>, frame: Frame, delivery: &mut Delivery) -> bool {
 }
 
 /// One open event stream: yields `policy` and fleet events until the hub drops it.
-#[derive(Debug)]
 pub struct Subscription<V> {
     id: u64,
     org_id: String,
     agent_id: String,
     hub: Arc<Mutex<Inner<V>>>,
     rx: mpsc::Receiver<Frame>,
+    direct: Outlet,
+    queue: usize,
+}
+
+impl<V> std::fmt::Debug for Subscription<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("org_id", &self.org_id)
+            .field("agent_id", &self.agent_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> Subscription<V> {
+    /// Hands this stream's frames to `writer`: those queued so far at once, in order, then
+    /// every later one straight from its broadcast (not through the queue and the stream's
+    /// task). The stream still ends as it does without a writer: its [`Stream`] ends once the
+    /// hub dropped it (replaced, too slow, shutdown). `false` when `writer` refused a queued
+    /// frame (its connection failed).
+    pub fn attach(&mut self, writer: Arc<dyn Direct>) -> bool {
+        let mut outlet = lock_outlet(&self.direct);
+        while let Ok(frame) = self.rx.try_recv() {
+            if !writer.write(frame.wire(), usize::MAX) {
+                return false;
+            }
+        }
+        *outlet = Some(writer);
+        true
+    }
+
+    /// The most frames a stream may hold back before it is dropped.
+    pub fn queue(&self) -> usize {
+        self.queue
+    }
 }
 
 impl<V> Stream for Subscription<V> {
@@ -436,19 +625,24 @@ mod tests {
         // The old stream gets what was queued to it, then ends.
         assert!(old.next().await.is_some());
         assert!(old.next().await.is_none());
-        assert_eq!(hub.visit_org("org", |_, _| Some(frame("x"))).queued, 2);
+        assert_eq!(
+            hub.visit_org("org", |_, _| Some(frame("x"))).await.queued,
+            2
+        );
         assert!(new.next().await.is_some());
         // Dropping the replaced stream does not unregister the new one.
         drop(old);
         assert_eq!(hub.online_agents("org").len(), 2);
         assert_eq!(
             hub.visit_org("org", |agent, _| (agent == "a").then(|| frame("y")))
+                .await
                 .queued,
             1
         );
         drop(new);
         assert_eq!(
             hub.visit_org("org", |agent, _| (agent == "a").then(|| frame("z")))
+                .await
                 .queued,
             0
         );

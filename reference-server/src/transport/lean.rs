@@ -25,6 +25,9 @@ use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
+pub use super::chunked::Ended;
+use super::chunked::{LAST_CHUNK, chunk_size_line, write_timed_out};
+use super::direct;
 use super::events::{EventBody, EventReply};
 
 /// The one path served on the lean path (any query string goes along to the route).
@@ -170,27 +173,19 @@ fn events_request(head: &httparse::Request<'_, '_>) -> Option<Request<NoBody>> {
     Some(request)
 }
 
-/// How a lean response ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Ended {
-    /// The whole answer was written (a refusal, or a stream whose body ended).
-    Done,
-    /// The peer closed its side during the stream.
-    PeerClosed,
-}
-
 /// Writes `response` to `io`: an event stream (a response carrying an [`EventReply`]) chunk by
 /// chunk until its body ends or the peer leaves; anything else whole, with `connection: close`.
 /// Each write must finish within `write_within`. Bytes from the client during a stream end it
-/// (an SSE client sends nothing after its request; a pipelined request is not served). The
-/// caller closes `io`.
+/// (an SSE client sends nothing after its request; a pipelined request is not served). A hub
+/// stream is attached to the connection (`direct.rs`): broadcasts write its frames themselves.
+/// Returns how it ended and `io` (unless the stream lost it), for the caller to close.
 pub async fn respond<IO, B>(
-    io: &mut IO,
+    mut io: IO,
     mut response: warp::http::Response<B>,
     write_within: Duration,
-) -> io::Result<Ended>
+) -> (io::Result<Ended>, Option<IO>)
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
@@ -201,24 +196,41 @@ where
     drop(parts);
     match events {
         Some(events) => stream(io, head, events, write_within).await,
-        None => whole(io, head, body, write_within).await,
+        None => {
+            let ended = whole(&mut io, head, body, write_within).await;
+            (ended, Some(io))
+        }
     }
 }
 
 async fn stream<IO>(
-    io: &mut IO,
+    mut io: IO,
     mut head: Vec<u8>,
-    mut events: EventBody,
+    events: EventBody,
     write_within: Duration,
-) -> io::Result<Ended>
+) -> (io::Result<Ended>, Option<IO>)
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // The connection ends with the stream: said up front, so that a client does not reuse it
     // for another request once the stream ended (a newer stream replaced it, the server stops).
     head.extend_from_slice(b"connection: close\r\ntransfer-encoding: chunked\r\n");
     end_head(&mut head);
-    write(io, Bytes::from(head), write_within).await?;
+    if let Err(error) = write(&mut io, Bytes::from(head), write_within).await {
+        return (Err(error), Some(io));
+    }
+    if events.attachable() {
+        return direct::serve(io, events, write_within).await;
+    }
+    let ended = polled(&mut io, events, write_within).await;
+    (ended, Some(io))
+}
+
+/// An event stream whose frames are not a hub stream's: its task polls the body and writes.
+async fn polled<IO>(io: &mut IO, mut events: EventBody, write_within: Duration) -> io::Result<Ended>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
         let mut byte = [0u8; 1];
         tokio::select! {
@@ -230,7 +242,7 @@ where
                     }
                 }
                 None => {
-                    write(io, Bytes::from_static(b"0\r\n\r\n"), write_within).await?;
+                    write(io, Bytes::from_static(LAST_CHUNK), write_within).await?;
                     return Ok(Ended::Done);
                 }
             },
@@ -307,20 +319,15 @@ fn end_head(head: &mut Vec<u8>) {
     head.extend_from_slice(format!("date: {date}\r\n\r\n").as_bytes());
 }
 
-/// Writes `data` as one chunk of a chunked body (the size in uppercase hex, as hyper writes
-/// it), and flushes, within `within`. The size line, the data and the CRLF go out in one
-/// vectored write: the data (a frame shared by every stream) is not copied.
+/// Writes `data` as one chunk of a chunked body, and flushes, within `within`. The size line,
+/// the data and the CRLF go out in one vectored write: the data (a frame shared by every
+/// stream) is not copied.
 async fn write_chunk<IO: AsyncWrite + Unpin>(
     io: &mut IO,
     data: Bytes,
     within: Duration,
 ) -> io::Result<()> {
-    use std::io::Write as _;
-    let mut size = [0u8; 18];
-    let mut free = &mut size[..];
-    let _ = write!(free, "{:X}\r\n", data.len());
-    let written = 18 - free.len();
-    let line: &[u8] = size.get(..written).unwrap_or_default();
+    let line = chunk_size_line(data.len());
     let chunk = Buf::chain(Buf::chain(line, data), &b"\r\n"[..]);
     write(io, chunk, within).await
 }
@@ -339,13 +346,6 @@ async fn write<IO: AsyncWrite + Unpin, B: Buf>(
     tokio::time::timeout_at(deadline, io.flush())
         .await
         .map_err(|_| write_timed_out())?
-}
-
-fn write_timed_out() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        "the client took nothing within the write timeout",
-    )
 }
 
 /// Ends `io` (TLS: close_notify, then the TCP write side), waiting at most `within`.

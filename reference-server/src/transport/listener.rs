@@ -317,7 +317,7 @@ impl Connection {
     /// written here; the connection ends with it.
     async fn lean<IO>(self, io: IO, request: warp::http::Request<lean::NoBody>)
     where
-        IO: AsyncRead + AsyncWrite + Unpin,
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         // Boxed: the routes' state is freed once they answered, the stream's task keeps only
         // the writing's.
@@ -425,14 +425,15 @@ fn malformed(why: &str) -> Response {
 }
 
 /// Writes a lean answer, then closes the connection (unless the client did).
-async fn write_lean<IO>(peer: SocketAddr, mut io: IO, response: Response, write_within: Duration)
+async fn write_lean<IO>(peer: SocketAddr, io: IO, response: Response, write_within: Duration)
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match Box::pin(lean::respond(&mut io, response, write_within)).await {
-        Ok(Ended::Done) => lean::close(&mut io, CLOSE_WITHIN).await,
-        Ok(Ended::PeerClosed) => tracing::debug!(%peer, "event stream closed by the client"),
-        Err(error) => tracing::debug!(%peer, %error, "event stream ended with an error"),
+    match Box::pin(lean::respond(io, response, write_within)).await {
+        (Ok(Ended::Done), Some(mut io)) => lean::close(&mut io, CLOSE_WITHIN).await,
+        (Ok(Ended::Done), None) => {}
+        (Ok(Ended::PeerClosed), _) => tracing::debug!(%peer, "event stream closed by the client"),
+        (Err(error), _) => tracing::debug!(%peer, %error, "event stream ended with an error"),
     }
 }
 

@@ -5,6 +5,8 @@
 //! the bits it is given.
 
 pub mod admission;
+mod chunked;
+mod direct;
 pub mod events;
 pub mod feed;
 pub mod hub;

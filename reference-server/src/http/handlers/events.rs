@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use warp::Reply;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -55,11 +54,9 @@ pub async fn open(
         changes: state.publisher.changes().clone(),
         org_id: agent.org_id,
     };
-    let subscription = subscription.map(move |event| {
-        let _held = &closed;
-        event
-    });
-    Ok(EventBody::new(subscription, state.hub.keep_alive()).into_response())
+    Ok(EventBody::of_hub(subscription, state.hub.keep_alive())
+        .holding(closed)
+        .into_response())
 }
 
 /// 503 `busy` with `Retry-After`: too many streams opening (a fleet reconnecting at once).
