@@ -217,8 +217,21 @@ async fn an_admin_token_says_who_it_is_and_which_orgs_it_may_pick() {
         "config": {"condition": "true", "action": "alert"}}]}),
     )
     .await;
+    // An org whose only content is a shadow run is one to pick too (probe 3, finding 5).
+    let (status, _) = t
+        .post(
+            "/api/policy?shadow=true",
+            ADMIN,
+            json!({"name": "s", "org_id": "gamma", "rules": [{"type": "custom",
+            "config": {"condition": "true", "action": "alert"}}]}),
+        )
+        .await;
+    assert_eq!(status, 201);
     let (_, orgs) = t.get("/api/admin/orgs", ADMIN).await;
-    assert_eq!(orgs["data"], json!(["acme", "beta", "default", "zeta"]));
+    assert_eq!(
+        orgs["data"],
+        json!(["acme", "beta", "default", "gamma", "zeta"])
+    );
 
     let (_, me) = t.get("/api/admin/me", zeta).await;
     assert_eq!(

@@ -172,6 +172,47 @@ async fn a_shadow_run_is_pushed_checked_and_compared_without_touching_the_enforc
         refusals.len()
     );
     assert_eq!(audit["data"]["entries"][0]["outcome"], "refused");
+    // Every error of a report comes in one answer, the enforced side's and the candidate's
+    // (probe 3, finding 6: only the first came).
+    let (status, answer) = t
+        .post(
+            &beat,
+            &token,
+            report(
+                "v1",
+                json!([{"rule": 2, "actions": {"alert": 1}}, {"rule": 0, "actions": {"kill_process": 1}}]),
+                json!({"shadow": 1, "rules": [{"rule": 5, "actions": {"alert": 1}}]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let errors: Vec<(&str, &str)> = answer["error"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["path"].as_str().unwrap(), e["message"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (
+                "shadow.enforced.rules[0].rule",
+                "the version has no rule 2 (it has 2 rules)"
+            ),
+            (
+                "shadow.enforced.rules[1].actions.kill_process",
+                "rule 0 is `block_ip`, which cannot produce `kill_process`"
+            ),
+            (
+                "shadow.candidate.rules[0].rule",
+                "the version has no rule 5 (it has 2 rules)"
+            ),
+        ]
+    );
+    assert_eq!(
+        answer["error"]["path"], "shadow.enforced.rules[0].rule",
+        "the first error is the envelope's"
+    );
 
     // A checked report makes the difference; the shadow-mode rule of the run is not counted
     // as something it would execute.

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use policy_engine::protocol::{RuleTally, ShadowReport, time};
-use policy_engine::{Policy, PolicyVersion, ResponseAction, Rule, RuleKind};
+use policy_engine::{Policy, PolicyVersion, ResponseAction, Rule, RuleKind, ValidationError};
 use serde::Serialize;
 
 use super::audit;
@@ -257,32 +257,42 @@ pub async fn check_report(
     let sent = store
         .sent_overrides(org.to_owned(), agent_id.to_owned(), version.number())
         .await?;
-    let enforced = match store.policy(org.to_owned(), version).await? {
-        Some(policy) if !sent.is_empty() => policy,
-        _ => {
-            return Err(ApiError::invalid(
-                "shadow.enforced.version",
-                format!("policy version `{version}` was not sent to this agent"),
-            ));
-        }
-    };
-    check_tallies(&enforced.policy, &report.enforced.rules, "shadow.enforced")?;
+    // Every error of the report in one answer: the enforced side's and the candidate's.
+    let mut errors = Vec::new();
+    match store.policy(org.to_owned(), version).await? {
+        Some(policy) if !sent.is_empty() => check_tallies(
+            &policy.policy,
+            &report.enforced.rules,
+            "shadow.enforced",
+            &mut errors,
+        ),
+        _ => errors.push(ValidationError::new(
+            "shadow.enforced.version",
+            format!("policy version `{version}` was not sent to this agent"),
+        )),
+    }
     if let Some(candidate) = &report.candidate {
         let run = store.shadow_run(org.to_owned()).await?;
         match run {
             Some(run) if candidate.shadow == run.shadow => {
-                check_tallies(&run_policy(&run), &candidate.rules, "shadow.candidate")?;
+                check_tallies(
+                    &run_policy(&run),
+                    &candidate.rules,
+                    "shadow.candidate",
+                    &mut errors,
+                );
             }
             Some(run) if candidate.shadow >= 1 && candidate.shadow < run.shadow => {
                 report.candidate = None;
             }
-            _ => {
-                return Err(ApiError::invalid(
-                    "shadow.candidate.shadow",
-                    format!("shadow run {} was not sent to this agent", candidate.shadow),
-                ));
-            }
+            _ => errors.push(ValidationError::new(
+                "shadow.candidate.shadow",
+                format!("shadow run {} was not sent to this agent", candidate.shadow),
+            )),
         }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::from_validation(errors));
     }
     Ok(StoredShadowReport {
         received_ms: clock::now_ms(),
@@ -479,11 +489,16 @@ fn top(targets: HashMap<(String, String), u64>) -> Vec<TargetCount> {
 }
 
 /// Rule indices exist, action names are their rule's, samples name counted actions.
-fn check_tallies(policy: &Policy, tallies: &[RuleTally], path: &str) -> Result<(), ApiError> {
+fn check_tallies(
+    policy: &Policy,
+    tallies: &[RuleTally],
+    path: &str,
+    errors: &mut Vec<ValidationError>,
+) {
     for (i, tally) in tallies.iter().enumerate() {
         let at = format!("{path}.rules[{i}]");
         let Some(rule) = policy.rules.get(tally.rule) else {
-            return Err(ApiError::invalid(
+            errors.push(ValidationError::new(
                 format!("{at}.rule"),
                 format!(
                     "the version has no rule {} (it has {} rules)",
@@ -491,10 +506,11 @@ fn check_tallies(policy: &Policy, tallies: &[RuleTally], path: &str) -> Result<(
                     policy.rules.len()
                 ),
             ));
+            continue;
         };
         for name in tally.actions.keys() {
             if !produces(rule, name) {
-                return Err(ApiError::invalid(
+                errors.push(ValidationError::new(
                     format!("{at}.actions.{name}"),
                     format!(
                         "rule {} is `{}`, which cannot produce `{name}`",
@@ -506,7 +522,7 @@ fn check_tallies(policy: &Policy, tallies: &[RuleTally], path: &str) -> Result<(
         }
         for (j, sample) in tally.samples.iter().enumerate() {
             if !tally.actions.contains_key(&sample.action) {
-                return Err(ApiError::invalid(
+                errors.push(ValidationError::new(
                     format!("{at}.samples[{j}].action"),
                     format!(
                         "`{}` is not among the rule's counted actions",
@@ -516,7 +532,6 @@ fn check_tallies(policy: &Policy, tallies: &[RuleTally], path: &str) -> Result<(
             }
         }
     }
-    Ok(())
 }
 
 /// Whether `rule` can emit an action named `name` (approval requests from `auto_respond`

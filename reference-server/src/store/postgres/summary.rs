@@ -58,12 +58,13 @@ pub async fn versions(
         .collect()
 }
 
-/// Every org with a policy, an agent or an admin token, sorted.
+/// Every org with a policy, an agent, an admin token or a shadow run, sorted.
 pub async fn orgs(client: &impl GenericClient) -> Result<Vec<String>> {
     let statement = client
         .prepare_cached(
             "SELECT org_id FROM policies UNION SELECT org_id FROM agents
-             UNION SELECT org_id FROM tokens WHERE org_id IS NOT NULL ORDER BY 1",
+             UNION SELECT org_id FROM tokens WHERE org_id IS NOT NULL
+             UNION SELECT org_id FROM shadow_runs ORDER BY 1",
         )
         .await?;
     client

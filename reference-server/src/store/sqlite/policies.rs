@@ -203,11 +203,12 @@ pub fn versions(
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Every org with a policy, an agent or an admin token, sorted.
+/// Every org with a policy, an agent, an admin token or a shadow run, sorted.
 pub fn orgs(conn: &mut Connection) -> Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
         "SELECT org_id FROM policies UNION SELECT org_id FROM agents
-         UNION SELECT org_id FROM tokens WHERE org_id IS NOT NULL ORDER BY 1",
+         UNION SELECT org_id FROM tokens WHERE org_id IS NOT NULL
+         UNION SELECT org_id FROM shadow_runs ORDER BY 1",
     )?;
     let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
