@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use reference_server::transport::ConnectionLimits;
+use reference_server::transport::{AdmissionConfig, ConnectionLimits};
 use reference_server::{ServerConfig, TlsMode};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -92,6 +92,12 @@ async fn main() {
             max_per_address: options.agents + 64,
             ..ConnectionLimits::sized_for(4 * options.agents as u64 + 256)
         },
+        // Every agent connects at once: the admission of opening streams (which answers a
+        // storm `503 busy` with `Retry-After`, and this bench does not retry) admits them all.
+        admission: AdmissionConfig {
+            opening: options.agents,
+            per_second: u32::try_from(options.agents).unwrap_or(u32::MAX).max(2000),
+        },
         ..ServerConfig::default()
     })
     .await
@@ -130,7 +136,12 @@ async fn main() {
         let arrivals = arrivals.clone();
         tokio::spawn(async move {
             let mut response = client.get(url).bearer_auth(token).send().await.unwrap();
-            assert!(response.status().is_success());
+            let status = response.status();
+            assert!(
+                status.is_success(),
+                "stream refused: {status} {}",
+                response.text().await.unwrap_or_default()
+            );
             let mut pending = String::new();
             while let Ok(Some(chunk)) = response.chunk().await {
                 pending.push_str(&String::from_utf8_lossy(&chunk));
