@@ -235,6 +235,9 @@ async fn servers(args: &Args) -> Result<Servers> {
         reqwest::Client::builder()
             .http1_only()
             .pool_max_idle_per_host(256)
+            // Below the server's wait for the next request on a keep-alive connection (10 s):
+            // a pooled connection the server is closing is not picked for a heartbeat.
+            .pool_idle_timeout(Duration::from_secs(8))
             // No overall timeout: it would cut the event streams; requests set their own.
             .connect_timeout(Duration::from_secs(30))
     };

@@ -50,6 +50,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long establishing a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Longest a pooled connection waits idle for its next request: well below the reference
+/// server's wait for the next request on a keep-alive connection (its header-read timeout,
+/// 10 s).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A client for one server.
 ///
 /// ```
@@ -96,6 +101,10 @@ impl ApiClient {
             .use_rustls_tls()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(idle)
+            // A pooled connection the server may be closing is not picked for a request (which
+            // then failed with "peer closed connection" where the server closed it as the
+            // request went out).
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .user_agent(concat!("policy-engine-agent/", env!("CARGO_PKG_VERSION")));
         match trust {
             TlsTrust::WebPki => {}

@@ -181,17 +181,19 @@ pub async fn heartbeat(
         shadows::audit_refusal(store, &org, &agent_id, &error).await;
         return Err(error);
     }
-    if acked
-        || store
-            .latest_rollout(org.clone())
-            .await?
-            .is_some_and(|r| r.state.is_active())
-    {
+    let rollout = store.latest_rollout(org.clone()).await?;
+    let rollout = if acked || rollout.as_ref().is_some_and(|r| r.state.is_active()) {
         rollouts::check_gate(store, publisher, &org).await?;
-    }
-    let current = assignment::assigned_policy(store, &org, &agent_id)
+        // The gate may have moved the rollout on: the assignment reads it again.
+        store.latest_rollout(org.clone()).await?
+    } else {
+        rollout
+    };
+    // The version assigned to this agent (one read of the rollout, not two, per heartbeat).
+    let current = store
+        .latest_policy(org.clone())
         .await?
-        .map(|(p, _)| p.version);
+        .map(|latest| assignment::assign(rollout.as_ref(), latest.version, &agent_id).version);
     Ok(HeartbeatAnswer {
         agent_id,
         policy_version: version,

@@ -392,7 +392,14 @@ impl Connection {
         let mut idle = std::pin::pin!(idle);
         let served = tokio::select! {
             result = connection.as_mut() => Some(result),
-            () = idle.as_mut() => None,
+            // Closed cleanly (HTTP/1: TLS close_notify, then FIN; HTTP/2: GOAWAY), not
+            // dropped: a client's pool sees the connection end instead of sending its next
+            // request into a dropped one. A peer that does not take part is dropped soon.
+            () = idle.as_mut() => {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(IDLE_CLOSE_WITHIN, connection.as_mut()).await;
+                None
+            }
             // Graceful: no new requests; the ones in flight (and the stream) finish.
             _ = stopping.changed() => {
                 connection.as_mut().graceful_shutdown();
@@ -445,6 +452,10 @@ pub const MAX_HTTP1_HEAD: usize = 64 * 1024;
 
 /// Longest wait for a closing write (TLS close_notify) before the connection is dropped.
 const CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Longest wait for an idle connection's clean close (an HTTP/2 peer answering the GOAWAY's
+/// ping) before it is dropped.
+const IDLE_CLOSE_WITHIN: Duration = Duration::from_secs(1);
 
 /// The request log line, written once the answer's status is known (before its body).
 struct Logged {

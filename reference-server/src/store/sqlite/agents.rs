@@ -63,11 +63,16 @@ pub fn all(conn: &Connection) -> Result<Vec<AgentRecord>> {
 /// mode such a commit survives a crash of the server, and the next durable commit syncs it;
 /// only a power loss may lose the last ones.
 pub fn heartbeat(conn: &mut Connection, heartbeat: &Heartbeat) -> Result<()> {
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Prepared once and cached, as the update is: 333 heartbeats a second parsed these two
+    // statements 666 times a second.
+    conn.prepare_cached("PRAGMA synchronous = NORMAL")?.execute([])?;
     let written = update_heartbeat(conn, heartbeat);
-    let restored = conn.pragma_update(None, "synchronous", "FULL");
+    let restored = conn
+        .prepare_cached("PRAGMA synchronous = FULL")
+        .and_then(|mut full| full.execute([]));
     written?;
-    Ok(restored?)
+    restored?;
+    Ok(())
 }
 
 fn update_heartbeat(conn: &Connection, heartbeat: &Heartbeat) -> Result<()> {
