@@ -65,7 +65,8 @@ pub fn all(conn: &Connection) -> Result<Vec<AgentRecord>> {
 pub fn heartbeat(conn: &mut Connection, heartbeat: &Heartbeat) -> Result<()> {
     // Prepared once and cached, as the update is: 333 heartbeats a second parsed these two
     // statements 666 times a second.
-    conn.prepare_cached("PRAGMA synchronous = NORMAL")?.execute([])?;
+    conn.prepare_cached("PRAGMA synchronous = NORMAL")?
+        .execute([])?;
     let written = update_heartbeat(conn, heartbeat);
     let restored = conn
         .prepare_cached("PRAGMA synchronous = FULL")
