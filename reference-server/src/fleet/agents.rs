@@ -193,7 +193,7 @@ pub async fn heartbeat(
     let current = store
         .latest_policy(org.clone())
         .await?
-        .map(|latest| assignment::assign(rollout.as_ref(), latest.version, &agent_id).version);
+        .map(|latest| assignment::target(rollout.as_ref(), latest.version, &agent_id).version);
     Ok(HeartbeatAnswer {
         agent_id,
         policy_version: version,

@@ -4,8 +4,6 @@
 
 use std::io;
 
-use bytes::Bytes;
-
 /// How a lean response ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -18,9 +16,35 @@ pub enum Ended {
 /// The last chunk of a chunked body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// The size line of a chunk of `len` bytes, in uppercase hex as hyper writes it.
-pub fn chunk_size_line(len: usize) -> Bytes {
-    Bytes::from(format!("{len:X}\r\n"))
+/// The CRLF ending a chunk's data.
+pub const CHUNK_END: &[u8] = b"\r\n";
+
+/// The size line of a chunk (its length in uppercase hex, as hyper writes it, and CRLF), on
+/// the stack: written once per stream and event, it costs no allocation.
+pub struct SizeLine {
+    bytes: [u8; 18],
+    len: usize,
+}
+
+impl SizeLine {
+    /// The size line of a chunk of `len` bytes.
+    pub fn of(len: usize) -> Self {
+        use std::io::Write as _;
+        let mut bytes = [0u8; 18];
+        let mut free = &mut bytes[..];
+        // 16 hex digits and CRLF fit any `usize`.
+        let _ = write!(free, "{len:X}\r\n");
+        let len = 18 - free.len();
+        Self { bytes, len }
+    }
+}
+
+impl std::ops::Deref for SizeLine {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
 }
 
 /// The error of a write the client did not take within its deadline.

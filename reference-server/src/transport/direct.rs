@@ -24,7 +24,7 @@ use futures_util::task::{AtomicWaker, noop_waker_ref};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::chunked::{Ended, LAST_CHUNK, chunk_size_line, write_timed_out};
+use super::chunked::{CHUNK_END, Ended, LAST_CHUNK, SizeLine, write_timed_out};
 use super::events::EventBody;
 use super::events::KEEP_ALIVE;
 use super::hub::Direct;
@@ -68,8 +68,14 @@ impl<IO> State<IO> {
         }
     }
 
-    /// Holds back `pieces` from byte `skip` on (what the socket did not take).
-    fn hold(&mut self, pieces: [Bytes; PIECES_PER_CHUNK], mut skip: usize) {
+    /// Holds back the chunk of `data` (after its size `line`) from byte `skip` on (what the
+    /// socket did not take).
+    fn hold(&mut self, line: &[u8], data: &Bytes, mut skip: usize) {
+        let pieces: [Bytes; PIECES_PER_CHUNK] = [
+            Bytes::copy_from_slice(line),
+            data.clone(),
+            Bytes::from_static(CHUNK_END),
+        ];
         for piece in pieces {
             if skip >= piece.len() {
                 skip -= piece.len();
@@ -86,20 +92,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> State<IO> {
     /// Writes one chunk of `data` without waiting: at once when nothing is held back and the
     /// socket takes it, held back otherwise. `true` when the task must write held bytes on.
     fn write_chunk(&mut self, data: &Bytes) -> bool {
-        let line = chunk_size_line(data.len());
-        let pieces = [line, data.clone(), Bytes::from_static(b"\r\n")];
+        let line = SizeLine::of(data.len());
         if self.busy() {
-            self.hold(pieces, 0);
+            self.hold(&line, data, 0);
             return false;
         }
         let Some(io) = self.io.as_mut() else {
             return false;
         };
-        let total: usize = pieces.iter().map(Bytes::len).sum();
+        let total = line.len() + data.len() + CHUNK_END.len();
         let slices = [
-            IoSlice::new(&pieces[0]),
-            IoSlice::new(&pieces[1]),
-            IoSlice::new(&pieces[2]),
+            IoSlice::new(&line),
+            IoSlice::new(data),
+            IoSlice::new(CHUNK_END),
         ];
         // A no-op waker: if the socket is not writable, the task is woken instead and polls
         // it with its own.
@@ -117,7 +122,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> State<IO> {
             Poll::Pending => 0,
         };
         if written < total {
-            self.hold(pieces, written);
+            self.hold(&line, data, written);
             self.unflushed = true;
             return true;
         }

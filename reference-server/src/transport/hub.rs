@@ -271,7 +271,6 @@ impl<V> Hub<V> {
             hub: self.inner.clone(),
             rx,
             direct,
-            queue: self.queue,
         })
     }
 
@@ -507,7 +506,6 @@ pub struct Subscription<V> {
     hub: Arc<Mutex<Inner<V>>>,
     rx: mpsc::Receiver<Frame>,
     direct: Outlet,
-    queue: usize,
 }
 
 impl<V> std::fmt::Debug for Subscription<V> {
@@ -535,11 +533,6 @@ impl<V> Subscription<V> {
         }
         *outlet = Some(writer);
         true
-    }
-
-    /// The most frames a stream may hold back before it is dropped.
-    pub fn queue(&self) -> usize {
-        self.queue
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
 pub use super::chunked::Ended;
-use super::chunked::{LAST_CHUNK, chunk_size_line, write_timed_out};
+use super::chunked::{CHUNK_END, LAST_CHUNK, SizeLine, write_timed_out};
 use super::direct;
 use super::events::{EventBody, EventReply};
 
@@ -327,8 +327,8 @@ async fn write_chunk<IO: AsyncWrite + Unpin>(
     data: Bytes,
     within: Duration,
 ) -> io::Result<()> {
-    let line = chunk_size_line(data.len());
-    let chunk = Buf::chain(Buf::chain(line, data), &b"\r\n"[..]);
+    let line = SizeLine::of(data.len());
+    let chunk = Buf::chain(Buf::chain(&line[..], data), CHUNK_END);
     write(io, chunk, within).await
 }
 
