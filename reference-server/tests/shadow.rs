@@ -98,6 +98,12 @@ async fn a_shadow_run_is_pushed_checked_and_compared_without_touching_the_enforc
     assert_eq!(event.data["shadow"], 1);
     assert_eq!(event.data["rules"][1]["mode"], "shadow");
     assert_eq!(event.data["rules"][0]["enabled"], true, "normalized");
+    // Rules in the API page's field order, as the `policy` event writes them.
+    assert!(
+        event.raw.contains(r#"{"type":"block_ip","config":{"trigger":"brute_force","threshold":3,"duration":"24h","scope":"host"},"enabled":true}"#),
+        "{}",
+        event.raw
+    );
     let (_, active) = t.get("/api/policy/active", ADMIN).await;
     assert_eq!(
         active["data"]["version"], "v1",
@@ -213,6 +219,37 @@ async fn a_shadow_run_is_pushed_checked_and_compared_without_touching_the_enforc
         answer["error"]["path"], "shadow.enforced.rules[0].rule",
         "the first error is the envelope's"
     );
+
+    // Times of the agent's clock more than 5 minutes ahead of the server's are refused (probe
+    // 3: a `since` in 2099 was counted); a clock 2 minutes ahead is within the tolerance.
+    let mut ahead = report(
+        "v1",
+        json!([]),
+        json!({"shadow": 1, "rules": [{"rule": 0, "actions": {"block_ip": 1}, "samples": [
+            {"action": "block_ip", "target": "203.0.113.7", "at": "2099-01-01T00:00:01.000Z"}]}]}),
+    );
+    ahead["shadow"]["since"] = json!("2099-01-01T00:00:00.000Z");
+    let (status, answer) = t.post(&beat, &token, ahead).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    let errors = error_list(&answer);
+    assert_eq!(
+        errors.iter().map(|(path, _)| *path).collect::<Vec<_>>(),
+        ["shadow.since", "shadow.candidate.rules[0].samples[0].at"],
+        "{answer}"
+    );
+    for ((_, message), at) in errors
+        .iter()
+        .zip(["2099-01-01T00:00:00.000Z", "2099-01-01T00:00:01.000Z"])
+    {
+        let expected =
+            format!("`{at}` is in the future: more than 5 minutes ahead of the server's clock (");
+        assert!(message.starts_with(&expected), "{message}");
+    }
+    let mut skewed = report("v1", json!([]), Value::Null);
+    let soon = chrono::Utc::now() + chrono::TimeDelta::minutes(2);
+    skewed["shadow"]["since"] = json!(soon.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let (status, answer) = t.post(&beat, &token, skewed).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
 
     // A checked report makes the difference; the shadow-mode rule of the run is not counted
     // as something it would execute.

@@ -9,8 +9,9 @@
 //! executed. Rules are compared by index, as the plan view compares them.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use policy_engine::protocol::{RuleTally, ShadowReport, time};
 use policy_engine::{Policy, PolicyVersion, ResponseAction, Rule, RuleKind, ValidationError};
 use serde::Serialize;
@@ -20,6 +21,7 @@ use super::changes::Topic;
 use super::notify::{self, NotifyConfig};
 use super::policies::Publication;
 use super::streams::Publisher;
+use super::views::shadow_policy;
 use crate::auth::{Principal, named_org};
 use crate::clock;
 use crate::error::ApiError;
@@ -232,7 +234,7 @@ pub async fn end(
         .filter(|r| r.ended_ms.is_none())
         .ok_or_else(|| ApiError::not_found(format!("no shadow run in org `{org}`")))?;
     run.ended_ms = Some(clock::now_ms().max(run.started_ms));
-    let policy = run_policy(&run);
+    let policy = shadow_policy(&run);
     let stored = store
         .put_shadow_run(run.clone(), entry(&run, principal, "shadow_ended", &policy))
         .await?;
@@ -259,11 +261,14 @@ pub async fn check_report(
         .await?;
     // Every error of the report in one answer: the enforced side's and the candidate's.
     let mut errors = Vec::new();
+    let received_ms = clock::now_ms();
+    check_time(report.since, received_ms, "shadow.since", &mut errors);
     match store.policy(org.to_owned(), version).await? {
         Some(policy) if !sent.is_empty() => check_tallies(
             &policy.policy,
             &report.enforced.rules,
             "shadow.enforced",
+            received_ms,
             &mut errors,
         ),
         _ => errors.push(ValidationError::new(
@@ -276,9 +281,10 @@ pub async fn check_report(
         match run {
             Some(run) if candidate.shadow == run.shadow => {
                 check_tallies(
-                    &run_policy(&run),
+                    &shadow_policy(&run),
                     &candidate.rules,
                     "shadow.candidate",
+                    received_ms,
                     &mut errors,
                 );
             }
@@ -295,7 +301,7 @@ pub async fn check_report(
         return Err(ApiError::from_validation(errors));
     }
     Ok(StoredShadowReport {
-        received_ms: clock::now_ms(),
+        received_ms,
         report,
     })
 }
@@ -306,7 +312,7 @@ pub async fn diff(store: &dyn Store, org: String) -> Result<ShadowDiff, ApiError
     let agents = store.agents(org.clone()).await?;
     let active = super::assignment::effective_policy(store, &org).await?;
     let run = store.shadow_run(org.clone()).await?;
-    let candidate = run.as_ref().map(run_policy);
+    let candidate = run.as_ref().map(shadow_policy);
     let enforced_version = active.as_ref().map(|p| p.version);
     let reports: Vec<(&str, &ShadowReport)> = agents
         .iter()
@@ -488,11 +494,34 @@ fn top(targets: HashMap<(String, String), u64>) -> Vec<TargetCount> {
     all
 }
 
-/// Rule indices exist, action names are their rule's, samples name counted actions.
+/// How far an agent's clock may run ahead of the server's in a shadow report (its `since`,
+/// its samples' `at`): NTP keeps clocks within a second; more than this is a broken clock or a
+/// made-up report, whose figures the difference would show as recent.
+const MAX_CLOCK_AHEAD: Duration = Duration::from_secs(5 * 60);
+
+/// A time of the agent's clock at most [`MAX_CLOCK_AHEAD`] after the server's `now_ms`.
+fn check_time(at: DateTime<Utc>, now_ms: i64, path: &str, errors: &mut Vec<ValidationError>) {
+    if at.timestamp_millis() > now_ms.saturating_add(clock::millis(MAX_CLOCK_AHEAD)) {
+        let wire = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
+        errors.push(ValidationError::new(
+            path,
+            format!(
+                "`{}` is in the future: more than {} minutes ahead of the server's clock ({})",
+                wire(at),
+                MAX_CLOCK_AHEAD.as_secs() / 60,
+                wire(clock::from_ms(now_ms)),
+            ),
+        ));
+    }
+}
+
+/// Rule indices exist, action names are their rule's, samples name counted actions and are
+/// not in the future (past `now_ms`, see [`check_time`]).
 fn check_tallies(
     policy: &Policy,
     tallies: &[RuleTally],
     path: &str,
+    now_ms: i64,
     errors: &mut Vec<ValidationError>,
 ) {
     for (i, tally) in tallies.iter().enumerate() {
@@ -521,6 +550,7 @@ fn check_tallies(
             }
         }
         for (j, sample) in tally.samples.iter().enumerate() {
+            check_time(sample.at, now_ms, &format!("{at}.samples[{j}].at"), errors);
             if !tally.actions.contains_key(&sample.action) {
                 errors.push(ValidationError::new(
                     format!("{at}.samples[{j}].action"),
@@ -553,18 +583,6 @@ fn produces(rule: &Rule, name: &str) -> bool {
             }
         }
     }
-}
-
-/// The run's document as a policy (validated when the run started; a document that no longer
-/// validates, after an upgrade, counts as an empty policy).
-fn run_policy(run: &ShadowRun) -> Policy {
-    Policy::from_value(&run.document).unwrap_or_else(|_| Policy {
-        name: String::new(),
-        description: None,
-        org_id: None,
-        rules: Vec::new(),
-        budgets: Default::default(),
-    })
 }
 
 fn view(run: &ShadowRun, policy: &Policy, sent_to: Option<usize>) -> ShadowRunView {

@@ -7,7 +7,7 @@ use policy_engine::protocol::{
     ApprovalEvent, ApprovalView, BlockEvent, BlockView, PolicyEvent, PolicyView, ShadowEvent,
     SignedRules,
 };
-use policy_engine::{Action, ActionRecord, PolicyDuration, Scope};
+use policy_engine::{Action, ActionRecord, Policy, PolicyDuration, Scope};
 
 use super::overrides::{self, Override};
 use crate::clock;
@@ -169,25 +169,41 @@ pub fn approval_event(approval: &Approval) -> ApprovalEvent {
     }
 }
 
-/// The `shadow` event of a shadow run: its normalized document (without `org_id`).
-pub fn shadow_event(run: &ShadowRun) -> ShadowEvent {
-    let document = &run.document;
+/// The `shadow` event of a shadow run: its normalized document (without `org_id`), the rules
+/// in the API page's field order as the `policy` event writes them.
+pub fn shadow_event(run: &ShadowRun) -> ShadowEvent<RuleDocument> {
+    let policy = shadow_policy(run);
     ShadowEvent {
         shadow: run.shadow,
-        name: document
-            .get("name")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        description: document
-            .get("description")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned),
-        rules: document
-            .get("rules")
-            .and_then(serde_json::Value::as_array)
-            .cloned()
-            .unwrap_or_default(),
+        rules: policy.to_document().rules,
+        name: policy.name,
+        description: policy.description,
         created_at: Some(clock::from_ms(run.started_ms)),
     }
+}
+
+/// A shadow run's document as a policy: validated when the run started; a document that no
+/// longer validates, after an upgrade, counts as a policy without rules (its name kept).
+pub fn shadow_policy(run: &ShadowRun) -> Policy {
+    Policy::from_value(&run.document).unwrap_or_else(|errors| {
+        tracing::warn!(
+            org = run.org_id.as_str(),
+            shadow = run.shadow,
+            %errors,
+            "a shadow run's stored document no longer validates; it counts as no rules"
+        );
+        let text = |field: &str| {
+            run.document
+                .get(field)
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned)
+        };
+        Policy {
+            name: text("name").unwrap_or_default(),
+            description: text("description"),
+            org_id: None,
+            rules: Vec::new(),
+            budgets: Default::default(),
+        }
+    })
 }

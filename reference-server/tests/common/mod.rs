@@ -174,6 +174,8 @@ pub struct AnyEvent {
     pub event: String,
     pub id: String,
     pub data: Value,
+    /// The `data:` text as sent (its key order).
+    pub raw: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -214,6 +216,7 @@ impl Stream {
                         event: m.event,
                         id: m.id,
                         data: serde_json::from_str(&m.data).unwrap(),
+                        raw: m.data,
                     };
                 }
                 Ok(Some(Ok(Event::Open))) => continue,
