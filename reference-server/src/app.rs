@@ -85,9 +85,11 @@ impl AppState {
         let generated_admin_token = bootstrap_admin(&*store, config.admin_token.as_deref())
             .await
             .context("cannot set up the admin token")?;
-        let tokens = Arc::new(TokenCache::new(
-            store.tokens().await.context("cannot load tokens")?,
-        ));
+        let tokens = TokenCache::new(store.tokens().await.context("cannot load tokens")?);
+        let tokens = Arc::new(match config.database {
+            Database::Sqlite => tokens,
+            Database::Postgres(_) => tokens.shared(),
+        });
         let hub = EventHub::new(config.stream_queue, config.keep_alive);
         let publisher = Arc::new(Publisher::new(hub.clone(), metrics.clone()));
         replicas::follow(&store, &publisher, &tokens, config.resync);

@@ -238,6 +238,7 @@ pub fn random_hex(bytes: usize) -> String {
 #[derive(Debug, Default)]
 pub struct TokenCache {
     by_hash: RwLock<HashMap<TokenHash, (TokenHash, Principal)>>,
+    shared: bool,
 }
 
 impl TokenCache {
@@ -248,6 +249,21 @@ impl TokenCache {
             cache.insert(hash, principal);
         }
         cache
+    }
+
+    /// The cache of a store shared with other replicas: a token it does not hold may have just
+    /// been stored by another replica, so a miss is read from the store
+    /// ([`TokenCache::reads_misses`]).
+    pub fn shared(self) -> Self {
+        Self {
+            shared: true,
+            ..self
+        }
+    }
+
+    /// Whether a token this cache does not hold is looked up in the store.
+    pub fn reads_misses(&self) -> bool {
+        self.shared
     }
 
     /// Adds a token (after it is stored).
@@ -272,6 +288,16 @@ impl TokenCache {
     /// Who the `Authorization` header speaks for: 401 when it is missing, not a bearer token,
     /// or unknown.
     pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, ApiError> {
+        match self.find(header)? {
+            Found::Known(principal) => Ok(principal),
+            Found::Unknown(_) => Err(unknown_token()),
+        }
+    }
+
+    /// The principal of the `Authorization` header's token, or the hash of a well-formed token
+    /// this cache does not hold (another replica may have just stored it): 401 when the header
+    /// is missing or not a bearer token.
+    pub fn find(&self, header: Option<&str>) -> Result<Found, ApiError> {
         let header = header.ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
         let token = bearer_token(header).ok_or_else(|| {
             ApiError::unauthorized("expected an `Authorization: Bearer <token>` header")
@@ -283,11 +309,25 @@ impl TokenCache {
             .map_err(|_| ApiError::internal("token cache poisoned"))?;
         // The map finds a candidate by hash; the stored hash is then compared in constant time,
         // so no timing depends on how much of a guessed token is right.
-        match map.get(&hash) {
+        Ok(match map.get(&hash) {
             Some((stored, principal)) if bool::from(stored.0.ct_eq(&hash.0)) => {
-                Ok(principal.clone())
+                Found::Known(principal.clone())
             }
-            _ => Err(ApiError::unauthorized("unknown token")),
-        }
+            _ => Found::Unknown(hash),
+        })
     }
+}
+
+/// What [`TokenCache::find`] found.
+#[derive(Debug)]
+pub enum Found {
+    /// A cached token's principal.
+    Known(Principal),
+    /// A token the cache does not hold, by its hash.
+    Unknown(TokenHash),
+}
+
+/// The 401 of a token no store holds.
+pub fn unknown_token() -> ApiError {
+    ApiError::unauthorized("unknown token")
 }

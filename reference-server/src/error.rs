@@ -123,6 +123,19 @@ impl ApiError {
         )
     }
 
+    /// 503 `unavailable`: the database cannot be reached for now; `Retry-After:
+    /// retry_after_secs`.
+    pub fn database_unavailable(retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the database is unavailable; retry in {retry_after_secs} s"),
+            )
+        }
+    }
+
     /// 503 `unavailable` for another reason than shutting down (a limit of open streams).
     pub fn overloaded(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)

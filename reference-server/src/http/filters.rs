@@ -15,7 +15,7 @@ use warp::{Filter, Rejection};
 
 use super::body::{MAX_BODY_BYTES, parse_json, read_limited};
 use crate::app::AppState;
-use crate::auth::Principal;
+use crate::auth::{Found, Principal, unknown_token};
 use crate::error::ApiError;
 use crate::fleet::audit;
 use crate::store::NewEntry;
@@ -71,7 +71,7 @@ async fn authenticate(
             .map_err(|_| ApiError::unauthorized("the `Authorization` header is not ASCII"))
     });
     let result = match header.transpose() {
-        Ok(header) => state.tokens.authenticate(header),
+        Ok(header) => known_token(state, header).await,
         Err(error) => Err(error),
     };
     let (Err(error), Some(PeerAddr(peer))) = (&result, peer) else {
@@ -103,6 +103,25 @@ async fn authenticate(
             ))
         }
     }
+}
+
+/// The principal of `header`'s token: from the cache, or, with a store shared by several
+/// replicas, from the store when the cache does not hold it yet (a token another replica has
+/// just stored reaches this cache by a notice, a moment after its `201`; a client may use it
+/// here first). An unknown token thus costs one indexed read on a shared store; the
+/// failed-authentication limit per address bounds how many.
+async fn known_token(state: &AppState, header: Option<&str>) -> Result<Principal, ApiError> {
+    let hash = match state.tokens.find(header)? {
+        Found::Known(principal) => return Ok(principal),
+        Found::Unknown(hash) => hash,
+    };
+    if state.tokens.reads_misses() {
+        if let Some(principal) = state.store.token(hash).await? {
+            state.tokens.insert(hash, principal.clone());
+            return Ok(principal);
+        }
+    }
+    Err(unknown_token())
 }
 
 /// An admin (global or of an org): 403 for an agent token.

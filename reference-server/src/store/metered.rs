@@ -54,7 +54,11 @@ impl MeteredStore {
 fn fails(error: &StoreError) -> bool {
     matches!(
         error,
-        StoreError::Backend(_) | StoreError::Corrupt(_) | StoreError::Closed | StoreError::Open(_)
+        StoreError::Backend(_)
+            | StoreError::Unavailable(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Closed
+            | StoreError::Open(_)
     )
 }
 

@@ -204,6 +204,10 @@ pub enum StoreError {
     /// The backend reported an error.
     #[error("database error: {0}")]
     Backend(String),
+    /// The database cannot be reached (refused or lost connection, no pooled connection freed
+    /// in time): nothing was written; the same request may succeed later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// A stored value no longer reads (the file was edited by hand).
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -265,11 +269,25 @@ pub enum Notice {
     Resync,
 }
 
+/// The `Retry-After` of a 503 for an unreachable database: about a pool's wait for a freed
+/// connection.
+pub const DATABASE_RETRY_AFTER_SECS: u64 = 5;
+
 impl From<StoreError> for ApiError {
-    /// A store failure is the server's problem: 500, logged, not shown; a version already
-    /// taken is the client's: 409 with what to do.
+    /// A store failure is the server's problem: 500, logged, not shown; an unreachable
+    /// database is 503 with `Retry-After` (logged, its cause not shown); a version, a shadow
+    /// run number or a rollout's state taken by another write is the client's: 409 with what to
+    /// do.
     fn from(error: StoreError) -> Self {
         match error {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(%error, "answering 503");
+                ApiError::database_unavailable(DATABASE_RETRY_AFTER_SECS)
+            }
+            StoreError::ShadowTaken { .. } => ApiError::conflict(format!(
+                "{error}: read it (`GET /api/policy/shadow`) and start yours again if it is \
+                 still wanted"
+            )),
             StoreError::VersionTaken { .. } => ApiError::conflict(format!(
                 "{error}: sign the policy again for that version and post it"
             ))
@@ -589,4 +607,46 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Finishes queued work and closes the store.
     async fn close(&self);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warp::http::StatusCode;
+
+    #[test]
+    fn a_write_taken_by_another_replica_is_a_409_and_an_unreachable_database_a_503() {
+        // Probe 5, finding 6: two shadow runs started at once on two replicas; the loser got 500.
+        let taken = ApiError::from(StoreError::ShadowTaken {
+            org_id: "acme".to_owned(),
+            shadow: 3,
+        });
+        assert_eq!(
+            (taken.status, taken.code),
+            (StatusCode::CONFLICT, "conflict")
+        );
+        assert_eq!(
+            taken.message,
+            "shadow run 3 of org `acme` was started meanwhile: read it (`GET /api/policy/shadow`) \
+             and start yours again if it is still wanted"
+        );
+        let unavailable = ApiError::from(StoreError::Unavailable("refused".to_owned()));
+        assert_eq!(
+            (
+                unavailable.status,
+                unavailable.code,
+                unavailable.retry_after
+            ),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(5))
+        );
+        assert_eq!(
+            unavailable.message,
+            "the database is unavailable; retry in 5 s"
+        );
+        let broken = ApiError::from(StoreError::Backend("syntax error".to_owned()));
+        assert_eq!(
+            (broken.status, broken.message.as_str()),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal server error")
+        );
+    }
 }

@@ -56,6 +56,13 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Connections in the pool of one replica.
 pub const POOL_SIZE: usize = 16;
 
+/// How long a request waits for a pooled connection before it is answered 503 (every
+/// connection busy, for example on queries PostgreSQL does not answer).
+pub const POOL_WAIT: Duration = Duration::from_secs(5);
+
+/// How long opening (or checking) a connection to PostgreSQL may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Most sent records written in one transaction by the writer of [`PgStore::record_sent`]
 /// (one write bigger than this, a broadcast to a whole org, is written alone).
 const SENT_BATCH: usize = 4096;
@@ -80,12 +87,29 @@ pub struct PgStore {
 }
 
 impl From<tokio_postgres::Error> for StoreError {
+    /// A lost or refused connection is [`StoreError::Unavailable`]; what PostgreSQL answered
+    /// (a constraint, a syntax error) and a value that does not convert are backend errors.
     fn from(error: tokio_postgres::Error) -> Self {
         if error.is_closed() {
-            return Self::Backend("the connection to PostgreSQL closed".to_owned());
+            return Self::Unavailable("the connection to PostgreSQL closed".to_owned());
+        }
+        if error.as_db_error().is_none() && io_caused(&error) {
+            return Self::Unavailable(describe(&error));
         }
         Self::Backend(describe(&error))
     }
+}
+
+/// Whether an I/O error (a refused, reset or timed-out connection) is among `error`'s causes.
+fn io_caused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        if current.is::<std::io::Error>() {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }
 
 impl From<deadpool_postgres::PoolError> for StoreError {
@@ -93,6 +117,9 @@ impl From<deadpool_postgres::PoolError> for StoreError {
         match error {
             deadpool_postgres::PoolError::Closed => Self::Closed,
             deadpool_postgres::PoolError::Backend(error) => error.into(),
+            deadpool_postgres::PoolError::Timeout(_) => {
+                Self::Unavailable(format!("no database connection within {POOL_WAIT:?}"))
+            }
             other => Self::Backend(format!("no database connection: {other}")),
         }
     }
@@ -141,7 +168,7 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("policy-server");
         }
-        config.connect_timeout(Duration::from_secs(10));
+        config.connect_timeout(CONNECT_TIMEOUT);
         let target = target(&config);
         let manager = Manager::from_config(
             config.clone(),
@@ -152,6 +179,10 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Open(e.to_string()))?;
         let opened = async {
@@ -160,7 +191,7 @@ impl PgStore {
         };
         opened.await.map_err(|e| {
             let detail = match e {
-                StoreError::Backend(detail) => detail,
+                StoreError::Backend(detail) | StoreError::Unavailable(detail) => detail,
                 other => other.to_string(),
             };
             StoreError::Open(format!("PostgreSQL at {target}: {detail}"))
