@@ -9,7 +9,6 @@ use anyhow::Context;
 use crate::auth::{FailedAuth, TokenCache, check_admin_token};
 use crate::config::{Database, ServerConfig};
 use crate::fleet::agents::bootstrap_admin;
-use crate::fleet::budgets::FleetBudgets;
 use crate::fleet::checks::{NeverBlock, own_addresses};
 use crate::fleet::notify::Notifier;
 use crate::fleet::policies::SignedOrgs;
@@ -53,8 +52,6 @@ pub struct AppState {
     pub never_block: NeverBlock,
     /// See [`ServerConfig::signed_orgs`].
     pub signed_orgs: SignedOrgs,
-    /// The orgs' fleet-block budget windows.
-    pub fleet_budgets: FleetBudgets,
 }
 
 impl AppState {
@@ -110,7 +107,6 @@ impl AppState {
                 ranges: config.never_block.clone(),
             },
             signed_orgs: config.signed_orgs.clone(),
-            fleet_budgets: FleetBudgets::default(),
             store,
             metrics,
         });
@@ -126,7 +122,6 @@ impl AppState {
             approval_ttl: self.approval_ttl,
             quotas: &self.quotas,
             never_block: &self.never_block,
-            fleet_budgets: &self.fleet_budgets,
         }
     }
 }

@@ -9,11 +9,13 @@
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::postgres::TestDatabase;
 use chrono::Utc;
+use policy_engine::policy::{Limit, OnExceed};
 use policy_engine::protocol::{
     AckStatus, ApprovalStatus, EnforcedTally, PolicySignature, ReportId, ReportKind, RolloutTerms,
     ShadowReport, SignatureAlgorithm, VersionAck,
@@ -1424,6 +1426,77 @@ async fn console_rollout_and_summary_reads_agree(pair: Pair) {
             ("gamma", None, vec!["agent-g"], vec![]),
         ]
     );
+}
+
+/// The fleet-block budget's window is the database's: new addresses spend it, repeats (an
+/// IPv4-mapped address too) do not, it slides, each org has its own, and two replicas admitting
+/// at once admit `max` addresses in all (probe 5: each replica's window in memory admitted
+/// `max` each).
+async fn the_fleet_block_budget_is_one_window_per_org(pair: Pair) {
+    let limit = Limit {
+        max: 2,
+        window: Duration::from_secs(3600),
+        on_exceed: OnExceed::Drop,
+    };
+    let ip = |text: &str| -> IpAddr { text.parse().unwrap() };
+    let admit = |store: &Arc<dyn Store>, org: &str, address: &str, secs: i64| {
+        let store = store.clone();
+        let (org, address) = (org.to_owned(), ip(address));
+        async move {
+            store
+                .admit_fleet_block(org, address, limit, 1_000_000 + secs * 1000)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(admit(&pair.a, "acme", "203.0.113.1", 0).await);
+    assert!(admit(&pair.b, "acme", "203.0.113.2", 10).await);
+    assert!(admit(&pair.b, "acme", "203.0.113.1", 20).await, "a repeat");
+    assert!(
+        admit(&pair.a, "acme", "::ffff:203.0.113.2", 20).await,
+        "mapped"
+    );
+    assert!(!admit(&pair.a, "acme", "203.0.113.3", 30).await, "beyond 2");
+    assert!(
+        !admit(&pair.b, "acme", "203.0.113.3", 30).await,
+        "on the other replica too"
+    );
+    assert!(
+        admit(&pair.b, "other", "203.0.113.3", 30).await,
+        "its own window"
+    );
+    assert!(
+        admit(&pair.a, "acme", "203.0.113.3", 3600).await,
+        "the first slid out"
+    );
+    assert!(!admit(&pair.b, "acme", "203.0.113.4", 3600).await);
+
+    // Many new addresses at once on both handles: exactly `max` admitted.
+    let mut racing = Vec::new();
+    for n in 0..20 {
+        let store = if n % 2 == 0 { &pair.a } else { &pair.b };
+        racing.push(tokio::spawn(admit(
+            store,
+            "race",
+            &format!("198.51.100.{n}"),
+            0,
+        )));
+    }
+    let mut admitted = 0;
+    for task in racing {
+        admitted += usize::from(task.await.unwrap());
+    }
+    assert_eq!(admitted, 2);
+}
+
+#[tokio::test]
+async fn sqlite_the_fleet_block_budget_is_one_window_per_org() {
+    the_fleet_block_budget_is_one_window_per_org(sqlite().await).await;
+}
+
+#[tokio::test]
+async fn postgres_the_fleet_block_budget_is_one_window_per_org_across_replicas() {
+    the_fleet_block_budget_is_one_window_per_org(postgres().await).await;
 }
 
 #[tokio::test]

@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use super::approvals;
 use super::audit;
 use super::blocks;
-use super::budgets::FleetBudgets;
+use super::budgets;
 use super::checks::{self, CheckError, NeverBlock, Refusal};
 use super::notify::{Alert, Notifier};
 use super::quotas::Quotas;
@@ -62,8 +62,6 @@ pub struct ReportContext<'a> {
     pub quotas: &'a Quotas,
     /// Addresses never blocked fleet-wide.
     pub never_block: &'a NeverBlock,
-    /// The orgs' fleet-block budgets.
-    pub fleet_budgets: &'a FleetBudgets,
 }
 
 /// The agent a report comes from.
@@ -386,10 +384,7 @@ async fn fleet_block(
         .await?
         .map(|stored| stored.policy.budgets.fleet_limit())
         .unwrap_or_else(|| Budgets::default().fleet_limit());
-    if let Err(exceeded) =
-        ctx.fleet_budgets
-            .admit(reporter.org_id, *ip, limit, std::time::Instant::now())
-    {
+    if let Err(exceeded) = budgets::admit(ctx.store, reporter.org_id, *ip, limit).await? {
         let budget = exceeded.limit.describe();
         tracing::warn!(
             org = reporter.org_id,

@@ -10,6 +10,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use policy_engine::PolicyVersion;
+use policy_engine::policy::Limit;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
 use serde_json::Value;
 
@@ -307,6 +308,20 @@ impl Store for MeteredStore {
     ) -> Result<Pushed<Upserted>, StoreError> {
         self.timed("upsert_block", self.inner.upsert_block(new, entry))
             .await
+    }
+
+    async fn admit_fleet_block(
+        &self,
+        org_id: String,
+        ip: IpAddr,
+        limit: Limit,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.timed(
+            "admit_fleet_block",
+            self.inner.admit_fleet_block(org_id, ip, limit, now_ms),
+        )
+        .await
     }
 
     async fn block(&self, org_id: String, ip: IpAddr) -> Result<Option<FleetBlock>, StoreError> {

@@ -25,6 +25,7 @@ use std::task::{Context, Poll};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use policy_engine::PolicyVersion;
+use policy_engine::policy::Limit;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
 use serde_json::Value;
 
@@ -462,6 +463,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         new: NewBlock,
         entry: NewEntry,
     ) -> Result<Pushed<Upserted>, StoreError>;
+
+    /// Admits a fleet block on `ip` under `org_id`'s fleet-block budget `limit` at `now_ms`:
+    /// an address admitted within the window passes and spends nothing; a new one passes, and
+    /// is counted, while fewer than `max` addresses were admitted within the window; `false`
+    /// beyond. One window per org for every server on the database, decided atomically (the
+    /// org's lock), so several replicas admit `max` addresses in all, not each.
+    async fn admit_fleet_block(
+        &self,
+        org_id: String,
+        ip: IpAddr,
+        limit: Limit,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
 
     /// The block on `ip` of `org_id`, in force or not.
     async fn block(&self, org_id: String, ip: IpAddr) -> Result<Option<FleetBlock>, StoreError>;

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use deadpool_postgres::GenericClient;
 use policy_engine::ActionRecord;
+use policy_engine::policy::Limit;
 use policy_engine::protocol::ApprovalStatus;
 use tokio_postgres::Row;
 
@@ -465,4 +466,42 @@ fn approval_row(row: &Row) -> Result<Option<Approval>> {
         decided_by: get(row, "decided_by")?,
         reason: get(row, "reason")?,
     }))
+}
+
+/// Admits a fleet block on `ip` under the org's fleet-block budget, under the org's lock
+/// ([`Store::admit_fleet_block`](crate::store::Store::admit_fleet_block)).
+pub async fn admit_budget(
+    tx: &impl GenericClient,
+    org_id: &str,
+    ip: IpAddr,
+    limit: Limit,
+    now_ms: i64,
+) -> Result<bool> {
+    lock_org(tx, org_id).await?;
+    let since = now_ms.saturating_sub(clock::millis(limit.window));
+    let prune = tx
+        .prepare_cached("DELETE FROM fleet_budget WHERE org_id = $1 AND admitted_ms <= $2")
+        .await?;
+    tx.execute(&prune, &[&org_id, &since]).await?;
+    let ip = ip.to_canonical().to_string();
+    let seen = tx
+        .prepare_cached("SELECT 1 FROM fleet_budget WHERE org_id = $1 AND ip = $2")
+        .await?;
+    let seen = tx.query_opt(&seen, &[&org_id, &ip]).await?.is_some();
+    let admitted = seen || {
+        let count = tx
+            .prepare_cached("SELECT count(*) FROM fleet_budget WHERE org_id = $1")
+            .await?;
+        let count: i64 = tx.query_one(&count, &[&org_id]).await?.try_get(0)?;
+        count < i64::from(limit.max)
+    };
+    if admitted && !seen {
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO fleet_budget (org_id, ip, admitted_ms) VALUES ($1, $2, $3)",
+            )
+            .await?;
+        tx.execute(&insert, &[&org_id, &ip, &now_ms]).await?;
+    }
+    Ok(admitted)
 }

@@ -36,6 +36,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use policy_engine::PolicyVersion;
+use policy_engine::policy::Limit;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -542,6 +543,20 @@ impl Store for PgStore {
         let (value, seq) = fleet::upsert_block(&tx, &new, entry).await?;
         tx.commit().await?;
         Ok(Pushed { value, seq })
+    }
+
+    async fn admit_fleet_block(
+        &self,
+        org_id: String,
+        ip: IpAddr,
+        limit: Limit,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let admitted = fleet::admit_budget(&tx, &org_id, ip, limit, now_ms).await?;
+        tx.commit().await?;
+        Ok(admitted)
     }
 
     async fn block(&self, org_id: String, ip: IpAddr) -> Result<Option<FleetBlock>> {

@@ -194,6 +194,16 @@ CREATE TABLE sent_broadcasts (
 );
 CREATE INDEX sent_broadcasts_by_version ON sent_broadcasts (org_id, version);
 "#,
+    // 13: the fleet-block budget's window per org: the addresses admitted and when (shared by
+    // every replica, decided under the org's lock; at most the budget's `max` rows per org).
+    r#"
+CREATE TABLE fleet_budget (
+    org_id      text   NOT NULL,
+    ip          text   NOT NULL,
+    admitted_ms bigint NOT NULL,
+    PRIMARY KEY (org_id, ip)
+);
+"#,
 ];
 
 /// Applies the migrations the database lacks, in one transaction, holding the migration lock.

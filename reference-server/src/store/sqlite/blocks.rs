@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use policy_engine::policy::Limit;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::Result;
@@ -157,4 +158,38 @@ fn block_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FleetBlock> {
         created_at: time_at(row, 8)?,
         updated_at: time_at(row, 9)?,
     })
+}
+
+/// Admits a fleet block on `ip` under the org's fleet-block budget ([`Store::admit_fleet_block`](crate::store::Store::admit_fleet_block)).
+pub fn admit_budget(
+    conn: &mut Connection,
+    org_id: &str,
+    ip: IpAddr,
+    limit: Limit,
+    now_ms: i64,
+) -> Result<bool> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let since = now_ms.saturating_sub(clock::millis(limit.window));
+    tx.prepare_cached("DELETE FROM fleet_budget WHERE org_id = ?1 AND admitted_ms <= ?2")?
+        .execute(params![org_id, since])?;
+    let ip = ip.to_canonical().to_string();
+    let seen = tx
+        .prepare_cached("SELECT 1 FROM fleet_budget WHERE org_id = ?1 AND ip = ?2")?
+        .query_row(params![org_id, ip], |_| Ok(()))
+        .optional()?
+        .is_some();
+    let admitted = seen || {
+        let count: i64 = tx
+            .prepare_cached("SELECT count(*) FROM fleet_budget WHERE org_id = ?1")?
+            .query_row(params![org_id], |row| row.get(0))?;
+        count < i64::from(limit.max)
+    };
+    if admitted && !seen {
+        tx.prepare_cached(
+            "INSERT INTO fleet_budget (org_id, ip, admitted_ms) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![org_id, ip, now_ms])?;
+    }
+    tx.commit()?;
+    Ok(admitted)
 }

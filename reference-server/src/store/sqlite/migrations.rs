@@ -182,6 +182,16 @@ CREATE TABLE sent_broadcasts (
 );
 CREATE INDEX sent_broadcasts_by_version ON sent_broadcasts (org_id, version);
 "#,
+    // 13: the fleet-block budget's window per org: the addresses admitted and when (shared by
+    // every server on the database; at most the budget's `max` rows per org).
+    r#"
+CREATE TABLE fleet_budget (
+    org_id      TEXT    NOT NULL,
+    ip          TEXT    NOT NULL,
+    admitted_ms INTEGER NOT NULL,
+    PRIMARY KEY (org_id, ip)
+);
+"#,
 ];
 
 /// Applies the migrations `conn` lacks, each in its own transaction.

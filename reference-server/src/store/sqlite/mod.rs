@@ -34,6 +34,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use policy_engine::PolicyVersion;
+use policy_engine::policy::Limit;
 use policy_engine::protocol::{ApprovalStatus, ReportId};
 use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
@@ -343,6 +344,17 @@ impl Store for SqliteStore {
 
     async fn upsert_block(&self, new: NewBlock, entry: NewEntry) -> Result<Pushed<Upserted>> {
         self.call(move |conn| blocks::upsert(conn, &new, entry))
+            .await
+    }
+
+    async fn admit_fleet_block(
+        &self,
+        org_id: String,
+        ip: IpAddr,
+        limit: Limit,
+        now_ms: i64,
+    ) -> Result<bool> {
+        self.call(move |conn| blocks::admit_budget(conn, &org_id, ip, limit, now_ms))
             .await
     }
 
