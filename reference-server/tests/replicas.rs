@@ -445,6 +445,50 @@ async fn a_token_stored_on_one_replica_is_known_on_the_other_at_once() {
     admin_sql(&format!("DROP ROLE IF EXISTS {role}")).await;
 }
 
+/// An agent has one live stream across the replicas: a stream opened on B ends its stream on
+/// A (probe 5, finding 3: a token held a live stream on every replica at once).
+#[tokio::test]
+async fn a_stream_opened_on_one_replica_ends_the_agents_stream_on_the_other() {
+    let db = TestDatabase::create().await;
+    let a = replica(&db.url, Duration::from_secs(3600)).await;
+    let b = replica(&db.url, Duration::from_secs(3600)).await;
+    a.post_policy(ADMIN, fleet_policy("v1", 5)).await;
+    let (_, token) = a.enroll(ADMIN, "host-1").await;
+    let (_, other) = a.enroll(ADMIN, "host-2").await;
+    knows(&b, &token).await;
+    let mut on_a = a.stream(&token, "default").await;
+    assert_eq!(next(&mut on_a).await.2, json!("v1"));
+    let mut other_on_a = a.stream(&other, "default").await;
+    assert_eq!(next(&mut other_on_a).await.2, json!("v1"));
+    let online = |t: &TestServer| t.server().state().hub.online_agents("default").len();
+    assert_eq!(online(&a), 2);
+
+    let mut on_b = b.stream(&token, "default").await;
+    assert_eq!(next(&mut on_b).await.2, json!("v1"));
+    let deadline = Instant::now() + DEADLINE;
+    while online(&a) != 1 {
+        assert!(Instant::now() < deadline, "the stream on A never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The other agent's stream on A stays; the agent's stream on A has ended.
+    match tokio::time::timeout(DEADLINE, on_a.source.next()).await {
+        Ok(Some(Err(_)) | None) => {}
+        other => panic!("expected the stream on A to end, got {other:?}"),
+    }
+    let data = a.post_policy(ADMIN, fleet_policy("v2", 6)).await;
+    assert_eq!(
+        data["broadcastedTo"], 1,
+        "only the other agent streams on A"
+    );
+    assert_eq!(
+        next(&mut on_b).await,
+        ("policy".into(), "2".into(), json!("v2"))
+    );
+    assert_eq!(next(&mut other_on_a).await.2, json!("v2"));
+    drop(a);
+    drop(b);
+}
+
 /// A TCP proxy to the PostgreSQL of a URL, which a test cuts (every connection through it
 /// closed, new ones refused) and restores on the same port: a database host that goes away
 /// and comes back.

@@ -74,6 +74,15 @@ async fn handle(
             }
             Ok(())
         }
+        Notice::StreamOpened { agent_id } => {
+            if publisher.hub().end_agent(&agent_id) {
+                tracing::info!(
+                    agent = agent_id.as_str(),
+                    "event stream replaced by a new one on another replica"
+                );
+            }
+            Ok(())
+        }
         Notice::Resync => {
             tokens.replace(store.tokens().await?);
             publisher.resync(store).await

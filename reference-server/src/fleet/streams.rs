@@ -291,7 +291,13 @@ pub async fn open(
             .subscribe(org_id, agent_id, &snapshot, view, initial)
             .await
         {
-            Ok(subscription) => return Ok((subscription, assigned.map(|(p, _)| p.clone()))),
+            Ok(subscription) => {
+                // The agent's stream on another replica, if any, ends there.
+                if let Err(error) = store.announce_stream(agent_id.to_owned()).await {
+                    tracing::warn!(agent = agent_id, %error, "cannot tell the other replicas of a new stream");
+                }
+                return Ok((subscription, assigned.map(|(p, _)| p.clone())));
+            }
             Err(Refused::Stale) => continue,
             Err(Refused::Closed) => return Err(ApiError::unavailable()),
         }

@@ -475,6 +475,11 @@ impl Store for MeteredStore {
         .await
     }
 
+    async fn announce_stream(&self, agent_id: String) -> Result<(), StoreError> {
+        self.timed("announce_stream", self.inner.announce_stream(agent_id))
+            .await
+    }
+
     fn notices(&self) -> Option<tokio::sync::mpsc::Receiver<Notice>> {
         self.inner.notices()
     }

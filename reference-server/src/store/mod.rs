@@ -265,6 +265,12 @@ pub enum Notice {
     },
     /// A token was stored (an enrolled agent, an org admin): load it.
     Token(TokenHash),
+    /// An agent opened an event stream on another replica: end its stream here (an agent has
+    /// one live stream across the replicas).
+    StreamOpened {
+        /// The agent.
+        agent_id: String,
+    },
     /// Notices may have been lost (the connection that receives them was down, or they came
     /// faster than they were read): read every org's changes and every token again.
     Resync,
@@ -614,6 +620,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         agent_id: String,
         now_ms: i64,
     ) -> Result<StreamSnapshot, StoreError>;
+
+    /// Tells the other servers sharing the database that `agent_id` opened an event stream
+    /// here, so that they end theirs ([`Notice::StreamOpened`]); nothing for an embedded store.
+    async fn announce_stream(&self, _agent_id: String) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// The notices of other servers' commits, for a backend shared by several servers; `None`
     /// for an embedded one (and after the first call: there is one receiver).

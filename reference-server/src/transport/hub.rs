@@ -362,6 +362,23 @@ impl<V> Hub<V> {
             .unwrap_or_default()
     }
 
+    /// Ends the open stream of `agent_id`, if any (after the events already queued to it, as
+    /// a replaced stream ends): it opened one on another server. Whether there was one.
+    pub fn end_agent(&self, agent_id: &str) -> bool {
+        let mut inner = self.lock();
+        let Some((org_id, id)) = inner.by_agent.remove(agent_id) else {
+            return false;
+        };
+        let Some(conns) = inner.orgs.get_mut(&org_id) else {
+            return false;
+        };
+        let ended = conns.remove(&id).is_some();
+        if conns.is_empty() {
+            inner.orgs.remove(&org_id);
+        }
+        ended
+    }
+
     /// Orgs with at least one open stream.
     pub fn orgs(&self) -> Vec<String> {
         self.lock().orgs.keys().cloned().collect()

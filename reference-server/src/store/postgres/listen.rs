@@ -1,5 +1,5 @@
 //! The notices of other replicas' commits: one dedicated connection (not from the pool) that
-//! `LISTEN`s on the change and token channels and forwards each notification as a [`Notice`].
+//! `LISTEN`s on the change, token and stream channels and forwards each notification as a [`Notice`].
 //! When that connection drops it reconnects with backoff and, once listening again, sends
 //! [`Notice::Resync`]: whatever was committed meanwhile is read from the tables, not from the
 //! lost notifications.
@@ -88,7 +88,7 @@ async fn listen(
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(notification)) => {
-                    if let Some(notice) = notice_of(&notification) {
+                    if let Some(notice) = notice_of(&notification, &forward.replica) {
                         send(&forward, notice);
                     }
                 }
@@ -102,7 +102,7 @@ async fn listen(
     });
     let listened = client
         .batch_execute(&format!(
-            "LISTEN {CHANGES_CHANNEL}; LISTEN {TOKENS_CHANNEL}"
+            "LISTEN {CHANGES_CHANNEL}; LISTEN {TOKENS_CHANNEL}; LISTEN {STREAMS_CHANNEL}"
         ))
         .await;
     if let Err(error) = listened {
@@ -122,17 +122,25 @@ pub struct Notices {
     queue: mpsc::Sender<Notice>,
     /// Whether a [`Notice::Resync`] for a full queue is already on its way.
     lagging: Arc<AtomicBool>,
+    /// This replica's id: its own stream notices are not for it.
+    replica: Arc<str>,
 }
 
 impl Notices {
-    /// Notices into `queue`.
-    pub fn new(queue: mpsc::Sender<Notice>) -> Self {
+    /// Notices into `queue`, for replica `replica`.
+    pub fn new(queue: mpsc::Sender<Notice>, replica: String) -> Self {
         Self {
             queue,
             lagging: Arc::new(AtomicBool::new(false)),
+            replica: replica.into(),
         }
     }
 }
+
+/// The channel stream notices go out on: payload `<replica id> <agent id>`, when an agent
+/// opened an event stream on that replica. Not stored: one lost (the listening connection was
+/// down) leaves the older stream open until it ends otherwise.
+pub const STREAMS_CHANNEL: &str = "policy_streams";
 
 /// Queues a notice; when the reader is behind (the queue is full), the notice is dropped and
 /// one [`Notice::Resync`] takes its place as soon as there is room.
@@ -153,10 +161,18 @@ fn send(notices: &Notices, notice: Notice) {
     }
 }
 
-/// The notice a notification carries; `None` (logged) for a payload that does not read.
-fn notice_of(notification: &Notification) -> Option<Notice> {
+/// The notice a notification carries; `None` for this replica's own stream notice, and
+/// (logged) for a payload that does not read.
+fn notice_of(notification: &Notification, replica: &str) -> Option<Notice> {
     let payload = notification.payload();
     let notice = match notification.channel() {
+        STREAMS_CHANNEL => match payload.split_once(' ') {
+            Some((from, _)) if from == replica => return None,
+            Some((_, agent_id)) if !agent_id.is_empty() => Some(Notice::StreamOpened {
+                agent_id: agent_id.to_owned(),
+            }),
+            _ => None,
+        },
         CHANGES_CHANNEL => payload.split_once(' ').and_then(|(seq, org)| {
             Some(Notice::Change {
                 org_id: org.to_owned(),

@@ -85,6 +85,8 @@ pub struct PgStore {
     /// per broadcast.
     sent: mpsc::UnboundedSender<SentWrite>,
     stop: watch::Sender<bool>,
+    /// This replica's random id, in its stream notices (so that it ignores its own).
+    replica: String,
 }
 
 impl From<tokio_postgres::Error> for StoreError {
@@ -203,9 +205,14 @@ impl PgStore {
         listen_config
             .application_name("policy-server-listen")
             .keepalives_idle(Duration::from_secs(10));
-        listen::spawn(listen_config, listen::Notices::new(queue), stopped)
-            .await
-            .map_err(|e| StoreError::Open(format!("PostgreSQL at {target}: cannot listen: {e}")))?;
+        let replica = crate::auth::random_hex(8);
+        listen::spawn(
+            listen_config,
+            listen::Notices::new(queue, replica.clone()),
+            stopped,
+        )
+        .await
+        .map_err(|e| StoreError::Open(format!("PostgreSQL at {target}: cannot listen: {e}")))?;
         tracing::info!(database = %target, "PostgreSQL store open");
         let (sent, writes) = mpsc::unbounded_channel();
         tokio::spawn(write_sent(pool.clone(), writes));
@@ -215,6 +222,7 @@ impl PgStore {
             latest: Mutex::new(HashMap::new()),
             notices: Mutex::new(Some(notices)),
             stop,
+            replica,
         })
     }
 
@@ -775,6 +783,16 @@ impl Store for PgStore {
         let summary = summary::fleet(&tx).await?;
         tx.commit().await?;
         Ok(summary)
+    }
+
+    async fn announce_stream(&self, agent_id: String) -> Result<()> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
+        let payload = format!("{} {agent_id}", self.replica);
+        client
+            .query(&statement, &[&listen::STREAMS_CHANNEL, &payload])
+            .await?;
+        Ok(())
     }
 
     fn notices(&self) -> Option<mpsc::Receiver<Notice>> {
