@@ -238,8 +238,14 @@ pub fn random_hex(bytes: usize) -> String {
 #[derive(Debug, Default)]
 pub struct TokenCache {
     by_hash: RwLock<HashMap<TokenHash, (TokenHash, Principal)>>,
-    shared: bool,
+    /// On a store shared by replicas: the budget of store reads for tokens not held.
+    miss_reads: Option<KeyedLimit<()>>,
 }
+
+/// Store reads of tokens a shared cache does not hold, per second and replica: a flood of
+/// unknown tokens costs the database at most this many reads a second (past it, such a token
+/// is `401 unknown token` until its notice arrives, as a token no replica stored is).
+pub const MISS_READS_PER_SEC: u32 = 200;
 
 impl TokenCache {
     /// A cache of `tokens` (every stored token, at start).
@@ -252,18 +258,27 @@ impl TokenCache {
     }
 
     /// The cache of a store shared with other replicas: a token it does not hold may have just
-    /// been stored by another replica, so a miss is read from the store
-    /// ([`TokenCache::reads_misses`]).
+    /// been stored by another replica, so a miss is read from the store, at most
+    /// [`MISS_READS_PER_SEC`] a second ([`TokenCache::may_read_miss`]).
     pub fn shared(self) -> Self {
+        self.reading_misses(MISS_READS_PER_SEC, Duration::from_secs(1))
+    }
+
+    /// As [`TokenCache::shared`], with `burst` store reads refilled over `per`.
+    pub fn reading_misses(self, burst: u32, per: Duration) -> Self {
         Self {
-            shared: true,
+            // One key; room for two, as a full limiter refuses even a tracked key.
+            miss_reads: KeyedLimit::new(burst, per, 2),
             ..self
         }
     }
 
-    /// Whether a token this cache does not hold is looked up in the store.
-    pub fn reads_misses(&self) -> bool {
-        self.shared
+    /// Whether a token this cache does not hold may be looked up in the store now (a shared
+    /// cache within its budget of such reads); takes one read of the budget.
+    pub fn may_read_miss(&self) -> bool {
+        self.miss_reads
+            .as_ref()
+            .is_some_and(|reads| reads.check(&()).is_ok())
     }
 
     /// Adds a token (after it is stored).
@@ -330,4 +345,34 @@ pub enum Found {
 /// The 401 of a token no store holds.
 pub fn unknown_token() -> ApiError {
     ApiError::unauthorized("unknown token")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_shared_cache_reads_misses_and_within_its_budget() {
+        assert!(!TokenCache::default().may_read_miss(), "one server: never");
+        let shared = TokenCache::default().reading_misses(3, Duration::from_secs(3600));
+        let reads: Vec<bool> = (0..5).map(|_| shared.may_read_miss()).collect();
+        assert_eq!(reads, [true, true, true, false, false]);
+        // A cached token is found without the budget.
+        let token = generate_token("agt");
+        shared.insert(
+            TokenHash::of(&token),
+            Principal::Agent {
+                agent_id: "a1".to_owned(),
+                org_id: "acme".to_owned(),
+            },
+        );
+        let header = format!("Bearer {token}");
+        assert!(matches!(
+            shared.find(Some(&header)),
+            Ok(Found::Known(Principal::Agent { agent_id, .. })) if agent_id == "a1"
+        ));
+        let unknown = format!("Bearer {}", generate_token("agt"));
+        let error = shared.authenticate(Some(&unknown)).unwrap_err();
+        assert_eq!(error.message, "unknown token");
+    }
 }

@@ -108,14 +108,14 @@ async fn authenticate(
 /// The principal of `header`'s token: from the cache, or, with a store shared by several
 /// replicas, from the store when the cache does not hold it yet (a token another replica has
 /// just stored reaches this cache by a notice, a moment after its `201`; a client may use it
-/// here first). An unknown token thus costs one indexed read on a shared store; the
-/// failed-authentication limit per address bounds how many.
+/// here first). An unknown token thus costs one indexed read on a shared store, at most
+/// [`MISS_READS_PER_SEC`](crate::auth::MISS_READS_PER_SEC) a second.
 async fn known_token(state: &AppState, header: Option<&str>) -> Result<Principal, ApiError> {
     let hash = match state.tokens.find(header)? {
         Found::Known(principal) => return Ok(principal),
         Found::Unknown(hash) => hash,
     };
-    if state.tokens.reads_misses() {
+    if state.tokens.may_read_miss() {
         if let Some(principal) = state.store.token(hash).await? {
             state.tokens.insert(hash, principal.clone());
             return Ok(principal);
