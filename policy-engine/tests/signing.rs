@@ -240,6 +240,14 @@ fn signed_policy_files_are_read_strictly_with_paths() {
     let value = serde_json::to_value(&signed).unwrap();
     assert!(SignedPolicy::is_signed_document(&value));
     assert_eq!(SignedPolicy::from_value(&value).unwrap(), signed);
+    // A document with a stray `signature` and nothing else of a signed file stays a document
+    // (probe 6: the server read it as a broken signed file, with seven wrong errors).
+    let mut stray: serde_json::Value = serde_json::from_str(POLICY).unwrap();
+    stray["signature"] = serde_json::json!("abc");
+    assert!(!SignedPolicy::is_signed_document(&stray));
+    let mut partial = stray.clone();
+    partial["version"] = serde_json::json!("v3");
+    assert!(SignedPolicy::is_signed_document(&partial));
 
     let bad = serde_json::json!({
         "orgId": "ac me",

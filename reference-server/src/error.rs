@@ -157,7 +157,8 @@ impl ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code: "validation_failed",
             message,
-            path: path.filter(|p| !p.is_empty()),
+            // The root's path is `""`, as in `errors` (probe 6: the envelope left it out).
+            path,
             errors,
             retry_after: None,
         }

@@ -265,6 +265,30 @@ async fn malformed_signed_files_are_refused_with_every_path() {
     let (status, answer) = server.post("/api/policy", ADMIN, body).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
     assert_eq!(answer["error"]["path"], "policy.rules[0].config.threshold");
+
+    // A document with a stray `signature` is a document with an unknown field, as `validate`
+    // says (probe 6: the server read it as a signed file and named seven wrong errors).
+    let mut stray = block_ip_policy("p", 5);
+    stray["signature"] = json!("abc");
+    for path in ["/api/policy", "/api/policy/validate"] {
+        let (status, answer) = server.post(path, ADMIN, stray.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {answer}");
+        let errors = error_list(&answer);
+        assert_eq!(errors.len(), 1, "{path}: {answer}");
+        assert_eq!(errors[0].0, "signature", "{path}: {answer}");
+        assert!(
+            errors[0].1.starts_with("unknown field `signature`"),
+            "{path}: {answer}"
+        );
+    }
+    // An error at the document's root has the root's path, `""`, in the envelope too.
+    let (status, answer) = server.post("/api/policy", ADMIN, json!([1])).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(
+        answer["error"],
+        json!({"code": "validation_failed", "message": "expected an object, found an array",
+               "path": "", "errors": [{"path": "", "message": "expected an object, found an array"}]})
+    );
     let (status, _) = server.get("/api/policy/active", ADMIN).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -80,9 +80,12 @@ pub struct SignedPolicy {
 
 impl SignedPolicy {
     /// Whether a request body is a signed policy rather than a plain policy document: it has a
-    /// `signature` field, which a policy document never has.
+    /// `signature` field and a `policy` or `version` field, which a policy document never has.
+    /// A document with a stray `signature` (and nothing else of a signed file) stays a
+    /// document, refused for that unknown field as every reader refuses it.
     pub fn is_signed_document(body: &Value) -> bool {
         body.get("signature").is_some()
+            && (body.get("policy").is_some() || body.get("version").is_some())
     }
 
     /// Parses a signed policy file with the strict JSON reader (size, depth and duplicate-key

@@ -766,8 +766,9 @@ mod tests {
             err(json!({"rule": 0})),
             (
                 "expected an array of overrides, found an object".to_owned(),
-                None
-            )
+                Some(String::new())
+            ),
+            "the root's path is `\"\"`, as in `errors`"
         );
     }
 }
