@@ -203,6 +203,22 @@ impl Condition {
             .collect();
         variables.sort();
         variables.dedup();
+        // An unquoted address or version (`srcIp == 10.0.0.1`) parses as a variable of that
+        // name, which no event has: the condition would never hold and count an error on every
+        // event. No field name starts with a digit.
+        if let Some(literal) = variables
+            .iter()
+            .find(|name| name.starts_with(|c: char| c.is_ascii_digit()))
+        {
+            return Err(ConditionError {
+                column: source
+                    .find(literal.as_str())
+                    .map(|offset| column_of(source, offset)),
+                message: format!(
+                    "`{literal}` reads as a variable name, not a value: quote it (`\"{literal}\"`)"
+                ),
+            });
+        }
         Ok(Self {
             source: source.to_owned(),
             tree,

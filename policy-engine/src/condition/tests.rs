@@ -161,6 +161,20 @@ fn assignment_and_chaining_are_rejected_at_load_time() {
 }
 
 #[test]
+fn an_unquoted_address_is_refused_rather_than_read_as_a_variable() {
+    // Probe 6: `srcIp == 10.0.0.1` loaded, never held, and counted an error on every event.
+    assert_eq!(
+        error("srcIp == 10.0.0.1"),
+        "at column 10: `10.0.0.1` reads as a variable name, not a value: quote it (`\"10.0.0.1\"`)"
+    );
+    assert_eq!(
+        error("version == 1.2.3 && user == \"root\""),
+        "at column 12: `1.2.3` reads as a variable name, not a value: quote it (`\"1.2.3\"`)"
+    );
+    assert!(Condition::compile("srcIp == \"10.0.0.1\" && dstPort == 22 && ratio > 1.5").is_ok());
+}
+
+#[test]
 fn nondeterministic_functions_are_rejected() {
     assert_eq!(
         error("random() > 0.5"),
