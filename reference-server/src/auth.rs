@@ -300,15 +300,6 @@ impl TokenCache {
         }
     }
 
-    /// Who the `Authorization` header speaks for: 401 when it is missing, not a bearer token,
-    /// or unknown.
-    pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, ApiError> {
-        match self.find(header)? {
-            Found::Known(principal) => Ok(principal),
-            Found::Unknown(_) => Err(unknown_token()),
-        }
-    }
-
     /// The principal of the `Authorization` header's token, or the hash of a well-formed token
     /// this cache does not hold (another replica may have just stored it): 401 when the header
     /// is missing or not a bearer token.
@@ -372,7 +363,7 @@ mod tests {
             Ok(Found::Known(Principal::Agent { agent_id, .. })) if agent_id == "a1"
         ));
         let unknown = format!("Bearer {}", generate_token("agt"));
-        let error = shared.authenticate(Some(&unknown)).unwrap_err();
-        assert_eq!(error.message, "unknown token");
+        assert!(matches!(shared.find(Some(&unknown)), Ok(Found::Unknown(_))));
+        assert_eq!(unknown_token().message, "unknown token");
     }
 }

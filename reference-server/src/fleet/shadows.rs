@@ -262,7 +262,12 @@ pub async fn check_report(
     // Every error of the report in one answer: the enforced side's and the candidate's.
     let mut errors = Vec::new();
     let received_ms = clock::now_ms();
-    check_time(report.since, received_ms, "shadow.since", &mut errors);
+    check_time(
+        report.since,
+        received_ms,
+        || "shadow.since".to_owned(),
+        &mut errors,
+    );
     match store.policy(org.to_owned(), version).await? {
         Some(policy) if !sent.is_empty() => check_tallies(
             &policy.policy,
@@ -499,12 +504,18 @@ fn top(targets: HashMap<(String, String), u64>) -> Vec<TargetCount> {
 /// made-up report, whose figures the difference would show as recent.
 const MAX_CLOCK_AHEAD: Duration = Duration::from_secs(5 * 60);
 
-/// A time of the agent's clock at most [`MAX_CLOCK_AHEAD`] after the server's `now_ms`.
-fn check_time(at: DateTime<Utc>, now_ms: i64, path: &str, errors: &mut Vec<ValidationError>) {
+/// A time of the agent's clock at most [`MAX_CLOCK_AHEAD`] after the server's `now_ms`; the
+/// error's `path` is built only for a refusal (a report has up to 200 samples).
+fn check_time(
+    at: DateTime<Utc>,
+    now_ms: i64,
+    path: impl FnOnce() -> String,
+    errors: &mut Vec<ValidationError>,
+) {
     if at.timestamp_millis() > now_ms.saturating_add(clock::millis(MAX_CLOCK_AHEAD)) {
         let wire = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Millis, true);
         errors.push(ValidationError::new(
-            path,
+            path(),
             format!(
                 "`{}` is in the future: more than {} minutes ahead of the server's clock ({})",
                 wire(at),
@@ -550,7 +561,12 @@ fn check_tallies(
             }
         }
         for (j, sample) in tally.samples.iter().enumerate() {
-            check_time(sample.at, now_ms, &format!("{at}.samples[{j}].at"), errors);
+            check_time(
+                sample.at,
+                now_ms,
+                || format!("{at}.samples[{j}].at"),
+                errors,
+            );
             if !tally.actions.contains_key(&sample.action) {
                 errors.push(ValidationError::new(
                     format!("{at}.samples[{j}].action"),

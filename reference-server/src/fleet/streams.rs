@@ -35,7 +35,7 @@ use super::views::{approval_event, block_event, policy_event, shadow_event};
 use crate::clock;
 use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
-use crate::store::{Store, StoreError, StoredPolicy, StreamSnapshot};
+use crate::store::{ShadowRun, Store, StoreError, StoredPolicy, StreamSnapshot};
 use crate::transport::{Delivery, Frame, Subscription};
 
 /// How many recent deliveries an org remembers, for the writer of a change that another push
@@ -54,6 +54,10 @@ pub struct Publisher {
     rollouts: Mutex<()>,
     changes: Changes,
     metrics: Arc<ServerMetrics>,
+    /// The `shadow` frame of each org's latest shadow run, by its number: every stream opening
+    /// while a run runs starts with it, and the run's document is validated once, not per
+    /// stream (a reconnect storm during a run).
+    shadow_frames: std::sync::Mutex<HashMap<String, (u64, Frame)>>,
 }
 
 /// Where the pushes of one org stand.
@@ -82,7 +86,21 @@ impl Publisher {
             rollouts: Mutex::new(()),
             changes: Changes::default(),
             metrics,
+            shadow_frames: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The `shadow` frame of a running shadow run, built once per run.
+    fn shadow_frame(&self, run: &ShadowRun) -> Frame {
+        let frames = || self.shadow_frames.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((shadow, frame)) = frames().get(&run.org_id) {
+            if *shadow == run.shadow {
+                return frame.clone();
+            }
+        }
+        let frame = Frame::shadow(&shadow_event(run));
+        frames().insert(run.org_id.clone(), (run.shadow, frame.clone()));
+        frame
     }
 
     /// The admin event streams.
@@ -274,7 +292,8 @@ pub async fn open(
             .stream_snapshot(org_id.to_owned(), agent_id.to_owned(), now)
             .await?;
         let assigned = assigned(&snapshot, agent_id);
-        let (view, initial) = initial_state(&snapshot, assigned, agent_id, last_event_id, now);
+        let (view, initial) =
+            initial_state(publisher, &snapshot, assigned, agent_id, last_event_id, now);
         // Reports are checked against what was sent: record the version this stream runs
         // (sent now, or already run by the agent) before the agent can report on it.
         if let Some((policy, _)) = assigned {
@@ -327,6 +346,7 @@ fn assigned<'a>(
 
 /// The view and first frames of a new stream whose agent is assigned `assigned`.
 fn initial_state(
+    publisher: &Publisher,
     snapshot: &StreamSnapshot,
     assigned: Option<(&StoredPolicy, Option<PolicyVersion>)>,
     agent_id: &str,
@@ -357,7 +377,7 @@ fn initial_state(
         ))));
     }
     match snapshot.shadow.as_ref() {
-        Some(run) if run.ended_ms.is_none() => initial.push(Frame::shadow(&shadow_event(run))),
+        Some(run) if run.ended_ms.is_none() => initial.push(publisher.shadow_frame(run)),
         // The org's last run ended: an agent that was away when it ended still runs it, and
         // ends it only on `shadow_end` (one it does not run changes nothing).
         Some(run) => initial.push(Frame::shadow_end(&ShadowEndEvent { shadow: run.shadow })),

@@ -149,6 +149,19 @@ struct Inner<V> {
     opened: u64,
 }
 
+impl<V> Inner<V> {
+    /// Removes stream `id` of `org_id` (its org too, once it has no stream left); the stream
+    /// ends after the events already queued to it.
+    fn remove(&mut self, org_id: &str, id: u64) -> Option<Conn<V>> {
+        let conns = self.orgs.get_mut(org_id)?;
+        let conn = conns.remove(&id);
+        if conns.is_empty() {
+            self.orgs.remove(org_id);
+        }
+        conn
+    }
+}
+
 struct Conn<V> {
     agent_id: String,
     tx: mpsc::Sender<Frame>,
@@ -369,14 +382,7 @@ impl<V> Hub<V> {
         let Some((org_id, id)) = inner.by_agent.remove(agent_id) else {
             return false;
         };
-        let Some(conns) = inner.orgs.get_mut(&org_id) else {
-            return false;
-        };
-        let ended = conns.remove(&id).is_some();
-        if conns.is_empty() {
-            inner.orgs.remove(&org_id);
-        }
-        ended
+        inner.remove(&org_id, id).is_some()
     }
 
     /// Orgs with at least one open stream.
@@ -567,12 +573,7 @@ impl<V> Stream for Subscription<V> {
 impl<V> Drop for Subscription<V> {
     fn drop(&mut self) {
         let mut inner = self.hub.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(conns) = inner.orgs.get_mut(&self.org_id) {
-            conns.remove(&self.id);
-            if conns.is_empty() {
-                inner.orgs.remove(&self.org_id);
-            }
-        }
+        inner.remove(&self.org_id, self.id);
         if inner.by_agent.get(&self.agent_id).map(|(_, id)| *id) == Some(self.id) {
             inner.by_agent.remove(&self.agent_id);
         }
